@@ -1,0 +1,157 @@
+"""Typed configuration of the method, one dataclass per concern, validated when built.
+
+YAML presets (configs/*.yaml) map section by section onto these dataclasses; unknown keys and bad values
+fail with a message that lists what is valid. Other packages add their own sections (trainer, eval,
+sweep) with the same `from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from hybrid.data.languages import check_language_code
+from hybrid.model import POOLINGS, EncoderSpec
+
+T = TypeVar("T")
+
+PAPER_TRAIN_LANGUAGES = ("ar", "de", "en", "es", "hi", "ru", "th", "tr", "zh")  # el, vi stay unseen
+ALL_XQUAD_R = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Convert YAML scalars to the annotated type (tuples from lists, floats from ints and 'inf')."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(kind)
+        if value is None and type(None) in args:
+            return None
+        kind = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        return from_dict(kind, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}.")
+        return tuple(value)
+    if kind is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected a number, got {value!r}.") from None
+    if kind in (int, bool, str) and not (type(value) is kind):
+        raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}.")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass `cls` from a plain dict, rejecting unknown keys with the list of valid ones."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or cls.__name__}: expected a mapping, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys: {', '.join(names)}.")
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()})
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain dict (lists, not tuples) that crosses into Ray and MLflow and rebuilds with `from_dict`."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(config))
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} not found; presets live in configs/ (e.g. configs/default.yaml).")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which corpus trains and which evaluates; the split is by article, so no text leaks across."""
+
+    dataset: str = "xquad-r"
+    train_languages: tuple[str, ...] = PAPER_TRAIN_LANGUAGES
+    eval_languages: tuple[str, ...] = ALL_XQUAD_R
+    heldout_fraction: float = 0.25
+    split_seed: int = 0
+    hard_negatives: bool = False
+    train_data: str | None = None  # a `datasets` path or hub name in hybrid.data.user's schema
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for lang in self.train_languages + self.eval_languages:
+            check_language_code(lang)
+        if len(self.train_languages) < 2:
+            raise ValueError(f"data.train_languages needs >= 2 languages for X-Y batches, got {self.train_languages}.")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"data.heldout_fraction must be in (0, 1), got {self.heldout_fraction}.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "multilingual-e5-small"  # a local path, a hub name, or the offline e5-small
+    pooling: str = "mean"
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
+    max_length: int = 64
+    freeze_embeddings: bool = True  # the 96 M-row table: ~30% faster on CPU, ~1.6 GB less memory
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+
+    @property
+    def spec(self) -> EncoderSpec:
+        return EncoderSpec(self.pooling, self.query_prefix, self.passage_prefix, self.max_length)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The knobs the sweep searches: alpha, tau, T, and the batch they act on."""
+
+    mono_ratio: float = 0.5  # alpha: probability that a step's batch is X-X
+    temperature: float = 0.05  # tau of InfoNCE
+    lang_temperature: float = math.inf  # T of p(l) ~ n_l^(1/T); inf = uniform
+    batch_size: int = 32  # per worker; negatives are gathered across workers
+    symmetric: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mono_ratio <= 1.0:
+            raise ValueError(f"method.mono_ratio (alpha) must be in [0, 1], got {self.mono_ratio}.")
+        if self.temperature <= 0:
+            raise ValueError(f"method.temperature (tau) must be > 0, got {self.temperature}.")
+        if self.lang_temperature <= 0:
+            raise ValueError(f"method.lang_temperature (T) must be > 0 (inf = uniform), got {self.lang_temperature}.")
+        if self.batch_size < 2:
+            raise ValueError(f"method.batch_size must be >= 2 (in-batch negatives), got {self.batch_size}.")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    steps: int = 100
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.steps < 1 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError(f"optim needs lr > 0, steps >= 1, warmup_steps >= 0, weight_decay >= 0; got {self}.")
+
