@@ -45,9 +45,12 @@ class Encoder(nn.Module):
         super().__init__()
         self.backbone, self.tokenizer, self.spec = backbone, tokenizer, spec
 
-    def tokenize(self, texts: list[str], side: str) -> dict[str, Tensor]:
-        prefix = {"query": self.spec.query_prefix, "passage": self.spec.passage_prefix}[side]
-        return self.tokenizer([prefix + t for t in texts], padding=True, truncation=True,
+    def tokenize(self, texts: list[str], side: str | list[str]) -> dict[str, Tensor]:
+        """Prefix and tokenize; `side` is "query" / "passage", or one side per text so that queries and
+        passages share one forward pass (one forward per step keeps DDP and ZeRO hooks simple)."""
+        prefixes = {"query": self.spec.query_prefix, "passage": self.spec.passage_prefix}
+        sides = [side] * len(texts) if isinstance(side, str) else side
+        return self.tokenizer([prefixes[s] + t for s, t in zip(sides, texts)], padding=True, truncation=True,
                               max_length=self.spec.max_length, return_tensors="pt")
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -18,3 +18,28 @@ def make_pairs(counts: dict[str, int], n_ids: int | None = None) -> list[Trainin
             pairs.append(TrainingPair(f"q{i}", lang, f"{lang} question {i}", f"{lang} answer {i}",
                                       f"{lang} negative {i}" if i % 2 else None))
     return pairs
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random BERT saved like a checkpoint export, trained vocabulary from XQuAD-R en/de/es."""
+    from hybrid.data import load_corpus
+    from hybrid.model import tiny_encoder
+
+    corpus = load_corpus("xquad-r", languages=("en", "de", "es"))
+    texts = [q.text for qs in corpus.questions.values() for q in qs]
+    texts += [c.sentence for cs in corpus.candidates.values() for c in cs]
+    path = tmp_path_factory.mktemp("tiny") / "encoder"
+    tiny_encoder(texts, hidden=32, layers=2).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for the session (start-up costs ~5 s), shut down at the end."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,153 @@
+"""Ray Train + DeepSpeed on CPU with 2 workers and a tiny model: learning, export, resume, fault tolerance."""
+
+import json
+from dataclasses import replace
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from hybrid.config import from_dict
+from hybrid.loss import InfoNCELoss
+from hybrid.model import load_encoder
+from hybrid.sampler import MONO, HybridBatchSampler
+from hybrid.splits import training_pairs
+from trainers.config import TrainRunConfig, check_resources, load_run_config
+from trainers.engine import deepspeed_config
+from trainers.loop import STATE_FILE
+from trainers.train import build_trainer, preflight
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(model_dir, tmp_path, **trainer) -> TrainRunConfig:
+    return from_dict(TrainRunConfig, {
+        "data": {"train_languages": ["en", "de", "es"], "eval_languages": ["en", "de", "es"]},
+        "model": {"name": str(model_dir), "max_length": 32, "freeze_embeddings": False},
+        "method": {"batch_size": 16, "mono_ratio": 0.5, "temperature": 0.1, "seed": 3},
+        "optim": {"lr": 3e-3, "steps": 40, "warmup_steps": 4},
+        "trainer": {"workers": 2, "checkpoint_every": 20, "log_every": 10, "val_batches": 4,
+                    "storage_path": str(tmp_path / "ray")} | trainer,
+    })
+
+
+def with_steps(config: TrainRunConfig, steps: int) -> TrainRunConfig:
+    return replace(config, optim=replace(config.optim, steps=steps))
+
+
+@torch.no_grad()
+def fixed_batch_loss(encoder, pairs, n_batches: int = 8) -> float:
+    """InfoNCE (tau 0.1) of `encoder` on the same 8 training batches of 32, in plain PyTorch."""
+    sampler, loss = HybridBatchSampler(pairs, 32, 0.5, seed=99), InfoNCELoss(0.1)
+    total = 0.0
+    for t in range(n_batches):
+        b = sampler.batch(t)
+        total += loss(encoder.embed(b.queries, "query"), encoder.embed(b.positives, "passage"))[0].item()
+    return total / n_batches
+
+
+def history(result):
+    """Every metrics dict reported by rank 0, in order, from the run's checkpoints and final metrics."""
+    return [m for _, m in sorted(((c.path, m) for c, m in result.best_checkpoints), key=lambda x: x[1]["step"])]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_run_lowers_the_loss_and_exports_a_plain_model(tiny_model_dir, tmp_path, local_ray, stage):
+    config = tiny_config(tiny_model_dir, tmp_path, zero_stage=stage)
+    result = build_trainer(config, f"zero{stage}").fit()
+    ckpts = history(result)
+    assert [m["step"] for m in ckpts] == [20, 40]
+    state = json.loads((Path(result.checkpoint.path) / STATE_FILE).read_text())
+    assert result.metrics["step"] == 40 and state["step"] == 40
+
+    export = Path(result.checkpoint.path) / "encoder"
+    from transformers import AutoModel
+
+    trained, base_model = load_encoder(str(export)), load_encoder(str(tiny_model_dir))
+    pairs, _ = training_pairs(config.data)
+    before, after = fixed_batch_loss(base_model, pairs), fixed_batch_loss(trained, pairs)
+    assert after < before - 0.1, (before, after)
+    texts = ["Which team won the Super Bowl?", "Welches Team gewann?"]
+    plain = AutoModel.from_pretrained(export)
+    tokens = trained.tokenize(texts, "query")
+    with torch.no_grad():
+        hidden = plain(**tokens).last_hidden_state
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    np.testing.assert_allclose(trained.encode(texts, "query"), expected, atol=1e-5)
+    assert not np.allclose(base_model.encode(texts, "query"), expected, atol=1e-3)  # weights did change
+
+
+def test_resume_continues_the_sampler_sequence(tiny_model_dir, tmp_path, local_ray):
+    full = tiny_config(tiny_model_dir, tmp_path, strategy="ddp")
+    build_trainer(with_steps(full, 20), "resume").fit()
+    result = build_trainer(full, "resume").fit()  # same name: continues from step 20
+    state = json.loads((Path(result.checkpoint.path) / STATE_FILE).read_text())
+    assert result.metrics["resumed_from_step"] == 20 and state["step"] == 40
+    assert state["sampler"] == {"seed": 3, "step": 40}
+    pairs, _ = training_pairs(full.data)
+    sampler = HybridBatchSampler(pairs, 16, 0.5, seed=3, world_size=2)
+    assert state["mono_steps"] == sum(sampler.batch(t).kind == MONO for t in range(40))
+
+
+def _kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, killed: list) -> None:
+    """SIGKILL one Ray Train worker as soon as Ray's controller has registered a checkpoint (its
+    snapshot file names one): a kill before registration would rightly restart from scratch."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"  # Ray 2.60's record of registered checkpoints
+    deadline = time.time() + 300
+    while time.time() < deadline and not (snapshot.exists() and "checkpoint_0" in snapshot.read_text()):
+        time.sleep(0.1)
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("RayTrainWorker" in part for part in (proc.info["cmdline"] or [])):
+            proc.kill()
+            killed.append(proc.pid)
+            return
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(tiny_model_dir, tmp_path, local_ray):
+    config = with_steps(tiny_config(tiny_model_dir, tmp_path, checkpoint_every=20, max_failures=2), 160)
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_worker_once_a_checkpoint_is_registered,
+                              args=(tmp_path / "ray" / "faulty", killed), daemon=True)
+    killer.start()
+    result = build_trainer(config, "faulty").fit()
+    killer.join(timeout=1)
+    assert killed, "no Ray Train worker process was found to kill"
+    resumed = result.metrics["resumed_from_step"]
+    assert resumed > 0 and resumed % 20 == 0, resumed  # restarted from a checkpoint, not from scratch
+    assert result.metrics["step"] == 160
+    state = json.loads((Path(result.checkpoint.path) / STATE_FILE).read_text())
+    assert state["sampler"]["step"] == 160
+
+
+def test_bad_configs_fail_before_workers_start(tmp_path):
+    cases = {
+        "method.mono_ratio=1.5": "mono_ratio",
+        "method.temperature=0": "temperature",
+        "trainer.zero_stage=4": "zero_stage",
+        "trainer.strategy=fsdp": "strategy",
+        "method.batch_size=400": "exceeds the distinct questions",
+        "model.pooling=max": "pooling",
+        "data.train_languages=[en,xx]": "unknown language code 'xx'",
+        "optim.stepz=3": "unknown key",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            preflight(load_run_config("configs/default.yaml", [override]))
+    with pytest.raises(ValueError, match="no GPU"):
+        check_resources(load_run_config("configs/default.yaml", ["trainer.use_gpu=true"]), {"CPU": 2.0})
+    with pytest.raises(ValueError, match="CPUs"):
+        check_resources(load_run_config("configs/default.yaml", ["trainer.workers=4"]), {"CPU": 2.0})
+
+
+def test_deepspeed_config_follows_ours():
+    config = load_run_config("configs/default.yaml", ["trainer.zero_stage=3", "trainer.use_gpu=true"])
+    ds = deepspeed_config(config, world_size=4)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is True
+    assert ds["train_batch_size"] == 4 * config.method.batch_size
+    cpu = deepspeed_config(load_run_config("configs/default.yaml"), world_size=2)
+    assert cpu["bf16"]["enabled"] is False

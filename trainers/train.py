@@ -1,0 +1,92 @@
+"""Build and run one Ray Train job; also the single-run CLI for debugging outside Tune.
+
+    python -m trainers.train --config configs/default.yaml --set method.mono_ratio=0.3
+
+`build_trainer` is what a Tune trial calls (Train V2: Tune runs a function that builds a `TorchTrainer`
+and calls `fit()`; `Tuner(trainer)` is gone). `preflight` checks the config against the data and the
+cluster first, so a bad request fails before a worker is scheduled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from hybrid.config import to_dict
+from hybrid.sampler import HybridBatchSampler
+from hybrid.splits import training_pairs
+from trainers.config import TrainRunConfig, check_resources, load_run_config
+from trainers.loop import train_loop_per_worker
+
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def preflight(config: TrainRunConfig, resources: dict[str, float] | None = None) -> None:
+    """Data, batch size and resources checked on the driver (about a second), before workers start."""
+    if resources is not None:
+        check_resources(config, resources)
+    train, val = training_pairs(config.data)
+    m, w = config.method, config.trainer.workers
+    for pairs, what in ((train, "training"), (val, "held-out validation")):
+        try:
+            HybridBatchSampler(pairs, m.batch_size, m.mono_ratio if what == "training" else 0.5,
+                               m.lang_temperature, m.seed, 0, w)
+        except ValueError as e:
+            raise ValueError(f"{what} data: {e}") from None
+
+
+def init_ray() -> None:
+    """Join a running cluster when there is one (`ray up`, `ray submit`), else start a local Ray."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
+
+
+def absolute_storage(path: str) -> str:
+    """Ray needs an absolute local path (workers do not share the driver's cwd); URIs (s3://) pass through."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def build_trainer(config: TrainRunConfig, name: str, storage_path: str | None = None,
+                  callbacks: list | None = None) -> TorchTrainer:
+    t = config.trainer
+    resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=to_dict(config),
+        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=absolute_storage(storage_path or t.storage_path),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            worker_runtime_env={"env_vars": WORKER_ENV},
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--name", default="train", help="run name; the same name resumes that run")
+    args = parser.parse_args(argv)
+    config = load_run_config(args.config, args.overrides)
+    preflight(config)
+    init_ray()
+    check_resources(config, ray.cluster_resources())
+    result = build_trainer(config, args.name).fit()
+    print(f"final metrics: {result.metrics}")
+    print(f"checkpoint: {result.checkpoint.path}")
+    print(f"export (transformers / sentence-transformers): {Path(result.checkpoint.path) / 'encoder'}")
+
+
+if __name__ == "__main__":
+    main()
