@@ -27,6 +27,8 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from tokenizers.processors import TemplateProcessing
 from transformers import BertConfig, PreTrainedTokenizerFast
 
+from hybrid.cache import cache_dir as user_cache_dir
+
 E5_SMALL_NAME = "multilingual-e5-small"
 
 _MAGIC = b"E5S1"
@@ -59,14 +61,6 @@ _LAYER = {
 }
 
 
-def default_cache_dir() -> Path:
-    """Where converted models live: ``$HYBRID_SWEEP_CACHE``, else ``~/.cache/hybrid-sweep``.
-
-    The fp32 weights are 470 MB, so they are made once per machine and never committed.
-    """
-    env = os.environ.get("HYBRID_SWEEP_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hybrid-sweep"
-
 
 class _Cursor:
     """Sequential little-endian reads over the file bytes (the format has no alignment)."""
@@ -87,6 +81,7 @@ class _Cursor:
     def raw(self, size: int) -> bytes:
         self.pos += size
         return self.buf[self.pos - size : self.pos]
+
 
 
 def _dequantize_q4(buf: bytes, offset: int, rows: int, cols: int) -> np.ndarray:
@@ -282,7 +277,7 @@ def ensure_e5_small(cache_dir: Path | None = None) -> Path:
     conversion (~10-20 s) and reuses it instead of writing another 470 MB. Under the lock, any
     leftover temp dir is from a killed conversion and is removed.
     """
-    models_dir = Path(cache_dir or default_cache_dir()) / "models"
+    models_dir = Path(cache_dir or user_cache_dir()) / "models"
     target = models_dir / E5_SMALL_NAME
     if target.is_dir():
         return target

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from hybrid.cache import cache_dir
 from hybrid.data.corpus import ParallelCorpus
 from hybrid.data.lareqa import find_language_files, load_lareqa
 
@@ -31,11 +32,6 @@ MLQA_R_SHA256 = {
     "zh": "57f01d2fff50cf3392805635b01445339f225ad5bf28ba8443b12f8dbd1e69dc",
 }
 MLQA_R_ENV = "HYBRID_SWEEP_MLQA_R_DIR"
-
-
-def cache_dir() -> Path:
-    """The user cache (models, downloads): `$HYBRID_SWEEP_CACHE` or `~/.cache/hybrid-sweep`."""
-    return Path(os.environ.get("HYBRID_SWEEP_CACHE", Path.home() / ".cache" / "hybrid-sweep"))
 
 
 def _sha256(path: Path) -> str:
