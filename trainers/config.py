@@ -68,13 +68,16 @@ class TrainRunConfig:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`section.key=value` strings (values parsed as YAML) applied onto a raw config dict."""
+    """`section.key=value` strings (nested: `sweep.search.mono_ratio=[0, 0.5]`; values parsed as YAML)."""
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.split(".")
-        if not sep or len(parts) != 2:
+        if not sep or len(parts) < 2 or not all(parts):
             raise ValueError(f"override {item!r}: use section.key=value, e.g. method.mono_ratio=0.3.")
-        raw.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(value)
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
     return raw
 
 

@@ -35,6 +35,9 @@ def _load_rows(source: str, split: str):
     if path.is_dir():
         loaded = datasets.load_from_disk(str(path))
         return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    if source.startswith((".", "/", "~")) or source.endswith(tuple(_FILE_BUILDERS)):
+        raise FileNotFoundError(f"training data {source} does not exist; give an existing file ({sorted(_FILE_BUILDERS)}) "
+                                "or a `save_to_disk` folder, or a hub dataset name where the hub is reachable.")
     return datasets.load_dataset(source, split=split)  # a hub name: needs network access to the hub
 
 

@@ -1,0 +1,1 @@
+"""The sweep: Ray Tune + Optuna over the hybrid method, evaluation of every checkpoint, MLflow."""

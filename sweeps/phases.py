@@ -1,0 +1,122 @@
+"""The sweep's phases: (1) Optuna search with pruning, (2) more seeds for the top configurations,
+(3) a full evaluation of the best configuration's final checkpoints and of the base model.
+
+Each phase is its own Tune experiment under `<storage>/<sweep name>/`, so `--resume` restores exactly
+the phases that did not finish; finished trials are never run again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray import tune
+from ray.tune import CLIReporter
+
+from evaluation.runner import CheckpointRef, evaluate_checkpoints
+from evaluation.tracking import log_result
+from hybrid.splits import heldout_corpus
+from sweeps import tracking
+from sweeps.config import SweepSetup
+from sweeps.search import param_space, tune_config
+from sweeps.stats import mean_ci
+from sweeps.trial import config_key, run_trial
+from trainers.train import absolute_storage
+
+PARAM_COLUMNS = ["mono_ratio", "temperature", "lang_temperature", "lr", "num_train_languages", "seed"]
+
+
+def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tune.TuneConfig,
+               exp_id: str, parent_id: str, resume: bool) -> tune.ResultGrid:
+    """Fit one Tune experiment, restoring it when `resume` and it exists (finished trials are kept)."""
+    path = Path(absolute_storage(setup.sweep.storage_path)) / setup.sweep.name / name
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, setup=setup, experiment_id=exp_id, parent_run_id=parent_id),
+        {"CPU": setup.sweep.trial_cpus})
+    if path.exists() and tune.Tuner.can_restore(str(path)):
+        if not resume:
+            raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another "
+                                  "sweep.name.")
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
+    columns = [c for c in PARAM_COLUMNS if c in space]
+    reporter = CLIReporter(metric_columns=["step", *setup.sweep.objectives, "val_accuracy"],
+                           parameter_columns=columns, max_report_frequency=30)
+    run_config = tune.RunConfig(name=name, storage_path=str(path.parent), progress_reporter=reporter,
+                                failure_config=tune.FailureConfig(max_failures=1), verbose=1)
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
+
+
+def trials_table(grid: tune.ResultGrid, objectives: tuple[str, ...]) -> pd.DataFrame:
+    """One row per trial: its parameters, last reported objectives, steps done and checkpoint."""
+    rows = []
+    for result in grid:
+        if result.metrics is None or not result.config:
+            continue
+        rows.append({"trial": result.metrics.get("trial_id"), **{k: result.config.get(k) for k in PARAM_COLUMNS
+                                                                   if k in result.config},
+                     "config_key": config_key(result.config), "step": result.metrics.get("step"),
+                     **{o: result.metrics.get(o) for o in objectives},
+                     "checkpoint_path": result.metrics.get("checkpoint_path")})
+    return pd.DataFrame(rows)
+
+
+def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:
+    grid = _run_tuner("search", setup, param_space(setup.sweep, setup.run), tune_config(setup.sweep, setup.run),
+                      exp_id, parent_id, resume)
+    return trials_table(grid, setup.sweep.objectives)
+
+
+def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:
+    """Re-run the top configurations with seeds 1..seeds-1 (seed 0 ran in the search)."""
+    objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
+    finished = table[table["step"] == setup.run.optim.steps].dropna(subset=[objective])
+    top = finished.sort_values(objective, ascending=mode == "min").head(setup.sweep.top_k)
+    extra = [table]
+    for _, row in top.iterrows():
+        if setup.sweep.seeds < 2:
+            break
+        fixed = {k: row[k] for k in PARAM_COLUMNS if k in row and k != "seed" and pd.notna(row[k])}
+        space = fixed | {"seed": tune.grid_search(list(range(1, setup.sweep.seeds)))}
+        grid = _run_tuner(f"seeds-{row['config_key']}", setup, space,
+                          tune.TuneConfig(max_concurrent_trials=setup.sweep.max_concurrent), exp_id, parent_id, resume)
+        extra.append(trials_table(grid, setup.sweep.objectives))
+    return pd.concat(extra, ignore_index=True)
+
+
+def ranked(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
+    """Configurations ranked by the mean of the first objective over seeds, with 95% intervals."""
+    objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
+    rows = []
+    for key, group in table.dropna(subset=[objective]).groupby("config_key"):
+        row = {k: group.iloc[0][k] for k in PARAM_COLUMNS if k in group and k != "seed"}
+        for o in setup.sweep.objectives:
+            mean, half = mean_ci(group[o].to_numpy())
+            row[o], row[f"{o} ±95%"] = mean, half
+        rows.append({"config_key": key, "seeds": len(group), **row})
+    return pd.DataFrame(rows).sort_values(objective, ascending=mode == "min").reset_index(drop=True)
+
+
+def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_id: str, parent_id: str) -> dict[str, float]:
+    """Full evaluation (all eval languages, all held-out questions) of the best configuration's final
+    checkpoints, one per seed, and of the base model (parent run, step 0)."""
+    full = replace(setup.eval, languages=None, max_questions=None)
+    corpus = heldout_corpus(setup.run.data)
+    best = table[(table["config_key"] == best_key) & table["checkpoint_path"].notna()]
+    refs = [CheckpointRef(path=f"{p}/encoder", step=setup.run.optim.steps, temperature=t, label=trial)
+            for p, t, trial in zip(best["checkpoint_path"], best["temperature"], best["trial"])]
+    base = CheckpointRef(path=setup.run.model.name, step=0, temperature=setup.run.method.temperature, label="base")
+    results = evaluate_checkpoints([base, *refs], corpus, full)
+    uri = setup.sweep.tracking_uri
+    log_result(results[0], parent_id, tracking_uri=tracking.absolute_tracking_uri(uri))
+    for result, trial in zip(results[1:], best["trial"]):
+        run_id = tracking.child_run(uri, exp_id, parent_id, trial, trial, {})
+        log_result(result, run_id, tracking_uri=tracking.absolute_tracking_uri(uri))
+    summary = {f"base/{k}": v for k, v in results[0].summary.items()}
+    for key in results[0].summary:
+        mean, half = mean_ci([r.summary[key] for r in results[1:]])
+        summary[f"best/{key}"], summary[f"best/{key} ±95%"] = mean, half
+    return summary
+
+

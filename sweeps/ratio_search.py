@@ -1,0 +1,84 @@
+"""Search the mono/cross batch ratio (alpha), the contrastive temperature (tau) and related knobs.
+
+    python sweeps/ratio_search.py                       # embedded default: local Ray, e5-small, XQuAD-R
+    python sweeps/ratio_search.py --config configs/xlmr-base-gpu.yaml --tracking-uri http://127.0.0.1:5000
+    python sweeps/ratio_search.py --resume              # continue an interrupted sweep of the same name
+
+Phases: Optuna TPE (alpha = 0 and alpha = 1 always enqueued) with ASHA pruning on a proxy evaluation of
+every checkpoint; the top configurations re-run with more seeds; a full evaluation of the best and of
+the base model. Everything lands in MLflow: a parent run per sweep, a child run per trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import ray
+
+from hybrid.config import to_dict
+from sweeps import phases, tracking
+from sweeps.config import load_sweep_setup
+from trainers.config import check_resources
+from trainers.train import init_ray, preflight
+
+
+def flat_params(raw: dict, prefix: str = "") -> dict[str, str]:
+    """The preset as `section.key` params for the parent run (MLflow caps a value at 6000 characters)."""
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out |= flat_params(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = str(value)[:6000]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.yaml", help="a preset in configs/")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set sweep.trials=8 (repeatable)")
+    parser.add_argument("--name", help="sweep name (MLflow experiment, storage folder); default sweep.name")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sweep.tracking_uri, a local SQLite file)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
+    args = parser.parse_args(argv)
+
+    overrides = list(args.overrides)
+    overrides += [f"sweep.name={args.name}"] if args.name else []
+    overrides += [f"sweep.tracking_uri={args.tracking_uri}"] if args.tracking_uri else []
+    setup = load_sweep_setup(args.config, overrides)  # [1] every value validated before Ray starts
+    preflight(setup.run)  # [2] data present, batch fits the questions, languages known
+    start = time.perf_counter()
+    init_ray()  # [3] local Ray, or the cluster when RAY_ADDRESS is set (ray submit)
+    check_resources(setup.run, ray.cluster_resources())
+
+    s = setup.sweep
+    exp_id = tracking.experiment_id(s.tracking_uri, s.name, s.artifact_location)
+    parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw) | flat_params(
+        {"resolved": to_dict(setup.run)}))
+    table = phases.search(setup, exp_id, parent_id, args.resume)  # [4] Tune + Optuna + ASHA
+    table = phases.reseed(setup, table, exp_id, parent_id, args.resume)  # [5] more seeds for the top-k
+    ranking = phases.ranked(table, setup)
+    summary = phases.final_evaluation(setup, table, ranking.iloc[0]["config_key"], exp_id, parent_id) \
+        if s.final_eval and len(ranking) else {}
+    tracking.log_metrics(s.tracking_uri, parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
+    wall = time.perf_counter() - start
+    tracking.log_metrics(s.tracking_uri, parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)}, step=0)
+
+    print("\nTrials (proxy evaluation, last checkpoint):")
+    print(table.drop(columns=["checkpoint_path"]).to_string(index=False, float_format="%.4f"))
+    print(f"\nConfigurations ranked by {s.objectives[0]} (mean over seeds, ±95% CI):")
+    print(ranking.to_string(float_format="%.4f"))
+    if summary:
+        print("\nFull held-out evaluation, best configuration vs base model:")
+        for key in sorted(k for k in summary if k.startswith("best/") and not k.endswith("%")):
+            metric = key[len("best/"):]
+            print(f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   best {summary[key]:.4f} "
+                  f"± {summary[key + ' ±95%']:.4f}")
+    print(f"\nSweep '{s.name}': {len(table)} trials in {wall / 60:.1f} min. Compare the runs in MLflow:")
+    print(f"  mlflow ui --backend-store-uri {tracking.absolute_tracking_uri(s.tracking_uri)} --host 127.0.0.1 --port 5000")
+
+
+if __name__ == "__main__":
+    main()

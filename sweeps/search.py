@@ -1,0 +1,70 @@
+"""The search: Tune's param space, Optuna TPE with the alpha = 0 / alpha = 1 references enqueued, pruning.
+
+Every sweep evaluates X-Y only (alpha = 0) and X-X-mono only (alpha = 1) first, through Optuna's
+points to evaluate, so each result sits between its two baselines.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+from ray.tune.search.optuna import OptunaSearch
+
+from sweeps.config import SweepConfig
+from trainers.config import TrainRunConfig
+
+
+def param_space(sweep: SweepConfig, base: TrainRunConfig) -> dict[str, Any]:
+    s = sweep.search
+    space: dict[str, Any] = {
+        "mono_ratio": tune.uniform(*s.mono_ratio) if s.mono_ratio[0] < s.mono_ratio[1] else s.mono_ratio[0],
+        "temperature": tune.loguniform(*s.temperature) if s.temperature[0] < s.temperature[1] else s.temperature[0],
+        "lang_temperature": tune.choice(list(s.lang_temperature)) if len(s.lang_temperature) > 1 else s.lang_temperature[0],
+        "seed": base.method.seed,
+    }
+    if s.lr:
+        space["lr"] = tune.loguniform(*s.lr)
+    if s.num_train_languages:
+        space["num_train_languages"] = tune.choice(list(s.num_train_languages))
+    return space
+
+
+def reference_points(sweep: SweepConfig, base: TrainRunConfig) -> list[dict[str, Any]]:
+    """alpha = 0 and alpha = 1 (clipped to the range) at the base config's other values."""
+    s = sweep.search
+    lo, hi = s.temperature
+    point: dict[str, Any] = {"temperature": min(max(base.method.temperature, lo), hi)}
+    if len(s.lang_temperature) > 1:
+        point["lang_temperature"] = base.method.lang_temperature if base.method.lang_temperature in s.lang_temperature \
+            else s.lang_temperature[0]
+    if s.lr:
+        point["lr"] = min(max(base.optim.lr, s.lr[0]), s.lr[1])
+    if s.num_train_languages:
+        point["num_train_languages"] = max(s.num_train_languages)
+    alphas = sorted({s.mono_ratio[0], s.mono_ratio[1]})
+    return [point | {"mono_ratio": a} for a in alphas] if s.mono_ratio[0] < s.mono_ratio[1] else []
+
+
+def tune_config(sweep: SweepConfig, base: TrainRunConfig) -> tune.TuneConfig:
+    single = len(sweep.objectives) == 1
+    metric = sweep.objectives[0] if single else list(sweep.objectives)
+    mode = sweep.modes[0] if single else sweep.modes
+    searcher = OptunaSearch(metric=metric, mode=mode, points_to_evaluate=reference_points(sweep, base),
+                            seed=sweep.seed)
+    if sweep.scheduler == "asha":
+        scheduler = ASHAScheduler(metric=metric, mode=mode, time_attr="step", grace_period=sweep.grace_period
+                                  * base.trainer.checkpoint_every, max_t=base.optim.steps)
+    elif sweep.scheduler == "median":
+        scheduler = MedianStoppingRule(metric=metric, mode=mode, time_attr="step",
+                                       grace_period=sweep.grace_period * base.trainer.checkpoint_every)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=sweep.trials,
+                           max_concurrent_trials=sweep.max_concurrent)
+
+
+def is_reference(mono_ratio: float) -> bool:
+    return math.isclose(mono_ratio, 0.0) or math.isclose(mono_ratio, 1.0)

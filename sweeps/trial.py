@@ -1,0 +1,83 @@
+"""One Tune trial: build the trial's training run, train it with Ray Train, evaluate every checkpoint.
+
+Train V2 composition: Tune runs `run_trial`, which builds a `TorchTrainer` and calls `fit()`. The
+`EvaluateAndReport` callback runs on the Train controller: it logs each training report to the trial's
+MLflow child run, evaluates each checkpoint as it appears (proxy evaluation, Ray tasks), and passes the
+evaluation metrics up to Tune, so ASHA prunes on held-out retrieval, not on training loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from typing import Any
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from evaluation.runner import CheckpointRef, evaluate_checkpoints
+from evaluation.tracking import log_result
+from hybrid.splits import heldout_corpus
+from sweeps import tracking
+from sweeps.config import SweepSetup
+from trainers.config import TrainRunConfig
+from trainers.train import build_trainer
+
+PROXY_PREFIX = "proxy"  # proxy (sweep-time) evaluation metrics are logged as proxy/multi/map, ...
+
+
+def config_key(params: dict[str, Any]) -> str:
+    """A short id of a configuration, the seed left out: trials that differ only by seed share it."""
+    knobs = {k: v for k, v in sorted(params.items()) if k != "seed"}
+    return hashlib.sha256(json.dumps(knobs, default=str).encode()).hexdigest()[:10]
+
+
+def trial_run_config(base: TrainRunConfig, params: dict[str, Any]) -> TrainRunConfig:
+    """The base run with the trial's searched values applied (and re-validated)."""
+    method = replace(base.method, **{k: params[k] for k in ("mono_ratio", "temperature", "lang_temperature", "seed")
+                                     if k in params})
+    optim = replace(base.optim, lr=params["lr"]) if "lr" in params else base.optim
+    data = base.data
+    if "num_train_languages" in params:
+        data = replace(data, train_languages=data.train_languages[: params["num_train_languages"]])
+    return replace(base, method=method, optim=optim, data=data)
+
+
+class EvaluateAndReport(TuneReportCallback):
+    """Per training report: log to MLflow; per checkpoint: evaluate, log, and report to Tune."""
+
+    def __init__(self, setup: SweepSetup, config: TrainRunConfig, run_id: str):
+        super().__init__()
+        self.setup, self.config, self.run_id = setup, config, run_id
+        self.uri = tracking.absolute_tracking_uri(setup.sweep.tracking_uri)
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        train_metrics = dict(metrics[0])
+        step = int(train_metrics.get("step", 0))
+        tracking.log_metrics(self.uri, self.run_id, {f"train/{k}": v for k, v in train_metrics.items()
+                                                     if k != "step"}, step)
+        if checkpoint is None:
+            return
+        corpus = heldout_corpus(self.config.data)
+        ref = CheckpointRef(path=f"{checkpoint.path}/encoder", step=step,
+                            temperature=self.config.method.temperature, label=f"step {step}")
+        [result] = evaluate_checkpoints([ref], corpus, self.setup.eval)
+        log_result(result, self.run_id, tracking_uri=self.uri, prefix=PROXY_PREFIX)
+        report = train_metrics | result.summary | {"checkpoint_path": checkpoint.path}
+        self._training_actor_item_queue.put(report)
+
+
+def run_trial(params: dict[str, Any], setup: SweepSetup, experiment_id: str, parent_run_id: str) -> None:
+    """The Tune trainable. Its run name is the trial id, so a restarted trial resumes its own Train run."""
+    trial_id = tune.get_context().get_trial_id()
+    config = trial_run_config(setup.run, params)
+    run_params = params | {"config_key": config_key(params)}
+    run_id = tracking.child_run(setup.sweep.tracking_uri, experiment_id, parent_run_id, trial_id,
+                                run_name=f"{trial_id} a={params.get('mono_ratio', 0):.2f} "
+                                         f"t={params.get('temperature', 0):.3f} s={params.get('seed', 0)}",
+                                params=run_params)
+    trainer = build_trainer(config, name=f"{setup.sweep.name}-{trial_id}",
+                            storage_path=f"{setup.sweep.storage_path}/train",
+                            callbacks=[EvaluateAndReport(setup, config, run_id)])
+    trainer.fit()
