@@ -7,7 +7,7 @@ Ray starts (`load_sweep_setup`), so a bad range or an unknown objective costs no
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from hybrid.config import from_dict, read_yaml
 from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
+ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
 SETTINGS = ("mono", "cross", "multi")
 # Metrics where lower is better; every other objective is maximised.
 LOWER_IS_BETTER = ("rank_distance", "ece")
@@ -58,7 +59,13 @@ class SweepConfig:
     grace_period: int = 1  # checkpoints before ASHA may stop a trial
     top_k: int = 1  # configurations re-run with more seeds
     seeds: int = 3  # seeds per top configuration, the original included
-    final_eval: bool = True  # full evaluation (all eval languages, all questions) of the best trial
+    # Proxy evaluation of every checkpoint, run beside training (so its tasks must fit in the CPUs the
+    # trials leave free): a few languages (trained, distant script, unseen) and a fixed question sample.
+    proxy_languages: tuple[str, ...] = ("en", "zh", "el")
+    proxy_max_questions: int | None = 100
+    proxy_cpus: float = 0.1
+    final_eval: bool = True  # full evaluation (all eval languages, all questions) of the best and references
+    zero_shot_datasets: tuple[str, ...] = ()  # e.g. [mlqa-r]: evaluated at the end only, never selected on
     search: SearchSpace = field(default_factory=SearchSpace)
     tracking_uri: str = "sqlite:///mlflow.db"
     artifact_location: str = "mlruns"
@@ -78,6 +85,8 @@ class SweepConfig:
         if len(self.objectives) > 1 and self.scheduler != "none":
             raise ValueError("multi-objective sweeps cannot prune (ASHA and median need one metric): "
                              "set sweep.scheduler=none.")
+        if self.proxy_cpus <= 0 or (self.proxy_max_questions is not None and self.proxy_max_questions < 1):
+            raise ValueError("sweep.proxy_cpus must be > 0 and sweep.proxy_max_questions null or >= 1.")
         if self.top_k < 0 or self.seeds < 1 or self.max_concurrent < 1:
             raise ValueError("sweep.top_k must be >= 0, sweep.seeds >= 1, sweep.max_concurrent >= 1.")
 
@@ -91,9 +100,25 @@ class SweepSetup:
     """Everything a sweep needs, validated: the base training run, the evaluation, the search."""
 
     run: TrainRunConfig
-    eval: EvalConfig
+    eval: EvalConfig  # the full evaluation (final phase, CLI)
     sweep: SweepConfig
-    raw: dict[str, Any]  # the preset as loaded (logged to MLflow as the sweep's config artifact)
+    raw: dict[str, Any]  # the preset as loaded (logged to MLflow as the sweep's params)
+
+    @property
+    def proxy_eval(self) -> EvalConfig:
+        s = self.sweep
+        return replace(self.eval, languages=s.proxy_languages or None, max_questions=s.proxy_max_questions,
+                       encode_cpus=s.proxy_cpus, score_cpus=s.proxy_cpus)
+
+    def check_capacity(self, cpus: float) -> None:
+        """Proxy evaluation runs while trials train: its tasks must fit in the CPUs trials leave free,
+        or the evaluation waits for CPUs held by the training it is waiting on."""
+        t = self.run.trainer
+        busy = self.sweep.max_concurrent * (self.sweep.trial_cpus + t.workers * t.cpus_per_worker)
+        if cpus - busy < self.sweep.proxy_cpus - 1e-9:
+            raise ValueError(f"{self.sweep.max_concurrent} concurrent trial(s) use {busy:g} of {cpus:g} CPUs, "
+                             f"leaving less than sweep.proxy_cpus={self.sweep.proxy_cpus:g} for evaluating "
+                             "checkpoints. Lower sweep.max_concurrent, trainer.cpus_per_worker or sweep.proxy_cpus.")
 
 
 def load_sweep_setup(path: Path | str, overrides: list[str] = ()) -> SweepSetup:
@@ -101,6 +126,16 @@ def load_sweep_setup(path: Path | str, overrides: list[str] = ()) -> SweepSetup:
     run = run_config_from_raw(raw)
     evaluation = from_dict(EvalConfig, raw.get("eval"), "eval")
     sweep = from_dict(SweepConfig, raw.get("sweep"), "sweep")
+    if evaluation.dataset in ZERO_SHOT or evaluation.dataset in sweep.zero_shot_datasets:
+        raise ValueError(f"eval.dataset={evaluation.dataset!r} would select on a zero-shot set. Select on the "
+                         f"held-out split (eval.dataset={run.data.dataset!r}) and list zero-shot sets in "
+                         "sweep.zero_shot_datasets: they are evaluated once, after selection.")
+    for lang in sweep.proxy_languages:
+        if lang not in (evaluation.languages or run.data.eval_languages):
+            raise ValueError(f"sweep.proxy_languages: {lang!r} is not an evaluation language "
+                             f"({list(evaluation.languages or run.data.eval_languages)}).")
+    for dataset in sweep.zero_shot_datasets:
+        replace(evaluation, dataset=dataset)  # validates the name now, not after the sweep
     if any(k > len(run.data.train_languages) for k in sweep.search.num_train_languages):
         raise ValueError(f"sweep.search.num_train_languages {sweep.search.num_train_languages} exceeds the "
                          f"{len(run.data.train_languages)} data.train_languages.")

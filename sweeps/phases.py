@@ -15,12 +15,11 @@ import pandas as pd
 from ray import tune
 from ray.tune import CLIReporter
 
-from evaluation.runner import CheckpointRef, evaluate_checkpoints
+from evaluation.runner import CheckpointRef, evaluate_checkpoints, load_eval_set
 from evaluation.tracking import log_result
-from hybrid.splits import heldout_corpus
 from sweeps import tracking
 from sweeps.config import SweepSetup
-from sweeps.search import param_space, tune_config
+from sweeps.search import is_reference, param_space, tune_config
 from sweeps.stats import mean_ci
 from sweeps.trial import config_key, run_trial
 from trainers.train import absolute_storage
@@ -99,24 +98,29 @@ def ranked(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
 
 
 def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_id: str, parent_id: str) -> dict[str, float]:
-    """Full evaluation (all eval languages, all held-out questions) of the best configuration's final
-    checkpoints, one per seed, and of the base model (parent run, step 0)."""
-    full = replace(setup.eval, languages=None, max_questions=None)
-    corpus = heldout_corpus(setup.run.data)
-    best = table[(table["config_key"] == best_key) & table["checkpoint_path"].notna()]
-    refs = [CheckpointRef(path=f"{p}/encoder", step=setup.run.optim.steps, temperature=t, label=trial)
-            for p, t, trial in zip(best["checkpoint_path"], best["temperature"], best["trial"])]
-    base = CheckpointRef(path=setup.run.model.name, step=0, temperature=setup.run.method.temperature, label="base")
-    results = evaluate_checkpoints([base, *refs], corpus, full)
-    uri = setup.sweep.tracking_uri
-    log_result(results[0], parent_id, tracking_uri=tracking.absolute_tracking_uri(uri))
-    for result, trial in zip(results[1:], best["trial"]):
-        run_id = tracking.child_run(uri, exp_id, parent_id, trial, trial, {})
-        log_result(result, run_id, tracking_uri=tracking.absolute_tracking_uri(uri))
-    summary = {f"base/{k}": v for k, v in results[0].summary.items()}
-    for key in results[0].summary:
-        mean, half = mean_ci([r.summary[key] for r in results[1:]])
-        summary[f"best/{key}"], summary[f"best/{key} ±95%"] = mean, half
+    """Full evaluation (all eval languages, all questions) of the final checkpoints of the best
+    configuration (one per seed) and of the alpha = 0 / alpha = 1 references, and of the base model
+    (parent run, step 0); then the same on each zero-shot dataset (`sweep.zero_shot_datasets`), which
+    took no part in selection. Returns the parent's summary: base and best (mean, 95% half-width)."""
+    final = table[table["checkpoint_path"].notna() & (table["step"] == setup.run.optim.steps)]
+    chosen = final[(final["config_key"] == best_key) | final["mono_ratio"].map(is_reference)].drop_duplicates("trial")
+    refs = [CheckpointRef(path=f"{p}/encoder", step=setup.run.optim.steps, temperature=t, label=trial,
+                          model=setup.run.model.name)
+            for p, t, trial in zip(chosen["checkpoint_path"], chosen["temperature"], chosen["trial"])]
+    base = CheckpointRef(path=setup.run.model.name, step=0, temperature=setup.run.method.temperature,
+                         label="base", model=setup.run.model.name)
+    uri = tracking.absolute_tracking_uri(setup.sweep.tracking_uri)
+    summary: dict[str, float] = {}
+    for dataset in (setup.eval.dataset, *setup.sweep.zero_shot_datasets):
+        full = replace(setup.eval, dataset=dataset, languages=None, max_questions=None)
+        results = evaluate_checkpoints([base, *refs], load_eval_set(full, setup.run.data), full)
+        client = tracking.client(uri)
+        log_result(results[0], parent_id, client)
+        for result, trial in zip(results[1:], chosen["trial"]):
+            log_result(result, tracking.child_run(uri, exp_id, parent_id, trial, trial, {}), client)
+        best = [r for r, key in zip(results[1:], chosen["config_key"]) if key == best_key]
+        scope = "" if dataset == setup.eval.dataset else f"{dataset}/"
+        for key, value in results[0].summary.items():
+            mean, half = mean_ci([r.summary[key] for r in best])
+            summary |= {f"base/{scope}{key}": value, f"best/{scope}{key}": mean, f"best/{scope}{key}/ci95": half}
     return summary
-
-

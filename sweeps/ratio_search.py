@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     init_ray()  # [3] local Ray, or the cluster when RAY_ADDRESS is set (ray submit)
     check_resources(setup.run, ray.cluster_resources())
+    setup.check_capacity(ray.cluster_resources().get("CPU", 0))
 
     s = setup.sweep
     exp_id = tracking.experiment_id(s.tracking_uri, s.name, s.artifact_location)
@@ -72,10 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     print(ranking.to_string(float_format="%.4f"))
     if summary:
         print("\nFull held-out evaluation, best configuration vs base model:")
-        for key in sorted(k for k in summary if k.startswith("best/") and not k.endswith("%")):
+        for key in sorted(k for k in summary if k.startswith("best/") and not k.endswith("/ci95")):
             metric = key[len("best/"):]
             print(f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   best {summary[key]:.4f} "
-                  f"± {summary[key + ' ±95%']:.4f}")
+                  f"± {summary[key + '/ci95']:.4f}")
     print(f"\nSweep '{s.name}': {len(table)} trials in {wall / 60:.1f} min. Compare the runs in MLflow:")
     print(f"  mlflow ui --backend-store-uri {tracking.absolute_tracking_uri(s.tracking_uri)} --host 127.0.0.1 --port 5000")
 

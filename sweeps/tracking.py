@@ -6,6 +6,8 @@ retried sweep reuses its runs instead of duplicating them.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -69,9 +71,15 @@ def child_run(tracking_uri: str, exp_id: str, parent_id: str, trial_id: str, run
     return run.info.run_id
 
 
+def mlflow_name(key: str) -> str:
+    """MLflow refuses "@" and most punctuation in names: recall@10 becomes recall_at_10."""
+    return re.sub(r"[^\w.\-/ :]", "_", key.replace("@", "_at_"))
+
+
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+    batch = [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and math.isfinite(v)]
     client(tracking_uri).log_batch(run_id, metrics=batch)

@@ -16,16 +16,12 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from evaluation.runner import CheckpointRef, evaluate_checkpoints
+from evaluation.runner import CheckpointRef, evaluate_checkpoints, load_eval_set
 from evaluation.tracking import log_result
-from hybrid.splits import heldout_corpus
 from sweeps import tracking
 from sweeps.config import SweepSetup
 from trainers.config import TrainRunConfig
 from trainers.train import build_trainer
-
-PROXY_PREFIX = "proxy"  # proxy (sweep-time) evaluation metrics are logged as proxy/multi/map, ...
-
 
 def config_key(params: dict[str, Any]) -> str:
     """A short id of a configuration, the seed left out: trials that differ only by seed share it."""
@@ -59,11 +55,12 @@ class EvaluateAndReport(TuneReportCallback):
                                                      if k != "step"}, step)
         if checkpoint is None:
             return
-        corpus = heldout_corpus(self.config.data)
+        proxy = self.setup.proxy_eval
+        eval_set = load_eval_set(proxy, self.config.data)
         ref = CheckpointRef(path=f"{checkpoint.path}/encoder", step=step,
                             temperature=self.config.method.temperature, label=f"step {step}")
-        [result] = evaluate_checkpoints([ref], corpus, self.setup.eval)
-        log_result(result, self.run_id, tracking_uri=self.uri, prefix=PROXY_PREFIX)
+        [result] = evaluate_checkpoints([ref], eval_set, proxy)
+        log_result(result, self.run_id, tracking.client(self.uri))
         report = train_metrics | result.summary | {"checkpoint_path": checkpoint.path}
         self._training_actor_item_queue.put(report)
 

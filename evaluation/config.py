@@ -1,0 +1,71 @@
+"""The `eval:` section of a preset: which data is scored, how much of it, and with which resources.
+
+Validated once when built (`hybrid.config.from_dict(EvalConfig, raw["eval"])`), before Ray starts, so
+a typo in a dataset name or a language code fails with the list of valid values and costs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hybrid.data.languages import check_language_code
+
+NAMED_DATASETS = ("xquad-r", "mlqa-r", "miracl")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How checkpoints are evaluated.
+
+    - dataset: xquad-r (held-out articles of the training corpus), mlqa-r (out-of-domain, whole corpus),
+      miracl (monolingual only, a tractable pool per language, see evaluation.miracl), or the path of a
+      folder of LAReQA-format {lang}.json files.
+    - languages: None = the data config's eval_languages (for MIRACL: every language available).
+    - max_questions: proxy evaluation during sweeps: the first N question ids ordered by sha256(id),
+      the same ids in every language; candidates are never subsampled (the ranking stays as hard).
+    - encode_cpus / score_cpus: Ray `num_cpus` of each encode and scoring task (also their threads).
+    - use_gpu_index: FAISS indexes on every visible GPU when one is present (CPU otherwise).
+    - data_dir: a local copy of MLQA-R or MIRACL (no download / hub).
+    - miracl_sample: non-judged passages sampled (seeded) into each MIRACL language's pool.
+    """
+
+    dataset: str = "xquad-r"
+    languages: tuple[str, ...] | None = None
+    max_questions: int | None = None
+    batch_size: int = 64
+    encode_cpus: float = 1.0
+    score_cpus: float = 1.0
+    use_gpu_index: bool = False
+    ece_bins: int = 15
+    data_dir: str | None = None
+    miracl_sample: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.dataset not in NAMED_DATASETS and not Path(self.dataset).is_dir():
+            raise ValueError(f"eval.dataset must be one of {NAMED_DATASETS} or an existing folder of "
+                             f"LAReQA-format {{lang}}.json files, got {self.dataset!r}.")
+        if self.languages is not None:
+            if not self.languages:
+                raise ValueError("eval.languages must be null (the data config's eval_languages) or a "
+                                 "non-empty list of language codes.")
+            for lang in self.languages:
+                check_language_code(lang)
+            if len(set(self.languages)) != len(self.languages):
+                raise ValueError(f"eval.languages has duplicates: {list(self.languages)}.")
+        if self.max_questions is not None and self.max_questions < 1:
+            raise ValueError(f"eval.max_questions must be null (all questions) or >= 1, got {self.max_questions}.")
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}.")
+        if not (self.encode_cpus > 0 and self.score_cpus > 0):
+            raise ValueError(f"eval.encode_cpus and eval.score_cpus must be > 0 (Ray num_cpus), got "
+                             f"{self.encode_cpus} and {self.score_cpus}.")
+        if self.ece_bins < 1:
+            raise ValueError(f"eval.ece_bins must be >= 1, got {self.ece_bins}.")
+        if self.miracl_sample < 0:
+            raise ValueError(f"eval.miracl_sample must be >= 0, got {self.miracl_sample}.")
+
+    @property
+    def threads(self) -> tuple[int, int]:
+        """(encode, score) threads per task: the task's CPU share, at least one."""
+        return max(1, int(self.encode_cpus)), max(1, int(self.score_cpus))

@@ -1,0 +1,170 @@
+"""The sweep: config validation, search construction, statistics, and tiny end-to-end sweeps through
+the real CLI (Ray Tune + Optuna + Ray Train + evaluation + MLflow), including a killed driver."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from sweeps.config import load_sweep_setup
+from sweeps.search import param_space, reference_points
+from sweeps.stats import mean_ci
+from sweeps.trial import config_key, trial_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PROXY_MAP = "eval/xquad-r/heldout-proxy20/multi/map"  # evaluation.tracking's name for the proxy mAP
+
+
+def test_mean_ci_matches_the_t_interval():
+    x = [0.61, 0.64, 0.60, 0.66]
+    mean, half = mean_ci(x)
+    lo, hi = stats.t.interval(0.95, df=3, loc=np.mean(x), scale=stats.sem(x))
+    assert mean == pytest.approx(np.mean(x)) and half == pytest.approx((hi - lo) / 2)
+    assert math.isnan(mean_ci([0.5])[1])
+
+
+def test_references_alpha_zero_and_one_are_enqueued():
+    setup = load_sweep_setup(ROOT / "configs/default.yaml")
+    points = reference_points(setup.sweep, setup.run)
+    assert sorted(p["mono_ratio"] for p in points) == [0.0, 1.0]
+    space = param_space(setup.sweep, setup.run)
+    assert set(points[0]) <= set(space)
+
+
+def test_trial_config_applies_the_searched_values():
+    setup = load_sweep_setup(ROOT / "configs/default.yaml")
+    params = {"mono_ratio": 0.25, "temperature": 0.02, "lang_temperature": 2.0, "seed": 4, "num_train_languages": 3}
+    run = trial_run_config(setup.run, params)
+    assert (run.method.mono_ratio, run.method.temperature, run.method.seed) == (0.25, 0.02, 4)
+    assert run.data.train_languages == setup.run.data.train_languages[:3]
+    assert config_key(params) == config_key(params | {"seed": 9}) != config_key(params | {"mono_ratio": 0.3})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sweep.search.mono_ratio=[0.5, 1.5]", "mono_ratio"),
+    ("sweep.search.temperature=[0, 0.1]", "temperature"),
+    ("sweep.objectives=[multi/map, mono/map]", "multi-objective sweeps cannot prune"),
+    ("sweep.objectives=[pooled/map]", "setting"),
+    ("sweep.trials=1", "references"),
+    ("sweep.search.num_train_languages=[12]", "exceeds"),
+    ("data.eval_languages=[en, xx]", "unknown language code 'xx'"),
+    ("sweep.scheduler=hyperband", "scheduler"),
+])
+def test_bad_sweeps_fail_before_ray_starts(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_sweep_setup(ROOT / "configs/default.yaml", [override])
+
+
+def tiny_sweep_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
+    raw = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
+    raw["data"] |= {"train_languages": ["en", "de"], "eval_languages": ["en", "de"]}
+    raw["model"] |= {"name": str(model_dir), "max_length": 32, "freeze_embeddings": False}
+    raw["method"] |= {"batch_size": 8}
+    raw["optim"] |= {"lr": 1e-3, "steps": 6, "warmup_steps": 1}
+    raw["trainer"] |= {"checkpoint_every": 3, "log_every": 3, "val_batches": 2,
+                       "storage_path": str(tmp_path / "train")}
+    raw["sweep"] |= {"name": name, "trials": 3, "top_k": 1, "seeds": 2, "grace_period": 1,
+                     "proxy_languages": ["en", "de"], "proxy_max_questions": 20,
+                     "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_location": str(tmp_path / "mlruns"),
+                     "storage_path": str(tmp_path / "sweeps")}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def sweep_command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sweeps/ratio_search.py"), "--config", str(config), *extra]
+
+
+def mlflow_runs(tmp_path: Path, name: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(name)
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def env() -> dict[str, str]:
+    return os.environ | {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, "tiny")
+    done = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Configurations ranked by multi/map" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
+    client, runs = mlflow_runs(tmp_path, "tiny")
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 4  # 3 searched + 1 extra seed of the best
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    alphas = sorted(float(c.data.params["mono_ratio"]) for c in children)
+    assert alphas[0] == 0.0 and alphas[-1] == 1.0  # both references ran
+    for child in children:  # evaluation metrics per checkpoint (steps 3 and 6), training metrics per step
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, PROXY_MAP)]
+        assert sorted(steps) == [3, 6], steps
+        assert client.get_metric_history(child.info.run_id, "train/loss")
+    assert {"base/multi/map", "best/multi/map", "eval/xquad-r/heldout/multi/map"} <= set(parents[0].data.metrics)
+
+
+def finished_trials(tmp_path: Path, name: str) -> dict[str, int]:
+    """{trial id: number of proxy mAP points} of trials whose final checkpoint (step 6) was evaluated."""
+    from mlflow import MlflowClient
+
+    if not (tmp_path / "mlflow.db").exists():
+        return {}
+    try:
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        exp = client.get_experiment_by_name(name)
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+    except Exception:  # the driver is creating the store right now
+        return {}
+    done = {}
+    for run in runs:
+        if run.data.tags.get("sweep.role") != "trial":
+            continue
+        history = client.get_metric_history(run.info.run_id, PROXY_MAP)
+        if any(m.step == 6 for m in history):
+            done[run.data.tags["tune.trial_id"]] = len(history)
+    return done
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, tiny_model_dir):
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, "resumable")
+    driver = subprocess.Popen(sweep_command(config), cwd=tmp_path, env=env(), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and driver.poll() is None and not finished_trials(tmp_path, "resumable"):
+        time.sleep(2)
+    assert driver.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    before = finished_trials(tmp_path, "resumable")
+    assert before
+
+    done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _, runs = mlflow_runs(tmp_path, "resumable")
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    trial_ids = [r.data.tags["tune.trial_id"] for r in runs if r.data.tags.get("sweep.role") == "trial"]
+    assert len(parents) == 1 and len(trial_ids) == len(set(trial_ids)) == 4  # no duplicate runs
+    after = finished_trials(tmp_path, "resumable")
+    assert set(after) == set(trial_ids)  # every trial finished
+    assert all(after[t] == before[t] for t in before)  # finished trials were not run or logged again
+
+
+def test_selecting_on_a_zero_shot_set_is_refused():
+    with pytest.raises(ValueError, match="would select on a zero-shot set"):
+        load_sweep_setup(ROOT / "configs/default.yaml", ["eval.dataset=mlqa-r"])
