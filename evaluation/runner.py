@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,20 +22,17 @@ from pathlib import Path
 import faiss
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from evaluation import metrics as M
-from evaluation.config import EvalConfig
+from evaluation.config import DEFAULT_TEMPERATURE, CheckpointRef, EvalConfig, content_hash, resolve_model_dir
 from hybrid.config import DataConfig
 from hybrid.data import ParallelCorpus, load_corpus
 from hybrid.splits import heldout_corpus
 
-DEFAULT_TEMPERATURE = 0.05  # the InfoNCE tau of the base model's ECE: E5 was trained at 0.01-0.05
-STATE_FILE = "trainer_state.json"  # trainers.loop.STATE_FILE (not imported: that module pulls in DeepSpeed)
 PAIR_METRICS = ("map", "map@20", "mrr@10", "recall@1", "recall@10", "recall@100", "ndcg@10", "ece")
 POOLED_METRICS = (*PAIR_METRICS, "rank_distance")  # rank distance only means something when pooled
 GPU_MAX_K = 2048  # FAISS GPU flat search refuses larger k
-_HASHED = ("*.safetensors", "*.bin", "tokenizer*", "special_tokens_map.json", "vocab.*", "*.model",
-           "merges.txt", "config.json", "hybrid_encoder.json")
 
 
 @dataclass(frozen=True)
@@ -122,29 +118,6 @@ def load_eval_set(config: EvalConfig, data: DataConfig) -> EvalSet:
 
 
 @dataclass(frozen=True)
-class CheckpointRef:
-    """What to evaluate: an encoder folder or model name, its training step and its InfoNCE temperature."""
-
-    path: str  # an encoder folder, multilingual-e5-small, or a hub name in the local Hugging Face cache
-    step: int = 0  # 0 = the base model
-    temperature: float = DEFAULT_TEMPERATURE  # softmax temperature for ECE: the trained tau
-    label: str = ""  # how reports name it; defaults to `path`
-    model: str = ""  # the base model's name, for lineage; defaults to `path`
-
-    @classmethod
-    def from_path(cls, path_or_name: str) -> CheckpointRef:
-        """A trainer checkpoint folder (encoder/ + trainer_state.json) or, as step 0, a model folder / name."""
-        folder = Path(path_or_name)
-        if (folder / STATE_FILE).is_file():
-            state = json.loads((folder / STATE_FILE).read_text())
-            config = state.get("config", {})
-            return cls(str(folder / "encoder"), int(state["step"]),
-                       float(config.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)),
-                       label=str(folder), model=config.get("model", {}).get("name", str(folder)))
-        return cls(path_or_name, 0, DEFAULT_TEMPERATURE, label=path_or_name, model=path_or_name)
-
-
-@dataclass(frozen=True)
 class EvalResult:
     """One checkpoint on one evaluation set. `matrices[metric]` is L x L (rows: query language, columns:
     candidate language; NaN where a pair has no query). `summary` keys are "{setting}/{metric}": mono =
@@ -167,38 +140,6 @@ class EvalResult:
     wall_s: float
     model: str = ""
     temperature: float = DEFAULT_TEMPERATURE
-
-
-def resolve_model_dir(name_or_path: str) -> Path:
-    """The local folder of a checkpoint, of multilingual-e5-small (converted once), or of a cached hub model."""
-    if Path(name_or_path).is_dir():
-        return Path(name_or_path)
-    from hybrid.e5_offline import E5_SMALL_NAME, ensure_e5_small
-
-    if name_or_path == E5_SMALL_NAME:
-        return ensure_e5_small()
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name_or_path, local_files_only=True))
-    except Exception as e:  # huggingface_hub raises several unrelated types for "not there"
-        raise ValueError(f"checkpoint {name_or_path!r} is not a folder, not {E5_SMALL_NAME!r}, and not in the "
-                         f"local Hugging Face cache ({type(e).__name__}). Pass an encoder folder.") from e
-
-
-def content_hash(name_or_path: str) -> str:
-    """sha256 over the files that decide the embeddings: weights, tokenizer, config, hybrid_encoder.json."""
-    folder = resolve_model_dir(name_or_path)
-    files = sorted({f for pattern in _HASHED for f in folder.glob(pattern) if f.is_file()})
-    if not any(f.suffix in (".safetensors", ".bin") for f in files):
-        raise ValueError(f"{folder}: no weights (*.safetensors or *.bin); not an encoder folder.")
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode() + b"\0")
-        with open(f, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def evaluation_key(model_hash: str, eval_set: EvalSet, config: EvalConfig, temperature: float) -> str:
@@ -316,14 +257,19 @@ def _score_task(query_lang: str, queries: np.ndarray, positives: list[dict[str, 
                                 temperature, ece_bins, use_gpu)
 
 
-def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[dict, int]:
-    """Submit one checkpoint's tasks; returns ({query language: scoring ObjectRef}, encode task count)."""
+def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[dict, int, str]:
+    """Submit one checkpoint's tasks; returns ({query language: scoring ObjectRef}, encode task count,
+    the model's content hash)."""
     model_dir = str(resolve_model_dir(ref.path))
     model_hash = content_hash(model_dir)
     encode_threads, score_threads = config.threads
+    # Outside any placement group: called from a Tune trial (whose group captures child tasks and is
+    # full), evaluation tasks would otherwise wait forever for a CPU inside the trial's own bundle.
+    free = PlacementGroupSchedulingStrategy(placement_group=None)
 
     def encode(texts: list[str], side: str, lang: str) -> ray.ObjectRef:
-        return _encode_task.options(num_cpus=config.encode_cpus, name=f"encode:{ref.label}:{lang}:{side}").remote(
+        return _encode_task.options(num_cpus=config.encode_cpus, name=f"encode:{ref.label}:{lang}:{side}",
+                                    scheduling_strategy=free).remote(
             model_dir, model_hash, texts, side, config.batch_size, encode_threads)
 
     # [1] candidates first: every scoring task needs all of them, but only its own queries.
@@ -333,10 +279,11 @@ def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[
     for lang in eval_set.languages:
         cand_langs = list(eval_set.languages) if eval_set.parallel else [lang]
         # [2] ObjectRefs as top-level arguments: Ray resolves them to (zero-copy) arrays in the task.
-        scoring[lang] = _score_task.options(num_cpus=config.score_cpus, name=f"score:{ref.label}:{lang}").remote(
+        scoring[lang] = _score_task.options(num_cpus=config.score_cpus, name=f"score:{ref.label}:{lang}",
+                                            scheduling_strategy=free).remote(
             lang, queries[lang], eval_set.positives[lang], cand_langs, ref.temperature, config.ece_bins,
             config.use_gpu_index, score_threads, *[cands[b] for b in cand_langs])
-    return scoring, len(cands) + len(queries)
+    return scoring, len(cands) + len(queries), model_hash
 
 
 def _nanmean(values: np.ndarray) -> float | None:
@@ -384,8 +331,8 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
     start = time.perf_counter()
     submitted = []
     for ref in checkpoints:
-        scoring, n_encode = _submit(ref, eval_set, config)
-        key = evaluation_key(content_hash(ref.path), eval_set, config, ref.temperature)
+        scoring, n_encode, model_hash = _submit(ref, eval_set, config)
+        key = evaluation_key(model_hash, eval_set, config, ref.temperature)
         submitted.append((ref, key, scoring, n_encode))
     owner = {r: i for i, (_, _, scoring, _) in enumerate(submitted) for r in scoring.values()}
     remaining = [len(s[2]) for s in submitted]

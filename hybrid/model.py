@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 ENCODER_CONFIG = "hybrid_encoder.json"
 POOLINGS = ("mean", "cls")
+POOLER_MODELS = ("bert", "roberta", "xlm-roberta")  # build a pooler head unless told not to
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def load_encoder(name_or_path: str, spec: EncoderSpec | None = None) -> Encoder:
     E5 defaults. The pooler head is dropped: pooling is ours, and an unused head would hold parameters
     that never get gradients (DDP and ZeRO dislike those).
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from hybrid.e5_offline import E5_SMALL_NAME, ensure_e5_small
 
@@ -137,7 +138,8 @@ def load_encoder(name_or_path: str, spec: EncoderSpec | None = None) -> Encoder:
     saved = Path(path) / ENCODER_CONFIG
     if spec is None:
         spec = EncoderSpec(**json.loads(saved.read_text())) if saved.exists() else EncoderSpec()
-    backbone = AutoModel.from_pretrained(path)
+    model_type = AutoConfig.from_pretrained(path).model_type
+    backbone = AutoModel.from_pretrained(path, **({"add_pooling_layer": False} if model_type in POOLER_MODELS else {}))
     if getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None
     return Encoder(backbone, AutoTokenizer.from_pretrained(path), spec)

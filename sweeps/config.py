@@ -13,7 +13,9 @@ from typing import Any
 
 from evaluation.config import EvalConfig
 from hybrid.config import from_dict, read_yaml
+from sweeps.tracking import absolute_tracking_uri
 from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
+from trainers.train import absolute_storage
 
 SCHEDULERS = ("asha", "median", "none")
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
@@ -109,6 +111,14 @@ class SweepSetup:
         s = self.sweep
         return replace(self.eval, languages=s.proxy_languages or None, max_questions=s.proxy_max_questions,
                        encode_cpus=s.proxy_cpus, score_cpus=s.proxy_cpus)
+
+    def resolved(self) -> SweepSetup:
+        """Local paths and SQLite URIs made absolute on the driver: Tune runs trials in other directories."""
+        s = self.sweep
+        sweep = replace(s, tracking_uri=absolute_tracking_uri(s.tracking_uri),
+                        artifact_location=absolute_storage(s.artifact_location),
+                        storage_path=absolute_storage(s.storage_path))
+        return replace(self, sweep=sweep)
 
     def check_capacity(self, cpus: float) -> None:
         """Proxy evaluation runs while trials train: its tasks must fit in the CPUs trials leave free,

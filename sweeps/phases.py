@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 from ray import tune
-from ray.tune import CLIReporter
 
 from evaluation.runner import CheckpointRef, evaluate_checkpoints, load_eval_set
 from evaluation.tracking import log_result
@@ -39,11 +38,8 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
             raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another "
                                   "sweep.name.")
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
-    columns = [c for c in PARAM_COLUMNS if c in space]
-    reporter = CLIReporter(metric_columns=["step", *setup.sweep.objectives, "val_accuracy"],
-                           parameter_columns=columns, max_report_frequency=30)
-    run_config = tune.RunConfig(name=name, storage_path=str(path.parent), progress_reporter=reporter,
-                                failure_config=tune.FailureConfig(max_failures=1), verbose=1)
+    run_config = tune.RunConfig(name=name, storage_path=str(path.parent),  # Tune's live table is the progress view
+                                failure_config=tune.FailureConfig(max_failures=1))
     return tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
 
 
@@ -109,7 +105,7 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_
             for p, t, trial in zip(chosen["checkpoint_path"], chosen["temperature"], chosen["trial"])]
     base = CheckpointRef(path=setup.run.model.name, step=0, temperature=setup.run.method.temperature,
                          label="base", model=setup.run.model.name)
-    uri = tracking.absolute_tracking_uri(setup.sweep.tracking_uri)
+    uri = setup.sweep.tracking_uri
     summary: dict[str, float] = {}
     for dataset in (setup.eval.dataset, *setup.sweep.zero_shot_datasets):
         full = replace(setup.eval, dataset=dataset, languages=None, max_questions=None)

@@ -19,7 +19,7 @@ import ray
 from hybrid.config import to_dict
 from sweeps import phases, tracking
 from sweeps.config import load_sweep_setup
-from trainers.config import check_resources
+from trainers.config import DEFAULT_CONFIG, check_resources
 from trainers.train import init_ray, preflight
 
 
@@ -36,7 +36,7 @@ def flat_params(raw: dict, prefix: str = "") -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/default.yaml", help="a preset in configs/")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="a preset in configs/")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set sweep.trials=8 (repeatable)")
     parser.add_argument("--name", help="sweep name (MLflow experiment, storage folder); default sweep.name")
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = list(args.overrides)
     overrides += [f"sweep.name={args.name}"] if args.name else []
     overrides += [f"sweep.tracking_uri={args.tracking_uri}"] if args.tracking_uri else []
-    setup = load_sweep_setup(args.config, overrides)  # [1] every value validated before Ray starts
+    setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
     preflight(setup.run)  # [2] data present, batch fits the questions, languages known
     start = time.perf_counter()
     init_ray()  # [3] local Ray, or the cluster when RAY_ADDRESS is set (ray submit)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   best {summary[key]:.4f} "
                   f"± {summary[key + '/ci95']:.4f}")
     print(f"\nSweep '{s.name}': {len(table)} trials in {wall / 60:.1f} min. Compare the runs in MLflow:")
-    print(f"  mlflow ui --backend-store-uri {tracking.absolute_tracking_uri(s.tracking_uri)} --host 127.0.0.1 --port 5000")
+    print(f"  mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000")
 
 
 if __name__ == "__main__":

@@ -49,21 +49,24 @@ def reference_points(sweep: SweepConfig, base: TrainRunConfig) -> list[dict[str,
 
 
 def tune_config(sweep: SweepConfig, base: TrainRunConfig) -> tune.TuneConfig:
-    single = len(sweep.objectives) == 1
-    metric = sweep.objectives[0] if single else list(sweep.objectives)
-    mode = sweep.modes[0] if single else sweep.modes
-    searcher = OptunaSearch(metric=metric, mode=mode, points_to_evaluate=reference_points(sweep, base),
-                            seed=sweep.seed)
+    """TPE over the space, references first; one objective goes through TuneConfig (so the progress
+    table shows it and the scheduler prunes on it), several go to Optuna (a Pareto front, no pruning)."""
+    references = reference_points(sweep, base)
+    if len(sweep.objectives) > 1:
+        searcher = OptunaSearch(metric=list(sweep.objectives), mode=sweep.modes, points_to_evaluate=references,
+                                seed=sweep.seed)
+        return tune.TuneConfig(search_alg=searcher, num_samples=sweep.trials,
+                               max_concurrent_trials=sweep.max_concurrent)
+    grace = sweep.grace_period * base.trainer.checkpoint_every
     if sweep.scheduler == "asha":
-        scheduler = ASHAScheduler(metric=metric, mode=mode, time_attr="step", grace_period=sweep.grace_period
-                                  * base.trainer.checkpoint_every, max_t=base.optim.steps)
+        scheduler = ASHAScheduler(time_attr="step", grace_period=grace, max_t=base.optim.steps)
     elif sweep.scheduler == "median":
-        scheduler = MedianStoppingRule(metric=metric, mode=mode, time_attr="step",
-                                       grace_period=sweep.grace_period * base.trainer.checkpoint_every)
+        scheduler = MedianStoppingRule(time_attr="step", grace_period=grace)
     else:
         scheduler = FIFOScheduler()
-    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=sweep.trials,
-                           max_concurrent_trials=sweep.max_concurrent)
+    return tune.TuneConfig(metric=sweep.objectives[0], mode=sweep.modes[0], scheduler=scheduler,
+                           search_alg=OptunaSearch(points_to_evaluate=references, seed=sweep.seed),
+                           num_samples=sweep.trials, max_concurrent_trials=sweep.max_concurrent)
 
 
 def is_reference(mono_ratio: float) -> bool:

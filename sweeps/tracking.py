@@ -26,7 +26,7 @@ def absolute_tracking_uri(uri: str) -> str:
 def client(tracking_uri: str):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=absolute_tracking_uri(tracking_uri))
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def experiment_id(tracking_uri: str, name: str, artifact_location: str) -> str:
@@ -35,7 +35,7 @@ def experiment_id(tracking_uri: str, name: str, artifact_location: str) -> str:
     found = c.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = artifact_location if "://" in artifact_location else Path(artifact_location).resolve().as_uri()
+    location = artifact_location if "://" in artifact_location else Path(artifact_location).as_uri()
     return c.create_experiment(name, artifact_location=location)
 
 

@@ -46,7 +46,7 @@ class EvaluateAndReport(TuneReportCallback):
     def __init__(self, setup: SweepSetup, config: TrainRunConfig, run_id: str):
         super().__init__()
         self.setup, self.config, self.run_id = setup, config, run_id
-        self.uri = tracking.absolute_tracking_uri(setup.sweep.tracking_uri)
+        self.uri = setup.sweep.tracking_uri
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         train_metrics = dict(metrics[0])

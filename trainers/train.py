@@ -20,10 +20,16 @@ from ray.train.torch import TorchTrainer
 from hybrid.config import to_dict
 from hybrid.sampler import HybridBatchSampler
 from hybrid.splits import training_pairs
-from trainers.config import TrainRunConfig, check_resources, load_run_config
+from trainers.config import DEFAULT_CONFIG, TrainRunConfig, check_resources, load_run_config
 from trainers.loop import train_loop_per_worker
 
-WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"}
+WORKER_ENV = {
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # no bytecode dumps in worker logs
+    "TOKENIZERS_PARALLELISM": "false",
+    # Workers import torch, transformers and deepspeed: on a busy 2-core machine that alone can pass
+    # Ray's 60 s default, which then fails the run with WorkerGroupStartupTimeoutError.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+}
 
 
 def preflight(config: TrainRunConfig, resources: dict[str, float] | None = None) -> None:
@@ -74,7 +80,7 @@ def build_trainer(config: TrainRunConfig, name: str, storage_path: str | None = 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--name", default="train", help="run name; the same name resumes that run")
     args = parser.parse_args(argv)

@@ -1,0 +1,126 @@
+"""Compare sweeps from MLflow: a terminal summary and a self-contained HTML report that answers the research
+questions (ratio vs retrieval, high-resource pairs, number of languages, calibration, robustness).
+
+    python sweeps/compare.py                                   # the default sweep in ./mlflow.db
+    python sweeps/compare.py --experiment sweep-a --experiment sweep-b --out outputs/report
+    python sweeps/compare.py --tracking-uri http://127.0.0.1:5000 --high-resource en de zh
+
+Reads runs only through the MLflow API; writes `<out>/report.html` (images embedded, opens offline) and
+`<out>/<sweep>/*.png`, and logs the PNGs and the HTML to each sweep's parent run under `report/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from sweeps.report import figures
+from sweeps.report.data import HIGH_RESOURCE, Sweep, load_sweep, log_report_artifacts
+from sweeps.report.findings import QUESTIONS, Findings, analyse, trials_table
+from sweeps.report.html import build_html, overview
+from sweeps.tracking import absolute_tracking_uri
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+
+
+def default_experiment(config: Path = DEFAULT_CONFIG) -> str:
+    """`sweep.name` of the preset, else the sweep section's default (as ratio_search resolves it)."""
+    import yaml
+
+    raw = yaml.safe_load(config.read_text()) or {}
+    name = (raw.get("sweep") or {}).get("name")
+    if name:
+        return str(name)
+    from sweeps.config import SweepConfig  # the dataclass default; imported late (pulls in torch)
+
+    return SweepConfig().name
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", action="append", metavar="NAME",
+                        help="sweep name = MLflow experiment (repeat to compare sweeps side by side); "
+                             "default: sweep.name of configs/default.yaml")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI (default: %(default)s)")
+    parser.add_argument("--out", default="outputs/report", help="folder for report.html and the PNGs (default: %(default)s)")
+    parser.add_argument("--high-resource", nargs="+", default=list(HIGH_RESOURCE), metavar="LANG",
+                        help="high-resource languages for question 2 (default: %(default)s; intersected with "
+                             "the evaluated languages)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent runs")
+    return parser.parse_args(argv)
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^\w.\-]", "_", name)
+
+
+def print_summary(f: Findings) -> None:
+    s = f.sweep
+    print(f"\n=== Sweep {s.name!r} (experiment {s.experiment_id}): {len(s.runs)} trial runs, objective "
+          f"{f.objective}; metrics: {f.selection.source} evaluation on {f.dataset} "
+          "(full where every compared run has it, else proxy)")
+    table = trials_table(f)
+    if not table.empty:
+        with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 30):
+            print(table.to_string(index=False))
+    for key, question in QUESTIONS.items():
+        print(f"\n{question}")
+        for line in f.answers[key]:
+            print(f"  - {line}")
+
+
+def build_report(client, experiments: list[str], out: Path, high_resource: tuple[str, ...], log: bool = True,
+                 tracking_uri: str = "") -> tuple[Path, list[Findings]]:
+    """Load and analyse each sweep, write `out/report.html` and the PNGs, log them to the parent runs."""
+    try:
+        sweeps: list[Sweep] = [load_sweep(client, name) for name in experiments]
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    found = [analyse(s, high_resource) for s in sweeps]
+    images: dict[str, dict[str, bytes]] = {}
+    for f in found:
+        images[f.sweep.name] = figures.render(f)
+        folder = out / safe_name(f.sweep.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, png in images[f.sweep.name].items():
+            (folder / f"{key}.png").write_bytes(png)
+    compare_fig = figures.compare_sweeps(found)
+    compare_png = figures.to_png(compare_fig) if compare_fig is not None else None
+    if compare_png:
+        (out / "compare.png").write_bytes(compare_png)
+    report = out / "report.html"
+    report.write_text(build_html(found, images, compare_png, tracking_uri), encoding="utf-8")
+    if log:
+        for f in found:
+            files = [out / safe_name(f.sweep.name) / f"{k}.png" for k in images[f.sweep.name]]
+            log_report_artifacts(client, f.sweep, files + [report] + ([out / "compare.png"] if compare_png else []))
+    return report, found
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    from mlflow import MlflowClient  # ~3 s: after argument errors are out of the way
+
+    uri = absolute_tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise SystemExit(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep first "
+                         "(python sweeps/ratio_search.py) or pass --tracking-uri.")
+    client = MlflowClient(tracking_uri=uri)
+    report, found = build_report(client, args.experiment or [default_experiment()], Path(args.out),
+                                 tuple(args.high_resource), not args.no_log, uri)
+    for f in found:
+        print_summary(f)
+    if len(found) > 1:
+        print("\nSweeps side by side:")
+        print(overview(found).to_string(index=False))
+    logged = "" if args.no_log else " (PNGs and HTML also logged to each sweep's parent run under report/)"
+    print(f"\nReport: {report.resolve()}{logged}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,293 @@
+"""Load one sweep from MLflow into tidy DataFrames: the only module of the report that talks to MLflow.
+
+The layout read (written by sweeps.tracking, sweeps.trial, sweeps.phases and evaluation.tracking):
+- experiment = sweep name; parent run (tag `sweep.role=parent`): the flattened preset as params, the base
+  model's evaluation at step 0; a child run per trial (tag `sweep.role=trial`, `mlflow.parentRunId`) with
+  params mono_ratio, temperature, lang_temperature, seed, config_key (optionally lr, num_train_languages).
+- evaluation metrics `eval/{dataset}/{split}/{setting}/{metric}` and `eval/{dataset}/{split}/lang/{lang}/{metric}`
+  at the checkpoint's step ("@" logged as "_at_"); a split holding "proxy" (heldout-proxy50) or a leading
+  `proxy/` marks the sweep-time proxy evaluation, anything else is a full evaluation. The older flat form
+  `[proxy/]{setting}/{metric}` is read too.
+- artifacts: found by listing each run recursively, never by a fixed path: CSVs under a `step_{N}` folder,
+  `{metric}.csv` an L x L matrix (first column = query language, header = candidate languages) and
+  `reliability.csv` the reliability table; dataset and split are the two folders after `eval/`.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+# As sweeps.config names them; not imported at module level: sweeps.config pulls in torch and the trainers
+# (seconds), which a report on logged numbers does not need. tests/test_compare.py checks they agree.
+SETTINGS = ("mono", "cross", "multi")
+LOWER_IS_BETTER = ("rank_distance", "ece")
+MATRIX_METRICS = ("map", "mrr@10")  # L x L matrices downloaded (at each run's last evaluated step)
+HIGH_RESOURCE = ("en", "de", "es", "zh", "ar", "ru")
+_STEP = re.compile(r"^step_?(\d+)$")
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    source: str  # "full" or "proxy"
+    dataset: str  # "" for the flat form (the sweep's held-out set)
+    split: str
+    scope: str  # "setting" or "lang"
+    group: str  # mono / cross / multi, or a language code
+    metric: str  # as evaluation.metrics names it: recall@10, not recall_at_10
+
+
+def parse_metric_key(key: str) -> MetricKey | None:
+    """The evaluation metric a logged key holds, or None for anything else (train/, base/, best/, ...)."""
+    parts = key.split("/")
+    proxy = parts[0] == "proxy"
+    parts = parts[1:] if proxy else parts
+    if len(parts) >= 5 and parts[0] == "eval":
+        dataset, split, rest = parts[1], parts[2], parts[3:]
+    elif parts and (parts[0] in SETTINGS or parts[0] == "lang"):
+        dataset, split, rest = "", "", parts
+    else:
+        return None
+    source = "proxy" if proxy or "proxy" in split else "full"
+    metric = rest[-1].replace("_at_", "@")
+    if len(rest) == 2 and rest[0] in SETTINGS:
+        return MetricKey(source, dataset, split, "setting", rest[0], metric)
+    if len(rest) == 3 and rest[0] == "lang":
+        return MetricKey(source, dataset, split, "lang", rest[1], metric)
+    return None
+
+
+@dataclass(frozen=True)
+class ArtifactKey:
+    source: str
+    dataset: str
+    split: str
+    step: int
+    kind: str  # "matrix" or "reliability"
+    metric: str  # the matrix's metric ("" for reliability)
+
+
+def parse_artifact_path(path: str) -> ArtifactKey | None:
+    """What an evaluation CSV artifact holds, from its path alone; None when it is not one."""
+    parts = path.split("/")
+    if not parts[-1].endswith(".csv"):
+        return None
+    folders, stem = parts[:-1], parts[-1][: -len(".csv")]
+    steps = [int(m.group(1)) for m in map(_STEP.match, folders) if m]
+    if not steps:
+        return None
+    dataset = split = ""
+    if "eval" in folders:
+        after = [f for f in folders[folders.index("eval") + 1:] if not _STEP.match(f)]
+        dataset, split = (after + ["", ""])[:2]
+    source = "proxy" if any("proxy" in f for f in folders) else "full"
+    if stem.startswith("reliability"):
+        return ArtifactKey(source, dataset, split, steps[-1], "reliability", "")
+    return ArtifactKey(source, dataset, split, steps[-1], "matrix", stem.replace("_at_", "@"))
+
+
+def literal(text: str | None):
+    """A logged param back as a Python value ("['en', 'de']" -> list, "inf" -> inf); the text if unparseable."""
+    if text is None:
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        try:
+            return float(text)  # inf, nan
+        except ValueError:
+            return text
+
+
+@dataclass
+class Sweep:
+    """One sweep as tidy frames. `metrics` / `per_language` are long (one value per row) and hold the parent
+    (base model, step 0) too; `runs` holds the trials only."""
+
+    name: str
+    experiment_id: str
+    parent_id: str | None
+    params: dict[str, str]
+    parent_metrics: dict[str, float]
+    runs: pd.DataFrame  # run_id, trial_id, run_name, status, config_key, mono_ratio, temperature, ...
+    metrics: pd.DataFrame  # run_id, source, dataset, split, setting, metric, value, step
+    per_language: pd.DataFrame  # run_id, source, dataset, split, lang, metric, value, step
+    matrices: dict[tuple[str, str, str, str], pd.DataFrame] = field(default_factory=dict)  # run, dataset, source, metric
+    reliability: dict[tuple[str, str, str], pd.DataFrame] = field(default_factory=dict)  # run, dataset, source
+
+    def param(self, *keys: str, default=None):
+        """The first of `keys` among the parent's params, parsed."""
+        for key in keys:
+            if key in self.params:
+                return literal(self.params[key])
+        return default
+
+    @property
+    def objective(self) -> str:
+        objectives = self.param("sweep.objectives", default=None) or default_sweep().objectives
+        return objectives if isinstance(objectives, str) else list(objectives)[0]
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.objective.split("/")[-1] in LOWER_IS_BETTER
+
+    @property
+    def main_dataset(self) -> str:
+        return str(self.param("eval.dataset", default="xquad-r"))
+
+    @property
+    def train_languages(self) -> list[str]:
+        return list(self.param("resolved.data.train_languages", "data.train_languages", default=[]) or [])
+
+    @property
+    def final_step(self) -> int | None:
+        """The step every completed trial reaches (optim.steps), else the largest step evaluated."""
+        steps = self.param("resolved.optim.steps", "optim.steps")
+        if isinstance(steps, (int, float)):
+            return int(steps)
+        trial_steps = self.metrics.loc[self.metrics["run_id"].isin(self.runs["run_id"]), "step"]
+        return int(trial_steps.max()) if len(trial_steps) else None
+
+    @property
+    def zero_shot_datasets(self) -> list[str]:
+        return sorted(set(self.metrics["dataset"]) - {self.main_dataset})
+
+
+@functools.cache
+def default_sweep():
+    """The sweep section's defaults (`sweeps.config.SweepConfig()`), imported only when a param is missing."""
+    from sweeps.config import SweepConfig
+
+    return SweepConfig()
+
+
+TRIAL_PARAMS = {"mono_ratio": float, "temperature": float, "lang_temperature": float, "seed": int,
+                "lr": float, "num_train_languages": int}
+
+
+def _list_files(client, run_id: str, path: str | None = None) -> list[str]:
+    files = []
+    for info in client.list_artifacts(run_id, path):
+        if info.is_dir and info.path.split("/")[0] != "report":  # the report's own artifacts
+            files += _list_files(client, run_id, info.path)
+        elif not info.is_dir:
+            files.append(info.path)
+    return files
+
+
+def _dataset(key, main: str) -> str:
+    return key.dataset or main
+
+
+def _evaluations(client, run, main: str) -> tuple[list[dict], list[dict]]:
+    """(setting rows, per-language rows) of one run; the step is read once per evaluation (source, dataset)."""
+    parsed = [(k, v, parse_metric_key(k)) for k, v in run.data.metrics.items()]
+    parsed = [(k, v, p) for k, v, p in parsed if p is not None]
+    steps: dict[tuple, int] = {}
+    settings, languages = [], []
+    for key, value, p in parsed:
+        group = (p.source, p.dataset, p.split)
+        if group not in steps:  # run.data.metrics holds the value at the largest step: find that step
+            steps[group] = max(m.step for m in client.get_metric_history(run.info.run_id, key))
+        row = {"run_id": run.info.run_id, "source": p.source, "dataset": _dataset(p, main), "split": p.split,
+               "metric": p.metric, "value": float(value), "step": steps[group]}
+        if p.scope == "setting":
+            settings.append(row | {"setting": p.group})
+        else:
+            languages.append(row | {"lang": p.group})
+    return settings, languages
+
+
+def _read_matrix(path: str) -> pd.DataFrame:
+    frame = pd.read_csv(path, index_col=0)
+    frame.index, frame.columns = frame.index.astype(str), frame.columns.astype(str)
+    frame.index.name = frame.columns.name = None
+    return frame.astype(float)
+
+
+def _artifacts(client, run_id: str, main: str, tmp: Path) -> tuple[dict, dict]:
+    """The matrices (MATRIX_METRICS) and reliability table of each evaluation's last step."""
+    found = [(p, a) for p in _list_files(client, run_id) if (a := parse_artifact_path(p)) is not None]
+    last: dict[tuple[str, str], int] = {}
+    for _, a in found:
+        key = (a.dataset or main, a.source)
+        last[key] = max(last.get(key, -1), a.step)
+    matrices, reliability = {}, {}
+    for path, a in found:
+        dataset = a.dataset or main
+        if a.step != last[(dataset, a.source)] or (a.kind == "matrix" and a.metric not in MATRIX_METRICS):
+            continue
+        local = client.download_artifacts(run_id, path, str(tmp))
+        if a.kind == "matrix":
+            matrices[(run_id, dataset, a.source, a.metric)] = _read_matrix(local)
+        else:
+            reliability[(run_id, dataset, a.source)] = pd.read_csv(local)
+    return matrices, reliability
+
+
+def _trial_row(run) -> dict:
+    p = run.data.params
+    row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get("tune.trial_id", run.info.run_name),
+           "run_name": run.info.run_name, "status": run.info.status, "config_key": p.get("config_key")}
+    for name, cast in TRIAL_PARAMS.items():
+        value = literal(p.get(name))
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            value = math.nan  # absent (the knob was not searched) or unreadable
+        row[name] = cast(value) if math.isfinite(value) else float(value)  # T = inf stays inf
+    return row
+
+
+def load_sweep(client, experiment: str) -> Sweep:
+    """Read the sweep `experiment` (its name in MLflow) through `client` (an MlflowClient)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"no MLflow experiment {experiment!r}; the store has: {', '.join(names) or 'none'}. "
+                         "Pass --experiment NAME (the sweep.name) and --tracking-uri.")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per CSV otherwise
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    parent = next((r for r in parents if r.data.tags.get("sweep.name") == experiment), parents[0] if parents else None)
+    trials = [r for r in runs if r.data.tags.get("sweep.role") == "trial"
+              and (parent is None or r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)]
+    params = dict(parent.data.params) if parent else {}
+    main = str(literal(params.get("eval.dataset")) or "xquad-r")
+    settings, languages, matrices, reliability = [], [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in ([parent] if parent else []) + trials:
+            s, lang = _evaluations(client, run, main)
+            settings += s
+            languages += lang
+            m, r = _artifacts(client, run.info.run_id, main, Path(tmp))
+            matrices |= m
+            reliability |= r
+    metric_cols = ["run_id", "source", "dataset", "split", "setting", "metric", "value", "step"]
+    lang_cols = ["run_id", "source", "dataset", "split", "lang", "metric", "value", "step"]
+    trial_frame = pd.DataFrame([_trial_row(r) for r in trials],
+                               columns=["run_id", "trial_id", "run_name", "status", "config_key", *TRIAL_PARAMS])
+    return Sweep(experiment, exp.experiment_id, parent.info.run_id if parent else None, params,
+                 dict(parent.data.metrics) if parent else {}, trial_frame,
+                 pd.DataFrame(settings, columns=metric_cols), pd.DataFrame(languages, columns=lang_cols),
+                 matrices, reliability)
+
+
+def log_report_artifacts(client, sweep: Sweep, files: list[Path], folder: str = "report") -> None:
+    """Attach the report's files (PNGs, the HTML) to the sweep's parent run under `folder/`."""
+    if sweep.parent_id is None:
+        return
+    for path in files:
+        client.log_artifact(sweep.parent_id, str(path), folder)

@@ -1,0 +1,385 @@
+"""Everything the report states about one sweep, computed once: the tables behind the figures and, per
+research question, the answer with its numbers and intervals (or what would cover the question).
+
+Pure: reads a loaded `data.Sweep`, never MLflow. The same lines feed the terminal summary and the HTML.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from sweeps.report import analysis as A
+from sweeps.report.data import HIGH_RESOURCE, Sweep
+
+SETTINGS = ("mono", "cross", "multi")
+RETRIEVAL = [f"{s}/{m}" for m in ("map", "mrr@10") for s in SETTINGS]
+COLUMNS = RETRIEVAL + ["multi/rank_distance"] + [f"{s}/ece" for s in SETTINGS]
+NAMES = {"map": "mAP", "mrr@10": "MRR@10", "rank_distance": "rank distance", "ece": "ECE", "map@20": "mAP@20"}
+SOURCES = {"proxy": "proxy (sweep-time) evaluation", "full": "full evaluation",
+           "mixed": "full evaluation where present, else proxy (mixed)"}
+QUESTIONS = {
+    "q1": "1. How does the mono/cross ratio move retrieval (MRR@10, mAP) on held-out and out-of-domain data?",
+    "q2": "2. Does hybrid training lose ground on high-resource pairs vs monolingual-only (alpha = 1)?",
+    "q3": "3. How do results scale with the number of training languages?",
+    "q4": "4. How does the ratio change calibration (ECE, reliability)?",
+    "q5": "5. How robust is retrieval across language pairs as the ratio moves?",
+}
+
+
+def name(column: str) -> str:
+    setting, _, metric = column.partition("/")
+    return f"{setting} {NAMES.get(metric, metric)}" if metric else NAMES.get(setting, setting)
+
+
+def ci_text(mean: float, half: float, n: int, digits: int = 3) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    if n < 2 or not math.isfinite(half):
+        return f"{mean:.{digits}f} ({n} seed: CI unavailable)"
+    return f"{mean:.{digits}f} ± {half:.{digits}f} (95% CI, {n} seeds)"
+
+
+def alpha_label(row: pd.Series | None) -> str:
+    if row is None:
+        return "-"
+    text = f"alpha={row['mono_ratio']:.2f}"
+    if pd.notna(row.get("temperature")):
+        text += f", tau={row['temperature']:.3g}"
+    return text
+
+
+def spearman_line(frame: pd.DataFrame, column: str, what: str) -> str | None:
+    data = frame[["mono_ratio", column]].dropna()
+    if len(data) < 3 or data["mono_ratio"].nunique() < 2 or data[column].nunique() < 2:
+        return None
+    rho, p = stats.spearmanr(data["mono_ratio"], data[column])
+    return (f"Trend over the {len(data)} completed configurations (seed means): Spearman rho(alpha, {what}) = "
+            f"{rho:+.2f} ({'p < 0.001' if p < 1e-3 else f'p = {p:.2g}'}); a rank trend without an interval; tau "
+            "can differ between configurations (see the table).")
+
+
+@dataclass
+class Findings:
+    sweep: Sweep
+    dataset: str
+    selection: A.Selection
+    summary: pd.DataFrame
+    best: pd.Series | None
+    hybrid: pd.Series | None  # best completed configuration with 0 < alpha < 1
+    ref0: pd.Series | None
+    ref1: pd.Series | None
+    pruned: int
+    robust: pd.DataFrame  # per config: worst / std / range means and half-widths
+    robust_runs: pd.DataFrame  # per completed run: worst, worst_pair, std, range
+    robust_source: str
+    pareto: pd.DataFrame
+    importance: dict[str, float] | None
+    importance_note: str
+    lang_effect: pd.DataFrame
+    high_resource: list[str]
+    hr_deltas: pd.DataFrame
+    hr_summary: dict[str, A.Diff]  # "all", "mono", "cross": mean over the high-resource pairs, A - alpha=1
+    heatmaps: dict[str, pd.DataFrame]  # "best", "best - alpha=0", "best - alpha=1"
+    heatmap_source: str
+    reliability: dict[str, pd.DataFrame]  # label -> pooled reliability table
+    compare: dict[str, Comparison] = field(default_factory=dict)  # eval set -> best vs the references
+    answers: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def objective(self) -> str:
+        return self.sweep.objective
+
+
+def _value(summary_row: pd.Series | None, column: str) -> str:
+    if summary_row is None or column not in summary_row:
+        return "-"
+    return ci_text(summary_row[column], summary_row[f"{column} ±"], int(summary_row["seeds"]))
+
+
+@dataclass
+class Comparison:
+    """The best configuration against the alpha = 0 / 1 references on one evaluation set, read from one source
+    (the full evaluation when all their runs have it)."""
+
+    dataset: str
+    source: str
+    table: pd.DataFrame  # per run (the three configurations only)
+    rows: dict[str, pd.Series | None]  # "alpha=0", "best", "alpha=1": their seed means on this set
+    frame: pd.DataFrame  # the rendered table: metric x (base, alpha=0, best, alpha=1, differences)
+
+    def diff(self, a: str, b: str, column: str) -> A.Diff | None:
+        ra, rb = self.rows.get(a), self.rows.get(b)
+        if ra is None or rb is None or ra["config_key"] == rb["config_key"]:
+            return None
+        return A.diff_ci(A.by_seed(self.table, ra["config_key"], column), A.by_seed(self.table, rb["config_key"], column))
+
+
+def compare_on(sweep: Sweep, dataset: str, configs: dict[str, pd.Series | None], columns: list[str],
+               base: dict[str, float]) -> Comparison | None:
+    keys = {r["config_key"] for r in configs.values() if r is not None}
+    ids = list(sweep.runs[sweep.runs["config_key"].isin(keys)]["run_id"])
+    sel = A.run_table(sweep.metrics, sweep.runs, dataset, sweep.final_step, ids)
+    cols = [c for c in columns if c in sel.table]
+    if sel.table.empty or not cols:
+        return None
+    summary = A.config_summary(sel.table, cols, cols[0], False).set_index("config_key", drop=False)
+    rows = {label: summary.loc[r["config_key"]] if r is not None and r["config_key"] in summary.index else None
+            for label, r in configs.items()}
+    comp = Comparison(dataset, sel.source, sel.table, rows, pd.DataFrame())
+    out = []
+    for col in cols:
+        row = {"metric": name(col), "base model": f"{base[col]:.3f}" if col in base else "-"}
+        row |= {label: _value(r, col) for label, r in rows.items()}
+        for ref in ("alpha=0", "alpha=1"):
+            d = comp.diff("best", ref, col)
+            row[f"best - {ref}"] = "-" if d is None else d.text()
+        out.append(row)
+    comp.frame = pd.DataFrame(out)
+    return comp
+
+
+def _base(sweep: Sweep, dataset: str) -> dict[str, float]:
+    rows = sweep.metrics[(sweep.metrics["run_id"] == sweep.parent_id) & (sweep.metrics["dataset"] == dataset)]
+    rows = rows[rows["source"] == ("full" if (rows["source"] == "full").any() else "proxy")]
+    return {f"{s}/{m}": v for s, m, v in zip(rows["setting"], rows["metric"], rows["value"])}
+
+
+def _runs(table: pd.DataFrame, row: pd.Series | None) -> list[str]:
+    if row is None:
+        return []
+    return list(table[(table["config_key"] == row["config_key"]) & table["complete"]]["run_id"])
+
+
+def _seed_mats(table: pd.DataFrame, mats: dict[str, pd.DataFrame], row) -> dict[int, pd.DataFrame]:
+    seeds = dict(zip(table["run_id"], table["seed"]))
+    return {int(seeds[r]): mats[r] for r in _runs(table, row) if r in mats}
+
+
+def analyse(sweep: Sweep, high_resource: tuple[str, ...] = HIGH_RESOURCE) -> Findings:
+    dataset = sweep.main_dataset
+    sel = A.run_table(sweep.metrics, sweep.runs, dataset, sweep.final_step)
+    table, objective, lower = sel.table, sweep.objective, sweep.lower_is_better
+    columns = [c for c in dict.fromkeys([objective, *COLUMNS]) if c in table]
+    summary = A.config_summary(table, columns, objective, lower)
+    best = A.best_config(summary)
+    done = summary[summary["complete"]] if len(summary) else summary
+    hybrids = done[(done["mono_ratio"] > 0) & (done["mono_ratio"] < 1)] if len(done) else done
+    hybrid = hybrids.iloc[0] if len(hybrids) else None
+    ref0, ref1 = A.reference_config(summary, 0.0), A.reference_config(summary, 1.0)
+    pruned = int((~table["complete"]).sum()) if len(table) else 0
+
+    per_run, robust_source = A.robustness(table, sweep.matrices, dataset) if len(table) else (pd.DataFrame(), "none")
+    robust_runs = per_run
+    robust = A.config_summary(per_run, ["worst", "std", "range", "mean"], "worst", False) if len(per_run) else pd.DataFrame()
+    pareto = done.copy()
+    if {"mono/map", "cross/map"} <= set(pareto.columns):
+        pareto["front"] = A.pareto_front(pareto, "mono/map", "cross/map")
+    importance, note = A.importances(summary, objective, lower) if len(summary) else (None, "no completed trials")
+    default_k = len(sweep.train_languages) or 0
+    lang_effect = A.languages_effect(summary, objective, default_k) if len(summary) else pd.DataFrame()
+
+    # L x L matrices of the hybrid (or best) configuration and the references
+    focus = hybrid if hybrid is not None else best
+    ids = _runs(table, focus) + _runs(table, ref0) + _runs(table, ref1)
+    mats, heat_source = A.matrices_for(sweep.matrices, ids, dataset, "map")
+    heatmaps = {}
+    focus_m, m0, m1 = (_seed_mats(table, mats, r) for r in (focus, ref0, ref1))
+    if focus_m:
+        title = f"{alpha_label(focus)}: mAP (mean of {len(focus_m)} seeds)"
+        heatmaps[title] = A.mean_matrix(list(focus_m.values()))
+        for label, other, ref in (("alpha=0", m0, ref0), ("alpha=1", m1, ref1)):
+            if other and ref["config_key"] != focus["config_key"]:
+                heatmaps[f"{alpha_label(focus)} minus {label}"] = heatmaps[title] - A.mean_matrix(list(other.values()))
+    languages = list(next(iter(mats.values())).index) if mats else []
+    hr = A.high_resource(languages, high_resource)
+    hr_deltas = A.pair_deltas(focus_m, m1, hr) if hybrid is not None and focus_m and m1 else pd.DataFrame()
+    hr_summary = {}
+    for part, keep in (("all", lambda q, c: True), ("mono", lambda q, c: q == c), ("cross", lambda q, c: q != c)):
+        pairs = [(q, c) for q in hr for c in hr if keep(q, c)]
+        hr_summary[part] = A.diff_ci(A.cells_mean(focus_m, pairs), A.cells_mean(m1, pairs))
+
+    reliability = {}
+    for label, row in (("alpha=0", ref0), (alpha_label(focus), focus), ("alpha=1", ref1)):
+        found, _ = A.choose(sweep.reliability, _runs(table, row), dataset)
+        if found:
+            reliability[label] = A.pooled_reliability(list(found.values()))
+
+    f = Findings(sweep, dataset, sel, summary, best, hybrid, ref0, ref1, pruned, robust, robust_runs, robust_source, pareto,
+                 importance, note, lang_effect, hr, hr_deltas, hr_summary, heatmaps, heat_source, reliability)
+    configs = {"alpha=0": ref0, "best": best, "alpha=1": ref1}
+    for ds in [dataset, *sweep.zero_shot_datasets]:
+        comp = compare_on(sweep, ds, configs, COLUMNS if ds == dataset else RETRIEVAL, _base(sweep, ds))
+        if comp is not None:
+            f.compare[ds] = comp
+    f.answers = {"q1": answer_q1(f), "q2": answer_q2(f), "q3": answer_q3(f), "q4": answer_q4(f), "q5": answer_q5(f)}
+    return f
+
+
+def _diff(table: pd.DataFrame, a, b, column: str) -> str:
+    return A.diff_ci(A.by_seed(table, a["config_key"], column), A.by_seed(table, b["config_key"], column)).text()
+
+
+def _versus(f: Findings, column: str) -> list[str]:
+    """'best vs alpha=0 / alpha=1' lines for `column` on the held-out comparison (full evaluation when present)."""
+    comp = f.compare.get(f.dataset)
+    if comp is None or comp.rows.get("best") is None:
+        return []
+    lines = []
+    for ref in ("alpha=0", "alpha=1"):
+        if comp.rows.get(ref) is None:
+            lines.append(f"{name(column)}: no completed {ref} reference to compare with.")
+        elif (d := comp.diff("best", ref, column)) is not None:
+            lines.append(f"{alpha_label(comp.rows['best'])} vs {ref}: {name(column)} {d.text()}")
+    return lines
+
+
+def answer_q1(f: Findings) -> list[str]:
+    if f.best is None:
+        return [f"Not answerable: no trial completed on {f.dataset}."]
+    lines = [f"Held-out {f.dataset}: {int(f.summary['complete'].sum())} completed configurations ranked on the "
+             f"{SOURCES.get(f.selection.source, f.selection.source)}"
+             + (f"; {f.pruned} pruned trial(s) listed, not compared" if f.pruned else "") + ".",
+             f"Best by {f.objective}: {alpha_label(f.best)} ({f.best['config_key']}): {name(f.objective)} "
+             f"{ci_text(f.best[f.objective], f.best[f.objective + ' ±'], int(f.best['seeds']))}."]
+    comp = f.compare.get(f.dataset)
+    if comp is not None:
+        lines.append(f"Best vs the references on the {SOURCES.get(comp.source, comp.source)}:")
+        for column in ("multi/map", "multi/mrr@10", "mono/map", "cross/map", "mono/mrr@10", "cross/mrr@10"):
+            lines += _versus(f, column)
+    if trend := spearman_line(f.summary[f.summary["complete"]], "multi/map", "multi mAP"):
+        lines.append(trend)
+    for zs, comp in f.compare.items():
+        if zs == f.dataset or comp.rows.get("best") is None:
+            continue
+        for column in ("multi/map", "multi/mrr@10"):
+            row = comp.frame[comp.frame["metric"] == name(column)]
+            if len(row):
+                r = row.iloc[0]
+                lines.append(f"Out-of-domain {zs} ({SOURCES.get(comp.source, comp.source)}, never selected on): "
+                             f"{name(column)} best {r['best']}; best - alpha=0 {r['best - alpha=0']}; best - alpha=1 "
+                             f"{r['best - alpha=1']}; base model {r['base model']}.")
+    if not f.sweep.zero_shot_datasets:
+        lines.append("Out-of-domain: not covered by this sweep (no zero-shot evaluation logged). Cover it with "
+                     "--set sweep.zero_shot_datasets=[mlqa-r] (MLQA-R, CC BY-NC 4.0; evaluated once after "
+                     "selection, on the best configuration and the alpha = 0 / 1 references).")
+    return lines
+
+
+def answer_q2(f: Findings) -> list[str]:
+    if f.hybrid is None:
+        return ["Not covered by this sweep: no completed trial with 0 < alpha < 1 (--set sweep.trials=8)."]
+    if f.ref1 is None:
+        return ["Not covered by this sweep: no completed alpha = 1 reference trial."]
+    if f.hr_deltas.empty:
+        return [f"Not answerable: no L x L mAP matrices for the high-resource languages among the evaluated ones "
+                "(set them with --high-resource)."]
+    d = f.hr_deltas
+    lower = d[[x.significant and x.mean < 0 for x in d["diff"]]]
+    higher = d[[x.significant and x.mean > 0 for x in d["diff"]]]
+    worst = d.sort_values("delta").iloc[0]
+    lines = [f"{alpha_label(f.hybrid)} vs alpha=1, mAP on the {len(d)} ordered pairs of high-resource languages "
+             f"({', '.join(f.high_resource)}), {SOURCES.get(f.heatmap_source, f.heatmap_source)}, "
+             f"{f.hybrid['seeds']} vs {f.ref1['seeds']} seeds.",
+             f"Mean over these pairs: {f.hr_summary['all'].text()}; monolingual pairs only: "
+             f"{f.hr_summary['mono'].text()}; cross-lingual pairs only: {f.hr_summary['cross'].text()}.",
+             f"Largest loss: {worst['pair']} {worst['diff'].text()} (pairs range {d['delta'].min():+.3f} to "
+             f"{d['delta'].max():+.3f})."]
+    if math.isfinite(d["diff"].iloc[0].half):
+        lines.append(f"Pairs whose 95% CI lies below 0 (hybrid loses): {len(lower)} of {len(d)}"
+                     + (f" ({', '.join(lower['pair'])})" if len(lower) else "") + f"; above 0 (hybrid gains): "
+                     f"{len(higher)}" + (f" ({', '.join(higher['pair'])})" if len(higher) else "") + ".")
+    else:
+        lines.append("Per-pair CIs unavailable (one seed on both sides): more seeds with --set sweep.seeds=3, and "
+                     "the references among the re-seeded configurations with --set sweep.top_k=3.")
+    return lines
+
+
+def answer_q3(f: Findings) -> list[str]:
+    k = len(f.sweep.train_languages)
+    if f.lang_effect.empty:
+        return [f"Not covered by this sweep: every trial trained on the same {k or 'set of'} languages "
+                f"({', '.join(f.sweep.train_languages) or 'unknown'}). Cover it with "
+                "--set sweep.search.num_train_languages=[2,5,9] (the first k of data.train_languages)."]
+    lines = [f"Best configuration per number of training languages ({name(f.objective)}, "
+             f"{SOURCES.get(f.selection.source, f.selection.source)}):"]
+    for _, row in f.lang_effect.iterrows():
+        lines.append(f"k={int(row['k'])}: {alpha_label(row)}: "
+                     f"{ci_text(row[f.objective], row[f.objective + ' ±'], int(row['seeds']))}")
+    lo, hi = f.lang_effect.iloc[0], f.lang_effect.iloc[-1]
+    lines.append(f"k={int(hi['k'])} vs k={int(lo['k'])} (their best configurations): {name(f.objective)} "
+                 f"{_diff(f.selection.table, hi, lo, f.objective)}.")
+    return lines
+
+
+def answer_q4(f: Findings) -> list[str]:
+    comp = f.compare.get(f.dataset)
+    if comp is None or comp.rows.get("best") is None or "multi/ece" not in comp.table:
+        return ["Not answerable: no ECE logged for completed trials."]
+    best = comp.rows["best"]
+    lines = [f"ECE (lower is better; {SOURCES.get(comp.source, comp.source)}) is computed at each trial's own tau "
+             "(softmax temperature = trained tau), so tau moves it as well as alpha."]
+    for column in ("multi/ece", "mono/ece", "cross/ece"):
+        if column in best:
+            lines.append(f"{alpha_label(best)}: {name(column)} {_value(best, column)}")
+            lines += _versus(f, column)
+    if trend := spearman_line(f.summary[f.summary["complete"]], "multi/ece", "multi ECE"):
+        lines.append(trend)
+    if f.reliability:
+        lines.append("Reliability diagram (all queries, seeds pooled; micro ECE, which can differ slightly from the "
+                     "macro ECE above): " + "; ".join(f"{label} {A.ece_of(t):.3f}" for label, t in f.reliability.items())
+                     + ".")
+    return lines
+
+
+def answer_q5(f: Findings) -> list[str]:
+    if f.robust.empty:
+        return ["Not answerable: no L x L matrices for completed trials."]
+    r = f.robust.set_index("config_key")
+    worst_pair = f.robust_runs.groupby("config_key")["worst_pair"].agg(lambda s: s.mode().iloc[0])
+    runs = f.robust_runs
+    langs = runs["languages"].mode().iloc[0]
+    lines = [f"Off-diagonal (cross-lingual) mAP pairs, {SOURCES.get(f.robust_source, f.robust_source)}: "
+             f"{int(runs['pairs'].max())} ordered pairs of {langs.replace(',', ', ')}; spread = std (population) "
+             "and max - min across the pairs of a run, then mean over seeds."]
+    for label, row in (("alpha=0", f.ref0), (alpha_label(f.best) + " (best)", f.best), ("alpha=1", f.ref1)):
+        if row is not None and row["config_key"] in r.index:
+            x = r.loc[row["config_key"]]
+            lines.append(f"{label}: worst pair ({worst_pair[row['config_key']]}) "
+                         f"{ci_text(x['worst'], x['worst ±'], int(x['seeds']))}; std "
+                         f"{ci_text(x['std'], x['std ±'], int(x['seeds']))}; max - min "
+                         f"{ci_text(x['range'], x['range ±'], int(x['seeds']))}.")
+    for ref, label in ((f.ref0, "alpha=0"), (f.ref1, "alpha=1")):
+        if f.best is not None and ref is not None and ref["config_key"] != f.best["config_key"]:
+            t = f.robust_runs
+            lines.append(f"{alpha_label(f.best)} vs {label}: worst pair {_diff(t, f.best, ref, 'worst')}; "
+                         f"std {_diff(t, f.best, ref, 'std')}")
+    if trend := spearman_line(f.robust, "worst", "worst-pair mAP"):
+        lines.append(trend)
+    return lines
+
+
+def trials_table(f: Findings) -> pd.DataFrame:
+    """The per-configuration table: knobs, seeds, steps, metrics as mean ± 95% CI."""
+    if f.summary.empty:
+        return f.summary
+    k = len(f.sweep.train_languages)
+    rows = []
+    for _, row in f.summary.iterrows():
+        out = {"config_key": row["config_key"], "alpha": f"{row['mono_ratio']:.3f}",
+               "tau": f"{row['temperature']:.4g}", "T": f"{row.get('lang_temperature', np.nan):g}",
+               "languages": int(row["num_train_languages"]) if pd.notna(row.get("num_train_languages", np.nan)) else k,
+               "seeds": int(row["seeds"]), "step": f"{row['step']}" + ("" if row["complete"] else " (pruned)")}
+        if "lr" in row and pd.notna(row["lr"]):
+            out["lr"] = f"{row['lr']:.2g}"
+        for col in [c for c in COLUMNS if c in f.summary]:
+            mean, half = row[col], row[f"{col} ±"]
+            digits = 1 if col.endswith("rank_distance") else 3
+            out[name(col)] = "n/a" if not math.isfinite(mean) else (
+                f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if math.isfinite(half) else ""))
+        rows.append(out)
+    return pd.DataFrame(rows)

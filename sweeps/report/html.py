@@ -1,0 +1,156 @@
+"""One self-contained HTML file: inline CSS, images as base64 data URIs, no external request (opens offline).
+
+An inline script sets `document.body.dataset.imagesOk` once the page has loaded ("true" when every image
+decoded), which the headless-browser test reads back.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from html import escape
+
+import pandas as pd
+
+from sweeps.report import findings as F
+from sweeps.report.findings import Findings
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 4px; margin-top: 2em; }
+.sweeps { display: flex; flex-wrap: wrap; gap: 24px; }
+.sweep { flex: 1 1 640px; min-width: 0; }
+.sweep h3 { color: #345; margin-bottom: 4px; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; margin: 6px 0; }
+table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; white-space: nowrap; }
+th { background: #f3f5f7; } td:first-child, th:first-child { text-align: left; }
+.answer { background: #f6f9f6; border-left: 4px solid #5a5; padding: 6px 12px; }
+.answer li { margin: 3px 0; } .note { color: #666; font-size: 0.9em; }
+.scroll { overflow-x: auto; }
+"""
+
+SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  document.body.dataset.imagesOk = String(imgs.length > 0 && imgs.every(function (i) {
+    return i.complete && i.naturalWidth > 0; }));
+  document.body.dataset.images = String(imgs.length);
+});
+"""
+
+
+def img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def table(frame: pd.DataFrame) -> str:
+    if frame is None or frame.empty:
+        return ""
+    return f'<div class="scroll">{frame.to_html(index=False, escape=True, border=0, na_rep="-")}</div>'
+
+
+def answer(lines: list[str]) -> str:
+    items = "".join(f"<li>{escape(line)}</li>" for line in lines)
+    return f'<div class="answer"><ul>{items}</ul></div>'
+
+
+def _hr_table(f: Findings) -> pd.DataFrame:
+    d = f.hr_deltas
+    if d.empty:
+        return d
+    return pd.DataFrame({"pair": d["pair"], F.alpha_label(f.hybrid): d["a"].map("{:.3f}".format),
+                         "alpha=1": d["b"].map("{:.3f}".format), "delta (95% CI)": [x.text() for x in d["diff"]]})
+
+
+def _robust_table(f: Findings) -> pd.DataFrame:
+    r = f.robust
+    if r.empty:
+        return r
+    worst = f.robust_runs.groupby("config_key")["worst_pair"].agg(lambda s: s.mode().iloc[0])
+    return pd.DataFrame({
+        "alpha": r["mono_ratio"].map("{:.2f}".format), "tau": r["temperature"].map("{:.3g}".format),
+        "seeds": r["seeds"], "worst pair (most often)": r["config_key"].map(worst),
+        "worst mAP": [F.ci_text(m, h, n) for m, h, n in zip(r["worst"], r["worst ±"], r["seeds"])],
+        "std": [F.ci_text(m, h, n) for m, h, n in zip(r["std"], r["std ±"], r["seeds"])],
+        "max - min": [F.ci_text(m, h, n) for m, h, n in zip(r["range"], r["range ±"], r["seeds"])]})
+
+
+def _sweep_block(f: Findings, body: str) -> str:
+    return f'<div class="sweep"><h3>{escape(f.sweep.name)}</h3>{body}</div>'
+
+
+def overview(findings: list[Findings]) -> pd.DataFrame:
+    rows = []
+    for f in findings:
+        best = f.best
+        rows.append({"sweep": f.sweep.name, "training languages": len(f.sweep.train_languages),
+                     "trials": len(f.sweep.runs), "configurations": len(f.summary), "pruned trials": f.pruned,
+                     "wall (min)": f"{f.sweep.parent_metrics['sweep/wall_s'] / 60:.1f}"
+                     if "sweep/wall_s" in f.sweep.parent_metrics else "-",
+                     "evaluation": f.selection.source, "best": F.alpha_label(best),
+                     "objective": f.objective,
+                     "best value": "-" if best is None else F.ci_text(best[f.objective], best[f.objective + " ±"],
+                                                                       int(best["seeds"]))})
+    return pd.DataFrame(rows)
+
+
+def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], compare_png: bytes | None,
+               tracking_uri: str) -> str:
+    """The whole report. `images[sweep name][figure name]` are PNG bytes from `figures.render`."""
+    def per_sweep(section) -> str:
+        return '<div class="sweeps">' + "".join(_sweep_block(f, section(f, images.get(f.sweep.name, {})))
+                                                 for f in findings) + "</div>"
+
+    def trials(f, im):
+        return (f'<p class="note">Seed means ± 95% Student-t CI over seeds, grouped by config_key; evaluation: '
+                f'{escape(f.selection.source)} on {escape(f.dataset)}; ranked by {escape(f.objective)}. Pruned '
+                f'configurations (stopped early by the scheduler) are listed, never compared.</p>'
+                + table(F.trials_table(f)))
+
+    def q1(f, im):
+        tables = "".join(f"<h4>{escape(ds)}{' (held-out)' if ds == f.dataset else ' (out-of-domain, zero-shot)'}: "
+                         f"best vs references, {escape(F.SOURCES.get(c.source, c.source))}</h4>{table(c.frame)}"
+                         for ds, c in f.compare.items())
+        return answer(f.answers["q1"]) + img(im.get("alpha_curves"), "metrics vs alpha") + tables
+
+    def q2(f, im):
+        return (answer(f.answers["q2"]) + img(im.get("heatmaps"), "L x L heatmaps")
+                + img(im.get("hr_deltas"), "high-resource pair deltas") + table(_hr_table(f)))
+
+    def q3(f, im):
+        return answer(f.answers["q3"]) + img(im.get("languages"), "metric vs number of training languages")
+
+    def q4(f, im):
+        return answer(f.answers["q4"]) + img(im.get("calibration"), "ECE and reliability")
+
+    def q5(f, im):
+        return answer(f.answers["q5"]) + img(im.get("robustness"), "worst pair and spread") + table(_robust_table(f))
+
+    def search(f, im):
+        front = f.pareto[f.pareto["front"]] if "front" in f.pareto else f.pareto.iloc[0:0]
+        text = ("Pareto front (mono mAP vs cross mAP, seed means): "
+                + ", ".join(f"{F.alpha_label(r)} ({r['mono/map']:.3f}, {r['cross/map']:.3f})" for _, r in front.iterrows())
+                ) if len(front) else "No Pareto front: no completed configuration with mono and cross mAP."
+        return answer([text, "Parameter importances: " + (", ".join(f"{k} {v:.2f}" for k, v in f.importance.items())
+                                                           if f.importance else "none") + f" ({f.importance_note})."]) \
+            + img(im.get("pareto"), "Pareto front") + img(im.get("search"), "importances and alpha x tau")
+
+    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    names = ", ".join(f.sweep.name for f in findings)
+    parts = [f"<h1>Hybrid batch sweep report: {escape(names)}</h1>",
+             f'<p class="note">Generated {now} from MLflow {escape(tracking_uri)}. alpha = mono_ratio = P(batch is '
+             "monolingual X-X) vs cross-lingual X-Y (arXiv 2408.10536); tau = InfoNCE temperature; T = language-"
+             "sampling temperature. Every number carries a 95% Student-t interval over seeds, or says why it cannot."
+             "</p>", table(overview(findings))]
+    if compare_png:
+        parts += ["<h2>Sweeps side by side</h2>", img(compare_png, "sweeps side by side")]
+    parts += ["<h2>Trials</h2>", per_sweep(trials)]
+    for key, section in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5)):
+        parts += [f'<h2 id="{key}">{escape(F.QUESTIONS[key])}</h2>', per_sweep(section)]
+    parts += ["<h2>Search: Pareto front and parameter importances</h2>", per_sweep(search)]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Sweep report: {escape(names)}</title><style>{CSS}</style></head>\n<body>\n"
+            + "\n".join(parts) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
