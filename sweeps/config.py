@@ -57,7 +57,7 @@ class SweepConfig:
     max_concurrent: int = 1
     seed: int = 0
     objectives: tuple[str, ...] = ("multi/map",)  # one: single objective; several: Pareto front
-    scheduler: str = "asha"  # pruning on the per-checkpoint proxy evaluation (single objective only)
+    scheduler: str = "none"  # asha | median: pruning on the per-checkpoint proxy evaluation (one objective)
     grace_period: int = 1  # checkpoints before ASHA may stop a trial
     top_k: int = 1  # configurations re-run with more seeds
     seeds: int = 3  # seeds per top configuration, the original included

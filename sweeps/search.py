@@ -59,7 +59,8 @@ def tune_config(sweep: SweepConfig, base: TrainRunConfig) -> tune.TuneConfig:
                                max_concurrent_trials=sweep.max_concurrent)
     grace = sweep.grace_period * base.trainer.checkpoint_every
     if sweep.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="step", grace_period=grace, max_t=base.optim.steps)
+        # max_t past the last step: a finished trial ends by itself; Tune stops only pruned ones.
+        scheduler = ASHAScheduler(time_attr="step", grace_period=grace, max_t=base.optim.steps + 1)
     elif sweep.scheduler == "median":
         scheduler = MedianStoppingRule(time_attr="step", grace_period=grace)
     else:

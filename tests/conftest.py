@@ -34,9 +34,11 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the session (start-up costs ~5 s), shut down at the end."""
+    """A local Ray per test module (start-up ~5 s), shut down after it: the sweep tests start their own
+    Ray, and a second instance on the machine stops Ray Train's placement-group cleaner from finding its
+    cluster (it then leaks a stopped trial's workers)."""
     import ray
 
     from trainers.train import WORKER_ENV

@@ -93,7 +93,9 @@ def mlflow_runs(tmp_path: Path, name: str):
 
 
 def env() -> dict[str, str]:
-    return os.environ | {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONUNBUFFERED": "1"}
+    """RAY_ADDRESS=local: the sweep starts its own Ray (never joins one this pytest process started),
+    so killing the driver's process group takes that Ray down with it."""
+    return os.environ | {"RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.mark.slow

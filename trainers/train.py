@@ -49,7 +49,9 @@ def preflight(config: TrainRunConfig, resources: dict[str, float] | None = None)
 def init_ray() -> None:
     """Join a running cluster when there is one (`ray up`, `ray submit`), else start a local Ray."""
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+        # The dashboard serves Ray's state API, which Train's placement-group cleaner needs to free a
+        # trial's workers when Tune stops it (ASHA); it binds to 127.0.0.1 only.
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=True, dashboard_host="127.0.0.1",
                  runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
 
 
