@@ -1,17 +1,25 @@
-"""The `eval:` section of a preset: which data is scored, how much of it, and with which resources.
+"""What is evaluated and how: the `eval:` section of a preset, and references to checkpoints.
 
-Validated once when built (`hybrid.config.from_dict(EvalConfig, raw["eval"])`), before Ray starts, so
-a typo in a dataset name or a language code fails with the list of valid values and costs nothing.
+`EvalConfig` is validated once when built (`hybrid.config.from_dict(EvalConfig, raw["eval"])`), before
+Ray starts, so a typo in a dataset name or a language code fails with the list of valid values and costs
+nothing. `CheckpointRef` names a model to evaluate; `content_hash` identifies its files (the basis of
+idempotent logging).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from hybrid.data.languages import check_language_code
 
 NAMED_DATASETS = ("xquad-r", "mlqa-r", "miracl")
+DEFAULT_TEMPERATURE = 0.05  # the InfoNCE tau of the base model's ECE: E5 was trained at 0.01-0.05
+STATE_FILE = "trainer_state.json"  # trainers.loop.STATE_FILE (not imported: that module pulls in DeepSpeed)
+_HASHED = ("*.safetensors", "*.bin", "tokenizer*", "special_tokens_map.json", "vocab.*", "*.model",
+           "merges.txt", "config.json", "hybrid_encoder.json")
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,58 @@ class EvalConfig:
     def threads(self) -> tuple[int, int]:
         """(encode, score) threads per task: the task's CPU share, at least one."""
         return max(1, int(self.encode_cpus)), max(1, int(self.score_cpus))
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """What to evaluate: an encoder folder or model name, its training step and its InfoNCE temperature."""
+
+    path: str  # an encoder folder, multilingual-e5-small, or a hub name in the local Hugging Face cache
+    step: int = 0  # 0 = the base model
+    temperature: float = DEFAULT_TEMPERATURE  # softmax temperature for ECE: the trained tau
+    label: str = ""  # how reports name it; defaults to `path`
+    model: str = ""  # the base model's name, for lineage; defaults to `path`
+
+    @classmethod
+    def from_path(cls, path_or_name: str) -> CheckpointRef:
+        """A trainer checkpoint folder (encoder/ + trainer_state.json) or, as step 0, a model folder / name."""
+        folder = Path(path_or_name)
+        if (folder / STATE_FILE).is_file():
+            state = json.loads((folder / STATE_FILE).read_text())
+            config = state.get("config", {})
+            return cls(str(folder / "encoder"), int(state["step"]),
+                       float(config.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)),
+                       label=str(folder), model=config.get("model", {}).get("name", str(folder)))
+        return cls(path_or_name, 0, DEFAULT_TEMPERATURE, label=path_or_name, model=path_or_name)
+
+
+def resolve_model_dir(name_or_path: str) -> Path:
+    """The local folder of a checkpoint, of multilingual-e5-small (converted once), or of a cached hub model."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    from hybrid.e5_offline import E5_SMALL_NAME, ensure_e5_small
+
+    if name_or_path == E5_SMALL_NAME:
+        return ensure_e5_small()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except Exception as e:  # huggingface_hub raises several unrelated types for "not there"
+        raise ValueError(f"checkpoint {name_or_path!r} is not a folder, not {E5_SMALL_NAME!r}, and not in the "
+                         f"local Hugging Face cache ({type(e).__name__}). Pass an encoder folder.") from e
+
+
+def content_hash(name_or_path: str) -> str:
+    """sha256 over the files that decide the embeddings: weights, tokenizer, config, hybrid_encoder.json."""
+    folder = resolve_model_dir(name_or_path)
+    files = sorted({f for pattern in _HASHED for f in folder.glob(pattern) if f.is_file()})
+    if not any(f.suffix in (".safetensors", ".bin") for f in files):
+        raise ValueError(f"{folder}: no weights (*.safetensors or *.bin); not an encoder folder.")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0")
+        with open(f, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()

@@ -192,12 +192,12 @@ def _setting_metrics(scores: np.ndarray, relevant: np.ndarray, temperature: floa
     return summary, confidence, correct
 
 
-def score_query_language(query_lang: str, queries: np.ndarray, positives: list[dict[str, tuple[int, ...]]],
+def score_query_language(queries: np.ndarray, positives: list[dict[str, tuple[int, ...]]],
                          candidates: dict[str, np.ndarray], temperature: float, ece_bins: int,
                          use_gpu: bool = False) -> dict:
     """Metrics of one query language against each candidate language and against all of them pooled.
 
-    `candidates` holds every language for a parallel set, only `query_lang` otherwise. One FAISS call scores
+    `candidates` holds every language for a parallel set, only the query language otherwise. One FAISS call scores
     the pooled candidates; pair (query_lang, b) is the column block of b, restricted to the queries with a
     relevant candidate in b (for MLQA-R: the question ids present in both languages).
     Returns {"pairs": {b: metrics}, "widest": metrics of the pooled setting (or the mono one when only one
@@ -206,16 +206,15 @@ def score_query_language(query_lang: str, queries: np.ndarray, positives: list[d
     langs = list(candidates)
     sizes = [candidates[b].shape[0] for b in langs]
     offsets = dict(zip(langs, np.cumsum([0, *sizes[:-1]]).tolist()))
-    empty = {"pairs": {}, "widest": None, "confidence": np.empty(0), "correct": np.empty(0, dtype=bool)}
+    out = {"pairs": {}, "widest": None, "confidence": np.empty(0), "correct": np.empty(0, dtype=bool)}
     if queries.shape[0] == 0:
-        return empty
+        return out
     scores = full_scores(queries, np.concatenate([candidates[b] for b in langs]), use_gpu)  # (Q, sum C_b)
     relevant = np.zeros(scores.shape, dtype=bool)
     for i, by_lang in enumerate(positives):
         for b, idx in by_lang.items():
             if b in offsets:
                 relevant[i, offsets[b] + np.asarray(idx, dtype=np.int64)] = True
-    out = dict(empty)
     for b, size in zip(langs, sizes):
         block = slice(offsets[b], offsets[b] + size)
         rows = relevant[:, block].any(axis=1)
@@ -231,46 +230,52 @@ def score_query_language(query_lang: str, queries: np.ndarray, positives: list[d
     return out
 
 
+def _stamp(folder: str) -> str:
+    """A cheap identity of a folder's files (names, sizes, mtimes) for the worker cache: a rewritten
+    checkpoint reloads. The content hash (sha256 of ~0.5 GB) runs on the driver while tasks encode."""
+    files = sorted(f for f in Path(folder).iterdir() if f.is_file())
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
 @functools.lru_cache(maxsize=1)
-def _cached_encoder(model_dir: str, model_hash: str):
-    """One encoder per worker process (the key holds the content hash: a rewritten folder reloads)."""
+def _cached_encoder(model_dir: str, stamp: str):
+    """One encoder per worker process; `stamp` is part of the key only, so a changed folder reloads."""
     from hybrid.model import load_encoder
 
     return load_encoder(model_dir)
 
 
 @ray.remote
-def _encode_task(model_dir: str, model_hash: str, texts: list[str], side: str, batch_size: int,
+def _encode_task(model_dir: str, stamp: str, texts: list[str], side: str, batch_size: int,
                  threads: int) -> np.ndarray:
     import torch
 
     torch.set_num_threads(threads)
-    return _cached_encoder(model_dir, model_hash).encode(texts, side, batch_size=batch_size, progress=False)
+    return _cached_encoder(model_dir, stamp).encode(texts, side, batch_size=batch_size, progress=False)
 
 
 @ray.remote
-def _score_task(query_lang: str, queries: np.ndarray, positives: list[dict[str, tuple[int, ...]]],
-                cand_langs: list[str], temperature: float, ece_bins: int, use_gpu: bool, threads: int,
-                *candidates: np.ndarray) -> dict:
+def _score_task(queries: np.ndarray, positives: list[dict[str, tuple[int, ...]]], cand_langs: list[str],
+                temperature: float, ece_bins: int, use_gpu: bool, threads: int, *candidates: np.ndarray) -> dict:
     faiss.omp_set_num_threads(threads)
-    return score_query_language(query_lang, queries, positives, dict(zip(cand_langs, candidates)),
-                                temperature, ece_bins, use_gpu)
+    return score_query_language(queries, positives, dict(zip(cand_langs, candidates)), temperature, ece_bins,
+                                use_gpu)
 
 
-def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[dict, int, str]:
-    """Submit one checkpoint's tasks; returns ({query language: scoring ObjectRef}, encode task count,
-    the model's content hash)."""
-    model_dir = str(resolve_model_dir(ref.path))
-    model_hash = content_hash(model_dir)
+def _submit(ref: CheckpointRef, model_dir: str, eval_set: EvalSet, config: EvalConfig) -> tuple[dict, int]:
+    """Submit one checkpoint's tasks; returns ({query language: scoring ObjectRef}, encode task count)."""
+    stamp = _stamp(model_dir)
     encode_threads, score_threads = config.threads
     # Outside any placement group: called from a Tune trial (whose group captures child tasks and is
     # full), evaluation tasks would otherwise wait forever for a CPU inside the trial's own bundle.
     free = PlacementGroupSchedulingStrategy(placement_group=None)
+    # Ray hides GPUs from tasks that do not ask for one, so a GPU index needs the request.
+    score_gpus = 1 if config.use_gpu_index and ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
     def encode(texts: list[str], side: str, lang: str) -> ray.ObjectRef:
         return _encode_task.options(num_cpus=config.encode_cpus, name=f"encode:{ref.label}:{lang}:{side}",
                                     scheduling_strategy=free).remote(
-            model_dir, model_hash, texts, side, config.batch_size, encode_threads)
+            model_dir, stamp, texts, side, config.batch_size, encode_threads)
 
     # [1] candidates first: every scoring task needs all of them, but only its own queries.
     cands = {lang: encode(eval_set.candidates[lang], "passage", lang) for lang in eval_set.languages}
@@ -279,11 +284,11 @@ def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[
     for lang in eval_set.languages:
         cand_langs = list(eval_set.languages) if eval_set.parallel else [lang]
         # [2] ObjectRefs as top-level arguments: Ray resolves them to (zero-copy) arrays in the task.
-        scoring[lang] = _score_task.options(num_cpus=config.score_cpus, name=f"score:{ref.label}:{lang}",
-                                            scheduling_strategy=free).remote(
-            lang, queries[lang], eval_set.positives[lang], cand_langs, ref.temperature, config.ece_bins,
+        scoring[lang] = _score_task.options(num_cpus=config.score_cpus, num_gpus=score_gpus,
+                                            name=f"score:{ref.label}:{lang}", scheduling_strategy=free).remote(
+            queries[lang], eval_set.positives[lang], cand_langs, ref.temperature, config.ece_bins,
             config.use_gpu_index, score_threads, *[cands[b] for b in cand_langs])
-    return scoring, len(cands) + len(queries), model_hash
+    return scoring, len(cands) + len(queries)
 
 
 def _nanmean(values: np.ndarray) -> float | None:
@@ -328,12 +333,16 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
     """
     eval_set = corpus if isinstance(corpus, EvalSet) else EvalSet.from_corpus(corpus)
     eval_set = eval_set.restrict(config.languages, config.max_questions)
+    if not any(eval_set.queries.values()):
+        raise ValueError(f"{eval_set.name}/{eval_set.split}: no query with a relevant candidate in {eval_set.languages}.")
     start = time.perf_counter()
     submitted = []
     for ref in checkpoints:
-        scoring, n_encode, model_hash = _submit(ref, eval_set, config)
-        key = evaluation_key(model_hash, eval_set, config, ref.temperature)
-        submitted.append((ref, key, scoring, n_encode))
+        model_dir = str(resolve_model_dir(ref.path))
+        submitted.append((ref, model_dir, *_submit(ref, model_dir, eval_set, config)))
+    # Hashing the weights overlaps the encoding it does not feed.
+    submitted = [(ref, evaluation_key(content_hash(model_dir), eval_set, config, ref.temperature), scoring, n)
+                 for ref, model_dir, scoring, n in submitted]
     owner = {r: i for i, (_, _, scoring, _) in enumerate(submitted) for r in scoring.values()}
     remaining = [len(s[2]) for s in submitted]
     finished = [0.0] * len(submitted)

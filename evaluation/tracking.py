@@ -34,13 +34,13 @@ from evaluation.runner import EvalResult
 TAG_PREFIX = "eval."
 
 
-def _name(text: str) -> str:
+def mlflow_name(text: str) -> str:
     """A string MLflow accepts in metric / param names and artifact files ("@" and the like replaced)."""
     return re.sub(r"[^\w.\-/ :]", "_", text.replace("@", "_at_"))
 
 
 def metric_key(result: EvalResult, name: str) -> str:
-    return _name(f"eval/{result.dataset}/{result.split}/{name}")
+    return mlflow_name(f"eval/{result.dataset}/{result.split}/{name}")
 
 
 def lineage(result: EvalResult) -> dict:
@@ -66,10 +66,10 @@ def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = No
     values |= {f"lang/{lang}/{m}": v for lang, by_metric in result.per_language.items() for m, v in by_metric.items()}
     metrics = [Metric(metric_key(result, k), float(v), now, result.step) for k, v in values.items() if np.isfinite(v)]
     params = {"eval.model": result.model,
-              _name(f"eval.{result.dataset}.{result.split}.languages"): ",".join(result.languages)}
+              mlflow_name(f"eval.{result.dataset}.{result.split}.languages"): ",".join(result.languages)}
     with tempfile.TemporaryDirectory() as tmp:
         write_artifacts(result, Path(tmp))
-        client.log_artifacts(run_id, tmp, f"eval/{_name(result.dataset)}/{_name(result.split)}/step_{result.step}")
+        client.log_artifacts(run_id, tmp, f"eval/{mlflow_name(result.dataset)}/{mlflow_name(result.split)}/step_{result.step}")
     client.log_batch(run_id, metrics=metrics,
                      params=[Param(k, v) for k, v in params.items() if k not in run.data.params])
     client.set_tag(run_id, tag, json.dumps(lineage(result)))
@@ -79,7 +79,7 @@ def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = No
 def write_artifacts(result: EvalResult, folder: Path) -> None:
     """Matrices (CSV + heatmap), reliability table (CSV + diagram) and summary.json into `folder`."""
     for metric, matrix in result.matrices.items():
-        stem = _name(metric)
+        stem = mlflow_name(metric)
         with open(folder / f"{stem}.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["query\\candidate", *result.languages])

@@ -7,10 +7,11 @@ retried sweep reuses its runs instead of duplicating them.
 from __future__ import annotations
 
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any
+
+from evaluation.tracking import mlflow_name
 
 PARENT_TAG, TRIAL_TAG = "sweep.name", "tune.trial_id"
 
@@ -69,11 +70,6 @@ def child_run(tracking_uri: str, exp_id: str, parent_id: str, trial_id: str, run
     for key, value in params.items():
         c.log_param(run.info.run_id, key, value)
     return run.info.run_id
-
-
-def mlflow_name(key: str) -> str:
-    """MLflow refuses "@" and most punctuation in names: recall@10 becomes recall_at_10."""
-    return re.sub(r"[^\w.\-/ :]", "_", key.replace("@", "_at_"))
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:

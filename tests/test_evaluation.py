@@ -1,0 +1,283 @@
+"""Tests for evaluation/: config, the Ray + FAISS runner against a plain numpy reference, MLflow tracking,
+MIRACL from a fixture in MIRACL's own layout, and the CLI. Tiny random BERT, 3 languages, 30 questions."""
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation import metrics as M
+from evaluation.config import CheckpointRef, EvalConfig, content_hash
+from evaluation.runner import (GPU_MAX_K, PAIR_METRICS, EvalSet, _sharded_search, evaluate_checkpoints, full_scores,
+                               score_query_language)
+from hybrid.config import from_dict, read_yaml
+from hybrid.data import Candidate, ParallelCorpus, Question, split_by_article
+from hybrid.model import load_encoder
+
+LANGS = ("en", "de", "es")
+N_QUESTIONS = 30
+MIRACL = Path(__file__).parent / "fixtures" / "miracl"
+
+
+@pytest.fixture(scope="module")
+def heldout(xquad):
+    return split_by_article(xquad, 0.25, 0)[1].select_languages(LANGS)
+
+
+def _spread_copy(source: Path, target: Path, seed: int) -> Path:
+    """The tiny model with its word embeddings redrawn from N(0, 1). A random BERT's pooled vectors all lie
+    near one direction (cosines 0.96 +- 0.02), so scores nearly tie everywhere; redrawn: 0.17 +- 0.18."""
+    encoder = load_encoder(str(source))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        encoder.backbone.get_input_embeddings().weight.normal_(0.0, 1.0)
+    return encoder.save(target)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_model_dir, tmp_path_factory):
+    """A base model (step 0, an encoder folder) and a trainer-style checkpoint_000040 with tau 0.1."""
+    root = tmp_path_factory.mktemp("run")
+    base = _spread_copy(tiny_model_dir, root / "base", seed=1)
+    folder = root / "checkpoint_000040"
+    _spread_copy(tiny_model_dir, folder / "encoder", seed=2)
+    (folder / "trainer_state.json").write_text(json.dumps(
+        {"step": 40, "config": {"model": {"name": "tiny"}, "method": {"temperature": 0.1}}}))
+    return [CheckpointRef.from_path(str(base)), CheckpointRef.from_path(str(folder))]
+
+
+def _encode_events(ray) -> dict[str, set[str]]:
+    """Executed encode tasks per checkpoint label, from Ray's own task events (ray.timeline)."""
+    out: dict[str, set[str]] = {}
+    for event in ray.timeline():
+        if event.get("cat", "").startswith("task::encode:") and "task_id" in event.get("args", {}):
+            label = event["cat"][len("task::encode:"):].rsplit(":", 2)[0]
+            out.setdefault(label, set()).add(event["args"]["task_id"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(local_ray, heldout, checkpoints):
+    config = EvalConfig(languages=LANGS, max_questions=N_QUESTIONS, batch_size=32)
+    before = _encode_events(local_ray)
+    results = evaluate_checkpoints(checkpoints, heldout, config)
+    executed, deadline = {}, time.time() + 30
+    while time.time() < deadline:  # task events reach the GCS asynchronously (about once a second)
+        after = _encode_events(local_ray)
+        executed = {label: len(ids - before.get(label, set())) for label, ids in after.items()}
+        if all(executed.get(ref.label, 0) >= 2 * len(LANGS) for ref in checkpoints):
+            break
+        time.sleep(1)
+    return config, results, executed
+
+
+def test_config_validates_and_loads_from_the_preset():
+    preset = read_yaml(Path(__file__).parents[1] / "configs" / "default.yaml")
+    assert from_dict(EvalConfig, preset["eval"], "eval") == EvalConfig()
+    for bad, match in [({"dataset": "squad"}, "xquad-r"), ({"languages": ["en", "xx"]}, "ISO 639-1"),
+                       ({"max_questions": 0}, "max_questions"), ({"encode_cpus": 0}, "num_cpus"),
+                       ({"ece_bins": 0}, "ece_bins"), ({"batchsize": 8}, "valid keys")]:
+        with pytest.raises(ValueError, match=match):
+            from_dict(EvalConfig, bad, "eval")
+
+
+def test_proxy_subset_is_the_same_ids_in_every_language(heldout):
+    full = EvalSet.from_corpus(heldout)
+    proxy = full.restrict(None, N_QUESTIONS)
+    expected = sorted({q.id for q in heldout.questions["en"]}, key=lambda i: hashlib.sha256(i.encode()).hexdigest())
+    assert proxy.split == f"heldout-proxy{N_QUESTIONS}" and full.split == "heldout"
+    for lang in LANGS:
+        assert set(proxy.query_ids[lang]) == set(expected[:N_QUESTIONS])
+        assert proxy.candidates[lang] == full.candidates[lang]  # candidates are never subsampled
+    assert proxy == full.restrict(None, N_QUESTIONS)
+
+
+def test_each_checkpoint_encodes_each_language_and_side_exactly_once(evaluated, checkpoints):
+    _, results, executed = evaluated
+    for ref, result in zip(checkpoints, results):
+        assert result.encode_tasks == 2 * len(LANGS)
+        assert executed[ref.label] == 2 * len(LANGS)  # counted by Ray, not by the runner
+
+
+def test_checkpoint_lineage(evaluated, checkpoints):
+    _, (base, trained), _ = evaluated
+    assert (base.step, base.temperature) == (0, 0.05)
+    assert (trained.step, trained.temperature, trained.model) == (40, 0.1, "tiny")
+    assert base.content_hash != trained.content_hash
+    assert content_hash(checkpoints[0].path) != content_hash(checkpoints[1].path)
+    assert base.languages == LANGS and base.dataset == "xquad-r"
+
+
+EPS = 1e-6  # FAISS and numpy round float32 products differently (by ~1e-7 here)
+
+
+def _reference_metrics(scores: np.ndarray, relevant: np.ndarray, temperature: float) -> tuple[dict, dict]:
+    """summarize() on numpy scores, and how far a correct runner may differ from it: where a relevant
+    candidate's score is within EPS of another's, the two implementations may order them either way. Such a
+    query may swing its [0, 1] metrics and ECE term by up to 1, and its rank distance by twice the number
+    of those neighbours; every other query must agree to 1e-6."""
+    near = np.zeros(scores.shape[0])
+    for i, j in zip(*np.nonzero(relevant)):
+        near[i] = max(near[i], np.count_nonzero(np.abs(scores[i] - scores[i, j]) < EPS) - 1)
+    values = M.summarize(scores, relevant, temperature)
+    tolerance = {m: 1e-6 + np.count_nonzero(near) / len(near) for m in values}
+    tolerance["rank_distance"] = 1e-6 + 2 * near.sum() / len(near)
+    return values, tolerance
+
+
+def _reference(ref: CheckpointRef, corpus: ParallelCorpus, temperature: float) -> tuple[dict, dict, dict, dict]:
+    """Matrices and pooled metrics with no Ray, no FAISS, no EvalSet: numpy products of in-process embeddings.
+    Returns (matrices, their tolerances, multi metrics, their tolerances)."""
+    encoder = load_encoder(ref.path)
+    ids = sorted({q.id for q in corpus.questions["en"]}, key=lambda i: hashlib.sha256(i.encode()).hexdigest())
+    keep = set(ids[:N_QUESTIONS])
+    questions = {lang: [q for q in corpus.questions[lang] if q.id in keep] for lang in LANGS}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the encode tasks (and the same batches): the same floats
+    q = {lang: encoder.encode([x.text for x in questions[lang]], "query", batch_size=32) for lang in LANGS}
+    c = {lang: encoder.encode([x.sentence for x in corpus.candidates[lang]], "passage", batch_size=32) for lang in LANGS}
+    torch.set_num_threads(threads)
+    shape = (len(LANGS), len(LANGS))
+    matrices, tolerances = {m: np.zeros(shape) for m in PAIR_METRICS}, {m: np.zeros(shape) for m in PAIR_METRICS}
+    pooled = []
+    for i, a in enumerate(LANGS):
+        answer = {b: [corpus.answers[x.id][b] for x in questions[a]] for b in LANGS}
+        for j, b in enumerate(LANGS):
+            relevant = np.eye(len(c[b]), dtype=bool)[answer[b]]  # (Q, C_b): row i is one-hot at its answer
+            values, tolerance = _reference_metrics(q[a] @ c[b].T, relevant, temperature)
+            for m in PAIR_METRICS:
+                matrices[m][i, j], tolerances[m][i, j] = values[m], tolerance[m]
+        relevant = np.concatenate([np.eye(len(c[b]), dtype=bool)[answer[b]] for b in LANGS], axis=1)
+        pooled.append(_reference_metrics(q[a] @ np.concatenate([c[b] for b in LANGS]).T, relevant, temperature))
+    multi = {m: float(np.mean([v[m] for v, _ in pooled])) for m in pooled[0][0]}
+    return matrices, tolerances, multi, {m: float(np.mean([t[m] for _, t in pooled])) for m in multi}
+
+
+def test_runner_matches_a_plain_numpy_reference(evaluated, checkpoints, heldout):
+    _, results, _ = evaluated
+    for ref, result in zip(checkpoints, results):
+        matrices, tolerances, multi, multi_tolerance = _reference(ref, heldout, ref.temperature)
+        for m in PAIR_METRICS:
+            assert (np.abs(result.matrices[m] - matrices[m]) <= tolerances[m]).all(), m
+        for m, value in multi.items():
+            assert result.summary[f"multi/{m}"] == pytest.approx(value, abs=multi_tolerance[m]), m
+        assert np.mean([t.mean() for t in tolerances.values()]) < 0.02  # the check is mostly exact
+
+
+def test_summary_settings_are_means_of_the_matrix(evaluated):
+    _, results, _ = evaluated
+    diagonal = np.eye(len(LANGS), dtype=bool)
+    for result in results:
+        for m in PAIR_METRICS:
+            assert result.summary[f"mono/{m}"] == pytest.approx(result.matrices[m][diagonal].mean())
+            assert result.summary[f"cross/{m}"] == pytest.approx(result.matrices[m][~diagonal].mean())
+        assert result.summary["multi/map"] == pytest.approx(np.mean([v["map"] for v in result.per_language.values()]))
+        assert result.reliability.count.sum() == len(LANGS) * N_QUESTIONS
+
+
+@pytest.mark.parametrize("n_candidates", [7, GPU_MAX_K + 300])
+def test_faiss_full_scores_equal_the_inner_products(n_candidates):
+    rng = np.random.default_rng(0)
+    queries, candidates = rng.standard_normal((9, 16), dtype=np.float32), rng.standard_normal((n_candidates, 16), dtype=np.float32)
+    expected = queries @ candidates.T
+    np.testing.assert_allclose(full_scores(queries, candidates), expected, atol=1e-5)
+    np.testing.assert_allclose(_sharded_search(queries, candidates, lambda index: index), expected, atol=1e-5)
+
+
+def test_mlqa_style_pairs_use_only_shared_question_ids():
+    """MLQA-R: q1 only in en, q2 in en and de. Pair (en, de) scores q2 alone; pooled scores both."""
+    questions = {"en": [Question("q1", "en", "a", "t"), Question("q2", "en", "b", "t")],
+                 "de": [Question("q2", "de", "b", "t")]}
+    candidates = {lang: [Candidate(lang, f"s{i}", "p", "t") for i in range(3)] for lang in ("en", "de")}
+    corpus = ParallelCorpus("mlqa-r", questions, candidates, {"q1": {"en": 0}, "q2": {"en": 1, "de": 2}})
+    eval_set = EvalSet.from_corpus(corpus)
+    assert eval_set.split == "all" and eval_set.positives["en"] == [{"en": (0,)}, {"de": (2,), "en": (1,)}]
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 4), dtype=np.float32)
+    cands = {"en": rng.standard_normal((3, 4), dtype=np.float32), "de": rng.standard_normal((3, 4), dtype=np.float32)}
+    out = score_query_language(q, eval_set.positives["en"], cands, 0.05, 15)
+    expected = M.summarize(q[1:] @ cands["de"].T, np.array([[False, False, True]]), 0.05)
+    assert out["pairs"]["de"]["map"] == pytest.approx(expected["map"])
+    assert out["confidence"].shape == (2,)
+
+
+def test_logging_twice_keeps_one_set_of_metrics(evaluated, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from evaluation.tracking import already_evaluated, log_result, metric_key
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.create_experiment("eval-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    result = evaluated[1][1]
+    assert not already_evaluated(run_id, result.content_hash, client)
+    assert log_result(result, run_id, client) is True
+    assert log_result(result, run_id, client) is False  # skipped: the tag is there
+    assert already_evaluated(run_id, result.content_hash, client)
+    history = client.get_metric_history(run_id, metric_key(result, "multi/recall@10"))
+    assert [(m.step, m.value) for m in history] == [(40, pytest.approx(result.summary["multi/recall@10"]))]
+    assert metric_key(result, "multi/recall@10") == "eval/xquad-r/heldout-proxy30/multi/recall_at_10"
+    folder = f"eval/xquad-r/heldout-proxy30/step_40"
+    names = {Path(f.path).name for f in client.list_artifacts(run_id, folder)}
+    assert {"map.csv", "map.png", "map_at_20.csv", "reliability.csv", "reliability.png", "summary.json"} <= names
+    assert client.get_run(run_id).data.params["eval.model"] == "tiny"
+
+
+def test_miracl_fixture_loads_in_its_own_schema():
+    from evaluation.miracl import load_miracl
+
+    pools = load_miracl(None, MIRACL, sample=3)
+    assert pools.languages == ("de", "sw") and not pools.parallel and pools.split == "dev"
+    assert pools.query_ids["de"] == ["101", "102", "103"]  # 104 has no positive judgement
+    assert len(pools.candidates["de"]) == 7 + 3 and len(pools.candidates["sw"]) == 5 + 3
+    assert len(pools.positives["de"][2]["de"]) == 2  # 103 has two relevant passages
+    assert pools == load_miracl(("de", "sw"), MIRACL, sample=3)  # the sample is seeded
+    assert len(load_miracl(("sw",), MIRACL, sample=100).candidates["sw"]) == 10  # the whole small corpus
+    with pytest.raises(ValueError, match="available: de, sw"):
+        load_miracl(("fr",), MIRACL, sample=3)
+
+
+def test_miracl_without_a_folder_needs_the_hub(monkeypatch):
+    import datasets
+    import huggingface_hub.constants
+
+    from evaluation.miracl import load_miracl
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no 25 s of retries: the hub is down here
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError, match="--data-dir"):
+        load_miracl(("sw",), None, sample=3)
+
+
+def test_miracl_scores_mono_only(local_ray, checkpoints):
+    from evaluation.miracl import load_miracl
+
+    config = EvalConfig(dataset="miracl", data_dir=str(MIRACL), miracl_sample=3)
+    (result,) = evaluate_checkpoints(checkpoints[:1], load_miracl(None, MIRACL, 3), config)
+    assert {k.split("/")[0] for k in result.summary} == {"mono"}
+    assert result.encode_tasks == 4 and result.dataset == "miracl"
+    assert np.isnan(result.matrices["map"][0, 1]) and 0 < result.summary["mono/map"] <= 1
+    assert set(result.per_language) == {"de", "sw"}
+
+
+def test_cli_prints_the_tables(local_ray, tiny_model_dir, capsys):
+    from evaluation.__main__ import main
+
+    (result,) = main(["--checkpoint", str(tiny_model_dir), "--languages", "en", "de", "--max-questions", "10"])
+    out = capsys.readouterr().out
+    assert result.encode_tasks == 4 and "encode tasks 4" in out
+    for row in ("mono", "cross", "multi", "rank_distance", "mAP (rows: query language"):
+        assert row in out
+
+
+def test_content_hash_depends_on_the_files_not_their_location(checkpoints, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(checkpoints[1].path, copy)
+    assert content_hash(str(copy)) == content_hash(checkpoints[1].path)
