@@ -51,7 +51,7 @@ def test_trial_config_applies_the_searched_values():
 @pytest.mark.parametrize("override, message", [
     ("sweep.search.mono_ratio=[0.5, 1.5]", "mono_ratio"),
     ("sweep.search.temperature=[0, 0.1]", "temperature"),
-    ("sweep.objectives=[multi/map, mono/map]", "multi-objective sweeps cannot prune"),
+    ("sweep.objectives=[multi/map, mono/map];sweep.scheduler=asha", "multi-objective sweeps cannot prune"),
     ("sweep.objectives=[pooled/map]", "setting"),
     ("sweep.trials=1", "references"),
     ("sweep.search.num_train_languages=[12]", "exceeds"),
@@ -60,7 +60,7 @@ def test_trial_config_applies_the_searched_values():
 ])
 def test_bad_sweeps_fail_before_ray_starts(override, message):
     with pytest.raises(ValueError, match=message):
-        load_sweep_setup(ROOT / "configs/default.yaml", [override])
+        load_sweep_setup(ROOT / "configs/default.yaml", override.split(";"))
 
 
 def tiny_sweep_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
