@@ -42,6 +42,8 @@ def _curve(ax, frame: pd.DataFrame, column: str, label: str, color: str, x: str 
 
 
 def _refs(ax, f: Findings) -> None:
+    """An alpha axis: the whole [0, 1] range, the references marked."""
+    ax.set_xlim(-0.05, 1.05)
     for ref in (f.ref0, f.ref1):
         if ref is not None:
             ax.axvline(ref["mono_ratio"], color="gray", lw=0.6, ls=":")
@@ -99,7 +101,7 @@ def heatmaps(f: Findings) -> Figure | None:
     for i, (ax, (title, matrix)) in enumerate(zip(axes, f.heatmaps.items())):
         _annotated(ax, fig, matrix, title, diverging=i > 0)
     fig.suptitle(f"mAP, rows = query language, columns = candidate language ({f.heatmap_source} evaluation; "
-                 "differences of seed means)", fontsize=10)
+                 "differences of seed means)", fontsize=10, y=1.04)
     return fig
 
 
@@ -252,6 +254,7 @@ def compare_sweeps(findings: list[Findings]) -> Figure | None:
     right.set_title("worst off-diagonal pair mAP vs alpha, per sweep", fontsize=9)
     for ax in (left, right):
         ax.set_xlabel("alpha")
+        ax.set_xlim(-0.05, 1.05)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)

@@ -206,7 +206,7 @@ def analyse(sweep: Sweep, high_resource: tuple[str, ...] = HIGH_RESOURCE) -> Fin
     reliability = {}
     for label, row in (("alpha=0", ref0), (alpha_label(focus), focus), ("alpha=1", ref1)):
         found, _ = A.choose(sweep.reliability, _runs(table, row), dataset)
-        if found:
+        if found and not any(row["config_key"] == r["config_key"] for r in (ref0, ref1) if r is not None and r is not row):
             reliability[label] = A.pooled_reliability(list(found.values()))
 
     f = Findings(sweep, dataset, sel, summary, best, hybrid, ref0, ref1, pruned, robust, robust_runs, robust_source, pareto,
@@ -231,11 +231,28 @@ def _versus(f: Findings, column: str) -> list[str]:
         return []
     lines = []
     for ref in ("alpha=0", "alpha=1"):
-        if comp.rows.get(ref) is None:
-            lines.append(f"{name(column)}: no completed {ref} reference to compare with.")
-        elif (d := comp.diff("best", ref, column)) is not None:
+        if comp.rows.get(ref) is not None and (d := comp.diff("best", ref, column)) is not None:
             lines.append(f"{alpha_label(comp.rows['best'])} vs {ref}: {name(column)} {d.text()}")
     return lines
+
+
+def missing_references(f: Findings) -> list[str]:
+    """One line per reference (alpha = 0, alpha = 1) without a completed trial, saying what happened to it."""
+    lines = []
+    for alpha, row in ((0.0, f.ref0), (1.0, f.ref1)):
+        if row is not None:
+            continue
+        runs = f.selection.table
+        hit = runs[np.isclose(runs["mono_ratio"].astype(float), alpha)] if len(runs) else runs
+        why = (f"it was pruned at step {int(hit['step'].max())} of {f.sweep.final_step} (the scheduler stops "
+               "references too; --set sweep.scheduler=none keeps them)") if len(hit) else "no evaluated trial at it"
+        lines.append(f"No completed alpha = {alpha:g} reference to compare with: {why}.")
+    return lines
+
+
+def unevaluated(f: Findings) -> list[str]:
+    n = len(f.sweep.runs) - len(f.selection.table)
+    return [f"{n} trial run(s) logged no evaluation on {f.dataset} (failed, killed or still running)."] if n else []
 
 
 def answer_q1(f: Findings) -> list[str]:
@@ -246,11 +263,12 @@ def answer_q1(f: Findings) -> list[str]:
              + (f"; {f.pruned} pruned trial(s) listed, not compared" if f.pruned else "") + ".",
              f"Best by {f.objective}: {alpha_label(f.best)} ({f.best['config_key']}): {name(f.objective)} "
              f"{ci_text(f.best[f.objective], f.best[f.objective + ' ±'], int(f.best['seeds']))}."]
+    lines += unevaluated(f) + missing_references(f)
     comp = f.compare.get(f.dataset)
-    if comp is not None:
-        lines.append(f"Best vs the references on the {SOURCES.get(comp.source, comp.source)}:")
-        for column in ("multi/map", "multi/mrr@10", "mono/map", "cross/map", "mono/mrr@10", "cross/mrr@10"):
-            lines += _versus(f, column)
+    versus = [line for column in ("multi/map", "multi/mrr@10", "mono/map", "cross/map", "mono/mrr@10", "cross/mrr@10")
+              for line in _versus(f, column)]
+    if versus:
+        lines += [f"Best vs the references on the {SOURCES.get(comp.source, comp.source)}:", *versus]
     if trend := spearman_line(f.summary[f.summary["complete"]], "multi/map", "multi mAP"):
         lines.append(trend)
     for zs, comp in f.compare.items():
@@ -301,6 +319,8 @@ def answer_q2(f: Findings) -> list[str]:
 
 def answer_q3(f: Findings) -> list[str]:
     k = len(f.sweep.train_languages)
+    if f.best is None:
+        return [f"Not answerable: no trial completed on {f.dataset}."]
     if f.lang_effect.empty:
         return [f"Not covered by this sweep: every trial trained on the same {k or 'set of'} languages "
                 f"({', '.join(f.sweep.train_languages) or 'unknown'}). Cover it with "
@@ -323,6 +343,7 @@ def answer_q4(f: Findings) -> list[str]:
     best = comp.rows["best"]
     lines = [f"ECE (lower is better; {SOURCES.get(comp.source, comp.source)}) is computed at each trial's own tau "
              "(softmax temperature = trained tau), so tau moves it as well as alpha."]
+    lines += missing_references(f)
     for column in ("multi/ece", "mono/ece", "cross/ece"):
         if column in best:
             lines.append(f"{alpha_label(best)}: {name(column)} {_value(best, column)}")
@@ -346,8 +367,10 @@ def answer_q5(f: Findings) -> list[str]:
     lines = [f"Off-diagonal (cross-lingual) mAP pairs, {SOURCES.get(f.robust_source, f.robust_source)}: "
              f"{int(runs['pairs'].max())} ordered pairs of {langs.replace(',', ', ')}; spread = std (population) "
              "and max - min across the pairs of a run, then mean over seeds."]
+    shown = set()
     for label, row in (("alpha=0", f.ref0), (alpha_label(f.best) + " (best)", f.best), ("alpha=1", f.ref1)):
-        if row is not None and row["config_key"] in r.index:
+        if row is not None and row["config_key"] in r.index and row["config_key"] not in shown:
+            shown.add(row["config_key"])
             x = r.loc[row["config_key"]]
             lines.append(f"{label}: worst pair ({worst_pair[row['config_key']]}) "
                          f"{ci_text(x['worst'], x['worst ±'], int(x['seeds']))}; std "
