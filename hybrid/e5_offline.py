@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import importlib.resources
-import os
 import shutil
 import struct
 import tempfile

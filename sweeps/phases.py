@@ -57,6 +57,15 @@ def trials_table(grid: tune.ResultGrid, objectives: tuple[str, ...]) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def completed(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
+    """Trials that trained every step, with a final checkpoint and objective: the only comparable ones
+    (a pruned trial's last objective is from an earlier step, and it has no final checkpoint)."""
+    if table.empty:
+        return table
+    done = table[(table["step"] == setup.run.optim.steps) & table["checkpoint_path"].notna()]
+    return done.dropna(subset=list(setup.sweep.objectives))
+
+
 def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:
     grid = _run_tuner("search", setup, param_space(setup.sweep, setup.run), tune_config(setup.sweep, setup.run),
                       exp_id, parent_id, resume)
@@ -66,13 +75,13 @@ def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool) -> pd.D
 def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:
     """Re-run the top configurations with seeds 1..seeds-1 (seed 0 ran in the search)."""
     objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
-    finished = table[table["step"] == setup.run.optim.steps].dropna(subset=[objective])
-    top = finished.sort_values(objective, ascending=mode == "min").head(setup.sweep.top_k)
+    top = completed(table, setup).sort_values(objective, ascending=mode == "min").head(setup.sweep.top_k)
     extra = [table]
     for _, row in top.iterrows():
         if setup.sweep.seeds < 2:
             break
-        fixed = {k: row[k] for k in PARAM_COLUMNS if k in row and k != "seed" and pd.notna(row[k])}
+        fixed = {k: row[k].item() if hasattr(row[k], "item") else row[k]  # Python numbers, as Tune gave them
+                 for k in PARAM_COLUMNS if k in row and k != "seed" and pd.notna(row[k])}
         space = fixed | {"seed": tune.grid_search(list(range(1, setup.sweep.seeds)))}
         grid = _run_tuner(f"seeds-{row['config_key']}", setup, space,
                           tune.TuneConfig(max_concurrent_trials=setup.sweep.max_concurrent), exp_id, parent_id, resume)
@@ -81,15 +90,17 @@ def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, 
 
 
 def ranked(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
-    """Configurations ranked by the mean of the first objective over seeds, with 95% intervals."""
+    """Completed configurations ranked by the mean of the first objective over seeds, with 95% intervals."""
     objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
     rows = []
-    for key, group in table.dropna(subset=[objective]).groupby("config_key"):
+    for key, group in completed(table, setup).groupby("config_key"):
         row = {k: group.iloc[0][k] for k in PARAM_COLUMNS if k in group and k != "seed"}
         for o in setup.sweep.objectives:
             mean, half = mean_ci(group[o].to_numpy())
             row[o], row[f"{o} ±95%"] = mean, half
         rows.append({"config_key": key, "seeds": len(group), **row})
+    if not rows:
+        return pd.DataFrame(columns=["config_key", "seeds", *setup.sweep.objectives])
     return pd.DataFrame(rows).sort_values(objective, ascending=mode == "min").reset_index(drop=True)
 
 
@@ -98,7 +109,7 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_
     configuration (one per seed) and of the alpha = 0 / alpha = 1 references, and of the base model
     (parent run, step 0); then the same on each zero-shot dataset (`sweep.zero_shot_datasets`), which
     took no part in selection. Returns the parent's summary: base and best (mean, 95% half-width)."""
-    final = table[table["checkpoint_path"].notna() & (table["step"] == setup.run.optim.steps)]
+    final = completed(table, setup)
     chosen = final[(final["config_key"] == best_key) | final["mono_ratio"].map(is_reference)].drop_duplicates("trial")
     refs = [CheckpointRef(path=f"{p}/encoder", step=setup.run.optim.steps, temperature=t, label=trial,
                           model=setup.run.model.name)

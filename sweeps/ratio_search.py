@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     table = phases.search(setup, exp_id, parent_id, args.resume)  # [4] Tune + Optuna + ASHA
     table = phases.reseed(setup, table, exp_id, parent_id, args.resume)  # [5] more seeds for the top-k
     ranking = phases.ranked(table, setup)
+    if ranking.empty:
+        raise SystemExit(f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "
+                         "pruned: see Tune's table above); fix the cause and continue with --resume.")
     summary = phases.final_evaluation(setup, table, ranking.iloc[0]["config_key"], exp_id, parent_id) \
-        if s.final_eval and len(ranking) else {}
+        if s.final_eval else {}
     tracking.log_metrics(s.tracking_uri, parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
     wall = time.perf_counter() - start
     tracking.log_metrics(s.tracking_uri, parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)}, step=0)

@@ -23,9 +23,11 @@ from sweeps.config import SweepSetup
 from trainers.config import TrainRunConfig
 from trainers.train import build_trainer
 
+
 def config_key(params: dict[str, Any]) -> str:
-    """A short id of a configuration, the seed left out: trials that differ only by seed share it."""
-    knobs = {k: v for k, v in sorted(params.items()) if k != "seed"}
+    """A short id of a configuration, the seed left out: trials that differ only by seed share it.
+    NumPy scalars (a configuration read back from a DataFrame) hash as the Python numbers they are."""
+    knobs = {k: v.item() if hasattr(v, "item") else v for k, v in sorted(params.items()) if k != "seed"}
     return hashlib.sha256(json.dumps(knobs, default=str).encode()).hexdigest()[:10]
 
 
@@ -53,15 +55,17 @@ class EvaluateAndReport(TuneReportCallback):
         step = int(train_metrics.get("step", 0))
         tracking.log_metrics(self.uri, self.run_id, {f"train/{k}": v for k, v in train_metrics.items()
                                                      if k != "step"}, step)
-        if checkpoint is None:
+        # A run resumed after its last step reports its final checkpoint's path instead of a checkpoint.
+        path = checkpoint.path if checkpoint is not None else train_metrics.pop("checkpoint_path", None)
+        if path is None:
             return
         proxy = self.setup.proxy_eval
         eval_set = load_eval_set(proxy, self.config.data)
-        ref = CheckpointRef(path=f"{checkpoint.path}/encoder", step=step,
+        ref = CheckpointRef(path=f"{path}/encoder", step=step,
                             temperature=self.config.method.temperature, label=f"step {step}")
         [result] = evaluate_checkpoints([ref], eval_set, proxy)
         log_result(result, self.run_id, tracking.client(self.uri))
-        report = train_metrics | result.summary | {"checkpoint_path": checkpoint.path}
+        report = train_metrics | result.summary | {"checkpoint_path": path}
         self._training_actor_item_queue.put(report)
 
 

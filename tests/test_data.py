@@ -73,7 +73,7 @@ def _good_doc():
 
 
 def test_malformed_json_names_the_file(tmp_path):
-    path = _write(tmp_path, "en", '{"data": [')
+    _write(tmp_path, "en", '{"data": [')
     with pytest.raises(DataFormatError, match=r"en\.json: not valid .*JSON"):
         load_lareqa(tmp_path, "x")
 

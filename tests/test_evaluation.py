@@ -224,7 +224,7 @@ def test_logging_twice_keeps_one_set_of_metrics(evaluated, tmp_path):
     history = client.get_metric_history(run_id, metric_key(result, "multi/recall@10"))
     assert [(m.step, m.value) for m in history] == [(40, pytest.approx(result.summary["multi/recall@10"]))]
     assert metric_key(result, "multi/recall@10") == "eval/xquad-r/heldout-proxy30/multi/recall_at_10"
-    folder = f"eval/xquad-r/heldout-proxy30/step_40"
+    folder = "eval/xquad-r/heldout-proxy30/step_40"
     names = {Path(f.path).name for f in client.list_artifacts(run_id, folder)}
     assert {"map.csv", "map.png", "map_at_20.csv", "reliability.csv", "reliability.png", "summary.json"} <= names
     assert client.get_run(run_id).data.params["eval.model"] == "tiny"

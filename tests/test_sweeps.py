@@ -46,6 +46,34 @@ def test_trial_config_applies_the_searched_values():
     assert (run.method.mono_ratio, run.method.temperature, run.method.seed) == (0.25, 0.02, 4)
     assert run.data.train_languages == setup.run.data.train_languages[:3]
     assert config_key(params) == config_key(params | {"seed": 9}) != config_key(params | {"mono_ratio": 0.3})
+    as_numpy = {k: np.float64(v) if isinstance(v, float) else np.int64(v) for k, v in params.items()}
+    assert config_key(as_numpy) == config_key(params)  # read back from a DataFrame: the same configuration
+
+
+def test_ranking_compares_only_completed_trials():
+    """A pruned trial (stopped at step 8 of 16) with the best proxy score is not the best configuration:
+    its score is from an earlier step and it has no final checkpoint to evaluate."""
+    import pandas as pd
+
+    from sweeps.phases import completed, ranked
+
+    setup = load_sweep_setup(ROOT / "configs/default.yaml")
+    steps = setup.run.optim.steps
+    table = pd.DataFrame([
+        {"trial": "a", "mono_ratio": 0.0, "config_key": "A", "seed": 0, "step": steps, "multi/map": 0.50,
+         "checkpoint_path": "/c/a"},
+        {"trial": "b", "mono_ratio": 1.0, "config_key": "B", "seed": 0, "step": steps, "multi/map": 0.60,
+         "checkpoint_path": "/c/b"},
+        {"trial": "b1", "mono_ratio": 1.0, "config_key": "B", "seed": 1, "step": steps, "multi/map": 0.64,
+         "checkpoint_path": "/c/b1"},
+        {"trial": "c", "mono_ratio": 0.4, "config_key": "C", "seed": 0, "step": steps // 2, "multi/map": 0.90,
+         "checkpoint_path": "/c/c"},
+    ])
+    assert list(completed(table, setup)["trial"]) == ["a", "b", "b1"]
+    ranking = ranked(table, setup)
+    assert list(ranking["config_key"]) == ["B", "A"] and list(ranking["seeds"]) == [2, 1]
+    assert ranking.loc[0, "multi/map"] == pytest.approx(0.62)
+    assert ranked(table[table["trial"] == "c"], setup).empty
 
 
 @pytest.mark.parametrize("override, message", [

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import ray.train
 import torch
 
 from hybrid.config import from_dict
@@ -92,6 +93,22 @@ def test_resume_continues_the_sampler_sequence(tiny_model_dir, tmp_path, local_r
     pairs, _ = training_pairs(full.data)
     sampler = HybridBatchSampler(pairs, 16, 0.5, seed=3, world_size=2)
     assert state["mono_steps"] == sum(sampler.batch(t).kind == MONO for t in range(40))
+
+    # A finished run started again (a sweep driver killed before Tune saw the last report) trains no
+    # step past the last: it reports its final checkpoint again, by path.
+    class ReportsToFile(ray.train.UserCallback):  # runs in Ray's controller: hand the reports over by file
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(log, "a") as f:
+                f.write(json.dumps([metrics[0], checkpoint is not None]) + "\n")
+
+    log = tmp_path / "reports.jsonl"
+    again = build_trainer(full, "resume", callbacks=[ReportsToFile()]).fit()
+    [(metrics, with_checkpoint)] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert (metrics["step"], metrics["resumed_from_step"], with_checkpoint) == (40, 40, False)
+    assert metrics["checkpoint_path"] == result.checkpoint.path == again.checkpoint.path
+    assert metrics["val_loss"] == result.metrics["val_loss"]  # the final checkpoint's own figures
+    assert sorted(p.name for p in (tmp_path / "ray" / "resume").glob("checkpoint_0*")) == \
+        ["checkpoint_000020", "checkpoint_000040"]
 
 
 def _kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, killed: list) -> None:

@@ -105,6 +105,9 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         sampler.load_state_dict(state["sampler"])
         mono_steps = state["mono_steps"]
     start = sampler.step
+    if start >= config.optim.steps:  # finished before, but its last report may never have reached Tune
+        ray.train.report(state["metrics"] | {"resumed_from_step": start, "checkpoint_path": checkpoint.path})
+        return  # (a killed sweep driver): report the final checkpoint again, train no step past the last
     if start == 0:  # the base model's held-out figures, so every run carries its own baseline
         ray.train.report({"step": 0, **validate(engine, loss_fn, val_sampler, config.trainer.val_batches,
                                                  config.data.hard_negatives)})

@@ -294,7 +294,7 @@ def answer_q2(f: Findings) -> list[str]:
     if f.ref1 is None:
         return ["Not covered by this sweep: no completed alpha = 1 reference trial."]
     if f.hr_deltas.empty:
-        return [f"Not answerable: no L x L mAP matrices for the high-resource languages among the evaluated ones "
+        return ["Not answerable: no L x L mAP matrices for the high-resource languages among the evaluated ones "
                 "(set them with --high-resource)."]
     d = f.hr_deltas
     lower = d[[x.significant and x.mean < 0 for x in d["diff"]]]
