@@ -37,10 +37,25 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
         if not resume:
             raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another "
                                   "sweep.name.")
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
-    run_config = tune.RunConfig(name=name, storage_path=str(path.parent),  # Tune's live table is the progress view
-                                failure_config=tune.FailureConfig(max_failures=1))
-    return tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
+        grid = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
+    else:
+        run_config = tune.RunConfig(name=name, storage_path=str(path.parent),  # Tune's live table: the progress view
+                                    failure_config=tune.FailureConfig(max_failures=1))
+        grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
+    close_trial_runs(grid, setup, exp_id)
+    return grid
+
+
+def close_trial_runs(grid: tune.ResultGrid, setup: SweepSetup, exp_id: str) -> None:
+    """Mark each trial's MLflow run by how the trial ended: FINISHED (every step), KILLED (pruned), FAILED."""
+    uri = setup.sweep.tracking_uri
+    for result in grid:
+        metrics = result.metrics or {}
+        run_id = tracking.trial_run_id(uri, exp_id, metrics["trial_id"]) if "trial_id" in metrics else None
+        if run_id is None:  # the trial never reported: no run of its own was made
+            continue
+        done = metrics.get("step") == setup.run.optim.steps
+        tracking.end_run(uri, run_id, "FAILED" if result.error else "FINISHED" if done else "KILLED")
 
 
 def trials_table(grid: tune.ResultGrid, objectives: tuple[str, ...]) -> pd.DataFrame:
@@ -124,7 +139,7 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_
         client = tracking.client(uri)
         log_result(results[0], parent_id, client)
         for result, trial in zip(results[1:], chosen["trial"]):
-            log_result(result, tracking.child_run(uri, exp_id, parent_id, trial, trial, {}), client)
+            log_result(result, tracking.trial_run_id(uri, exp_id, trial), client)
         best = [r for r, key in zip(results[1:], chosen["config_key"]) if key == best_key]
         scope = "" if dataset == setup.eval.dataset else f"{dataset}/"
         for key, value in results[0].summary.items():

@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         if s.final_eval else {}
     tracking.log_metrics(s.tracking_uri, parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
     wall = time.perf_counter() - start
-    tracking.log_metrics(s.tracking_uri, parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)}, step=0)
+    overhead = tracking.trial_overhead(s.tracking_uri, exp_id)
+    tracking.log_metrics(s.tracking_uri, parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead,
+                         step=0)
+    tracking.end_run(s.tracking_uri, parent_id)
 
     print("\nTrials (proxy evaluation, last checkpoint):")
     print(table.drop(columns=["checkpoint_path"]).to_string(index=False, float_format="%.4f"))
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
             metric = key[len("best/"):]
             print(f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   best {summary[key]:.4f} "
                   f"± {summary[key + '/ci95']:.4f}")
+    if overhead:
+        print(f"\nPer trial: {overhead['sweep/trial_wall_s']:.0f} s, of which {overhead['sweep/trial_overhead_s']:.0f} s "
+              f"({overhead['sweep/trial_overhead_fraction']:.0%}) outside training and evaluation "
+              f"(start-up {overhead['sweep/trial_startup_s']:.0f} s: Train workers, imports, model, DeepSpeed).")
     print(f"\nSweep '{s.name}': {len(table)} trials in {wall / 60:.1f} min. Compare the runs in MLflow:")
     print(f"  mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000")
 

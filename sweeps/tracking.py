@@ -50,6 +50,7 @@ def parent_run(tracking_uri: str, exp_id: str, sweep_name: str, params: dict[str
     """The sweep's parent run: reused when it exists (resume), else created with the sweep's params."""
     found = _find_run(tracking_uri, exp_id, {PARENT_TAG: sweep_name, "sweep.role": "parent"})
     if found:
+        client(tracking_uri).update_run(found, status="RUNNING")
         return found
     c = client(tracking_uri)
     run = c.create_run(exp_id, run_name=sweep_name, tags={PARENT_TAG: sweep_name, "sweep.role": "parent"})
@@ -60,9 +61,11 @@ def parent_run(tracking_uri: str, exp_id: str, sweep_name: str, params: dict[str
 
 def child_run(tracking_uri: str, exp_id: str, parent_id: str, trial_id: str, run_name: str,
               params: dict[str, Any]) -> str:
-    """The trial's child run (nested under the parent), reused when the trial restarts."""
+    """The trial's child run (nested under the parent), reused (and marked running again) when the trial
+    restarts."""
     found = _find_run(tracking_uri, exp_id, {TRIAL_TAG: trial_id})
     if found:
+        client(tracking_uri).update_run(found, status="RUNNING")
         return found
     c = client(tracking_uri)
     run = c.create_run(exp_id, run_name=run_name,
@@ -79,3 +82,27 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step:
     batch = [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()
              if isinstance(v, (int, float)) and math.isfinite(v)]
     client(tracking_uri).log_batch(run_id, metrics=batch)
+
+
+def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Close a run (FINISHED, KILLED for a pruned trial, FAILED) so MLflow stops showing it as running.
+    A crashed driver leaves its runs RUNNING, which is what they are: `--resume` continues them."""
+    client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def trial_run_id(tracking_uri: str, exp_id: str, trial_id: str) -> str | None:
+    return _find_run(tracking_uri, exp_id, {TRIAL_TAG: trial_id})
+
+
+def trial_overhead(tracking_uri: str, exp_id: str) -> dict[str, float]:
+    """Mean per-trial time outside training and evaluation (start-up before the first report plus
+    teardown after the last), over the sweep's trials that logged a wall time; {} when none did."""
+    runs = client(tracking_uri).search_runs([exp_id], filter_string="tags.`sweep.role` = 'trial'", max_results=10000)
+    timed = [r.data.metrics for r in runs if {"trial/wall_s", "trial/active_s", "trial/startup_s"} <= set(r.data.metrics)]
+    if not timed:
+        return {}
+    wall = sum(m["trial/wall_s"] for m in timed) / len(timed)
+    startup = sum(m["trial/startup_s"] for m in timed) / len(timed)
+    overhead = sum(m["trial/wall_s"] - m["trial/active_s"] for m in timed) / len(timed)
+    return {"sweep/trial_wall_s": wall, "sweep/trial_startup_s": startup, "sweep/trial_overhead_s": overhead,
+            "sweep/trial_overhead_fraction": overhead / wall}

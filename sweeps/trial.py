@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -43,18 +44,31 @@ def trial_run_config(base: TrainRunConfig, params: dict[str, Any]) -> TrainRunCo
 
 
 class EvaluateAndReport(TuneReportCallback):
-    """Per training report: log to MLflow; per checkpoint: evaluate, log, and report to Tune."""
+    """Per training report: log to MLflow; per checkpoint: evaluate, log, and report to Tune.
 
-    def __init__(self, setup: SweepSetup, config: TrainRunConfig, run_id: str):
+    Also the trial's time split, in MLflow: `trial/startup_s` (trial start to the first report: Train's
+    worker group, imports, model load, DeepSpeed init) and `trial/active_s` (first report to the last
+    report handled: training, checkpoints, proxy evaluations); `run_trial` adds `trial/wall_s`."""
+
+    def __init__(self, setup: SweepSetup, config: TrainRunConfig, run_id: str, started_at: float):
         super().__init__()
         self.setup, self.config, self.run_id = setup, config, run_id
         self.uri = setup.sweep.tracking_uri
+        self.started_at, self.first_report_at = started_at, None
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         train_metrics = dict(metrics[0])
         step = int(train_metrics.get("step", 0))
-        tracking.log_metrics(self.uri, self.run_id, {f"train/{k}": v for k, v in train_metrics.items()
-                                                     if k != "step"}, step)
+        timing = {}
+        if self.first_report_at is None:
+            self.first_report_at = time.time()
+            timing["trial/startup_s"] = self.first_report_at - self.started_at
+        tracking.log_metrics(self.uri, self.run_id, timing | {f"train/{k}": v for k, v in train_metrics.items()
+                                                              if k != "step"}, step)
+        self._evaluate_and_report(train_metrics, step, checkpoint)
+        tracking.log_metrics(self.uri, self.run_id, {"trial/active_s": time.time() - self.first_report_at}, step)
+
+    def _evaluate_and_report(self, train_metrics: dict[str, Any], step: int, checkpoint) -> None:
         # A run resumed after its last step reports its final checkpoint's path instead of a checkpoint.
         path = checkpoint.path if checkpoint is not None else train_metrics.pop("checkpoint_path", None)
         if path is None:
@@ -71,6 +85,7 @@ class EvaluateAndReport(TuneReportCallback):
 
 def run_trial(params: dict[str, Any], setup: SweepSetup, experiment_id: str, parent_run_id: str) -> None:
     """The Tune trainable. Its run name is the trial id, so a restarted trial resumes its own Train run."""
+    started_at = time.time()
     trial_id = tune.get_context().get_trial_id()
     config = trial_run_config(setup.run, params)
     run_params = params | {"config_key": config_key(params)}
@@ -80,5 +95,7 @@ def run_trial(params: dict[str, Any], setup: SweepSetup, experiment_id: str, par
                                 params=run_params)
     trainer = build_trainer(config, name=f"{setup.sweep.name}-{trial_id}",
                             storage_path=f"{setup.sweep.storage_path}/train",
-                            callbacks=[EvaluateAndReport(setup, config, run_id)])
+                            callbacks=[EvaluateAndReport(setup, config, run_id, started_at)])
     trainer.fit()
+    tracking.log_metrics(setup.sweep.tracking_uri, run_id, {"trial/wall_s": time.time() - started_at},
+                         config.optim.steps)

@@ -145,6 +145,11 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
         assert sorted(steps) == [3, 6], steps
         assert client.get_metric_history(child.info.run_id, "train/loss")
     assert {"base/multi/map", "best/multi/map", "eval/xquad-r/heldout/multi/map"} <= set(parents[0].data.metrics)
+    assert [r.info.status for r in runs] == ["FINISHED"] * 5  # closed, not left "running" in MLflow's UI
+    for child in children:  # the trial's time split: start-up, then training + evaluation, then teardown
+        m = child.data.metrics
+        assert 0 < m["trial/startup_s"] < m["trial/wall_s"] - m["trial/active_s"] < m["trial/wall_s"], m
+    assert 0 < parents[0].data.metrics["sweep/trial_overhead_fraction"] < 1 and "Per trial:" in done.stdout
 
 
 def finished_trials(tmp_path: Path, name: str) -> dict[str, int]:
