@@ -191,6 +191,13 @@ def test_differences_pair_seeds():
     assert "CI unavailable" in A.diff_ci({0: 0.6}, {0: 0.5}).text()
 
 
+def test_rank_trend_is_exact_for_few_configurations():
+    rho, p = A.rank_trend([0.0, 0.5, 1.0], [0.59, 0.55, 0.48])  # 3 points in perfect order: 2 of 6 orderings
+    assert rho == pytest.approx(-1.0) and p == pytest.approx(1 / 3)  # as extreme; spearmanr's t says p = 0
+    x, y = np.arange(12.0), np.array([0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10.0])
+    assert A.rank_trend(x, y) == pytest.approx(tuple(stats.spearmanr(x, y)))  # many points: t approximation
+
+
 def test_pareto_front_is_the_hand_known_set(findings):
     front = findings.pareto[findings.pareto["front"]]
     assert sorted(front["config_key"]) == ["cfg-a03", "cfg-a05", "cfg-a1"]  # a0 dominated by a05; pruned out

@@ -18,11 +18,28 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from sweeps.stats import mean_ci
 
 KNOBS = ("mono_ratio", "temperature", "lang_temperature", "lr", "num_train_languages")
 MIN_IMPORTANCE_CONFIGS = 5  # fewer configurations than this: importances would be noise
+
+
+EXACT_TREND_MAX_N = 8  # up to 8! = 40,320 orderings: the exact test is instant
+
+
+def rank_trend(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman's rho and its two-sided p-value, exact (over all orderings) for up to 8 points: sweeps
+    have few configurations, and `spearmanr`'s t approximation gives p = 0 for 3 points in perfect rank
+    order, whose exact p is 1/3."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    rho = float(stats.spearmanr(x, y).statistic)
+    if len(x) > EXACT_TREND_MAX_N:
+        return rho, float(stats.spearmanr(x, y).pvalue)
+    test = stats.permutation_test((x,), lambda a: stats.spearmanr(a, y).statistic, permutation_type="pairings",
+                                  n_resamples=np.inf, alternative="two-sided")
+    return rho, float(test.pvalue)
 
 
 @dataclass(frozen=True)

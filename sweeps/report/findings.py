@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from sweeps.report import analysis as A
 from sweeps.report.data import HIGH_RESOURCE, Sweep
@@ -57,7 +56,7 @@ def spearman_line(frame: pd.DataFrame, column: str, what: str) -> str | None:
     data = frame[["mono_ratio", column]].dropna()
     if len(data) < 3 or data["mono_ratio"].nunique() < 2 or data[column].nunique() < 2:
         return None
-    rho, p = stats.spearmanr(data["mono_ratio"], data[column])
+    rho, p = A.rank_trend(data["mono_ratio"], data[column])
     return (f"Trend over the {len(data)} completed configurations (seed means): Spearman rho(alpha, {what}) = "
             f"{rho:+.2f} ({'p < 0.001' if p < 1e-3 else f'p = {p:.2g}'}); a rank trend without an interval; tau "
             "can differ between configurations (see the table).")
