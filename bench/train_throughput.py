@@ -178,44 +178,10 @@ def run_sentence_transformers(config: TrainRunConfig, steps: int, warmup: int, w
     }
 
 
-def run_plain_loop(config: TrainRunConfig, steps: int, warmup: int, window: int) -> dict:
-    """Diagnostic (--diagnose): our Encoder, loss and fused AdamW in a plain loop here (2 threads, no Ray,
-    no DeepSpeed), queries and positives tokenized as ours does (one tensor, one length) or per side
-    (two lengths), the two alternating step by step on the same batches."""
-    from hybrid.loss import InfoNCELoss
-    from hybrid.model import load_encoder
-    from trainers.engine import make_optimizer
-
-    batch = config.method.batch_size * config.trainer.workers
-    queries, positives = bench_texts(config, steps)
-    encoder = load_encoder(config.model.name, config.model.spec)
-    encoder.backbone.get_input_embeddings().requires_grad_(False)
-    opt, _ = make_optimizer(encoder, config)
-    loss_fn, times = InfoNCELoss(config.method.temperature), {"joint": [], "split": []}
-    for t in range(steps):
-        q, p = queries[t * batch:(t + 1) * batch], positives[t * batch:(t + 1) * batch]
-        q = [x.removeprefix(config.model.query_prefix) for x in q]
-        p = [x.removeprefix(config.model.passage_prefix) for x in p]
-        for mode in ("joint", "split") if t % 2 == 0 else ("split", "joint"):
-            t0 = time.perf_counter()
-            if mode == "joint":  # as trainers/loop.py: one tokenizer call, padded to the longest of both
-                tokens = encoder.tokenize(q + p, ["query"] * batch + ["passage"] * batch)
-                emb = encoder(tokens["input_ids"], tokens["attention_mask"])
-            else:
-                emb = torch.cat([encoder.embed(q, "query"), encoder.embed(p, "passage")])
-            loss, _ = loss_fn(emb[:batch], emb[batch:])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([w for w in encoder.parameters() if w.requires_grad], 1.0)
-            opt.step()
-            times[mode].append(time.perf_counter() - t0)
-    return {f"plain_loop_{mode}_padding": steady(ts, window, warmup, batch) for mode, ts in times.items()} | {
-        "note": "each step runs twice (joint, then split, order alternating): the weights move twice per batch"}
-
-
 def padding_stats(config: TrainRunConfig, steps: int) -> dict:
-    """Tokens per step, padding included: ours pads each worker's queries and positives to one length
-    (one forward per step); sentence-transformers pads the 32 queries and the 32 positives separately."""
+    """Tokens per step, padding included. Sentence-transformers pads the global batch's 32 queries and 32
+    positives each to their longest; ours, per worker, sorts each side by length and pads it in groups of
+    `trainer.pad_group` (`Encoder.tokenize_groups`)."""
     from transformers import AutoTokenizer
 
     from hybrid.e5_offline import ensure_e5_small
@@ -225,16 +191,20 @@ def padding_stats(config: TrainRunConfig, steps: int) -> dict:
     lens = lambda texts: [len(ids) for ids in tok(texts, truncation=True, max_length=n)["input_ids"]]
     ql, pl = lens(queries), lens(positives)
     b = config.method.batch_size * config.trainer.workers
-    real, ours = sum(ql) + sum(pl), {}
-    for workers in (2, 1):  # per worker: k queries + k positives in one tensor; "split": padded per side
-        k, joint, split = b // workers, 0, 0
-        for s in range(0, len(ql), k):
-            joint += 2 * k * max(ql[s:s + k] + pl[s:s + k])
-            split += k * (max(ql[s:s + k]) + max(pl[s:s + k]))
-        ours[f"ours_{workers}_worker"], ours[f"ours_{workers}_worker_if_split"] = joint / steps, split / steps
-    st = sum(b * (max(ql[s:s + b]) + max(pl[s:s + b])) for s in range(0, len(ql), b)) / steps
-    return {"real_tokens_per_step": real / steps, "mean_query_tokens": sum(ql) / len(ql),
-            "mean_positive_tokens": sum(pl) / len(pl), "padded_tokens_per_step": ours | {"sentence_transformers": st}}
+
+    def padded(k: int, group: int) -> float:  # k texts a side per forward, sorted, padded in groups
+        total = 0
+        for lens in (ql, pl):
+            for s in range(0, len(lens), k):
+                part = sorted(lens[s:s + k])
+                total += sum(len(g) * max(g) for g in (part[c:c + (group or k)] for c in range(0, k, group or k)))
+        return total / steps
+
+    g = config.trainer.pad_group
+    return {"real_tokens_per_step": (sum(ql) + sum(pl)) / steps, "mean_query_tokens": sum(ql) / len(ql),
+            "mean_positive_tokens": sum(pl) / len(pl), "pad_group": g,
+            "padded_tokens_per_step": {"ours_2_workers": padded(config.method.batch_size, g),
+                                       "ours_1_worker": padded(b, g), "sentence_transformers": padded(b, 0)}}
 
 
 def cpu_counters() -> list[int]:
@@ -290,8 +260,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="repeat all runs, alternating (noisy machine)")
     parser.add_argument("--only", nargs="+", choices=[*VARIANTS, "sentence_transformers"], default=None)
     parser.add_argument("--quick", action="store_true", help="6 steps, windows of 2: a smoke run")
-    parser.add_argument("--diagnose", action="store_true", help="also a plain loop (no Ray, no DeepSpeed), "
-                        "padding queries and positives together (as ours) vs per side; about 2x one run")
     parser.add_argument("--out", default=None, help="JSON to write (default bench/results/train_throughput.json; "
                         "a --quick run writes only where --out says)")
     args = parser.parse_args(argv)
@@ -326,9 +294,6 @@ def main(argv: list[str] | None = None) -> None:
                     results["sentence_transformers"].append(with_load(rnd, lambda: run_sentence_transformers(
                         config, steps, window, window, storage / "st")))
                     print(f"  {results['sentence_transformers'][-1]['samples_per_s']:.2f} samples/s", flush=True)
-        if args.diagnose:
-            print("diagnose: plain loop, joint vs split padding ...", flush=True)
-            diagnosis = run_plain_loop(config, steps, window, window)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
 
@@ -349,7 +314,6 @@ def main(argv: list[str] | None = None) -> None:
         "best_window_ratio_vs_sentence_transformers": {k: v / best_base for k, v in best.items()
                                                        if best_base and k != "sentence_transformers"},
         "padding": padding_stats(config, steps),
-        "diagnosis": diagnosis if args.diagnose else None,
         "machine": machine_note() | {"uptime_before": load_before,
                                      "cpu_shares_during_benchmark": cpu_shares(cpu_before, cpu_counters())},
         "runs": results,

@@ -46,16 +46,34 @@ class Encoder(nn.Module):
         super().__init__()
         self.backbone, self.tokenizer, self.spec = backbone, tokenizer, spec
 
-    def tokenize(self, texts: list[str], side: str | list[str]) -> dict[str, Tensor]:
-        """Prefix and tokenize; `side` is "query" / "passage", or one side per text so that queries and
-        passages share one forward pass (one forward per step keeps DDP and ZeRO hooks simple)."""
-        prefixes = {"query": self.spec.query_prefix, "passage": self.spec.passage_prefix}
-        sides = [side] * len(texts) if isinstance(side, str) else side
-        return self.tokenizer([prefixes[s] + t for s, t in zip(sides, texts)], padding=True, truncation=True,
+    def tokenize(self, texts: list[str], side: str) -> dict[str, Tensor]:
+        """Prefix for `side` ("query" / "passage") and tokenize, padded to the longest of `texts`."""
+        prefix = {"query": self.spec.query_prefix, "passage": self.spec.passage_prefix}[side]
+        return self.tokenizer([prefix + t for t in texts], padding=True, truncation=True,
                               max_length=self.spec.max_length, return_tensors="pt")
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, T, d)
+    def tokenize_groups(self, texts: list[str], side: str, group: int) -> tuple[list[dict[str, Tensor]], list[int]]:
+        """Tokenize sorted by token length, padded in groups of `group` texts (0: one group). Returns the
+        groups and, row by row in group order, each row's index in `texts`. On CPU, groups of 4 pad a
+        training step to ~25% fewer tokens than one group per side; GPUs prefer one large group."""
+        prefix = {"query": self.spec.query_prefix, "passage": self.spec.passage_prefix}[side]
+        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.spec.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        size = group or max(1, len(texts))
+        chunks = [order[s:s + size] for s in range(0, len(order), size)]
+        return [self.tokenize([texts[i] for i in chunk], side) for chunk in chunks], order
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, *more: Tensor) -> Tensor:
+        """(N, d) unit vectors. `more` holds further (input_ids, attention_mask) pairs, each padded to its
+        own length, embedded in the same call and concatenated in order. A training step passes all its
+        groups (`tokenize_groups`) so: one forward call per step keeps DDP's and ZeRO's hooks simple, while
+        short questions are not padded to the length of long passages."""
+        groups = [(input_ids, attention_mask), *zip(more[0::2], more[1::2])]
+        return torch.cat([self._pool(self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+                          for ids, mask in groups])
+
+    def _pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """(N, T, d) hidden states -> (N, d) unit vectors, by the spec's pooling."""
         if self.spec.pooling == "cls":
             pooled = hidden[:, 0]
         else:

@@ -96,3 +96,33 @@ def test_gathered_loss_equals_full_batch_loss_across_two_ranks():
         sl = slice(4 * r, 4 * r + 4)
         for got, ref in zip(out[r][1:], (qf.grad, pf.grad, nf.grad)):
             torch.testing.assert_close(got, 2 * ref[sl])
+
+
+def test_training_step_loss_does_not_depend_on_padding_groups():
+    """The worker loop sorts each side by length and pads it in groups: its loss must be the loss of the
+    same batch embedded in input order, with hard negatives aligned to their items."""
+    from hybrid.model import tiny_encoder
+    from hybrid.sampler import HybridBatchSampler
+    from conftest import make_pairs
+    from trainers.loop import forward_batch
+
+    class PlainEngine:  # the engines' interface: `encoder` and `__call__(*token_groups)`
+        def __init__(self, encoder):
+            self.encoder = encoder
+
+        def __call__(self, *groups):
+            return self.encoder(*[t for g in groups for t in (g["input_ids"], g["attention_mask"])])
+
+    pairs = make_pairs({"en": 30, "de": 30})
+    encoder = tiny_encoder([p.query for p in pairs] + [p.positive for p in pairs]).eval()
+    batch = HybridBatchSampler(pairs, 12, 0.5, seed=1).batch(0)
+    loss_fn = InfoNCELoss(0.1)
+    with torch.no_grad():
+        q, p = encoder.embed(batch.queries, "query"), encoder.embed(batch.positives, "passage")
+        mask = torch.tensor([n is not None for n in batch.negatives])
+        negatives = torch.zeros_like(q)
+        negatives[mask] = encoder.embed([n for n in batch.negatives if n is not None], "passage")
+        expected = loss_fn(q, p, negatives, mask)[0]
+        for group in (0, 1, 5):
+            loss, _ = forward_batch(PlainEngine(encoder), loss_fn, batch, True, group)
+            assert loss.item() == pytest.approx(expected.item(), abs=1e-5), group

@@ -24,6 +24,30 @@ def test_prefixes_distinguish_sides(encoder):
     assert not np.allclose(encoder.encode(TEXTS[:3], "query"), encoder.encode(TEXTS[:3], "passage"))
 
 
+def test_one_forward_call_embeds_each_group_at_its_own_padding(encoder):
+    """Training passes queries and passages to one forward call, each padded to its own longest text:
+    the embeddings are those of separate calls, in order, with fewer padded tokens than one tensor."""
+    q, p = encoder.tokenize(TEXTS[:4], "query"), encoder.tokenize(TEXTS[4:12], "passage")
+    encoder.eval()  # no dropout: the same weights give the same vectors
+    with torch.no_grad():
+        both = encoder(q["input_ids"], q["attention_mask"], p["input_ids"], p["attention_mask"])
+        apart = torch.cat([encoder(q["input_ids"], q["attention_mask"]), encoder(p["input_ids"], p["attention_mask"])])
+    encoder.train()
+    torch.testing.assert_close(both, apart)
+    np.testing.assert_allclose(both[:4].numpy(), encoder.encode(TEXTS[:4], "query"), atol=1e-5)
+    assert q["input_ids"].shape[1] < p["input_ids"].shape[1]  # the queries were not padded to the passages
+
+    groups, order = encoder.tokenize_groups(TEXTS[:10], "passage", 4)  # sorted by length, padded by fours
+    assert sorted(order) == list(range(10)) and [len(g["input_ids"]) for g in groups] == [4, 4, 2]
+    lengths = [int(g["attention_mask"].sum(1).max()) for g in groups]
+    assert lengths == sorted(lengths) and all(g["input_ids"].shape[1] == n for g, n in zip(groups, lengths))
+    encoder.eval()
+    with torch.no_grad():
+        rows = encoder(*[t for g in groups for t in (g["input_ids"], g["attention_mask"])])
+    encoder.train()
+    np.testing.assert_allclose(rows.numpy(), encoder.encode([TEXTS[i] for i in order], "passage"), atol=1e-5)
+
+
 def test_cls_pooling_differs_from_mean():
     mean = tiny_encoder(TEXTS, EncoderSpec(pooling="mean", max_length=32))
     cls = tiny_encoder(TEXTS, EncoderSpec(pooling="cls", max_length=32))

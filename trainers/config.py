@@ -37,6 +37,7 @@ class TrainerConfig:
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     log_every: int = 10
     val_batches: int = 4  # held-out in-batch accuracy at each checkpoint
+    pad_group: int = 4  # texts per padded group in a training forward, sorted by length (0: one per side; GPUs)
     storage_path: str = "outputs/ray"
 
     def __post_init__(self) -> None:
@@ -49,8 +50,8 @@ class TrainerConfig:
         if self.workers < 1 or self.cpus_per_worker <= 0:
             raise ValueError(f"trainer.workers must be >= 1 and cpus_per_worker > 0 (Ray refuses 0), got "
                              f"{self.workers} and {self.cpus_per_worker}.")
-        if self.checkpoint_every < 1 or self.log_every < 1 or self.max_failures < 0:
-            raise ValueError("trainer.checkpoint_every and log_every must be >= 1, max_failures >= 0.")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.max_failures < 0 or self.pad_group < 0:
+            raise ValueError("trainer.checkpoint_every and log_every must be >= 1, max_failures and pad_group >= 0.")
 
     @property
     def dtype_name(self) -> str:

@@ -1,7 +1,7 @@
 """Two ways to run the optimisation step across workers, with one small interface.
 
 `DeepSpeedEngine` (ZeRO 0-3, config generated from ours, never hand-kept JSON) and `DDPEngine` (plain
-PyTorch DDP through Ray's `prepare_model`) both expose: `__call__(tokens)`, `step(loss)`, `lr`,
+PyTorch DDP through Ray's `prepare_model`) both expose: `__call__(*token_groups)`, `step(loss)`, `lr`,
 `save(dir)`, `load(dir)` and `gathered_params()` (full weights for an export, even under ZeRO-3).
 """
 
@@ -52,6 +52,11 @@ def deepspeed_config(config: TrainRunConfig, world_size: int) -> dict[str, Any]:
     }
 
 
+def forward_args(groups: tuple[dict[str, Tensor], ...], device: torch.device) -> tuple[Tensor, ...]:
+    """Token groups (each padded to its own length) as `Encoder.forward`'s flat (ids, mask, ids, mask, ...)."""
+    return tuple(g[k].to(device) for g in groups for k in ("input_ids", "attention_mask"))
+
+
 class DeepSpeedEngine:
     def __init__(self, encoder: Encoder, config: TrainRunConfig, world_size: int):
         import deepspeed
@@ -62,9 +67,8 @@ class DeepSpeedEngine:
             model=encoder, optimizer=opt, lr_scheduler=sched,
             config=deepspeed_config(config, world_size), dist_init_required=False)
 
-    def __call__(self, tokens: dict[str, Tensor]) -> Tensor:
-        device = self.engine.device
-        return self.engine(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+    def __call__(self, *groups: dict[str, Tensor]) -> Tensor:
+        return self.engine(*forward_args(groups, self.engine.device))
 
     def step(self, loss: Tensor) -> None:
         self.engine.backward(loss)
@@ -99,10 +103,10 @@ class DDPEngine:
         self.model = ray.train.torch.prepare_model(encoder)  # moves to the device, wraps in DDP if W > 1
         self.optimizer, self.scheduler = make_optimizer(encoder, config)
 
-    def __call__(self, tokens: dict[str, Tensor]) -> Tensor:
+    def __call__(self, *groups: dict[str, Tensor]) -> Tensor:
         device = next(self.encoder.parameters()).device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.model(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float()
+            return self.model(*forward_args(groups, device)).float()
 
     def step(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -31,16 +31,19 @@ STATE_FILE = "trainer_state.json"
 VAL_SEED = 1_000_003  # fixed: every checkpoint is validated on the same held-out batches
 
 
-def forward_batch(engine, loss_fn: InfoNCELoss, batch: HybridBatch, hard_negatives: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass over queries, positives and hard negatives together; returns (loss, accuracy).
+def forward_batch(engine, loss_fn: InfoNCELoss, batch: HybridBatch, hard_negatives: bool,
+                  pad_group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward call over queries, positives and hard negatives, each side sorted by length and padded
+    in groups of `pad_group` (`Encoder.tokenize_groups`); returns (loss, accuracy).
 
     `hard_negatives` is global (from the config), never per batch: every rank must make the same
     all-gather calls in the loss, even a rank whose items happen to have no negative."""
     b = len(batch.queries)
     negs = [n for n in batch.negatives if n is not None] if hard_negatives else []
-    texts = batch.queries + batch.positives + negs
-    sides = ["query"] * b + ["passage"] * (b + len(negs))
-    emb = engine(engine.encoder.tokenize(texts, sides))  # (2B + M, d)
+    q_groups, q_order = engine.encoder.tokenize_groups(batch.queries, "query", pad_group)
+    p_groups, p_order = engine.encoder.tokenize_groups(batch.positives + negs, "passage", pad_group)
+    emb = engine(*q_groups, *p_groups)  # rows in group order
+    emb = emb[torch.argsort(torch.tensor(q_order + [b + i for i in p_order], device=emb.device))]  # (2B + M, d)
     q, p = emb[:b], emb[b:2 * b]
     if not hard_negatives:
         return loss_fn(q, p)
@@ -59,11 +62,12 @@ def _all_mean(values: list[float]) -> list[float]:
 
 
 @torch.no_grad()
-def validate(engine, loss_fn: InfoNCELoss, sampler: HybridBatchSampler, n_batches: int,
-             hard_negatives: bool) -> dict[str, float]:
+def validate(engine, loss_fn: InfoNCELoss, sampler: HybridBatchSampler, config: TrainRunConfig) -> dict[str, float]:
     """Held-out in-batch retrieval: loss and top-1 accuracy over fixed X-X and X-Y batches."""
     engine.encoder.eval()
-    results = [forward_batch(engine, loss_fn, sampler.batch(i), hard_negatives) for i in range(n_batches)]
+    n_batches = config.trainer.val_batches
+    results = [forward_batch(engine, loss_fn, sampler.batch(i), config.data.hard_negatives, config.trainer.pad_group)
+               for i in range(n_batches)]
     engine.encoder.train()
     loss, acc = _all_mean([sum(float(r[k]) for r in results) / n_batches for k in (0, 1)])
     return {"val_loss": loss, "val_accuracy": acc}
@@ -109,13 +113,12 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         ray.train.report(state["metrics"] | {"resumed_from_step": start, "checkpoint_path": checkpoint.path})
         return  # (a killed sweep driver): report the final checkpoint again, train no step past the last
     if start == 0:  # the base model's held-out figures, so every run carries its own baseline
-        ray.train.report({"step": 0, **validate(engine, loss_fn, val_sampler, config.trainer.val_batches,
-                                                 config.data.hard_negatives)})
+        ray.train.report({"step": 0, **validate(engine, loss_fn, val_sampler, config)})
 
     window = {"loss": 0.0, "accuracy": 0.0, "n": 0, "t0": time.perf_counter()}
     for batch in sampler:
         step = batch.step + 1  # steps done after this one
-        loss, acc = forward_batch(engine, loss_fn, batch, config.data.hard_negatives)
+        loss, acc = forward_batch(engine, loss_fn, batch, config.data.hard_negatives, config.trainer.pad_group)
         engine.step(loss)
         mono_steps += batch.kind == MONO
         window["loss"] += loss.item()
@@ -135,7 +138,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         if step % config.trainer.checkpoint_every and not last:
             ray.train.report(metrics)
             continue
-        metrics |= validate(engine, loss_fn, val_sampler, config.trainer.val_batches, config.data.hard_negatives)
+        metrics |= validate(engine, loss_fn, val_sampler, config)
         state = {"step": step, "sampler": sampler.state_dict(), "mono_steps": mono_steps,
                  "metrics": metrics, "config": to_dict(config)}
         with tempfile.TemporaryDirectory() as tmp:
