@@ -1,4 +1,9 @@
-"""Shared fixtures: the packaged XQuAD-R corpus (loaded once) and small synthetic training pairs."""
+"""Shared fixtures: the packaged XQuAD-R corpus (loaded once), small synthetic training pairs, a tiny
+encoder, a per-module local Ray; and the headless-Chromium check of an HTML report."""
+
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +51,21 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": WORKER_ENV})
     yield ray
     ray.shutdown()
+
+
+def render_in_chromium(report: Path, tmp_path: Path) -> Path:
+    """Open an HTML report in headless Chromium (Debian's, which CI installs): assert that the page's
+    own check saw every image load, and take a screenshot (returned)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium); CI installs it")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
+    dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert 'data-images-ok="true"' in dom.stdout, dom.stderr[-2000:]
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,4000", report.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    return shot

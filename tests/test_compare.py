@@ -5,8 +5,6 @@ checked against hand / scipy values; the HTML checked offline and in headless Ch
 import base64
 import math
 import re
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from conftest import render_in_chromium
 from sweeps.report import analysis as A
 from sweeps.report.data import load_sweep, parse_artifact_path, parse_metric_key
 
@@ -294,19 +293,7 @@ def test_cli_writes_a_self_contained_report_and_logs_the_pngs(report):
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium); CI installs it")
-    path, _ = report
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
-    dom = subprocess.run([*flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
-    assert 'data-images-ok="true"' in dom.stdout, dom.stderr[-2000:]
-    shot = tmp_path / "report.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,4000", path.as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 10_000
+    render_in_chromium(report[0], tmp_path)
 
 
 @pytest.mark.slow

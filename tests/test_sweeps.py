@@ -14,6 +14,8 @@ import pytest
 import yaml
 from scipy import stats
 
+from conftest import render_in_chromium
+
 from sweeps.config import load_sweep_setup
 from sweeps.search import param_space, reference_points
 from sweeps.stats import mean_ci
@@ -150,6 +152,14 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
         m = child.data.metrics
         assert 0 < m["trial/startup_s"] < m["trial/wall_s"] - m["trial/active_s"] < m["trial/wall_s"], m
     assert 0 < parents[0].data.metrics["sweep/trial_overhead_fraction"] < 1 and "Per trial:" in done.stdout
+
+    # The comparison report of this real (tiny) sweep: every question answered or marked, images load.
+    report = subprocess.run([sys.executable, str(ROOT / "sweeps/compare.py"), "--experiment", "tiny",
+                             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--out", str(tmp_path / "report"),
+                             "--high-resource", "en", "de"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+    assert all(q in report.stdout for q in ("1. How does", "2. Does hybrid", "3. How do", "4. How does", "5. How robust"))
+    render_in_chromium(tmp_path / "report" / "report.html", tmp_path)
 
 
 def finished_trials(tmp_path: Path, name: str) -> dict[str, int]:
