@@ -59,11 +59,15 @@ def parent_run(tracking_uri: str, exp_id: str, sweep_name: str, params: dict[str
     return run.info.run_id
 
 
+def trial_run_id(tracking_uri: str, exp_id: str, trial_id: str) -> str | None:
+    return _find_run(tracking_uri, exp_id, {TRIAL_TAG: trial_id})
+
+
 def child_run(tracking_uri: str, exp_id: str, parent_id: str, trial_id: str, run_name: str,
               params: dict[str, Any]) -> str:
     """The trial's child run (nested under the parent), reused (and marked running again) when the trial
     restarts."""
-    found = _find_run(tracking_uri, exp_id, {TRIAL_TAG: trial_id})
+    found = trial_run_id(tracking_uri, exp_id, trial_id)
     if found:
         client(tracking_uri).update_run(found, status="RUNNING")
         return found
@@ -90,8 +94,6 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(tracking_uri).set_terminated(run_id, status=status)
 
 
-def trial_run_id(tracking_uri: str, exp_id: str, trial_id: str) -> str | None:
-    return _find_run(tracking_uri, exp_id, {TRIAL_TAG: trial_id})
 
 
 def trial_overhead(tracking_uri: str, exp_id: str) -> dict[str, float]:
