@@ -3,7 +3,8 @@
 Same model: the offline multilingual-e5-small, exported once with our `Encoder.save` (sentence-transformers
 modules Transformer -> mean Pooling -> Normalize, max_seq_length 128), loaded by both sides from that folder.
 Same data: the XQuAD-R held-out articles (question -> answer sentence). sentence-transformers gets the E5
-prompts "query: " / "passage: " as its query / corpus prompts.
+prompts "query: " / "passage: " as its query / corpus prompts. Both encode in batches of the same size
+(`EvalConfig().batch_size`, 16: faster than 32 or 64 on this CPU for both).
 
     python bench/eval_vs_sentence_transformers.py                      # 3 languages = 9 pairs, a few minutes
     python bench/eval_vs_sentence_transformers.py --full-grid          # + our runner on all 11 languages
@@ -94,7 +95,7 @@ def sentence_transformers_pairs(model_dir: Path, eval_set: EvalSet, languages: t
             relevant = {f"q{i}": {f"c{j}" for j in pos[b]} for i, pos in enumerate(eval_set.positives[a]) if b in pos}
             evaluator = InformationRetrievalEvaluator(
                 queries, corpus, relevant, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1],
-                precision_recall_at_k=[10], map_at_k=[20, 100], batch_size=64, name=f"{a}-{b}",
+                precision_recall_at_k=[10], map_at_k=[20, 100], batch_size=EvalConfig().batch_size, name=f"{a}-{b}",
                 write_csv=False, query_prompt="query: ", corpus_prompt="passage: ")
             start, cpu = time.perf_counter(), time.process_time()  # all threads of this process
             scores = evaluator(model)

@@ -41,7 +41,7 @@ class EvalConfig:
     dataset: str = "xquad-r"
     languages: tuple[str, ...] | None = None
     max_questions: int | None = None
-    batch_size: int = 64
+    batch_size: int = 16  # texts per forward, sorted by length: on CPU 16 is ~20% faster than 64 (less padding)
     encode_cpus: float = 1.0
     score_cpus: float = 1.0
     use_gpu_index: bool = False
