@@ -1,9 +1,10 @@
-# Two entry points (README): `make sweep` runs the main job on the embedded default, `make test` the tests.
+# Two entry points (README): `make sweep` runs the main job on the embedded default, `make test` the tests
+# (`make cluster-test`: only those on the simulated multi-node cluster).
 # Each creates .venv when missing and installs the project with the pins of constraints.txt.
 PY := .venv/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: sweep test install
+.PHONY: sweep test cluster-test install
 install: .venv/.installed
 
 .venv/.installed: pyproject.toml constraints.txt
@@ -18,3 +19,8 @@ sweep: install
 
 test: install
 	$(PY) -m pytest -q $(ARGS)
+
+# Only the tests on a simulated multi-node Ray cluster (tests/cluster_harness.py: needs root for
+# `unshare -m` + tmpfs, and moto_server); `make test` runs them too.
+cluster-test: install
+	$(PY) -m pytest -q -m cluster $(ARGS)

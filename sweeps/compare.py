@@ -22,7 +22,7 @@ from sweeps.report import figures
 from sweeps.report.data import HIGH_RESOURCE, Sweep, load_sweep, log_report_artifacts
 from sweeps.report.findings import QUESTIONS, Findings, analyse, trials_table
 from sweeps.report.html import build_html, overview
-from sweeps.tracking import absolute_tracking_uri
+from sweeps.config import absolute_tracking_uri
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 

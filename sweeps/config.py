@@ -13,15 +13,22 @@ from typing import Any
 
 from evaluation.config import EvalConfig
 from hybrid.config import from_dict, read_yaml
-from sweeps.tracking import absolute_tracking_uri
+from hybrid import storage
 from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
-from trainers.train import absolute_storage
 
 SCHEDULERS = ("asha", "median", "none")
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
 SETTINGS = ("mono", "cross", "multi")
 # Metrics where lower is better; every other objective is maximised.
 LOWER_IS_BETTER = ("rank_distance", "ece")
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A SQLite URI made absolute, so Ray actors (other working directories) write to the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class SweepConfig:
     artifact_location: str = "mlruns"
     storage_path: str = "outputs/sweeps"
     trial_cpus: float = 0.1  # the Tune function only drives the Train run
+    scale_up_timeout_s: float = 900  # an autoscaling cluster: how long to wait for the trials' nodes
 
     def __post_init__(self) -> None:
         if self.trials < 2:
@@ -89,6 +97,8 @@ class SweepConfig:
                              "set sweep.scheduler=none.")
         if self.proxy_cpus <= 0 or (self.proxy_max_questions is not None and self.proxy_max_questions < 1):
             raise ValueError("sweep.proxy_cpus must be > 0 and sweep.proxy_max_questions null or >= 1.")
+        if not self.scale_up_timeout_s > 0:
+            raise ValueError(f"sweep.scale_up_timeout_s must be > 0 seconds, got {self.scale_up_timeout_s}.")
         if self.top_k < 0 or self.seeds < 1 or self.max_concurrent < 1:
             raise ValueError("sweep.top_k must be >= 0, sweep.seeds >= 1, sweep.max_concurrent >= 1.")
 
@@ -116,8 +126,8 @@ class SweepSetup:
         """Local paths and SQLite URIs made absolute on the driver: Tune runs trials in other directories."""
         s = self.sweep
         sweep = replace(s, tracking_uri=absolute_tracking_uri(s.tracking_uri),
-                        artifact_location=absolute_storage(s.artifact_location),
-                        storage_path=absolute_storage(s.storage_path))
+                        artifact_location=storage.resolve(s.artifact_location),
+                        storage_path=storage.resolve(s.storage_path))
         return replace(self, sweep=sweep)
 
     def check_capacity(self, cpus: float) -> None:

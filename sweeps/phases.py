@@ -1,14 +1,13 @@
 """The sweep's phases: (1) Optuna search with pruning, (2) more seeds for the top configurations,
 (3) a full evaluation of the best configuration's final checkpoints and of the base model.
 
-Each phase is its own Tune experiment under `<storage>/<sweep name>/`, so `--resume` restores exactly
-the phases that did not finish; finished trials are never run again.
+Each phase is its own Tune experiment under `<storage>/<sweep name>/` (a local folder or s3://...), so
+`--resume` restores exactly the phases that did not finish; finished trials are never run again.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -16,46 +15,33 @@ from ray import tune
 
 from evaluation.runner import CheckpointRef, evaluate_checkpoints, load_eval_set
 from evaluation.tracking import log_result
+from hybrid import storage
 from sweeps import tracking
 from sweeps.config import SweepSetup
 from sweeps.search import is_reference, param_space, tune_config
 from sweeps.stats import mean_ci
+from sweeps.tracking import TrialLogger
 from sweeps.trial import config_key, run_trial
-from trainers.train import absolute_storage
 
 PARAM_COLUMNS = ["mono_ratio", "temperature", "lang_temperature", "lr", "num_train_languages", "seed"]
 
 
 def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tune.TuneConfig,
                exp_id: str, parent_id: str, resume: bool) -> tune.ResultGrid:
-    """Fit one Tune experiment, restoring it when `resume` and it exists (finished trials are kept)."""
-    path = Path(absolute_storage(setup.sweep.storage_path)) / setup.sweep.name / name
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, setup=setup, experiment_id=exp_id, parent_run_id=parent_id),
-        {"CPU": setup.sweep.trial_cpus})
-    if path.exists() and tune.Tuner.can_restore(str(path)):
+    """Fit one Tune experiment, restoring it when `resume` and it exists (finished trials are kept).
+    Its state lives in the sweep's storage (`<storage>/<sweep name>/<phase>`), local or s3://."""
+    root = storage.join(setup.sweep.storage_path, setup.sweep.name)
+    path = storage.join(root, name)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": setup.sweep.trial_cpus})
+    if tune.Tuner.can_restore(path):
         if not resume:
             raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another "
                                   "sweep.name.")
-        grid = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
-    else:
-        run_config = tune.RunConfig(name=name, storage_path=str(path.parent),  # Tune's live table: the progress view
-                                    failure_config=tune.FailureConfig(max_failures=1))
-        grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
-    close_trial_runs(grid, setup, exp_id)
-    return grid
-
-
-def close_trial_runs(grid: tune.ResultGrid, setup: SweepSetup, exp_id: str) -> None:
-    """Mark each trial's MLflow run by how the trial ended: FINISHED (every step), KILLED (pruned), FAILED."""
-    uri = setup.sweep.tracking_uri
-    for result in grid:
-        metrics = result.metrics or {}
-        run_id = tracking.trial_run_id(uri, exp_id, metrics["trial_id"]) if "trial_id" in metrics else None
-        if run_id is None:  # the trial never reported: no run of its own was made
-            continue
-        done = metrics.get("step") == setup.run.optim.steps
-        tracking.end_run(uri, run_id, "FAILED" if result.error else "FINISHED" if done else "KILLED")
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
+    logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run.optim.steps)
+    run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger],  # Tune's live table: the progress view
+                                failure_config=tune.FailureConfig(max_failures=1))
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
 
 
 def trials_table(grid: tune.ResultGrid, objectives: tuple[str, ...]) -> pd.DataFrame:

@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import ray
-
 from hybrid.config import to_dict
-from sweeps import phases, tracking
-from sweeps.config import load_sweep_setup
-from trainers.config import DEFAULT_CONFIG, check_resources
+from sweeps import cluster, phases, tracking
+from sweeps.config import SweepSetup, load_sweep_setup
+from trainers.config import DEFAULT_CONFIG
 from trainers.train import init_ray, preflight
 
 
@@ -51,15 +49,22 @@ def main(argv: list[str] | None = None) -> None:
     preflight(setup.run)  # [2] data present, batch fits the questions, languages known
     start = time.perf_counter()
     init_ray()  # [3] local Ray, or the cluster when RAY_ADDRESS is set (ray submit)
-    check_resources(setup.run, ray.cluster_resources())
-    setup.check_capacity(ray.cluster_resources().get("CPU", 0))
+    cluster.check_storage(setup)  # [4] storage every node sees; resources now or after scaling up
+    requested = cluster.wait_for_resources(setup, setup.sweep.scale_up_timeout_s)
+    try:
+        run_sweep(setup, args.resume, start)
+    finally:
+        if requested:
+            cluster.release()
 
+
+def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     s = setup.sweep
     exp_id = tracking.experiment_id(s.tracking_uri, s.name, s.artifact_location)
     parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw) | flat_params(
         {"resolved": to_dict(setup.run)}))
-    table = phases.search(setup, exp_id, parent_id, args.resume)  # [4] Tune + Optuna + ASHA
-    table = phases.reseed(setup, table, exp_id, parent_id, args.resume)  # [5] more seeds for the top-k
+    table = phases.search(setup, exp_id, parent_id, resume)  # [5] Tune + Optuna + ASHA
+    table = phases.reseed(setup, table, exp_id, parent_id, resume)  # [6] more seeds for the top-k
     ranking = phases.ranked(table, setup)
     if ranking.empty:
         raise SystemExit(f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "

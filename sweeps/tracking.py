@@ -1,27 +1,27 @@
 """MLflow layout of a sweep: one experiment per sweep name, one parent run, one child run per trial.
 
-Runs are found again by tags (`sweep.name`, `tune.trial_id`) before any is created, so a resumed or
-retried sweep reuses its runs instead of duplicating them.
+Only the sweep driver writes MLflow: trials and Train controllers run on worker nodes, where the
+driver's tracking store (a SQLite file on the head, a server on the head's 127.0.0.1) is out of reach;
+they report to Tune, and `TrialLogger`, a Tune callback in the driver, logs what arrives. Runs are found
+again by tags (`sweep.name`, `tune.trial_id`) before any is created, so a resumed or retried sweep
+reuses its runs instead of duplicating them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from evaluation.tracking import mlflow_name
+from ray import tune
+
+from evaluation.runner import EvalResult
+from evaluation.tracking import log_result, mlflow_name
+from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, config_key
 
 PARENT_TAG, TRIAL_TAG = "sweep.name", "tune.trial_id"
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """A SQLite URI made absolute, so Ray actors (other working directories) write to the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
 
 
 def client(tracking_uri: str):
@@ -94,6 +94,58 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(tracking_uri).set_terminated(run_id, status=status)
 
 
+class TrialLogger(tune.Callback):
+    """The driver's side of a trial, in MLflow: its child run at its start (reused when it restarts),
+    each result's training history and evaluation (metrics, L x L matrices and heatmaps) as it arrives,
+    its wall time and status at its end: FINISHED (every step), KILLED (pruned), FAILED.
+
+    Tune pickles its callbacks into the experiment state (in storage) and restores them on `--resume`:
+    only names and ids are kept here, never a client or a connection."""
+
+    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str, steps: int):
+        self.uri, self.exp_id, self.parent_id, self.steps = tracking_uri, exp_id, parent_id, steps
+        self.started: dict[str, float] = {}
+        self.runs: dict[str, str] = {}  # trial id -> run id
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id not in self.runs:
+            self.runs[trial.trial_id] = self._start_run(trial)
+        return self.runs[trial.trial_id]
+
+    def _start_run(self, trial) -> str:
+        params = dict(trial.config)
+        return child_run(self.uri, self.exp_id, self.parent_id, trial.trial_id,
+                         run_name=f"{trial.trial_id} a={params.get('mono_ratio', 0):.2f} "
+                                  f"t={params.get('temperature', 0):.3f} s={params.get('seed', 0)}",
+                         params=params | {"config_key": config_key(params)})
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.started[trial.trial_id] = time.time()
+        self.runs[trial.trial_id] = self._start_run(trial)  # marked RUNNING again when it restarts
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self._run_id(trial)
+        for report in json.loads(result.get(TRAIN_HISTORY, "[]")):
+            log_metrics(self.uri, run_id, {f"train/{k}": v for k, v in report.items() if k != "step"},
+                        int(report.get("step", 0)))
+        step = int(result.get("step", 0))
+        log_metrics(self.uri, run_id, {k: v for k, v in result.items() if k.startswith("trial/")}, step)
+        if EVAL_RESULT in result:
+            log_result(EvalResult.from_json(result[EVAL_RESULT]), run_id, client(self.uri))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        done = (trial.last_result or {}).get("step") == self.steps
+        self._end(trial, "FINISHED" if done else "KILLED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, "FAILED")
+
+    def _end(self, trial, status: str) -> None:
+        run_id = self._run_id(trial)
+        if trial.trial_id in self.started:
+            log_metrics(self.uri, run_id, {"trial/wall_s": time.time() - self.started.pop(trial.trial_id)},
+                        int((trial.last_result or {}).get("step", 0)))
+        end_run(self.uri, run_id, status)
 
 
 def trial_overhead(tracking_uri: str, exp_id: str) -> dict[str, float]:

@@ -1,9 +1,9 @@
 """One Tune trial: build the trial's training run, train it with Ray Train, evaluate every checkpoint.
 
 Train V2 composition: Tune runs `run_trial`, which builds a `TorchTrainer` and calls `fit()`. The
-`EvaluateAndReport` callback runs on the Train controller: it logs each training report to the trial's
-MLflow child run, evaluates each checkpoint as it appears (proxy evaluation, Ray tasks), and passes the
-evaluation metrics up to Tune, so ASHA prunes on held-out retrieval, not on training loss.
+`EvaluateAndReport` callback runs on the Train controller: it evaluates each checkpoint as it appears
+(proxy evaluation, Ray tasks) and passes everything up to Tune. Both run on worker nodes of a cluster,
+so neither opens the tracking store: the sweep driver alone writes MLflow.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from evaluation.runner import CheckpointRef, evaluate_checkpoints, load_eval_set
-from evaluation.tracking import log_result
-from sweeps import tracking
+from hybrid import storage
 from sweeps.config import SweepSetup
 from trainers.config import TrainRunConfig
 from trainers.train import build_trainer
+
+
+TRAIN_HISTORY, EVAL_RESULT = "train_history", "eval_result"  # JSON fields of a trial's result, for the driver
 
 
 def config_key(params: dict[str, Any]) -> str:
@@ -44,58 +46,54 @@ def trial_run_config(base: TrainRunConfig, params: dict[str, Any]) -> TrainRunCo
 
 
 class EvaluateAndReport(TuneReportCallback):
-    """Per training report: log to MLflow; per checkpoint: evaluate, log, and report to Tune.
+    """On the Train controller: collect training reports; per checkpoint, evaluate it (proxy evaluation,
+    Ray tasks) and pass one result up to Tune: the objective metrics (ASHA prunes on held-out retrieval,
+    not on training loss), the checkpoint's URI, the training reports since the last checkpoint, the
+    whole evaluation (JSON) and the trial's time split.
 
-    Also the trial's time split, in MLflow: `trial/startup_s` (trial start to the first report: Train's
-    worker group, imports, model load, DeepSpeed init) and `trial/active_s` (first report to the last
-    report handled: training, checkpoints, proxy evaluations); `run_trial` adds `trial/wall_s`."""
+    Nothing here touches MLflow: the controller runs on any node, where the driver's tracking store is
+    out of reach. The driver logs what reaches Tune (`sweeps.tracking.TrialLogger`). Time split:
+    `trial/startup_s` (trial start to the first training report: Train's worker group, imports, model
+    load, DeepSpeed init), `trial/active_s` (first report to the last one handled: training,
+    checkpoints, proxy evaluations)."""
 
-    def __init__(self, setup: SweepSetup, config: TrainRunConfig, run_id: str, started_at: float):
+    def __init__(self, setup: SweepSetup, config: TrainRunConfig, train_storage: str, started_at: float):
         super().__init__()
-        self.setup, self.config, self.run_id = setup, config, run_id
-        self.uri = setup.sweep.tracking_uri
+        self.setup, self.config, self.train_storage = setup, config, train_storage
         self.started_at, self.first_report_at = started_at, None
+        self.history: list[dict[str, Any]] = []  # training reports not yet passed to Tune
+        self.startup: dict[str, float] = {}  # passed once, with the first result
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         train_metrics = dict(metrics[0])
-        step = int(train_metrics.get("step", 0))
-        timing = {}
         if self.first_report_at is None:
             self.first_report_at = time.time()
-            timing["trial/startup_s"] = self.first_report_at - self.started_at
-        tracking.log_metrics(self.uri, self.run_id, timing | {f"train/{k}": v for k, v in train_metrics.items()
-                                                              if k != "step"}, step)
-        self._evaluate_and_report(train_metrics, step, checkpoint)
-        tracking.log_metrics(self.uri, self.run_id, {"trial/active_s": time.time() - self.first_report_at}, step)
-
-    def _evaluate_and_report(self, train_metrics: dict[str, Any], step: int, checkpoint) -> None:
+            self.startup = {"trial/startup_s": self.first_report_at - self.started_at}
         # A run resumed after its last step reports its final checkpoint's path instead of a checkpoint.
         path = checkpoint.path if checkpoint is not None else train_metrics.pop("checkpoint_path", None)
+        self.history.append(train_metrics)
         if path is None:
             return
+        uri = storage.with_path(self.train_storage, path)  # Ray gives `bucket/prefix/...`, no scheme
+        step = int(train_metrics.get("step", 0))
         proxy = self.setup.proxy_eval
-        eval_set = load_eval_set(proxy, self.config.data)
-        ref = CheckpointRef(path=f"{path}/encoder", step=step,
+        ref = CheckpointRef(path=storage.join(uri, "encoder"), step=step,
                             temperature=self.config.method.temperature, label=f"step {step}")
-        [result] = evaluate_checkpoints([ref], eval_set, proxy)
-        log_result(result, self.run_id, tracking.client(self.uri))
-        report = train_metrics | result.summary | {"checkpoint_path": path}
-        self._training_actor_item_queue.put(report)
+        [result] = evaluate_checkpoints([ref], load_eval_set(proxy, self.config.data), proxy)
+        report = train_metrics | result.summary | self.startup | {
+            "checkpoint_path": uri, "trial/active_s": time.time() - self.first_report_at,
+            TRAIN_HISTORY: json.dumps(self.history), EVAL_RESULT: result.to_json()}
+        self.history, self.startup = [], {}
+        super().after_report(run_context, [report], None)
 
 
-def run_trial(params: dict[str, Any], setup: SweepSetup, experiment_id: str, parent_run_id: str) -> None:
-    """The Tune trainable. Its run name is the trial id, so a restarted trial resumes its own Train run."""
+def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
+    """The Tune trainable. Its Train run is named after the trial, so a restarted trial resumes its own
+    run from the latest checkpoint in storage (on whichever node it restarts)."""
     started_at = time.time()
     trial_id = tune.get_context().get_trial_id()
     config = trial_run_config(setup.run, params)
-    run_params = params | {"config_key": config_key(params)}
-    run_id = tracking.child_run(setup.sweep.tracking_uri, experiment_id, parent_run_id, trial_id,
-                                run_name=f"{trial_id} a={params.get('mono_ratio', 0):.2f} "
-                                         f"t={params.get('temperature', 0):.3f} s={params.get('seed', 0)}",
-                                params=run_params)
-    trainer = build_trainer(config, name=f"{setup.sweep.name}-{trial_id}",
-                            storage_path=f"{setup.sweep.storage_path}/train",
-                            callbacks=[EvaluateAndReport(setup, config, run_id, started_at)])
+    train_storage = storage.join(setup.sweep.storage_path, setup.sweep.name, "train")
+    trainer = build_trainer(config, name=trial_id, storage_path=train_storage,
+                            callbacks=[EvaluateAndReport(setup, config, train_storage, started_at)])
     trainer.fit()
-    tracking.log_metrics(setup.sweep.tracking_uri, run_id, {"trial/wall_s": time.time() - started_at},
-                         config.optim.steps)

@@ -53,6 +53,28 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def s3_bucket(tmp_path_factory):
+    """An S3 bucket on moto_server (127.0.0.1): its URI with endpoint options (`S3Server.uri`), and the
+    dummy AWS credentials pyarrow needs in this process's environment."""
+    import os
+
+    from cluster_harness import AWS_ENV, S3Server, available
+
+    if available() is not None and "moto_server" in available():
+        pytest.skip(available())
+    saved = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    server = S3Server(tmp_path_factory.mktemp("moto") / "moto.log", os.environ.copy())
+    yield server.uri("storage-test")
+    server.close()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def render_in_chromium(report: Path, tmp_path: Path) -> Path:
     """Open an HTML report in headless Chromium (Debian's, which CI installs): assert that the page's
     own check saw every image load, and take a screenshot (returned)."""

@@ -281,3 +281,18 @@ def test_content_hash_depends_on_the_files_not_their_location(checkpoints, tmp_p
     copy = tmp_path / "copy"
     shutil.copytree(checkpoints[1].path, copy)
     assert content_hash(str(copy)) == content_hash(checkpoints[1].path)
+
+
+def test_result_survives_the_json_hand_off_to_the_driver(evaluated):
+    """A trial on a worker node passes its evaluation to the sweep driver as JSON: nothing is lost (NaN
+    cells of the matrices and empty reliability bins included)."""
+    from evaluation.runner import EvalResult
+
+    result = evaluated[1][1]
+    back = EvalResult.from_json(result.to_json())
+    assert (back.checkpoint, back.step, back.content_hash, back.languages, back.summary, back.per_language) == \
+        (result.checkpoint, result.step, result.content_hash, result.languages, result.summary, result.per_language)
+    for metric, matrix in result.matrices.items():
+        np.testing.assert_array_equal(back.matrices[metric], matrix)
+    for name in ("lower", "upper", "count", "confidence", "accuracy"):
+        np.testing.assert_array_equal(getattr(back.reliability, name), getattr(result.reliability, name))

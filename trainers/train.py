@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from hybrid import storage
 from hybrid.config import to_dict
 from hybrid.sampler import HybridBatchSampler
 from hybrid.splits import training_pairs
@@ -55,11 +55,6 @@ def init_ray() -> None:
                  runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
 
 
-def absolute_storage(path: str) -> str:
-    """Ray needs an absolute local path (workers do not share the driver's cwd); URIs (s3://) pass through."""
-    return path if "://" in path else str(Path(path).resolve())
-
-
 def build_trainer(config: TrainRunConfig, name: str, storage_path: str | None = None,
                   callbacks: list | None = None) -> TorchTrainer:
     t = config.trainer
@@ -71,7 +66,7 @@ def build_trainer(config: TrainRunConfig, name: str, storage_path: str | None = 
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=absolute_storage(storage_path or t.storage_path),
+            storage_path=storage.resolve(storage_path or t.storage_path),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             worker_runtime_env={"env_vars": WORKER_ENV},
@@ -92,8 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     check_resources(config, ray.cluster_resources())
     result = build_trainer(config, args.name).fit()
     print(f"final metrics: {result.metrics}")
-    print(f"checkpoint: {result.checkpoint.path}")
-    print(f"export (transformers / sentence-transformers): {Path(result.checkpoint.path) / 'encoder'}")
+    checkpoint = storage.with_path(storage.resolve(config.trainer.storage_path), result.checkpoint.path)
+    print(f"checkpoint: {checkpoint}")
+    print(f"export (transformers / sentence-transformers): {storage.join(checkpoint, 'encoder')}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hybrid import storage
+
 from hybrid.data.corpus import TrainingPair
 from hybrid.data.languages import check_language_code
 
@@ -25,6 +27,8 @@ _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": 
 def _load_rows(source: str, split: str):
     import datasets  # imported here: loading the packaged corpora does not need it
 
+    if storage.is_uri(source):  # s3://...: every node reads its own copy
+        source = str(storage.local_copy(source))
     path = Path(source)
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix)

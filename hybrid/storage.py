@@ -1,0 +1,121 @@
+"""Storage locations: a local folder or a URI (`s3://bucket/prefix?endpoint_override=...&scheme=http`,
+`gs://...`, `file:///shared/...`), read through pyarrow's filesystems, the ones Ray Train and Tune use.
+
+On a cluster no disk is shared but the storage URI, so everything that must outlive a node (Tune state,
+Train checkpoints) lives there, and a process that needs a checkpoint's files copies them to its own node
+(`local_copy`). Never build a location with `pathlib`: `Path("s3://b/p")` is `s3:/b/p`, and a query
+string (`?endpoint_override=...`) must stay at the end of the URI, not in the middle of a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow.fs as pafs
+from filelock import FileLock
+
+from hybrid.cache import cache_dir
+
+CACHED_CHECKPOINTS = 8  # per node: checkpoints kept in the node-local cache (least recently used go first)
+COMPLETE = ".complete"  # written last into a cached copy: a copy without it was interrupted
+
+
+def is_uri(location: str) -> bool:
+    """A URI with a scheme (s3://, gs://, file://): the same on every node. A plain path is node-local."""
+    return "://" in location
+
+
+def resolve(location: str) -> str:
+    """A URI as is; a local path made absolute (Ray workers do not share the driver's working directory)."""
+    return location if is_uri(location) else str(Path(location).expanduser().resolve())
+
+
+def join(location: str, *parts: str) -> str:
+    """`location` / parts, keeping a URI's query string at the end."""
+    if not is_uri(location):
+        return os.path.join(location, *parts)
+    scheme, netloc, path, query, fragment = urlsplit(location)
+    path = "/".join([path.rstrip("/"), *(p.strip("/") for p in parts)])
+    return urlunsplit((scheme, netloc, path, query, fragment))
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of `location` and the path inside it (query options applied)."""
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), resolve(location)
+    return pafs.FileSystem.from_uri(location)
+
+
+def with_path(location: str, fs_path: str) -> str:
+    """The URI of `fs_path` (a path inside `location`'s filesystem, as Ray's `Checkpoint.path` gives it:
+    `bucket/prefix/...`, no scheme) with `location`'s scheme and query options; a URI stays as it is."""
+    if not is_uri(location) or is_uri(fs_path):
+        return fs_path
+    scheme, _, _, query, _ = urlsplit(location)
+    if scheme == "file":
+        return urlunsplit((scheme, "", fs_path, query, ""))
+    bucket, _, key = fs_path.partition("/")
+    return urlunsplit((scheme, bucket, "/" + key, query, ""))
+
+
+def exists(location: str) -> bool:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_text(location: str) -> str:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def stamp(location: str) -> str:
+    """A cheap identity of a folder's (or a file's) files: names, sizes, modification times, from one
+    listing, no download. Rewritten files get a new stamp, so caches keyed on it reload."""
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return f":{info.size}:{info.mtime_ns}"
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    files = sorted((i.path[len(path):], i.size, i.mtime_ns) for i in infos if i.type == pafs.FileType.File)
+    if not files:
+        raise FileNotFoundError(f"{location}: no such folder, or it is empty.")
+    return ";".join(f"{name}:{size}:{mtime}" for name, size, mtime in files)
+
+
+def local_copy(location: str) -> Path:
+    """A folder (or file) on this node with `location`'s files: itself when it is local, else a copy in
+    the node's cache (`$HYBRID_SWEEP_CACHE/checkpoints`), made once per node and version of the files
+    (several processes of a node asking at once copy it once, under a file lock)."""
+    if not is_uri(location) or location.startswith("file://"):
+        return Path(filesystem(location)[1])
+    root = cache_dir() / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(f"{location}|{stamp(location)}".encode()).hexdigest()[:20]
+    target = root / key
+    fs, path = filesystem(location)
+    is_file = fs.get_file_info(path).type == pafs.FileType.File
+    copy = target / path.rsplit("/", 1)[-1] if is_file else target
+    with FileLock(str(root / f"{key}.lock")):
+        if not (target / COMPLETE).exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            pafs.copy_files(path, str(copy), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            (target / COMPLETE).write_text(location)
+        os.utime(target)  # recently used: evicted last
+    _evict(root, keep=target)
+    return copy
+
+
+def _evict(root: Path, keep: Path) -> None:
+    """Bound the node-local cache to `CACHED_CHECKPOINTS` copies (a large model's checkpoints are GBs)."""
+    copies = sorted((p for p in root.iterdir() if p.is_dir() and p != keep), key=lambda p: p.stat().st_mtime)
+    for old in copies[:max(0, len(copies) - (CACHED_CHECKPOINTS - 1))]:
+        if time.time() - old.stat().st_mtime > 60:  # not one another process of this node just copied
+            with FileLock(str(root / f"{old.name}.lock")):
+                shutil.rmtree(old, ignore_errors=True)

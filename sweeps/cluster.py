@@ -1,0 +1,107 @@
+"""What the cluster must offer before a sweep spends anything: storage that every node sees, and the
+resources its trials ask for, now or once the autoscaler has added nodes.
+
+On `cluster.yaml` the head has no CPU and worker nodes start at zero: the sweep asks the autoscaler for
+its trials' bundles (`request_resources`) and waits, saying so, instead of refusing a cluster that is
+about to grow. A request is refused at once only where no autoscaler could ever add to the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import ray
+from ray.autoscaler.sdk import request_resources
+
+from hybrid import storage
+from sweeps.config import SweepSetup
+from trainers.config import check_resources
+
+AUTOSCALING_STATUS = "__autoscaling_status"  # ray_constants.DEBUG_AUTOSCALING_STATUS, written by the autoscaler
+
+
+def alive_nodes() -> int:
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def autoscaling() -> bool:
+    """Whether an autoscaler with node types of its own runs for this cluster (`ray up`, or `ray start
+    --autoscaling-config`). Read from the status the autoscaler publishes in the GCS key-value store: a
+    cluster started without a config (a local Ray, hand-started nodes) gets a read-only autoscaler that
+    names each node's type `node_<node id>`, and can add nothing."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    status = _internal_kv_get(AUTOSCALING_STATUS)
+    mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {} if status else {}
+    return any(node_type != f"node_{node_id}" for node_id, node_type in mapping.items())
+
+
+def check_storage(setup: SweepSetup) -> None:
+    """A node-local folder cannot hold a multi-node sweep (a trial restarted on another node would not find
+    its checkpoints); and storage that cannot be written fails here, not in every trial."""
+    location = setup.sweep.storage_path
+    if not storage.is_uri(location) and (alive_nodes() > 1 or autoscaling()):
+        raise ValueError(f"sweep.storage_path={location!r} is a folder on this machine, but this Ray cluster has "
+                         "several nodes, which do not see it. Set sweep.storage_path to storage every node "
+                         "reaches: s3://BUCKET/PREFIX (or gs://...), or file:///PATH for a folder mounted at the "
+                         "same place on every node.")
+    probe = storage.join(location, setup.sweep.name, f".write-test-{uuid.uuid4().hex[:8]}")
+    fs, path = storage.filesystem(probe)
+    try:
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(b"ok")
+        fs.delete_file(path)
+    except OSError as e:
+        raise ValueError(f"sweep.storage_path={location!r} cannot be written from the driver ({e}). Check the "
+                         "location and the credentials (AWS_* / instance profile for s3://).") from None
+
+
+def shortfall(setup: SweepSetup, resources: dict[str, float]) -> str | None:
+    """Why `resources` cannot run the sweep's trials (None when they can)."""
+    try:
+        check_resources(setup.run, resources)
+        setup.check_capacity(resources.get("CPU", 0))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def bundles(setup: SweepSetup) -> list[dict[str, float]]:
+    """The resource shapes of `max_concurrent` trials (Tune function + Train workers) and a proxy evaluation."""
+    t, s = setup.run.trainer, setup.sweep
+    worker = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
+    return s.max_concurrent * ([{"CPU": s.trial_cpus}] + [worker] * t.workers) + [{"CPU": s.proxy_cpus}]
+
+
+def wait_for_resources(setup: SweepSetup, timeout_s: float, poll_s: float = 5.0) -> bool:
+    """Return once the cluster can run the sweep's trials; ask the autoscaler for them when it cannot yet.
+    Returns whether a request was made (to be withdrawn with `release` when the sweep ends)."""
+    problem = shortfall(setup, ray.cluster_resources())
+    if problem is None:
+        return False
+    if not autoscaling():
+        raise ValueError(problem)
+    request_resources(bundles=bundles(setup))
+    deadline, said = time.monotonic() + timeout_s, 0.0
+    while problem is not None:
+        if time.monotonic() > deadline:
+            release()
+            raise ValueError(f"{problem} The autoscaler added no capacity for it in {timeout_s:g} s "
+                             "(sweep.scale_up_timeout_s): check that a node type of the cluster config can hold "
+                             "a Train worker, and its max_workers.")
+        if time.monotonic() - said >= 30:
+            have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            print(f"Waiting for the autoscaler to add nodes (up to {timeout_s:g} s): the cluster has {have}; "
+                  f"{problem}", flush=True)
+            said = time.monotonic()
+        time.sleep(poll_s)
+        problem = shortfall(setup, ray.cluster_resources())
+    return True
+
+
+def release() -> None:
+    """Withdraw the sweep's standing request, so the autoscaler may remove idle nodes again."""
+    request_resources(bundles=[])
