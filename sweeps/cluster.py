@@ -66,6 +66,11 @@ def shortfall(setup: SweepSetup, resources: dict[str, float]) -> str | None:
         setup.check_capacity(resources.get("CPU", 0))
     except ValueError as e:
         return str(e)
+    name, s = setup.sweep.trial_resource, setup.sweep
+    if name and resources.get(name, 0) < s.max_concurrent:
+        return (f"sweep.trial_resource={name!r}: the cluster has {resources.get(name, 0):g} of it for "
+                f"sweep.max_concurrent={s.max_concurrent} trials. Declare it on the head node only (cluster.yaml: "
+                f"resources: {{CPU: 0, {name}: 64}}), or set sweep.trial_resource='' to run trials anywhere.")
     return None
 
 
@@ -73,7 +78,7 @@ def bundles(setup: SweepSetup) -> list[dict[str, float]]:
     """The resource shapes of `max_concurrent` trials (Tune function + Train workers) and a proxy evaluation."""
     t, s = setup.run.trainer, setup.sweep
     worker = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
-    return s.max_concurrent * ([{"CPU": s.trial_cpus}] + [worker] * t.workers) + [{"CPU": s.proxy_cpus}]
+    return s.max_concurrent * ([s.trial_bundle] + [worker] * t.workers) + [{"CPU": s.proxy_cpus}]
 
 
 def wait_for_resources(setup: SweepSetup, timeout_s: float, poll_s: float = 5.0) -> bool:

@@ -80,6 +80,10 @@ class SweepConfig:
     artifact_location: str = "mlruns"
     storage_path: str = "outputs/sweeps"
     trial_cpus: float = 0.1  # the Tune function only drives the Train run
+    # A custom resource only the head node declares (cluster.yaml: sweep_trial): each trial's driver (the
+    # Tune function and its Train controller) then takes one unit of it instead of trial_cpus, so it runs
+    # on the head and a lost (spot) worker node costs only Train workers, restarted from the checkpoint.
+    trial_resource: str = ""
     scale_up_timeout_s: float = 900  # an autoscaling cluster: how long to wait for the trials' nodes
 
     def __post_init__(self) -> None:
@@ -101,6 +105,11 @@ class SweepConfig:
             raise ValueError(f"sweep.scale_up_timeout_s must be > 0 seconds, got {self.scale_up_timeout_s}.")
         if self.top_k < 0 or self.seeds < 1 or self.max_concurrent < 1:
             raise ValueError("sweep.top_k must be >= 0, sweep.seeds >= 1, sweep.max_concurrent >= 1.")
+
+    @property
+    def trial_bundle(self) -> dict[str, float]:
+        """What one trial's driver (Tune function + Train controller) asks of the cluster."""
+        return {"CPU": 0, self.trial_resource: 1} if self.trial_resource else {"CPU": self.trial_cpus}
 
     @property
     def modes(self) -> list[str]:
@@ -134,7 +143,7 @@ class SweepSetup:
         """Proxy evaluation runs while trials train: its tasks must fit in the CPUs trials leave free,
         or the evaluation waits for CPUs held by the training it is waiting on."""
         t = self.run.trainer
-        busy = self.sweep.max_concurrent * (self.sweep.trial_cpus + t.workers * t.cpus_per_worker)
+        busy = self.sweep.max_concurrent * (self.sweep.trial_bundle["CPU"] + t.workers * t.cpus_per_worker)
         if cpus - busy < self.sweep.proxy_cpus - 1e-9:
             raise ValueError(f"{self.sweep.max_concurrent} concurrent trial(s) use {busy:g} of {cpus:g} CPUs, "
                              f"leaving less than sweep.proxy_cpus={self.sweep.proxy_cpus:g} for evaluating "

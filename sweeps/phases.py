@@ -26,13 +26,21 @@ from sweeps.trial import config_key, run_trial
 PARAM_COLUMNS = ["mono_ratio", "temperature", "lang_temperature", "lr", "num_train_languages", "seed"]
 
 
+def _phase_path(setup: SweepSetup, phase: str) -> str:
+    return storage.join(setup.sweep.storage_path, setup.sweep.name, phase)
+
+
+def exists(setup: SweepSetup) -> bool:
+    """Whether this sweep (its search phase) is already in storage: read before Ray starts."""
+    return tune.Tuner.can_restore(_phase_path(setup, "search"))
+
+
 def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tune.TuneConfig,
                exp_id: str, parent_id: str, resume: bool) -> tune.ResultGrid:
     """Fit one Tune experiment, restoring it when `resume` and it exists (finished trials are kept).
     Its state lives in the sweep's storage (`<storage>/<sweep name>/<phase>`), local or s3://."""
-    root = storage.join(setup.sweep.storage_path, setup.sweep.name)
-    path = storage.join(root, name)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": setup.sweep.trial_cpus})
+    root, path = storage.join(setup.sweep.storage_path, setup.sweep.name), _phase_path(setup, name)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), setup.sweep.trial_bundle)
     if tune.Tuner.can_restore(path):
         if not resume:
             raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another "
@@ -112,7 +120,7 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_
     took no part in selection. Returns the parent's summary: base and best (mean, 95% half-width)."""
     final = completed(table, setup)
     chosen = final[(final["config_key"] == best_key) | final["mono_ratio"].map(is_reference)].drop_duplicates("trial")
-    refs = [CheckpointRef(path=f"{p}/encoder", step=setup.run.optim.steps, temperature=t, label=trial,
+    refs = [CheckpointRef(path=storage.join(p, "encoder"), step=setup.run.optim.steps, temperature=t, label=trial,
                           model=setup.run.model.name)
             for p, t, trial in zip(chosen["checkpoint_path"], chosen["temperature"], chosen["trial"])]
     base = CheckpointRef(path=setup.run.model.name, step=0, temperature=setup.run.method.temperature,

@@ -12,6 +12,7 @@ the base model. Everything lands in MLflow: a parent run per sweep, a child run 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 from hybrid.config import to_dict
@@ -32,6 +33,18 @@ def flat_params(raw: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def user_errors(parser: argparse.ArgumentParser, debug: bool):
+    """A configuration, data or cluster-setup error is the user's: one line naming the key and the fix, exit
+    status 2, no traceback (unless --debug). Any other exception is ours and keeps its traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        if debug:
+            raise
+        parser.exit(2, f"error: {e}\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="a preset in configs/")
@@ -40,17 +53,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", help="sweep name (MLflow experiment, storage folder); default sweep.name")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sweep.tracking_uri, a local SQLite file)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a configuration error")
     args = parser.parse_args(argv)
 
     overrides = list(args.overrides)
     overrides += [f"sweep.name={args.name}"] if args.name else []
     overrides += [f"sweep.tracking_uri={args.tracking_uri}"] if args.tracking_uri else []
-    setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
-    preflight(setup.run)  # [2] data present, batch fits the questions, languages known
+    with user_errors(parser, args.debug):
+        setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
+        preflight(setup.run)  # [2] data present, batch fits the questions, languages known
+        if not args.resume and phases.exists(setup):
+            raise FileExistsError(f"sweep {setup.sweep.name!r} exists in {setup.sweep.storage_path}: pass --resume "
+                                  "to continue it (a finished one prints its results again), or --name NEW to "
+                                  "start another.")
     start = time.perf_counter()
-    init_ray()  # [3] local Ray, or the cluster when RAY_ADDRESS is set (ray submit)
-    cluster.check_storage(setup)  # [4] storage every node sees; resources now or after scaling up
-    requested = cluster.wait_for_resources(setup, setup.sweep.scale_up_timeout_s)
+    init_ray()  # [3] local Ray, or the cluster when RAY_ADDRESS is set (ray exec on the head)
+    with user_errors(parser, args.debug):
+        cluster.check_storage(setup)  # [4] storage every node sees; resources now or after scaling up
+        requested = cluster.wait_for_resources(setup, setup.sweep.scale_up_timeout_s)
     try:
         run_sweep(setup, args.resume, start)
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -51,6 +52,10 @@ class EvaluateAndReport(TuneReportCallback):
     not on training loss), the checkpoint's URI, the training reports since the last checkpoint, the
     whole evaluation (JSON) and the trial's time split.
 
+    Evaluations run one after the other on a thread of their own: the controller registers each new
+    checkpoint as soon as it is written (a node lost mid-trial then costs only the steps after the last
+    checkpoint in storage), and only the final checkpoint waits for the evaluations still running.
+
     Nothing here touches MLflow: the controller runs on any node, where the driver's tracking store is
     out of reach. The driver logs what reaches Tune (`sweeps.tracking.TrialLogger`). Time split:
     `trial/startup_s` (trial start to the first training report: Train's worker group, imports, model
@@ -63,6 +68,8 @@ class EvaluateAndReport(TuneReportCallback):
         self.started_at, self.first_report_at = started_at, None
         self.history: list[dict[str, Any]] = []  # training reports not yet passed to Tune
         self.startup: dict[str, float] = {}  # passed once, with the first result
+        self.executor: ThreadPoolExecutor | None = None  # made on the controller (an executor does not pickle)
+        self.evaluations: list[Future] = []
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         train_metrics = dict(metrics[0])
@@ -72,18 +79,32 @@ class EvaluateAndReport(TuneReportCallback):
         # A run resumed after its last step reports its final checkpoint's path instead of a checkpoint.
         path = checkpoint.path if checkpoint is not None else train_metrics.pop("checkpoint_path", None)
         self.history.append(train_metrics)
+        for done in [f for f in self.evaluations if f.done()]:
+            done.result()  # an evaluation that failed fails the trial here
+            self.evaluations.remove(done)
         if path is None:
             return
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
         uri = storage.with_path(self.train_storage, path)  # Ray gives `bucket/prefix/...`, no scheme
+        self.evaluations.append(self.executor.submit(self._evaluate_and_report, run_context, uri, train_metrics,
+                                                     self.history, self.startup))
+        self.history, self.startup = [], {}
+        if int(train_metrics.get("step", 0)) >= self.config.optim.steps:  # the run ends after this report
+            for future in self.evaluations:
+                future.result()
+            self.evaluations = []
+
+    def _evaluate_and_report(self, run_context, uri: str, train_metrics: dict[str, Any],
+                             history: list[dict[str, Any]], startup: dict[str, float]) -> None:
         step = int(train_metrics.get("step", 0))
         proxy = self.setup.proxy_eval
         ref = CheckpointRef(path=storage.join(uri, "encoder"), step=step,
                             temperature=self.config.method.temperature, label=f"step {step}")
         [result] = evaluate_checkpoints([ref], load_eval_set(proxy, self.config.data), proxy)
-        report = train_metrics | result.summary | self.startup | {
+        report = train_metrics | result.summary | startup | {
             "checkpoint_path": uri, "trial/active_s": time.time() - self.first_report_at,
-            TRAIN_HISTORY: json.dumps(self.history), EVAL_RESULT: result.to_json()}
-        self.history, self.startup = [], {}
+            TRAIN_HISTORY: json.dumps(history), EVAL_RESULT: result.to_json()}
         super().after_report(run_context, [report], None)
 
 

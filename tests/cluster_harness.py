@@ -233,13 +233,14 @@ class LocalCluster:
     def __init__(self, hidden_dir: Path, worker_nodes: int | None = None, cpus_per_node: float = 1,
                  autoscaling: bool = False, max_autoscaled_nodes: int = 2, health_check_s: float = 5,
                  object_store_mb: int = 256, idle_timeout_s: float = 30, start_timeout_s: float = 90,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, head_resources: dict[str, float] | None = None):
         """`hidden_dir`: the driver's run directory, an empty tmpfs on static worker nodes (created if
         missing). `worker_nodes`: static nodes started at once (default 2, or 0 with `autoscaling`).
         `health_check_s`: about how long Ray takes to mark a killed node dead (Ray's defaults: 5 checks
         3 s apart, ~15 s; too small and a node starved of CPU by a heavy trial is declared dead by mistake).
         `idle_timeout_s`: how long the autoscaler keeps an idle fake node. `env`: extra variables for
-        every node and the driver (e.g. RAY_TRAIN_ENABLE_PRINT_PATCH=0, TORCH_EXTENSIONS_DIR)."""
+        every node and the driver (e.g. RAY_TRAIN_ENABLE_PRINT_PATCH=0, TORCH_EXTENSIONS_DIR).
+        `head_resources`: custom resources of the head (its CPUs stay 0), as cluster.yaml's `sweep_trial`."""
         self.hidden_dir = Path(hidden_dir).resolve()
         self.worker_nodes = (0 if autoscaling else 2) if worker_nodes is None else worker_nodes
         self.cpus_per_node = cpus_per_node
@@ -250,6 +251,7 @@ class LocalCluster:
         self.idle_timeout_s = idle_timeout_s
         self.start_timeout_s = start_timeout_s
         self.extra_env = dict(env or {})
+        self.head_resources = dict(head_resources or {})
         self.token = secrets.token_hex(32)
         self.head: Node | None = None
         self.nodes: list[Node] = []  # static worker nodes, killed ones included
@@ -380,6 +382,8 @@ class LocalCluster:
                f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
                f"--object-store-memory={self.object_store_bytes}", "--node-name=lc-head",
                "--disable-usage-stats", "--block"]
+        if self.head_resources:
+            cmd.append(f"--resources={json.dumps(self.head_resources)}")
         if self.autoscaling:
             config = self.tmp / "autoscaling.json"
             config.write_text(json.dumps(self._autoscaling_config(), indent=1))
@@ -401,7 +405,8 @@ class LocalCluster:
                          "use_node_id_as_ip": True, "disable_node_updaters": True,
                          "disable_launch_config_check": True},
             "available_node_types": {
-                "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+                "ray.head.default": {"resources": {"CPU": 0, **self.head_resources}, "node_config": {},
+                                     "max_workers": 0},
                 "ray.worker.cpu": {"resources": {"CPU": self.cpus_per_node,
                                                  "object_store_memory": self.object_store_bytes},
                                    "node_config": {}, "min_workers": 0, "max_workers": self.max_autoscaled_nodes},

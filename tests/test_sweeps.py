@@ -1,6 +1,7 @@
 """The sweep: config validation, search construction, statistics, and tiny end-to-end sweeps through
 the real CLI (Ray Tune + Optuna + Ray Train + evaluation + MLflow), including a killed driver."""
 
+import json
 import math
 import os
 import signal
@@ -93,10 +94,12 @@ def test_bad_sweeps_fail_before_ray_starts(override, message):
         load_sweep_setup(ROOT / "configs/default.yaml", override.split(";"))
 
 
-def tiny_sweep_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
+def tiny_sweep_config(tmp_path: Path, model: Path | str, name: str, **sections: dict) -> Path:
+    """The default preset shrunk to seconds: 2 languages, the tiny model, 6 steps; `sections` update
+    it (e.g. sweep={"storage_path": "s3://..."}). Everything the driver writes lands under `tmp_path`."""
     raw = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
     raw["data"] |= {"train_languages": ["en", "de"], "eval_languages": ["en", "de"]}
-    raw["model"] |= {"name": str(model_dir), "max_length": 32, "freeze_embeddings": False}
+    raw["model"] |= {"name": str(model), "max_length": 32, "freeze_embeddings": False}
     raw["method"] |= {"batch_size": 8}
     raw["optim"] |= {"lr": 1e-3, "steps": 6, "warmup_steps": 1}
     raw["trainer"] |= {"checkpoint_every": 3, "log_every": 3, "val_batches": 2,
@@ -105,6 +108,8 @@ def tiny_sweep_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
                      "proxy_languages": ["en", "de"], "proxy_max_questions": 20,
                      "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_location": str(tmp_path / "mlruns"),
                      "storage_path": str(tmp_path / "sweeps")}
+    for section, values in sections.items():
+        raw[section] |= values
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -115,6 +120,7 @@ def sweep_command(config: Path, *extra: str) -> list[str]:
 
 
 def mlflow_runs(tmp_path: Path, name: str):
+    """(client, every run of sweep `name`) from the SQLite store under `tmp_path`."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
@@ -162,8 +168,8 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
     render_in_chromium(tmp_path / "report" / "report.html", tmp_path)
 
 
-def finished_trials(tmp_path: Path, name: str) -> dict[str, int]:
-    """{trial id: number of proxy mAP points} of trials whose final checkpoint (step 6) was evaluated."""
+def proxy_steps(tmp_path: Path, name: str) -> dict[str, list[int]]:
+    """{trial id: the steps of its proxy evaluations in MLflow}, read while a sweep may be writing."""
     from mlflow import MlflowClient
 
     if not (tmp_path / "mlflow.db").exists():
@@ -172,16 +178,28 @@ def finished_trials(tmp_path: Path, name: str) -> dict[str, int]:
         client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
         exp = client.get_experiment_by_name(name)
         runs = client.search_runs([exp.experiment_id]) if exp else []
+        return {run.data.tags["tune.trial_id"]: [m.step for m in client.get_metric_history(run.info.run_id, PROXY_MAP)]
+                for run in runs if run.data.tags.get("sweep.role") == "trial"}
     except Exception:  # the driver is creating the store right now
         return {}
-    done = {}
-    for run in runs:
-        if run.data.tags.get("sweep.role") != "trial":
-            continue
-        history = client.get_metric_history(run.info.run_id, PROXY_MAP)
-        if any(m.step == 6 for m in history):
-            done[run.data.tags["tune.trial_id"]] = len(history)
-    return done
+
+
+def finished_trials(tmp_path: Path, name: str, steps: int = 6) -> dict[str, int]:
+    """{trial id: number of proxy mAP points} of trials whose final checkpoint (`steps`) was evaluated."""
+    return {trial: len(done) for trial, done in proxy_steps(tmp_path, name).items() if steps in done}
+
+
+def assert_resumed_cleanly(folder: Path, name: str, before: dict[str, int], trials: int) -> None:
+    """After a killed driver and `--resume`: one parent, `trials` trial runs (no duplicate), every trial
+    finished, and the trials finished `before` the kill neither trained nor logged again."""
+    _, runs = mlflow_runs(folder, name)
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    trial_ids = [r.data.tags["tune.trial_id"] for r in runs if r.data.tags.get("sweep.role") == "trial"]
+    assert len(parents) == 1 and len(trial_ids) == len(set(trial_ids)) == trials  # no duplicate runs
+    after = finished_trials(folder, name)
+    assert set(after) == set(trial_ids)  # every trial finished
+    assert all(after[t] == before[t] for t in before)  # finished trials were not run or logged again
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 @pytest.mark.slow
@@ -201,15 +219,66 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, tiny_m
     done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    _, runs = mlflow_runs(tmp_path, "resumable")
-    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
-    trial_ids = [r.data.tags["tune.trial_id"] for r in runs if r.data.tags.get("sweep.role") == "trial"]
-    assert len(parents) == 1 and len(trial_ids) == len(set(trial_ids)) == 4  # no duplicate runs
-    after = finished_trials(tmp_path, "resumable")
-    assert set(after) == set(trial_ids)  # every trial finished
-    assert all(after[t] == before[t] for t in before)  # finished trials were not run or logged again
+    assert_resumed_cleanly(tmp_path, "resumable", before, trials=4)
+
+    # The same command again, without --resume: refused before Ray starts, the finished sweep untouched.
+    again = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert again.stderr.startswith("error: sweep 'resumable' exists in") and "--resume" in again.stderr
+    assert_resumed_cleanly(tmp_path, "resumable", before, trials=4)
 
 
 def test_selecting_on_a_zero_shot_set_is_refused():
     with pytest.raises(ValueError, match="would select on a zero-shot set"):
         load_sweep_setup(ROOT / "configs/default.yaml", ["eval.dataset=mlqa-r"])
+
+
+TRIAL_WITHOUT_MLFLOW = """
+import json, sys
+sys.modules["mlflow"] = None  # this driver cannot import MLflow; neither can any Ray worker (PYTHONPATH)
+import ray
+from ray import tune
+from sweeps.config import load_sweep_setup
+from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, run_trial
+
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+         runtime_env={"env_vars": {"PYTHONPATH": sys.argv[2], "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+
+@ray.remote
+def probe():
+    try:
+        import mlflow
+    except ImportError as e:
+        return str(e)
+
+setup = load_sweep_setup(sys.argv[1]).resolved()
+grid = tune.Tuner(tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": 0.1}),
+                  param_space={"mono_ratio": 0.5, "temperature": 0.05, "seed": 0},
+                  run_config=tune.RunConfig(storage_path=setup.sweep.storage_path, name="no-mlflow")).fit()
+result = grid[0]
+print("RESULT " + json.dumps({"probe": ray.get(probe.remote()), "error": repr(result.error),
+                              "keys": sorted(result.metrics), "history": json.loads(result.metrics[TRAIN_HISTORY]),
+                              "eval": json.loads(result.metrics[EVAL_RESULT])["step"]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_trial_and_its_train_controller_never_touch_mlflow(tmp_path, tiny_model_dir):
+    """A real trial (Tune function, Train controller with EvaluateAndReport, Train workers, evaluation
+    tasks) runs where `import mlflow` fails in every process: the driver and, through a poisoned `mlflow`
+    package first on PYTHONPATH, every Ray worker. Its result still carries what the driver logs."""
+    poison = tmp_path / "poison" / "mlflow"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text('raise ImportError("MLflow was imported in a Ray worker")\n')
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, "no-mlflow", optim={"steps": 3, "warmup_steps": 1},
+                               sweep={"tracking_uri": "sqlite:////nonexistent/mlflow.db"})
+    done = subprocess.run([sys.executable, "-c", TRIAL_WITHOUT_MLFLOW, str(config), str(tmp_path / "poison")],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["probe"] == "MLflow was imported in a Ray worker"  # the poison is active in workers
+    assert out["error"] == "None"
+    assert {"multi/map", "checkpoint_path", "trial/startup_s", "trial/active_s"} <= set(out["keys"])
+    assert [h["step"] for h in out["history"]] == [0, 3] and out["eval"] == 3
+    assert not Path("/nonexistent").exists()
