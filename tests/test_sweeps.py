@@ -206,11 +206,11 @@ def assert_resumed_cleanly(folder: Path, name: str, before: dict[str, int], tria
 def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, tiny_model_dir):
     config = tiny_sweep_config(tmp_path, tiny_model_dir, "resumable")
     driver = subprocess.Popen(sweep_command(config), cwd=tmp_path, env=env(), start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 600
     while time.time() < deadline and driver.poll() is None and not finished_trials(tmp_path, "resumable"):
         time.sleep(2)
-    assert driver.poll() is None, "the sweep ended before it could be interrupted"
+    assert driver.poll() is None, "the sweep ended before it could be interrupted:\n" + (tmp_path / "driver.log").read_text()[-3000:]
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
     before = finished_trials(tmp_path, "resumable")
