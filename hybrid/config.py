@@ -40,12 +40,20 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}.")
-        return tuple(value)
+        args = typing.get_args(kind)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length, each item an X
+            args = (args[0],) * len(value)
+        elif len(value) != len(args):
+            raise ValueError(f"{where}: expected a list of {len(args)} values, got {list(value)!r}.")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if kind is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"{where}: expected a number, got {value!r}.") from None
+        if math.isnan(number):
+            raise ValueError(f"{where}: NaN is not a setting; give a number.")
+        return number
     if kind in (int, bool, str) and not (type(value) is kind):
         raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}.")
     return value
@@ -79,7 +87,14 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} not found; presets live in configs/ (e.g. configs/default.yaml).")
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {path}: the top level must be a mapping of sections (data:, model:, "
+                         f"method:, ...), got a {type(raw).__name__}.")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"model.pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+        if self.max_length < 8:
+            raise ValueError(f"model.max_length must be >= 8 tokens, got {self.max_length}.")
 
     @property
     def spec(self) -> EncoderSpec:

@@ -7,6 +7,7 @@ Ray starts (`load_sweep_setup`), so a bad range or an unknown objective costs no
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from hybrid import storage
 from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
 SETTINGS = ("mono", "cross", "multi")
 # Metrics where lower is better; every other objective is maximised.
@@ -87,6 +89,11 @@ class SweepConfig:
     scale_up_timeout_s: float = 900  # an autoscaling cluster: how long to wait for the trials' nodes
 
     def __post_init__(self) -> None:
+        if not SAFE_NAME.fullmatch(self.name):
+            raise ValueError(f"sweep.name={self.name!r}: use letters, digits, '.', '_' and '-' (it names an MLflow "
+                             "experiment and a storage folder), e.g. hybrid-sweep-2.")
+        if not self.objectives:
+            raise ValueError("sweep.objectives is empty: name at least one metric, e.g. [multi/map].")
         if self.trials < 2:
             raise ValueError(f"sweep.trials must be >= 2 (the alpha = 0 and alpha = 1 references), got {self.trials}.")
         if self.scheduler not in SCHEDULERS:
@@ -101,6 +108,12 @@ class SweepConfig:
                              "set sweep.scheduler=none.")
         if self.proxy_cpus <= 0 or (self.proxy_max_questions is not None and self.proxy_max_questions < 1):
             raise ValueError("sweep.proxy_cpus must be > 0 and sweep.proxy_max_questions null or >= 1.")
+        if self.grace_period < 1:
+            raise ValueError(f"sweep.grace_period must be >= 1 checkpoint, got {self.grace_period}.")
+        if not self.trial_cpus > 0:
+            raise ValueError(f"sweep.trial_cpus must be > 0 (Ray CPUs of a trial's driver), got {self.trial_cpus}.")
+        if self.trial_resource and not SAFE_NAME.fullmatch(self.trial_resource):
+            raise ValueError(f"sweep.trial_resource={self.trial_resource!r}: a Ray resource name such as sweep_trial.")
         if not self.scale_up_timeout_s > 0:
             raise ValueError(f"sweep.scale_up_timeout_s must be > 0 seconds, got {self.scale_up_timeout_s}.")
         if self.top_k < 0 or self.seeds < 1 or self.max_concurrent < 1:
@@ -132,12 +145,20 @@ class SweepSetup:
                        encode_cpus=s.proxy_cpus, score_cpus=s.proxy_cpus)
 
     def resolved(self) -> SweepSetup:
-        """Local paths and SQLite URIs made absolute on the driver: Tune runs trials in other directories."""
-        s = self.sweep
+        """Local paths and SQLite URIs made absolute on the driver: Tune runs trials in other directories.
+        A model given as a path must exist (a hub name or the offline e5-small is left as it is)."""
+        s, run = self.sweep, self.run
         sweep = replace(s, tracking_uri=absolute_tracking_uri(s.tracking_uri),
                         artifact_location=storage.resolve(s.artifact_location),
                         storage_path=storage.resolve(s.storage_path))
-        return replace(self, sweep=sweep)
+        name = run.model.name
+        if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+            raise ValueError(f"model.name={name!r}: no such folder. Give an encoder folder, an s3:// folder, "
+                             "multilingual-e5-small (offline) or a hub name.")
+        run = replace(run, model=replace(run.model, name=_absolute(name)),
+                      data=replace(run.data, train_data=_absolute(run.data.train_data),
+                                   data_dir=_absolute(run.data.data_dir)))
+        return replace(self, run=run, sweep=sweep, eval=replace(self.eval, data_dir=_absolute(self.eval.data_dir)))
 
     def check_capacity(self, cpus: float) -> None:
         """Proxy evaluation runs while trials train: its tasks must fit in the CPUs trials leave free,
@@ -148,6 +169,13 @@ class SweepSetup:
             raise ValueError(f"{self.sweep.max_concurrent} concurrent trial(s) use {busy:g} of {cpus:g} CPUs, "
                              f"leaving less than sweep.proxy_cpus={self.sweep.proxy_cpus:g} for evaluating "
                              "checkpoints. Lower sweep.max_concurrent, trainer.cpus_per_worker or sweep.proxy_cpus.")
+
+
+def _absolute(path: str | None) -> str | None:
+    """An existing local path made absolute; a URI, a name or None as it is."""
+    if path is None or storage.is_uri(path) or not Path(path).expanduser().exists():
+        return path
+    return str(Path(path).expanduser().resolve())
 
 
 def load_sweep_setup(path: Path | str, overrides: list[str] = ()) -> SweepSetup:

@@ -7,6 +7,7 @@ nothing; `check_resources` then compares the request with the machine or cluster
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,12 @@ class TrainerConfig:
                              f"{self.workers} and {self.cpus_per_worker}.")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.max_failures < 0 or self.pad_group < 0:
             raise ValueError("trainer.checkpoint_every and log_every must be >= 1, max_failures and pad_group >= 0.")
+        if not 0 < self.grad_clip < math.inf:
+            raise ValueError(f"trainer.grad_clip must be a finite norm > 0, got {self.grad_clip}.")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise ValueError(f"trainer.keep_checkpoints must be null (keep all) or >= 1, got {self.keep_checkpoints}.")
+        if self.val_batches < 1:
+            raise ValueError(f"trainer.val_batches must be >= 1, got {self.val_batches}.")
 
     @property
     def dtype_name(self) -> str:
@@ -77,9 +84,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or len(parts) < 2 or not all(parts):
             raise ValueError(f"override {item!r}: use section.key=value, e.g. method.mono_ratio=0.3.")
         node = raw
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is a value ({node!r}), not a "
+                                 "section; set it directly, e.g. " + f"{'.'.join(parts[:depth + 1])}=VALUE.")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"override {item!r}: the value is not valid YAML (quote strings, lists as [a, b]).") from None
     return raw
 
 

@@ -1,0 +1,87 @@
+"""Bad input fails before Ray starts, with one message that names the key, the value and what is accepted:
+a table of config values, `--set` strings and YAML shapes, and the CLI's one-line error (exit status 2)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweeps.config import load_sweep_setup
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "configs" / "default.yaml"
+
+BAD_OVERRIDES = [  # (--set strings, message)
+    ("method.temperature=.nan", r"method.temperature: NaN is not a setting"),
+    ("method.lang_temperature=.nan", r"method.lang_temperature: NaN"),
+    ("optim.lr=.nan", r"optim.lr: NaN"),
+    ("optim.weight_decay=.nan", r"optim.weight_decay: NaN"),
+    ("trainer.cpus_per_worker=.nan", r"trainer.cpus_per_worker: NaN"),
+    ("sweep.proxy_cpus=.nan", r"sweep.proxy_cpus: NaN"),
+    ("sweep.objectives=[]", r"sweep.objectives is empty: name at least one metric"),
+    ("sweep.search.mono_ratio=[0.5]", r"sweep.search.mono_ratio: expected a list of 2 values, got \[0.5\]"),
+    ("sweep.search.temperature=[0.01, 0.1, 0.2]", r"sweep.search.temperature: expected a list of 2 values"),
+    ("sweep.search.num_train_languages=[2.5]", r"sweep.search.num_train_languages\[0\]: expected int, got 2.5"),
+    ("sweep.grace_period=0", r"sweep.grace_period must be >= 1 checkpoint, got 0"),
+    ("sweep.trial_cpus=0", r"sweep.trial_cpus must be > 0"),
+    ("sweep.max_concurrent=0", r"sweep.max_concurrent >= 1"),
+    ("sweep.scale_up_timeout_s=0", r"sweep.scale_up_timeout_s must be > 0"),
+    ("sweep.trials=two", r"sweep.trials: expected int, got 'two'"),
+    ("sweep.name=a'b", r"sweep.name=\"a'b\": use letters, digits"),
+    ("sweep.name=a/b", r"sweep.name='a/b': use letters, digits"),
+    ("sweep.name=..", r"sweep.name='..': use letters, digits"),
+    ("sweep.trial_resource=a b", r"sweep.trial_resource='a b': a Ray resource name"),
+    ("trainer.keep_checkpoints=0", r"trainer.keep_checkpoints must be null \(keep all\) or >= 1, got 0"),
+    ("trainer.grad_clip=0", r"trainer.grad_clip must be a finite norm > 0, got 0.0"),
+    ("trainer.grad_clip=.inf", r"trainer.grad_clip must be a finite norm > 0, got inf"),
+    ("trainer.zero_stage=4", r"trainer.zero_stage must be 0, 1, 2 or 3, got 4"),
+    ("trainer.strategy=fsdp", r"trainer.strategy must be one of \('deepspeed', 'ddp'\), got 'fsdp'"),
+    ("trainer.precision=fp16", r"trainer.precision must be one of"),
+    ("trainer.val_batches=0", r"trainer.val_batches must be >= 1"),
+    ("model.max_length=4", r"model.max_length must be >= 8 tokens, got 4"),
+    ("model.pooling=max", r"model.pooling must be one of \('mean', 'cls'\), got 'max'"),
+    ("model.name=/no/such/model", r"model.name='/no/such/model': no such folder"),
+    ("method.mono_ratio=1.5", r"method.mono_ratio \(alpha\) must be in \[0, 1\], got 1.5"),
+    ("method.batch_size=1", r"method.batch_size must be >= 2"),
+    ("method.unknown=1", r"method: unknown key\(s\) \['unknown'\]; valid keys: mono_ratio"),
+    ("optim.steps=0", r"optim needs lr > 0, steps >= 1"),
+    ("data.train_languages=[en]", r"data.train_languages needs >= 2 languages"),
+    ("eval.dataset=nope", r"eval.dataset must be one of \('xquad-r', 'mlqa-r', 'miracl'\)"),
+    ("eval.languages=[]", r"eval.languages must be null .* or a non-empty list"),
+    ("method.seed.x=1", r"override 'method.seed.x=1': method.seed is a value \(0\), not a section"),
+    ("method.mono_ratio", r"override 'method.mono_ratio': use section.key=value"),
+    ("method.mono_ratio=[1,", r"override 'method.mono_ratio=\[1,': the value is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
+def test_a_bad_value_names_the_key_and_the_fix(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_sweep_setup(DEFAULT, [override]).resolved()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- data\n- model\n", r"the top level must be a mapping of sections .* got a list"),
+    ("data: [\n", r"is not valid YAML"),
+    ("method: 3\n", r"method: expected a mapping, got 3"),
+    ("sweep:\n  search: [0, 1]\n", r"sweep.search: expected a mapping"),
+])
+def test_a_bad_yaml_shape_names_the_problem(tmp_path, text, message):
+    path = tmp_path / "preset.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_sweep_setup(path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "optim.steps=0"], "error: optim needs lr > 0, steps >= 1"),
+    (["--config", "no-such.yaml"], "error: config file no-such.yaml not found"),
+    (["--name", "a/b"], "error: sweep.name='a/b': use letters, digits"),
+])
+def test_the_cli_prints_one_line_and_exits_2_before_ray_starts(args, message):
+    done = subprocess.run([sys.executable, str(ROOT / "sweeps/ratio_search.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Ray" not in done.stdout + done.stderr  # nothing started
