@@ -53,17 +53,24 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
 
 
 def trials_table(grid: tune.ResultGrid, objectives: tuple[str, ...]) -> pd.DataFrame:
-    """One row per trial: its parameters, last reported objectives, steps done and checkpoint."""
+    """One row per trial: its parameters, last reported objectives, steps done, checkpoint, and why it
+    failed (the last line of its error; None when it did not)."""
     rows = []
     for result in grid:
-        if result.metrics is None or not result.config:
+        if not result.config:
             continue
-        rows.append({"trial": result.metrics.get("trial_id"), **{k: result.config.get(k) for k in PARAM_COLUMNS
-                                                                   if k in result.config},
-                     "config_key": config_key(result.config), "step": result.metrics.get("step"),
-                     **{o: result.metrics.get(o) for o in objectives},
-                     "checkpoint_path": result.metrics.get("checkpoint_path")})
+        metrics = result.metrics or {}
+        rows.append({"trial": metrics.get("trial_id", result.path.rstrip("/").rsplit("/", 1)[-1]),
+                     **{k: result.config.get(k) for k in PARAM_COLUMNS if k in result.config},
+                     "config_key": config_key(result.config), "step": metrics.get("step"),
+                     **{o: metrics.get(o) for o in objectives},
+                     "checkpoint_path": metrics.get("checkpoint_path"), "error": _last_line(result.error)})
     return pd.DataFrame(rows)
+
+
+def _last_line(error: BaseException | None) -> str | None:
+    lines = [line for line in str(error).splitlines() if line.strip()] if error else []
+    return lines[-1].strip()[:300] if lines else None
 
 
 def completed(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:

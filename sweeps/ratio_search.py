@@ -99,7 +99,9 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     tracking.end_run(s.tracking_uri, parent_id)
 
     print("\nTrials (proxy evaluation, last checkpoint):")
-    print(table.drop(columns=["checkpoint_path"]).to_string(index=False, float_format="%.4f"))
+    print(table.drop(columns=["checkpoint_path", "error"]).to_string(index=False, float_format="%.4f"))
+    for _, row in table[table["error"].notna()].iterrows():
+        print(f"  failed: trial {row['trial']} at step {row['step']}: {row['error']}")
     print(f"\nConfigurations ranked by {s.objectives[0]} (mean over seeds, ±95% CI):")
     print(ranking.to_string(float_format="%.4f"))
     if summary:

@@ -168,3 +168,26 @@ def test_deepspeed_config_follows_ours():
     assert ds["train_batch_size"] == 4 * config.method.batch_size
     cpu = deepspeed_config(load_run_config("configs/default.yaml"), world_size=2)
     assert cpu["bf16"]["enabled"] is False
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_model_dir, tmp_path, local_ray):
+    """lr 1e30 blows the weights up after one update: the run fails at step 2 with a named error (step,
+    lr, batch), before that step's update, and no checkpoint after step 1 is ever written."""
+    config = tiny_config(tiny_model_dir, tmp_path, checkpoint_every=1, log_every=1, max_failures=0,
+                         strategy="ddp", workers=1)
+    config = replace(config, optim=replace(config.optim, lr=1e30, warmup_steps=0, steps=4))
+    with pytest.raises(Exception, match=r"NonFiniteLoss: non-finite training loss \(nan\) at step 2, lr [0-9.e+]+, a "
+                                        r"(mono|cross) batch of [a-z, -]+: lower optim.lr"):
+        build_trainer(config, "diverges").fit()
+    checkpoints = sorted(p.name for p in (tmp_path / "ray" / "diverges").glob("checkpoint_0*"))
+    assert checkpoints == ["checkpoint_000001"]
+
+
+def test_check_finite_names_the_step_and_the_pairs():
+    from hybrid.sampler import HybridBatch
+    from trainers.loop import NonFiniteLoss, check_finite
+
+    batch = HybridBatch(6, "cross", None, ["q1", "q2"], ["en", "de"], ["de", "en"], ["a", "b"], ["c", "d"], [None, None])
+    check_finite(torch.tensor(1.5), batch, 1e-3)  # finite: nothing happens
+    with pytest.raises(NonFiniteLoss, match=r"\(inf\) at step 7, lr 0.001, a cross batch of de-en, en-de"):
+        check_finite(torch.tensor(float("inf")), batch, 1e-3)

@@ -53,6 +53,20 @@ def forward_batch(engine, loss_fn: InfoNCELoss, batch: HybridBatch, hard_negativ
     return loss_fn(q, p, negatives, mask)
 
 
+class NonFiniteLoss(FloatingPointError):
+    """Training diverged: raised before the step's update, so no checkpoint after it is ever written."""
+
+
+def check_finite(loss: torch.Tensor, batch: HybridBatch, lr: float) -> None:
+    """Stop at the first non-finite loss, naming the step and the batch. A rank that stops takes its run
+    down with it (Ray Train stops the other workers), which then resumes or fails per trainer.max_failures."""
+    if not torch.isfinite(loss):
+        pairs = sorted({f"{q}-{p}" for q, p in zip(batch.query_langs, batch.passage_langs)})
+        raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {batch.step + 1}, lr {lr:g}, a "
+                            f"{batch.kind} batch of {', '.join(pairs)}: lower optim.lr or raise method.temperature. "
+                            "The checkpoints before this step are kept.")
+
+
 def _all_mean(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     if torch.distributed.is_initialized():
@@ -119,6 +133,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     for batch in sampler:
         step = batch.step + 1  # steps done after this one
         loss, acc = forward_batch(engine, loss_fn, batch, config.data.hard_negatives, config.trainer.pad_group)
+        check_finite(loss, batch, engine.lr)
         engine.step(loss)
         mono_steps += batch.kind == MONO
         window["loss"] += loss.item()
