@@ -22,7 +22,7 @@ from sweeps.report import figures
 from sweeps.report.data import HIGH_RESOURCE, Sweep, load_sweep, log_report_artifacts
 from sweeps.report.findings import QUESTIONS, Findings, analyse, trials_table
 from sweeps.report.html import build_html, overview
-from sweeps.config import absolute_tracking_uri
+from sweeps.config import absolute_tracking_uri, redact
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
@@ -93,7 +93,7 @@ def build_report(client, experiments: list[str], out: Path, high_resource: tuple
     if compare_png:
         (out / "compare.png").write_bytes(compare_png)
     report = out / "report.html"
-    report.write_text(build_html(found, images, compare_png, tracking_uri), encoding="utf-8")
+    report.write_text(build_html(found, images, compare_png, redact(tracking_uri)), encoding="utf-8")
     if log:
         for f in found:
             files = [out / safe_name(f.sweep.name) / f"{k}.png" for k in images[f.sweep.name]]

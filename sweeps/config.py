@@ -18,11 +18,18 @@ from hybrid import storage
 from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
+CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
 SETTINGS = ("mono", "cross", "multi")
 # Metrics where lower is better; every other objective is maximised.
 LOWER_IS_BETTER = ("rank_distance", "ece")
+
+
+def redact(text: str) -> str:
+    """`scheme://user:secret@host` -> `scheme://***@host`: credentials in a URI are never logged, printed
+    or put in a report."""
+    return CREDENTIALS.sub(r"\1***@", text)
 
 
 def absolute_tracking_uri(uri: str) -> str:

@@ -17,7 +17,7 @@ import time
 
 from hybrid.config import to_dict
 from sweeps import cluster, phases, tracking
-from sweeps.config import SweepSetup, load_sweep_setup
+from sweeps.config import SweepSetup, load_sweep_setup, redact
 from trainers.config import DEFAULT_CONFIG
 from trainers.train import init_ray, preflight
 
@@ -29,7 +29,7 @@ def flat_params(raw: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             out |= flat_params(value, f"{prefix}{key}.")
         else:
-            out[f"{prefix}{key}"] = str(value)[:6000]
+            out[f"{prefix}{key}"] = redact(str(value))[:6000]
     return out
 
 
@@ -115,7 +115,7 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
               f"({overhead['sweep/trial_overhead_fraction']:.0%}) outside training and evaluation "
               f"(start-up {overhead['sweep/trial_startup_s']:.0f} s: Train workers, imports, model, DeepSpeed).")
     print(f"\nSweep '{s.name}': {len(table)} trials in {wall / 60:.1f} min. Compare the runs in MLflow:")
-    print(f"  mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000")
+    print(f"  mlflow ui --backend-store-uri {redact(s.tracking_uri)} --host 127.0.0.1 --port 5000")
 
 
 if __name__ == "__main__":

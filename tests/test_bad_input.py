@@ -85,3 +85,13 @@ def test_the_cli_prints_one_line_and_exits_2_before_ray_starts(args, message):
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Ray" not in done.stdout + done.stderr  # nothing started
+
+
+def test_credentials_in_uris_are_masked_wherever_they_are_shown():
+    from sweeps.config import redact
+    from sweeps.ratio_search import flat_params
+
+    uri = "https://alice:s3cr3t@mlflow.example.org/api"
+    assert redact(uri) == "https://***@mlflow.example.org/api"
+    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert flat_params({"sweep": {"tracking_uri": uri}}) == {"sweep.tracking_uri": "https://***@mlflow.example.org/api"}
