@@ -74,6 +74,18 @@ def read_text(location: str) -> str:
         return f.read().decode()
 
 
+def write_text(location: str, text: str) -> None:
+    fs, path = filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def delete(location: str) -> None:
+    fs, path = filesystem(location)
+    fs.delete_file(path)
+
+
 def stamp(location: str) -> str:
     """A cheap identity of a folder's (or a file's) files: names, sizes, modification times, from one
     listing, no download. Rewritten files get a new stamp, so caches keyed on it reload."""

@@ -48,12 +48,9 @@ def check_storage(setup: SweepSetup) -> None:
                          "reaches: s3://BUCKET/PREFIX (or gs://...), or file:///PATH for a folder mounted at the "
                          "same place on every node.")
     probe = storage.join(location, setup.sweep.name, f".write-test-{uuid.uuid4().hex[:8]}")
-    fs, path = storage.filesystem(probe)
     try:
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path) as f:
-            f.write(b"ok")
-        fs.delete_file(path)
+        storage.write_text(probe, "ok")
+        storage.delete(probe)
     except OSError as e:
         raise ValueError(f"sweep.storage_path={location!r} cannot be written from the driver ({e}). Check the "
                          "location and the credentials (AWS_* / instance profile for s3://).") from None

@@ -6,6 +6,7 @@ Ray starts (`load_sweep_setup`), so a bad range or an unknown objective costs no
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.config import EvalConfig
-from hybrid.config import from_dict, read_yaml
+from hybrid.config import from_dict, read_yaml, to_dict
 from hybrid import storage
 from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
+# Sweep keys that may change on --resume: they act after the search (or only wait), never on its results.
+RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "zero_shot_datasets")
 CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
@@ -166,6 +169,22 @@ class SweepSetup:
                       data=replace(run.data, train_data=_absolute(run.data.train_data),
                                    data_dir=_absolute(run.data.data_dir)))
         return replace(self, run=run, sweep=sweep, eval=replace(self.eval, data_dir=_absolute(self.eval.data_dir)))
+
+    def settings(self) -> dict[str, Any]:
+        """The resolved configuration as flat `section.key` values: what a sweep is, for `--resume`."""
+        def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for key, value in d.items():
+                out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+            return out
+        return flat(to_dict(self.run) | {"eval": to_dict(self.eval), "sweep": to_dict(self.sweep)})
+
+    def changed_since(self, started: dict[str, Any]) -> list[str]:
+        """Keys whose value differs from the configuration the sweep `started` with, except those that
+        act after the search and cannot alter its results (RESUMABLE_CHANGES)."""
+        now = json.loads(json.dumps(self.settings()))  # as stored: lists, not tuples; inf as Infinity
+        keys = (set(now) | set(started)) - {f"sweep.{k}" for k in RESUMABLE_CHANGES}
+        return sorted(k for k in keys if now.get(k) != started.get(k))
 
     def check_capacity(self, cpus: float) -> None:
         """Proxy evaluation runs while trials train: its tasks must fit in the CPUs trials leave free,

@@ -7,6 +7,7 @@ Each phase is its own Tune experiment under `<storage>/<sweep name>/` (a local f
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +34,29 @@ def _phase_path(setup: SweepSetup, phase: str) -> str:
 def exists(setup: SweepSetup) -> bool:
     """Whether this sweep (its search phase) is already in storage: read before Ray starts."""
     return tune.Tuner.can_restore(_phase_path(setup, "search"))
+
+
+SETTINGS_FILE = "sweep_config.json"  # the resolved configuration a sweep started with, beside its phases
+
+
+def save_settings(setup: SweepSetup) -> None:
+    """Store the configuration beside the sweep's phases (once: a resumed sweep keeps the original)."""
+    location = storage.join(setup.sweep.storage_path, setup.sweep.name, SETTINGS_FILE)
+    if not storage.exists(location):
+        storage.write_text(location, json.dumps(setup.settings(), indent=1, sort_keys=True))
+
+
+def check_unchanged(setup: SweepSetup) -> None:
+    """`--resume` continues the sweep that was started: a changed setting would rank results of two
+    different setups together (or restore the old search with a new one), so it is refused by name."""
+    location = storage.join(setup.sweep.storage_path, setup.sweep.name, SETTINGS_FILE)
+    if not storage.exists(location):
+        return  # a sweep from before settings were stored: nothing to compare with
+    changed = setup.changed_since(json.loads(storage.read_text(location)))
+    if changed:
+        raise ValueError(f"--resume of sweep {setup.sweep.name!r} with changed settings: {', '.join(changed)}. "
+                         "Resume with the configuration it started with (stored in "
+                         f"{SETTINGS_FILE} beside it), or start a new sweep with --name NEW.")
 
 
 def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tune.TuneConfig,

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors(parser, args.debug):
         setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
         preflight(setup.run)  # [2] data present, batch fits the questions, languages known
-        if not args.resume and phases.exists(setup):
+        if args.resume:
+            phases.check_unchanged(setup)
+        elif phases.exists(setup):
             raise FileExistsError(f"sweep {setup.sweep.name!r} exists in {setup.sweep.storage_path}: pass --resume "
                                   "to continue it (a finished one prints its results again), or --name NEW to "
                                   "start another.")
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     s = setup.sweep
+    phases.save_settings(setup)
     exp_id = tracking.experiment_id(s.tracking_uri, s.name, s.artifact_location)
     parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw) | flat_params(
         {"resolved": to_dict(setup.run)}))

@@ -225,7 +225,20 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, tiny_m
     again = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
     assert again.stderr.startswith("error: sweep 'resumable' exists in") and "--resume" in again.stderr
+    # --resume with a setting that changes results: refused by name, before Ray starts.
+    changed = subprocess.run(sweep_command(config, "--resume", "--set", "method.batch_size=4"), cwd=tmp_path, env=env(),
+                             capture_output=True, text=True, timeout=120)
+    assert changed.returncode == 2 and "with changed settings: method.batch_size." in changed.stderr, changed.stderr
     assert_resumed_cleanly(tmp_path, "resumable", before, trials=4)
+
+
+def test_resume_names_the_settings_that_changed():
+    setup = load_sweep_setup(ROOT / "configs/default.yaml").resolved()
+    started = json.loads(json.dumps(setup.settings()))
+    assert setup.changed_since(started) == []
+    changed = load_sweep_setup(ROOT / "configs/default.yaml", ["method.batch_size=4", "sweep.search.mono_ratio=[0, 0.5]",
+                                                                "sweep.final_eval=false"]).resolved()
+    assert changed.changed_since(started) == ["method.batch_size", "sweep.search.mono_ratio"]  # final_eval may change
 
 
 def test_selecting_on_a_zero_shot_set_is_refused():
