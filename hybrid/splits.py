@@ -1,17 +1,21 @@
 """From a `DataConfig` to the texts each stage sees: training pairs, validation pairs, held-out corpus.
 
 One place decides what is train and what is held out, so training and zero-shot evaluation can never
-share an article: train = the training articles in the training languages (or the user's dataset);
+share an article: train = the training articles in the training languages (or the user's dataset, in those languages);
 validation = held-out articles in the training languages; evaluation = held-out articles in all
 evaluation languages (el and vi, by default, never seen in training).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 
 from hybrid.config import DataConfig
 from hybrid.data import ParallelCorpus, TrainingPair, load_corpus, load_training_pairs, split_by_article
+
+logger = logging.getLogger(__name__)
 
 
 def split_corpus(data: DataConfig) -> tuple[ParallelCorpus, ParallelCorpus]:
@@ -25,8 +29,22 @@ def training_pairs(data: DataConfig) -> tuple[list[TrainingPair], list[TrainingP
     train, heldout = split_corpus(data)
     val = heldout.select_languages(data.train_languages).training_pairs(data.hard_negatives)
     if data.train_data:
-        return load_training_pairs(data.train_data), val
+        return select_languages(load_training_pairs(data.train_data), data.train_languages, data.train_data), val
     return train.select_languages(data.train_languages).training_pairs(data.hard_negatives), val
+
+
+def select_languages(pairs: list[TrainingPair], languages: tuple[str, ...], source: str) -> list[TrainingPair]:
+    """The user's pairs in `data.train_languages` only (so `num_train_languages` acts, and a language kept
+    for zero-shot evaluation is never trained on); the rows left out are counted in the log."""
+    kept = [p for p in pairs if p.lang in languages]
+    dropped = Counter(p.lang for p in pairs if p.lang not in languages)
+    if dropped:
+        logger.warning("%s: %d rows in languages outside data.train_languages left out: %s", source,
+                       sum(dropped.values()), dict(sorted(dropped.items())))
+    if not kept:
+        raise ValueError(f"{source}: no row in data.train_languages {list(languages)} (the data has "
+                         f"{sorted({p.lang for p in pairs})}); set data.train_languages to languages of the data.")
+    return kept
 
 
 def heldout_corpus(data: DataConfig) -> ParallelCorpus:

@@ -190,3 +190,23 @@ def test_user_training_data_schema(tmp_path):
     path.write_text(json.dumps({"id": "a", "lang": "en", "query": "", "positive": "p"}))
     with pytest.raises(ValueError, match="row 0 has an empty or non-text 'query'"):
         load_training_pairs(str(path))
+
+
+def test_user_data_follows_the_training_languages(tmp_path, caplog):
+    """Rows outside data.train_languages (e.g. a zero-shot language) never reach training, with a count in
+    the log; the searched `num_train_languages` narrows user data like the packaged corpus."""
+    from hybrid.config import DataConfig
+    from hybrid.splits import training_pairs
+
+    rows = [{"id": str(i), "lang": lang, "query": f"{lang} q{i}", "positive": f"{lang} p{i}"}
+            for i in range(4) for lang in ("en", "de", "el")]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    train, _ = training_pairs(DataConfig(train_languages=("en", "de"), train_data=str(path)))
+    assert sorted({p.lang for p in train}) == ["de", "en"] and len(train) == 8
+    assert "4 rows in languages outside data.train_languages left out: {'el': 4}" in caplog.text
+    with pytest.raises(ValueError, match=r"no row in data.train_languages \['ar', 'zh'\] \(the data has \['de', 'el', 'en'\]\)"):
+        training_pairs(DataConfig(train_languages=("ar", "zh"), train_data=str(path)))
+    path.write_text(json.dumps({"id": "a", "lang": "en", "query": "q", "positive": "p", "negative": 3}))
+    with pytest.raises(ValueError, match="row 0 has a non-text 'negative' \\(3\\)"):
+        load_training_pairs(str(path))

@@ -58,6 +58,9 @@ def load_training_pairs(source: str, split: str = "train") -> list[TrainingPair]
             if not isinstance(row[column], str) or not row[column].strip():
                 raise ValueError(f"{source}: row {i} has an empty or non-text {column!r} ({row[column]!r}). "
                                  "Every row needs non-empty id, lang, query and positive.")
+        if row.get("negative") is not None and not isinstance(row["negative"], str):
+            raise ValueError(f"{source}: row {i} has a non-text 'negative' ({row['negative']!r}); give a passage "
+                             "or leave it empty.")
         try:
             check_language_code(row["lang"])
         except ValueError as e:
