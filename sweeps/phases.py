@@ -59,21 +59,31 @@ def check_unchanged(setup: SweepSetup) -> None:
                          f"{SETTINGS_FILE} beside it), or start a new sweep with --name NEW.")
 
 
+class Interrupted(Exception):
+    """A phase stopped before all its trials ended (Ctrl-C: Tune stopped the trials and saved its state)."""
+
+
 def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tune.TuneConfig,
-               exp_id: str, parent_id: str, resume: bool) -> tune.ResultGrid:
-    """Fit one Tune experiment, restoring it when `resume` and it exists (finished trials are kept).
-    Its state lives in the sweep's storage (`<storage>/<sweep name>/<phase>`), local or s3://."""
+               exp_id: str, parent_id: str, resume: bool, trials: int) -> tune.ResultGrid:
+    """Fit one Tune experiment of `trials` trials, restoring it when `resume` and it exists (finished
+    trials are kept). Its state lives in the sweep's storage (`<storage>/<sweep name>/<phase>`), local or
+    s3://. Raises `Interrupted` when the experiment returned with trials that did not end (the first
+    Ctrl-C: Tune stops the trials and saves its state), so no later phase starts on a partial table."""
     root, path = storage.join(setup.sweep.storage_path, setup.sweep.name), _phase_path(setup, name)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), setup.sweep.trial_bundle)
     if tune.Tuner.can_restore(path):
         if not resume:
             raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another "
                                   "sweep.name.")
-        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
-    logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run.optim.steps)
-    run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger],  # Tune's live table: the progress view
-                                failure_config=tune.FailureConfig(max_failures=1))
-    return tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
+        grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
+    else:
+        logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run.optim.steps)
+        run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger],  # Tune's live table: the progress view
+                                    failure_config=tune.FailureConfig(max_failures=1))
+        grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
+    if grid.num_terminated + grid.num_errors < max(len(grid), trials):
+        raise Interrupted(name)
+    return grid
 
 
 def trials_table(grid: tune.ResultGrid, objectives: tuple[str, ...]) -> pd.DataFrame:
@@ -108,7 +118,7 @@ def completed(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
 
 def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:
     grid = _run_tuner("search", setup, param_space(setup.sweep, setup.run), tune_config(setup.sweep, setup.run),
-                      exp_id, parent_id, resume)
+                      exp_id, parent_id, resume, setup.sweep.trials)
     return trials_table(grid, setup.sweep.objectives)
 
 
@@ -124,7 +134,8 @@ def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, 
                  for k in PARAM_COLUMNS if k in row and k != "seed" and pd.notna(row[k])}
         space = fixed | {"seed": tune.grid_search(list(range(1, setup.sweep.seeds)))}
         grid = _run_tuner(f"seeds-{row['config_key']}", setup, space,
-                          tune.TuneConfig(max_concurrent_trials=setup.sweep.max_concurrent), exp_id, parent_id, resume)
+                          tune.TuneConfig(max_concurrent_trials=setup.sweep.max_concurrent), exp_id, parent_id, resume,
+                          setup.sweep.seeds - 1)
         extra.append(trials_table(grid, setup.sweep.objectives))
     return pd.concat(extra, ignore_index=True)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 
 from hybrid.config import to_dict
@@ -75,6 +76,12 @@ def main(argv: list[str] | None = None) -> None:
         requested = cluster.wait_for_resources(setup, setup.sweep.scale_up_timeout_s)
     try:
         run_sweep(setup, args.resume, start)
+    except phases.Interrupted as phase:
+        command = " ".join(["python", "sweeps/ratio_search.py", *(argv if argv is not None else sys.argv[1:])])
+        print(f"\nSweep {setup.sweep.name!r} interrupted in its {phase} phase: its trials were stopped and its "
+              f"state saved; nothing finished is lost. Continue with:\n  {command.replace(' --resume', '')} --resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         if requested:
             cluster.release()
@@ -86,8 +93,12 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     exp_id = tracking.experiment_id(s.tracking_uri, s.name, s.artifact_location)
     parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw) | flat_params(
         {"resolved": to_dict(setup.run)}))
-    table = phases.search(setup, exp_id, parent_id, resume)  # [5] Tune + Optuna + ASHA
-    table = phases.reseed(setup, table, exp_id, parent_id, resume)  # [6] more seeds for the top-k
+    try:
+        table = phases.search(setup, exp_id, parent_id, resume)  # [5] Tune + Optuna + ASHA
+        table = phases.reseed(setup, table, exp_id, parent_id, resume)  # [6] more seeds for the top-k
+    except phases.Interrupted:
+        tracking.kill_running_trials(s.tracking_uri, exp_id)
+        raise
     ranking = phases.ranked(table, setup)
     if ranking.empty:
         raise SystemExit(f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "

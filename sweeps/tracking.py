@@ -94,6 +94,15 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(tracking_uri).set_terminated(run_id, status=status)
 
 
+def kill_running_trials(tracking_uri: str, exp_id: str) -> None:
+    """Mark the trial runs still RUNNING as KILLED: trials an interrupted sweep stopped (Ctrl-C). `--resume`
+    marks them RUNNING again when they restart."""
+    c = client(tracking_uri)
+    for run in c.search_runs([exp_id], filter_string="tags.`sweep.role` = 'trial' and attributes.status = 'RUNNING'",
+                             max_results=10000):
+        c.set_terminated(run.info.run_id, status="KILLED")
+
+
 class TrialLogger(tune.Callback):
     """The driver's side of a trial, in MLflow: its child run at its start (reused when it restarts),
     each result's training history and evaluation (metrics, L x L matrices and heatmaps) as it arrives,

@@ -4,6 +4,7 @@ the real CLI (Ray Tune + Optuna + Ray Train + evaluation + MLflow), including a 
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -295,3 +296,31 @@ def test_a_trial_and_its_train_controller_never_touch_mlflow(tmp_path, tiny_mode
     assert {"multi/map", "checkpoint_path", "trial/startup_s", "trial/active_s"} <= set(out["keys"])
     assert [h["step"] for h in out["history"]] == [0, 3] and out["eval"] == 3
     assert not Path("/nonexistent").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_and_resume_completes_it(tmp_path, tiny_model_dir):
+    """The first Ctrl-C (SIGINT to the driver) during the search: Tune stops the trials and saves its state,
+    the command exits 130 with the command that continues it, and no later phase starts; `--resume` then
+    finishes the sweep without running finished trials again."""
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, "interrupted")
+    driver = subprocess.Popen(sweep_command(config), cwd=tmp_path, env=env(), start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and driver.poll() is None and not finished_trials(tmp_path, "interrupted"):
+        time.sleep(1)
+    assert driver.poll() is None, "the sweep ended before it could be interrupted"
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 130, err[-3000:]
+    assert "interrupted in its search phase" in err, err[-2000:]
+    assert re.search(r"Continue with:\n  python sweeps/ratio_search.py --config \S+ --resume\n", err), err[-2000:]
+    assert not list((tmp_path / "sweeps" / "interrupted").glob("seeds-*"))  # no next phase started
+    before = finished_trials(tmp_path, "interrupted")
+    _, runs = mlflow_runs(tmp_path, "interrupted")
+    assert all(r.info.status != "RUNNING" for r in runs if r.data.tags.get("sweep.role") == "trial")
+
+    done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert_resumed_cleanly(tmp_path, "interrupted", before, trials=4)
