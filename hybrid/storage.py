@@ -90,13 +90,16 @@ def stamp(location: str) -> str:
     """A cheap identity of a folder's (or a file's) files: names, sizes, modification times, from one
     listing, no download. Rewritten files get a new stamp, so caches keyed on it reload."""
     fs, path = filesystem(location)
-    info = fs.get_file_info(path)
+    return _stamp(fs, path, fs.get_file_info(path))
+
+
+def _stamp(fs: pafs.FileSystem, path: str, info: pafs.FileInfo) -> str:
     if info.type == pafs.FileType.File:
         return f":{info.size}:{info.mtime_ns}"
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     files = sorted((i.path[len(path):], i.size, i.mtime_ns) for i in infos if i.type == pafs.FileType.File)
     if not files:
-        raise FileNotFoundError(f"{location}: no such folder, or it is empty.")
+        raise FileNotFoundError(f"{path}: no such folder, or it is empty.")
     return ";".join(f"{name}:{size}:{mtime}" for name, size, mtime in files)
 
 
@@ -108,11 +111,11 @@ def local_copy(location: str) -> Path:
         return Path(filesystem(location)[1])
     root = cache_dir() / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{location}|{stamp(location)}".encode()).hexdigest()[:20]
-    target = root / key
     fs, path = filesystem(location)
-    is_file = fs.get_file_info(path).type == pafs.FileType.File
-    copy = target / path.rsplit("/", 1)[-1] if is_file else target
+    info = fs.get_file_info(path)
+    key = hashlib.sha256(f"{location}|{_stamp(fs, path, info)}".encode()).hexdigest()[:20]
+    target = root / key
+    copy = target / path.rsplit("/", 1)[-1] if info.type == pafs.FileType.File else target
     with FileLock(str(root / f"{key}.lock")):
         if not (target / COMPLETE).exists():
             shutil.rmtree(target, ignore_errors=True)

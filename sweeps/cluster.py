@@ -47,7 +47,7 @@ def check_storage(setup: SweepSetup) -> None:
                          "several nodes, which do not see it. Set sweep.storage_path to storage every node "
                          "reaches: s3://BUCKET/PREFIX (or gs://...), or file:///PATH for a folder mounted at the "
                          "same place on every node.")
-    probe = storage.join(location, setup.sweep.name, f".write-test-{uuid.uuid4().hex[:8]}")
+    probe = setup.sweep.location(f".write-test-{uuid.uuid4().hex[:8]}")
     try:
         storage.write_text(probe, "ok")
         storage.delete(probe)

@@ -29,6 +29,14 @@ SETTINGS = ("mono", "cross", "multi")
 LOWER_IS_BETTER = ("rank_distance", "ece")
 
 
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`: a config as `section.key` values."""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        out |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
 def redact(text: str) -> str:
     """`scheme://user:secret@host` -> `scheme://***@host`: credentials in a URI are never logged, printed
     or put in a report."""
@@ -129,6 +137,10 @@ class SweepConfig:
         if self.top_k < 0 or self.seeds < 1 or self.max_concurrent < 1:
             raise ValueError("sweep.top_k must be >= 0, sweep.seeds >= 1, sweep.max_concurrent >= 1.")
 
+    def location(self, *parts: str) -> str:
+        """`<storage_path>/<name>/<parts>`: where everything of this sweep lives (phases, checkpoints)."""
+        return storage.join(self.storage_path, self.name, *parts)
+
     @property
     def trial_bundle(self) -> dict[str, float]:
         """What one trial's driver (Tune function + Train controller) asks of the cluster."""
@@ -172,12 +184,7 @@ class SweepSetup:
 
     def settings(self) -> dict[str, Any]:
         """The resolved configuration as flat `section.key` values: what a sweep is, for `--resume`."""
-        def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for key, value in d.items():
-                out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-            return out
-        return flat(to_dict(self.run) | {"eval": to_dict(self.eval), "sweep": to_dict(self.sweep)})
+        return flatten(to_dict(self.run) | {"eval": to_dict(self.eval), "sweep": to_dict(self.sweep)})
 
     def changed_since(self, started: dict[str, Any]) -> list[str]:
         """Keys whose value differs from the configuration the sweep `started` with, except those that

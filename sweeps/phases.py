@@ -27,13 +27,9 @@ from sweeps.trial import config_key, run_trial
 PARAM_COLUMNS = ["mono_ratio", "temperature", "lang_temperature", "lr", "num_train_languages", "seed"]
 
 
-def _phase_path(setup: SweepSetup, phase: str) -> str:
-    return storage.join(setup.sweep.storage_path, setup.sweep.name, phase)
-
-
 def exists(setup: SweepSetup) -> bool:
     """Whether this sweep (its search phase) is already in storage: read before Ray starts."""
-    return tune.Tuner.can_restore(_phase_path(setup, "search"))
+    return tune.Tuner.can_restore(setup.sweep.location("search"))
 
 
 SETTINGS_FILE = "sweep_config.json"  # the resolved configuration a sweep started with, beside its phases
@@ -41,7 +37,7 @@ SETTINGS_FILE = "sweep_config.json"  # the resolved configuration a sweep starte
 
 def save_settings(setup: SweepSetup) -> None:
     """Store the configuration beside the sweep's phases (once: a resumed sweep keeps the original)."""
-    location = storage.join(setup.sweep.storage_path, setup.sweep.name, SETTINGS_FILE)
+    location = setup.sweep.location(SETTINGS_FILE)
     if not storage.exists(location):
         storage.write_text(location, json.dumps(setup.settings(), indent=1, sort_keys=True))
 
@@ -49,7 +45,7 @@ def save_settings(setup: SweepSetup) -> None:
 def check_unchanged(setup: SweepSetup) -> None:
     """`--resume` continues the sweep that was started: a changed setting would rank results of two
     different setups together (or restore the old search with a new one), so it is refused by name."""
-    location = storage.join(setup.sweep.storage_path, setup.sweep.name, SETTINGS_FILE)
+    location = setup.sweep.location(SETTINGS_FILE)
     if not storage.exists(location):
         return  # a sweep from before settings were stored: nothing to compare with
     changed = setup.changed_since(json.loads(storage.read_text(location)))
@@ -69,7 +65,7 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
     trials are kept). Its state lives in the sweep's storage (`<storage>/<sweep name>/<phase>`), local or
     s3://. Raises `Interrupted` when the experiment returned with trials that did not end (the first
     Ctrl-C: Tune stops the trials and saves its state), so no later phase starts on a partial table."""
-    root, path = storage.join(setup.sweep.storage_path, setup.sweep.name), _phase_path(setup, name)
+    root, path = setup.sweep.location(), setup.sweep.location(name)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), setup.sweep.trial_bundle)
     if tune.Tuner.can_restore(path):
         if not resume:

@@ -18,20 +18,14 @@ import time
 
 from hybrid.config import to_dict
 from sweeps import cluster, phases, tracking
-from sweeps.config import SweepSetup, load_sweep_setup, redact
+from sweeps.config import SweepSetup, flatten, load_sweep_setup, redact
 from trainers.config import DEFAULT_CONFIG
 from trainers.train import init_ray, preflight
 
 
-def flat_params(raw: dict, prefix: str = "") -> dict[str, str]:
+def flat_params(raw: dict) -> dict[str, str]:
     """The preset as `section.key` params for the parent run (MLflow caps a value at 6000 characters)."""
-    out = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            out |= flat_params(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = redact(str(value))[:6000]
-    return out
+    return {key: redact(str(value))[:6000] for key, value in flatten(raw).items()}
 
 
 @contextlib.contextmanager

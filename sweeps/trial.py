@@ -114,7 +114,7 @@ def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
     started_at = time.time()
     trial_id = tune.get_context().get_trial_id()
     config = trial_run_config(setup.run, params)
-    train_storage = storage.join(setup.sweep.storage_path, setup.sweep.name, "train")
+    train_storage = setup.sweep.location("train")
     trainer = build_trainer(config, name=trial_id, storage_path=train_storage,
                             callbacks=[EvaluateAndReport(setup, config, train_storage, started_at)])
     trainer.fit()

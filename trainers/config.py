@@ -87,8 +87,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is a value ({node!r}), not a "
-                                 "section; set it directly, e.g. " + f"{'.'.join(parts[:depth + 1])}=VALUE.")
+                key = ".".join(parts[:depth + 1])
+                raise ValueError(f"override {item!r}: {key} is a value ({node!r}), not a section; set it "
+                                 f"directly, e.g. {key}=VALUE.")
         try:
             node[parts[-1]] = yaml.safe_load(value)
         except yaml.YAMLError:
