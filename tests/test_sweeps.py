@@ -1,6 +1,7 @@
 """The sweep: config validation, search construction, statistics, and tiny end-to-end sweeps through
 the real CLI (Ray Tune + Optuna + Ray Train + evaluation + MLflow), including a killed driver."""
 
+import contextlib
 import json
 import math
 import os
@@ -170,10 +171,21 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
 
 
 def proxy_steps(tmp_path: Path, name: str) -> dict[str, list[int]]:
-    """{trial id: the steps of its proxy evaluations in MLflow}, read while a sweep may be writing."""
+    """{trial id: the steps of its proxy evaluations in MLflow}, read while a sweep may be writing.
+
+    The store is opened through MLflow only once the driver has made the sweep's experiment: an MlflowClient
+    on a store still being created runs MLflow's schema migration beside the driver's, and the driver then
+    dies with "table ... already exists"."""
+    import sqlite3
+
     from mlflow import MlflowClient
 
-    if not (tmp_path / "mlflow.db").exists():
+    db = tmp_path / "mlflow.db"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+            if not con.execute("SELECT 1 FROM experiments WHERE name = ?", (name,)).fetchone():
+                return {}
+    except sqlite3.Error:  # no store yet, or its tables are being created
         return {}
     try:
         client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
