@@ -8,12 +8,13 @@ idempotent logging).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from hybrid import storage
+from hybrid import manifest, storage
 from hybrid.data.languages import check_language_code
 
 NAMED_DATASETS = ("xquad-r", "mlqa-r", "miracl")
@@ -106,8 +107,19 @@ class CheckpointRef:
 
 def local_model_dir(model: str) -> Path:
     """A folder on this node with `model`'s files: a copy of a checkpoint in storage (once per node), else
-    `resolve_model_dir`. Called where the files are used, never on the driver for a cluster's checkpoints."""
-    return storage.local_copy(model) if storage.is_uri(model) else resolve_model_dir(model)
+    `resolve_model_dir`; checked against its manifest when it has one (`IncompleteCheckpoint` names the
+    file), so a cut-short or altered export is never evaluated. Called where the files are used, never on
+    the driver for a cluster's checkpoints."""
+    folder = storage.local_copy(model) if storage.is_uri(model) else resolve_model_dir(model)
+    if (folder / manifest.MANIFEST).is_file():
+        _checked(str(folder), storage.stamp(str(folder)))
+    return folder
+
+
+@functools.lru_cache(maxsize=16)
+def _checked(folder: str, stamp: str) -> None:
+    """Hash a folder once per process and version of its files (an evaluation opens it once per task)."""
+    manifest.check(Path(folder))
 
 
 def resolve_model_dir(name_or_path: str) -> Path:

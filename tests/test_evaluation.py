@@ -296,3 +296,27 @@ def test_result_survives_the_json_hand_off_to_the_driver(evaluated):
         np.testing.assert_array_equal(back.matrices[metric], matrix)
     for name in ("lower", "upper", "count", "confidence", "accuracy"):
         np.testing.assert_array_equal(getattr(back.reliability, name), getattr(result.reliability, name))
+
+
+def test_a_cut_short_or_altered_export_is_never_evaluated(tiny_model_dir, tmp_path):
+    """An export with a manifest (every training checkpoint's encoder/) is checked before it is loaded:
+    a truncated or altered file is named; a folder without one (a user's model) is taken as it is."""
+    from evaluation.config import local_model_dir
+    from hybrid import manifest
+
+    export = tmp_path / "encoder"
+    shutil.copytree(tiny_model_dir, export)
+    assert local_model_dir(str(export)) == export  # no manifest: a plain model folder
+    manifest.write(export)
+    assert local_model_dir(str(export)) == export
+    config = export / "config.json"
+    original = config.read_text()
+    config.write_text(original.replace('"', "'", 1))  # same size, other bytes
+    with pytest.raises(manifest.IncompleteCheckpoint, match=r"config.json: sha256 differs from the manifest"):
+        local_model_dir(str(export))
+    config.write_text(original)
+    weights = export / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(manifest.IncompleteCheckpoint, match=r"model.safetensors: 100 bytes, the manifest says"):
+        local_model_dir(str(export))

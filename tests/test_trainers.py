@@ -1,8 +1,9 @@
 """Ray Train + DeepSpeed on CPU with 2 workers and a tiny model: learning, export, resume, fault tolerance."""
 
 import json
-from dataclasses import replace
+import re
 import threading
+from dataclasses import replace
 import time
 from pathlib import Path
 
@@ -12,14 +13,16 @@ import pytest
 import ray.train
 import torch
 
+from hybrid import manifest
 from hybrid.config import from_dict
+from hybrid.manifest import IncompleteCheckpoint
 from hybrid.loss import InfoNCELoss
 from hybrid.model import load_encoder
 from hybrid.sampler import MONO, HybridBatchSampler
 from hybrid.splits import training_pairs
 from trainers.config import TrainRunConfig, check_resources, load_run_config
 from trainers.engine import deepspeed_config
-from trainers.loop import STATE_FILE
+from trainers.loop import STATE_FILE, NonFiniteLoss
 from trainers.train import build_trainer, preflight
 
 pytestmark = pytest.mark.slow
@@ -110,6 +113,22 @@ def test_resume_continues_the_sampler_sequence(tiny_model_dir, tmp_path, local_r
     assert sorted(p.name for p in (tmp_path / "ray" / "resume").glob("checkpoint_0*")) == \
         ["checkpoint_000020", "checkpoint_000040"]
 
+    # The final checkpoint cut short (a node lost while uploading, a full disk): the next start finds it
+    # against its manifest, says so, and resumes from the one before, rewriting the final one whole.
+    weights = Path(result.checkpoint.path) / "encoder" / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    with pytest.raises(IncompleteCheckpoint, match=r"model.safetensors: \d+ bytes, the manifest says \d+ \(cut short"):
+        manifest.check(Path(result.checkpoint.path))
+    repaired = build_trainer(full, "resume").fit()
+    assert repaired.metrics["resumed_from_step"] == 20 and repaired.metrics["step"] == 40
+    manifest.check(Path(repaired.checkpoint.path))
+    manifest.check(Path(repaired.checkpoint.path) / "encoder")  # the export carries its own
+    logs = Path(local_ray._private.worker._global_node.get_logs_dir_path())
+    said = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.out"))
+    assert re.search(r"resume: \S+checkpoint_000040/encoder/model.safetensors: \d+ bytes, the manifest says \d+ "
+                     r"\(cut short or altered\). Falling back to the previous checkpoint.", said)
+
 
 def _kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, killed: list) -> None:
     """SIGKILL one Ray Train worker as soon as Ray's controller has registered a checkpoint (its
@@ -173,21 +192,27 @@ def test_deepspeed_config_follows_ours():
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_model_dir, tmp_path, local_ray):
     """lr 1e30 blows the weights up after one update: the run fails at step 2 with a named error (step,
     lr, batch), before that step's update, and no checkpoint after step 1 is ever written."""
-    config = tiny_config(tiny_model_dir, tmp_path, checkpoint_every=1, log_every=1, max_failures=0,
+    config = tiny_config(tiny_model_dir, tmp_path, checkpoint_every=1, log_every=1, max_failures=2,
                          strategy="ddp", workers=1)
     config = replace(config, optim=replace(config.optim, lr=1e30, warmup_steps=0, steps=4))
-    with pytest.raises(Exception, match=r"NonFiniteLoss: non-finite training loss \(nan\) at step 2, lr [0-9.e+]+, a "
-                                        r"(mono|cross) batch of [a-z, -]+: lower optim.lr"):
+    with pytest.raises(ray.train.ControllerError,  # raised by StopOnDivergence: no retry
+                       match=r"controller error:\nnon-finite training loss \(nan\) at step 2, lr [0-9.e+]+, a "
+                             r"(mono|cross) batch of [a-z, -]+: lower optim.lr"):
         build_trainer(config, "diverges").fit()
     checkpoints = sorted(p.name for p in (tmp_path / "ray" / "diverges").glob("checkpoint_0*"))
     assert checkpoints == ["checkpoint_000001"]
+    # Not retried (max_failures=2 would resume it, to diverge again), and not started again under its name.
+    with pytest.raises(NonFiniteLoss, match=r"run 'diverges' diverged before: non-finite training loss \(nan\) at step 2"):
+        build_trainer(config, "diverges")
 
 
 def test_check_finite_names_the_step_and_the_pairs():
     from hybrid.sampler import HybridBatch
-    from trainers.loop import NonFiniteLoss, check_finite
+    from trainers.loop import check_finite
 
     batch = HybridBatch(6, "cross", None, ["q1", "q2"], ["en", "de"], ["de", "en"], ["a", "b"], ["c", "d"], [None, None])
-    check_finite(torch.tensor(1.5), batch, 1e-3)  # finite: nothing happens
-    with pytest.raises(NonFiniteLoss, match=r"\(inf\) at step 7, lr 0.001, a cross batch of de-en, en-de"):
-        check_finite(torch.tensor(float("inf")), batch, 1e-3)
+    check_finite(batch, 1e-3, loss=torch.tensor(1.5), gradient_norm=None)  # finite or unknown: nothing happens
+    with pytest.raises(NonFiniteLoss, match=r"loss \(inf\) at step 7, lr 0.001, a cross batch of de-en, en-de"):
+        check_finite(batch, 1e-3, loss=torch.tensor(float("inf")))
+    with pytest.raises(NonFiniteLoss, match=r"training gradient norm \(nan\) at step 7"):
+        check_finite(batch, 1e-3, gradient_norm=float("nan"))

@@ -1,7 +1,7 @@
 """Two ways to run the optimisation step across workers, with one small interface.
 
 `DeepSpeedEngine` (ZeRO 0-3, config generated from ours, never hand-kept JSON) and `DDPEngine` (plain
-PyTorch DDP through Ray's `prepare_model`) both expose: `__call__(*token_groups)`, `step(loss)`, `lr`,
+PyTorch DDP through Ray's `prepare_model`) both expose: `__call__(*token_groups)`, `step(loss) -> grad norm`, `lr`,
 `save(dir)`, `load(dir)` and `gathered_params()` (full weights for an export, even under ZeRO-3).
 """
 
@@ -70,9 +70,13 @@ class DeepSpeedEngine:
     def __call__(self, *groups: dict[str, Tensor]) -> Tensor:
         return self.engine(*forward_args(groups, self.engine.device))
 
-    def step(self, loss: Tensor) -> None:
+    def step(self, loss: Tensor) -> float | None:
+        """Backward, clip, update, schedule; returns the gradient norm before clipping (None where
+        DeepSpeed does not compute it)."""
         self.engine.backward(loss)
         self.engine.step()  # optimizer, clipping, scheduler
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
 
     @property
     def lr(self) -> float:
@@ -108,12 +112,13 @@ class DDPEngine:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.model(*forward_args(groups, device)).float()
 
-    def step(self, loss: Tensor) -> None:
+    def step(self, loss: Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in self.encoder.parameters() if p.requires_grad], self.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in self.encoder.parameters() if p.requires_grad], self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        return float(norm)
 
     @property
     def lr(self) -> float:

@@ -6,19 +6,24 @@ once deepspeed is imported). Each checkpoint directory holds, after Ray merges t
     deepspeed/ or ddp/   optimizer (and, for DeepSpeed, sharded model) state, for exact resume
     encoder/             the consolidated model: safetensors + tokenizer + sentence-transformers config
     trainer_state.json   step, sampler state, batch mix so far, the run's config
+    manifest.rank<r>.json  each rank's files (size, sha256), written last: a resume checks them and
+                         falls back to the previous complete checkpoint (`restore`)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray.train
 import torch
 
+from hybrid import manifest
 from hybrid.config import from_dict, to_dict
 from hybrid.loss import InfoNCELoss
 from hybrid.model import load_encoder
@@ -54,17 +59,19 @@ def forward_batch(engine, loss_fn: InfoNCELoss, batch: HybridBatch, hard_negativ
 
 
 class NonFiniteLoss(FloatingPointError):
-    """Training diverged: raised before the step's update, so no checkpoint after it is ever written."""
+    """Training diverged (a non-finite loss or gradient norm): raised before any checkpoint after that
+    step is written, so a resumed run starts from the last finite state."""
 
 
-def check_finite(loss: torch.Tensor, batch: HybridBatch, lr: float) -> None:
-    """Stop at the first non-finite loss, naming the step and the batch. A rank that stops takes its run
-    down with it (Ray Train stops the other workers), which then resumes or fails per trainer.max_failures."""
-    if not torch.isfinite(loss):
-        pairs = sorted({f"{q}-{p}" for q, p in zip(batch.query_langs, batch.passage_langs)})
-        raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {batch.step + 1}, lr {lr:g}, a "
-                            f"{batch.kind} batch of {', '.join(pairs)}: lower optim.lr or raise method.temperature. "
-                            "The checkpoints before this step are kept.")
+def check_finite(batch: HybridBatch, lr: float, **values: float | torch.Tensor | None) -> None:
+    """Stop at the first non-finite loss or gradient norm, naming the step, the value and the batch.
+    A rank that stops takes its run down with it (`trainers.train.StopOnDivergence`: not retried)."""
+    for name, value in values.items():
+        if value is not None and not math.isfinite(float(value)):
+            pairs = sorted({f"{q}-{p}" for q, p in zip(batch.query_langs, batch.passage_langs)})
+            raise NonFiniteLoss(f"non-finite training {name.replace('_', ' ')} ({float(value)}) at step "
+                                f"{batch.step + 1}, lr {lr:g}, a {batch.kind} batch of {', '.join(pairs)}: lower "
+                                "optim.lr or raise method.temperature. The checkpoints before this step are kept.")
 
 
 def _all_mean(values: list[float]) -> list[float]:
@@ -87,13 +94,52 @@ def validate(engine, loss_fn: InfoNCELoss, sampler: HybridBatchSampler, config: 
     return {"val_loss": loss, "val_accuracy": acc}
 
 
-def save_checkpoint(engine, directory: Path, rank: int, state: dict[str, Any]) -> None:
+def _new_window() -> dict[str, float]:
+    """Sums of the training figures since the last report (averaged when reported)."""
+    return {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "n": 0, "t0": time.perf_counter()}
+
+
+def save_checkpoint(engine, directory: Path, rank: int, world: int, state: dict[str, Any]) -> None:
+    """This rank's part of a checkpoint, its manifest last (Ray merges the ranks' folders)."""
     engine.save(directory)
     with engine.gathered_params():  # ZeRO-3: full weights on every rank while inside
         if rank == 0:
             engine.encoder.save(directory / "encoder")
+            manifest.write(directory / "encoder")
     if rank == 0:
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
+    manifest.write(directory, manifest.rank_manifest(rank), world_size=world)
+
+
+def restore(checkpoint: ray.train.Checkpoint | None, engine) -> tuple[dict[str, Any] | None, str | None]:
+    """Load the latest complete checkpoint at or before `checkpoint` into `engine`: (its state, its path).
+
+    A checkpoint whose files do not match its manifests (a node lost while uploading, a full disk, a
+    file altered) is skipped with a message, for the one before it; none complete: (None, None), step 0."""
+    for candidate in _this_and_earlier(checkpoint):
+        with candidate.as_directory() as d:
+            try:
+                manifest.check(Path(d))
+            except manifest.IncompleteCheckpoint as e:
+                print(f"[hybrid-sweep] resume: {e} Falling back to the previous checkpoint.", flush=True)
+                continue
+            engine.load(Path(d))
+            return json.loads((Path(d) / STATE_FILE).read_text()), candidate.path
+    if checkpoint is not None:
+        print("[hybrid-sweep] resume: no complete checkpoint; training starts from step 0.", flush=True)
+    return None, None
+
+
+def _this_and_earlier(checkpoint: ray.train.Checkpoint | None) -> list[ray.train.Checkpoint]:
+    """`checkpoint` and the run's earlier `checkpoint_NNNNNN` folders beside it, newest first."""
+    if checkpoint is None:
+        return []
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent, name = path.rsplit("/", 1)
+    siblings = fs.get_file_info(pafs.FileSelector(parent))
+    earlier = sorted((i.path for i in siblings if i.type == pafs.FileType.Directory
+                      and i.base_name.startswith("checkpoint_") and i.base_name < name), reverse=True)
+    return [checkpoint, *(ray.train.Checkpoint(p, filesystem=fs) for p in earlier)]
 
 
 def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
@@ -115,29 +161,28 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     loss_fn = InfoNCELoss(m.temperature, m.symmetric)
 
     mono_steps = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            engine.load(Path(d))
-            state = json.loads((Path(d) / STATE_FILE).read_text())
+    state, restored_path = restore(ray.train.get_checkpoint(), engine)
+    if state:
         sampler.load_state_dict(state["sampler"])
         mono_steps = state["mono_steps"]
     start = sampler.step
     if start >= config.optim.steps:  # finished before, but its last report may never have reached Tune
-        ray.train.report(state["metrics"] | {"resumed_from_step": start, "checkpoint_path": checkpoint.path})
+        ray.train.report(state["metrics"] | {"resumed_from_step": start, "checkpoint_path": restored_path})
         return  # (a killed sweep driver): report the final checkpoint again, train no step past the last
     if start == 0:  # the base model's held-out figures, so every run carries its own baseline
         ray.train.report({"step": 0, **validate(engine, loss_fn, val_sampler, config)})
 
-    window = {"loss": 0.0, "accuracy": 0.0, "n": 0, "t0": time.perf_counter()}
+    window = _new_window()
     for batch in sampler:
         step = batch.step + 1  # steps done after this one
         loss, acc = forward_batch(engine, loss_fn, batch, config.data.hard_negatives, config.trainer.pad_group)
-        check_finite(loss, batch, engine.lr)
-        engine.step(loss)
+        check_finite(batch, engine.lr, loss=loss)  # before the update
+        grad_norm = engine.step(loss)
+        check_finite(batch, engine.lr, gradient_norm=grad_norm)  # before any checkpoint holds the update
         mono_steps += batch.kind == MONO
         window["loss"] += loss.item()
         window["accuracy"] += acc.item()
+        window["grad_norm"] += grad_norm or 0.0
         window["n"] += 1
 
         last = step >= config.optim.steps
@@ -146,10 +191,11 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - window["t0"]
         metrics = {
             "step": step, "loss": window["loss"] / window["n"], "accuracy": window["accuracy"] / window["n"],
-            "lr": engine.lr, "samples_per_s": window["n"] * sampler.global_batch_size / elapsed,
+            "grad_norm": window["grad_norm"] / window["n"], "lr": engine.lr,
+            "samples_per_s": window["n"] * sampler.global_batch_size / elapsed,
             "mono_fraction": mono_steps / step, "resumed_from_step": start,
         }
-        window = {"loss": 0.0, "accuracy": 0.0, "n": 0, "t0": time.perf_counter()}
+        window = _new_window()
         if step % config.trainer.checkpoint_every and not last:
             ray.train.report(metrics)
             continue
@@ -157,7 +203,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         state = {"step": step, "sampler": sampler.state_dict(), "mono_steps": mono_steps,
                  "metrics": metrics, "config": to_dict(config)}
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(engine, Path(tmp), rank, state)
+            save_checkpoint(engine, Path(tmp), rank, world, state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{step:06d}")
         window["t0"] = time.perf_counter()  # validation and saving are not training throughput

@@ -21,7 +21,9 @@ from hybrid.config import to_dict
 from hybrid.sampler import HybridBatchSampler
 from hybrid.splits import training_pairs
 from trainers.config import DEFAULT_CONFIG, TrainRunConfig, check_resources, load_run_config
-from trainers.loop import train_loop_per_worker
+from trainers.loop import NonFiniteLoss, train_loop_per_worker
+
+DIVERGED = "diverged.txt"  # in a Train run's folder: why it stopped (it is not started again)
 
 WORKER_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # no bytecode dumps in worker logs
@@ -55,9 +57,29 @@ def init_ray() -> None:
                  runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
 
 
+class StopOnDivergence(ray.train.UserCallback):
+    """A diverged run (`NonFiniteLoss`) is not retried: it would diverge again from the same checkpoint.
+    Runs on the Train controller; an exception raised here fails the run at once (a controller error),
+    and the run's folder keeps why (`DIVERGED`), so a restarted Tune trial fails without training."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        for error in worker_exceptions.values():
+            if isinstance(error, NonFiniteLoss):  # the worker's own exception, unpickled
+                storage.write_text(storage.join(self.run_dir, DIVERGED), str(error))
+                raise error
+
+
 def build_trainer(config: TrainRunConfig, name: str, storage_path: str | None = None,
                   callbacks: list | None = None) -> TorchTrainer:
+    """The run's `TorchTrainer`; the same name and storage resume it. A run that diverged before fails here."""
     t = config.trainer
+    root = storage.resolve(storage_path or t.storage_path)
+    diverged = storage.join(root, name, DIVERGED)
+    if storage.exists(diverged):
+        raise NonFiniteLoss(f"run {name!r} diverged before: {storage.read_text(diverged)} (start another run)")
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
@@ -66,11 +88,11 @@ def build_trainer(config: TrainRunConfig, name: str, storage_path: str | None = 
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage.resolve(storage_path or t.storage_path),
+            storage_path=root,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             worker_runtime_env={"env_vars": WORKER_ENV},
-            callbacks=callbacks or [],
+            callbacks=[StopOnDivergence(storage.join(root, name)), *(callbacks or [])],
         ),
     )
 

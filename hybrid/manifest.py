@@ -1,0 +1,74 @@
+"""Checkpoint manifests: each writer lists the files it wrote (name, size, sha256), written last, so a
+partial or altered checkpoint is found before it is loaded, never by a crash halfway through a resume.
+
+A checkpoint folder is written by several processes (Ray merges the training ranks' folders), so each
+writes its own manifest (`manifest.rank<r>.json`, naming the world size); an exported encoder carries one
+of its own (`manifest.json`), so its folder can be checked wherever it is copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+RANK_MANIFEST = re.compile(r"manifest\.rank(\d+)\.json")
+
+
+class IncompleteCheckpoint(ValueError):
+    """A checkpoint whose files do not match its manifests (cut short, altered, or never finished)."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write(folder: Path, name: str = MANIFEST, **fields: int) -> None:
+    """List every file under `folder` (manifests of other writers excepted) in `folder/name`."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and not _is_manifest(p.name)}
+    (folder / name).write_text(json.dumps(fields | {"files": files}, indent=1))
+
+
+def rank_manifest(rank: int) -> str:
+    return f"manifest.rank{rank}.json"
+
+
+def _is_manifest(name: str) -> bool:
+    return name == MANIFEST or RANK_MANIFEST.fullmatch(name) is not None
+
+
+def check(folder: Path) -> None:
+    """Raise `IncompleteCheckpoint`, naming the first problem, unless every manifest's files are present
+    with their sizes and hashes, and a training checkpoint has the manifest of every rank."""
+    ranks = {int(m.group(1)): p for p in folder.glob("manifest.rank*.json") if (m := RANK_MANIFEST.fullmatch(p.name))}
+    manifests = [*ranks.values(), *([folder / MANIFEST] if (folder / MANIFEST).is_file() else [])]
+    if not manifests:
+        raise IncompleteCheckpoint(f"{folder}: no manifest (the checkpoint was not completely written).")
+    for path in manifests:
+        try:
+            listed = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise IncompleteCheckpoint(f"{path}: unreadable manifest ({e}).") from None
+        world = listed.get("world_size")
+        missing = sorted(set(range(world)) - set(ranks)) if world else []
+        if missing:
+            raise IncompleteCheckpoint(f"{folder}: no manifest of rank(s) {missing} of {world} (not completely written).")
+        for name, expected in listed["files"].items():
+            _check_file(folder / name, expected)
+
+
+def _check_file(path: Path, expected: dict) -> None:
+    if not path.is_file():
+        raise IncompleteCheckpoint(f"{path}: missing (listed in the checkpoint's manifest).")
+    size = path.stat().st_size
+    if size != expected["size"]:
+        raise IncompleteCheckpoint(f"{path}: {size} bytes, the manifest says {expected['size']} (cut short or altered).")
+    if sha256(path) != expected["sha256"]:
+        raise IncompleteCheckpoint(f"{path}: sha256 differs from the manifest (altered).")
