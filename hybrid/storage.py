@@ -82,8 +82,12 @@ def write_text(location: str, text: str) -> None:
 
 
 def delete(location: str) -> None:
+    """Delete a file, or a folder with everything in it."""
     fs, path = filesystem(location)
-    fs.delete_file(path)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    else:
+        fs.delete_file(path)
 
 
 def stamp(location: str) -> str:

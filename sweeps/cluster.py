@@ -9,8 +9,10 @@ about to grow. A request is refused at once only where no autoscaler could ever 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import ray
 from ray.autoscaler.sdk import request_resources
@@ -18,6 +20,7 @@ from ray.autoscaler.sdk import request_resources
 from hybrid import storage
 from sweeps.config import SweepSetup
 from trainers.config import check_resources
+from trainers.footprint import checkpoint_bytes
 
 AUTOSCALING_STATUS = "__autoscaling_status"  # ray_constants.DEBUG_AUTOSCALING_STATUS, written by the autoscaler
 
@@ -54,6 +57,40 @@ def check_storage(setup: SweepSetup) -> None:
     except OSError as e:
         raise ValueError(f"sweep.storage_path={location!r} cannot be written from the driver ({e}). Check the "
                          "location and the credentials (AWS_* / instance profile for s3://).") from None
+
+
+def check_free_space(setup: SweepSetup) -> str | None:
+    """Before Ray starts, for storage on a disk (a folder or file://): refuse a sweep whose running trials'
+    checkpoints cannot fit (`checkpoint_bytes` x kept per trial x concurrent trials); return a warning when
+    the whole sweep's kept checkpoints may not (finished trials keep theirs). Buckets are not measured."""
+    location, run = setup.sweep.storage_path, setup.run
+    if storage.is_uri(location) and not location.startswith("file://"):
+        return None
+    per = checkpoint_bytes(run)
+    if per is None:
+        return None
+    s, t = setup.sweep, run.trainer
+    per_trial = (t.keep_checkpoints + 1 if t.keep_checkpoints else -(-run.optim.steps // t.checkpoint_every))
+    running = per * (per_trial + 1) * s.max_concurrent  # + the one being written
+    every = per * per_trial * (s.trials + s.top_k * (s.seeds - 1))
+    folder = Path(storage.filesystem(location)[1])
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < running:
+        raise ValueError(f"sweep.storage_path={location!r} has {_gb(free)} free; the running trials need about "
+                         f"{_gb(running)} ({_gb(per)} a checkpoint: export, model and optimizer state; x {per_trial + 1} "
+                         f"kept or being written per trial, trainer.keep_checkpoints={t.keep_checkpoints}; x "
+                         f"sweep.max_concurrent={s.max_concurrent}). Free space, lower trainer.keep_checkpoints or "
+                         "sweep.max_concurrent, or use s3://BUCKET/PREFIX.")
+    if free < every:
+        return (f"warning: sweep.storage_path={location!r} has {_gb(free)} free; the sweep's trials keep up to "
+                f"{_gb(every)} of checkpoints (trainer.keep_checkpoints={t.keep_checkpoints}). It may fill up.")
+    return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
 
 
 def shortfall(setup: SweepSetup, resources: dict[str, float]) -> str | None:

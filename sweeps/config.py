@@ -20,7 +20,7 @@ from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
 # Sweep keys that may change on --resume: they act after the search (or only wait), never on its results.
-RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "zero_shot_datasets")
+RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "zero_shot_datasets", "trials")  # trials: only raised
 CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection

@@ -35,24 +35,59 @@ def exists(setup: SweepSetup) -> bool:
 SETTINGS_FILE = "sweep_config.json"  # the resolved configuration a sweep started with, beside its phases
 
 
-def save_settings(setup: SweepSetup) -> None:
-    """Store the configuration beside the sweep's phases (once: a resumed sweep keeps the original)."""
+def _stored(setup: SweepSetup) -> dict[str, Any] | None:
+    """{"settings": flat config, "search_rounds": [trials after each round]} or None (a new sweep)."""
     location = setup.sweep.location(SETTINGS_FILE)
-    if not storage.exists(location):
-        storage.write_text(location, json.dumps(setup.settings(), indent=1, sort_keys=True))
+    return json.loads(storage.read_text(location)) if storage.exists(location) else None
+
+
+def save_settings(setup: SweepSetup) -> None:
+    """Store the configuration beside the sweep's phases (once: a resumed sweep keeps the original), and
+    the search's rounds: `sweep.trials` raised on `--resume` adds a round of only the new trials."""
+    stored = _stored(setup)
+    if stored is None:
+        stored = {"settings": setup.settings(), "search_rounds": [setup.sweep.trials]}
+    elif setup.sweep.trials > stored["search_rounds"][-1]:
+        stored["search_rounds"].append(setup.sweep.trials)
+    else:
+        return
+    storage.write_text(setup.sweep.location(SETTINGS_FILE), json.dumps(stored, indent=1, sort_keys=True))
+
+
+FINISHED_FILE = "finished.txt"  # the summary line of a sweep that ran to its end
+
+
+def save_finished(setup: SweepSetup, line: str) -> None:
+    storage.write_text(setup.sweep.location(FINISHED_FILE), line)
+
+
+def finished(setup: SweepSetup) -> str | None:
+    """The summary line of this sweep when it finished (read before Ray starts), else None."""
+    location = setup.sweep.location(FINISHED_FILE)
+    return storage.read_text(location) if storage.exists(location) else None
+
+
+def search_rounds(setup: SweepSetup) -> list[int]:
+    stored = _stored(setup)
+    return stored["search_rounds"] if stored else [setup.sweep.trials]
 
 
 def check_unchanged(setup: SweepSetup) -> None:
     """`--resume` continues the sweep that was started: a changed setting would rank results of two
-    different setups together (or restore the old search with a new one), so it is refused by name."""
-    location = setup.sweep.location(SETTINGS_FILE)
-    if not storage.exists(location):
+    different setups together (or restore the old search with a new one), so it is refused by name.
+    `sweep.trials` may only grow: the new trials run as a search round of their own."""
+    stored = _stored(setup)
+    if stored is None:
         return  # a sweep from before settings were stored: nothing to compare with
-    changed = setup.changed_since(json.loads(storage.read_text(location)))
+    changed = setup.changed_since(stored["settings"])
     if changed:
         raise ValueError(f"--resume of sweep {setup.sweep.name!r} with changed settings: {', '.join(changed)}. "
                          "Resume with the configuration it started with (stored in "
                          f"{SETTINGS_FILE} beside it), or start a new sweep with --name NEW.")
+    ran = stored["search_rounds"][-1]
+    if setup.sweep.trials < ran:
+        raise ValueError(f"sweep.trials={setup.sweep.trials}: sweep {setup.sweep.name!r} has {ran} search trials "
+                         f"already; --resume can only raise it (sweep.trials={ran} continues it as it is).")
 
 
 class Interrupted(Exception):
@@ -73,7 +108,8 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
                                   "sweep.name.")
         grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
     else:
-        logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run.optim.steps)
+        logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run.optim.steps,
+                             setup.sweep.location("train"))
         run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger],  # Tune's live table: the progress view
                                     failure_config=tune.FailureConfig(max_failures=1))
         grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
@@ -113,9 +149,31 @@ def completed(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
 
 
 def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:
-    grid = _run_tuner("search", setup, param_space(setup.sweep, setup.run), tune_config(setup.sweep, setup.run),
-                      exp_id, parent_id, resume, setup.sweep.trials)
-    return trials_table(grid, setup.sweep.objectives)
+    """Every search round in order (restored when it exists): the first runs `sweep.trials` trials, the
+    references first; each later one (`sweep.trials` raised on `--resume`) runs only the new trials,
+    its searcher told the results of every completed trial before it."""
+    tables: list[pd.DataFrame] = []
+    done = 0
+    for total in search_rounds(setup):
+        earlier = pd.concat(tables, ignore_index=True) if tables else None
+        cfg = tune_config(setup.sweep, setup.run, total - done, _evaluated(earlier, setup))
+        grid = _run_tuner("search" if done == 0 else f"search-to-{total}", setup,
+                          param_space(setup.sweep, setup.run), cfg, exp_id, parent_id, resume, total - done)
+        tables.append(trials_table(grid, setup.sweep.objectives))
+        done = total
+    return pd.concat(tables, ignore_index=True)
+
+
+def _evaluated(table: pd.DataFrame | None, setup: SweepSetup) -> tuple[list[dict[str, Any]], list[Any]] | None:
+    """Completed trials as (searched values, objectives) for a later round's searcher; None for the first."""
+    if table is None:
+        return None
+    searched = [k for k, v in param_space(setup.sweep, setup.run).items() if hasattr(v, "sample")]
+    final = completed(table, setup)
+    points = [{k: row[k].item() if hasattr(row[k], "item") else row[k] for k in searched} for _, row in final.iterrows()]
+    objectives = list(setup.sweep.objectives)
+    rewards = [row[objectives[0]] if len(objectives) == 1 else [row[o] for o in objectives] for _, row in final.iterrows()]
+    return points, rewards
 
 
 def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:

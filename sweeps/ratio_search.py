@@ -57,16 +57,22 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors(parser, args.debug):
         setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
         preflight(setup.run)  # [2] data present, batch fits the questions, languages known
+        warning = cluster.check_free_space(setup)  # [3] storage on a disk: room for the checkpoints
         if args.resume:
             phases.check_unchanged(setup)
         elif phases.exists(setup):
-            raise FileExistsError(f"sweep {setup.sweep.name!r} exists in {setup.sweep.storage_path}: pass --resume "
-                                  "to continue it (a finished one prints its results again), or --name NEW to "
-                                  "start another.")
+            done = phases.finished(setup)
+            raise FileExistsError(
+                f"sweep {setup.sweep.name!r} finished: {done}. Start another with --name NEW, or add trials with "
+                f"--resume --set sweep.trials=N." if done else
+                f"sweep {setup.sweep.name!r} exists in {setup.sweep.storage_path}, unfinished: pass --resume to "
+                "continue it, or --name NEW to start another.")
+    if warning:
+        print(warning, file=sys.stderr)
     start = time.perf_counter()
-    init_ray()  # [3] local Ray, or the cluster when RAY_ADDRESS is set (ray exec on the head)
+    init_ray()  # [4] local Ray, or the cluster when RAY_ADDRESS is set (ray exec on the head)
     with user_errors(parser, args.debug):
-        cluster.check_storage(setup)  # [4] storage every node sees; resources now or after scaling up
+        cluster.check_storage(setup)  # [5] storage every node sees; resources now or after scaling up
         requested = cluster.wait_for_resources(setup, setup.sweep.scale_up_timeout_s)
     try:
         run_sweep(setup, args.resume, start)
@@ -88,8 +94,8 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw) | flat_params(
         {"resolved": to_dict(setup.run)}))
     try:
-        table = phases.search(setup, exp_id, parent_id, resume)  # [5] Tune + Optuna + ASHA
-        table = phases.reseed(setup, table, exp_id, parent_id, resume)  # [6] more seeds for the top-k
+        table = phases.search(setup, exp_id, parent_id, resume)  # [6] Tune + Optuna + ASHA
+        table = phases.reseed(setup, table, exp_id, parent_id, resume)  # [7] more seeds for the top-k
     except phases.Interrupted:
         tracking.kill_running_trials(s.tracking_uri, exp_id)
         raise
@@ -109,7 +115,8 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     print("\nTrials (proxy evaluation, last checkpoint):")
     print(table.drop(columns=["checkpoint_path", "error"]).to_string(index=False, float_format="%.4f"))
     for _, row in table[table["error"].notna()].iterrows():
-        print(f"  failed: trial {row['trial']} at step {row['step']}: {row['error']}")
+        where = f"after step {row['step']:.0f}" if row["step"] == row["step"] else "before its first checkpoint"
+        print(f"  failed: trial {row['trial']} {where}: {row['error']}")
     print(f"\nConfigurations ranked by {s.objectives[0]} (mean over seeds, ±95% CI):")
     print(ranking.to_string(float_format="%.4f"))
     if summary:
@@ -122,6 +129,10 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
         print(f"\nPer trial: {overhead['sweep/trial_wall_s']:.0f} s, of which {overhead['sweep/trial_overhead_s']:.0f} s "
               f"({overhead['sweep/trial_overhead_fraction']:.0%}) outside training and evaluation "
               f"(start-up {overhead['sweep/trial_startup_s']:.0f} s: Train workers, imports, model, DeepSpeed).")
+    best = ranking.iloc[0]
+    knobs = ", ".join(f"{k}={best[k]:.4g}" for k in phases.PARAM_COLUMNS if k in best and k != "seed")
+    phases.save_finished(setup, f"{len(table)} trials in {wall / 60:.1f} min; best {s.objectives[0]} "
+                                f"{best[s.objectives[0]]:.4f} over {best['seeds']} seed(s) at {knobs}")
     print(f"\nSweep '{s.name}': {len(table)} trials in {wall / 60:.1f} min. Compare the runs in MLflow:")
     print(f"  mlflow ui --backend-store-uri {redact(s.tracking_uri)} --host 127.0.0.1 --port 5000")
 

@@ -48,15 +48,19 @@ def reference_points(sweep: SweepConfig, base: TrainRunConfig) -> list[dict[str,
     return [point | {"mono_ratio": a} for a in alphas] if s.mono_ratio[0] < s.mono_ratio[1] else []
 
 
-def tune_config(sweep: SweepConfig, base: TrainRunConfig) -> tune.TuneConfig:
+def tune_config(sweep: SweepConfig, base: TrainRunConfig, trials: int | None = None,
+                evaluated: tuple[list[dict[str, Any]], list[Any]] | None = None) -> tune.TuneConfig:
     """TPE over the space, references first; one objective goes through TuneConfig (so the progress
-    table shows it and the scheduler prunes on it), several go to Optuna (a Pareto front, no pruning)."""
-    references = reference_points(sweep, base)
+    table shows it and the scheduler prunes on it), several go to Optuna (a Pareto front, no pruning).
+
+    `trials` (default `sweep.trials`) and `evaluated` (points and their objectives) are for a later search
+    round: its searcher starts from the earlier rounds' results, and the references are not run again."""
+    trials = sweep.trials if trials is None else trials
+    points, rewards = evaluated if evaluated else (reference_points(sweep, base), None)
     if len(sweep.objectives) > 1:
-        searcher = OptunaSearch(metric=list(sweep.objectives), mode=sweep.modes, points_to_evaluate=references,
-                                seed=sweep.seed)
-        return tune.TuneConfig(search_alg=searcher, num_samples=sweep.trials,
-                               max_concurrent_trials=sweep.max_concurrent)
+        searcher = OptunaSearch(metric=list(sweep.objectives), mode=sweep.modes, points_to_evaluate=points or None,
+                                evaluated_rewards=rewards or None, seed=sweep.seed)
+        return tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=sweep.max_concurrent)
     grace = sweep.grace_period * base.trainer.checkpoint_every
     if sweep.scheduler == "asha":
         # max_t past the last step: a finished trial ends by itself; Tune stops only pruned ones.
@@ -65,9 +69,9 @@ def tune_config(sweep: SweepConfig, base: TrainRunConfig) -> tune.TuneConfig:
         scheduler = MedianStoppingRule(time_attr="step", grace_period=grace)
     else:
         scheduler = FIFOScheduler()
-    return tune.TuneConfig(metric=sweep.objectives[0], mode=sweep.modes[0], scheduler=scheduler,
-                           search_alg=OptunaSearch(points_to_evaluate=references, seed=sweep.seed),
-                           num_samples=sweep.trials, max_concurrent_trials=sweep.max_concurrent)
+    searcher = OptunaSearch(points_to_evaluate=points or None, evaluated_rewards=rewards or None, seed=sweep.seed)
+    return tune.TuneConfig(metric=sweep.objectives[0], mode=sweep.modes[0], scheduler=scheduler, search_alg=searcher,
+                           num_samples=trials, max_concurrent_trials=sweep.max_concurrent)
 
 
 def is_reference(mono_ratio: float) -> bool:

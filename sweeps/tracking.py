@@ -19,7 +19,8 @@ from ray import tune
 
 from evaluation.runner import EvalResult
 from evaluation.tracking import log_result, mlflow_name
-from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, config_key
+from hybrid import storage
+from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key
 
 PARENT_TAG, TRIAL_TAG = "sweep.name", "tune.trial_id"
 
@@ -111,8 +112,9 @@ class TrialLogger(tune.Callback):
     Tune pickles its callbacks into the experiment state (in storage) and restores them on `--resume`:
     only names and ids are kept here, never a client or a connection."""
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str, steps: int):
+    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str, steps: int, train_storage: str):
         self.uri, self.exp_id, self.parent_id, self.steps = tracking_uri, exp_id, parent_id, steps
+        self.train_storage = train_storage  # where a failed trial's Train run leaves its unsent reports
         self.started: dict[str, float] = {}
         self.runs: dict[str, str] = {}  # trial id -> run id
 
@@ -134,9 +136,7 @@ class TrialLogger(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self._run_id(trial)
-        for report in json.loads(result.get(TRAIN_HISTORY, "[]")):
-            log_metrics(self.uri, run_id, {f"train/{k}": v for k, v in report.items() if k != "step"},
-                        int(report.get("step", 0)))
+        self._log_history(run_id, json.loads(result.get(TRAIN_HISTORY, "[]")))
         step = int(result.get("step", 0))
         log_metrics(self.uri, run_id, {k: v for k, v in result.items() if k.startswith("trial/")}, step)
         if EVAL_RESULT in result:
@@ -147,7 +147,16 @@ class TrialLogger(tune.Callback):
         self._end(trial, "FINISHED" if done else "KILLED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        unreported = storage.join(self.train_storage, trial.trial_id, UNREPORTED)
+        if storage.exists(unreported):  # the reports since its last checkpoint, up to the failure
+            self._log_history(self._run_id(trial), json.loads(storage.read_text(unreported)))
+            storage.delete(unreported)
         self._end(trial, "FAILED")
+
+    def _log_history(self, run_id: str, reports: list[dict[str, Any]]) -> None:
+        for report in reports:
+            log_metrics(self.uri, run_id, {f"train/{k}": v for k, v in report.items() if k != "step"},
+                        int(report.get("step", 0)))
 
     def _end(self, trial, status: str) -> None:
         run_id = self._run_id(trial)

@@ -26,6 +26,7 @@ from trainers.train import build_trainer
 
 
 TRAIN_HISTORY, EVAL_RESULT = "train_history", "eval_result"  # JSON fields of a trial's result, for the driver
+UNREPORTED = "unreported_history.json"  # in a Train run's folder: training reports its failure left unsent
 
 
 def config_key(params: dict[str, Any]) -> str:
@@ -70,6 +71,14 @@ class EvaluateAndReport(TuneReportCallback):
         self.startup: dict[str, float] = {}  # passed once, with the first result
         self.executor: ThreadPoolExecutor | None = None  # made on the controller (an executor does not pickle)
         self.evaluations: list[Future] = []
+        self.evaluated: list[tuple[int, str, float]] = []  # (step, URI, first objective) of checkpoints kept
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        """Training reports since the last checkpoint reach Tune only with the next one: a failing run leaves
+        them in its folder, where the driver's `TrialLogger` finds them when the trial errors."""
+        run_dir = storage.join(self.train_storage, run_context.run_config.name)
+        storage.write_text(storage.join(run_dir, UNREPORTED), json.dumps(self.history))
+        self.history = []  # a retry resumes from the last checkpoint and reports those steps again
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         train_metrics = dict(metrics[0])
@@ -106,6 +115,22 @@ class EvaluateAndReport(TuneReportCallback):
             "checkpoint_path": uri, "trial/active_s": time.time() - self.first_report_at,
             TRAIN_HISTORY: json.dumps(history), EVAL_RESULT: result.to_json()}
         super().after_report(run_context, [report], None)
+        self.evaluated.append((step, uri, result.summary[self.setup.sweep.objectives[0]]))
+        self._prune()
+
+    def _prune(self) -> None:
+        """Retention (`trainer.keep_checkpoints`: the last N and the best by the first objective): applied
+        here, once a checkpoint is evaluated, so none is deleted before its evaluation (Ray keeps every
+        checkpoint of a sweep's runs, `build_trainer(prune=False)`). The latest is always among the last N."""
+        keep = self.config.trainer.keep_checkpoints
+        if keep is None:
+            return
+        sign = -1 if self.setup.sweep.modes[0] == "min" else 1
+        best = max(self.evaluated, key=lambda e: (sign * e[2], e[0]))
+        kept = sorted(self.evaluated)[-keep:] + [best]
+        for entry in [e for e in self.evaluated if e not in kept]:
+            storage.delete(entry[1])
+            self.evaluated.remove(entry)
 
 
 def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
@@ -115,6 +140,6 @@ def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     config = trial_run_config(setup.run, params)
     train_storage = setup.sweep.location("train")
-    trainer = build_trainer(config, name=trial_id, storage_path=train_storage,
+    trainer = build_trainer(config, name=trial_id, storage_path=train_storage, prune=False,
                             callbacks=[EvaluateAndReport(setup, config, train_storage, started_at)])
     trainer.fit()

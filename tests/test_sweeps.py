@@ -237,12 +237,56 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, tiny_m
     # The same command again, without --resume: refused before Ray starts, the finished sweep untouched.
     again = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
-    assert again.stderr.startswith("error: sweep 'resumable' exists in") and "--resume" in again.stderr
+    assert re.fullmatch(r"error: sweep 'resumable' finished: 4 trials in [\d.]+ min; best multi/map \d\.\d{4} over 2 "
+                        r"seed\(s\) at mono_ratio=[\d.e-]+, temperature=[\d.e-]+, lang_temperature=inf\. Start another "
+                        r"with --name NEW, or add trials with --resume --set sweep.trials=N\.\n", again.stderr), again.stderr
     # --resume with a setting that changes results: refused by name, before Ray starts.
     changed = subprocess.run(sweep_command(config, "--resume", "--set", "method.batch_size=4"), cwd=tmp_path, env=env(),
                              capture_output=True, text=True, timeout=120)
     assert changed.returncode == 2 and "with changed settings: method.batch_size." in changed.stderr, changed.stderr
     assert_resumed_cleanly(tmp_path, "resumable", before, trials=4)
+
+
+@pytest.mark.slow
+def test_concurrent_trials_log_every_report_and_a_diverging_trial_fails_alone(tmp_path, tiny_model_dir):
+    """Two trials at once (`max_concurrent=2`), a training report every step (`log_every=1`), a checkpoint
+    every 2 steps with `keep_checkpoints=1`, and a searched lr range whose third trial diverges:
+    - every report of every finished trial is in MLflow (train/* at each step, a proxy evaluation at
+      each checkpoint), however the two trials' results interleave;
+    - the diverging trial fails at the step its loss turned NaN, named, with no checkpoint after it,
+      its run FAILED, and the sweep finishes the others and lists it;
+    - each finished trial keeps its last checkpoint and its best, each deleted only after evaluation."""
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, "busy",
+                               trainer={"workers": 1, "cpus_per_worker": 0.5, "log_every": 1, "checkpoint_every": 2,
+                                        "keep_checkpoints": 1},
+                               sweep={"max_concurrent": 2, "search": {"lr": [1e-3, 1e30]}, "final_eval": False})
+    done = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client, runs = mlflow_runs(tmp_path, "busy")
+    trials = {r.data.tags["tune.trial_id"]: r for r in runs if r.data.tags.get("sweep.role") == "trial"}
+    failed = {t: r for t, r in trials.items() if r.info.status == "FAILED"}
+    assert len(trials) == 4 and len(failed) == 1, {t: (r.info.status, r.data.params["lr"]) for t, r in trials.items()}
+    [(bad, bad_run)] = failed.items()
+    assert float(bad_run.data.params["lr"]) > 1e3  # the diverging one
+    failed_lines = [line for line in done.stdout.splitlines() if "failed: trial" in line]
+    assert len(failed_lines) == 1 and re.search(rf"failed: trial {bad} before its first checkpoint: .*non-finite "
+                                                r"training loss \(nan\) at step 2, lr", failed_lines[0]), failed_lines
+    # Its reports before the failure (step 0's base figures, step 1) are in its run all the same.
+    assert [m.step for m in client.get_metric_history(bad_run.info.run_id, "train/loss")] == [1]
+    assert [m.step for m in client.get_metric_history(bad_run.info.run_id, "train/val_loss")] == [0]
+    assert not list((tmp_path / "sweeps" / "busy" / "train" / bad).glob("checkpoint_0000[0-9][2-9]"))
+    for trial, run in trials.items():
+        if trial == bad:
+            continue
+        assert run.info.status == "FINISHED"
+        for metric in ("train/loss", "train/accuracy", "train/grad_norm", "train/lr", "train/samples_per_s"):
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, metric)) == [1, 2, 3, 4, 5, 6]
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/val_loss")) == [0, 2, 4, 6]
+        proxy = {m.step: m.value for m in client.get_metric_history(run.info.run_id, PROXY_MAP)}
+        assert sorted(proxy) == [2, 4, 6]  # every checkpoint evaluated, including those deleted after
+        best = max(proxy, key=lambda step: (proxy[step], step))
+        kept = sorted(p.name for p in (tmp_path / "sweeps" / "busy" / "train" / trial).glob("checkpoint_0*"))
+        assert kept == sorted({f"checkpoint_{6:06d}", f"checkpoint_{best:06d}"}), (kept, proxy)
 
 
 def test_resume_names_the_settings_that_changed():
@@ -336,3 +380,26 @@ def test_ctrl_c_stops_the_sweep_and_resume_completes_it(tmp_path, tiny_model_dir
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert_resumed_cleanly(tmp_path, "interrupted", before, trials=4)
+
+
+def test_storage_too_small_for_the_checkpoints_is_refused_before_ray_starts(tmp_path):
+    """The default sweep (multilingual-e5-small: 1.2 GB a checkpoint) with its storage on a 1 GB tmpfs:
+    refused with the estimate before Ray starts, and what the folder already held is still there."""
+    from cluster_harness import require_cluster
+
+    require_cluster()  # `unshare -m` + tmpfs, as the cluster tests use
+    small = tmp_path / "small"
+    small.mkdir()
+    command = " ".join(sweep_command(ROOT / "configs/default.yaml", "--set", f"sweep.storage_path={small}",
+                                     "--set", f"sweep.tracking_uri=sqlite:///{tmp_path}/mlflow.db"))
+    script = (f"mount -t tmpfs -o size=1g tmpfs {small} && echo earlier > {small}/earlier.txt && "
+              f"{command}; echo rc=$?; cat {small}/earlier.txt; ls {small}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert re.fullmatch(r"error: sweep.storage_path='\S+/small' has 1\.1 GB free; the running trials need about "
+                        r"4\.9 GB \(1\.2 GB a checkpoint: export, model and optimizer state; x 4 kept or being "
+                        r"written per trial, trainer.keep_checkpoints=2; x sweep.max_concurrent=1\)\. Free space, "
+                        r"lower trainer.keep_checkpoints or sweep.max_concurrent, or use s3://BUCKET/PREFIX\.\n",
+                        done.stderr), done.stderr[-3000:]
+    assert done.stdout.split() == ["rc=2", "earlier", "earlier.txt"]  # nothing written, nothing lost
+    assert not (tmp_path / "mlflow.db").exists()  # Ray never started, no MLflow run touched

@@ -34,7 +34,9 @@ class TrainerConfig:
     precision: str = "auto"  # bf16 on GPU, fp32 on CPU (fp16 is refused by DeepSpeed on CPU)
     grad_clip: float = 1.0
     checkpoint_every: int = 50  # steps; the last step always checkpoints
-    keep_checkpoints: int | None = None  # None keeps all (each is evaluated)
+    # The last N checkpoints kept (in a sweep: and the best; each deleted only once evaluated); a resume
+    # falls back to an earlier one when the latest is incomplete. null keeps all (GBs each for large models).
+    keep_checkpoints: int | None = 2
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     log_every: int = 10
     val_batches: int = 4  # held-out in-batch accuracy at each checkpoint

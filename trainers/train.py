@@ -73,13 +73,15 @@ class StopOnDivergence(ray.train.UserCallback):
 
 
 def build_trainer(config: TrainRunConfig, name: str, storage_path: str | None = None,
-                  callbacks: list | None = None) -> TorchTrainer:
-    """The run's `TorchTrainer`; the same name and storage resume it. A run that diverged before fails here."""
+                  callbacks: list | None = None, prune: bool = True) -> TorchTrainer:
+    """The run's `TorchTrainer`; the same name and storage resume it. A run that diverged before fails here.
+    `prune`: Ray keeps the latest `trainer.keep_checkpoints`; False keeps every checkpoint (a sweep prunes
+    each only once it is evaluated, `sweeps.trial.EvaluateAndReport`)."""
     t = config.trainer
     root = storage.resolve(storage_path or t.storage_path)
     diverged = storage.join(root, name, DIVERGED)
     if storage.exists(diverged):
-        raise NonFiniteLoss(f"run {name!r} diverged before: {storage.read_text(diverged)} (start another run)")
+        raise NonFiniteLoss(f"{storage.read_text(diverged)} (run {name!r} diverged before: not started again)")
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
@@ -90,9 +92,9 @@ def build_trainer(config: TrainRunConfig, name: str, storage_path: str | None = 
             name=name,
             storage_path=root,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints if prune else None),
             worker_runtime_env={"env_vars": WORKER_ENV},
-            callbacks=[StopOnDivergence(storage.join(root, name)), *(callbacks or [])],
+            callbacks=[*(callbacks or []), StopOnDivergence(storage.join(root, name))],  # last: it raises
         ),
     )
 
