@@ -381,6 +381,22 @@ def test_ctrl_c_stops_the_sweep_and_resume_completes_it(tmp_path, tiny_model_dir
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert_resumed_cleanly(tmp_path, "interrupted", before, trials=4)
 
+    # More trials for the finished sweep: only the new search trial runs (and the extra seed of the best,
+    # should the best change); nothing finished runs or logs again. sweep.trials may then only grow.
+    before = finished_trials(tmp_path, "interrupted")
+    more = subprocess.run(sweep_command(config, "--resume", "--set", "sweep.trials=4"), cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=900)
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    _, runs = mlflow_runs(tmp_path, "interrupted")
+    new = [r for r in runs if r.data.tags.get("sweep.role") == "trial" and r.data.tags["tune.trial_id"] not in before]
+    assert sorted(int(r.data.params["seed"]) for r in new) in ([0], [0, 1]), [r.data.params for r in new]
+    assert_resumed_cleanly(tmp_path, "interrupted", before, trials=4 + len(new))
+    fewer = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                           timeout=120)
+    assert fewer.returncode == 2 and fewer.stderr == (
+        "error: sweep.trials=3: sweep 'interrupted' has 4 search trials already; --resume can only raise it "
+        "(sweep.trials=4 continues it as it is).\n"), fewer.stderr
+
 
 def test_storage_too_small_for_the_checkpoints_is_refused_before_ray_starts(tmp_path):
     """The default sweep (multilingual-e5-small: 1.2 GB a checkpoint) with its storage on a 1 GB tmpfs:
