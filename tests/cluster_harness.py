@@ -359,6 +359,9 @@ class LocalCluster:
             "RAY_health_check_period_ms": str(period_ms),
             "RAY_health_check_timeout_ms": "2000",
             "RAY_health_check_failure_threshold": str(max(2, math.ceil(self.health_check_s * 1000 / period_ms))),
+            # A node joining a head still busy starting (2 loaded cores) gave up after Ray's 5 s default
+            # ("Failed to get cluster ID from GCS server: TimedOut"), once in a full run.
+            "RAY_gcs_rpc_server_connect_timeout_s": "60",
         })
         env.update(self.extra_env)
         if role == "head" and self.autoscaling:

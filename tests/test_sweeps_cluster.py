@@ -112,7 +112,10 @@ def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, mo
         for step in every_checkpoint:
             names = {Path(a.path).name for a in client.list_artifacts(run_id, f"eval/xquad-r/heldout-proxy20/step_{step}")}
             assert {"map.csv", "map.png", "reliability.csv", "summary.json"} <= names, (trial, step, names)
-        assert checkpoints[trial] == every_checkpoint  # every checkpoint is in the bucket
+        proxy = {m.step: m.value for m in client.get_metric_history(run_id, PROXY_MAP)}
+        best = max(proxy, key=lambda step: (proxy[step], step))
+        # Retention in the bucket (keep_checkpoints=2): the last two and the best, each deleted once evaluated.
+        assert checkpoints[trial] == sorted({STEPS - 3, STEPS, best}), (trial, checkpoints[trial], proxy)
     assert {"base/multi/map", "best/multi/map", "eval/xquad-r/heldout/multi/map"} <= set(parents[0].data.metrics)
 
     # (b) The hit trial resumed from the last checkpoint it had in the bucket when the node died.
