@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set sweep.trials=8 (repeatable)")
     parser.add_argument("--name", help="sweep name (MLflow experiment, storage folder); default sweep.name")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sweep.tracking_uri, a local SQLite file)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sweep.tracking_uri, a local "
+                             "SQLite file)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a configuration error")
     args = parser.parse_args(argv)
