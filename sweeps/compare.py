@@ -12,6 +12,7 @@ Reads runs only through the MLflow API; writes `<out>/report.html` (images embed
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -45,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--experiment", action="append", metavar="NAME",
                         help="sweep name = MLflow experiment (repeat to compare sweeps side by side); "
                              "default: sweep.name of configs/default.yaml")
-    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI (default: %(default)s)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--out", default="outputs/report", help="folder for report.html and the PNGs (default: %(default)s)")
     parser.add_argument("--high-resource", nargs="+", default=list(HIGH_RESOURCE), metavar="LANG",
                         help="high-resource languages for question 2 (default: %(default)s; intersected with "

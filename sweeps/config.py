@@ -20,7 +20,7 @@ from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
 # Sweep keys that may change on --resume: they act after the search (or only wait), never on its results.
-RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "zero_shot_datasets", "trials")  # trials: only raised
+RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "zero_shot_datasets", "trials", "verbose")  # trials: only raised
 CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
@@ -105,6 +105,7 @@ class SweepConfig:
     # on the head and a lost (spot) worker node costs only Train workers, restarted from the checkpoint.
     trial_resource: str = ""
     scale_up_timeout_s: float = 900  # an autoscaling cluster: how long to wait for the trials' nodes
+    verbose: bool = False  # Ray worker and task output and every trial result in the terminal (--verbose)
 
     def __post_init__(self) -> None:
         if not SAFE_NAME.fullmatch(self.name):

@@ -111,7 +111,8 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
         logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run.optim.steps,
                              setup.sweep.location("train"))
         run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger],  # Tune's live table: the progress view
-                                    failure_config=tune.FailureConfig(max_failures=1))
+                                    failure_config=tune.FailureConfig(max_failures=1),
+                                    verbose=2 if setup.sweep.verbose else 1)  # 2: every result, JSON fields included
         grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
     if grid.num_terminated + grid.num_errors < max(len(grid), trials):
         raise Interrupted(name)

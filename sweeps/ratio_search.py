@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 
@@ -46,14 +47,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set sweep.trials=8 (repeatable)")
     parser.add_argument("--name", help="sweep name (MLflow experiment, storage folder); default sweep.name")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sweep.tracking_uri, a local SQLite file)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sweep.tracking_uri, a local "
+                             "SQLite file)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a configuration error")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray workers' and tasks' output and every trial result (always in Ray's logs)")
     args = parser.parse_args(argv)
 
     overrides = list(args.overrides)
     overrides += [f"sweep.name={args.name}"] if args.name else []
     overrides += [f"sweep.tracking_uri={args.tracking_uri}"] if args.tracking_uri else []
+    overrides += ["sweep.verbose=true"] if args.verbose else []
     with user_errors(parser, args.debug):
         setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
         preflight(setup.run)  # [2] data present, batch fits the questions, languages known
@@ -70,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     if warning:
         print(warning, file=sys.stderr)
     start = time.perf_counter()
-    init_ray()  # [4] local Ray, or the cluster when RAY_ADDRESS is set (ray exec on the head)
+    logs = init_ray(log_to_driver=setup.sweep.verbose)  # [4] local Ray, or the cluster when RAY_ADDRESS is set
+    if not setup.sweep.verbose:
+        print(f"Ray workers' and tasks' output: {logs} (--verbose shows it here)")
     with user_errors(parser, args.debug):
         cluster.check_storage(setup)  # [5] storage every node sees; resources now or after scaling up
         requested = cluster.wait_for_resources(setup, setup.sweep.scale_up_timeout_s)

@@ -31,14 +31,20 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3's UI then opens the runs, not GenAI traces
+
+
 def experiment_id(tracking_uri: str, name: str, artifact_location: str) -> str:
-    """Get or create the sweep's experiment (artifacts under an explicit, absolute location)."""
+    """Get or create the sweep's experiment (artifacts under an explicit, absolute location), tagged as
+    model development so MLflow 3's UI opens it on its runs table."""
     c = client(tracking_uri)
     found = c.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(KIND_TAG) != KIND:
+            c.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
         return found.experiment_id
     location = artifact_location if "://" in artifact_location else Path(artifact_location).as_uri()
-    return c.create_experiment(name, artifact_location=location)
+    return c.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
 
 
 def _find_run(tracking_uri: str, exp_id: str, tags: dict[str, str]) -> str | None:

@@ -144,6 +144,7 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Configurations ranked by multi/map" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
     client, runs = mlflow_runs(tmp_path, "tiny")
+    assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
     assert len(parents) == 1 and len(children) == 4  # 3 searched + 1 extra seed of the best

@@ -28,6 +28,7 @@ DIVERGED = "diverged.txt"  # in a Train run's folder: why it stopped (it is not 
 WORKER_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # no bytecode dumps in worker logs
     "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar, once per task and worker
     # Workers import torch, transformers and deepspeed: on a busy 2-core machine that alone can pass
     # Ray's 60 s default, which then fails the run with WorkerGroupStartupTimeoutError.
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
@@ -48,13 +49,15 @@ def preflight(config: TrainRunConfig, resources: dict[str, float] | None = None)
             raise ValueError(f"{what} data: {e}") from None
 
 
-def init_ray() -> None:
-    """Join a running cluster when there is one (`ray up`, `ray submit`), else start a local Ray."""
+def init_ray(log_to_driver: bool = True) -> str:
+    """Join a running cluster when there is one (`ray up`, `ray submit`), else start a local Ray; returns
+    the folder of Ray's logs on this node (every worker's and task's output, shown here when `log_to_driver`)."""
     if not ray.is_initialized():
         # The dashboard serves Ray's state API, which Train's placement-group cleaner needs to free a
         # trial's workers when Tune stops it (ASHA); it binds to 127.0.0.1 only.
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
+                 runtime_env={"env_vars": WORKER_ENV}, log_to_driver=log_to_driver)
+    return ray._private.worker._global_node.get_logs_dir_path()
 
 
 class StopOnDivergence(ray.train.UserCallback):
