@@ -102,6 +102,7 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
     Ctrl-C: Tune stops the trials and saves its state), so no later phase starts on a partial table."""
     root, path = setup.sweep.location(), setup.sweep.location(name)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), setup.sweep.trial_bundle)
+    print(f"\n== {name}: {trials} trial(s) ==", flush=True)
     if tune.Tuner.can_restore(path):
         if not resume:
             raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another "
@@ -109,10 +110,10 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
         grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
     else:
         logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run.optim.steps,
-                             setup.sweep.location("train"))
-        run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger],  # Tune's live table: the progress view
-                                    failure_config=tune.FailureConfig(max_failures=1),
-                                    verbose=2 if setup.sweep.verbose else 1)  # 2: every result, JSON fields included
+                             setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose)
+        run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger],
+                                    failure_config=tune.FailureConfig(max_failures=1),  # Tune's tables: --verbose
+                                    verbose=2 if setup.sweep.verbose else 0)  # 0: TrialLogger's lines instead
         grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
     if grid.num_terminated + grid.num_errors < max(len(grid), trials):
         raise Interrupted(name)

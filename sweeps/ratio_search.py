@@ -17,6 +17,13 @@ import os
 import sys
 import time
 
+# Tune warns when a callback takes over 0.5 s; logging a result with its matrices to MLflow takes about
+# 1 s, which is no bottleneck next to a checkpoint's training and evaluation. Read when Tune is imported.
+os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
+
+import optuna
+import yaml
+
 from hybrid.config import to_dict
 from sweeps import cluster, phases, tracking
 from sweeps.config import SweepSetup, flatten, load_sweep_setup, redact
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     logs = init_ray(log_to_driver=setup.sweep.verbose)  # [4] local Ray, or the cluster when RAY_ADDRESS is set
     if not setup.sweep.verbose:
         print(f"Ray workers' and tasks' output: {logs} (--verbose shows it here)")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     with user_errors(parser, args.debug):
         cluster.check_storage(setup)  # [5] storage every node sees; resources now or after scaling up
         requested = cluster.wait_for_resources(setup, setup.sweep.scale_up_timeout_s)
@@ -99,8 +107,10 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     s = setup.sweep
     phases.save_settings(setup)
     exp_id = tracking.experiment_id(s.tracking_uri, s.name, s.artifact_location)
+    resolved = to_dict(setup.run) | {"eval": to_dict(setup.eval), "sweep": to_dict(setup.sweep)}
     parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw) | flat_params(
-        {"resolved": to_dict(setup.run)}))
+        {"resolved": to_dict(setup.run)}), {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
+                                            "resolved.yaml": redact(yaml.safe_dump(resolved, sort_keys=False))})
     try:
         table = phases.search(setup, exp_id, parent_id, resume)  # [6] Tune + Optuna + ASHA
         table = phases.reseed(setup, table, exp_id, parent_id, resume)  # [7] more seeds for the top-k

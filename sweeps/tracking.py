@@ -9,8 +9,11 @@ reuses its runs instead of duplicating them.
 
 from __future__ import annotations
 
+import functools
+import getpass
 import json
 import math
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from hybrid import storage
 from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key
 
 PARENT_TAG, TRIAL_TAG = "sweep.name", "tune.trial_id"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def client(tracking_uri: str):
@@ -53,16 +57,35 @@ def _find_run(tracking_uri: str, exp_id: str, tags: dict[str, str]) -> str | Non
     return runs[0].info.run_id if runs else None
 
 
-def parent_run(tracking_uri: str, exp_id: str, sweep_name: str, params: dict[str, Any]) -> str:
-    """The sweep's parent run: reused when it exists (resume), else created with the sweep's params."""
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict[str, str]:
+    """Where a run came from, in MLflow's own tags (the UI's Source and User columns): the entry point,
+    the user, and the git commit when the project is a git checkout."""
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "sweeps/ratio_search.py",
+            "mlflow.user": getpass.getuser()}
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return tags
+    return tags | ({"mlflow.source.git.commit": head.stdout.strip()} if head.returncode == 0 else {})
+
+
+def parent_run(tracking_uri: str, exp_id: str, sweep_name: str, params: dict[str, Any],
+               configs: dict[str, str]) -> str:
+    """The sweep's parent run: reused when it exists (resume), else created with the sweep's params and
+    `configs` ({artifact name: YAML text}: the preset and the resolved configuration, readable as files)."""
     found = _find_run(tracking_uri, exp_id, {PARENT_TAG: sweep_name, "sweep.role": "parent"})
     if found:
         client(tracking_uri).update_run(found, status="RUNNING")
         return found
     c = client(tracking_uri)
-    run = c.create_run(exp_id, run_name=sweep_name, tags={PARENT_TAG: sweep_name, "sweep.role": "parent"})
+    run = c.create_run(exp_id, run_name=sweep_name,
+                       tags={PARENT_TAG: sweep_name, "sweep.role": "parent"} | source_tags())
     for key, value in params.items():
         c.log_param(run.info.run_id, key, value)
+    for name, text in configs.items():
+        c.log_text(run.info.run_id, text, f"config/{name}")
     return run.info.run_id
 
 
@@ -79,8 +102,8 @@ def child_run(tracking_uri: str, exp_id: str, parent_id: str, trial_id: str, run
         client(tracking_uri).update_run(found, status="RUNNING")
         return found
     c = client(tracking_uri)
-    run = c.create_run(exp_id, run_name=run_name,
-                       tags={TRIAL_TAG: trial_id, "mlflow.parentRunId": parent_id, "sweep.role": "trial"})
+    run = c.create_run(exp_id, run_name=run_name, tags={TRIAL_TAG: trial_id, "mlflow.parentRunId": parent_id,
+                                                        "sweep.role": "trial"} | source_tags())
     for key, value in params.items():
         c.log_param(run.info.run_id, key, value)
     return run.info.run_id
@@ -115,12 +138,17 @@ class TrialLogger(tune.Callback):
     each result's training history and evaluation (metrics, L x L matrices and heatmaps) as it arrives,
     its wall time and status at its end: FINISHED (every step), KILLED (pruned), FAILED.
 
+    With `progress` (the default terminal, Tune itself silent) it also prints one line per result and
+    per trial end: the progress view.
+
     Tune pickles its callbacks into the experiment state (in storage) and restores them on `--resume`:
     only names and ids are kept here, never a client or a connection."""
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str, steps: int, train_storage: str):
+    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str, steps: int, train_storage: str,
+                 objective: str, progress: bool):
         self.uri, self.exp_id, self.parent_id, self.steps = tracking_uri, exp_id, parent_id, steps
         self.train_storage = train_storage  # where a failed trial's Train run leaves its unsent reports
+        self.objective, self.progress = objective, progress
         self.started: dict[str, float] = {}
         self.runs: dict[str, str] = {}  # trial id -> run id
 
@@ -142,7 +170,12 @@ class TrialLogger(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self._run_id(trial)
-        self._log_history(run_id, json.loads(result.get(TRAIN_HISTORY, "[]")))
+        history = json.loads(result.get(TRAIN_HISTORY, "[]"))
+        self._log_history(run_id, history)
+        if self.progress:
+            loss = next((h["loss"] for h in reversed(history) if "loss" in h), float("nan"))
+            self._say(trial, f"step {int(result.get('step', 0))}/{self.steps}, loss {loss:.4f}, "
+                             f"{self.objective} {result.get(self.objective, float('nan')):.4f}")
         step = int(result.get("step", 0))
         log_metrics(self.uri, run_id, {k: v for k, v in result.items() if k.startswith("trial/")}, step)
         if EVAL_RESULT in result:
@@ -151,6 +184,8 @@ class TrialLogger(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         done = (trial.last_result or {}).get("step") == self.steps
         self._end(trial, "FINISHED" if done else "KILLED")
+        if self.progress:
+            self._say(trial, "finished" if done else "stopped early (pruned)")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         unreported = storage.join(self.train_storage, trial.trial_id, UNREPORTED)
@@ -158,6 +193,13 @@ class TrialLogger(tune.Callback):
             self._log_history(self._run_id(trial), json.loads(storage.read_text(unreported)))
             storage.delete(unreported)
         self._end(trial, "FAILED")
+        if self.progress:
+            self._say(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
+
+    def _say(self, trial, what: str) -> None:
+        c = trial.config
+        print(f"{time.strftime('%H:%M:%S')} trial {trial.trial_id} (alpha {c.get('mono_ratio', 0):.2f}, tau "
+              f"{c.get('temperature', 0):.3f}, seed {c.get('seed', 0)}): {what}", flush=True)
 
     def _log_history(self, run_id: str, reports: list[dict[str, Any]]) -> None:
         for report in reports:

@@ -143,11 +143,26 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Configurations ranked by multi/map" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
+    # The quiet terminal: phase headers and a line per trial result, not Tune's tables or workers' chatter;
+    # the workers' output is in the Ray log folder it names.
+    assert len((done.stdout + done.stderr).splitlines()) < 200, done.stdout
+    assert len(re.findall(r"^\d\d:\d\d:\d\d trial \S+ \(alpha [\d.]+, tau [\d.]+, seed \d\): step 6/6, loss [\d.]+, "
+                          r"multi/map [\d.]+$", done.stdout, re.M)) == 4
+    assert "== search: 3 trial(s) ==" in done.stdout and "Reporting training result" not in done.stdout
+    logs = Path(re.search(r"Ray workers' and tasks' output: (\S+) \(--verbose", done.stdout).group(1))
+    assert any("Reporting training result" in p.read_text(errors="replace") for p in logs.glob("worker-*"))
     client, runs = mlflow_runs(tmp_path, "tiny")
     assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
     assert len(parents) == 1 and len(children) == 4  # 3 searched + 1 extra seed of the best
+    for r in runs:  # lineage: who ran it, from which commit of which entry point
+        assert r.data.tags["mlflow.source.name"] == "sweeps/ratio_search.py" and r.data.tags["mlflow.user"]
+        if (ROOT / ".git").exists():  # a git checkout (CI's clean clone is one)
+            assert re.fullmatch(r"[0-9a-f]{40}", r.data.tags["mlflow.source.git.commit"])
+    resolved = yaml.safe_load(Path(client.download_artifacts(parents[0].info.run_id, "config/resolved.yaml",
+                                                             str(tmp_path))).read_text())
+    assert resolved["sweep"]["name"] == "tiny" and resolved["optim"]["steps"] == 6 and resolved["method"]["batch_size"] == 8
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     alphas = sorted(float(c.data.params["mono_ratio"]) for c in children)
     assert alphas[0] == 0.0 and alphas[-1] == 1.0  # both references ran
