@@ -342,9 +342,10 @@ class LocalCluster:
 
     # -- environment -----------------------------------------------------------------------------------
     def _env(self, role: str) -> dict[str, str]:
-        """The environment of every process the harness starts and of the driver. Inherited RAY_* and
-        AWS_* variables are dropped (a user's RAY_ADDRESS or AWS profile must not leak in)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+        """The environment of every process the harness starts and of the driver. Inherited RAY_*, AWS_*
+        and MLFLOW_* variables are dropped (a user's RAY_ADDRESS, AWS profile or tracking server must not
+        leak in; `mlflow.set_tracking_uri` in a test sets MLFLOW_TRACKING_URI in pytest's process)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MLFLOW_"))}
         env.update(AWS_ENV)
         if self.s3 is not None:
             env["AWS_ENDPOINT_URL"] = self.s3.endpoint  # boto3 / pyarrow given a plain s3:// URI use moto too

@@ -207,13 +207,11 @@ def test_mlqa_style_pairs_use_only_shared_question_ids():
 
 
 def test_logging_twice_keeps_one_set_of_metrics(evaluated, tmp_path):
-    import mlflow
     from mlflow import MlflowClient
 
     from evaluation.tracking import already_evaluated, log_result, metric_key
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # not set_tracking_uri: global state
     experiment = client.create_experiment("eval-test", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id
     result = evaluated[1][1]

@@ -132,8 +132,10 @@ def mlflow_runs(tmp_path: Path, name: str):
 
 def env() -> dict[str, str]:
     """RAY_ADDRESS=local: the sweep starts its own Ray (never joins one this pytest process started),
-    so killing the driver's process group takes that Ray down with it."""
-    return os.environ | {"RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
+    so killing the driver's process group takes that Ray down with it. MLFLOW_TRACKING_URI left out: the
+    sweep honours it, and `mlflow.set_tracking_uri` in an earlier test sets it in this process."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"RAY_ADDRESS": "local",
+                                                                                 "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.mark.slow
