@@ -211,6 +211,13 @@ def ranked(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(objective, ascending=mode == "min").reset_index(drop=True)
 
 
+def best_trial(table: pd.DataFrame, setup: SweepSetup, best_key: str) -> pd.Series:
+    """The completed trial of the best configuration with the best first objective (its best seed)."""
+    objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
+    final = completed(table, setup)
+    return final[final["config_key"] == best_key].sort_values(objective, ascending=mode == "min").iloc[0]
+
+
 def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_id: str, parent_id: str) -> dict[str, float]:
     """Full evaluation (all eval languages, all questions) of the final checkpoints of the best
     configuration (one per seed) and of the alpha = 0 / alpha = 1 references, and of the base model

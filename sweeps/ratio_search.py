@@ -25,7 +25,8 @@ import optuna
 import yaml
 
 from hybrid.config import to_dict
-from sweeps import cluster, phases, tracking
+from hybrid import storage
+from sweeps import cluster, phases, registry, tracking
 from sweeps.config import SweepSetup, flatten, load_sweep_setup, redact
 from trainers.config import DEFAULT_CONFIG
 from trainers.train import init_ray, preflight
@@ -103,6 +104,22 @@ def main(argv: list[str] | None = None) -> None:
             cluster.release()
 
 
+def register(setup: SweepSetup, table, ranking, exp_id: str) -> str:
+    """The best configuration's best seed, registered as `models:/<sweep>@best` with its settings and the
+    configuration's mean and 95% interval over seeds."""
+    s, top = setup.sweep, ranking.iloc[0]
+    trial = phases.best_trial(table, setup, top["config_key"])
+    objective = s.objectives[0]
+    knobs = {k: trial[k] for k in phases.PARAM_COLUMNS if k in trial and trial[k] == trial[k]}
+    return registry.register_best(
+        s.tracking_uri, s.name, tracking.trial_run_id(s.tracking_uri, exp_id, trial["trial"]),
+        storage.join(trial["checkpoint_path"], "encoder"),
+        tags={"sweep": s.name, "trial": trial["trial"], "config_key": top["config_key"], **knobs},
+        description=f"Sweep {s.name}: the best configuration by {objective} (proxy evaluation) "
+                    f"{top[objective]:.4f} ± {top[objective + ' ±95%']:.4f} over {top['seeds']} seed(s); this is "
+                    f"its seed {knobs.get('seed')} (trial {trial['trial']}, {objective} {trial[objective]:.4f}).")
+
+
 def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     s = setup.sweep
     phases.save_settings(setup)
@@ -124,6 +141,7 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     summary = phases.final_evaluation(setup, table, ranking.iloc[0]["config_key"], exp_id, parent_id) \
         if s.final_eval else {}
     tracking.log_metrics(s.tracking_uri, parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
+    version = register(setup, table, ranking, exp_id)
     wall = time.perf_counter() - start
     overhead = tracking.trial_overhead(s.tracking_uri, exp_id)
     tracking.log_metrics(s.tracking_uri, parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead,
@@ -151,6 +169,8 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     knobs = ", ".join(f"{k}={best[k]:.4g}" for k in phases.PARAM_COLUMNS if k in best and k != "seed")
     phases.save_finished(setup, f"{len(table)} trials in {wall / 60:.1f} min; best {s.objectives[0]} "
                                 f"{best[s.objectives[0]]:.4f} over {best['seeds']} seed(s) at {knobs}")
+    print(f"\nThe best configuration's encoder: models:/{s.name}@{registry.ALIAS} (version {version}), e.g. "
+          f"mlflow.sentence_transformers.load_model('models:/{s.name}@{registry.ALIAS}').")
     print(f"\nSweep '{s.name}': {len(table)} trials in {wall / 60:.1f} min. Compare the runs in MLflow:")
     print(f"  mlflow ui --backend-store-uri {redact(s.tracking_uri)} --host 127.0.0.1 --port 5000")
 

@@ -174,6 +174,26 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
         assert client.get_metric_history(child.info.run_id, "train/loss")
     assert {"base/multi/map", "best/multi/map", "eval/xquad-r/heldout/multi/map"} <= set(parents[0].data.metrics)
     assert [r.info.status for r in runs] == ["FINISHED"] * 5  # closed, not left "running" in MLflow's UI
+
+    # The best configuration's encoder, registered as models:/tiny@best: it loads with MLflow's
+    # sentence-transformers flavour and gives the checkpoint's embeddings; its export carries a model card.
+    import mlflow
+    from hybrid.model import load_encoder
+
+    version = client.get_model_version_by_alias("tiny", "best")
+    trial = version.tags["trial"]
+    [child] = [c for c in children if c.data.tags["tune.trial_id"] == trial]
+    assert version.run_id == child.info.run_id and float(version.tags["mono_ratio"]) == float(child.data.params["mono_ratio"])
+    assert re.search(r"by multi/map \(proxy evaluation\) \d\.\d{4} ± ", version.description)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    registered = mlflow.sentence_transformers.load_model("models:/tiny@best")
+    [export] = (tmp_path / "sweeps" / "tiny" / "train" / trial).glob("checkpoint_000006/encoder")
+    texts = ["Who won the game?", "Wer hat das Spiel gewonnen?"]
+    np.testing.assert_allclose(registered.encode(texts, prompt_name="query"), load_encoder(str(export)).encode(texts, "query"),
+                               atol=1e-5)
+    card = (export / "README.md").read_text()
+    assert "base_model: " in card and f"| alpha (mono ratio) | {float(child.data.params['mono_ratio']):g} |" in card
+    assert "CC BY-SA 4.0" in card
     for child in children:  # the trial's time split: start-up, then training + evaluation, then teardown
         m = child.data.metrics
         assert 0 < m["trial/startup_s"] < m["trial/wall_s"] - m["trial/active_s"] < m["trial/wall_s"], m

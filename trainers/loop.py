@@ -4,7 +4,8 @@ Runs in every worker (it must live in an importable module: a loop defined in `_
 once deepspeed is imported). Each checkpoint directory holds, after Ray merges the ranks' files:
 
     deepspeed/ or ddp/   optimizer (and, for DeepSpeed, sharded model) state, for exact resume
-    encoder/             the consolidated model: safetensors + tokenizer + sentence-transformers config
+    encoder/             the consolidated model: safetensors + tokenizer + sentence-transformers config,
+                         its model card (README.md) and manifest
     trainer_state.json   step, sampler state, batch mix so far, the run's config
     manifest.rank<r>.json  each rank's files (size, sha256), written last: a resume checks them and
                          falls back to the previous complete checkpoint (`restore`)
@@ -28,6 +29,7 @@ from hybrid.config import from_dict, to_dict
 from hybrid.loss import InfoNCELoss
 from hybrid.model import load_encoder
 from hybrid.sampler import MONO, HybridBatch, HybridBatchSampler
+from trainers.card import model_card
 from trainers.config import TrainRunConfig
 from hybrid.splits import training_pairs
 from trainers.engine import make_engine
@@ -99,12 +101,14 @@ def _new_window() -> dict[str, float]:
     return {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "n": 0, "t0": time.perf_counter()}
 
 
-def save_checkpoint(engine, directory: Path, rank: int, world: int, state: dict[str, Any]) -> None:
-    """This rank's part of a checkpoint, its manifest last (Ray merges the ranks' folders)."""
+def save_checkpoint(engine, directory: Path, rank: int, world: int, state: dict[str, Any], card: str) -> None:
+    """This rank's part of a checkpoint, its manifest last (Ray merges the ranks' folders); the export
+    gets its model `card` (README.md)."""
     engine.save(directory)
     with engine.gathered_params():  # ZeRO-3: full weights on every rank while inside
         if rank == 0:
             engine.encoder.save(directory / "encoder")
+            (directory / "encoder" / "README.md").write_text(card)
             manifest.write(directory / "encoder")
     if rank == 0:
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -203,7 +207,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         state = {"step": step, "sampler": sampler.state_dict(), "mono_steps": mono_steps,
                  "metrics": metrics, "config": to_dict(config)}
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(engine, Path(tmp), rank, world, state)
+            save_checkpoint(engine, Path(tmp), rank, world, state, model_card(config, step))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{step:06d}")
         window["t0"] = time.perf_counter()  # validation and saving are not training throughput
