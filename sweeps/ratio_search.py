@@ -20,8 +20,10 @@ import time
 # Tune warns when a callback takes over 0.5 s; logging a result with its matrices to MLflow takes about
 # 1 s, which is no bottleneck next to a checkpoint's training and evaluation. Read when Tune is imported.
 os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the best encoder's registration loads it here
 
 import optuna
+import transformers
 import yaml
 
 from hybrid.config import to_dict
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     if not setup.sweep.verbose:
         print(f"Ray workers' and tasks' output: {logs} (--verbose shows it here)")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        transformers.logging.set_verbosity_error()  # its load report of the registered encoder
     with user_errors(parser, args.debug):
         cluster.check_storage(setup)  # [5] storage every node sees; resources now or after scaling up
         requested = cluster.wait_for_resources(setup, setup.sweep.scale_up_timeout_s)
