@@ -23,7 +23,6 @@ os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the best encoder's registration loads it here
 
 import optuna
-import transformers
 import yaml
 
 from hybrid.config import to_dict
@@ -90,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     if not setup.sweep.verbose:
         print(f"Ray workers' and tasks' output: {logs} (--verbose shows it here)")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        import transformers  # here, not at the top: a config error or --help need not wait for it
+
         transformers.logging.set_verbosity_error()  # its load report of the registered encoder
     with user_errors(parser, args.debug):
         cluster.check_storage(setup)  # [5] storage every node sees; resources now or after scaling up
