@@ -51,6 +51,13 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
+def study_beside(tracking_uri: str) -> str:
+    """optuna.db in the folder of a SQLite MLflow store (./optuna.db otherwise): the study lives where the runs do."""
+    prefix = "sqlite:///"
+    folder = Path(tracking_uri[len(prefix):]).parent if tracking_uri.startswith(prefix) else Path(".")
+    return prefix + str(folder / "optuna.db")
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """Ranges of the searched knobs; a knob with a single value is fixed, not searched."""
@@ -97,6 +104,9 @@ class SweepConfig:
     zero_shot_datasets: tuple[str, ...] = ()  # e.g. [mlqa-r]: evaluated at the end only, never selected on
     search: SearchSpace = field(default_factory=SearchSpace)
     tracking_uri: str = "sqlite:///mlflow.db"
+    # The Optuna study (named after the sweep), for `optuna.load_study` and optuna-dashboard; "": optuna.db
+    # beside a SQLite MLflow store (./optuna.db with a tracking server). Only the driver opens it.
+    study_storage: str = ""
     artifact_location: str = "mlruns"
     storage_path: str = "outputs/sweeps"
     trial_cpus: float = 0.1  # the Tune function only drives the Train run
@@ -172,6 +182,7 @@ class SweepSetup:
         A model given as a path must exist (a hub name or the offline e5-small is left as it is)."""
         s, run = self.sweep, self.run
         sweep = replace(s, tracking_uri=absolute_tracking_uri(s.tracking_uri),
+                        study_storage=absolute_tracking_uri(s.study_storage or study_beside(s.tracking_uri)),
                         artifact_location=storage.resolve(s.artifact_location),
                         storage_path=storage.resolve(s.storage_path))
         name = run.model.name

@@ -19,7 +19,7 @@ from evaluation.tracking import log_result
 from hybrid import storage
 from sweeps import tracking
 from sweeps.config import SweepSetup
-from sweeps.search import is_reference, param_space, tune_config
+from sweeps.search import forget_stale_study, is_reference, param_space, tune_config
 from sweeps.stats import mean_ci
 from sweeps.tracking import TrialLogger
 from sweeps.trial import config_key, run_trial
@@ -153,29 +153,18 @@ def completed(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
 def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:
     """Every search round in order (restored when it exists): the first runs `sweep.trials` trials, the
     references first; each later one (`sweep.trials` raised on `--resume`) runs only the new trials,
-    its searcher told the results of every completed trial before it."""
+    continuing the stored Optuna study of every trial before it."""
+    if not exists(setup):
+        forget_stale_study(setup.sweep)
     tables: list[pd.DataFrame] = []
     done = 0
     for total in search_rounds(setup):
-        earlier = pd.concat(tables, ignore_index=True) if tables else None
-        cfg = tune_config(setup.sweep, setup.run, total - done, _evaluated(earlier, setup))
+        cfg = tune_config(setup.sweep, setup.run, total - done, first_round=done == 0)
         grid = _run_tuner("search" if done == 0 else f"search-to-{total}", setup,
                           param_space(setup.sweep, setup.run), cfg, exp_id, parent_id, resume, total - done)
         tables.append(trials_table(grid, setup.sweep.objectives))
         done = total
     return pd.concat(tables, ignore_index=True)
-
-
-def _evaluated(table: pd.DataFrame | None, setup: SweepSetup) -> tuple[list[dict[str, Any]], list[Any]] | None:
-    """Completed trials as (searched values, objectives) for a later round's searcher; None for the first."""
-    if table is None:
-        return None
-    searched = [k for k, v in param_space(setup.sweep, setup.run).items() if hasattr(v, "sample")]
-    final = completed(table, setup)
-    points = [{k: row[k].item() if hasattr(row[k], "item") else row[k] for k in searched} for _, row in final.iterrows()]
-    objectives = list(setup.sweep.objectives)
-    rewards = [row[objectives[0]] if len(objectives) == 1 else [row[o] for o in objectives] for _, row in final.iterrows()]
-    return points, rewards
 
 
 def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:

@@ -177,6 +177,8 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
           f"mlflow.sentence_transformers.load_model('models:/{s.name}@{registry.ALIAS}').")
     print(f"\nSweep '{s.name}': {len(table)} trials in {wall / 60:.1f} min. Compare the runs in MLflow:")
     print(f"  mlflow ui --backend-store-uri {redact(s.tracking_uri)} --host 127.0.0.1 --port 5000")
+    print(f"The search's Optuna study {s.name!r}: optuna-dashboard {redact(s.study_storage)} "
+          "(pip install optuna-dashboard), or optuna.load_study.")
 
 
 if __name__ == "__main__":

@@ -64,18 +64,34 @@ def sampler(sweep: SweepConfig, references: int) -> optuna.samplers.BaseSampler:
                                       multivariate=True)
 
 
+def study_storage(sweep: SweepConfig) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(sweep.study_storage)
+
+
+def forget_stale_study(sweep: SweepConfig) -> None:
+    """A new sweep whose name has a study already (its storage was deleted, or it crashed before Tune saved
+    its state): that study is not this sweep's history, so it is removed, and said so."""
+    store = study_storage(sweep)
+    if any(s.study_name == sweep.name for s in store.get_all_studies()):
+        optuna.delete_study(study_name=sweep.name, storage=store)
+        print(f"Optuna study {sweep.name!r} in {sweep.study_storage} was left by an earlier sweep of this name "
+              "whose state is gone: removed.", flush=True)
+
+
 def tune_config(sweep: SweepConfig, base: TrainRunConfig, trials: int | None = None,
-                evaluated: tuple[list[dict[str, Any]], list[Any]] | None = None) -> tune.TuneConfig:
+                first_round: bool = True) -> tune.TuneConfig:
     """The sampler over the space, references first; one objective goes through TuneConfig (so the progress
     table shows it and the scheduler prunes on it), several go to Optuna (a Pareto front, no pruning).
 
-    `trials` (default `sweep.trials`) and `evaluated` (points and their objectives) are for a later search
-    round: its searcher starts from the earlier rounds' results, and the references are not run again."""
+    The study is stored (`sweep.study_storage`, named after the sweep), so a later search round
+    (`sweep.trials` raised on `--resume`: `trials` new ones, not `first_round`) continues it: its sampler
+    starts from every earlier trial, and the references are not enqueued again."""
     trials = sweep.trials if trials is None else trials
-    points, rewards = evaluated if evaluated else (reference_points(sweep, base), None)
+    points = reference_points(sweep, base) if first_round else []
+    study = {"study_name": sweep.name, "storage": study_storage(sweep), "points_to_evaluate": points or None,
+             "sampler": sampler(sweep, len(reference_points(sweep, base)))}
     if len(sweep.objectives) > 1:
-        searcher = OptunaSearch(metric=list(sweep.objectives), mode=sweep.modes, points_to_evaluate=points or None,
-                                evaluated_rewards=rewards or None, sampler=sampler(sweep, len(points)))
+        searcher = OptunaSearch(metric=list(sweep.objectives), mode=sweep.modes, **study)
         return tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=sweep.max_concurrent)
     grace = sweep.grace_period * base.trainer.checkpoint_every
     if sweep.scheduler == "asha":
@@ -85,10 +101,9 @@ def tune_config(sweep: SweepConfig, base: TrainRunConfig, trials: int | None = N
         scheduler = MedianStoppingRule(time_attr="step", grace_period=grace)
     else:
         scheduler = FIFOScheduler()
-    searcher = OptunaSearch(points_to_evaluate=points or None, evaluated_rewards=rewards or None,
-                            sampler=sampler(sweep, len(points)))
-    return tune.TuneConfig(metric=sweep.objectives[0], mode=sweep.modes[0], scheduler=scheduler, search_alg=searcher,
-                           num_samples=trials, max_concurrent_trials=sweep.max_concurrent)
+    return tune.TuneConfig(metric=sweep.objectives[0], mode=sweep.modes[0], scheduler=scheduler,
+                           search_alg=OptunaSearch(**study), num_samples=trials,
+                           max_concurrent_trials=sweep.max_concurrent)
 
 
 def is_reference(mono_ratio: float) -> bool:

@@ -40,3 +40,46 @@ def test_eight_trials_find_the_optimum_where_random_draws_do_not():
     ours = [regret(sampler(replace(setup.sweep, seed=s, trials=8), len(references)), references, 8) for s in seeds]
     default = [regret(optuna.samplers.TPESampler(seed=s), references, 8) for s in seeds]  # the old setup
     assert statistics.mean(ours) < 0.005 < 0.01 < statistics.mean(default), (ours, default)
+
+
+def run_round(searcher, space: dict, metric: str, trials: int, first_id: int) -> list[dict]:
+    """Tune's side of a search round, without Tune: ask the searcher for `trials` configurations and
+    report the synthetic objective of each, as a finished trial's last result."""
+    searcher.set_search_properties(metric, "max", space)
+    configs = []
+    for i in range(first_id, first_id + trials):
+        config = searcher.suggest(f"t{i}")
+        alpha, tau = config["mono_ratio"], config["temperature"]
+        value = -((alpha - 0.3) ** 2) - 0.5 * (math.log10(tau / 0.03)) ** 2
+        searcher.on_trial_complete(f"t{i}", {metric: value, **config})
+        configs.append(config)
+    return configs
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path):
+    """`optuna.load_study` opens the sweep's study by name beside the MLflow store; a later round (more
+    trials on --resume) starts from every earlier trial instead of enqueuing the references again."""
+    from sweeps.search import forget_stale_study, param_space, tune_config
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    setup = load_sweep_setup(ROOT / "configs/default.yaml",
+                             ["sweep.name=studied", f"sweep.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]).resolved()
+    assert setup.sweep.study_storage == f"sqlite:///{tmp_path}/optuna.db"
+    space, metric = param_space(setup.sweep, setup.run), setup.sweep.objectives[0]
+    first = run_round(tune_config(setup.sweep, setup.run, 3).search_alg, space, metric, 3, 0)
+    assert [c["mono_ratio"] for c in first[:2]] == [0.0, 1.0]  # the references, enqueued
+    study = optuna.load_study(study_name="studied", storage=setup.sweep.study_storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+
+    later = run_round(tune_config(setup.sweep, setup.run, 2, first_round=False).search_alg, space, metric, 2, 3)
+    study = optuna.load_study(study_name="studied", storage=setup.sweep.study_storage)
+    assert len(study.trials) == 5 and study.best_value == max(t.value for t in study.trials)
+    # Its first pick is the one the same seeded sampler makes from the first round's three trials.
+    control = optuna.create_study(direction="maximize", sampler=sampler(setup.sweep, 2))
+    control.add_trials(study.trials[:3])
+    pick = control.ask(fixed_distributions=study.trials[0].distributions).params
+    assert later[0] == pytest.approx(pick) and later[0]["temperature"] != first[0]["temperature"], (later, pick)
+
+    forget_stale_study(setup.sweep)  # a new sweep of this name, its state gone: the old study is not its history
+    assert not optuna.get_all_study_names(setup.sweep.study_storage)
