@@ -62,6 +62,14 @@ class EvalSet:
     def languages(self) -> tuple[str, ...]:
         return tuple(self.queries)
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of what an evaluation reads (texts and relevance): the dataset's digest in MLflow, and part of
+        the evaluation key, so a changed file is a new evaluation even under the same name."""
+        body = json.dumps([self.name, self.split, self.query_ids, self.queries, self.candidates, self.positives,
+                           self.parallel], sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()
+
     @classmethod
     def from_corpus(cls, corpus: ParallelCorpus) -> EvalSet:
         """Questions vs answer *sentences* (not sentence + paragraph: 0.83 vs 0.78 mono mAP for e5-small)."""
@@ -133,7 +141,7 @@ class EvalResult:
 
     checkpoint: str
     step: int
-    content_hash: str  # the idempotence key: model files + dataset, split, languages, max_questions, ...
+    content_hash: str  # the idempotence key: model files + the evaluation set's contents + ECE settings
     dataset: str
     split: str
     languages: tuple[str, ...]
@@ -145,6 +153,9 @@ class EvalResult:
     wall_s: float
     model: str = ""
     temperature: float = DEFAULT_TEMPERATURE
+    path: str = ""  # the checkpoint's folder (local, s3://, or a model name)
+    model_hash: str = ""  # sha256 of the files that decide the embeddings (evaluation.config.content_hash)
+    data_digest: str = ""  # EvalSet.digest
 
     def to_json(self) -> str:
         """The whole result as JSON (NaN kept): how a trial on a worker node hands an evaluation to the
@@ -165,8 +176,7 @@ class EvalResult:
 
 def evaluation_key(model_hash: str, eval_set: EvalSet, config: EvalConfig, temperature: float) -> str:
     """The idempotence key of one evaluation: same model files + same data + same ECE settings = same key."""
-    parts = [model_hash, eval_set.name, eval_set.split, ",".join(eval_set.languages), str(config.max_questions),
-             f"{temperature:.6g}", str(config.ece_bins)]
+    parts = [model_hash, eval_set.digest, f"{temperature:.6g}", str(config.ece_bins)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -321,8 +331,8 @@ def _nanmean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def _assemble(ref: CheckpointRef, key: str, eval_set: EvalSet, scored: dict[str, dict], encode_tasks: int,
-              wall_s: float, ece_bins: int) -> EvalResult:
+def _assemble(ref: CheckpointRef, model_hash: str, eval_set: EvalSet, scored: dict[str, dict], encode_tasks: int,
+              wall_s: float, config: EvalConfig) -> EvalResult:
     langs = eval_set.languages
     pos = {lang: i for i, lang in enumerate(langs)}
     matrices = {m: np.full((len(langs), len(langs)), np.nan) for m in PAIR_METRICS}
@@ -342,10 +352,12 @@ def _assemble(ref: CheckpointRef, key: str, eval_set: EvalSet, scored: dict[str,
         summary |= {f"multi/{m}": float(np.mean([w[m] for w in widest.values()])) for m in POOLED_METRICS}
     per_language = {a: {m: w[m] for m in ("map", "rank_distance", "ece")} for a, w in widest.items()}
     _, reliability = M.expected_calibration_error(np.concatenate([o["confidence"] for o in scored.values()]),
-                                                  np.concatenate([o["correct"] for o in scored.values()]), ece_bins)
-    return EvalResult(ref.label or ref.path, ref.step, key, eval_set.name, eval_set.split, langs, matrices,
-                      summary, per_language, reliability, encode_tasks, wall_s, ref.model or ref.path,
-                      ref.temperature)
+                                                  np.concatenate([o["correct"] for o in scored.values()]),
+                                                  config.ece_bins)
+    return EvalResult(ref.label or ref.path, ref.step, evaluation_key(model_hash, eval_set, config, ref.temperature),
+                      eval_set.name, eval_set.split, langs, matrices, summary, per_language, reliability,
+                      encode_tasks, wall_s, ref.model or ref.path, ref.temperature, ref.path, model_hash,
+                      eval_set.digest)
 
 
 def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpus | EvalSet,
@@ -362,8 +374,7 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
         raise ValueError(f"{eval_set.name}/{eval_set.split}: no query with a relevant candidate in {eval_set.languages}.")
     start = time.perf_counter()
     submitted = [(ref, *_submit(ref, eval_set, config)) for ref in checkpoints]
-    submitted = [(ref, evaluation_key(ray.get(digest), eval_set, config, ref.temperature), scoring, n)
-                 for ref, digest, scoring, n in submitted]
+    submitted = [(ref, ray.get(digest), scoring, n) for ref, digest, scoring, n in submitted]
     owner = {r: i for i, (_, _, scoring, _) in enumerate(submitted) for r in scoring.values()}
     remaining = [len(s[2]) for s in submitted]
     finished = [0.0] * len(submitted)
@@ -375,7 +386,7 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
         if not remaining[i]:
             finished[i] = time.perf_counter() - start
     results = []
-    for i, (ref, key, scoring, n_encode) in enumerate(submitted):
+    for i, (ref, model_hash, scoring, n_encode) in enumerate(submitted):
         scored = dict(zip(scoring, ray.get(list(scoring.values()))))
-        results.append(_assemble(ref, key, eval_set, scored, n_encode, finished[i], config.ece_bins))
+        results.append(_assemble(ref, model_hash, eval_set, scored, n_encode, finished[i], config))
     return results

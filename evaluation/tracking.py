@@ -1,15 +1,21 @@
-"""Log an `EvalResult` to MLflow 3, once: metrics at the training step, matrices and reliability as artifacts.
+"""Log an `EvalResult` to MLflow 3, once: the checkpoint as a LoggedModel, metrics linked to it and to the
+evaluation set, matrices as tables and heatmaps.
 
 Layout in the run:
+- the checkpoint: a LoggedModel `{label}-step-{step}` of the run (external: the weights stay in sweep
+  storage; params: path, step, content hash, base model), found again by run and name.
+- the evaluation set: a dataset input (`{dataset}/{split}`, digest = `EvalSet.digest`, source = the
+  corpus's public URL or folder, context `evaluation`).
 - metrics `eval/{dataset}/{split}/{setting}/{metric}` and `eval/{dataset}/{split}/lang/{lang}/{metric}`,
-  with step = the checkpoint's training step. MLflow refuses "@" in names: recall@10 is logged as
-  recall_at_10. The split carries the proxy size ("heldout-proxy50"), so proxy and full evaluations of
-  one step never overwrite each other.
-- artifacts under `eval/{dataset}/{split}/step_{step}/`: one CSV + annotated heatmap PNG per metric
-  matrix, reliability.csv + reliability.png, summary.json (summary, per language, lineage).
-- idempotence: the tag `eval.{content_hash}` (value: the lineage JSON) is set after everything else is
-  logged; a result whose tag is on the run is skipped. A crash midway leaves no tag, so a retry logs
-  everything again.
+  with step = the checkpoint's training step, each linked to the LoggedModel and the dataset. MLflow
+  refuses "@" in names: recall@10 is logged as recall_at_10. The split carries the proxy size
+  ("heldout-proxy50"), so proxy and full evaluations of one step never overwrite each other.
+- artifacts under `eval/{dataset}/{split}/step_{step}/`: per metric matrix a CSV and an annotated heatmap
+  PNG, and for a full evaluation an MLflow table (`{metric}.json`, shown as a table in the UI; not per
+  proxy checkpoint: the run lists its tables in one tag of at most 8000 characters); reliability.csv +
+  reliability.png, summary.json (summary, per language, lineage).
+- idempotence: the LoggedModel's tag `eval.{key}` (value: the lineage JSON), set after everything else is
+  logged; a result whose tag is there is skipped. A crash midway leaves no tag, so a retry logs again.
 - lineage: params `eval.model` and `eval.{dataset}.{split}.languages` (write-once in MLflow: an existing
   value is kept), and per evaluation the tag value and summary.json (checkpoint path, content hash, ...).
 Nothing here computes a metric; nothing in evaluation.metrics logs.
@@ -22,14 +28,17 @@ import json
 import re
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend, nothing shown (Agg canvas)
+import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import DatasetInput, InputTag, LoggedModel, LoggedModelStatus, Metric, Param, Run
 
 from evaluation.runner import EvalResult
+from hybrid.data.sources import origin
 
 TAG_PREFIX = "eval."
 
@@ -44,36 +53,82 @@ def metric_key(result: EvalResult, name: str) -> str:
 
 
 def lineage(result: EvalResult) -> dict:
-    return {"checkpoint": result.checkpoint, "step": result.step, "model": result.model,
-            "content_hash": result.content_hash, "dataset": result.dataset, "split": result.split,
+    return {"checkpoint": result.checkpoint, "path": result.path, "step": result.step, "model": result.model,
+            "model_hash": result.model_hash, "content_hash": result.content_hash, "data_digest": result.data_digest,
+            "dataset": result.dataset, "split": result.split,
             "languages": list(result.languages), "temperature": result.temperature}
 
 
-def already_evaluated(run_id: str, content_hash: str, client: MlflowClient | None = None) -> bool:
-    """Whether `run_id` already holds the evaluation with this content hash."""
-    return TAG_PREFIX + content_hash in (client or MlflowClient()).get_run(run_id).data.tags
+def dataset_input(name: str, digest: str, source: str, context: str) -> DatasetInput:
+    """A run input for MLflow's Datasets column: `source` a URL or a folder, `context` e.g. training."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # a folder "can be interpreted in multiple ways": all of them local
+        warnings.simplefilter("ignore", UserWarning)
+        where = resolve_dataset_source(source)
+    return DatasetInput(MetaDataset(where, name=name, digest=digest[:36])._to_mlflow_entity(),
+                        tags=[InputTag("mlflow.data.context", context)])
+
+
+def model_name(result: EvalResult) -> str:
+    """`{label}-step-{step}` as a LoggedModel name may be (no / : . % or quotes; a path keeps its end)."""
+    return re.sub(r"[/:.%\"'\s]+", "-", f"{result.checkpoint}-step-{result.step}").strip("-")[-100:]
+
+
+def checkpoint_model(client: MlflowClient, run: Run, result: EvalResult) -> LoggedModel:
+    """The evaluated checkpoint as a LoggedModel of `run`, created once. External: MLflow records it (and
+    links metrics to it) but its weights stay where the sweep wrote them."""
+    name = model_name(result)
+    found = client.search_logged_models([run.info.experiment_id], max_results=1,
+                                        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{name}'")
+    if found:
+        return found[0]
+    model = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run.info.run_id,
+                                       tags={"mlflow.model.external": "true"}, model_type="encoder",
+                                       params={"path": result.path, "step": str(result.step), "base_model": result.model,
+                                               "content_hash": result.model_hash})
+    return client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
 
 def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = None) -> bool:
     """Log `result` to `run_id` unless it is there already; returns whether anything was logged."""
     client = client or MlflowClient()
     run = client.get_run(run_id)
+    model = checkpoint_model(client, run, result)
     tag = TAG_PREFIX + result.content_hash
-    if tag in run.data.tags:
+    if tag in model.tags:
         return False
+    dataset = f"{result.dataset}/{result.split}"
+    digest = result.data_digest[:36]  # MLflow's limit for a dataset digest
     now = int(time.time() * 1000)
     values = dict(result.summary)
     values |= {f"lang/{lang}/{m}": v for lang, by_metric in result.per_language.items() for m, v in by_metric.items()}
-    metrics = [Metric(metric_key(result, k), float(v), now, result.step) for k, v in values.items() if np.isfinite(v)]
+    metrics = [Metric(metric_key(result, k), float(v), now, result.step, model_id=model.model_id,
+                      dataset_name=dataset, dataset_digest=digest) for k, v in values.items() if np.isfinite(v)]
     params = {"eval.model": result.model,
               mlflow_name(f"eval.{result.dataset}.{result.split}.languages"): ",".join(result.languages)}
+    folder = f"eval/{mlflow_name(result.dataset)}/{mlflow_name(result.split)}/step_{result.step}"
     with tempfile.TemporaryDirectory() as tmp:
         write_artifacts(result, Path(tmp))
-        client.log_artifacts(run_id, tmp, f"eval/{mlflow_name(result.dataset)}/{mlflow_name(result.split)}/step_{result.step}")
+        client.log_artifacts(run_id, tmp, folder)
+    if "proxy" not in result.split:  # a full evaluation: a few per run (the run's table list is one tag)
+        logged = {f.path for f in client.list_artifacts(run_id, folder)}
+        for metric, matrix in result.matrices.items():
+            path = f"{folder}/{mlflow_name(metric)}.json"
+            if path not in logged:  # log_table appends to an existing table: a retry must not double it
+                client.log_table(run_id, matrix_table(matrix, result.languages), path)
+    client.log_inputs(run_id, datasets=[dataset_input(dataset, result.data_digest, origin(result.dataset), "evaluation")])
     client.log_batch(run_id, metrics=metrics,
                      params=[Param(k, v) for k, v in params.items() if k not in run.data.params])
-    client.set_tag(run_id, tag, json.dumps(lineage(result)))
+    client.set_logged_model_tags(model.model_id, {tag: json.dumps(lineage(result))})
     return True
+
+
+def matrix_table(matrix: np.ndarray, languages: tuple[str, ...]) -> pd.DataFrame:
+    """An L x L matrix as rows of (query language, one column per candidate language); NaN cells empty."""
+    table = pd.DataFrame(np.round(matrix, 6), columns=list(languages)).astype(object)
+    return table.where(table.notna(), None).assign(query=list(languages))[["query", *languages]]
 
 
 def write_artifacts(result: EvalResult, folder: Path) -> None:

@@ -8,6 +8,9 @@ evaluation languages (el and vi, by default, never seen in training).
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import logging
 from collections import Counter
 from pathlib import Path
@@ -45,6 +48,14 @@ def select_languages(pairs: list[TrainingPair], languages: tuple[str, ...], sour
         raise ValueError(f"{source}: no row in data.train_languages {list(languages)} (the data has "
                          f"{sorted({p.lang for p in pairs})}); set data.train_languages to languages of the data.")
     return kept
+
+
+def training_digest(data: DataConfig) -> str:
+    """sha256 of the training pairs `data` yields (ids, languages, texts): what a run trained on, as a digest."""
+    digest = hashlib.sha256()
+    for pair in training_pairs(data)[0]:
+        digest.update(json.dumps([pair.id, pair.lang, pair.query, pair.positive, pair.negative]).encode())
+    return digest.hexdigest()
 
 
 def heldout_corpus(data: DataConfig) -> ParallelCorpus:

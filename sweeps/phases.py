@@ -109,7 +109,7 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
                                   "sweep.name.")
         grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
     else:
-        logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run.optim.steps,
+        logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run,
                              setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose)
         run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger],
                                     failure_config=tune.FailureConfig(max_failures=1),  # Tune's tables: --verbose

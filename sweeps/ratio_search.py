@@ -129,9 +129,9 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     phases.save_settings(setup)
     exp_id = tracking.experiment_id(s.tracking_uri, s.name, s.artifact_location)
     resolved = to_dict(setup.run) | {"eval": to_dict(setup.eval), "sweep": to_dict(setup.sweep)}
-    parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw) | flat_params(
-        {"resolved": to_dict(setup.run)}), {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
-                                            "resolved.yaml": redact(yaml.safe_dump(resolved, sort_keys=False))})
+    parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw),
+                                    {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
+                                     "resolved.yaml": redact(yaml.safe_dump(resolved, sort_keys=False))})
     try:
         table = phases.search(setup, exp_id, parent_id, resume)  # [6] Tune + Optuna + ASHA
         table = phases.reseed(setup, table, exp_id, parent_id, resume)  # [7] more seeds for the top-k

@@ -21,9 +21,13 @@ from typing import Any
 from ray import tune
 
 from evaluation.runner import EvalResult
-from evaluation.tracking import log_result, mlflow_name
+from evaluation.tracking import dataset_input, log_result, mlflow_name
 from hybrid import storage
-from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key
+from hybrid.config import DataConfig
+from hybrid.data.sources import origin
+from hybrid.splits import training_digest
+from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key, trial_run_config
+from trainers.config import TrainRunConfig
 
 PARENT_TAG, TRIAL_TAG = "sweep.name", "tune.trial_id"
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +113,19 @@ def child_run(tracking_uri: str, exp_id: str, parent_id: str, trial_id: str, run
     return run.info.run_id
 
 
+def log_training_data(tracking_uri: str, run_id: str, data: DataConfig) -> None:
+    """The trial's training pairs as the run's `training` dataset input (digest of the pairs themselves;
+    MLflow keeps one input per name and digest, so a restarted trial logs it once)."""
+    name = f"{data.train_data or data.dataset}/train/{'+'.join(data.train_languages)}"
+    source = data.train_data or data.data_dir or origin(data.dataset)
+    client(tracking_uri).log_inputs(run_id, datasets=[dataset_input(name, _digest(data), source, "training")])
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(data: DataConfig) -> str:
+    return training_digest(data)
+
+
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
     from mlflow.entities import Metric
 
@@ -142,14 +159,16 @@ class TrialLogger(tune.Callback):
     per trial end: the progress view.
 
     Tune pickles its callbacks into the experiment state (in storage) and restores them on `--resume`:
-    only names and ids are kept here, never a client or a connection."""
+    only names, ids and the base configuration are kept here, never a client or a connection."""
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str, steps: int, train_storage: str,
+    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str, base: TrainRunConfig, train_storage: str,
                  objective: str, progress: bool):
-        self.uri, self.exp_id, self.parent_id, self.steps = tracking_uri, exp_id, parent_id, steps
+        self.uri, self.exp_id, self.parent_id, self.base = tracking_uri, exp_id, parent_id, base
+        self.steps = base.optim.steps
         self.train_storage = train_storage  # where a failed trial's Train run leaves its unsent reports
         self.objective, self.progress = objective, progress
         self.started: dict[str, float] = {}
+        self.first_result: dict[str, tuple[float, int]] = {}  # trial id -> (time, step): its training speed
         self.runs: dict[str, str] = {}  # trial id -> run id
 
     def _run_id(self, trial) -> str:
@@ -159,10 +178,12 @@ class TrialLogger(tune.Callback):
 
     def _start_run(self, trial) -> str:
         params = dict(trial.config)
-        return child_run(self.uri, self.exp_id, self.parent_id, trial.trial_id,
-                         run_name=f"{trial.trial_id} a={params.get('mono_ratio', 0):.2f} "
-                                  f"t={params.get('temperature', 0):.3f} s={params.get('seed', 0)}",
-                         params=params | {"config_key": config_key(params)})
+        run_id = child_run(self.uri, self.exp_id, self.parent_id, trial.trial_id,
+                           run_name=f"{trial.trial_id} a={params.get('mono_ratio', 0):.2f} "
+                                    f"t={params.get('temperature', 0):.3f} s={params.get('seed', 0)}",
+                           params=params | {"config_key": config_key(params)})
+        log_training_data(self.uri, run_id, trial_run_config(self.base, params).data)
+        return run_id
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.started[trial.trial_id] = time.time()
@@ -172,11 +193,11 @@ class TrialLogger(tune.Callback):
         run_id = self._run_id(trial)
         history = json.loads(result.get(TRAIN_HISTORY, "[]"))
         self._log_history(run_id, history)
+        step = int(result.get("step", 0))
         if self.progress:
             loss = next((h["loss"] for h in reversed(history) if "loss" in h), float("nan"))
-            self._say(trial, f"step {int(result.get('step', 0))}/{self.steps}, loss {loss:.4f}, "
-                             f"{self.objective} {result.get(self.objective, float('nan')):.4f}")
-        step = int(result.get("step", 0))
+            self._say(trial, f"step {step}/{self.steps}, loss {loss:.4f}, "
+                             f"{self.objective} {result.get(self.objective, float('nan')):.4f}{self._eta(trial, step)}")
         log_metrics(self.uri, run_id, {k: v for k, v in result.items() if k.startswith("trial/")}, step)
         if EVAL_RESULT in result:
             log_result(EvalResult.from_json(result[EVAL_RESULT]), run_id, client(self.uri))
@@ -195,6 +216,15 @@ class TrialLogger(tune.Callback):
         self._end(trial, "FAILED")
         if self.progress:
             self._say(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
+
+    def _eta(self, trial, step: int) -> str:
+        """", about N min left" from the trial's speed since its first result (start-up excluded)."""
+        now = time.time()
+        since, first_step = self.first_result.setdefault(trial.trial_id, (now, step))
+        if step >= self.steps or step <= first_step:
+            return ""
+        left = (now - since) / (step - first_step) * (self.steps - step)
+        return f", about {left / 60:.1f} min left" if left >= 60 else f", about {left:.0f} s left"
 
     def _say(self, trial, what: str) -> None:
         c = trial.config

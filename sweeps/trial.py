@@ -109,7 +109,7 @@ class EvaluateAndReport(TuneReportCallback):
         step = int(train_metrics.get("step", 0))
         proxy = self.setup.proxy_eval
         ref = CheckpointRef(path=storage.join(uri, "encoder"), step=step,
-                            temperature=self.config.method.temperature, label=f"step {step}")
+                            temperature=self.config.method.temperature, label=run_context.run_config.name)  # the trial id
         [result] = evaluate_checkpoints([ref], load_eval_set(proxy, self.config.data), proxy)
         report = train_metrics | result.summary | startup | {
             "checkpoint_path": uri, "trial/active_s": time.time() - self.first_report_at,

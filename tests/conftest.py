@@ -75,19 +75,25 @@ def s3_bucket(tmp_path_factory):
             os.environ[key] = value
 
 
-def render_in_chromium(report: Path, tmp_path: Path) -> Path:
-    """Open an HTML report in headless Chromium (Debian's, which CI installs): assert that the page's
-    own check saw every image load, and take a screenshot (returned)."""
+def chromium(url: str, shot: Path, budget_ms: int = 10000, height: int = 4000) -> str:
+    """Open `url` in headless Chromium (Debian's, which CI installs): the DOM once scripts ran for
+    `budget_ms` of virtual time, and a screenshot at `shot` (a fresh profile beside it)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed (Debian: apt-get install -y chromium); CI installs it")
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
-    dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
-    assert 'data-images-ok="true"' in dom.stdout, dom.stderr[-2000:]
+             f"--user-data-dir={shot.parent / ('profile-' + shot.stem)}", f"--virtual-time-budget={budget_ms}"]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    subprocess.run([*flags, f"--screenshot={shot}", f"--window-size=1400,{height}", url], capture_output=True,
+                   timeout=180)
+    assert shot.exists() and shot.stat().st_size > 10_000, dom.stderr[-2000:]
+    return dom.stdout
+
+
+def render_in_chromium(report: Path, tmp_path: Path) -> Path:
+    """Open an HTML report in headless Chromium: assert that the page's own check saw every image load,
+    and take a screenshot (returned)."""
     shot = tmp_path / "report.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,4000", report.as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 10_000
+    assert 'data-images-ok="true"' in chromium(report.as_uri(), shot)
     return shot

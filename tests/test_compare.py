@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
 
 from conftest import render_in_chromium
@@ -81,10 +82,12 @@ def build_store(root: Path, name: str = "synthetic", languages: dict[str, int] |
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment(name, artifact_location=(root / "mlruns").as_uri())
     parent = client.create_run(exp, run_name=name, tags={"sweep.name": name, "sweep.role": "parent"}).info.run_id
-    train = "['en', 'de', 'el']" if languages else "['en', 'de']"
-    for key, value in {"eval.dataset": "xquad-r", "sweep.objectives": "['multi/map']", "resolved.optim.steps": "40",
-                       "resolved.data.train_languages": train, "sweep.name": name}.items():
-        client.log_param(parent, key, value)
+    for key, value in {"eval.dataset": "xquad-r", "sweep.objectives": "['multi/map']", "sweep.name": name}.items():
+        client.log_param(parent, key, value)  # the preset's own keys, as strings
+    train = ["en", "de", "el"] if languages else ["en", "de"]  # the resolved configuration, read back as YAML
+    client.log_text(parent, yaml.safe_dump({"optim": {"steps": STEPS}, "data": {"train_languages": train},
+                                            "eval": {"dataset": "xquad-r"}, "sweep": {"objectives": ["multi/map"]}}),
+                    "config/resolved.yaml")
     base = {k: v - 0.1 for k, v in settings_values("cfg-a0", 0).items()}
     log_evaluation(client, parent, "xquad-r", "heldout", 0, base, matrix("cfg-a0", 0) - 0.1, 0.0)
     log_evaluation(client, parent, "mlqa-r", "all", 0, base, matrix("cfg-a0", 0) - 0.2, 0.0)

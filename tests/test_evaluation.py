@@ -1,6 +1,7 @@
 """Tests for evaluation/: config, the Ray + FAISS runner against a plain numpy reference, MLflow tracking,
 MIRACL from a fixture in MIRACL's own layout, and the CLI. Tiny random BERT, 3 languages, 30 questions."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -111,6 +112,8 @@ def test_checkpoint_lineage(evaluated, checkpoints):
     assert base.content_hash != trained.content_hash
     assert content_hash(checkpoints[0].path) != content_hash(checkpoints[1].path)
     assert base.languages == LANGS and base.dataset == "xquad-r"
+    assert (base.path, base.model_hash) == (checkpoints[0].path, content_hash(checkpoints[0].path))
+    assert base.data_digest == trained.data_digest and len(base.data_digest) == 64
 
 
 EPS = 1e-6  # FAISS and numpy round float32 products differently (by ~1e-7 here)
@@ -207,24 +210,43 @@ def test_mlqa_style_pairs_use_only_shared_question_ids():
 
 
 def test_logging_twice_keeps_one_set_of_metrics(evaluated, tmp_path):
+    """One LoggedModel per checkpoint with its metrics linked to it and to the evaluation set (a run
+    input), L x L tables, and the idempotence key on the model, not among the run's tags."""
     from mlflow import MlflowClient
 
-    from evaluation.tracking import already_evaluated, log_result, metric_key
+    from evaluation.tracking import log_result, metric_key
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # not set_tracking_uri: global state
     experiment = client.create_experiment("eval-test", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id
     result = evaluated[1][1]
-    assert not already_evaluated(run_id, result.content_hash, client)
     assert log_result(result, run_id, client) is True
-    assert log_result(result, run_id, client) is False  # skipped: the tag is there
-    assert already_evaluated(run_id, result.content_hash, client)
+    assert log_result(result, run_id, client) is False  # skipped: the key is on the checkpoint's model
     history = client.get_metric_history(run_id, metric_key(result, "multi/recall@10"))
     assert [(m.step, m.value) for m in history] == [(40, pytest.approx(result.summary["multi/recall@10"]))]
+    [model] = client.search_logged_models([experiment])
+    assert model.source_run_id == run_id and model.name.endswith("-run0-checkpoint_000040-step-40")
+    assert model.params["path"] == result.path and model.params["content_hash"] == result.model_hash
+    assert model.tags["mlflow.model.external"] == "true" and "eval." + result.content_hash in model.tags
+    linked = {m.key: m for m in model.metrics}
+    assert linked[metric_key(result, "multi/map")].dataset_name == "xquad-r/heldout-proxy30"
+    assert linked[metric_key(result, "multi/map")].dataset_digest == result.data_digest[:36]
+    run = client.get_run(run_id)
+    assert not [t for t in run.data.tags if t.startswith("eval.")]
+    [dataset] = run.inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("xquad-r/heldout-proxy30", result.data_digest[:36])
+    assert dataset.tags[0].value == "evaluation" and "lareqa" in dataset.dataset.source
     assert metric_key(result, "multi/recall@10") == "eval/xquad-r/heldout-proxy30/multi/recall_at_10"
     folder = "eval/xquad-r/heldout-proxy30/step_40"
     names = {Path(f.path).name for f in client.list_artifacts(run_id, folder)}
     assert {"map.csv", "map.png", "map_at_20.csv", "reliability.csv", "reliability.png", "summary.json"} <= names
+    assert "map.json" not in names  # MLflow tables only for full evaluations, a few per run
+    full = dataclasses.replace(result, split="heldout", content_hash="f" * 64)
+    assert log_result(full, run_id, client) and len(client.search_logged_models([experiment])) == 1
+    table = json.loads(Path(client.download_artifacts(run_id, "eval/xquad-r/heldout/step_40/map.json",
+                                                      str(tmp_path))).read_text())
+    assert table["columns"] == ["query", *result.languages] and [r[0] for r in table["data"]] == list(result.languages)
+    np.testing.assert_allclose(np.array([r[1:] for r in table["data"]], dtype=float), result.matrices["map"], atol=1e-6)
     assert client.get_run(run_id).data.params["eval.model"] == "tiny"
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import render_in_chromium
+from conftest import chromium, render_in_chromium
 
 from sweeps.config import load_sweep_setup
 from sweeps.search import param_space, reference_points
@@ -53,6 +53,22 @@ def test_trial_config_applies_the_searched_values():
     assert config_key(params) == config_key(params | {"seed": 9}) != config_key(params | {"mono_ratio": 0.3})
     as_numpy = {k: np.float64(v) if isinstance(v, float) else np.int64(v) for k, v in params.items()}
     assert config_key(as_numpy) == config_key(params)  # read back from a DataFrame: the same configuration
+
+
+def test_progress_lines_estimate_the_time_left(monkeypatch):
+    """From the trial's speed since its first result (its start-up is not training speed)."""
+    from types import SimpleNamespace
+
+    from sweeps.tracking import TrialLogger
+
+    setup = load_sweep_setup(ROOT / "configs/default.yaml")  # 16 steps
+    logger = TrialLogger("sqlite:///unused.db", "0", "parent", setup.run, "unused", "multi/map", progress=True)
+    trial = SimpleNamespace(trial_id="t1")
+    clock = iter([1000.0, 1060.0, 1100.0])
+    monkeypatch.setattr(time, "time", lambda: next(clock))
+    assert logger._eta(trial, 4) == ""  # the first result: no speed yet
+    assert logger._eta(trial, 8) == ", about 2.0 min left"  # 15 s a step, 8 steps to go
+    assert logger._eta(trial, 16) == ""  # done
 
 
 def test_ranking_compares_only_completed_trials():
@@ -130,12 +146,59 @@ def mlflow_runs(tmp_path: Path, name: str):
     return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
+@contextlib.contextmanager
+def mlflow_ui(store: str, log: Path):
+    """`mlflow ui` on 127.0.0.1 and a free port over `store`, ready (GET /health); stopped (its own process
+    group) on exit. Yields its base URL."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store, "--host",
+                               "127.0.0.1", "--port", str(port)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                              env=env(), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
 def env() -> dict[str, str]:
     """RAY_ADDRESS=local: the sweep starts its own Ray (never joins one this pytest process started),
     so killing the driver's process group takes that Ray down with it. MLFLOW_TRACKING_URI left out: the
     sweep honours it, and `mlflow.set_tracking_uri` in an earlier test sets it in this process."""
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"RAY_ADDRESS": "local",
                                                                                  "PYTHONUNBUFFERED": "1"}
+
+
+def assert_mlflow_ui(folder: Path, run, trial: str) -> None:
+    """`mlflow ui` on 127.0.0.1 over the sweep's store, pages opened in headless Chromium: the experiment on
+    its training runs with their dataset, a trial's run with its inputs and registered model, the
+    registered model with alias best. Screenshots stay in `folder/mlflow-ui/`."""
+    shots = folder / "mlflow-ui"
+    shots.mkdir(exist_ok=True)
+    exp = run.info.experiment_id
+    with mlflow_ui(f"sqlite:///{folder}/mlflow.db", folder / "mlflow-ui.log") as ui:
+        page = chromium(f"{ui}/#/experiments/{exp}/runs", shots / "experiment.png", 20000, 1000)
+        assert "Training runs" in page and "<strong>5</strong> matching runs" in page, page[-3000:]
+        assert "xquad-r/heldout (" in page  # the parent's dataset column
+        page = chromium(f"{ui}/#/experiments/{exp}/runs/{run.info.run_id}", shots / "trial.png", 20000, 1400)
+        assert run.info.run_name in page and "Registered models" in page, page[-3000:]
+        assert "xquad-r/train/en+de" in page and "Training" in page  # its training set, an input
+        page = chromium(f"{ui}/#/models/tiny", shots / "model.png", 20000, 800)
+        assert "Version 1" in page and "@&nbsp;best" in page and trial in page, page[-3000:]  # tags name the trial
 
 
 @pytest.mark.slow
@@ -206,6 +269,28 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     assert all(q in report.stdout for q in ("1. How does", "2. Does hybrid", "3. How do", "4. How does", "5. How robust"))
     render_in_chromium(tmp_path / "report" / "report.html", tmp_path)
+
+    # MLflow 3's lineage: each evaluated checkpoint a LoggedModel with its metrics linked to it and to the
+    # evaluation set; training and evaluation sets as run inputs; the study stored for optuna-dashboard.
+    best_run = next(c for c in children if c.data.tags["tune.trial_id"] == trial)
+    models = client.search_logged_models([best_run.info.experiment_id], filter_string=f"source_run_id = '{best_run.info.run_id}'")
+    assert {m.name for m in models} >= {f"{trial}-step-3", f"{trial}-step-6"}
+    final = next(m for m in models if m.name == f"{trial}-step-6")
+    assert final.params["path"].endswith("checkpoint_000006/encoder")
+    assert {(m.key, m.dataset_name) for m in final.metrics} >= {(PROXY_MAP, "xquad-r/heldout-proxy20"),
+                                                               ("eval/xquad-r/heldout/multi/map", "xquad-r/heldout")}
+    inputs = {(d.dataset.name, d.tags[0].value) for d in client.get_run(best_run.info.run_id).inputs.dataset_inputs}
+    assert inputs == {("xquad-r/train/en+de", "training"), ("xquad-r/heldout-proxy20", "evaluation"),
+                      ("xquad-r/heldout", "evaluation")}
+    assert not [t for r in runs for t in r.data.tags if t.startswith("eval.")]  # idempotence keys: on the models
+    import optuna
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert f"optuna-dashboard sqlite:///{tmp_path}/optuna.db" in done.stdout
+
+    # The MLflow UI, as a user opens it: the runs, the registered model with alias best, the dataset inputs.
+    assert_mlflow_ui(tmp_path, best_run, trial)
 
 
 def proxy_steps(tmp_path: Path, name: str) -> dict[str, list[int]]:

@@ -63,6 +63,15 @@ def download_mlqa_r(dest: Path, base_url: str = MLQA_R_URL, timeout_s: float = 6
     return dest
 
 
+ORIGINS = {"xquad-r": "https://github.com/google-research-datasets/lareqa/tree/master/xquad-r",
+           "mlqa-r": MLQA_R_URL, "miracl": "https://huggingface.co/datasets/miracl/miracl"}
+
+
+def origin(name: str) -> str:
+    """Where a named corpus comes from (its public URL); a folder given as the dataset is its own origin."""
+    return ORIGINS.get(name, name)
+
+
 def mlqa_r_dir(data_dir: Path | None = None, base_url: str = MLQA_R_URL) -> Path:
     """A folder holding MLQA-R: `data_dir`, else `$HYBRID_SWEEP_MLQA_R_DIR`, else the download cache."""
     local = data_dir or (Path(os.environ[MLQA_R_ENV]) if os.environ.get(MLQA_R_ENV) else None)

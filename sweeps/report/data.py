@@ -1,7 +1,8 @@
 """Load one sweep from MLflow into tidy DataFrames: the only module of the report that talks to MLflow.
 
 The layout read (written by sweeps.tracking, sweeps.trial, sweeps.phases and evaluation.tracking):
-- experiment = sweep name; parent run (tag `sweep.role=parent`): the flattened preset as params, the base
+- experiment = sweep name; parent run (tag `sweep.role=parent`): the resolved configuration as the artifact
+  `config/resolved.yaml` (read back here), the flattened preset as params, the base
   model's evaluation at step 0; a child run per trial (tag `sweep.role=trial`, `mlflow.parentRunId`) with
   params mono_ratio, temperature, lang_temperature, seed, config_key (optionally lr, num_train_languages).
 - evaluation metrics `eval/{dataset}/{split}/{setting}/{metric}` and `eval/{dataset}/{split}/lang/{lang}/{metric}`
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 # As sweeps.config names them; not imported at module level: sweeps.config pulls in torch and the trainers
 # (seconds), which a report on logged numbers does not need. tests/test_compare.py checks they agree.
@@ -116,6 +118,7 @@ class Sweep:
     experiment_id: str
     parent_id: str | None
     params: dict[str, str]
+    config: dict  # the resolved configuration (config/resolved.yaml of the parent) as flat `section.key` values
     parent_metrics: dict[str, float]
     runs: pd.DataFrame  # run_id, trial_id, run_name, status, config_key, mono_ratio, temperature, ...
     metrics: pd.DataFrame  # run_id, source, dataset, split, setting, metric, value, step
@@ -124,7 +127,10 @@ class Sweep:
     reliability: dict[tuple[str, str, str], pd.DataFrame] = field(default_factory=dict)  # run, dataset, source
 
     def param(self, *keys: str, default=None):
-        """The first of `keys` among the parent's params, parsed."""
+        """The first of `keys` in the resolved configuration, else among the parent's params (parsed)."""
+        for key in keys:
+            if key in self.config:
+                return self.config[key]
         for key in keys:
             if key in self.params:
                 return literal(self.params[key])
@@ -145,12 +151,12 @@ class Sweep:
 
     @property
     def train_languages(self) -> list[str]:
-        return list(self.param("resolved.data.train_languages", "data.train_languages", default=[]) or [])
+        return list(self.param("data.train_languages", default=[]) or [])
 
     @property
     def final_step(self) -> int | None:
         """The step every completed trial reaches (optim.steps), else the largest step evaluated."""
-        steps = self.param("resolved.optim.steps", "optim.steps")
+        steps = self.param("optim.steps")
         if isinstance(steps, (int, float)):
             return int(steps)
         trial_steps = self.metrics.loc[self.metrics["run_id"].isin(self.runs["run_id"]), "step"]
@@ -265,9 +271,10 @@ def load_sweep(client, experiment: str) -> Sweep:
     trials = [r for r in runs if r.data.tags.get("sweep.role") == "trial"
               and (parent is None or r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)]
     params = dict(parent.data.params) if parent else {}
-    main = str(literal(params.get("eval.dataset")) or "xquad-r")
     settings, languages, matrices, reliability = [], [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
+        config = _resolved_config(client, parent.info.run_id, Path(tmp)) if parent else {}
+        main = str(config.get("eval.dataset") or literal(params.get("eval.dataset")) or "xquad-r")
         for run in ([parent] if parent else []) + trials:
             s, lang = _evaluations(client, run, main)
             settings += s
@@ -279,10 +286,19 @@ def load_sweep(client, experiment: str) -> Sweep:
     lang_cols = ["run_id", "source", "dataset", "split", "lang", "metric", "value", "step"]
     trial_frame = pd.DataFrame([_trial_row(r) for r in trials],
                                columns=["run_id", "trial_id", "run_name", "status", "config_key", *TRIAL_PARAMS])
-    return Sweep(experiment, exp.experiment_id, parent.info.run_id if parent else None, params,
+    return Sweep(experiment, exp.experiment_id, parent.info.run_id if parent else None, params, config,
                  dict(parent.data.metrics) if parent else {}, trial_frame,
                  pd.DataFrame(settings, columns=metric_cols), pd.DataFrame(languages, columns=lang_cols),
                  matrices, reliability)
+
+
+def _resolved_config(client, parent_id: str, tmp: Path) -> dict:
+    """`config/resolved.yaml` of the parent run (every setting the sweep ran with, as YAML types) flattened
+    to `section.key`; {} for a sweep logged without it (its preset params are read instead)."""
+    if "resolved.yaml" not in {Path(f.path).name for f in client.list_artifacts(parent_id, "config")}:
+        return {}
+    text = Path(client.download_artifacts(parent_id, "config/resolved.yaml", str(tmp))).read_text()
+    return pd.json_normalize(yaml.safe_load(text), sep=".").iloc[0].to_dict()
 
 
 def log_report_artifacts(client, sweep: Sweep, files: list[Path], folder: str = "report") -> None:
