@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-questions", type=int, help="proxy evaluation on the first N question ids")
     parser.add_argument("--data-dir", help="local copy of MLQA-R or MIRACL")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="preset YAML (data: and eval: sections)")
+    parser.add_argument("--cache", help="evaluation cache folder (local or s3://): a checkpoint already evaluated on "
+                                        "the same data and settings is read from it instead (a sweep's: "
+                                        "<sweep.storage_path>/eval-cache)")
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
     return parser.parse_args(argv)
 
@@ -49,8 +52,8 @@ def format_result(result: EvalResult) -> str:
               "      " + "".join(f"{lang:>7}" for lang in result.languages)]
     for lang, row in zip(result.languages, result.matrices["map"]):
         lines.append(f"{lang:6}" + "".join(f"{'-':>7}" if np.isnan(v) else f"{v:7.3f}" for v in row))
-    lines += ["", f"wall time {result.wall_s:.1f} s, encode tasks {result.encode_tasks} "
-                  f"(2 x {len(result.languages)} languages)"]
+    lines += ["", "from the evaluation cache" if result.cached else
+              f"wall time {result.wall_s:.1f} s, encode tasks {result.encode_tasks} (2 x {len(result.languages)} languages)"]
     return "\n".join(lines)
 
 
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
 
     if not ray.is_initialized():
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    results = evaluate_checkpoints(refs, eval_set, config)
+    results = evaluate_checkpoints(refs, eval_set, config, args.cache)
     for result in results:
         print(format_result(result), end="\n\n")
     print(f"total {time.perf_counter() - started:.1f} s (Ray start, data loading and model hashing included)")

@@ -156,6 +156,7 @@ class EvalResult:
     path: str = ""  # the checkpoint's folder (local, s3://, or a model name)
     model_hash: str = ""  # sha256 of the files that decide the embeddings (evaluation.config.content_hash)
     data_digest: str = ""  # EvalSet.digest
+    cached: bool = False  # taken from the evaluation cache, not computed in this call
 
     def to_json(self) -> str:
         """The whole result as JSON (NaN kept): how a trial on a worker node hands an evaluation to the
@@ -294,19 +295,20 @@ def _score_task(queries: np.ndarray, positives: list[dict[str, tuple[int, ...]]]
                                 use_gpu)
 
 
-def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[ray.ObjectRef, dict, int]:
-    """Submit one checkpoint's tasks; returns (its content hash, {query language: scoring ObjectRef},
-    encode task count)."""
+# Outside any placement group: called from a Tune trial (whose group captures child tasks and is full),
+# evaluation tasks would otherwise wait forever for a CPU inside the trial's own bundle.
+OUTSIDE_TRIAL = PlacementGroupSchedulingStrategy(placement_group=None)
+
+
+def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[dict, int]:
+    """Submit one checkpoint's tasks; returns ({query language: scoring ObjectRef}, encode task count)."""
     encode_threads, score_threads = config.threads
-    # Outside any placement group: called from a Tune trial (whose group captures child tasks and is
-    # full), evaluation tasks would otherwise wait forever for a CPU inside the trial's own bundle.
-    free = PlacementGroupSchedulingStrategy(placement_group=None)
     # Ray hides GPUs from tasks that do not ask for one, so a GPU index needs the request.
     score_gpus = 1 if config.use_gpu_index and ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
     def encode(texts: list[str], side: str, lang: str) -> ray.ObjectRef:
         return _encode_task.options(num_cpus=config.encode_cpus, name=f"encode:{ref.label}:{lang}:{side}",
-                                    scheduling_strategy=free).remote(
+                                    scheduling_strategy=OUTSIDE_TRIAL).remote(
             ref.path, texts, side, config.batch_size, encode_threads)
 
     # [1] candidates first: every scoring task needs all of them, but only its own queries.
@@ -317,13 +319,10 @@ def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[
         cand_langs = list(eval_set.languages) if eval_set.parallel else [lang]
         # [2] ObjectRefs as top-level arguments: Ray resolves them to (zero-copy) arrays in the task.
         scoring[lang] = _score_task.options(num_cpus=config.score_cpus, num_gpus=score_gpus,
-                                            name=f"score:{ref.label}:{lang}", scheduling_strategy=free).remote(
+                                            name=f"score:{ref.label}:{lang}", scheduling_strategy=OUTSIDE_TRIAL).remote(
             queries[lang], eval_set.positives[lang], cand_langs, ref.temperature, config.ece_bins,
             config.use_gpu_index, score_threads, *[cands[b] for b in cand_langs])
-    # Hashing the weights overlaps the encoding it does not feed.
-    digest = _hash_task.options(num_cpus=config.encode_cpus, name=f"hash:{ref.label}",
-                                scheduling_strategy=free).remote(ref.path)
-    return digest, scoring, len(cands) + len(queries)
+    return scoring, len(cands) + len(queries)
 
 
 def _nanmean(values: np.ndarray) -> float | None:
@@ -360,24 +359,29 @@ def _assemble(ref: CheckpointRef, model_hash: str, eval_set: EvalSet, scored: di
                       eval_set.digest)
 
 
-def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpus | EvalSet,
-                         config: EvalConfig) -> list[EvalResult]:
+def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpus | EvalSet, config: EvalConfig,
+                         cache: str | None = None) -> list[EvalResult]:
     """Evaluate every checkpoint on every language pair, concurrently; results in input order.
 
     `config.languages` and `config.max_questions` are applied to `corpus` here. Uses the current Ray
     (`ray.init` first; Ray starts a local one otherwise). `wall_s` of a result runs from the first
     submission to its checkpoint's last scoring task, so concurrent checkpoints share the machine.
+    `cache` (a folder, local or s3://): results are kept there by evaluation key (model files + data +
+    settings), and a checkpoint whose key is there is not evaluated again (`cached` True, `wall_s` 0).
     """
     eval_set = corpus if isinstance(corpus, EvalSet) else EvalSet.from_corpus(corpus)
     eval_set = eval_set.restrict(config.languages, config.max_questions)
     if not any(eval_set.queries.values()):
         raise ValueError(f"{eval_set.name}/{eval_set.split}: no query with a relevant candidate in {eval_set.languages}.")
     start = time.perf_counter()
-    submitted = [(ref, *_submit(ref, eval_set, config)) for ref in checkpoints]
-    submitted = [(ref, ray.get(digest), scoring, n) for ref, digest, scoring, n in submitted]
-    owner = {r: i for i, (_, _, scoring, _) in enumerate(submitted) for r in scoring.values()}
-    remaining = [len(s[2]) for s in submitted]
-    finished = [0.0] * len(submitted)
+    hashes = ray.get([_hash_task.options(num_cpus=config.encode_cpus, name=f"hash:{ref.label}",
+                                         scheduling_strategy=OUTSIDE_TRIAL).remote(ref.path) for ref in checkpoints])
+    found = {i: hit for i, (ref, model_hash) in enumerate(zip(checkpoints, hashes))
+             if cache and (hit := _cached(cache, evaluation_key(model_hash, eval_set, config, ref.temperature)))}
+    submitted = {i: _submit(ref, eval_set, config) for i, ref in enumerate(checkpoints) if i not in found}
+    owner = {r: i for i, (scoring, _) in submitted.items() for r in scoring.values()}
+    remaining = {i: len(scoring) for i, (scoring, _) in submitted.items()}
+    finished = dict.fromkeys(submitted, 0.0)
     pending = list(owner)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
@@ -386,7 +390,32 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
         if not remaining[i]:
             finished[i] = time.perf_counter() - start
     results = []
-    for i, (ref, model_hash, scoring, n_encode) in enumerate(submitted):
+    for i, (ref, model_hash) in enumerate(zip(checkpoints, hashes)):
+        if i in found:  # the same files on the same data: only the labels are this checkpoint's
+            results.append(replace(found[i], checkpoint=ref.label or ref.path, step=ref.step, path=ref.path,
+                                   model=ref.model or ref.path, encode_tasks=0, wall_s=0.0, cached=True))
+            continue
+        scoring, n_encode = submitted[i]
         scored = dict(zip(scoring, ray.get(list(scoring.values()))))
         results.append(_assemble(ref, model_hash, eval_set, scored, n_encode, finished[i], config))
+        if cache:
+            storage.write_text(_cache_file(cache, results[-1].content_hash), results[-1].to_json())
     return results
+
+
+CACHE_FORMAT = 1  # raise when a metric's definition changes: older cached results are then not reused
+
+
+def _cache_file(cache: str, key: str) -> str:
+    return storage.join(cache, f"v{CACHE_FORMAT}-{key}.json")
+
+
+def _cached(cache: str, key: str) -> EvalResult | None:
+    """The cached result of evaluation `key`, or None (absent, or cut short by a crash while written)."""
+    location = _cache_file(cache, key)
+    if not storage.exists(location):
+        return None
+    try:
+        return EvalResult.from_json(storage.read_text(location))
+    except (ValueError, TypeError, KeyError):
+        return None

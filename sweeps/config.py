@@ -20,7 +20,7 @@ from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
 # Sweep keys that may change on --resume: they act after the search (or only wait), never on its results.
-RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "zero_shot_datasets", "trials", "verbose")  # trials: only raised
+RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "eval_cache", "zero_shot_datasets", "trials", "verbose")  # trials: only raised
 CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
@@ -100,7 +100,10 @@ class SweepConfig:
     proxy_languages: tuple[str, ...] = ("en", "zh", "el")
     proxy_max_questions: int | None = 100
     proxy_cpus: float = 0.1
-    final_eval: bool = True  # full evaluation (all eval languages, all questions) of the best and references
+    final_eval: bool = True
+    # Reuse an evaluation of the same model files on the same data and settings (the base model's in a
+    # second sweep, a checkpoint evaluated again after a restart): figures identical to recomputing them.
+    eval_cache: bool = True  # full evaluation (all eval languages, all questions) of the best and references
     zero_shot_datasets: tuple[str, ...] = ()  # e.g. [mlqa-r]: evaluated at the end only, never selected on
     search: SearchSpace = field(default_factory=SearchSpace)
     tracking_uri: str = "sqlite:///mlflow.db"
@@ -147,6 +150,11 @@ class SweepConfig:
             raise ValueError(f"sweep.scale_up_timeout_s must be > 0 seconds, got {self.scale_up_timeout_s}.")
         if self.top_k < 0 or self.seeds < 1 or self.max_concurrent < 1:
             raise ValueError("sweep.top_k must be >= 0, sweep.seeds >= 1, sweep.max_concurrent >= 1.")
+
+    @property
+    def eval_cache_location(self) -> str | None:
+        """`<storage_path>/eval-cache`: evaluations kept by key, shared by every sweep on this storage."""
+        return storage.join(self.storage_path, "eval-cache") if self.eval_cache else None
 
     def location(self, *parts: str) -> str:
         """`<storage_path>/<name>/<parts>`: where everything of this sweep lives (phases, checkpoints)."""

@@ -223,7 +223,8 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_
     summary: dict[str, float] = {}
     for dataset in (setup.eval.dataset, *setup.sweep.zero_shot_datasets):
         full = replace(setup.eval, dataset=dataset, languages=None, max_questions=None)
-        results = evaluate_checkpoints([base, *refs], load_eval_set(full, setup.run.data), full)
+        results = evaluate_checkpoints([base, *refs], load_eval_set(full, setup.run.data), full,
+                                       setup.sweep.eval_cache_location)
         client = tracking.client(uri)
         log_result(results[0], parent_id, client)
         for result, trial in zip(results[1:], chosen["trial"]):

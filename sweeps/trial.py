@@ -110,7 +110,8 @@ class EvaluateAndReport(TuneReportCallback):
         proxy = self.setup.proxy_eval
         ref = CheckpointRef(path=storage.join(uri, "encoder"), step=step,
                             temperature=self.config.method.temperature, label=run_context.run_config.name)  # the trial id
-        [result] = evaluate_checkpoints([ref], load_eval_set(proxy, self.config.data), proxy)
+        [result] = evaluate_checkpoints([ref], load_eval_set(proxy, self.config.data), proxy,
+                                        self.setup.sweep.eval_cache_location)
         report = train_metrics | result.summary | startup | {
             "checkpoint_path": uri, "trial/active_s": time.time() - self.first_report_at,
             TRAIN_HISTORY: json.dumps(history), EVAL_RESULT: result.to_json()}

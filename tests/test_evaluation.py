@@ -77,6 +77,29 @@ def evaluated(local_ray, heldout, checkpoints):
     return config, results, executed
 
 
+def test_a_cached_result_equals_the_recomputed_one_and_encodes_nothing(local_ray, evaluated, checkpoints, heldout,
+                                                                      tmp_path):
+    """The evaluation cache (keyed by model files + evaluation set + settings): a second evaluation of the
+    same files, even under another label, runs no encoding and gives exactly the stored figures."""
+    config, computed, _ = evaluated
+    cache = str(tmp_path / "eval-cache")
+    first = evaluate_checkpoints(checkpoints, heldout, config, cache)
+    assert not any(r.cached for r in first) and len(list((tmp_path / "eval-cache").glob("v*-*.json"))) == 2
+    before = _encode_events(local_ray)
+    again = [dataclasses.replace(ref, label=f"again-{i}") for i, ref in enumerate(checkpoints)]
+    second = evaluate_checkpoints(again, heldout, config, cache)
+    time.sleep(3)  # task events reach the GCS about once a second
+    assert not any(label.startswith("again") for label in _encode_events(local_ray).keys() - before.keys())
+    for recomputed, stored, hit, ref in zip(computed, first, second, again):
+        assert hit.cached and hit.encode_tasks == 0 and (hit.checkpoint, hit.step) == (ref.label, ref.step)
+        assert hit.summary == stored.summary and hit.per_language == stored.per_language
+        assert hit.content_hash == stored.content_hash == recomputed.content_hash
+        for metric, matrix in recomputed.matrices.items():
+            np.testing.assert_array_equal(hit.matrices[metric], stored.matrices[metric])
+            np.testing.assert_allclose(hit.matrices[metric], matrix, atol=1e-6)  # and as computed without a cache
+        np.testing.assert_array_equal(hit.reliability.accuracy, stored.reliability.accuracy)
+
+
 def test_config_validates_and_loads_from_the_preset():
     preset = read_yaml(Path(__file__).parents[1] / "configs" / "default.yaml")
     assert from_dict(EvalConfig, preset["eval"], "eval") == EvalConfig()
