@@ -168,7 +168,9 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     if overhead:
         print(f"\nPer trial: {overhead['sweep/trial_wall_s']:.0f} s, of which {overhead['sweep/trial_overhead_s']:.0f} s "
               f"({overhead['sweep/trial_overhead_fraction']:.0%}) outside training and evaluation "
-              f"(start-up {overhead['sweep/trial_startup_s']:.0f} s: Train workers, imports, model, DeepSpeed).")
+              f"(start-up {overhead['sweep/trial_startup_s']:.0f} s: " + ", ".join(
+                  f"{k.split('/')[-1][:-2]} {v:.1f}" for k, v in overhead.items() if k.startswith("sweep/startup/"))
+              + ").")
     best = ranking.iloc[0]
     knobs = ", ".join(f"{k}={best[k]:.4g}" for k in phases.PARAM_COLUMNS if k in best and k != "seed")
     phases.save_finished(setup, f"{len(table)} trials in {wall / 60:.1f} min; best {s.objectives[0]} "

@@ -246,7 +246,8 @@ class TrialLogger(tune.Callback):
 
 def trial_overhead(tracking_uri: str, exp_id: str) -> dict[str, float]:
     """Mean per-trial time outside training and evaluation (start-up before the first report plus
-    teardown after the last), over the sweep's trials that logged a wall time; {} when none did."""
+    teardown after the last), and the start-up's split by stage (`sweep/startup/{stage}_s`), over the
+    sweep's trials that logged a wall time; {} when none did."""
     runs = client(tracking_uri).search_runs([exp_id], filter_string="tags.`sweep.role` = 'trial'", max_results=10000)
     timed = [r.data.metrics for r in runs if {"trial/wall_s", "trial/active_s", "trial/startup_s"} <= set(r.data.metrics)]
     if not timed:
@@ -254,5 +255,7 @@ def trial_overhead(tracking_uri: str, exp_id: str) -> dict[str, float]:
     wall = sum(m["trial/wall_s"] for m in timed) / len(timed)
     startup = sum(m["trial/startup_s"] for m in timed) / len(timed)
     overhead = sum(m["trial/wall_s"] - m["trial/active_s"] for m in timed) / len(timed)
+    stages = sorted({k for m in timed for k in m if k.startswith("trial/startup/")})
+    split = {f"sweep/{k[len('trial/'):]}": sum(m.get(k, 0.0) for m in timed) / len(timed) for k in stages}
     return {"sweep/trial_wall_s": wall, "sweep/trial_startup_s": startup, "sweep/trial_overhead_s": overhead,
-            "sweep/trial_overhead_fraction": overhead / wall}
+            "sweep/trial_overhead_fraction": overhead / wall} | split

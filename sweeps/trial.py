@@ -22,6 +22,7 @@ from evaluation.runner import CheckpointRef, evaluate_checkpoints, load_eval_set
 from hybrid import storage
 from sweeps.config import SweepSetup
 from trainers.config import TrainRunConfig
+from trainers.loop import STARTUP_MARK
 from trainers.train import build_trainer
 
 
@@ -45,6 +46,25 @@ def trial_run_config(base: TrainRunConfig, params: dict[str, Any]) -> TrainRunCo
     if "num_train_languages" in params:
         data = replace(data, train_languages=data.train_languages[: params["num_train_languages"]])
     return replace(base, method=method, optim=optim, data=data)
+
+
+STARTUP_STAGES = {  # mark -> the stage that ends there (rank 0's worker), in order
+    "process": "workers",  # Tune's trial start -> the Train worker's process: controller, placement group, spawn
+    "entry": "imports",  # the worker process -> the training loop: Ray worker, torch/DeepSpeed imports, process group
+    "data": "data", "model": "model", "engine": "engine",  # data + samplers, the encoder's weights, DeepSpeed init
+    "restore": "restore", "validation": "validation",  # the resume check, the step-0 held-out validation
+}
+
+
+def startup_split(started_at: float, marks: dict[str, float], reported_at: float) -> dict[str, float]:
+    """`trial/startup/{stage}_s` from the worker's marks (a resumed run has no validation stage); `report`
+    is the step-0 report's way to the controller. Their sum is `trial/startup_s`."""
+    split, last = {}, started_at
+    for mark, stage in STARTUP_STAGES.items():
+        if mark in marks:
+            split[f"trial/startup/{stage}_s"] = marks[mark] - last
+            last = marks[mark]
+    return split | ({"trial/startup/report_s": reported_at - last} if split else {})
 
 
 class EvaluateAndReport(TuneReportCallback):
@@ -82,9 +102,11 @@ class EvaluateAndReport(TuneReportCallback):
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         train_metrics = dict(metrics[0])
+        marks = {k[len(STARTUP_MARK):]: train_metrics.pop(k) for k in list(train_metrics) if k.startswith(STARTUP_MARK)}
         if self.first_report_at is None:
             self.first_report_at = time.time()
-            self.startup = {"trial/startup_s": self.first_report_at - self.started_at}
+            self.startup = {"trial/startup_s": self.first_report_at - self.started_at} | startup_split(
+                self.started_at, marks, self.first_report_at)
         # A run resumed after its last step reports its final checkpoint's path instead of a checkpoint.
         path = checkpoint.path if checkpoint is not None else train_metrics.pop("checkpoint_path", None)
         self.history.append(train_metrics)

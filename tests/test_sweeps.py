@@ -71,6 +71,18 @@ def test_progress_lines_estimate_the_time_left(monkeypatch):
     assert logger._eta(trial, 16) == ""  # done
 
 
+def test_the_startup_split_adds_up_to_the_startup():
+    from sweeps.trial import startup_split
+
+    marks = {"process": 103.0, "entry": 110.0, "data": 111.0, "model": 113.0, "engine": 116.0, "restore": 116.5,
+             "validation": 119.0}
+    split = startup_split(100.0, marks, 120.0)
+    assert split["trial/startup/workers_s"] == 3.0 and split["trial/startup/imports_s"] == 7.0
+    assert split["trial/startup/validation_s"] == 2.5 and split["trial/startup/report_s"] == 1.0
+    assert sum(split.values()) == pytest.approx(20.0)
+    assert startup_split(100.0, {}, 120.0) == {}  # a resumed run that reports no marks
+
+
 def test_ranking_compares_only_completed_trials():
     """A pruned trial (stopped at step 8 of 16) with the best proxy score is not the best configuration:
     its score is from an earlier step and it has no final checkpoint to evaluate."""
@@ -260,6 +272,8 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
     for child in children:  # the trial's time split: start-up, then training + evaluation, then teardown
         m = child.data.metrics
         assert 0 < m["trial/startup_s"] < m["trial/wall_s"] - m["trial/active_s"] < m["trial/wall_s"], m
+        split = {k: v for k, v in m.items() if k.startswith("trial/startup/")}
+        assert len(split) == 8 and sum(split.values()) == pytest.approx(m["trial/startup_s"], abs=0.01), split
     assert 0 < parents[0].data.metrics["sweep/trial_overhead_fraction"] < 1 and "Per trial:" in done.stdout
 
     # The comparison report of this real (tiny) sweep: every question answered or marked, images load.

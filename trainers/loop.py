@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pyarrow.fs as pafs
 import ray.train
 import torch
@@ -35,6 +36,7 @@ from hybrid.splits import training_pairs
 from trainers.engine import make_engine
 
 STATE_FILE = "trainer_state.json"
+STARTUP_MARK = "startup_at/"  # step 0's report: when each start-up stage of the worker ended
 VAL_SEED = 1_000_003  # fixed: every checkpoint is validated on the same held-out batches
 
 
@@ -147,6 +149,9 @@ def _this_and_earlier(checkpoint: ray.train.Checkpoint | None) -> list[ray.train
 
 
 def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
+    # The start-up split (seconds since the epoch, reported with step 0): when this worker's process was
+    # created and when each stage ended. `sweeps.trial` turns them into durations.
+    marks = {"process": psutil.Process().create_time(), "entry": time.time()}
     config = from_dict(TrainRunConfig, config_dict)  # rebuilt and re-validated inside the worker
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -157,15 +162,19 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     m = config.method
     sampler = HybridBatchSampler(train_pairs, m.batch_size, m.mono_ratio, m.lang_temperature, m.seed, rank, world)
     val_sampler = HybridBatchSampler(val_pairs, m.batch_size, 0.5, m.lang_temperature, VAL_SEED, rank, world)
+    marks["data"] = time.time()
 
     encoder = load_encoder(config.model.name, config.model.spec)
     if config.model.freeze_embeddings:
         encoder.backbone.get_input_embeddings().requires_grad_(False)
+    marks["model"] = time.time()
     engine = make_engine(encoder, config, world)
     loss_fn = InfoNCELoss(m.temperature, m.symmetric)
+    marks["engine"] = time.time()
 
     mono_steps = 0
     state, restored_path = restore(ray.train.get_checkpoint(), engine)
+    marks["restore"] = time.time()
     if state:
         sampler.load_state_dict(state["sampler"])
         mono_steps = state["mono_steps"]
@@ -174,7 +183,9 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         ray.train.report(state["metrics"] | {"resumed_from_step": start, "checkpoint_path": restored_path})
         return  # (a killed sweep driver): report the final checkpoint again, train no step past the last
     if start == 0:  # the base model's held-out figures, so every run carries its own baseline
-        ray.train.report({"step": 0, **validate(engine, loss_fn, val_sampler, config)})
+        figures = validate(engine, loss_fn, val_sampler, config)
+        marks["validation"] = time.time()
+        ray.train.report({"step": 0, **figures} | {f"{STARTUP_MARK}{k}": v for k, v in marks.items()})
 
     window = _new_window()
     for batch in sampler:
