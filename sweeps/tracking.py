@@ -168,7 +168,6 @@ class TrialLogger(tune.Callback):
         self.train_storage = train_storage  # where a failed trial's Train run leaves its unsent reports
         self.objective, self.progress = objective, progress
         self.started: dict[str, float] = {}
-        self.first_result: dict[str, tuple[float, int]] = {}  # trial id -> (time, step): its training speed
         self.runs: dict[str, str] = {}  # trial id -> run id
 
     def _run_id(self, trial) -> str:
@@ -197,7 +196,8 @@ class TrialLogger(tune.Callback):
         if self.progress:
             loss = next((h["loss"] for h in reversed(history) if "loss" in h), float("nan"))
             self._say(trial, f"step {step}/{self.steps}, loss {loss:.4f}, "
-                             f"{self.objective} {result.get(self.objective, float('nan')):.4f}{self._eta(trial, step)}")
+                             f"{self.objective} {result.get(self.objective, float('nan')):.4f}"
+                             f"{self._eta(step, result.get('trial/active_s'))}")
         log_metrics(self.uri, run_id, {k: v for k, v in result.items() if k.startswith("trial/")}, step)
         if EVAL_RESULT in result:
             log_result(EvalResult.from_json(result[EVAL_RESULT]), run_id, client(self.uri))
@@ -217,13 +217,12 @@ class TrialLogger(tune.Callback):
         if self.progress:
             self._say(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
 
-    def _eta(self, trial, step: int) -> str:
-        """", about N min left" from the trial's speed since its first result (start-up excluded)."""
-        now = time.time()
-        since, first_step = self.first_result.setdefault(trial.trial_id, (now, step))
-        if step >= self.steps or step <= first_step:
+    def _eta(self, step: int, active_s: float | None) -> str:
+        """", about N min left" from the trial's pace since its step-0 report (`trial/active_s`: training,
+        checkpoints and proxy evaluations; its start-up excluded)."""
+        if not active_s or not 0 < step < self.steps:
             return ""
-        left = (now - since) / (step - first_step) * (self.steps - step)
+        left = active_s / step * (self.steps - step)
         return f", about {left / 60:.1f} min left" if left >= 60 else f", about {left:.0f} s left"
 
     def _say(self, trial, what: str) -> None:

@@ -55,20 +55,15 @@ def test_trial_config_applies_the_searched_values():
     assert config_key(as_numpy) == config_key(params)  # read back from a DataFrame: the same configuration
 
 
-def test_progress_lines_estimate_the_time_left(monkeypatch):
-    """From the trial's speed since its first result (its start-up is not training speed)."""
-    from types import SimpleNamespace
-
+def test_progress_lines_estimate_the_time_left():
+    """From the trial's pace since its step-0 report (its start-up is not training speed)."""
     from sweeps.tracking import TrialLogger
 
     setup = load_sweep_setup(ROOT / "configs/default.yaml")  # 16 steps
     logger = TrialLogger("sqlite:///unused.db", "0", "parent", setup.run, "unused", "multi/map", progress=True)
-    trial = SimpleNamespace(trial_id="t1")
-    clock = iter([1000.0, 1060.0, 1100.0])
-    monkeypatch.setattr(time, "time", lambda: next(clock))
-    assert logger._eta(trial, 4) == ""  # the first result: no speed yet
-    assert logger._eta(trial, 8) == ", about 2.0 min left"  # 15 s a step, 8 steps to go
-    assert logger._eta(trial, 16) == ""  # done
+    assert logger._eta(8, 120.0) == ", about 2.0 min left"  # 15 s a step, 8 steps to go
+    assert logger._eta(12, 30.0) == ", about 10 s left"
+    assert logger._eta(16, 200.0) == "" and logger._eta(8, None) == ""  # done; no pace known
 
 
 def test_the_startup_split_adds_up_to_the_startup():
@@ -226,6 +221,7 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
     assert len(re.findall(r"^\d\d:\d\d:\d\d trial \S+ \(alpha [\d.]+, tau [\d.]+, seed \d\): step 6/6, loss [\d.]+, "
                           r"multi/map [\d.]+$", done.stdout, re.M)) == 4
     assert "== search: 3 trial(s) ==" in done.stdout and "Reporting training result" not in done.stdout
+    assert re.search(r"step 3/6, loss [\d.]+, multi/map [\d.]+, about \d+ s left$", done.stdout, re.M), done.stdout
     logs = Path(re.search(r"Ray workers' and tasks' output: (\S+) \(--verbose", done.stdout).group(1))
     assert any("Reporting training result" in p.read_text(errors="replace") for p in logs.glob("worker-*"))
     client, runs = mlflow_runs(tmp_path, "tiny")
@@ -353,38 +349,6 @@ def assert_resumed_cleanly(folder: Path, name: str, before: dict[str, int], tria
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path, tiny_model_dir):
-    config = tiny_sweep_config(tmp_path, tiny_model_dir, "resumable")
-    driver = subprocess.Popen(sweep_command(config), cwd=tmp_path, env=env(), start_new_session=True,
-                              stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 600
-    while time.time() < deadline and driver.poll() is None and not finished_trials(tmp_path, "resumable"):
-        time.sleep(2)
-    assert driver.poll() is None, "the sweep ended before it could be interrupted:\n" + (tmp_path / "driver.log").read_text()[-3000:]
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
-    before = finished_trials(tmp_path, "resumable")
-    assert before
-
-    done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert_resumed_cleanly(tmp_path, "resumable", before, trials=4)
-
-    # The same command again, without --resume: refused before Ray starts, the finished sweep untouched.
-    again = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
-    assert re.fullmatch(r"error: sweep 'resumable' finished: 4 trials in [\d.]+ min; best multi/map \d\.\d{4} over [12] "
-                        r"seed\(s\) at mono_ratio=[\d.e-]+, temperature=[\d.e-]+, lang_temperature=inf\. Start another "
-                        r"with --name NEW, or add trials with --resume --set sweep.trials=N\.\n", again.stderr), again.stderr
-    # --resume with a setting that changes results: refused by name, before Ray starts.
-    changed = subprocess.run(sweep_command(config, "--resume", "--set", "method.batch_size=4"), cwd=tmp_path, env=env(),
-                             capture_output=True, text=True, timeout=120)
-    assert changed.returncode == 2 and "with changed settings: method.batch_size." in changed.stderr, changed.stderr
-    assert_resumed_cleanly(tmp_path, "resumable", before, trials=4)
-
-
-@pytest.mark.slow
 def test_concurrent_trials_log_every_report_and_a_diverging_trial_fails_alone(tmp_path, tiny_model_dir):
     """Two trials at once (`max_concurrent=2`), a training report every step (`log_every=1`), a checkpoint
     every 2 steps with `keep_checkpoints=1`, and a searched lr range whose third trial diverges:
@@ -396,13 +360,14 @@ def test_concurrent_trials_log_every_report_and_a_diverging_trial_fails_alone(tm
     config = tiny_sweep_config(tmp_path, tiny_model_dir, "busy",
                                trainer={"workers": 1, "cpus_per_worker": 0.5, "log_every": 1, "checkpoint_every": 2,
                                         "keep_checkpoints": 1},
-                               sweep={"max_concurrent": 2, "search": {"lr": [1e-3, 1e30]}, "final_eval": False})
+                               sweep={"max_concurrent": 2, "search": {"lr": [1e-3, 1e30]}, "final_eval": False,
+                                      "seeds": 1})
     done = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     client, runs = mlflow_runs(tmp_path, "busy")
     trials = {r.data.tags["tune.trial_id"]: r for r in runs if r.data.tags.get("sweep.role") == "trial"}
     failed = {t: r for t, r in trials.items() if r.info.status == "FAILED"}
-    assert len(trials) == 4 and len(failed) == 1, {t: (r.info.status, r.data.params["lr"]) for t, r in trials.items()}
+    assert len(trials) == 3 and len(failed) == 1, {t: (r.info.status, r.data.params["lr"]) for t, r in trials.items()}
     [(bad, bad_run)] = failed.items()
     assert float(bad_run.data.params["lr"]) > 1e3  # the diverging one
     failed_lines = [line for line in done.stdout.splitlines() if "failed: trial" in line]
@@ -492,46 +457,74 @@ def test_a_trial_and_its_train_controller_never_touch_mlflow(tmp_path, tiny_mode
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_sweep_and_resume_completes_it(tmp_path, tiny_model_dir):
-    """The first Ctrl-C (SIGINT to the driver) during the search: Tune stops the trials and saves its state,
-    the command exits 130 with the command that continues it, and no later phase starts; `--resume` then
-    finishes the sweep without running finished trials again."""
-    config = tiny_sweep_config(tmp_path, tiny_model_dir, "interrupted")
-    driver = subprocess.Popen(sweep_command(config), cwd=tmp_path, env=env(), start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and driver.poll() is None and not finished_trials(tmp_path, "interrupted"):
-        time.sleep(1)
-    assert driver.poll() is None, "the sweep ended before it could be interrupted"
+def test_a_killed_then_interrupted_sweep_resumes_without_rerunning_or_duplicating(tmp_path, tiny_model_dir):
+    """A killed driver (SIGKILL to it and its local Ray) once a trial finished; `--resume`, then a Ctrl-C
+    (SIGINT) once another finished: Tune stops the trials and saves its state, the command exits 130 with
+    the command that continues it, no later phase starts; `--resume` finishes the sweep without running
+    finished trials again or duplicating runs. Then: the finished sweep started again is refused with its
+    summary, a changed setting by name, and more trials run as a new search round."""
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, "resumable")
+
+    def run_until(extra: list[str], finished: int, **output) -> subprocess.Popen:
+        """The sweep, left running until more than `finished` trials finished (it must still run then)."""
+        driver = subprocess.Popen(sweep_command(config, *extra), cwd=tmp_path, env=env(), start_new_session=True,
+                                  text=True, **output)
+        deadline = time.time() + 600
+        while time.time() < deadline and driver.poll() is None and len(finished_trials(tmp_path, "resumable")) <= finished:
+            time.sleep(1)
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        return driver
+
+    driver = run_until([], 0, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    before = finished_trials(tmp_path, "resumable")
+    assert before
+
+    driver = run_until(["--resume"], len(before), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     driver.send_signal(signal.SIGINT)
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 130, err[-3000:]
-    assert "interrupted in its search phase" in err, err[-2000:]
+    phase = re.search(r"interrupted in its (\S+) phase", err)
+    assert phase, err[-2000:]
     assert re.search(r"Continue with:\n  python sweeps/ratio_search.py --config \S+ --resume\n", err), err[-2000:]
-    assert not list((tmp_path / "sweeps" / "interrupted").glob("seeds-*"))  # no next phase started
-    before = finished_trials(tmp_path, "interrupted")
-    _, runs = mlflow_runs(tmp_path, "interrupted")
+    if phase.group(1) == "search":
+        assert not list((tmp_path / "sweeps" / "resumable").glob("seeds-*"))  # no next phase started
+    assert all(before[t] == n for t, n in finished_trials(tmp_path, "resumable").items() if t in before)
+    before = finished_trials(tmp_path, "resumable")
+    _, runs = mlflow_runs(tmp_path, "resumable")
     assert all(r.info.status != "RUNNING" for r in runs if r.data.tags.get("sweep.role") == "trial")
 
     done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert_resumed_cleanly(tmp_path, "interrupted", before, trials=4)
+    assert_resumed_cleanly(tmp_path, "resumable", before, trials=4)
+
+    # The same command again, without --resume: refused before Ray starts, the finished sweep untouched.
+    again = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert re.fullmatch(r"error: sweep 'resumable' finished: 4 trials in [\d.]+ min; best multi/map \d\.\d{4} over [12] "
+                        r"seed\(s\) at mono_ratio=[\d.e-]+, temperature=[\d.e-]+, lang_temperature=inf\. Start another "
+                        r"with --name NEW, or add trials with --resume --set sweep.trials=N\.\n", again.stderr), again.stderr
+    # --resume with a setting that changes results: refused by name, before Ray starts.
+    changed = subprocess.run(sweep_command(config, "--resume", "--set", "method.batch_size=4"), cwd=tmp_path, env=env(),
+                             capture_output=True, text=True, timeout=120)
+    assert changed.returncode == 2 and "with changed settings: method.batch_size." in changed.stderr, changed.stderr
 
     # More trials for the finished sweep: only the new search trial runs (and the extra seed of the best,
     # should the best change); nothing finished runs or logs again. sweep.trials may then only grow.
-    before = finished_trials(tmp_path, "interrupted")
+    before = finished_trials(tmp_path, "resumable")
     more = subprocess.run(sweep_command(config, "--resume", "--set", "sweep.trials=4"), cwd=tmp_path, env=env(),
                           capture_output=True, text=True, timeout=900)
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
-    _, runs = mlflow_runs(tmp_path, "interrupted")
+    _, runs = mlflow_runs(tmp_path, "resumable")
     new = [r for r in runs if r.data.tags.get("sweep.role") == "trial" and r.data.tags["tune.trial_id"] not in before]
     assert sorted(int(r.data.params["seed"]) for r in new) in ([0], [0, 1]), [r.data.params for r in new]
-    assert_resumed_cleanly(tmp_path, "interrupted", before, trials=4 + len(new))
+    assert_resumed_cleanly(tmp_path, "resumable", before, trials=4 + len(new))
     fewer = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True,
                            timeout=120)
     assert fewer.returncode == 2 and fewer.stderr == (
-        "error: sweep.trials=3: sweep 'interrupted' has 4 search trials already; --resume can only raise it "
+        "error: sweep.trials=3: sweep 'resumable' has 4 search trials already; --resume can only raise it "
         "(sweep.trials=4 continues it as it is).\n"), fewer.stderr
 
 
