@@ -81,6 +81,17 @@ def write_text(location: str, text: str) -> None:
         f.write(text.encode())
 
 
+def upload(folder: Path, location: str, pattern: str = "*") -> int:
+    """Copy the non-empty files of a local `folder` matching `pattern` into the folder `location` (local or
+    in a bucket); returns how many."""
+    fs, path = filesystem(location)
+    fs.create_dir(path, recursive=True)
+    files = [f for f in sorted(folder.glob(pattern)) if f.is_file() and f.stat().st_size]
+    for f in files:
+        pafs.copy_files(str(f), f"{path}/{f.name}", destination_filesystem=fs)
+    return len(files)
+
+
 def delete(location: str) -> None:
     """Delete a file, or a folder with everything in it."""
     fs, path = filesystem(location)

@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 import time
+from pathlib import Path
 
 # Tune warns when a callback takes over 0.5 s; logging a result with its matrices to MLflow takes about
 # 1 s, which is no bottleneck next to a checkpoint's training and evaluation. Read when Tune is imported.
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     logs = init_ray(log_to_driver=setup.sweep.verbose)  # [4] local Ray, or the cluster when RAY_ADDRESS is set
     if not setup.sweep.verbose:
-        print(f"Ray workers' and tasks' output: {logs} (--verbose shows it here)")
+        print(f"Ray workers' and tasks' output: {logs} (--verbose shows it here; copied to "
+              f"{redact(setup.sweep.location('logs'))} at the end)")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         import transformers  # here, not at the top: a config error or --help need not wait for it
 
@@ -106,6 +108,18 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if requested:
             cluster.release()
+        save_logs(logs, setup)
+
+
+def save_logs(logs: str, setup: SweepSetup) -> None:
+    """The Ray workers' and tasks' output of this node (the trials' drivers and Train workers on a single
+    machine; the head's share on a cluster) into the sweep's storage, `logs/<Ray session>/`, however the
+    sweep ended. Best effort: a failed copy is said in one line and never hides the sweep's own outcome."""
+    target = setup.sweep.location("logs", Path(logs).parent.name)
+    try:
+        storage.upload(Path(logs), target, "worker-*")
+    except OSError as e:
+        print(f"Ray's logs stay in {logs}: copying them to {redact(target)} failed ({e}).", file=sys.stderr)
 
 
 def register(setup: SweepSetup, table, ranking, exp_id: str) -> str:

@@ -224,6 +224,9 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
     assert re.search(r"step 3/6, loss [\d.]+, multi/map [\d.]+, about \d+ s left$", done.stdout, re.M), done.stdout
     logs = Path(re.search(r"Ray workers' and tasks' output: (\S+) \(--verbose", done.stdout).group(1))
     assert any("Reporting training result" in p.read_text(errors="replace") for p in logs.glob("worker-*"))
+    [saved] = (tmp_path / "sweeps" / "tiny" / "logs").iterdir()  # and in the sweep's storage: logs/<Ray session>
+    assert saved.name == logs.parent.name
+    assert any("Reporting training result" in p.read_text(errors="replace") for p in saved.glob("worker-*"))
     client, runs = mlflow_runs(tmp_path, "tiny")
     assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
