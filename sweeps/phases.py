@@ -115,9 +115,16 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
                                     failure_config=tune.FailureConfig(max_failures=1),  # Tune's tables: --verbose
                                     verbose=2 if setup.sweep.verbose else 0)  # 0: TrialLogger's lines instead
         grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
-    if grid.num_terminated + grid.num_errors < max(len(grid), trials):
+    if not all_ended(grid, trials):
         raise Interrupted(name)
     return grid
+
+
+def all_ended(grid: tune.ResultGrid, trials: int) -> bool:
+    """Whether every one of (at least) `trials` trials finished or failed. Ctrl-C marks a trial that had not
+    started yet TERMINATED: one that never reported and never failed did not end."""
+    never_ran = sum(1 for result in grid if result.error is None and not result.metrics)
+    return grid.num_terminated + grid.num_errors - never_ran >= max(len(grid), trials)
 
 
 def trials_table(grid: tune.ResultGrid, objectives: tuple[str, ...]) -> pd.DataFrame:

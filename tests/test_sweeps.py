@@ -66,6 +66,26 @@ def test_progress_lines_estimate_the_time_left():
     assert logger._eta(16, 200.0) == "" and logger._eta(8, None) == ""  # done; no pace known
 
 
+class FakeGrid(list):
+    """What `phases.all_ended` reads of a Tune ResultGrid: results (error, metrics) and status counts."""
+
+    def __init__(self, results, terminated: int, errors: int):
+        super().__init__(results)
+        self.num_terminated, self.num_errors = terminated, errors
+
+
+def test_a_trial_stopped_before_it_started_is_not_an_ended_trial():
+    from types import SimpleNamespace as R
+
+    from sweeps.phases import all_ended
+
+    done, failed, never = R(error=None, metrics={"step": 6}), R(error=ValueError("nan"), metrics={}), R(error=None, metrics={})
+    assert all_ended(FakeGrid([done, done, failed], terminated=2, errors=1), trials=3)
+    # Ctrl-C while the third trial was pending: Tune marks it TERMINATED, yet it never ran.
+    assert not all_ended(FakeGrid([done, done, never], terminated=3, errors=0), trials=3)
+    assert not all_ended(FakeGrid([done, done], terminated=2, errors=0), trials=3)  # not even created
+
+
 def test_the_startup_split_adds_up_to_the_startup():
     from sweeps.trial import startup_split
 
