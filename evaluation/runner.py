@@ -374,10 +374,12 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
     if not any(eval_set.queries.values()):
         raise ValueError(f"{eval_set.name}/{eval_set.split}: no query with a relevant candidate in {eval_set.languages}.")
     start = time.perf_counter()
-    hashes = ray.get([_hash_task.options(num_cpus=config.encode_cpus, name=f"hash:{ref.label}",
-                                         scheduling_strategy=OUTSIDE_TRIAL).remote(ref.path) for ref in checkpoints])
-    found = {i: hit for i, (ref, model_hash) in enumerate(zip(checkpoints, hashes))
-             if cache and (hit := _cached(cache, evaluation_key(model_hash, eval_set, config, ref.temperature)))}
+    digests = [_hash_task.options(num_cpus=config.encode_cpus, name=f"hash:{ref.label}",
+                                  scheduling_strategy=OUTSIDE_TRIAL).remote(ref.path) for ref in checkpoints]
+    found = {}  # without a cache, hashing overlaps the encoding it does not feed
+    if cache:
+        found = {i: hit for i, (ref, model_hash) in enumerate(zip(checkpoints, ray.get(digests)))
+                 if (hit := _cached(cache, evaluation_key(model_hash, eval_set, config, ref.temperature)))}
     submitted = {i: _submit(ref, eval_set, config) for i, ref in enumerate(checkpoints) if i not in found}
     owner = {r: i for i, (scoring, _) in submitted.items() for r in scoring.values()}
     remaining = {i: len(scoring) for i, (scoring, _) in submitted.items()}
@@ -390,7 +392,7 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
         if not remaining[i]:
             finished[i] = time.perf_counter() - start
     results = []
-    for i, (ref, model_hash) in enumerate(zip(checkpoints, hashes)):
+    for i, (ref, model_hash) in enumerate(zip(checkpoints, ray.get(digests))):
         if i in found:  # the same files on the same data: only the labels are this checkpoint's
             results.append(replace(found[i], checkpoint=ref.label or ref.path, step=ref.step, path=ref.path,
                                    model=ref.model or ref.path, encode_tasks=0, wall_s=0.0, cached=True))

@@ -41,6 +41,7 @@ from evaluation.runner import EvalResult
 from hybrid.data.sources import origin
 
 TAG_PREFIX = "eval."
+DIGEST_CHARS = 36  # MLflow's limit for a dataset digest
 
 
 def mlflow_name(text: str) -> str:
@@ -67,7 +68,7 @@ def dataset_input(name: str, digest: str, source: str, context: str) -> DatasetI
     with warnings.catch_warnings():  # a folder "can be interpreted in multiple ways": all of them local
         warnings.simplefilter("ignore", UserWarning)
         where = resolve_dataset_source(source)
-    return DatasetInput(MetaDataset(where, name=name, digest=digest[:36])._to_mlflow_entity(),
+    return DatasetInput(MetaDataset(where, name=name, digest=digest[:DIGEST_CHARS])._to_mlflow_entity(),
                         tags=[InputTag("mlflow.data.context", context)])
 
 
@@ -100,7 +101,7 @@ def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = No
     if tag in model.tags:
         return False
     dataset = f"{result.dataset}/{result.split}"
-    digest = result.data_digest[:36]  # MLflow's limit for a dataset digest
+    digest = result.data_digest[:DIGEST_CHARS]
     now = int(time.time() * 1000)
     values = dict(result.summary)
     values |= {f"lang/{lang}/{m}": v for lang, by_metric in result.per_language.items() for m, v in by_metric.items()}

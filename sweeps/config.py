@@ -100,10 +100,10 @@ class SweepConfig:
     proxy_languages: tuple[str, ...] = ("en", "zh", "el")
     proxy_max_questions: int | None = 100
     proxy_cpus: float = 0.1
-    final_eval: bool = True
+    final_eval: bool = True  # full evaluation (all eval languages, all questions) of the best and references
     # Reuse an evaluation of the same model files on the same data and settings (the base model's in a
     # second sweep, a checkpoint evaluated again after a restart): figures identical to recomputing them.
-    eval_cache: bool = True  # full evaluation (all eval languages, all questions) of the best and references
+    eval_cache: bool = True
     zero_shot_datasets: tuple[str, ...] = ()  # e.g. [mlqa-r]: evaluated at the end only, never selected on
     search: SearchSpace = field(default_factory=SearchSpace)
     tracking_uri: str = "sqlite:///mlflow.db"

@@ -87,9 +87,10 @@ def tune_config(sweep: SweepConfig, base: TrainRunConfig, trials: int | None = N
     (`sweep.trials` raised on `--resume`: `trials` new ones, not `first_round`) continues it: its sampler
     starts from every earlier trial, and the references are not enqueued again."""
     trials = sweep.trials if trials is None else trials
-    points = reference_points(sweep, base) if first_round else []
-    study = {"study_name": sweep.name, "storage": study_storage(sweep), "points_to_evaluate": points or None,
-             "sampler": sampler(sweep, len(reference_points(sweep, base)))}
+    references = reference_points(sweep, base)
+    study = {"study_name": sweep.name, "storage": study_storage(sweep),
+             "points_to_evaluate": references if first_round and references else None,
+             "sampler": sampler(sweep, len(references))}
     if len(sweep.objectives) > 1:
         searcher = OptunaSearch(metric=list(sweep.objectives), mode=sweep.modes, **study)
         return tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=sweep.max_concurrent)
