@@ -44,9 +44,11 @@ class EncoderSpec:
 class Encoder(nn.Module):
     """`forward(input_ids, attention_mask) -> (N, d)` unit vectors; `encode(texts, side)` for inference."""
 
-    def __init__(self, backbone: nn.Module, tokenizer, spec: EncoderSpec):
+    def __init__(self, backbone: nn.Module, tokenizer, spec: EncoderSpec, initialised: tuple[str, ...] = ()):
         super().__init__()
         self.backbone, self.tokenizer, self.spec = backbone, tokenizer, spec
+        # Weights the loaded files did not hold (randomly initialised, so they depend on the seed).
+        self.initialised = initialised
 
     def _prefixed(self, texts: list[str], side: str) -> list[str]:
         prefix = {"query": self.spec.query_prefix, "passage": self.spec.passage_prefix}[side]
@@ -167,10 +169,12 @@ def load_encoder(name_or_path: str, spec: EncoderSpec | None = None) -> Encoder:
     if spec is None:
         spec = EncoderSpec(**json.loads(saved.read_text())) if saved.exists() else EncoderSpec()
     model_type = AutoConfig.from_pretrained(path).model_type
-    backbone = AutoModel.from_pretrained(path, **({"add_pooling_layer": False} if model_type in POOLER_MODELS else {}))
+    backbone, info = AutoModel.from_pretrained(path, output_loading_info=True,
+                                               **({"add_pooling_layer": False} if model_type in POOLER_MODELS else {}))
     if getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None
-    return Encoder(backbone, AutoTokenizer.from_pretrained(path), spec)
+    initialised = tuple(sorted(k for k in info["missing_keys"] if not k.startswith("pooler.")))
+    return Encoder(backbone, AutoTokenizer.from_pretrained(path), spec, initialised)
 
 
 def tiny_encoder(texts: list[str], spec: EncoderSpec | None = None, vocab_size: int = 2000,

@@ -68,17 +68,25 @@ def exists(location: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def read_text(location: str) -> str:
+def read_bytes(location: str) -> bytes:
     fs, path = filesystem(location)
     with fs.open_input_stream(path) as f:
-        return f.read().decode()
+        return f.read()
 
 
-def write_text(location: str, text: str) -> None:
+def read_text(location: str) -> str:
+    return read_bytes(location).decode()
+
+
+def write_bytes(location: str, data: bytes) -> None:
     fs, path = filesystem(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
-        f.write(text.encode())
+        f.write(data)
+
+
+def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode())
 
 
 def upload(folder: Path, location: str, pattern: str = "*") -> int:

@@ -156,6 +156,12 @@ class SweepConfig:
         """`<storage_path>/eval-cache`: evaluations kept by key, shared by every sweep on this storage."""
         return storage.join(self.storage_path, "eval-cache") if self.eval_cache else None
 
+    @property
+    def validation_cache_location(self) -> str:
+        """`<storage_path>/<name>/validation-cache`: the base model's step-0 validation embeddings, shared
+        by this sweep's trials (`trainers.validation`); "" without `eval_cache`."""
+        return self.location("validation-cache") if self.eval_cache else ""
+
     def location(self, *parts: str) -> str:
         """`<storage_path>/<name>/<parts>`: where everything of this sweep lives (phases, checkpoints)."""
         return storage.join(self.storage_path, self.name, *parts)

@@ -162,6 +162,7 @@ def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
     started_at = time.time()
     trial_id = tune.get_context().get_trial_id()
     config = trial_run_config(setup.run, params)
+    config = replace(config, trainer=replace(config.trainer, validation_cache=setup.sweep.validation_cache_location))
     train_storage = setup.sweep.location("train")
     trainer = build_trainer(config, name=trial_id, storage_path=train_storage, prune=False,
                             callbacks=[EvaluateAndReport(setup, config, train_storage, started_at)])

@@ -104,7 +104,7 @@ def test_training_step_loss_does_not_depend_on_padding_groups():
     from hybrid.model import tiny_encoder
     from hybrid.sampler import HybridBatchSampler
     from conftest import make_pairs
-    from trainers.loop import forward_batch
+    from trainers.forward import forward_batch
 
     class PlainEngine:  # the engines' interface: `encoder` and `__call__(*token_groups)`
         def __init__(self, encoder):

@@ -294,6 +294,13 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
         split = {k: v for k, v in m.items() if k.startswith("trial/startup/")}
         assert len(split) == 8 and sum(split.values()) == pytest.approx(m["trial/startup_s"], abs=0.01), split
     assert 0 < parents[0].data.metrics["sweep/trial_overhead_fraction"] < 1 and "Per trial:" in done.stdout
+    # The step-0 validation: embedded once (one key: same model, data and batch layout; the tiny model has
+    # no randomly initialised weights, so the extra seed shares it), the same accuracy in every trial.
+    [key] = (tmp_path / "sweeps" / "tiny" / "validation-cache").iterdir()
+    assert sorted(f.name for f in key.iterdir()) == ["rank0-of-2.safetensors", "rank1-of-2.safetensors"]
+    step0 = {[m.value for m in client.get_metric_history(c.info.run_id, "train/val_accuracy") if m.step == 0][0]
+             for c in children}
+    assert len(step0) == 1, step0
 
     # The comparison report of this real (tiny) sweep: every question answered or marked, images load.
     report = subprocess.run([sys.executable, str(ROOT / "sweeps/compare.py"), "--experiment", "tiny",

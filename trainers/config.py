@@ -42,6 +42,10 @@ class TrainerConfig:
     val_batches: int = 4  # held-out in-batch accuracy at each checkpoint
     pad_group: int = 4  # texts per padded group in a training forward, sorted by length (0: one per side; GPUs)
     storage_path: str = "outputs/ray"
+    # A folder (local or URI) keeping the base model's step-0 validation embeddings by key, so runs that
+    # share model, data and batch layout embed them once (`trainers.validation`); "": every run embeds.
+    # A sweep sets `<sweep>/validation-cache`.
+    validation_cache: str = ""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -34,32 +34,11 @@ from trainers.card import model_card
 from trainers.config import TrainRunConfig
 from hybrid.splits import training_pairs
 from trainers.engine import make_engine
+from trainers.forward import forward_batch
+from trainers.validation import VAL_SEED, validate, validate_base
 
 STATE_FILE = "trainer_state.json"
 STARTUP_MARK = "startup_at/"  # step 0's report: when each start-up stage of the worker ended
-VAL_SEED = 1_000_003  # fixed: every checkpoint is validated on the same held-out batches
-
-
-def forward_batch(engine, loss_fn: InfoNCELoss, batch: HybridBatch, hard_negatives: bool,
-                  pad_group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward call over queries, positives and hard negatives, each side sorted by length and padded
-    in groups of `pad_group` (`Encoder.tokenize_groups`); returns (loss, accuracy).
-
-    `hard_negatives` is global (from the config), never per batch: every rank must make the same
-    all-gather calls in the loss, even a rank whose items happen to have no negative."""
-    b = len(batch.queries)
-    negs = [n for n in batch.negatives if n is not None] if hard_negatives else []
-    q_groups, q_order = engine.encoder.tokenize_groups(batch.queries, "query", pad_group)
-    p_groups, p_order = engine.encoder.tokenize_groups(batch.positives + negs, "passage", pad_group)
-    emb = engine(*q_groups, *p_groups)  # rows in group order
-    emb = emb[torch.argsort(torch.tensor(q_order + [b + i for i in p_order], device=emb.device))]  # (2B + M, d)
-    q, p = emb[:b], emb[b:2 * b]
-    if not hard_negatives:
-        return loss_fn(q, p)
-    mask = torch.tensor([n is not None for n in batch.negatives], device=emb.device)
-    negatives = torch.zeros_like(q)
-    negatives[mask] = emb[2 * b:]  # aligned (B, d): the all-gather needs equal shapes on every rank
-    return loss_fn(q, p, negatives, mask)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -76,26 +55,6 @@ def check_finite(batch: HybridBatch, lr: float, **values: float | torch.Tensor |
             raise NonFiniteLoss(f"non-finite training {name.replace('_', ' ')} ({float(value)}) at step "
                                 f"{batch.step + 1}, lr {lr:g}, a {batch.kind} batch of {', '.join(pairs)}: lower "
                                 "optim.lr or raise method.temperature. The checkpoints before this step are kept.")
-
-
-def _all_mean(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-        t /= torch.distributed.get_world_size()
-    return t.tolist()
-
-
-@torch.no_grad()
-def validate(engine, loss_fn: InfoNCELoss, sampler: HybridBatchSampler, config: TrainRunConfig) -> dict[str, float]:
-    """Held-out in-batch retrieval: loss and top-1 accuracy over fixed X-X and X-Y batches."""
-    engine.encoder.eval()
-    n_batches = config.trainer.val_batches
-    results = [forward_batch(engine, loss_fn, sampler.batch(i), config.data.hard_negatives, config.trainer.pad_group)
-               for i in range(n_batches)]
-    engine.encoder.train()
-    loss, acc = _all_mean([sum(float(r[k]) for r in results) / n_batches for k in (0, 1)])
-    return {"val_loss": loss, "val_accuracy": acc}
 
 
 def _new_window() -> dict[str, float]:
@@ -183,7 +142,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         ray.train.report(state["metrics"] | {"resumed_from_step": start, "checkpoint_path": restored_path})
         return  # (a killed sweep driver): report the final checkpoint again, train no step past the last
     if start == 0:  # the base model's held-out figures, so every run carries its own baseline
-        figures = validate(engine, loss_fn, val_sampler, config)
+        figures = validate_base(engine, loss_fn, val_sampler, config, rank, world)
         marks["validation"] = time.time()
         ray.train.report({"step": 0, **figures} | {f"{STARTUP_MARK}{k}": v for k, v in marks.items()})
 
