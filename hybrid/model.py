@@ -119,10 +119,26 @@ class Encoder(nn.Module):
         """Write weights (safetensors), tokenizer and the sentence-transformers description to `path`."""
         path = Path(path)
         self.backbone.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
+        save_tokenizer(self.tokenizer, path)
         (path / ENCODER_CONFIG).write_text(json.dumps(asdict(self.spec), indent=2))
         write_sentence_transformers_config(path, self.spec, self.dimension)
         return path
+
+
+def save_tokenizer(tokenizer, path: Path) -> None:
+    """`tokenizer.save_pretrained`, plus its added tokens in `tokenizer_config.json` (which transformers 5
+    leaves out): without them, every load parses the whole `tokenizer.json` a second time in Python to
+    find them (0.8 s of 1.9 s for e5-small's 250k-token vocabulary, in every worker and encode task)."""
+    tokenizer.save_pretrained(path)
+    add_tokens_to_config(tokenizer, Path(path))
+
+
+def add_tokens_to_config(tokenizer, path: Path) -> None:
+    config_file = path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    if "added_tokens_decoder" not in config:
+        config["added_tokens_decoder"] = {str(i): t.__getstate__() for i, t in sorted(tokenizer.added_tokens_decoder.items())}
+        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_sentence_transformers_config(path: Path, spec: EncoderSpec, dimension: int) -> None:

@@ -219,11 +219,15 @@ class SweepSetup:
         keys = (set(now) | set(started)) - {f"sweep.{k}" for k in RESUMABLE_CHANGES}
         return sorted(k for k in keys if now.get(k) != started.get(k))
 
+    def trials_cpus(self) -> float:
+        """CPUs `max_concurrent` trials hold: their drivers' bundles and their Train workers."""
+        t = self.run.trainer
+        return self.sweep.max_concurrent * (self.sweep.trial_bundle["CPU"] + t.workers * t.cpus_per_worker)
+
     def check_capacity(self, cpus: float) -> None:
         """Proxy evaluation runs while trials train: its tasks must fit in the CPUs trials leave free,
         or the evaluation waits for CPUs held by the training it is waiting on."""
-        t = self.run.trainer
-        busy = self.sweep.max_concurrent * (self.sweep.trial_bundle["CPU"] + t.workers * t.cpus_per_worker)
+        busy = self.trials_cpus()
         if cpus - busy < self.sweep.proxy_cpus - 1e-9:
             raise ValueError(f"{self.sweep.max_concurrent} concurrent trial(s) use {busy:g} of {cpus:g} CPUs, "
                              f"leaving less than sweep.proxy_cpus={self.sweep.proxy_cpus:g} for evaluating "

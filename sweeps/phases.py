@@ -8,17 +8,17 @@ Each phase is its own Tune experiment under `<storage>/<sweep name>/` (a local f
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 from ray import tune
 
-from evaluation.runner import CheckpointRef, evaluate_checkpoints, load_eval_set
+from evaluation.runner import evaluate_checkpoints, load_eval_set
 from evaluation.tracking import log_result
 from hybrid import storage
 from sweeps import tracking
 from sweeps.config import SweepSetup
+from sweeps.early import EarlyEvaluation, base_ref, final_ref, full_eval_config
 from sweeps.search import forget_stale_study, is_reference, param_space, tune_config
 from sweeps.stats import mean_ci
 from sweeps.tracking import TrialLogger
@@ -95,11 +95,12 @@ class Interrupted(Exception):
 
 
 def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tune.TuneConfig,
-               exp_id: str, parent_id: str, resume: bool, trials: int) -> tune.ResultGrid:
+               exp_id: str, parent_id: str, resume: bool, trials: int, early: EarlyEvaluation) -> tune.ResultGrid:
     """Fit one Tune experiment of `trials` trials, restoring it when `resume` and it exists (finished
     trials are kept). Its state lives in the sweep's storage (`<storage>/<sweep name>/<phase>`), local or
     s3://. Raises `Interrupted` when the experiment returned with trials that did not end (the first
-    Ctrl-C: Tune stops the trials and saves its state), so no later phase starts on a partial table."""
+    Ctrl-C: Tune stops the trials and saves its state), so no later phase starts on a partial table.
+    `early` starts the references' final evaluation when they finish (`sweeps.early`)."""
     root, path = setup.sweep.location(), setup.sweep.location(name)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), setup.sweep.trial_bundle)
     print(f"\n== {name}: {trials} trial(s) ==", flush=True)
@@ -111,7 +112,7 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
     else:
         logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run,
                              setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose)
-        run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger],
+        run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger, early],
                                     failure_config=tune.FailureConfig(max_failures=1),  # Tune's tables: --verbose
                                     verbose=2 if setup.sweep.verbose else 0)  # 0: TrialLogger's lines instead
         grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
@@ -157,7 +158,7 @@ def completed(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
     return done.dropna(subset=list(setup.sweep.objectives))
 
 
-def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:
+def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool, early: EarlyEvaluation) -> pd.DataFrame:
     """Every search round in order (restored when it exists): the first runs `sweep.trials` trials, the
     references first; each later one (`sweep.trials` raised on `--resume`) runs only the new trials,
     continuing the stored Optuna study of every trial before it."""
@@ -168,13 +169,14 @@ def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool) -> pd.D
     for total in search_rounds(setup):
         cfg = tune_config(setup.sweep, setup.run, total - done, first_round=done == 0)
         grid = _run_tuner("search" if done == 0 else f"search-to-{total}", setup,
-                          param_space(setup.sweep, setup.run), cfg, exp_id, parent_id, resume, total - done)
+                          param_space(setup.sweep, setup.run), cfg, exp_id, parent_id, resume, total - done, early)
         tables.append(trials_table(grid, setup.sweep.objectives))
         done = total
     return pd.concat(tables, ignore_index=True)
 
 
-def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool) -> pd.DataFrame:
+def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool,
+           early: EarlyEvaluation) -> pd.DataFrame:
     """Re-run the top configurations with seeds 1..seeds-1 (seed 0 ran in the search)."""
     objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
     top = completed(table, setup).sort_values(objective, ascending=mode == "min").head(setup.sweep.top_k)
@@ -187,7 +189,7 @@ def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, 
         space = fixed | {"seed": tune.grid_search(list(range(1, setup.sweep.seeds)))}
         grid = _run_tuner(f"seeds-{row['config_key']}", setup, space,
                           tune.TuneConfig(max_concurrent_trials=setup.sweep.max_concurrent), exp_id, parent_id, resume,
-                          setup.sweep.seeds - 1)
+                          setup.sweep.seeds - 1, early)
         extra.append(trials_table(grid, setup.sweep.objectives))
     return pd.concat(extra, ignore_index=True)
 
@@ -221,17 +223,16 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_
     took no part in selection. Returns the parent's summary: base and best (mean, 95% half-width)."""
     final = completed(table, setup)
     chosen = final[(final["config_key"] == best_key) | final["mono_ratio"].map(is_reference)].drop_duplicates("trial")
-    refs = [CheckpointRef(path=storage.join(p, "encoder"), step=setup.run.optim.steps, temperature=t, label=trial,
-                          model=setup.run.model.name)
-            for p, t, trial in zip(chosen["checkpoint_path"], chosen["temperature"], chosen["trial"])]
-    base = CheckpointRef(path=setup.run.model.name, step=0, temperature=setup.run.method.temperature,
-                         label="base", model=setup.run.model.name)
+    refs = [final_ref(setup, p, t, trial) for p, t, trial in zip(chosen["checkpoint_path"], chosen["temperature"],
+                                                                 chosen["trial"])]
     uri = setup.sweep.tracking_uri
     summary: dict[str, float] = {}
     for dataset in (setup.eval.dataset, *setup.sweep.zero_shot_datasets):
-        full = replace(setup.eval, dataset=dataset, languages=None, max_questions=None)
-        results = evaluate_checkpoints([base, *refs], load_eval_set(full, setup.run.data), full,
+        full = full_eval_config(setup, dataset)
+        results = evaluate_checkpoints([base_ref(setup), *refs], load_eval_set(full, setup.run.data), full,
                                        setup.sweep.eval_cache_location)
+        print(f"Final evaluation on {dataset}: {len(results)} models (base + {len(refs)} final checkpoints), "
+              f"{sum(r.cached for r in results)} from the evaluation cache.", flush=True)
         client = tracking.client(uri)
         log_result(results[0], parent_id, client)
         for result, trial in zip(results[1:], chosen["trial"]):

@@ -30,6 +30,7 @@ from hybrid.config import to_dict
 from hybrid import storage
 from sweeps import cluster, phases, registry, tracking
 from sweeps.config import SweepSetup, flatten, load_sweep_setup, redact
+from sweeps.early import EarlyEvaluation
 from trainers.config import DEFAULT_CONFIG
 from trainers.train import init_ray, preflight
 
@@ -146,12 +147,14 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw),
                                     {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
                                      "resolved.yaml": redact(yaml.safe_dump(resolved, sort_keys=False))})
+    early = EarlyEvaluation(setup)  # the references' final evaluation, where the cluster has room
     try:
-        table = phases.search(setup, exp_id, parent_id, resume)  # [6] Tune + Optuna + ASHA
-        table = phases.reseed(setup, table, exp_id, parent_id, resume)  # [7] more seeds for the top-k
+        table = phases.search(setup, exp_id, parent_id, resume, early)  # [6] Tune + Optuna + ASHA
+        table = phases.reseed(setup, table, exp_id, parent_id, resume, early)  # [7] more seeds for the top-k
     except phases.Interrupted:
         tracking.kill_running_trials(s.tracking_uri, exp_id)
         raise
+    early.wait()
     ranking = phases.ranked(table, setup)
     if ranking.empty:
         raise SystemExit(f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -77,4 +79,9 @@ def test_saved_encoder_loads_with_transformers_and_sentence_transformers(encoder
 
     reloaded = load_encoder(str(tmp_path / "export"))
     assert reloaded.spec == encoder.spec
+    # The added tokens are in tokenizer_config.json (a load then skips re-parsing tokenizer.json), and the
+    # reloaded tokenizer is the same: special tokens and ids.
+    assert "added_tokens_decoder" in json.loads((tmp_path / "export" / "tokenizer_config.json").read_text())
+    assert reloaded.tokenizer.added_tokens_decoder == encoder.tokenizer.added_tokens_decoder
+    assert reloaded.tokenizer(TEXTS)["input_ids"] == encoder.tokenizer(TEXTS)["input_ids"]
     np.testing.assert_allclose(reloaded.encode(TEXTS[:5], "query"), expected, atol=1e-5)

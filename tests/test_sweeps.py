@@ -241,6 +241,7 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
     assert len(re.findall(r"^\d\d:\d\d:\d\d trial \S+ \(alpha [\d.]+, tau [\d.]+, seed \d\): step 6/6, loss [\d.]+, "
                           r"multi/map [\d.]+$", done.stdout, re.M)) == 4
     assert "== search: 3 trial(s) ==" in done.stdout and "Reporting training result" not in done.stdout
+    assert " started now (a reference; " not in done.stdout  # 2 cores: no room for the final evaluation beside trials
     assert re.search(r"step 3/6, loss [\d.]+, multi/map [\d.]+, about \d+ s left$", done.stdout, re.M), done.stdout
     logs = Path(re.search(r"Ray workers' and tasks' output: (\S+) \(--verbose", done.stdout).group(1))
     assert any("Reporting training result" in p.read_text(errors="replace") for p in logs.glob("worker-*"))

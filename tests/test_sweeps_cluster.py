@@ -5,6 +5,7 @@ subprocess with the cluster's environment, like `ray submit` on the head."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -59,17 +60,27 @@ def hidden_dir_as_seen_by(node, hidden: Path) -> list[str]:
     return os.listdir(f"/proc/{process.pid}/root{hidden}")
 
 
+def train_worker_node(cluster: LocalCluster):
+    """A worker node that runs a Train worker now."""
+    for node in cluster.nodes:
+        if not node.killed and any("RayTrainWorker" in " ".join(p.cmdline()) for p in node.processes()):
+            return node
+    raise AssertionError("no node runs a Train worker")
+
+
 def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, monkeypatch):
     """(a) search, extra seeds, final evaluation and compare.py with S3 storage and the SQLite store in the
     driver's hidden directory; (b) a worker node killed mid-trial and replaced: the trial resumes from its
-    last checkpoint in the bucket, no step lost beyond it, no duplicate MLflow run."""
+    last checkpoint in the bucket, no step lost beyond it, no duplicate MLflow run; (c) three 1-CPU nodes
+    leave one CPU beside a trial's two Train workers: each reference's final evaluation starts when its
+    trial finishes, not after the last trial."""
     require_cluster()
     for key, value in AWS_ENV.items():  # the bucket's dummy credentials, for the upload from this process
         monkeypatch.setenv(key, value)
     run = tmp_path / "driver"
     # As cluster.yaml: the head declares `sweep_trial`, so trial drivers (Tune function, Train controller)
     # run there and a lost worker node takes only Train workers (and evaluation tasks) with it.
-    with LocalCluster(run, worker_nodes=2, cpus_per_node=1, env=NODE_ENV, head_resources={"sweep_trial": 8}) as cluster:
+    with LocalCluster(run, worker_nodes=3, cpus_per_node=1, env=NODE_ENV, head_resources={"sweep_trial": 8}) as cluster:
         model = cluster.storage_uri("models/tiny")
         upload(tiny_model_dir, model)
         config = tiny_sweep_config(run, model, "cl", optim={"steps": STEPS, "warmup_steps": 1},
@@ -84,7 +95,8 @@ def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, mo
             time.sleep(0.2)
         assert driver.poll() is None, (run / "driver.log").read_text()[-3000:]
         [(hit_trial, registered)] = registered_steps(cluster, train_prefix).items()
-        cluster.kill_node(cluster.nodes[0], wait_dead=False)  # its raylet and workers, by PID: a Train worker
+        killed = train_worker_node(cluster)
+        cluster.kill_node(killed, wait_dead=False)  # its raylet and workers, by PID: a Train worker
         steps_at_kill = checkpoint_steps(cluster, train_prefix)[hit_trial]
         assert max(steps_at_kill) < STEPS, "the trial finished before its node was killed"
         replacement = cluster.add_node()
@@ -94,7 +106,7 @@ def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, mo
         assert "Configurations ranked by multi/map" in log
 
         # Nothing reached the worker nodes' view of the driver's directory: no MLflow store, no outputs.
-        for node in (cluster.nodes[1], replacement):
+        for node in [n for n in cluster.nodes if not n.killed]:
             assert hidden_dir_as_seen_by(node, run) == []
         checkpoints = checkpoint_steps(cluster, train_prefix)
 
@@ -117,6 +129,14 @@ def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, mo
         # Retention in the bucket (keep_checkpoints=2): the last two and the best, each deleted once evaluated.
         assert checkpoints[trial] == sorted({STEPS - 3, STEPS, best}), (trial, checkpoints[trial], proxy)
     assert {"base/multi/map", "best/multi/map", "eval/xquad-r/heldout/multi/map"} <= set(parents[0].data.metrics)
+
+    # (c) The first reference's final evaluation (with the base model's) started before the second trial
+    # finished; the final phase found every result in the cache (no model evaluated twice).
+    lines = log.splitlines()
+    first, second = [i for i, line in enumerate(lines) if re.search(r"trial \S+ \(.*\): finished$", line)][:2]
+    started = [i for i, line in enumerate(lines) if " started now (a reference; " in line]
+    assert started and first < started[0] < second and " of base, " in lines[started[0]], log
+    assert "Final evaluation on xquad-r: 4 models (base + 3 final checkpoints), 4 from the evaluation cache" in log
 
     # (b) The hit trial resumed from the last checkpoint it had in the bucket when the node died.
     [hit] = [c for c in children if c.data.tags["tune.trial_id"] == hit_trial]

@@ -124,6 +124,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     marks["data"] = time.time()
 
     encoder = load_encoder(config.model.name, config.model.spec)
+    encoder.train()  # dropout on: `from_pretrained` gives the backbone in eval mode (only validation leaves it)
     if config.model.freeze_embeddings:
         encoder.backbone.get_input_embeddings().requires_grad_(False)
     marks["model"] = time.time()
