@@ -49,26 +49,26 @@ class EarlyEvaluation(tune.Callback):
     (Tune unpickles its callbacks) stays idle: that sweep evaluates at the end."""
 
     def __init__(self, setup: SweepSetup):
-        self.setup, self.active = setup, setup.sweep.final_eval and setup.sweep.eval_cache
+        self.sweep_setup, self.active = setup, setup.sweep.final_eval and setup.sweep.eval_cache
         self.started: list[tuple[str, Future]] = []
 
     def __getstate__(self) -> dict:
-        return {"setup": self.setup, "active": False, "started": []}
+        return {"sweep_setup": self.sweep_setup, "active": False, "started": []}
 
     def room(self) -> float:
         """CPUs of the cluster beyond what `max_concurrent` trials and their proxy evaluation take."""
-        return ray.cluster_resources().get("CPU", 0.0) - self.setup.trials_cpus() - self.setup.sweep.proxy_cpus
+        return ray.cluster_resources().get("CPU", 0.0) - self.sweep_setup.trials_cpus() - self.sweep_setup.sweep.proxy_cpus
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
         if not (self.active and is_reference(trial.config.get("mono_ratio", 0.5))
-                and result.get("step") == self.setup.run.optim.steps and result.get("checkpoint_path")):
+                and result.get("step") == self.sweep_setup.run.optim.steps and result.get("checkpoint_path")):
             return
         room = self.room()
-        if room < self.setup.eval.encode_cpus:
+        if room < self.sweep_setup.eval.encode_cpus:
             return
-        refs = [] if self.started else [base_ref(self.setup)]
-        refs.append(final_ref(self.setup, result["checkpoint_path"], trial.config["temperature"], trial.trial_id))
+        refs = [] if self.started else [base_ref(self.sweep_setup)]
+        refs.append(final_ref(self.sweep_setup, result["checkpoint_path"], trial.config["temperature"], trial.trial_id))
         print(f"{time.strftime('%H:%M:%S')} final evaluation of {', '.join(r.label for r in refs)} started now "
               f"(a reference; {room:g} CPUs free beside the trials)", flush=True)
         future: Future = Future()
@@ -76,7 +76,7 @@ class EarlyEvaluation(tune.Callback):
         self.started.append((trial.trial_id, future))
 
     def _evaluate(self, refs: list[CheckpointRef], future: Future) -> None:
-        s = self.setup
+        s = self.sweep_setup
         try:
             for dataset in (s.eval.dataset, *s.sweep.zero_shot_datasets):
                 full = full_eval_config(s, dataset)
