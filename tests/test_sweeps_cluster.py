@@ -71,8 +71,8 @@ def train_worker_node(cluster: LocalCluster):
 def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, monkeypatch):
     """(a) search, extra seeds, final evaluation and compare.py with S3 storage and the SQLite store in the
     driver's hidden directory; (b) a worker node killed mid-trial and replaced: the trial resumes from its
-    last checkpoint in the bucket, no step lost beyond it, no duplicate MLflow run; (c) three 1-CPU nodes
-    leave one CPU beside a trial's two Train workers: each reference's final evaluation starts when its
+    last checkpoint in the bucket, no step lost beyond it, no duplicate MLflow run; (c) a trial's two Train
+    workers (0.45 CPU each) leave a 1-CPU node free: each reference's final evaluation starts when its
     trial finishes, not after the last trial."""
     require_cluster()
     for key, value in AWS_ENV.items():  # the bucket's dummy credentials, for the upload from this process
@@ -80,10 +80,11 @@ def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, mo
     run = tmp_path / "driver"
     # As cluster.yaml: the head declares `sweep_trial`, so trial drivers (Tune function, Train controller)
     # run there and a lost worker node takes only Train workers (and evaluation tasks) with it.
-    with LocalCluster(run, worker_nodes=3, cpus_per_node=1, env=NODE_ENV, head_resources={"sweep_trial": 8}) as cluster:
+    with LocalCluster(run, worker_nodes=2, cpus_per_node=1, env=NODE_ENV, head_resources={"sweep_trial": 8}) as cluster:
         model = cluster.storage_uri("models/tiny")
         upload(tiny_model_dir, model)
         config = tiny_sweep_config(run, model, "cl", optim={"steps": STEPS, "warmup_steps": 1},
+                                   trainer={"cpus_per_worker": 0.45}, eval={"encode_cpus": 0.5, "score_cpus": 0.5},
                                    sweep={"trials": 2, "seeds": 2, "storage_path": cluster.storage_uri("sweeps"),
                                           "trial_resource": "sweep_trial"})
         started = time.time()
