@@ -68,6 +68,7 @@ def figures(loss_fn: InfoNCELoss, sampler: HybridBatchSampler, config: TrainRunC
 
 @torch.no_grad()
 def validate(engine, loss_fn: InfoNCELoss, sampler: HybridBatchSampler, config: TrainRunConfig) -> dict[str, float]:
+    """The held-out figures of the model as it is now (every checkpoint)."""
     return figures(loss_fn, sampler, config, embeddings(engine, sampler, config))
 
 
