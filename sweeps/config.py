@@ -20,7 +20,7 @@ from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
 # Sweep keys that may change on --resume: they act after the search (or only wait), never on its results.
-RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "eval_cache", "zero_shot_datasets", "trials", "verbose")  # trials: only raised
+RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "final_eval_all", "eval_cache", "zero_shot_datasets", "trials", "verbose")  # trials: only raised
 CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
@@ -59,6 +59,21 @@ def study_beside(tracking_uri: str) -> str:
 
 
 @dataclass(frozen=True)
+class Point:
+    """A configuration tried before the sampler chooses any (enqueued after the references): a grid of
+    alphas, a num_train_languages arm. A knob left out takes the references' value."""
+
+    mono_ratio: float | None = None
+    temperature: float | None = None
+    lang_temperature: float | None = None
+    lr: float | None = None
+    num_train_languages: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in to_dict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """Ranges of the searched knobs; a knob with a single value is fixed, not searched."""
 
@@ -67,6 +82,7 @@ class SearchSpace:
     lang_temperature: tuple[float, ...] = (math.inf,)  # T, a choice
     lr: tuple[float, ...] = ()  # empty: optim.lr; two values: log-uniform range
     num_train_languages: tuple[int, ...] = ()  # empty: all; else a choice of the first k training languages
+    points: tuple[Point, ...] = ()  # enqueued after the references, e.g. [{mono_ratio: 0.5}, ...]
 
     def __post_init__(self) -> None:
         a, b = self.mono_ratio
@@ -82,6 +98,22 @@ class SearchSpace:
         if any(k < 2 for k in self.num_train_languages):
             raise ValueError(f"sweep.search.num_train_languages values must be >= 2 (X-Y needs two), got "
                              f"{self.num_train_languages}.")
+        for i, point in enumerate(self.points):
+            self._check_point(point, f"sweep.search.points[{i}]")
+
+    def _check_point(self, point: Point, where: str) -> None:
+        """Each enqueued value lies in its searched range (Optuna rejects it mid-sweep otherwise)."""
+        if not point.given():
+            raise ValueError(f"{where} is empty: give at least one knob, e.g. {{mono_ratio: 0.5}}.")
+        ranges = {"mono_ratio": self.mono_ratio, "temperature": self.temperature, "lr": self.lr}
+        choices = {"lang_temperature": self.lang_temperature, "num_train_languages": self.num_train_languages}
+        for knob, value in point.given().items():
+            if knob in ranges and not (ranges[knob] and ranges[knob][0] <= value <= ranges[knob][-1]):
+                raise ValueError(f"{where}.{knob}={value} lies outside sweep.search.{knob}={list(ranges[knob])}: "
+                                 f"widen the range or change the point.")
+            if knob in choices and value not in choices[knob]:
+                raise ValueError(f"{where}.{knob}={value} is not one of sweep.search.{knob}={list(choices[knob])}: "
+                                 "add it to the choices or change the point.")
 
 
 @dataclass(frozen=True)
@@ -95,12 +127,14 @@ class SweepConfig:
     grace_period: int = 1  # checkpoints before ASHA may stop a trial
     top_k: int = 1  # configurations re-run with more seeds
     seeds: int = 3  # seeds per top configuration, the original included
+    reseed_references: bool = False  # the alpha = 0 / 1 references get `seeds` seeds too (a study's baselines)
     # Proxy evaluation of every checkpoint, run beside training (so its tasks must fit in the CPUs the
     # trials leave free): a few languages (trained, distant script, unseen) and a fixed question sample.
     proxy_languages: tuple[str, ...] = ("en", "zh", "el")
     proxy_max_questions: int | None = 100
     proxy_cpus: float = 0.1
     final_eval: bool = True  # full evaluation (all eval languages, all questions) of the best and references
+    final_eval_all: bool = False  # ... of every completed trial (a study: every question answered on full data)
     # Reuse an evaluation of the same model files on the same data and settings (the base model's in a
     # second sweep, a checkpoint evaluated again after a restart): figures identical to recomputing them.
     eval_cache: bool = True
@@ -126,8 +160,10 @@ class SweepConfig:
                              "experiment and a storage folder), e.g. hybrid-sweep-2.")
         if not self.objectives:
             raise ValueError("sweep.objectives is empty: name at least one metric, e.g. [multi/map].")
-        if self.trials < 2:
-            raise ValueError(f"sweep.trials must be >= 2 (the alpha = 0 and alpha = 1 references), got {self.trials}.")
+        if self.trials < 2 + len(self.search.points):
+            raise ValueError(f"sweep.trials={self.trials} leaves no room for the alpha = 0 and alpha = 1 references "
+                             f"and the {len(self.search.points)} sweep.search.points: raise it to at least "
+                             f"{2 + len(self.search.points)}.")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"sweep.scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}.")
         for objective in self.objectives:

@@ -177,9 +177,13 @@ def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool, early: 
 
 def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool,
            early: EarlyEvaluation) -> pd.DataFrame:
-    """Re-run the top configurations with seeds 1..seeds-1 (seed 0 ran in the search)."""
+    """Re-run the top configurations (and the references with `sweep.reseed_references`) with seeds
+    1..seeds-1 (seed 0 ran in the search)."""
     objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
-    top = completed(table, setup).sort_values(objective, ascending=mode == "min").head(setup.sweep.top_k)
+    done = completed(table, setup)
+    top = done.sort_values(objective, ascending=mode == "min").head(setup.sweep.top_k)
+    if setup.sweep.reseed_references:
+        top = pd.concat([top, done[done["mono_ratio"].map(is_reference)]]).drop_duplicates("config_key")
     extra = [table]
     for _, row in top.iterrows():
         if setup.sweep.seeds < 2:
@@ -218,11 +222,14 @@ def best_trial(table: pd.DataFrame, setup: SweepSetup, best_key: str) -> pd.Seri
 
 def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_id: str, parent_id: str) -> dict[str, float]:
     """Full evaluation (all eval languages, all questions) of the final checkpoints of the best
-    configuration (one per seed) and of the alpha = 0 / alpha = 1 references, and of the base model
-    (parent run, step 0); then the same on each zero-shot dataset (`sweep.zero_shot_datasets`), which
-    took no part in selection. Returns the parent's summary: base and best (mean, 95% half-width)."""
+    configuration (one per seed) and of the alpha = 0 / alpha = 1 references (of every completed trial
+    with `sweep.final_eval_all`), and of the base model (parent run, step 0); then the same on each
+    zero-shot dataset (`sweep.zero_shot_datasets`), which took no part in selection. Returns the parent's
+    summary: base and best (mean, 95% half-width)."""
     final = completed(table, setup)
-    chosen = final[(final["config_key"] == best_key) | final["mono_ratio"].map(is_reference)].drop_duplicates("trial")
+    chosen = final if setup.sweep.final_eval_all else \
+        final[(final["config_key"] == best_key) | final["mono_ratio"].map(is_reference)]
+    chosen = chosen.drop_duplicates("trial")
     refs = [final_ref(setup, p, t, trial) for p, t, trial in zip(chosen["checkpoint_path"], chosen["temperature"],
                                                                  chosen["trial"])]
     uri = setup.sweep.tracking_uri

@@ -40,6 +40,28 @@ def param_space(sweep: SweepConfig, base: TrainRunConfig) -> dict[str, Any]:
 def reference_points(sweep: SweepConfig, base: TrainRunConfig) -> list[dict[str, Any]]:
     """alpha = 0 and alpha = 1 (clipped to the range) at the base config's other values."""
     s = sweep.search
+    if s.mono_ratio[0] == s.mono_ratio[1]:
+        return []
+    point = base_point(sweep, base)
+    return [point | {"mono_ratio": a} for a in sorted({s.mono_ratio[0], s.mono_ratio[1]})]
+
+
+def enqueued_points(sweep: SweepConfig, base: TrainRunConfig) -> list[dict[str, Any]]:
+    """The references, then `sweep.search.points` (each completed with the references' values): every
+    configuration the first search round runs before the sampler chooses; duplicates run once."""
+    points = reference_points(sweep, base)
+    fill = base_point(sweep, base) | {"mono_ratio": min(max(base.method.mono_ratio, sweep.search.mono_ratio[0]),
+                                                         sweep.search.mono_ratio[1])}
+    for point in sweep.search.points:
+        full = fill | point.given()
+        if full not in points:
+            points.append(full)
+    return points
+
+
+def base_point(sweep: SweepConfig, base: TrainRunConfig) -> dict[str, Any]:
+    """The searched knobs other than alpha at the base config's values, clipped into their ranges."""
+    s = sweep.search
     lo, hi = s.temperature
     point: dict[str, Any] = {"temperature": min(max(base.method.temperature, lo), hi)}
     if len(s.lang_temperature) > 1:
@@ -49,8 +71,7 @@ def reference_points(sweep: SweepConfig, base: TrainRunConfig) -> list[dict[str,
         point["lr"] = min(max(base.optim.lr, s.lr[0]), s.lr[1])
     if s.num_train_languages:
         point["num_train_languages"] = max(s.num_train_languages)
-    alphas = sorted({s.mono_ratio[0], s.mono_ratio[1]})
-    return [point | {"mono_ratio": a} for a in alphas] if s.mono_ratio[0] < s.mono_ratio[1] else []
+    return point
 
 
 def sampler(sweep: SweepConfig, references: int) -> optuna.samplers.BaseSampler:
@@ -85,12 +106,12 @@ def tune_config(sweep: SweepConfig, base: TrainRunConfig, trials: int | None = N
 
     The study is stored (`sweep.study_storage`, named after the sweep), so a later search round
     (`sweep.trials` raised on `--resume`: `trials` new ones, not `first_round`) continues it: its sampler
-    starts from every earlier trial, and the references are not enqueued again."""
+    starts from every earlier trial, and the references and points are not enqueued again."""
     trials = sweep.trials if trials is None else trials
-    references = reference_points(sweep, base)
+    points = enqueued_points(sweep, base)
     study = {"study_name": sweep.name, "storage": study_storage(sweep),
-             "points_to_evaluate": references if first_round and references else None,
-             "sampler": sampler(sweep, len(references))}
+             "points_to_evaluate": points if first_round and points else None,
+             "sampler": sampler(sweep, len(points))}
     if len(sweep.objectives) > 1:
         searcher = OptunaSearch(metric=list(sweep.objectives), mode=sweep.modes, **study)
         return tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=sweep.max_concurrent)
