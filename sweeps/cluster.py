@@ -72,7 +72,8 @@ def check_free_space(setup: SweepSetup) -> str | None:
     s, t = setup.sweep, run.trainer
     per_trial = (t.keep_checkpoints + 1 if t.keep_checkpoints else -(-run.optim.steps // t.checkpoint_every))
     running = per * (per_trial + 1) * s.max_concurrent  # + the one being written
-    every = per * per_trial * (s.trials + s.top_k * (s.seeds - 1))
+    reseeded = s.top_k + (2 if s.reseed_references else 0)
+    every = per * per_trial * (s.trials + reseeded * (s.seeds - 1))
     folder = Path(storage.filesystem(location)[1])
     while not folder.exists():
         folder = folder.parent

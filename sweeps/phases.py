@@ -175,17 +175,22 @@ def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool, early: 
     return pd.concat(tables, ignore_index=True)
 
 
-def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool,
-           early: EarlyEvaluation) -> pd.DataFrame:
-    """Re-run the top configurations (and the references with `sweep.reseed_references`) with seeds
-    1..seeds-1 (seed 0 ran in the search)."""
+def reseeded(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
+    """The top-k completed configurations by the first objective, then (`sweep.reseed_references`) the
+    alpha = 0 / 1 references not among them: one row (its seed-0 trial) each."""
     objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
     done = completed(table, setup)
     top = done.sort_values(objective, ascending=mode == "min").head(setup.sweep.top_k)
     if setup.sweep.reseed_references:
-        top = pd.concat([top, done[done["mono_ratio"].map(is_reference)]]).drop_duplicates("config_key")
+        top = pd.concat([top, done[done["mono_ratio"].map(is_reference)]])
+    return top.drop_duplicates("config_key")
+
+
+def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool,
+           early: EarlyEvaluation) -> pd.DataFrame:
+    """Re-run the `reseeded` configurations with seeds 1..seeds-1 (seed 0 ran in the search)."""
     extra = [table]
-    for _, row in top.iterrows():
+    for _, row in reseeded(table, setup).iterrows():
         if setup.sweep.seeds < 2:
             break
         fixed = {k: row[k].item() if hasattr(row[k], "item") else row[k]  # Python numbers, as Tune gave them

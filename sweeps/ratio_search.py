@@ -4,9 +4,13 @@
     python sweeps/ratio_search.py --config configs/xlmr-base-gpu.yaml --tracking-uri http://127.0.0.1:5000
     python sweeps/ratio_search.py --resume              # continue an interrupted sweep of the same name
 
-Phases: Optuna TPE (alpha = 0 and alpha = 1 always enqueued) with ASHA pruning on a proxy evaluation of
-every checkpoint; the top configurations re-run with more seeds; a full evaluation of the best and of
-the base model. Everything lands in MLflow: a parent run per sweep, a child run per trial.
+    python sweeps/ratio_search.py --config configs/cpu-study.yaml   # the CPU study (README), ~80 min
+
+Phases: an Optuna search (alpha = 0 and alpha = 1 always enqueued first, then sweep.search.points, then
+the sampler's picks), optionally pruned on a proxy evaluation of every checkpoint; the top configurations
+(and optionally the references) re-run with more seeds; a full evaluation of the best, the references and
+the base model (or of every completed trial). Everything lands in MLflow: a parent run per sweep, a child
+run per trial.
 """
 
 from __future__ import annotations

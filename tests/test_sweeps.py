@@ -44,6 +44,40 @@ def test_references_alpha_zero_and_one_are_enqueued():
     assert set(points[0]) <= set(space)
 
 
+def test_the_cpu_study_enqueues_its_alpha_grid_and_language_arm_after_the_references():
+    """Every point completed with the references' values (tau 0.05, all 9 languages), in the order given,
+    each in the search space; a point equal to a reference runs once."""
+    from sweeps.search import enqueued_points
+
+    setup = load_sweep_setup(ROOT / "configs/cpu-study.yaml")
+    points = enqueued_points(setup.sweep, setup.run)
+    assert [(p["mono_ratio"], p["num_train_languages"]) for p in points] == [
+        (0.0, 9), (1.0, 9), (0.25, 9), (0.5, 9), (0.75, 9), (0.5, 2), (0.5, 5)]
+    assert all(p["temperature"] == 0.05 and set(p) <= set(param_space(setup.sweep, setup.run)) for p in points)
+    assert setup.sweep.reseed_references and setup.sweep.final_eval_all
+    assert not {"el", "vi"} & set(setup.run.data.train_languages)  # the zero-shot languages stay unseen
+    again = load_sweep_setup(ROOT / "configs/cpu-study.yaml", ["sweep.search.points=[{mono_ratio: 1.0}]"])
+    assert len(enqueued_points(again.sweep, again.run)) == 2
+
+
+def test_reseeding_covers_the_references_when_asked():
+    """`reseed_references`: alpha = 0 and 1 join the top-k configurations (once each, even when among them)."""
+    import pandas as pd
+
+    from sweeps.phases import reseeded
+
+    setup = load_sweep_setup(ROOT / "configs/cpu-study.yaml", ["sweep.top_k=1"])
+    steps = setup.run.optim.steps
+    table = pd.DataFrame([{"trial": t, "mono_ratio": a, "config_key": t.upper(), "seed": 0, "step": steps,
+                           "multi/map": m, "checkpoint_path": f"/c/{t}"}
+                          for t, a, m in [("a", 0.0, 0.7), ("b", 1.0, 0.5), ("c", 0.4, 0.6), ("d", 0.6, 0.55)]])
+    assert list(reseeded(table, setup)["config_key"]) == ["A", "B"]  # A is the best and a reference
+    table.loc[2, "multi/map"] = 0.9
+    assert list(reseeded(table, setup)["config_key"]) == ["C", "A", "B"]
+    plain = load_sweep_setup(ROOT / "configs/default.yaml", ["sweep.top_k=1"])
+    assert list(reseeded(table, plain)["config_key"]) == ["C"]
+
+
 def test_trial_config_applies_the_searched_values():
     setup = load_sweep_setup(ROOT / "configs/default.yaml")
     params = {"mono_ratio": 0.25, "temperature": 0.02, "lang_temperature": 2.0, "seed": 4, "num_train_languages": 3}
@@ -130,6 +164,11 @@ def test_ranking_compares_only_completed_trials():
     ("sweep.objectives=[multi/map, mono/map];sweep.scheduler=asha", "multi-objective sweeps cannot prune"),
     ("sweep.objectives=[pooled/map]", "setting"),
     ("sweep.trials=1", "references"),
+    ("sweep.trials=3;sweep.search.points=[{mono_ratio: 0.5}, {mono_ratio: 0.25}]", "at least 4"),
+    ("sweep.search.points=[{mono_ratio: 1.5}]", r"points\[0\].mono_ratio=1.5 lies outside"),
+    ("sweep.search.points=[{num_train_languages: 3}]", "not one of sweep.search.num_train_languages"),
+    ("sweep.search.points=[{}]", "is empty"),
+    ("sweep.search.points=[{alpha: 0.5}]", "unknown key"),
     ("sweep.search.num_train_languages=[12]", "exceeds"),
     ("data.eval_languages=[en, xx]", "unknown language code 'xx'"),
     ("sweep.scheduler=hyperband", "scheduler"),

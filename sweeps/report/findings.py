@@ -312,7 +312,7 @@ def answer_q2(f: Findings) -> list[str]:
                      f"{len(higher)}" + (f" ({', '.join(higher['pair'])})" if len(higher) else "") + ".")
     else:
         lines.append("Per-pair CIs unavailable (one seed on both sides): more seeds with --set sweep.seeds=3, and "
-                     "the references among the re-seeded configurations with --set sweep.top_k=3.")
+                     "the references re-seeded too with --set sweep.reseed_references=true.")
     return lines
 
 
