@@ -22,6 +22,7 @@ import pandas as pd
 from sweeps.report import figures
 from sweeps.report.data import HIGH_RESOURCE, Sweep, load_sweep, log_report_artifacts
 from sweeps.report.findings import QUESTIONS, Findings, analyse, trials_table
+from sweeps.report.glance import glance
 from sweeps.report.html import build_html, overview
 from sweeps.config import absolute_tracking_uri, redact
 
@@ -69,6 +70,9 @@ def print_summary(f: Findings) -> None:
     if not table.empty:
         with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 30):
             print(table.to_string(index=False))
+    print("\nAnswers at a glance (95% CI over seeds):")
+    for _, row in glance(f).iterrows():
+        print(f"  {row['question']}\n    {row['finding (95% CI over seeds)']}\n    -> {row['verdict']}")
     for key, question in QUESTIONS.items():
         print(f"\n{question}")
         for line in f.answers[key]:

@@ -250,6 +250,26 @@ def test_number_of_training_languages_when_the_sweep_varied_it(built):
     assert expected.kind == "one-run" and expected.mean == pytest.approx(0.58 - 0.62)
 
 
+def test_answers_at_a_glance_carry_intervals_and_verdicts(built):
+    """alpha = 0 - alpha = 1 on the full evaluation, paired over 3 seeds: mono and cross mAP differ by a
+    constant 0.1 (separated), multi mAP by -0.03 ± 0.050 (not separable); el is never trained on."""
+    from sweeps.report.glance import NOT_SEPARABLE, glance
+
+    table = glance(built[1][0]).set_index("question")
+    q1, verdict1 = table.iloc[0]
+    assert verdict1 == "separated: mono mAP (-), cross mAP (+), mAP on pairs with an unseen language (el) (+)"
+    unseen = np.mean([0.55, 0.50, 0.58, 0.52, 0.66]) - np.mean([0.45, 0.44, 0.50, 0.47, 0.78])  # pairs with el
+    assert f"(el) {unseen + np.mean([0, 0.02, 0.015]):+.3f} ±" in q1  # + the seeds' matrix offsets, paired
+    multi = A.diff_ci(dict(enumerate(CONFIGS["cfg-a0"][3])), dict(enumerate(CONFIGS["cfg-a1"][3])))
+    assert f"multi mAP {multi.mean:+.3f} ± {multi.half:.3f}" in q1 and not multi.significant
+    assert "mAP on pairs with an unseen language (el)" in q1 and "Best by multi mAP: alpha=0.50" in q1
+    assert table.iloc[1]["verdict"].startswith(("separated", NOT_SEPARABLE))  # alpha 0.5 vs 1, high-resource pairs
+    assert "each k's best configuration" not in table.iloc[2, 0] and table.iloc[2, 1] == "not covered"
+    varied = glance(built[1][1]).set_index("question").iloc[2]  # k = 3 at another alpha and tau: a confounded comparison, said so
+    assert "each k's best configuration (other knobs differ)" in varied.iloc[0] and "k=3 - k=2 -0.040" in varied.iloc[0]
+    assert table.iloc[3, 0].startswith("alpha=0 - alpha=1 (lower ECE is better): mono ECE -0.100 ± 0.000")
+
+
 def test_importances_from_a_rebuilt_optuna_study():
     rng = np.random.default_rng(0)
     summary = pd.DataFrame({"config_key": [f"c{i}" for i in range(8)], "mono_ratio": rng.uniform(0, 1, 8),

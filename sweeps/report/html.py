@@ -14,6 +14,7 @@ import pandas as pd
 
 from sweeps.report import findings as F
 from sweeps.report.findings import Findings
+from sweeps.report.glance import glance
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -28,6 +29,7 @@ th { background: #f3f5f7; } td:first-child, th:first-child { text-align: left; }
 .answer { background: #f6f9f6; border-left: 4px solid #5a5; padding: 6px 12px; }
 .answer li { margin: 3px 0; } .note { color: #666; font-size: 0.9em; }
 .scroll { overflow-x: auto; }
+.wrap td { white-space: normal; text-align: left; max-width: 720px; vertical-align: top; }
 """
 
 SCRIPT = """
@@ -50,6 +52,11 @@ def table(frame: pd.DataFrame) -> str:
     if frame is None or frame.empty:
         return ""
     return f'<div class="scroll">{frame.to_html(index=False, escape=True, border=0, na_rep="-")}</div>'
+
+
+def wrapped(frame: pd.DataFrame) -> str:
+    """A table whose long text cells wrap (the answers at a glance)."""
+    return f'<div class="wrap">{frame.to_html(index=False, escape=True, border=0, na_rep="-")}</div>'
 
 
 def answer(lines: list[str]) -> str:
@@ -147,6 +154,11 @@ def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], co
              "</p>", table(overview(findings))]
     if compare_png:
         parts += ["<h2>Sweeps side by side</h2>", img(compare_png, "sweeps side by side")]
+    parts += ['<h2 id="answers">Answers at a glance</h2>',
+              '<p class="note">Each question\'s deciding comparison: alpha = 0 against alpha = 1 at the same tau (the '
+              "references), unless the question names another; a difference is separated when its 95% interval "
+              "over seeds excludes 0, else not separable at this budget. The sections below hold the detail.</p>",
+              per_sweep(lambda f, im: wrapped(glance(f)))]
     parts += ["<h2>Trials</h2>", per_sweep(trials)]
     for key, section in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5)):
         parts += [f'<h2 id="{key}">{escape(F.QUESTIONS[key])}</h2>', per_sweep(section)]

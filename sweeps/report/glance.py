@@ -1,0 +1,142 @@
+"""Answers at a glance: one row per research question, the comparison that answers it, its 95% interval,
+and a verdict (separated, or not separable at this budget). The README's study table is copied from it.
+
+The ratio's effect is read as alpha = 0 against alpha = 1 at the same tau (the references), where the
+sweep's interval rests on their shared seeds; the best configuration is named beside it. Pure: reads
+`Findings`, never MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from sweeps.report import analysis as A
+from sweeps.report.findings import QUESTIONS, Findings, _seed_mats, alpha_label, ci_text, name
+
+NOT_SEPARABLE = "not separable at this budget"
+KNOBS = ("mono_ratio", "temperature", "lang_temperature", "lr")
+
+
+def verdict(diffs: dict[str, A.Diff]) -> str:
+    """'separated: ...' listing the comparisons whose 95% interval excludes 0, else NOT_SEPARABLE (or why
+    no interval exists)."""
+    found = {k: d for k, d in diffs.items() if d is not None and math.isfinite(d.mean)}
+    if not found:
+        return "not covered"
+    hits = [f"{k} ({'+' if d.mean > 0 else '-'})" for k, d in found.items() if d.significant]
+    if hits:
+        return "separated: " + ", ".join(hits)
+    if not any(math.isfinite(d.half) for d in found.values()):
+        return NOT_SEPARABLE + " (no interval: one seed a side)"
+    return NOT_SEPARABLE
+
+
+def finding(diffs: dict[str, A.Diff], head: str) -> str:
+    parts = [f"{k} {d.mean:+.3f}" + (f" ± {d.half:.3f}" if math.isfinite(d.half) else " (no CI)")
+             for k, d in diffs.items() if d is not None and math.isfinite(d.mean)]
+    return head + "; ".join(parts) if parts else head + "no comparison available"
+
+
+def _ref_diffs(f: Findings, columns: list[str]) -> dict[str, A.Diff]:
+    comp = f.compare.get(f.dataset)
+    if comp is None or comp.rows.get("alpha=0") is None or comp.rows.get("alpha=1") is None:
+        return {}
+    return {name(c): comp.diff("alpha=0", "alpha=1", c) for c in columns if c in comp.table}
+
+
+def _unseen_diff(f: Findings) -> tuple[dict[str, A.Diff], list[str]]:
+    """alpha = 0 - alpha = 1 on the mean mAP of the L x L pairs that involve a language never trained on,
+    and on the pairs among trained languages."""
+    table = f.selection.table
+    if f.ref0 is None or f.ref1 is None or table.empty:
+        return {}, []
+    ids = list(table[table["config_key"].isin([f.ref0["config_key"], f.ref1["config_key"]])]["run_id"])
+    mats, _ = A.matrices_for(f.sweep.matrices, ids, f.dataset, "map")
+    m0, m1 = _seed_mats(table, mats, f.ref0), _seed_mats(table, mats, f.ref1)
+    if not m0 or not m1:
+        return {}, []
+    langs = list(next(iter(m0.values())).index)
+    trained = set(f.sweep.train_languages)
+    unseen = [x for x in langs if x not in trained]
+    if not unseen:
+        return {}, []
+    pairs_unseen = [(q, c) for q in langs for c in langs if q in unseen or c in unseen]
+    pairs_seen = [(q, c) for q in langs for c in langs if q in trained and c in trained]
+    return {"mAP on trained-language pairs": A.diff_ci(A.cells_mean(m0, pairs_seen), A.cells_mean(m1, pairs_seen)),
+            f"mAP on pairs with an unseen language ({', '.join(unseen)})":
+                A.diff_ci(A.cells_mean(m0, pairs_unseen), A.cells_mean(m1, pairs_unseen))}, unseen
+
+
+def _best_text(f: Findings) -> str:
+    if f.best is None:
+        return ""
+    return (f" Best by {name(f.objective)}: {alpha_label(f.best)} "
+            f"({ci_text(f.best[f.objective], f.best[f.objective + ' ±'], int(f.best['seeds']))}).")
+
+
+def q1(f: Findings) -> tuple[str, str]:
+    diffs = _ref_diffs(f, ["mono/map", "cross/map", "multi/map"]) | _unseen_diff(f)[0]
+    return finding(diffs, "alpha=0 - alpha=1: ") + "." + _best_text(f), verdict(diffs)
+
+
+def q2(f: Findings) -> tuple[str, str]:
+    if f.hybrid is None or f.ref1 is None or not f.hr_summary:
+        return "no hybrid (0 < alpha < 1) and alpha = 1 pair to compare", "not covered"
+    diffs = {f"{part} pairs": f.hr_summary[part] for part in ("mono", "cross", "all")}
+    head = f"{alpha_label(f.hybrid)} - alpha=1, mAP over the pairs of {', '.join(f.high_resource)}: "
+    return finding(diffs, head) + ".", verdict(diffs)
+
+
+def arm(f: Findings) -> pd.DataFrame:
+    """The completed configurations that differ only in num_train_languages: the largest such group."""
+    s = f.summary
+    if s.empty or "num_train_languages" not in s:
+        return s.iloc[0:0]
+    done = s[s["complete"]].copy()
+    done["k"] = done["num_train_languages"].fillna(len(f.sweep.train_languages))
+    knobs = [k for k in KNOBS if k in done]
+    groups = [g for _, g in done.groupby([done[k].astype(str) for k in knobs]) if g["k"].nunique() > 1]
+    return max(groups, key=lambda g: g["k"].nunique()).sort_values("k") if groups else done.iloc[0:0]
+
+
+def q3(f: Findings) -> tuple[str, str]:
+    """k against k at otherwise equal knobs (`arm`); else each k's best configuration, other knobs differing."""
+    group, same = arm(f), True
+    if group.empty:
+        group, same = f.lang_effect, False
+    if group.empty:
+        return "every trial trained on the same languages", "not covered"
+    lo, hi = group.iloc[0], group.iloc[-1]
+    values = ", ".join(f"k={int(r['k'])} {ci_text(r[f.objective], r[f.objective + ' ±'], int(r['seeds']))}"
+                       for _, r in group.iterrows())
+    d = A.diff_ci(A.by_seed(f.selection.table, hi["config_key"], f.objective),
+                  A.by_seed(f.selection.table, lo["config_key"], f.objective))
+    diffs = {f"k={int(hi['k'])} - k={int(lo['k'])}": d}
+    head = f"{alpha_label(lo)}, {name(f.objective)}: " if same else \
+        f"each k's best configuration (other knobs differ), {name(f.objective)}: "
+    return head + values + "; " + finding(diffs, "") + ".", verdict(diffs)
+
+
+def q4(f: Findings) -> tuple[str, str]:
+    diffs = _ref_diffs(f, ["mono/ece", "cross/ece", "multi/ece"])
+    return finding(diffs, "alpha=0 - alpha=1 (lower ECE is better): ") + ".", verdict(diffs)
+
+
+def q5(f: Findings) -> tuple[str, str]:
+    if f.ref0 is None or f.ref1 is None or f.robust_runs.empty:
+        return "no L x L matrices of both references", "not covered"
+    t = f.robust_runs
+    diffs = {"worst-pair mAP": A.diff_ci(A.by_seed(t, f.ref0["config_key"], "worst"), A.by_seed(t, f.ref1["config_key"], "worst")),
+             "std of pair mAP": A.diff_ci(A.by_seed(t, f.ref0["config_key"], "std"), A.by_seed(t, f.ref1["config_key"], "std"))}
+    return finding(diffs, f"alpha=0 - alpha=1 across the {int(t['pairs'].max())} cross-lingual pairs: ") + ".", \
+        verdict(diffs)
+
+
+def glance(f: Findings) -> pd.DataFrame:
+    rows = []
+    for key, answer in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5)):
+        text, call = answer(f)
+        rows.append({"question": QUESTIONS[key], "finding (95% CI over seeds)": text, "verdict": call})
+    return pd.DataFrame(rows)
