@@ -270,6 +270,17 @@ def test_answers_at_a_glance_carry_intervals_and_verdicts(built):
     assert table.iloc[3, 0].startswith("alpha=0 - alpha=1 (lower ECE is better): mono ECE -0.100 ± 0.000")
 
 
+def test_the_references_are_compared_at_every_checkpoint(built):
+    """Proxy multi mAP at step 20 (the synthetic early values) and 40, alpha = 0 - alpha = 1 paired by seed."""
+    from sweeps.report.glance import references_by_step
+
+    table = references_by_step(built[1][0])
+    assert table["step"].tolist() == [20, STEPS]
+    final = A.diff_ci(dict(enumerate(CONFIGS["cfg-a0"][3])), dict(enumerate(CONFIGS["cfg-a1"][3])))
+    assert table.iloc[1]["alpha=0 - alpha=1"] == final.text()  # early values are all shifted by -0.1: same diff
+    assert table.iloc[0]["alpha=0 - alpha=1"] == final.text() and table.iloc[1]["verdict"].startswith("not separable")
+
+
 def test_importances_from_a_rebuilt_optuna_study():
     rng = np.random.default_rng(0)
     summary = pd.DataFrame({"config_key": [f"c{i}" for i in range(8)], "mono_ratio": rng.uniform(0, 1, 8),

@@ -125,6 +125,8 @@ class Sweep:
     per_language: pd.DataFrame  # run_id, source, dataset, split, lang, metric, value, step
     matrices: dict[tuple[str, str, str, str], pd.DataFrame] = field(default_factory=dict)  # run, dataset, source, metric
     reliability: dict[tuple[str, str, str], pd.DataFrame] = field(default_factory=dict)  # run, dataset, source
+    # The objective at every step it was logged (metrics holds the last): run_id, source, dataset, step, value
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def param(self, *keys: str, default=None):
         """The first of `keys` in the resolved configuration, else among the parent's params (parsed)."""
@@ -286,10 +288,24 @@ def load_sweep(client, experiment: str) -> Sweep:
     lang_cols = ["run_id", "source", "dataset", "split", "lang", "metric", "value", "step"]
     trial_frame = pd.DataFrame([_trial_row(r) for r in trials],
                                columns=["run_id", "trial_id", "run_name", "status", "config_key", *TRIAL_PARAMS])
-    return Sweep(experiment, exp.experiment_id, parent.info.run_id if parent else None, params, config,
-                 dict(parent.data.metrics) if parent else {}, trial_frame,
-                 pd.DataFrame(settings, columns=metric_cols), pd.DataFrame(languages, columns=lang_cols),
-                 matrices, reliability)
+    sweep = Sweep(experiment, exp.experiment_id, parent.info.run_id if parent else None, params, config,
+                  dict(parent.data.metrics) if parent else {}, trial_frame,
+                  pd.DataFrame(settings, columns=metric_cols), pd.DataFrame(languages, columns=lang_cols),
+                  matrices, reliability)
+    sweep.history = _history(client, trials, sweep.objective, main)
+    return sweep
+
+
+def _history(client, trials: list, objective: str, main: str) -> pd.DataFrame:
+    """Every logged value of `objective` ("multi/map") in each trial, per evaluation (source, dataset)."""
+    rows = []
+    for run in trials:
+        for key in run.data.metrics:
+            p = parse_metric_key(key)
+            if p is not None and p.scope == "setting" and f"{p.group}/{p.metric}" == objective:
+                rows += [{"run_id": run.info.run_id, "source": p.source, "dataset": _dataset(p, main), "step": m.step,
+                          "value": m.value} for m in client.get_metric_history(run.info.run_id, key)]
+    return pd.DataFrame(rows, columns=["run_id", "source", "dataset", "step", "value"])
 
 
 def _resolved_config(client, parent_id: str, tmp: Path) -> dict:

@@ -13,6 +13,7 @@ import math
 import pandas as pd
 
 from sweeps.report import analysis as A
+from sweeps.stats import mean_ci
 from sweeps.report.findings import QUESTIONS, Findings, _seed_mats, alpha_label, ci_text, name
 
 NOT_SEPARABLE = "not separable at this budget"
@@ -132,6 +133,30 @@ def q5(f: Findings) -> tuple[str, str]:
              "std of pair mAP": A.diff_ci(A.by_seed(t, f.ref0["config_key"], "std"), A.by_seed(t, f.ref1["config_key"], "std"))}
     return finding(diffs, f"alpha=0 - alpha=1 across the {int(t['pairs'].max())} cross-lingual pairs: ") + ".", \
         verdict(diffs)
+
+
+def references_by_step(f: Findings) -> pd.DataFrame:
+    """alpha = 0 - alpha = 1 on the objective at every checkpoint, from the proxy evaluation (the only one
+    logged at every step), paired over seeds: the shortest training at which the references part."""
+    if f.ref0 is None or f.ref1 is None:
+        return pd.DataFrame()
+    m = f.sweep.history
+    if m.empty:
+        return pd.DataFrame()
+    m = m[(m["dataset"] == f.dataset) & (m["source"] == "proxy")]
+    seeds = dict(zip(f.selection.table["run_id"], f.selection.table["seed"]))
+    done = f.selection.table[f.selection.table["complete"]]
+    sides = [done[done["config_key"] == r["config_key"]]["run_id"] for r in (f.ref0, f.ref1)]
+    rows = []
+    for step in sorted(set(m["step"]) - {0}):
+        at = m[m["step"] == step]
+        values = [{int(seeds[r]): v for r, v in zip(at["run_id"], at["value"]) if r in set(ids)} for ids in sides]
+        if values[0] and values[1]:
+            d = A.diff_ci(*values)
+            rows.append({"step": int(step), "alpha=0": ci_text(*mean_ci(list(values[0].values())), len(values[0])),
+                         "alpha=1": ci_text(*mean_ci(list(values[1].values())), len(values[1])),
+                         "alpha=0 - alpha=1": d.text(), "verdict": verdict({name(f.objective): d})})
+    return pd.DataFrame(rows)
 
 
 def glance(f: Findings) -> pd.DataFrame:

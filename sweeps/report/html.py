@@ -14,7 +14,7 @@ import pandas as pd
 
 from sweeps.report import findings as F
 from sweeps.report.findings import Findings
-from sweeps.report.glance import glance
+from sweeps.report.glance import glance, references_by_step
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -158,7 +158,11 @@ def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], co
               '<p class="note">Each question\'s deciding comparison: alpha = 0 against alpha = 1 at the same tau (the '
               "references), unless the question names another; a difference is separated when its 95% interval "
               "over seeds excludes 0, else not separable at this budget. The sections below hold the detail.</p>",
-              per_sweep(lambda f, im: wrapped(glance(f)))]
+              per_sweep(lambda f, im: wrapped(glance(f))),
+              "<h3>Training length: when do the references part?</h3>",
+              '<p class="note">alpha = 0 against alpha = 1 on the objective at every checkpoint, proxy evaluation '
+              "(the languages and questions of the sweep's proxy), paired over seeds.</p>",
+              per_sweep(lambda f, im: table(references_by_step(f)))]
     parts += ["<h2>Trials</h2>", per_sweep(trials)]
     for key, section in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5)):
         parts += [f'<h2 id="{key}">{escape(F.QUESTIONS[key])}</h2>', per_sweep(section)]
