@@ -227,8 +227,10 @@ class TrialLogger(tune.Callback):
 
     def _say(self, trial, what: str) -> None:
         c = trial.config
+        extra = (f", {c['num_train_languages']} languages" if "num_train_languages" in c else "") + \
+            (f", lr {c['lr']:.2g}" if "lr" in c else "")
         print(f"{time.strftime('%H:%M:%S')} trial {trial.trial_id} (alpha {c.get('mono_ratio', 0):.2f}, tau "
-              f"{c.get('temperature', 0):.3f}, seed {c.get('seed', 0)}): {what}", flush=True)
+              f"{c.get('temperature', 0):.3f}{extra}, seed {c.get('seed', 0)}): {what}", flush=True)
 
     def _log_history(self, run_id: str, reports: list[dict[str, Any]]) -> None:
         for report in reports:

@@ -18,6 +18,7 @@ from conftest import render_in_chromium
 from sweeps.report import analysis as A
 from sweeps.report.data import load_sweep, parse_artifact_path, parse_metric_key
 
+ROOT = Path(__file__).resolve().parents[1]
 LANGS = ["en", "de", "el"]  # high-resource by default: en, de
 STEPS = 40
 # config -> (alpha, tau, seeds, multi/map per seed, (mono, cross) mAP means, L x L mAP, seed offsets of the matrix)
@@ -377,3 +378,16 @@ def test_loader_reads_what_evaluation_tracking_writes(tmp_path, monkeypatch):
     assert list(full.index) == list(full.columns) == ["en", "de"] and full.loc["de", "en"] == pytest.approx(0.51)
     assert sweep.matrices[(run, "xquad-r", "proxy", "map")].loc["de", "en"] == pytest.approx(0.5)  # step 40, not 20
     assert sweep.reliability[(run, "xquad-r", "full")]["count"].tolist() == [3, 7]
+
+
+def test_the_committed_cpu_study_report_opens_offline_and_backs_the_readme(tmp_path):
+    """docs/cpu-study/report.html (issue 14) asks for nothing outside itself, every image decodes in headless
+    Chromium, and each verdict of the README's "What the CPU study found" table is the report's."""
+    report = ROOT / "docs" / "cpu-study" / "report.html"
+    text = report.read_text()
+    assert not re.search(r'(src|href)="(?!data:|#)', text) and "<link" not in text
+    assert "Answers at a glance" in text and "<h3>cpu-study</h3>" in text
+    render_in_chromium(report, tmp_path)
+    readme = (ROOT / "README.md").read_text().split("## What the CPU study found", 1)[1].split("\n## ", 1)[0]
+    verdicts = re.findall(r"^\| \d\. [^|]+\|[^|]+\| \*\*([^*]+)\*\* \|$", readme, re.M)
+    assert len(verdicts) == 5 and all(f"<td>{v}</td>" in text for v in verdicts), verdicts
