@@ -391,3 +391,16 @@ def test_the_committed_cpu_study_report_opens_offline_and_backs_the_readme(tmp_p
     readme = (ROOT / "README.md").read_text().split("## What the CPU study found", 1)[1].split("\n## ", 1)[0]
     verdicts = re.findall(r"^\| \d\. [^|]+\|[^|]+\| \*\*([^*]+)\*\* \|$", readme, re.M)
     assert len(verdicts) == 5 and all(f"<td>{v}</td>" in text for v in verdicts), verdicts
+
+
+def test_the_references_are_the_pair_equal_in_every_other_knob():
+    """The sampler's alpha = 0 at tau 0.01 (better, as many seeds) is not the alpha = 0 reference: the one
+    at alpha = 1's tau and k is, so the references differ in alpha alone."""
+    summary = pd.DataFrame({"config_key": ["searched", "ref0", "ref1", "hybrid"], "mono_ratio": [0.0, 0.0, 1.0, 0.5],
+                            "temperature": [0.01, 0.05, 0.05, 0.05], "lang_temperature": math.inf, "lr": np.nan,
+                            "num_train_languages": [5, 9, 9, 9], "seeds": [3, 3, 3, 1], "complete": True})
+    ref0, ref1 = A.reference_pair(summary)
+    assert (ref0["config_key"], ref1["config_key"]) == ("ref0", "ref1")
+    assert A.reference_config(summary, 0.0)["config_key"] == "searched"  # the rule without a partner
+    alone = A.reference_pair(summary[summary["config_key"] != "ref0"])
+    assert (alone[0]["config_key"], alone[1]["config_key"]) == ("searched", "ref1")

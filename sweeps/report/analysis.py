@@ -113,6 +113,28 @@ def reference_config(summary: pd.DataFrame, alpha: float) -> pd.Series | None:
     return hits.sort_values("seeds", ascending=False, kind="stable").iloc[0] if len(hits) else None
 
 
+def same_knobs(frame: pd.DataFrame, knobs: list[str]) -> pd.Series:
+    """A key per row, equal where the rows agree on every one of `knobs` (NaN, an unsearched lr, included)."""
+    return frame[knobs].map(repr).agg("|".join, axis=1)
+
+
+def reference_pair(summary: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
+    """(alpha = 0, alpha = 1): the pair the sweep enqueued, equal in every other knob (tau, T, lr, k), so
+    their difference is alpha's alone; the best-seeded such pair. A searched alpha = 0 at another tau (the
+    sampler may pick the boundary) is not a reference. Without an equal pair, each side by `reference_config`."""
+    ref0, ref1 = reference_config(summary, 0.0), reference_config(summary, 1.0)
+    if ref0 is None or ref1 is None:
+        return ref0, ref1
+    done = summary[summary["complete"]]
+    same = same_knobs(done, [k for k in KNOBS if k != "mono_ratio" and k in done])
+    alpha = done["mono_ratio"].astype(float)
+    pairs = [(done.loc[i], done.loc[j]) for i in done.index[np.isclose(alpha, 0.0)]
+             for j in done.index[np.isclose(alpha, 1.0)] if same[i] == same[j]]
+    if not pairs:
+        return ref0, ref1
+    return max(pairs, key=lambda p: min(p[0]["seeds"], p[1]["seeds"]))  # first (best objective) among equals
+
+
 def by_seed(table: pd.DataFrame, config_key: str, column: str) -> dict[int, float]:
     rows = table[(table["config_key"] == config_key) & table["complete"]].dropna(subset=[column])
     return {int(s): float(v) for s, v in zip(rows["seed"], rows[column])}

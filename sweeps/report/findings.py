@@ -49,6 +49,8 @@ def alpha_label(row: pd.Series | None) -> str:
     text = f"alpha={row['mono_ratio']:.2f}"
     if pd.notna(row.get("temperature")):
         text += f", tau={row['temperature']:.3g}"
+    if pd.notna(row.get("num_train_languages", np.nan)):
+        text += f", k={int(row['num_train_languages'])}"
     return text
 
 
@@ -169,7 +171,7 @@ def analyse(sweep: Sweep, high_resource: tuple[str, ...] = HIGH_RESOURCE) -> Fin
     done = summary[summary["complete"]] if len(summary) else summary
     hybrids = done[(done["mono_ratio"] > 0) & (done["mono_ratio"] < 1)] if len(done) else done
     hybrid = hybrids.iloc[0] if len(hybrids) else None
-    ref0, ref1 = A.reference_config(summary, 0.0), A.reference_config(summary, 1.0)
+    ref0, ref1 = A.reference_pair(summary)
     pruned = int((~table["complete"]).sum()) if len(table) else 0
 
     per_run, robust_source = A.robustness(table, sweep.matrices, dataset) if len(table) else (pd.DataFrame(), "none")

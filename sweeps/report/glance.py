@@ -17,7 +17,6 @@ from sweeps.stats import mean_ci
 from sweeps.report.findings import QUESTIONS, Findings, _seed_mats, alpha_label, ci_text, name
 
 NOT_SEPARABLE = "not separable at this budget"
-KNOBS = ("mono_ratio", "temperature", "lang_temperature", "lr")
 
 
 def verdict(diffs: dict[str, A.Diff]) -> str:
@@ -97,8 +96,8 @@ def arm(f: Findings) -> pd.DataFrame:
         return s.iloc[0:0]
     done = s[s["complete"]].copy()
     done["k"] = done["num_train_languages"].fillna(len(f.sweep.train_languages))
-    knobs = [k for k in KNOBS if k in done]
-    groups = [g for _, g in done.groupby([done[k].astype(str) for k in knobs]) if g["k"].nunique() > 1]
+    knobs = [k for k in A.KNOBS if k != "num_train_languages" and k in done]
+    groups = [g for _, g in done.groupby(A.same_knobs(done, knobs)) if g["k"].nunique() > 1]
     return max(groups, key=lambda g: g["k"].nunique()).sort_values("k") if groups else done.iloc[0:0]
 
 
@@ -115,7 +114,7 @@ def q3(f: Findings) -> tuple[str, str]:
     d = A.diff_ci(A.by_seed(f.selection.table, hi["config_key"], f.objective),
                   A.by_seed(f.selection.table, lo["config_key"], f.objective))
     diffs = {f"k={int(hi['k'])} - k={int(lo['k'])}": d}
-    head = f"{alpha_label(lo)}, {name(f.objective)}: " if same else \
+    head = f"{alpha_label(lo.drop('num_train_languages'))}, {name(f.objective)}: " if same else \
         f"each k's best configuration (other knobs differ), {name(f.objective)}: "
     return head + values + "; " + finding(diffs, "") + ".", verdict(diffs)
 
