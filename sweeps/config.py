@@ -68,9 +68,11 @@ class Point:
     lang_temperature: float | None = None
     lr: float | None = None
     num_train_languages: int | None = None
+    reseed: bool = False  # re-run with sweep.seeds seeds, like the best configurations (acts after the search)
 
     def given(self) -> dict[str, Any]:
-        return {k: v for k, v in to_dict(self).items() if v is not None}
+        """The knobs this point sets."""
+        return {k: v for k, v in to_dict(self).items() if v is not None and k != "reseed"}
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ class SweepSetup:
         act after the search and cannot alter its results (RESUMABLE_CHANGES)."""
         now = json.loads(json.dumps(self.settings()))  # as stored: lists, not tuples; inf as Infinity
         keys = (set(now) | set(started)) - {f"sweep.{k}" for k in RESUMABLE_CHANGES}
-        return sorted(k for k in keys if now.get(k) != started.get(k))
+        return sorted(k for k in keys if _searched(now.get(k), k) != _searched(started.get(k), k))
 
     def trials_cpus(self) -> float:
         """CPUs `max_concurrent` trials hold: their drivers' bundles and their Train workers."""
@@ -273,6 +275,14 @@ class SweepSetup:
             raise ValueError(f"{self.sweep.max_concurrent} concurrent trial(s) use {busy:g} of {cpus:g} CPUs, "
                              f"leaving less than sweep.proxy_cpus={self.sweep.proxy_cpus:g} for evaluating "
                              "checkpoints. Lower sweep.max_concurrent, trainer.cpus_per_worker or sweep.proxy_cpus.")
+
+
+def _searched(value: Any, key: str) -> Any:
+    """A setting as the search sees it: enqueued points without their `reseed` flag, which acts after the
+    search (so `--resume` may give a finished sweep's points more seeds)."""
+    if key != "sweep.search.points" or not isinstance(value, list):
+        return value
+    return [{k: v for k, v in point.items() if k != "reseed"} for point in value]
 
 
 def _absolute(path: str | None) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from ray import tune
 
@@ -19,7 +20,7 @@ from hybrid import storage
 from sweeps import tracking
 from sweeps.config import SweepSetup
 from sweeps.early import EarlyEvaluation, base_ref, final_ref, full_eval_config
-from sweeps.search import forget_stale_study, is_reference, param_space, tune_config
+from sweeps.search import filled, forget_stale_study, is_reference, param_space, tune_config
 from sweeps.stats import mean_ci
 from sweeps.tracking import TrialLogger
 from sweeps.trial import config_key, run_trial
@@ -177,13 +178,18 @@ def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool, early: 
 
 def reseeded(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
     """The top-k completed configurations by the first objective, then (`sweep.reseed_references`) the
-    alpha = 0 / 1 references not among them: one row (its seed-0 trial) each."""
+    alpha = 0 / 1 references and the enqueued points marked `reseed` not among them: one row (its seed-0
+    trial) each."""
     objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
     done = completed(table, setup)
-    top = done.sort_values(objective, ascending=mode == "min").head(setup.sweep.top_k)
+    top = [done.sort_values(objective, ascending=mode == "min").head(setup.sweep.top_k)]
     if setup.sweep.reseed_references:
-        top = pd.concat([top, done[done["mono_ratio"].map(is_reference)]])
-    return top.drop_duplicates("config_key")
+        top.append(done[done["mono_ratio"].map(is_reference)])
+    for point in (p for p in setup.sweep.search.points if p.reseed):
+        knobs = filled(setup.sweep, setup.run, point)
+        top.append(done[[all(k in row and np.isclose(float(row[k]), float(v)) for k, v in knobs.items())
+                         for _, row in done.iterrows()]])
+    return pd.concat(top).drop_duplicates("config_key")
 
 
 def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool,

@@ -18,7 +18,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.config import SweepConfig
+from sweeps.config import Point, SweepConfig
 from trainers.config import TrainRunConfig
 
 
@@ -50,13 +50,17 @@ def enqueued_points(sweep: SweepConfig, base: TrainRunConfig) -> list[dict[str, 
     """The references, then `sweep.search.points` (each completed with the references' values): every
     configuration the first search round runs before the sampler chooses; duplicates run once."""
     points = reference_points(sweep, base)
-    fill = base_point(sweep, base) | {"mono_ratio": min(max(base.method.mono_ratio, sweep.search.mono_ratio[0]),
-                                                         sweep.search.mono_ratio[1])}
     for point in sweep.search.points:
-        full = fill | point.given()
+        full = filled(sweep, base, point)
         if full not in points:
             points.append(full)
     return points
+
+
+def filled(sweep: SweepConfig, base: TrainRunConfig, point: Point) -> dict[str, Any]:
+    """`point` with every knob it leaves out at the references' value (alpha at the base config's)."""
+    alpha = min(max(base.method.mono_ratio, sweep.search.mono_ratio[0]), sweep.search.mono_ratio[1])
+    return base_point(sweep, base) | {"mono_ratio": alpha} | point.given()
 
 
 def base_point(sweep: SweepConfig, base: TrainRunConfig) -> dict[str, Any]:

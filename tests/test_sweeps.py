@@ -76,6 +76,19 @@ def test_reseeding_covers_the_references_when_asked():
     assert list(reseeded(table, setup)["config_key"]) == ["C", "A", "B"]
     plain = load_sweep_setup(ROOT / "configs/default.yaml", ["sweep.top_k=1"])
     assert list(reseeded(table, plain)["config_key"]) == ["C"]
+    table["temperature"], table["num_train_languages"] = 0.05, 9  # D is the study's point {mono_ratio: 0.6}
+    marked = load_sweep_setup(ROOT / "configs/default.yaml", ["sweep.top_k=1", "sweep.search.num_train_languages=[2, 9]",
+                                                               "sweep.search.points=[{mono_ratio: 0.6, reseed: true}]"])
+    assert list(reseeded(table, marked)["config_key"]) == ["C", "D"]
+
+
+def test_resume_may_mark_points_for_more_seeds_but_not_change_them():
+    """A point's `reseed` acts after the search: `--resume` may turn it on; a changed knob is refused."""
+    study = ROOT / "configs/cpu-study.yaml"
+    started = json.loads(json.dumps(load_sweep_setup(study, ["sweep.search.points=[{mono_ratio: 0.5}]"]).settings()))
+    assert load_sweep_setup(study, ["sweep.search.points=[{mono_ratio: 0.5, reseed: true}]"]).changed_since(started) == []
+    moved = load_sweep_setup(study, ["sweep.search.points=[{mono_ratio: 0.6, reseed: true}]"])
+    assert moved.changed_since(started) == ["sweep.search.points"]
 
 
 def test_trial_config_applies_the_searched_values():
