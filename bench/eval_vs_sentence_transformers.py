@@ -32,9 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from evaluation.config import CheckpointRef, EvalConfig
-from evaluation.runner import EvalSet, evaluate_checkpoints
-from hybrid.config import ALL_XQUAD_R, DataConfig
+from evaluation.checkpoints import CheckpointRef
+from evaluation.config import EvalConfig
+from evaluation.eval_set import EvalSet
+from evaluation.runner import evaluate_checkpoints
+from hybrid.config import DataConfig
+from hybrid.languages import XQUAD_R_LANGUAGES
 from hybrid.splits import heldout_corpus
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eval_vs_st.json"
@@ -122,7 +125,7 @@ def main() -> None:
 
         model_dir = load_encoder("multilingual-e5-small").save(Path(tmp) / "multilingual-e5-small")
         small = ours(model_dir, eval_set, languages)
-        full = ours(model_dir, full_set, ALL_XQUAD_R) if args.full_grid else None
+        full = ours(model_dir, full_set, XQUAD_R_LANGUAGES) if args.full_grid else None
         pairs = sentence_transformers_pairs(model_dir, eval_set, languages)
     result = small.pop("result")
     if full:
@@ -136,7 +139,7 @@ def main() -> None:
 
     diffs = {st: max(abs(p["metrics"][st] - cell(our, k)) for k, p in pairs.items()) for st, our in COMPARED.items()}
     st_total, st_cpu = (sum(p[k] for p in pairs.values()) for k in ("seconds", "cpu_s"))
-    n = len(ALL_XQUAD_R)
+    n = len(XQUAD_R_LANGUAGES)
     full_texts = n * sum(map(len, full_set.queries.values())) + n * sum(map(len, full_set.candidates.values()))
     texts = sum(p["texts"] for p in pairs.values())
     st_full_s, st_full_cpu = full_texts / texts * st_total, full_texts / texts * st_cpu  # same texts/s

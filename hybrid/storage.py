@@ -3,8 +3,7 @@
 
 On a cluster no disk is shared but the storage URI, so everything that must outlive a node (Tune state,
 Train checkpoints) lives there, and a process that needs a checkpoint's files copies them to its own node
-(`local_copy`). Never build a location with `pathlib`: `Path("s3://b/p")` is `s3:/b/p`, and a query
-string (`?endpoint_override=...`) must stay at the end of the URI, not in the middle of a path.
+(`local_copy`). Locations are strings, built with `hybrid.locations` (re-exported here).
 """
 
 from __future__ import annotations
@@ -14,34 +13,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 from filelock import FileLock
 
 from hybrid.cache import cache_dir
+from hybrid.locations import is_uri, join, resolve, with_path  # noqa: F401  (storage.join etc. for callers)
 
 CACHED_CHECKPOINTS = 8  # per node: checkpoints kept in the node-local cache (least recently used go first)
 COMPLETE = ".complete"  # written last into a cached copy: a copy without it was interrupted
-
-
-def is_uri(location: str) -> bool:
-    """A URI with a scheme (s3://, gs://, file://): the same on every node. A plain path is node-local."""
-    return "://" in location
-
-
-def resolve(location: str) -> str:
-    """A URI as is; a local path made absolute (Ray workers do not share the driver's working directory)."""
-    return location if is_uri(location) else str(Path(location).expanduser().resolve())
-
-
-def join(location: str, *parts: str) -> str:
-    """`location` / parts, keeping a URI's query string at the end."""
-    if not is_uri(location):
-        return os.path.join(location, *parts)
-    scheme, netloc, path, query, fragment = urlsplit(location)
-    path = "/".join([path.rstrip("/"), *(p.strip("/") for p in parts)])
-    return urlunsplit((scheme, netloc, path, query, fragment))
 
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
@@ -49,18 +29,6 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     if not is_uri(location):
         return pafs.LocalFileSystem(), resolve(location)
     return pafs.FileSystem.from_uri(location)
-
-
-def with_path(location: str, fs_path: str) -> str:
-    """The URI of `fs_path` (a path inside `location`'s filesystem, as Ray's `Checkpoint.path` gives it:
-    `bucket/prefix/...`, no scheme) with `location`'s scheme and query options; a URI stays as it is."""
-    if not is_uri(location) or is_uri(fs_path):
-        return fs_path
-    scheme, _, _, query, _ = urlsplit(location)
-    if scheme == "file":
-        return urlunsplit((scheme, "", fs_path, query, ""))
-    bucket, _, key = fs_path.partition("/")
-    return urlunsplit((scheme, bucket, "/" + key, query, ""))
 
 
 def exists(location: str) -> bool:

@@ -24,22 +24,14 @@ from sweeps.report.data import HIGH_RESOURCE, Sweep, load_sweep, log_report_arti
 from sweeps.report.findings import QUESTIONS, Findings, analyse, trials_table
 from sweeps.report.glance import glance
 from sweeps.report.html import build_html, overview
-from sweeps.config import absolute_tracking_uri, redact
+from hybrid.config import DEFAULT_CONFIG, read_yaml
+from sweeps.config import SweepConfig, absolute_tracking_uri, redact
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
 
 def default_experiment(config: Path = DEFAULT_CONFIG) -> str:
     """`sweep.name` of the preset, else the sweep section's default (as ratio_search resolves it)."""
-    import yaml
-
-    raw = yaml.safe_load(config.read_text()) or {}
-    name = (raw.get("sweep") or {}).get("name")
-    if name:
-        return str(name)
-    from sweeps.config import SweepConfig  # the dataclass default; imported late (pulls in torch)
-
-    return SweepConfig().name
+    return str((read_yaml(config).get("sweep") or {}).get("name") or SweepConfig().name)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.config import EvalConfig
+from hybrid import locations
 from hybrid.config import from_dict, read_yaml, to_dict
-from hybrid import storage
 from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
@@ -192,7 +192,7 @@ class SweepConfig:
     @property
     def eval_cache_location(self) -> str | None:
         """`<storage_path>/eval-cache`: evaluations kept by key, shared by every sweep on this storage."""
-        return storage.join(self.storage_path, "eval-cache") if self.eval_cache else None
+        return locations.join(self.storage_path, "eval-cache") if self.eval_cache else None
 
     @property
     def validation_cache_location(self) -> str:
@@ -202,7 +202,7 @@ class SweepConfig:
 
     def location(self, *parts: str) -> str:
         """`<storage_path>/<name>/<parts>`: where everything of this sweep lives (phases, checkpoints)."""
-        return storage.join(self.storage_path, self.name, *parts)
+        return locations.join(self.storage_path, self.name, *parts)
 
     @property
     def trial_bundle(self) -> dict[str, float]:
@@ -235,8 +235,8 @@ class SweepSetup:
         s, run = self.sweep, self.run
         sweep = replace(s, tracking_uri=absolute_tracking_uri(s.tracking_uri),
                         study_storage=absolute_tracking_uri(s.study_storage or study_beside(s.tracking_uri)),
-                        artifact_location=storage.resolve(s.artifact_location),
-                        storage_path=storage.resolve(s.storage_path))
+                        artifact_location=locations.resolve(s.artifact_location),
+                        storage_path=locations.resolve(s.storage_path))
         name = run.model.name
         if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
             raise ValueError(f"model.name={name!r}: no such folder. Give an encoder folder, an s3:// folder, "
@@ -287,7 +287,7 @@ def _searched(value: Any, key: str) -> Any:
 
 def _absolute(path: str | None) -> str | None:
     """An existing local path made absolute; a URI, a name or None as it is."""
-    if path is None or storage.is_uri(path) or not Path(path).expanduser().exists():
+    if path is None or locations.is_uri(path) or not Path(path).expanduser().exists():
         return path
     return str(Path(path).expanduser().resolve())
 

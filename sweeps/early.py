@@ -19,7 +19,9 @@ import ray
 from ray import tune
 
 from evaluation.config import EvalConfig
-from evaluation.runner import CheckpointRef, evaluate_checkpoints, load_eval_set
+from evaluation.checkpoints import CheckpointRef
+from evaluation.datasets import load_eval_set
+from evaluation.runner import evaluate_checkpoints
 from hybrid import storage
 from sweeps.config import SweepSetup
 from sweeps.search import is_reference

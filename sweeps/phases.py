@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from ray import tune
 
-from evaluation.runner import evaluate_checkpoints, load_eval_set
+from evaluation.datasets import load_eval_set
+from evaluation.runner import evaluate_checkpoints
 from evaluation.tracking import log_result
 from hybrid import storage
 from sweeps import tracking

@@ -30,12 +30,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the best encoder's
 import optuna
 import yaml
 
-from hybrid.config import to_dict
+from hybrid.config import DEFAULT_CONFIG, to_dict
 from hybrid import storage
 from sweeps import cluster, phases, registry, tracking
 from sweeps.config import SweepSetup, flatten, load_sweep_setup, redact
 from sweeps.early import EarlyEvaluation
-from trainers.config import DEFAULT_CONFIG
 from trainers.train import init_ray, preflight
 
 

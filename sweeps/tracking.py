@@ -20,7 +20,7 @@ from typing import Any
 
 from ray import tune
 
-from evaluation.runner import EvalResult
+from evaluation.results import EvalResult
 from evaluation.tracking import dataset_input, log_result, mlflow_name
 from hybrid import storage
 from hybrid.config import DataConfig

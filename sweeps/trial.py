@@ -18,7 +18,9 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from evaluation.runner import CheckpointRef, evaluate_checkpoints, load_eval_set
+from evaluation.checkpoints import CheckpointRef
+from evaluation.datasets import load_eval_set
+from evaluation.runner import evaluate_checkpoints
 from hybrid import storage
 from sweeps.config import SweepSetup
 from trainers.config import TrainRunConfig

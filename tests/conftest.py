@@ -29,7 +29,7 @@ def make_pairs(counts: dict[str, int], n_ids: int | None = None) -> list[Trainin
 def tiny_model_dir(tmp_path_factory):
     """A tiny random BERT saved like a checkpoint export, trained vocabulary from XQuAD-R en/de/es."""
     from hybrid.data import load_corpus
-    from hybrid.model import tiny_encoder
+    from tiny_encoder import tiny_encoder
 
     corpus = load_corpus("xquad-r", languages=("en", "de", "es"))
     texts = [q.text for qs in corpus.questions.values() for q in qs]

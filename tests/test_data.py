@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from hybrid.data import DataFormatError, load_corpus, load_lareqa, load_training_pairs, split_by_article
+from hybrid.data import XQUAD_R_LANGUAGES, DataFormatError, load_corpus, load_lareqa, load_training_pairs, split_by_article
 from hybrid.data import sources
 
 XQUAD = Path(sources.PACKAGED_DATA) / "xquad-r"
 
 
 def test_xquad_r_counts(xquad):
-    assert xquad.languages == sources.XQUAD_R_LANGUAGES
+    assert xquad.languages == XQUAD_R_LANGUAGES
     assert {lang: len(qs) for lang, qs in xquad.questions.items()} == {lang: 1190 for lang in xquad.languages}
     assert sum(len(c) for c in xquad.candidates.values()) == 13_014
     assert len(xquad.candidates["th"]) == 852

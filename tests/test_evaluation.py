@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from evaluation import metrics as M
-from evaluation.config import CheckpointRef, EvalConfig, content_hash
-from evaluation.runner import (GPU_MAX_K, PAIR_METRICS, EvalSet, _sharded_search, evaluate_checkpoints, full_scores,
-                               score_query_language)
+from evaluation.checkpoints import CheckpointRef, content_hash
+from evaluation.config import EvalConfig
+from evaluation.eval_set import EvalSet
+from evaluation.runner import evaluate_checkpoints
+from evaluation.scoring import GPU_MAX_K, PAIR_METRICS, _sharded_search, full_scores, score_query_language
 from hybrid.config import from_dict, read_yaml
 from hybrid.data import Candidate, ParallelCorpus, Question, split_by_article
 from hybrid.model import load_encoder
@@ -329,7 +331,7 @@ def test_content_hash_depends_on_the_files_not_their_location(checkpoints, tmp_p
 def test_result_survives_the_json_hand_off_to_the_driver(evaluated):
     """A trial on a worker node passes its evaluation to the sweep driver as JSON: nothing is lost (NaN
     cells of the matrices and empty reliability bins included)."""
-    from evaluation.runner import EvalResult
+    from evaluation.results import EvalResult
 
     result = evaluated[1][1]
     back = EvalResult.from_json(result.to_json())
@@ -344,7 +346,7 @@ def test_result_survives_the_json_hand_off_to_the_driver(evaluated):
 def test_a_cut_short_or_altered_export_is_never_evaluated(tiny_model_dir, tmp_path):
     """An export with a manifest (every training checkpoint's encoder/) is checked before it is loaded:
     a truncated or altered file is named; a folder without one (a user's model) is taken as it is."""
-    from evaluation.config import local_model_dir
+    from evaluation.checkpoints import local_model_dir
     from hybrid import manifest
 
     export = tmp_path / "encoder"

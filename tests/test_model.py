@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid.model import EncoderSpec, load_encoder, tiny_encoder
+from hybrid.model import load_encoder
+from hybrid.spec import EncoderSpec
+from tiny_encoder import tiny_encoder
 
 TEXTS = [f"sentence number {i} about topic {i % 7}" + " word" * (i % 5) for i in range(40)]
 

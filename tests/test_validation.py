@@ -10,7 +10,7 @@ import pytest
 from conftest import make_pairs
 from hybrid.config import from_dict
 from hybrid.loss import InfoNCELoss
-from hybrid.model import tiny_encoder
+from tiny_encoder import tiny_encoder
 from hybrid.sampler import HybridBatchSampler
 from trainers.config import TrainRunConfig
 from trainers.validation import VAL_SEED, cache_key, validate, validate_base

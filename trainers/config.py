@@ -16,7 +16,6 @@ import yaml
 
 from hybrid.config import DataConfig, MethodConfig, ModelConfig, OptimConfig, from_dict, read_yaml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 STRATEGIES = ("deepspeed", "ddp")
 PRECISIONS = ("auto", "fp32", "bf16")
 OTHER_SECTIONS = ("eval", "sweep")  # owned by evaluation/ and sweeps/, ignored here

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hybrid.layout import ENCODER_DIR
 from hybrid.model import Encoder
 from trainers.config import TrainRunConfig
 
@@ -151,7 +152,7 @@ class DDPEngine:
     def load(self, directory: Path) -> None:
         from safetensors.torch import load_file
 
-        weights = load_file(directory / "encoder" / "model.safetensors")
+        weights = load_file(directory / ENCODER_DIR / "model.safetensors")
         self.encoder.backbone.load_state_dict(weights)
         self.optimizer.load_state_dict(torch.load(directory / "ddp" / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(json.loads((directory / "ddp" / "scheduler.json").read_text()))

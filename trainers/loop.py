@@ -27,6 +27,7 @@ import torch
 
 from hybrid import manifest
 from hybrid.config import from_dict, to_dict
+from hybrid.layout import ENCODER_DIR, STATE_FILE
 from hybrid.loss import InfoNCELoss
 from hybrid.model import load_encoder
 from hybrid.sampler import MONO, HybridBatch, HybridBatchSampler
@@ -37,7 +38,6 @@ from trainers.engine import make_engine
 from trainers.forward import forward_batch
 from trainers.validation import VAL_SEED, validate, validate_base
 
-STATE_FILE = "trainer_state.json"
 STARTUP_MARK = "startup_at/"  # step 0's report: when each start-up stage of the worker ended
 
 
@@ -68,9 +68,9 @@ def save_checkpoint(engine, directory: Path, rank: int, world: int, state: dict[
     engine.save(directory)
     with engine.gathered_params():  # ZeRO-3: full weights on every rank while inside
         if rank == 0:
-            engine.encoder.save(directory / "encoder")
-            (directory / "encoder" / "README.md").write_text(card)
-            manifest.write(directory / "encoder")
+            engine.encoder.save(directory / ENCODER_DIR)
+            (directory / ENCODER_DIR / "README.md").write_text(card)
+            manifest.write(directory / ENCODER_DIR)
     if rank == 0:
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
     manifest.write(directory, manifest.rank_manifest(rank), world_size=world)

@@ -20,7 +20,8 @@ from hybrid import storage
 from hybrid.config import to_dict
 from hybrid.sampler import HybridBatchSampler
 from hybrid.splits import training_pairs
-from trainers.config import DEFAULT_CONFIG, TrainRunConfig, check_resources, load_run_config
+from hybrid.config import DEFAULT_CONFIG
+from trainers.config import TrainRunConfig, check_resources, load_run_config
 from trainers.loop import NonFiniteLoss, train_loop_per_worker
 
 DIVERGED = "diverged.txt"  # in a Train run's folder: why it stopped (it is not started again)

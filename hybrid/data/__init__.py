@@ -2,8 +2,9 @@
 
 from hybrid.data.corpus import Candidate, ParallelCorpus, Question, TrainingPair, split_by_article
 from hybrid.data.lareqa import DataFormatError, load_lareqa
-from hybrid.data.languages import check_language_code
-from hybrid.data.sources import XQUAD_R_LANGUAGES, load_corpus
+from hybrid.languages import check_language_code
+from hybrid.data.sources import load_corpus
+from hybrid.languages import XQUAD_R_LANGUAGES
 from hybrid.data.user import load_training_pairs
 
 __all__ = ["Candidate", "DataFormatError", "ParallelCorpus", "Question", "TrainingPair", "XQUAD_R_LANGUAGES",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.data.corpus import Candidate, ParallelCorpus, Question
-from hybrid.data.languages import check_language_code
+from hybrid.languages import check_language_code
 
 
 class DataFormatError(ValueError):

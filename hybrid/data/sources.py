@@ -18,7 +18,6 @@ from hybrid.data.corpus import ParallelCorpus
 from hybrid.data.lareqa import find_language_files, load_lareqa
 
 PACKAGED_DATA = Path(__file__).resolve().parents[2] / "data"
-XQUAD_R_LANGUAGES = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
 
 MLQA_R_COMMIT = "354d67d1cd066854cdfbf5ad0e6105528976141d"
 MLQA_R_URL = f"https://raw.githubusercontent.com/google-research-datasets/lareqa/{MLQA_R_COMMIT}/mlqa-r"

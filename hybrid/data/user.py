@@ -18,7 +18,7 @@ from pathlib import Path
 from hybrid import storage
 
 from hybrid.data.corpus import TrainingPair
-from hybrid.data.languages import check_language_code
+from hybrid.languages import check_language_code
 
 REQUIRED_COLUMNS = ("id", "lang", "query", "positive")
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}

@@ -6,9 +6,8 @@ The layout read (written by sweeps.tracking, sweeps.trial, sweeps.phases and eva
   model's evaluation at step 0; a child run per trial (tag `sweep.role=trial`, `mlflow.parentRunId`) with
   params mono_ratio, temperature, lang_temperature, seed, config_key (optionally lr, num_train_languages).
 - evaluation metrics `eval/{dataset}/{split}/{setting}/{metric}` and `eval/{dataset}/{split}/lang/{lang}/{metric}`
-  at the checkpoint's step ("@" logged as "_at_"); a split holding "proxy" (heldout-proxy50) or a leading
-  `proxy/` marks the sweep-time proxy evaluation, anything else is a full evaluation. The older flat form
-  `[proxy/]{setting}/{metric}` is read too.
+  at the checkpoint's step ("@" logged as "_at_"); a split holding "proxy" (heldout-proxy50) marks the
+  sweep-time proxy evaluation, anything else is a full evaluation.
 - artifacts: found by listing each run recursively, never by a fixed path: CSVs under a `step_{N}` folder,
   `{metric}.csv` an L x L matrix (first column = query language, header = candidate languages) and
   `reliability.csv` the reliability table; dataset and split are the two folders after `eval/`.
@@ -17,7 +16,6 @@ The layout read (written by sweeps.tracking, sweeps.trial, sweeps.phases and eva
 from __future__ import annotations
 
 import ast
-import functools
 import math
 import os
 import re
@@ -28,10 +26,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-# As sweeps.config names them; not imported at module level: sweeps.config pulls in torch and the trainers
-# (seconds), which a report on logged numbers does not need. tests/test_compare.py checks they agree.
-SETTINGS = ("mono", "cross", "multi")
-LOWER_IS_BETTER = ("rank_distance", "ece")
+from sweeps.config import LOWER_IS_BETTER, SETTINGS, SweepConfig
+
 MATRIX_METRICS = ("map", "mrr@10")  # L x L matrices downloaded (at each run's last evaluated step)
 HIGH_RESOURCE = ("en", "de", "es", "zh", "ar", "ru")
 _STEP = re.compile(r"^step_?(\d+)$")
@@ -40,7 +36,7 @@ _STEP = re.compile(r"^step_?(\d+)$")
 @dataclass(frozen=True)
 class MetricKey:
     source: str  # "full" or "proxy"
-    dataset: str  # "" for the flat form (the sweep's held-out set)
+    dataset: str
     split: str
     scope: str  # "setting" or "lang"
     group: str  # mono / cross / multi, or a language code
@@ -50,15 +46,10 @@ class MetricKey:
 def parse_metric_key(key: str) -> MetricKey | None:
     """The evaluation metric a logged key holds, or None for anything else (train/, base/, best/, ...)."""
     parts = key.split("/")
-    proxy = parts[0] == "proxy"
-    parts = parts[1:] if proxy else parts
-    if len(parts) >= 5 and parts[0] == "eval":
-        dataset, split, rest = parts[1], parts[2], parts[3:]
-    elif parts and (parts[0] in SETTINGS or parts[0] == "lang"):
-        dataset, split, rest = "", "", parts
-    else:
+    if len(parts) < 5 or parts[0] != "eval":
         return None
-    source = "proxy" if proxy or "proxy" in split else "full"
+    dataset, split, rest = parts[1], parts[2], parts[3:]
+    source = "proxy" if "proxy" in split else "full"
     metric = rest[-1].replace("_at_", "@")
     if len(rest) == 2 and rest[0] in SETTINGS:
         return MetricKey(source, dataset, split, "setting", rest[0], metric)
@@ -140,7 +131,7 @@ class Sweep:
 
     @property
     def objective(self) -> str:
-        objectives = self.param("sweep.objectives", default=None) or default_sweep().objectives
+        objectives = self.param("sweep.objectives", default=None) or SweepConfig().objectives
         return objectives if isinstance(objectives, str) else list(objectives)[0]
 
     @property
@@ -169,14 +160,6 @@ class Sweep:
         return sorted(set(self.metrics["dataset"]) - {self.main_dataset})
 
 
-@functools.cache
-def default_sweep():
-    """The sweep section's defaults (`sweeps.config.SweepConfig()`), imported only when a param is missing."""
-    from sweeps.config import SweepConfig
-
-    return SweepConfig()
-
-
 TRIAL_PARAMS = {"mono_ratio": float, "temperature": float, "lang_temperature": float, "seed": int,
                 "lr": float, "num_train_languages": int}
 
@@ -191,11 +174,7 @@ def _list_files(client, run_id: str, path: str | None = None) -> list[str]:
     return files
 
 
-def _dataset(key, main: str) -> str:
-    return key.dataset or main
-
-
-def _evaluations(client, run, main: str) -> tuple[list[dict], list[dict]]:
+def _evaluations(client, run) -> tuple[list[dict], list[dict]]:
     """(setting rows, per-language rows) of one run; the step is read once per evaluation (source, dataset)."""
     parsed = [(k, v, parse_metric_key(k)) for k, v in run.data.metrics.items()]
     parsed = [(k, v, p) for k, v, p in parsed if p is not None]
@@ -205,7 +184,7 @@ def _evaluations(client, run, main: str) -> tuple[list[dict], list[dict]]:
         group = (p.source, p.dataset, p.split)
         if group not in steps:  # run.data.metrics holds the value at the largest step: find that step
             steps[group] = max(m.step for m in client.get_metric_history(run.info.run_id, key))
-        row = {"run_id": run.info.run_id, "source": p.source, "dataset": _dataset(p, main), "split": p.split,
+        row = {"run_id": run.info.run_id, "source": p.source, "dataset": p.dataset, "split": p.split,
                "metric": p.metric, "value": float(value), "step": steps[group]}
         if p.scope == "setting":
             settings.append(row | {"setting": p.group})
@@ -278,7 +257,7 @@ def load_sweep(client, experiment: str) -> Sweep:
         config = _resolved_config(client, parent.info.run_id, Path(tmp)) if parent else {}
         main = str(config.get("eval.dataset") or literal(params.get("eval.dataset")) or "xquad-r")
         for run in ([parent] if parent else []) + trials:
-            s, lang = _evaluations(client, run, main)
+            s, lang = _evaluations(client, run)
             settings += s
             languages += lang
             m, r = _artifacts(client, run.info.run_id, main, Path(tmp))
@@ -292,18 +271,18 @@ def load_sweep(client, experiment: str) -> Sweep:
                   dict(parent.data.metrics) if parent else {}, trial_frame,
                   pd.DataFrame(settings, columns=metric_cols), pd.DataFrame(languages, columns=lang_cols),
                   matrices, reliability)
-    sweep.history = _history(client, trials, sweep.objective, main)
+    sweep.history = _history(client, trials, sweep.objective)
     return sweep
 
 
-def _history(client, trials: list, objective: str, main: str) -> pd.DataFrame:
+def _history(client, trials: list, objective: str) -> pd.DataFrame:
     """Every logged value of `objective` ("multi/map") in each trial, per evaluation (source, dataset)."""
     rows = []
     for run in trials:
         for key in run.data.metrics:
             p = parse_metric_key(key)
             if p is not None and p.scope == "setting" and f"{p.group}/{p.metric}" == objective:
-                rows += [{"run_id": run.info.run_id, "source": p.source, "dataset": _dataset(p, main), "step": m.step,
+                rows += [{"run_id": run.info.run_id, "source": p.source, "dataset": p.dataset, "step": m.step,
                           "value": m.value} for m in client.get_metric_history(run.info.run_id, key)]
     return pd.DataFrame(rows, columns=["run_id", "source", "dataset", "step", "value"])
 

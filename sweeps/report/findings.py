@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from sweeps.report import analysis as A
+from sweeps.config import SETTINGS
 from sweeps.report.data import HIGH_RESOURCE, Sweep
 
-SETTINGS = ("mono", "cross", "multi")
 RETRIEVAL = [f"{s}/{m}" for m in ("map", "mrr@10") for s in SETTINGS]
 COLUMNS = RETRIEVAL + ["multi/rank_distance"] + [f"{s}/ece" for s in SETTINGS]
 NAMES = {"map": "mAP", "mrr@10": "MRR@10", "rank_distance": "rank distance", "ece": "ECE", "map@20": "mAP@20"}

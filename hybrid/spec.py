@@ -1,0 +1,28 @@
+"""How texts become vectors: pooling, E5-style prefixes, the token budget.
+
+A dependency-free module: configuration (`hybrid.config`) validates against it without importing torch,
+and the encoder (`hybrid.model`) saves it beside the weights, so a checkpoint says how to use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POOLINGS = ("mean", "cls")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Saved beside the weights (`hybrid_encoder.json`). The defaults are E5's, for a folder saved
+    elsewhere (a plain Hugging Face model); a training run's spec comes from `model.*` of its config."""
+
+    pooling: str = "mean"
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}.")
