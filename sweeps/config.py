@@ -7,15 +7,15 @@ Ray starts (`load_sweep_setup`), so a bad range or an unknown objective costs no
 from __future__ import annotations
 
 import json
-import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from evaluation.config import EvalConfig
 from hybrid import locations
 from hybrid.config import from_dict, read_yaml, to_dict
+from sweeps.knobs import BY_NAME, KNOBS
 from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
@@ -58,64 +58,50 @@ def study_beside(tracking_uri: str) -> str:
     return prefix + str(folder / "optuna.db")
 
 
-@dataclass(frozen=True)
-class Point:
-    """A configuration tried before the sampler chooses any (enqueued after the references): a grid of
-    alphas, a num_train_languages arm. A knob left out takes the references' value."""
-
-    mono_ratio: float | None = None
-    temperature: float | None = None
-    lang_temperature: float | None = None
-    lr: float | None = None
-    num_train_languages: int | None = None
-    reseed: bool = False  # re-run with sweep.seeds seeds, like the best configurations (acts after the search)
-
+class _PointMethods:
     def given(self) -> dict[str, Any]:
         """The knobs this point sets."""
         return {k: v for k, v in to_dict(self).items() if v is not None and k != "reseed"}
 
 
-@dataclass(frozen=True)
-class SearchSpace:
-    """Ranges of the searched knobs; a knob with a single value is fixed, not searched."""
+# A configuration tried before the sampler chooses any (enqueued after the references): a grid of alphas,
+# a num_train_languages arm. A knob left out takes the references' value. One field per searched knob.
+Point = make_dataclass("Point", [*((k.name, k.cast | None, None) for k in KNOBS),
+                                 # re-run with sweep.seeds seeds, like the best configurations (acts after the search)
+                                 ("reseed", bool, False)], bases=(_PointMethods,), frozen=True)
 
-    mono_ratio: tuple[float, float] = (0.0, 1.0)  # alpha, uniform
-    temperature: tuple[float, float] = (0.01, 0.2)  # tau, log-uniform
-    lang_temperature: tuple[float, ...] = (math.inf,)  # T, a choice
-    lr: tuple[float, ...] = ()  # empty: optim.lr; two values: log-uniform range
-    num_train_languages: tuple[int, ...] = ()  # empty: all; else a choice of the first k training languages
-    points: tuple[Point, ...] = ()  # enqueued after the references, e.g. [{mono_ratio: 0.5}, ...]
+
+class _SearchChecks:
+    """Checks of `SearchSpace`: each knob's values (`Knob.check`), and each point within them."""
 
     def __post_init__(self) -> None:
-        a, b = self.mono_ratio
-        if not 0.0 <= a <= b <= 1.0:
-            raise ValueError(f"sweep.search.mono_ratio must satisfy 0 <= low <= high <= 1, got {self.mono_ratio}.")
-        lo, hi = self.temperature
-        if not 0.0 < lo <= hi:
-            raise ValueError(f"sweep.search.temperature must satisfy 0 < low <= high, got {self.temperature}.")
-        if not self.lang_temperature or any(t <= 0 for t in self.lang_temperature):
-            raise ValueError(f"sweep.search.lang_temperature needs values > 0 (.inf = uniform), got {self.lang_temperature}.")
-        if self.lr and (len(self.lr) != 2 or not 0 < self.lr[0] <= self.lr[1]):
-            raise ValueError(f"sweep.search.lr must be [] or [low, high] with 0 < low <= high, got {self.lr}.")
-        if any(k < 2 for k in self.num_train_languages):
-            raise ValueError(f"sweep.search.num_train_languages values must be >= 2 (X-Y needs two), got "
-                             f"{self.num_train_languages}.")
+        for knob in KNOBS:
+            knob.check(getattr(self, knob.name), f"sweep.search.{knob.name}")
+        if not self.mono_ratio:
+            raise ValueError("sweep.search.mono_ratio=[]: alpha is always searched (the references are its two "
+                             "ends); give [low, high], e.g. [0, 1].")
         for i, point in enumerate(self.points):
             self._check_point(point, f"sweep.search.points[{i}]")
 
-    def _check_point(self, point: Point, where: str) -> None:
+    def _check_point(self, point: Any, where: str) -> None:
         """Each enqueued value lies in its searched range (Optuna rejects it mid-sweep otherwise)."""
         if not point.given():
             raise ValueError(f"{where} is empty: give at least one knob, e.g. {{mono_ratio: 0.5}}.")
-        ranges = {"mono_ratio": self.mono_ratio, "temperature": self.temperature, "lr": self.lr}
-        choices = {"lang_temperature": self.lang_temperature, "num_train_languages": self.num_train_languages}
-        for knob, value in point.given().items():
-            if knob in ranges and not (ranges[knob] and ranges[knob][0] <= value <= ranges[knob][-1]):
-                raise ValueError(f"{where}.{knob}={value} lies outside sweep.search.{knob}={list(ranges[knob])}: "
+        for name, value in point.given().items():
+            knob, values = BY_NAME[name], getattr(self, name)
+            if knob.is_range and not (values and values[0] <= value <= values[-1]):
+                raise ValueError(f"{where}.{name}={value} lies outside sweep.search.{name}={list(values)}: "
                                  f"widen the range or change the point.")
-            if knob in choices and value not in choices[knob]:
-                raise ValueError(f"{where}.{knob}={value} is not one of sweep.search.{knob}={list(choices[knob])}: "
+            if not knob.is_range and value not in values:
+                raise ValueError(f"{where}.{name}={value} is not one of sweep.search.{name}={list(values)}: "
                                  "add it to the choices or change the point.")
+
+
+# Ranges and choices of the searched knobs (sweeps.knobs: [] = not searched, one value = fixed), and the
+# points enqueued after the references, e.g. [{mono_ratio: 0.5}, ...]. One field per searched knob.
+SearchSpace = make_dataclass("SearchSpace", [*((k.name, tuple[k.cast, ...], field(default=k.default)) for k in KNOBS),
+                                             ("points", tuple[Point, ...], field(default=()))],
+                             bases=(_SearchChecks,), frozen=True)
 
 
 @dataclass(frozen=True)

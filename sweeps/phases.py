@@ -18,7 +18,7 @@ from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from evaluation.tracking import log_result
 from hybrid import storage
-from sweeps import tracking
+from sweeps import knobs, tracking
 from sweeps.config import SweepSetup
 from sweeps.early import EarlyEvaluation, base_ref, final_ref, full_eval_config
 from sweeps.search import filled, forget_stale_study, is_reference, param_space, tune_config
@@ -26,7 +26,7 @@ from sweeps.stats import mean_ci
 from sweeps.tracking import TrialLogger
 from sweeps.trial import config_key, run_trial
 
-PARAM_COLUMNS = ["mono_ratio", "temperature", "lang_temperature", "lr", "num_train_languages", "seed"]
+PARAM_COLUMNS = [*knobs.NAMES, "seed"]
 
 
 def exists(setup: SweepSetup) -> bool:

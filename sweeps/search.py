@@ -18,32 +18,33 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.config import Point, SweepConfig
+from sweeps.config import SweepConfig
+from sweeps.knobs import ALPHA, KNOBS, Knob
 from trainers.config import TrainRunConfig
 
 
 def param_space(sweep: SweepConfig, base: TrainRunConfig) -> dict[str, Any]:
-    s = sweep.search
-    space: dict[str, Any] = {
-        "mono_ratio": tune.uniform(*s.mono_ratio) if s.mono_ratio[0] < s.mono_ratio[1] else s.mono_ratio[0],
-        "temperature": tune.loguniform(*s.temperature) if s.temperature[0] < s.temperature[1] else s.temperature[0],
-        "lang_temperature": tune.choice(list(s.lang_temperature)) if len(s.lang_temperature) > 1 else s.lang_temperature[0],
-        "seed": base.method.seed,
-    }
-    if s.lr:
-        space["lr"] = tune.loguniform(*s.lr)
-    if s.num_train_languages:
-        space["num_train_languages"] = tune.choice(list(s.num_train_languages))
-    return space
+    """Tune's space: a distribution per searched knob, a constant per fixed one, the base run's seed."""
+    space: dict[str, Any] = {}
+    for knob in KNOBS:
+        values = getattr(sweep.search, knob.name)
+        if not knob.searched(values):
+            space |= {knob.name: values[0]} if values else {}
+        elif knob.kind == "uniform":
+            space[knob.name] = tune.uniform(*values)
+        elif knob.kind == "log":
+            space[knob.name] = tune.loguniform(*values)
+        else:
+            space[knob.name] = tune.choice(list(values))
+    return space | {"seed": base.method.seed}
 
 
 def reference_points(sweep: SweepConfig, base: TrainRunConfig) -> list[dict[str, Any]]:
     """alpha = 0 and alpha = 1 (clipped to the range) at the base config's other values."""
-    s = sweep.search
-    if s.mono_ratio[0] == s.mono_ratio[1]:
+    low, high = sweep.search.mono_ratio
+    if low == high:
         return []
-    point = base_point(sweep, base)
-    return [point | {"mono_ratio": a} for a in sorted({s.mono_ratio[0], s.mono_ratio[1]})]
+    return [base_point(sweep, base) | {"mono_ratio": alpha} for alpha in (low, high)]
 
 
 def enqueued_points(sweep: SweepConfig, base: TrainRunConfig) -> list[dict[str, Any]]:
@@ -57,25 +58,26 @@ def enqueued_points(sweep: SweepConfig, base: TrainRunConfig) -> list[dict[str, 
     return points
 
 
-def filled(sweep: SweepConfig, base: TrainRunConfig, point: Point) -> dict[str, Any]:
-    """`point` with every knob it leaves out at the references' value (alpha at the base config's)."""
-    alpha = min(max(base.method.mono_ratio, sweep.search.mono_ratio[0]), sweep.search.mono_ratio[1])
-    return base_point(sweep, base) | {"mono_ratio": alpha} | point.given()
+def filled(sweep: SweepConfig, base: TrainRunConfig, point: Any) -> dict[str, Any]:
+    """`point` (a `sweeps.config.Point`) with every searched knob it leaves out at the references' value
+    (alpha at the base config's)."""
+    return base_point(sweep, base) | {"mono_ratio": _nearest(ALPHA, sweep.search.mono_ratio, base)} | point.given()
 
 
 def base_point(sweep: SweepConfig, base: TrainRunConfig) -> dict[str, Any]:
-    """The searched knobs other than alpha at the base config's values, clipped into their ranges."""
-    s = sweep.search
-    lo, hi = s.temperature
-    point: dict[str, Any] = {"temperature": min(max(base.method.temperature, lo), hi)}
-    if len(s.lang_temperature) > 1:
-        point["lang_temperature"] = base.method.lang_temperature if base.method.lang_temperature in s.lang_temperature \
-            else s.lang_temperature[0]
-    if s.lr:
-        point["lr"] = min(max(base.optim.lr, s.lr[0]), s.lr[1])
-    if s.num_train_languages:
-        point["num_train_languages"] = max(s.num_train_languages)
-    return point
+    """The searched knobs other than alpha at the base config's values, brought into their ranges or
+    choices: the references' configuration."""
+    return {k.name: _nearest(k, values, base) for k in KNOBS
+            if k is not ALPHA and k.searched(values := getattr(sweep.search, k.name))}
+
+
+def _nearest(knob: Knob, values: tuple, base: TrainRunConfig) -> Any:
+    """The base run's value of `knob`, clipped into a range, or the nearest choice (the first when all
+    are as far: T = inf among finite choices)."""
+    value = knob.base_value(base)
+    if knob.is_range:
+        return min(max(value, values[0]), values[1])
+    return value if value in values else min(values, key=lambda c: abs(c - value))
 
 
 def sampler(sweep: SweepConfig, references: int) -> optuna.samplers.BaseSampler:

@@ -26,6 +26,7 @@ from hybrid import storage
 from hybrid.config import DataConfig
 from hybrid.data.sources import origin
 from hybrid.splits import training_digest
+from sweeps.knobs import KNOBS
 from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key, trial_run_config
 from trainers.config import TrainRunConfig
 
@@ -226,11 +227,11 @@ class TrialLogger(tune.Callback):
         return f", about {left / 60:.1f} min left" if left >= 60 else f", about {left:.0f} s left"
 
     def _say(self, trial, what: str) -> None:
-        c = trial.config
-        extra = (f", {c['num_train_languages']} languages" if "num_train_languages" in c else "") + \
-            (f", lr {c['lr']:.2g}" if "lr" in c else "")
-        print(f"{time.strftime('%H:%M:%S')} trial {trial.trial_id} (alpha {c.get('mono_ratio', 0):.2f}, tau "
-              f"{c.get('temperature', 0):.3f}{extra}, seed {c.get('seed', 0)}): {what}", flush=True)
+        c = trial.config  # alpha, tau, and every other knob where it differs from the base run
+        shown = [k.text(c[k.name]) for k in KNOBS
+                 if k.name in c and (k.shown_always or c[k.name] != k.base_value(self.base))]
+        print(f"{time.strftime('%H:%M:%S')} trial {trial.trial_id} ({', '.join(shown)}, seed {c.get('seed', 0)}): "
+              f"{what}", flush=True)
 
     def _log_history(self, run_id: str, reports: list[dict[str, Any]]) -> None:
         for report in reports:

@@ -23,6 +23,7 @@ from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import storage
 from sweeps.config import SweepSetup
+from sweeps.knobs import KNOBS
 from trainers.config import TrainRunConfig
 from trainers.loop import STARTUP_MARK
 from trainers.train import build_trainer
@@ -40,14 +41,12 @@ def config_key(params: dict[str, Any]) -> str:
 
 
 def trial_run_config(base: TrainRunConfig, params: dict[str, Any]) -> TrainRunConfig:
-    """The base run with the trial's searched values applied (and re-validated)."""
-    method = replace(base.method, **{k: params[k] for k in ("mono_ratio", "temperature", "lang_temperature", "seed")
-                                     if k in params})
-    optim = replace(base.optim, lr=params["lr"]) if "lr" in params else base.optim
-    data = base.data
-    if "num_train_languages" in params:
-        data = replace(data, train_languages=data.train_languages[: params["num_train_languages"]])
-    return replace(base, method=method, optim=optim, data=data)
+    """The base run with the trial's knobs (`sweeps.knobs`) and seed applied (and re-validated)."""
+    run = replace(base, method=replace(base.method, seed=params.get("seed", base.method.seed)))
+    for knob in KNOBS:
+        if knob.name in params:
+            run = knob.apply(run, params[knob.name])
+    return run
 
 
 STARTUP_STAGES = {  # mark -> the stage that ends there (rank 0's worker), in order

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sweeps.knobs import BY_NAME, NAMES
 from sweeps.stats import mean_ci
 
-KNOBS = ("mono_ratio", "temperature", "lang_temperature", "lr", "num_train_languages")
+KNOBS = NAMES
 MIN_IMPORTANCE_CONFIGS = 5  # fewer configurations than this: importances would be noise
 
 
@@ -312,10 +313,11 @@ def importances(summary: pd.DataFrame, objective: str, lower_is_better: bool) ->
     dists = {}
     for k in knobs:
         values = done[k].dropna()
-        if k in ("lang_temperature", "num_train_languages"):
-            dists[k] = CategoricalDistribution(sorted(set(values.tolist())))
+        knob = BY_NAME[k]
+        if knob.is_range:
+            dists[k] = FloatDistribution(float(values.min()), float(values.max()), log=knob.kind == "log")
         else:
-            dists[k] = FloatDistribution(float(values.min()), float(values.max()), log=k in ("temperature", "lr"))
+            dists[k] = CategoricalDistribution(sorted(set(values.tolist())))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize" if lower_is_better else "maximize")
     for _, row in done.iterrows():

@@ -4,7 +4,7 @@ The layout read (written by sweeps.tracking, sweeps.trial, sweeps.phases and eva
 - experiment = sweep name; parent run (tag `sweep.role=parent`): the resolved configuration as the artifact
   `config/resolved.yaml` (read back here), the flattened preset as params, the base
   model's evaluation at step 0; a child run per trial (tag `sweep.role=trial`, `mlflow.parentRunId`) with
-  params mono_ratio, temperature, lang_temperature, seed, config_key (optionally lr, num_train_languages).
+  params: the knobs of its configuration (sweeps.knobs: those searched or fixed), seed, config_key.
 - evaluation metrics `eval/{dataset}/{split}/{setting}/{metric}` and `eval/{dataset}/{split}/lang/{lang}/{metric}`
   at the checkpoint's step ("@" logged as "_at_"); a split holding "proxy" (heldout-proxy50) marks the
   sweep-time proxy evaluation, anything else is a full evaluation.
@@ -27,6 +27,7 @@ import pandas as pd
 import yaml
 
 from sweeps.config import LOWER_IS_BETTER, SETTINGS, SweepConfig
+from sweeps.knobs import KNOBS
 
 MATRIX_METRICS = ("map", "mrr@10")  # L x L matrices downloaded (at each run's last evaluated step)
 HIGH_RESOURCE = ("en", "de", "es", "zh", "ar", "ru")
@@ -160,8 +161,7 @@ class Sweep:
         return sorted(set(self.metrics["dataset"]) - {self.main_dataset})
 
 
-TRIAL_PARAMS = {"mono_ratio": float, "temperature": float, "lang_temperature": float, "seed": int,
-                "lr": float, "num_train_languages": int}
+TRIAL_PARAMS = {**{k.name: k.cast for k in KNOBS}, "seed": int}
 
 
 def _list_files(client, run_id: str, path: str | None = None) -> list[str]:
@@ -226,6 +226,9 @@ def _trial_row(run) -> dict:
            "run_name": run.info.run_name, "status": run.info.status, "config_key": p.get("config_key")}
     for name, cast in TRIAL_PARAMS.items():
         value = literal(p.get(name))
+        if cast is bool:
+            row[name] = value if isinstance(value, bool) else math.nan
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             value = math.nan  # absent (the knob was not searched) or unreadable
         row[name] = cast(value) if math.isfinite(value) else float(value)  # T = inf stays inf

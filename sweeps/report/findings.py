@@ -14,9 +14,11 @@ import pandas as pd
 
 from sweeps.report import analysis as A
 from sweeps.config import SETTINGS
+from sweeps.knobs import NAMES as KNOBS
 from sweeps.report.data import HIGH_RESOURCE, Sweep
 
 RETRIEVAL = [f"{s}/{m}" for m in ("map", "mrr@10") for s in SETTINGS]
+TABLED = ("mono_ratio", "temperature", "lang_temperature", "num_train_languages", "lr")  # own columns below
 COLUMNS = RETRIEVAL + ["multi/rank_distance"] + [f"{s}/ece" for s in SETTINGS]
 NAMES = {"map": "mAP", "mrr@10": "MRR@10", "rank_distance": "rank distance", "ece": "ECE", "map@20": "mAP@20"}
 SOURCES = {"proxy": "proxy (sweep-time) evaluation", "full": "full evaluation",
@@ -400,6 +402,7 @@ def trials_table(f: Findings) -> pd.DataFrame:
                "seeds": int(row["seeds"]), "step": f"{row['step']}" + ("" if row["complete"] else " (pruned)")}
         if "lr" in row and pd.notna(row["lr"]):
             out["lr"] = f"{row['lr']:.2g}"
+        out |= {k: str(row[k]) for k in KNOBS if k not in TABLED and k in row and pd.notna(row[k])}
         for col in [c for c in COLUMNS if c in f.summary]:
             mean, half = row[col], row[f"{col} ±"]
             digits = 1 if col.endswith("rank_distance") else 3

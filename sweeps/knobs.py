@@ -1,0 +1,94 @@
+"""The searched knobs: one row each, and everything the sweep does with a knob is built from its row.
+
+A row says how `sweep.search.<name>` gives the knob (a `[low, high]` range or a list of choices), which
+field of the training run it sets, and how it is read back and shown. From this table come the search
+space's fields and checks (`sweeps.config.SearchSpace`, `Point`), Tune's param space and the references'
+values (`sweeps.search`), a trial's run config (`sweeps.trial`), the result tables' columns (`sweeps.phases`),
+the progress lines (`sweeps.tracking`), and the report's params and importance distributions
+(`sweeps.report`). Adding a knob is adding a row (tests/test_knobs.py adds one).
+
+Values of `sweep.search.<name>`: `[]` the knob is not searched (the run config's value, and it is absent
+from the trials' params); one value (a choice) or `[v, v]` (a range): fixed at it; otherwise searched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+RANGES = ("uniform", "log")  # a [low, high] range, sampled uniformly or log-uniformly
+CHOICE = "choice"
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str  # sweep.search.<name>, the trial's param, the MLflow param and the report's column
+    field: str  # "section.key": the field of the training run it sets
+    kind: str  # "uniform" | "log" | "choice"
+    cast: type  # float | int | bool: the values' type
+    default: tuple = ()  # sweep.search.<name> when the preset says nothing
+    show: str = "{name} {value}"  # a progress line's words for a value
+    valid: Callable[[Any], bool] = lambda value: True
+    rule: str = ""  # what `valid` asks, for the error message
+    shown_always: bool = False  # in every progress line, not only where it differs from the base run
+    # A field that is not the knob's value itself: (field value, knob value) -> field value, and back.
+    to_field: Callable[[Any, Any], Any] | None = None
+    from_field: Callable[[Any], Any] | None = None
+
+    @property
+    def is_range(self) -> bool:
+        return self.kind in RANGES
+
+    def base_value(self, run: Any) -> Any:
+        """The knob's value in a training run config (`trainers.config.TrainRunConfig`)."""
+        section, key = self.field.split(".")
+        value = getattr(getattr(run, section), key)
+        return self.from_field(value) if self.from_field else value
+
+    def apply(self, run: Any, value: Any) -> Any:
+        """`run` with this knob set to `value` (the section re-validated)."""
+        section, key = self.field.split(".")
+        part = getattr(run, section)
+        new = self.to_field(getattr(part, key), value) if self.to_field else value
+        return replace(run, **{section: replace(part, **{key: new})})
+
+    def text(self, value: Any) -> str:
+        return self.show.format(name=self.name, value=value)
+
+    def check(self, values: tuple, where: str) -> None:
+        """`sweep.search.<name>` as given: a range is [] or [low, high]; every value passes `valid`."""
+        if self.is_range and len(values) not in (0, 2):
+            raise ValueError(f"{where}: expected a list of 2 values, got {list(values)!r}: give [low, high], "
+                             "or [] to leave it unsearched.")
+        if self.is_range and values and values[0] > values[1]:
+            raise ValueError(f"{where}={list(values)}: low must be <= high.")
+        for value in values:
+            if not self.valid(value):
+                raise ValueError(f"{where}: {value!r} is not {self.rule}; got {list(values)!r}.")
+
+    def searched(self, values: tuple) -> bool:
+        """Values that Optuna samples from (not fixed, not absent)."""
+        return len(set(values)) > 1
+
+
+def _first_k(languages: tuple[str, ...], k: int) -> tuple[str, ...]:
+    return languages[:k]
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("mono_ratio", "method.mono_ratio", "uniform", float, (0.0, 1.0), "alpha {value:.2f}",
+         lambda v: 0.0 <= v <= 1.0, "in [0, 1]", shown_always=True),
+    Knob("temperature", "method.temperature", "log", float, (0.01, 0.2), "tau {value:.3f}",
+         lambda v: v > 0, "> 0", shown_always=True),
+    Knob("lang_temperature", "method.lang_temperature", CHOICE, float, (math.inf,), "T {value:g}",
+         lambda v: v > 0, "> 0 (.inf = uniform over languages)"),
+    Knob("lr", "optim.lr", "log", float, (), "lr {value:.2g}", lambda v: v > 0, "> 0"),
+    Knob("num_train_languages", "data.train_languages", CHOICE, int, (), "{value} languages",
+         lambda v: v >= 2, ">= 2 (X-Y batches need two languages)", to_field=_first_k, from_field=len),
+    Knob("hard_negatives", "data.hard_negatives", CHOICE, bool, (), "hard negatives {value}"),
+)
+BY_NAME = {knob.name: knob for knob in KNOBS}
+NAMES = tuple(BY_NAME)
+ALPHA = BY_NAME["mono_ratio"]  # the references are its two ends

@@ -1,0 +1,75 @@
+"""The searched knobs come from one table (`sweeps.knobs.KNOBS`). `hard_negatives` was added to it as one
+row, and nothing else: this test follows that knob through everything built from the table, from the
+preset to the report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from ray import tune
+
+from sweeps import knobs
+from sweeps.config import load_sweep_setup
+from sweeps.phases import PARAM_COLUMNS
+from sweeps.report import analysis
+from sweeps.report.data import TRIAL_PARAMS, _trial_row
+from sweeps.search import enqueued_points, param_space
+from sweeps.trial import config_key, trial_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCHED = ["sweep.search.hard_negatives=[false, true]", "sweep.trials=4",
+            "sweep.search.points=[{mono_ratio: 0.5, hard_negatives: true}]"]
+
+
+def test_a_knob_added_as_one_row_is_searched_applied_logged_and_reported():
+    setup = load_sweep_setup(ROOT / "configs/default.yaml", SEARCHED)
+    assert setup.sweep.search.hard_negatives == (False, True)
+
+    space = param_space(setup.sweep, setup.run)
+    assert isinstance(space["hard_negatives"], tune.search.sample.Categorical)
+    assert space["hard_negatives"].categories == [False, True]
+    points = enqueued_points(setup.sweep, setup.run)  # the references at the base run's value, then the point
+    assert [(p["mono_ratio"], p["hard_negatives"]) for p in points] == [(0.0, False), (1.0, False), (0.5, True)]
+
+    params = points[2] | {"seed": 0}
+    run = trial_run_config(setup.run, params)
+    assert run.data.hard_negatives is True and run.method.mono_ratio == 0.5
+    assert config_key(params) != config_key(points[0] | {"seed": 0})
+    assert "hard_negatives" in PARAM_COLUMNS and TRIAL_PARAMS["hard_negatives"] is bool
+
+    class Run:  # an MLflow run as the report reads it: params are strings
+        class info:
+            run_id, run_name, status = "r1", "trial", "FINISHED"
+
+        class data:
+            params = {"mono_ratio": "0.5", "hard_negatives": "True", "seed": "0", "config_key": "k"}
+            tags: dict = {}
+
+    row = _trial_row(Run)
+    assert row["hard_negatives"] is True and math.isnan(row["lr"])  # a knob not searched reads as NaN
+
+    summary = pd.DataFrame({"config_key": list("abcdef"), "mono_ratio": [0.0, 1.0, 0.5, 0.2, 0.8, 0.4],
+                            "hard_negatives": [False, False, True, True, False, True],
+                            "multi/map": [0.5, 0.4, 0.6, 0.62, 0.41, 0.61], "complete": True})
+    assert "hard_negatives" in analysis.varying_knobs(summary)
+    found, how = analysis.importances(summary, "multi/map", lower_is_better=False)
+    assert set(found) == {"mono_ratio", "hard_negatives"}, how
+
+
+def test_a_knob_left_unsearched_stays_out_of_the_trials():
+    setup = load_sweep_setup(ROOT / "configs/default.yaml")
+    assert setup.sweep.search.hard_negatives == ()
+    assert "hard_negatives" not in param_space(setup.sweep, setup.run)
+    assert all("hard_negatives" not in p for p in enqueued_points(setup.sweep, setup.run))
+
+
+def test_every_knob_sets_a_field_of_the_run_and_reads_it_back():
+    setup = load_sweep_setup(ROOT / "configs/cpu-study.yaml")
+    values = {"mono_ratio": 0.3, "temperature": 0.02, "lang_temperature": 2.0, "lr": 1e-4,
+              "num_train_languages": 2, "hard_negatives": True}
+    assert set(values) == set(knobs.NAMES)
+    for knob in knobs.KNOBS:
+        assert knob.base_value(knob.apply(setup.run, values[knob.name])) == values[knob.name], knob.name
+    assert trial_run_config(setup.run, {"num_train_languages": 2}).data.train_languages == ("en", "de")
