@@ -86,6 +86,52 @@ def test_zero_run_lowers_the_loss_and_exports_a_plain_model(tiny_model_dir, tmp_
     assert not np.allclose(base_model.encode(texts, "query"), expected, atol=1e-3)  # weights did change
 
 
+def reports_to_file(path: Path):
+    """A callback that runs in Ray's controller and hands rank 0's reports (and whether each had a
+    checkpoint) over by file; `.reports()` reads them. Defined in here so Ray pickles the class by value."""
+
+    class ReportsToFile(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(path, "a") as f:
+                f.write(json.dumps([metrics[0], checkpoint is not None]) + "\n")
+
+        def reports(self) -> list[tuple[dict, bool]]:
+            return [tuple(json.loads(line)) for line in path.read_text().splitlines()]
+
+    return ReportsToFile()
+
+
+# fp32 on CPU; the engines reduce gradients in different orders (DDP buckets, ZeRO reduce-scatter of
+# partitions), so the weights may drift apart by rounding only. Measured: at most 4.8e-7 over 8 steps
+# (losses ~3.5) for both stages; 1e-5 leaves 20x room and still fails on any real difference.
+LOSS_TOLERANCE = 1e-5
+
+
+def test_zero2_zero3_and_ddp_follow_the_same_loss_trajectory(tiny_model_dir, tmp_path, local_ray):
+    """The same batches (sampler seed, dropout seed, 2 ranks) through DDP, ZeRO-2 and ZeRO-3: the loss of
+    every one of 8 steps agrees within LOSS_TOLERANCE, as do the gradient norms (before clipping). Each
+    step's update feeds the next, so a difference in averaging, clipping or the schedule would compound."""
+    base = replace(with_steps(tiny_config(tiny_model_dir, tmp_path), 8), trainer=replace(
+        tiny_config(tiny_model_dir, tmp_path).trainer, log_every=1, checkpoint_every=8, val_batches=2))
+    runs = {}
+    for name, trainer in {"ddp": {"strategy": "ddp"}, "zero2": {"strategy": "deepspeed", "zero_stage": 2},
+                          "zero3": {"strategy": "deepspeed", "zero_stage": 3}}.items():
+        reports = reports_to_file(tmp_path / f"{name}.jsonl")
+        build_trainer(replace(base, trainer=replace(base.trainer, **trainer)), f"same-{name}",
+                      callbacks=[reports]).fit()
+        runs[name] = [m for m, _ in reports.reports() if m["step"] > 0]
+    ddp = runs["ddp"]
+    assert [m["step"] for m in ddp] == list(range(1, 9))
+    assert np.ptp([m["loss"] for m in ddp]) > 100 * LOSS_TOLERANCE  # batches differ: agreement is not by chance
+    for name in ("zero2", "zero3"):
+        assert [m["step"] for m in runs[name]] == list(range(1, 9)), name
+        np.testing.assert_allclose([m["loss"] for m in runs[name]], [m["loss"] for m in ddp], rtol=0,
+                                   atol=LOSS_TOLERANCE, err_msg=name)
+        np.testing.assert_allclose([m["lr"] for m in runs[name]], [m["lr"] for m in ddp], rtol=1e-9, err_msg=name)
+    norms = [m["grad_norm"] for m in runs["zero2"]]  # ZeRO-3 on CPU reports no norm
+    np.testing.assert_allclose(norms, [m["grad_norm"] for m in ddp], rtol=1e-3)
+
+
 def test_resume_continues_the_sampler_sequence(tiny_model_dir, tmp_path, local_ray):
     full = tiny_config(tiny_model_dir, tmp_path, strategy="ddp")
     build_trainer(with_steps(full, 20), "resume").fit()
@@ -99,14 +145,9 @@ def test_resume_continues_the_sampler_sequence(tiny_model_dir, tmp_path, local_r
 
     # A finished run started again (a sweep driver killed before Tune saw the last report) trains no
     # step past the last: it reports its final checkpoint again, by path.
-    class ReportsToFile(ray.train.UserCallback):  # runs in Ray's controller: hand the reports over by file
-        def after_report(self, run_context, metrics, checkpoint):
-            with open(log, "a") as f:
-                f.write(json.dumps([metrics[0], checkpoint is not None]) + "\n")
-
-    log = tmp_path / "reports.jsonl"
-    again = build_trainer(full, "resume", callbacks=[ReportsToFile()]).fit()
-    [(metrics, with_checkpoint)] = [json.loads(line) for line in log.read_text().splitlines()]
+    reports = reports_to_file(tmp_path / "reports.jsonl")
+    again = build_trainer(full, "resume", callbacks=[reports]).fit()
+    [(metrics, with_checkpoint)] = reports.reports()
     assert (metrics["step"], metrics["resumed_from_step"], with_checkpoint) == (40, 40, False)
     assert metrics["checkpoint_path"] == result.checkpoint.path == again.checkpoint.path
     assert metrics["val_loss"] == result.metrics["val_loss"]  # the final checkpoint's own figures
