@@ -1,4 +1,4 @@
-"""How a sweep's wall time grows with its trials (issue 12): fixed cost per sweep, marginal cost per trial.
+"""How a sweep's wall time grows with its trials: fixed cost per sweep, marginal cost per trial.
 
     .venv/bin/python bench/sweep_scaling.py                 # 2, 4, 8 trials + 1 vs 2 concurrent: ~20 min
     .venv/bin/python bench/sweep_scaling.py --trials 2 4    # a subset

@@ -1,4 +1,4 @@
-"""Training throughput (issue 3): our Ray Train + DeepSpeed path against sentence-transformers' trainer.
+"""Training throughput: our Ray Train + DeepSpeed path against sentence-transformers' trainer.
 
     .venv/bin/python bench/train_throughput.py            # 25 steps each, about 8-10 min on 2 cores
     .venv/bin/python bench/train_throughput.py --quick    # 6 steps each, a smoke run (numbers not steady)

@@ -3,13 +3,15 @@
     python -m evaluation                                   # the base multilingual-e5-small, XQuAD-R held-out
     python -m evaluation --checkpoint outputs/.../checkpoint_000040 --languages en de el --max-questions 50
 
-The `eval:` and `data:` sections of --config set the defaults; the flags override them (re-validated).
+The `eval:` and `data:` sections of --config (with --set applied) set the defaults; the flags override
+them (re-validated). A bad value stops with one line naming it, before Ray starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import replace
 
@@ -21,7 +23,7 @@ from evaluation.datasets import load_eval_set
 from evaluation.results import EvalResult
 from evaluation.runner import evaluate_checkpoints
 from evaluation.scoring import POOLED_METRICS
-from hybrid.config import DEFAULT_CONFIG, DataConfig, from_dict, read_yaml
+from hybrid.config import DEFAULT_CONFIG, DataConfig, apply_overrides, from_dict, read_yaml
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-questions", type=int, help="proxy evaluation on the first N question ids")
     parser.add_argument("--data-dir", help="local copy of MLQA-R or MIRACL")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="preset YAML (data: and eval: sections)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a value of the preset, e.g. --set eval.ece_bins=10 (repeatable)")
     parser.add_argument("--cache", help="evaluation cache folder (local or s3://): a checkpoint already evaluated on "
                                         "the same data and settings is read from it instead (a sweep's: "
                                         "<sweep.storage_path>/eval-cache)")
@@ -61,12 +65,16 @@ def format_result(result: EvalResult) -> str:
 def main(argv: list[str] | None = None) -> list[EvalResult]:
     started = time.perf_counter()
     args = parse_args(argv)
-    raw = read_yaml(args.config)
-    data = from_dict(DataConfig, raw.get("data"), "data")
-    config = from_dict(EvalConfig, raw.get("eval"), "eval")
-    flags = {"dataset": args.dataset, "max_questions": args.max_questions, "data_dir": args.data_dir,
-             "languages": tuple(args.languages) if args.languages else None}
-    config = replace(config, **{k: v for k, v in flags.items() if v is not None})  # validated again
+    try:
+        raw = apply_overrides(read_yaml(args.config), args.overrides)
+        data = from_dict(DataConfig, raw.get("data"), "data")
+        config = from_dict(EvalConfig, raw.get("eval"), "eval")
+        flags = {"dataset": args.dataset, "max_questions": args.max_questions, "data_dir": args.data_dir,
+                 "languages": tuple(args.languages) if args.languages else None}
+        config = replace(config, **{k: v for k, v in flags.items() if v is not None})  # validated again
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     eval_set = load_eval_set(config, data)
     refs = [CheckpointRef.from_path(c) for c in args.checkpoint]
 

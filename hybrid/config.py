@@ -97,18 +97,39 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     return raw
 
 
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`section.key=value` strings (nested: `sweep.search.mono_ratio=[0, 0.5]`; values parsed as YAML)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.split(".")
+        if not sep or len(parts) < 2 or not all(parts):
+            raise ValueError(f"override {item!r}: use section.key=value, e.g. method.mono_ratio=0.3.")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                key = ".".join(parts[:depth + 1])
+                raise ValueError(f"override {item!r}: {key} is a value ({node!r}), not a section; set it "
+                                 f"directly, e.g. {key}=VALUE.")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"override {item!r}: the value is not valid YAML (quote strings, lists as [a, b]).") from None
+    return raw
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which corpus trains and which evaluates; the split is by article, so no text leaks across."""
 
-    dataset: str = "xquad-r"
-    train_languages: tuple[str, ...] = PAPER_TRAIN_LANGUAGES
+    dataset: str = "xquad-r"  # packaged; or mlqa-r, or a folder of LAReQA-format {lang}.json files
+    train_languages: tuple[str, ...] = PAPER_TRAIN_LANGUAGES  # el and vi stay unseen (zero-shot)
     eval_languages: tuple[str, ...] = XQUAD_R_LANGUAGES
-    heldout_fraction: float = 0.25
+    heldout_fraction: float = 0.25  # of the articles (12 of XQuAD-R's 48), split by article: no text in both
     split_seed: int = 0
-    hard_negatives: bool = False
-    train_data: str | None = None  # a `datasets` path or hub name in hybrid.data.user's schema
-    data_dir: str | None = None
+    hard_negatives: bool = False  # a neighbouring sentence of the answer's paragraph as each pair's negative
+    train_data: str | None = None  # your own pairs: a `datasets` path or hub name (id, lang, query, positive[, negative])
+    data_dir: str | None = None  # a local copy of a corpus that is downloaded otherwise (MLQA-R)
 
     def __post_init__(self) -> None:
         for lang in self.train_languages + self.eval_languages:
@@ -147,7 +168,7 @@ class MethodConfig:
     temperature: float = 0.05  # tau of InfoNCE
     lang_temperature: float = math.inf  # T of p(l) ~ n_l^(1/T); inf = uniform
     batch_size: int = 32  # per worker; negatives are gathered across workers
-    symmetric: bool = False
+    symmetric: bool = False  # add the passage -> query InfoNCE term
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -163,6 +184,8 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """AdamW with a linear warmup, then linear decay to 0 at `steps`."""
+
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup_steps: int = 10

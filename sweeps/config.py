@@ -14,9 +14,9 @@ from typing import Any
 
 from evaluation.config import EvalConfig
 from hybrid import locations
-from hybrid.config import from_dict, read_yaml, to_dict
+from hybrid.config import apply_overrides, from_dict, read_yaml, to_dict
 from sweeps.knobs import BY_NAME, KNOBS
-from trainers.config import TrainRunConfig, apply_overrides, run_config_from_raw
+from trainers.config import TrainRunConfig, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
 # Sweep keys that may change on --resume: they act after the search (or only wait), never on its results.

@@ -23,6 +23,7 @@ from evaluation.checkpoints import CheckpointRef
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import storage
+from hybrid.layout import ENCODER_DIR
 from sweeps.config import SweepSetup
 from sweeps.search import is_reference
 
@@ -39,7 +40,7 @@ def base_ref(setup: SweepSetup) -> CheckpointRef:
 
 def final_ref(setup: SweepSetup, checkpoint_path: str, temperature: float, trial: str) -> CheckpointRef:
     """A trial's final checkpoint, as the final phase evaluates it."""
-    return CheckpointRef(path=storage.join(checkpoint_path, "encoder"), step=setup.run.optim.steps,
+    return CheckpointRef(path=storage.join(checkpoint_path, ENCODER_DIR), step=setup.run.optim.steps,
                          temperature=temperature, label=trial, model=setup.run.model.name)
 
 

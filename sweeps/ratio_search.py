@@ -32,6 +32,7 @@ import yaml
 
 from hybrid.config import DEFAULT_CONFIG, to_dict
 from hybrid import storage
+from hybrid.layout import ENCODER_DIR
 from sweeps import cluster, phases, registry, tracking
 from sweeps.config import SweepSetup, flatten, load_sweep_setup, redact
 from sweeps.early import EarlyEvaluation
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
                              "SQLite file)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a configuration error")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print every setting as this run would use it (the preset over the defaults, --set "
+                             "applied) as YAML, and exit")
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ray workers' and tasks' output and every trial result (always in Ray's logs)")
     args = parser.parse_args(argv)
@@ -76,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides += ["sweep.verbose=true"] if args.verbose else []
     with user_errors(parser, args.debug):
         setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
+        if args.show_config:
+            print(redact(yaml.safe_dump(resolved_config(setup), sort_keys=False, default_flow_style=None)), end="")
+            return
         preflight(setup.run)  # [2] data present, batch fits the questions, languages known
         warning = cluster.check_free_space(setup)  # [3] storage on a disk: room for the checkpoints
         if args.resume:
@@ -135,18 +142,23 @@ def register(setup: SweepSetup, table, ranking, exp_id: str) -> str:
     knobs = {k: trial[k] for k in phases.PARAM_COLUMNS if k in trial and trial[k] == trial[k]}
     return registry.register_best(
         s.tracking_uri, s.name, tracking.trial_run_id(s.tracking_uri, exp_id, trial["trial"]),
-        storage.join(trial["checkpoint_path"], "encoder"),
+        storage.join(trial["checkpoint_path"], ENCODER_DIR),
         tags={"sweep": s.name, "trial": trial["trial"], "config_key": top["config_key"], **knobs},
         description=f"Sweep {s.name}: the best configuration by {objective} (proxy evaluation) "
                     f"{top[objective]:.4f} ± {top[objective + ' ±95%']:.4f} over {top['seeds']} seed(s); this is "
                     f"its seed {knobs.get('seed')} (trial {trial['trial']}, {objective} {trial[objective]:.4f}).")
 
 
+def resolved_config(setup: SweepSetup) -> dict:
+    """Every setting, sections as in a preset: what `--show-config` prints and the parent run keeps."""
+    return to_dict(setup.run) | {"eval": to_dict(setup.eval), "sweep": to_dict(setup.sweep)}
+
+
 def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     s = setup.sweep
     phases.save_settings(setup)
     exp_id = tracking.experiment_id(s.tracking_uri, s.name, s.artifact_location)
-    resolved = to_dict(setup.run) | {"eval": to_dict(setup.eval), "sweep": to_dict(setup.sweep)}
+    resolved = resolved_config(setup)
     parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw),
                                     {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
                                      "resolved.yaml": redact(yaml.safe_dump(resolved, sort_keys=False))})

@@ -22,6 +22,7 @@ from evaluation.checkpoints import CheckpointRef
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import storage
+from hybrid.layout import ENCODER_DIR
 from sweeps.config import SweepSetup
 from sweeps.knobs import KNOBS
 from trainers.config import TrainRunConfig
@@ -131,7 +132,7 @@ class EvaluateAndReport(TuneReportCallback):
                              history: list[dict[str, Any]], startup: dict[str, float]) -> None:
         step = int(train_metrics.get("step", 0))
         proxy = self.setup.proxy_eval
-        ref = CheckpointRef(path=storage.join(uri, "encoder"), step=step,
+        ref = CheckpointRef(path=storage.join(uri, ENCODER_DIR), step=step,
                             temperature=self.config.method.temperature, label=run_context.run_config.name)  # the trial id
         [result] = evaluate_checkpoints([ref], load_eval_set(proxy, self.config.data), proxy,
                                         self.setup.sweep.eval_cache_location)

@@ -87,6 +87,18 @@ def test_the_cli_prints_one_line_and_exits_2_before_ray_starts(args, message):
     assert "Ray" not in done.stdout + done.stderr  # nothing started
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--set", "eval.ece_bins=0"], "error: eval.ece_bins must be >= 1, got 0."),
+    (["--set", "eval.dataset=squad"], "error: eval.dataset must be one of"),
+    (["--set", "evalbins"], "error: override 'evalbins': use section.key=value"),
+])
+def test_the_evaluation_cli_takes_set_and_names_a_bad_value_in_one_line(args, message):
+    done = subprocess.run([sys.executable, "-m", "evaluation", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_credentials_in_uris_are_masked_wherever_they_are_shown():
     from sweeps.config import redact
     from sweeps.ratio_search import flat_params

@@ -104,7 +104,7 @@ def test_a_cached_result_equals_the_recomputed_one_and_encodes_nothing(local_ray
 
 def test_config_validates_and_loads_from_the_preset():
     preset = read_yaml(Path(__file__).parents[1] / "configs" / "default.yaml")
-    assert from_dict(EvalConfig, preset["eval"], "eval") == EvalConfig()
+    assert from_dict(EvalConfig, preset.get("eval"), "eval") == EvalConfig()
     for bad, match in [({"dataset": "squad"}, "xquad-r"), ({"languages": ["en", "xx"]}, "ISO 639-1"),
                        ({"max_questions": 0}, "max_questions"), ({"encode_cpus": 0}, "num_cpus"),
                        ({"ece_bins": 0}, "ece_bins"), ({"batchsize": 8}, "valid keys")]:

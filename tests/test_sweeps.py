@@ -195,6 +195,8 @@ def tiny_sweep_config(tmp_path: Path, model: Path | str, name: str, **sections: 
     """The default preset shrunk to seconds: 2 languages, the tiny model, 6 steps; `sections` update
     it (e.g. sweep={"storage_path": "s3://..."}). Everything the driver writes lands under `tmp_path`."""
     raw = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
+    for section in ("data", "model", "method", "optim", "trainer", "sweep", *sections):
+        raw.setdefault(section, {})
     raw["data"] |= {"train_languages": ["en", "de"], "eval_languages": ["en", "de"]}
     raw["model"] |= {"name": str(model), "max_length": 32, "freeze_embeddings": False}
     raw["method"] |= {"batch_size": 8}
@@ -643,3 +645,28 @@ def test_storage_too_small_for_the_checkpoints_is_refused_before_ray_starts(tmp_
                         done.stderr), done.stderr[-3000:]
     assert done.stdout.split() == ["rc=2", "earlier", "earlier.txt"]  # nothing written, nothing lost
     assert not (tmp_path / "mlflow.db").exists()  # Ray never started, no MLflow run touched
+
+
+def test_the_default_preset_sets_only_what_differs_from_the_defaults():
+    """One place per default: every key of configs/default.yaml differs from its config class's default
+    (a key repeating a default would be a second place that can drift)."""
+    from evaluation.config import EvalConfig
+    from hybrid.config import read_yaml, to_dict
+    from sweeps.config import SweepConfig, flatten
+    from trainers.config import TrainRunConfig
+
+    defaults = flatten(to_dict(TrainRunConfig()) | {"eval": to_dict(EvalConfig()), "sweep": to_dict(SweepConfig())})
+    preset = flatten(read_yaml(ROOT / "configs/default.yaml"))
+    assert preset and all(k in defaults for k in preset)
+    assert [k for k, v in preset.items() if v == defaults[k]] == []
+
+
+def test_show_config_prints_every_setting_and_starts_nothing():
+    done = subprocess.run([sys.executable, str(ROOT / "sweeps/ratio_search.py"), "--show-config",
+                           "--set", "sweep.trials=5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = yaml.safe_load(done.stdout)
+    assert set(shown) == {"data", "model", "method", "optim", "trainer", "eval", "sweep"}
+    assert shown["sweep"]["trials"] == 5 and shown["optim"]["steps"] == 16  # --set, then the preset
+    assert shown["optim"]["weight_decay"] == 0.01 and shown["sweep"]["search"]["hard_negatives"] == []  # defaults
+    assert "Ray" not in done.stdout + done.stderr

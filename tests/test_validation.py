@@ -13,7 +13,8 @@ from hybrid.loss import InfoNCELoss
 from tiny_encoder import tiny_encoder
 from hybrid.sampler import HybridBatchSampler
 from trainers.config import TrainRunConfig
-from trainers.validation import VAL_SEED, cache_key, validate, validate_base
+from trainers.batches import VAL_SEED
+from trainers.validation import cache_key, validate, validate_base
 
 
 class CountingEngine:

@@ -8,13 +8,11 @@ nothing; `check_resources` then compares the request with the machine or cluster
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hybrid.config import DataConfig, MethodConfig, ModelConfig, OptimConfig, from_dict, read_yaml
+from hybrid.config import DataConfig, MethodConfig, ModelConfig, OptimConfig, apply_overrides, from_dict, read_yaml
 
 STRATEGIES = ("deepspeed", "ddp")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -81,27 +79,6 @@ class TrainRunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`section.key=value` strings (nested: `sweep.search.mono_ratio=[0, 0.5]`; values parsed as YAML)."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        parts = key.split(".")
-        if not sep or len(parts) < 2 or not all(parts):
-            raise ValueError(f"override {item!r}: use section.key=value, e.g. method.mono_ratio=0.3.")
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                key = ".".join(parts[:depth + 1])
-                raise ValueError(f"override {item!r}: {key} is a value ({node!r}), not a section; set it "
-                                 f"directly, e.g. {key}=VALUE.")
-        try:
-            node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ValueError(f"override {item!r}: the value is not valid YAML (quote strings, lists as [a, b]).") from None
-    return raw
-
-
 def run_config_from_raw(raw: dict[str, Any]) -> TrainRunConfig:
     return from_dict(TrainRunConfig, {k: v for k, v in raw.items() if k not in OTHER_SECTIONS})
 
@@ -126,7 +103,3 @@ def check_resources(config: TrainRunConfig, available: dict[str, float]) -> None
     if t.dtype_name == "bf16" and not t.use_gpu and t.strategy == "ddp":
         raise ValueError("bf16 with DDP needs a GPU here; use precision=fp32 on CPU.")
 
-
-def with_method(config: TrainRunConfig, **changes: Any) -> TrainRunConfig:
-    """A copy with method fields changed (the sweep's per-trial knobs), re-validated."""
-    return replace(config, method=replace(config.method, **changes))

@@ -11,7 +11,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -21,6 +21,26 @@ from hybrid.model import Encoder
 from trainers.config import TrainRunConfig
 
 DS_TAG = "state"
+
+
+class Engine(Protocol):
+    """What the worker loop needs of a distributed engine (DeepSpeed ZeRO or DDP): embed, update, save
+    and load its state; `gathered_params` holds the full weights on every rank while open (ZeRO-3)."""
+
+    encoder: Encoder
+
+    def __call__(self, *groups: dict[str, Tensor]) -> Tensor: ...
+
+    def step(self, loss: Tensor) -> float | None: ...
+
+    @property
+    def lr(self) -> float: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+    def gathered_params(self) -> contextlib.AbstractContextManager: ...
 
 
 def make_optimizer(encoder: Encoder, config: TrainRunConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -161,7 +181,7 @@ class DDPEngine:
         return contextlib.nullcontext()
 
 
-def make_engine(encoder: Encoder, config: TrainRunConfig, world_size: int) -> DeepSpeedEngine | DDPEngine:
+def make_engine(encoder: Encoder, config: TrainRunConfig, world_size: int) -> Engine:
     if config.trainer.strategy == "deepspeed":
         return DeepSpeedEngine(encoder, config, world_size)
     return DDPEngine(encoder, config)

@@ -17,6 +17,7 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,13 @@ from hybrid.config import from_dict, to_dict
 from hybrid.layout import ENCODER_DIR, STATE_FILE
 from hybrid.loss import InfoNCELoss
 from hybrid.model import load_encoder
-from hybrid.sampler import MONO, HybridBatch, HybridBatchSampler
+from hybrid.sampler import MONO, HybridBatch
+from trainers.batches import samplers
 from trainers.card import model_card
 from trainers.config import TrainRunConfig
-from hybrid.splits import training_pairs
-from trainers.engine import make_engine
+from trainers.engine import Engine, make_engine
 from trainers.forward import forward_batch
-from trainers.validation import VAL_SEED, validate, validate_base
+from trainers.validation import validate, validate_base
 
 STARTUP_MARK = "startup_at/"  # step 0's report: when each start-up stage of the worker ended
 
@@ -57,12 +58,28 @@ def check_finite(batch: HybridBatch, lr: float, **values: float | torch.Tensor |
                                 "optim.lr or raise method.temperature. The checkpoints before this step are kept.")
 
 
-def _new_window() -> dict[str, float]:
-    """Sums of the training figures since the last report (averaged when reported)."""
-    return {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "n": 0, "t0": time.perf_counter()}
+@dataclass
+class Meter:
+    """The training figures since the last report, averaged when reported."""
+
+    steps: int = 0
+    loss: float = 0.0
+    accuracy: float = 0.0
+    grad_norm: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, accuracy: float, grad_norm: float | None) -> None:
+        self.steps += 1
+        self.loss, self.accuracy = self.loss + loss, self.accuracy + accuracy
+        self.grad_norm += grad_norm or 0.0  # None: DeepSpeed computed no norm
+
+    def averages(self, global_batch_size: int) -> dict[str, float]:
+        n = max(1, self.steps)
+        return {"loss": self.loss / n, "accuracy": self.accuracy / n, "grad_norm": self.grad_norm / n,
+                "samples_per_s": self.steps * global_batch_size / (time.perf_counter() - self.started)}
 
 
-def save_checkpoint(engine, directory: Path, rank: int, world: int, state: dict[str, Any], card: str) -> None:
+def save_checkpoint(engine: Engine, directory: Path, rank: int, world: int, state: dict[str, Any], card: str) -> None:
     """This rank's part of a checkpoint, its manifest last (Ray merges the ranks' folders); the export
     gets its model `card` (README.md)."""
     engine.save(directory)
@@ -76,7 +93,7 @@ def save_checkpoint(engine, directory: Path, rank: int, world: int, state: dict[
     manifest.write(directory, manifest.rank_manifest(rank), world_size=world)
 
 
-def restore(checkpoint: ray.train.Checkpoint | None, engine) -> tuple[dict[str, Any] | None, str | None]:
+def restore(checkpoint: ray.train.Checkpoint | None, engine: Engine) -> tuple[dict[str, Any] | None, str | None]:
     """Load the latest complete checkpoint at or before `checkpoint` into `engine`: (its state, its path).
 
     A checkpoint whose files do not match its manifests (a node lost while uploading, a full disk, a
@@ -117,10 +134,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, round(config.trainer.cpus_per_worker)))
     torch.manual_seed(config.method.seed)
 
-    train_pairs, val_pairs = training_pairs(config.data)
-    m = config.method
-    sampler = HybridBatchSampler(train_pairs, m.batch_size, m.mono_ratio, m.lang_temperature, m.seed, rank, world)
-    val_sampler = HybridBatchSampler(val_pairs, m.batch_size, 0.5, m.lang_temperature, VAL_SEED, rank, world)
+    sampler, val_sampler = samplers(config, rank, world)
     marks["data"] = time.time()
 
     encoder = load_encoder(config.model.name, config.model.spec)
@@ -129,50 +143,44 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         encoder.backbone.get_input_embeddings().requires_grad_(False)
     marks["model"] = time.time()
     engine = make_engine(encoder, config, world)
-    loss_fn = InfoNCELoss(m.temperature, m.symmetric)
+    loss_fn = InfoNCELoss(config.method.temperature, config.method.symmetric)
     marks["engine"] = time.time()
 
-    mono_steps = 0
     state, restored_path = restore(ray.train.get_checkpoint(), engine)
     marks["restore"] = time.time()
+    mono_steps = 0
     if state:
         sampler.load_state_dict(state["sampler"])
         mono_steps = state["mono_steps"]
+        if sampler.step >= config.optim.steps:  # finished before, but its last report may never have reached
+            # Tune (a killed sweep driver): report the final checkpoint again, train no step past the last
+            ray.train.report(state["metrics"] | {"resumed_from_step": sampler.step, "checkpoint_path": restored_path})
+            return
     start = sampler.step
-    if start >= config.optim.steps:  # finished before, but its last report may never have reached Tune
-        ray.train.report(state["metrics"] | {"resumed_from_step": start, "checkpoint_path": restored_path})
-        return  # (a killed sweep driver): report the final checkpoint again, train no step past the last
     if start == 0:  # the base model's held-out figures, so every run carries its own baseline
         figures = validate_base(engine, loss_fn, val_sampler, config, rank, world)
         marks["validation"] = time.time()
         ray.train.report({"step": 0, **figures} | {f"{STARTUP_MARK}{k}": v for k, v in marks.items()})
 
-    window = _new_window()
+    meter, t = Meter(), config.trainer
     for batch in sampler:
         step = batch.step + 1  # steps done after this one
-        loss, acc = forward_batch(engine, loss_fn, batch, config.data.hard_negatives, config.trainer.pad_group)
+        loss, acc = forward_batch(engine, loss_fn, batch, config.data.hard_negatives, t.pad_group)
         check_finite(batch, engine.lr, loss=loss)  # before the update
         grad_norm = engine.step(loss)
         check_finite(batch, engine.lr, gradient_norm=grad_norm)  # before any checkpoint holds the update
         mono_steps += batch.kind == MONO
-        window["loss"] += loss.item()
-        window["accuracy"] += acc.item()
-        window["grad_norm"] += grad_norm or 0.0
-        window["n"] += 1
+        meter.add(loss.item(), acc.item(), grad_norm)
 
         last = step >= config.optim.steps
-        if step % config.trainer.log_every and step % config.trainer.checkpoint_every and not last:
+        checkpoint_now = last or step % t.checkpoint_every == 0
+        if not checkpoint_now and step % t.log_every:
             continue
-        elapsed = time.perf_counter() - window["t0"]
-        metrics = {
-            "step": step, "loss": window["loss"] / window["n"], "accuracy": window["accuracy"] / window["n"],
-            "grad_norm": window["grad_norm"] / window["n"], "lr": engine.lr,
-            "samples_per_s": window["n"] * sampler.global_batch_size / elapsed,
-            "mono_fraction": mono_steps / step, "resumed_from_step": start,
-        }
-        window = _new_window()
-        if step % config.trainer.checkpoint_every and not last:
+        metrics = {"step": step, **meter.averages(sampler.global_batch_size), "lr": engine.lr,
+                   "mono_fraction": mono_steps / step, "resumed_from_step": start}
+        if not checkpoint_now:
             ray.train.report(metrics)
+            meter = Meter()
             continue
         metrics |= validate(engine, loss_fn, val_sampler, config)
         state = {"step": step, "sampler": sampler.state_dict(), "mono_steps": mono_steps,
@@ -181,6 +189,6 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             save_checkpoint(engine, Path(tmp), rank, world, state, model_card(config, step))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{step:06d}")
-        window["t0"] = time.perf_counter()  # validation and saving are not training throughput
+        meter = Meter()  # started after validation and saving: they are not training throughput
         if last:
             break

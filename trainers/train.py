@@ -17,10 +17,8 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from hybrid import storage
-from hybrid.config import to_dict
-from hybrid.sampler import HybridBatchSampler
-from hybrid.splits import training_pairs
-from hybrid.config import DEFAULT_CONFIG
+from hybrid.config import DEFAULT_CONFIG, to_dict
+from trainers.batches import samplers
 from trainers.config import TrainRunConfig, check_resources, load_run_config
 from trainers.loop import NonFiniteLoss, train_loop_per_worker
 
@@ -40,14 +38,7 @@ def preflight(config: TrainRunConfig, resources: dict[str, float] | None = None)
     """Data, batch size and resources checked on the driver (about a second), before workers start."""
     if resources is not None:
         check_resources(config, resources)
-    train, val = training_pairs(config.data)
-    m, w = config.method, config.trainer.workers
-    for pairs, what in ((train, "training"), (val, "held-out validation")):
-        try:
-            HybridBatchSampler(pairs, m.batch_size, m.mono_ratio if what == "training" else 0.5,
-                               m.lang_temperature, m.seed, 0, w)
-        except ValueError as e:
-            raise ValueError(f"{what} data: {e}") from None
+    samplers(config, 0, config.trainer.workers)
 
 
 def init_ray(log_to_driver: bool = True) -> str:

@@ -22,10 +22,10 @@ from hybrid import storage
 from hybrid.config import to_dict
 from hybrid.loss import InfoNCELoss
 from hybrid.sampler import HybridBatchSampler
+from trainers.batches import VAL_SEED
 from trainers.config import TrainRunConfig
 from trainers.forward import batch_loss, embed_batch
 
-VAL_SEED = 1_000_003  # fixed: every checkpoint is validated on the same held-out batches
 CACHE_FORMAT = 1  # part of the key: a change to what is embedded, or how, never reads old files
 NOT_EMBEDDED = {  # run settings the base model's validation embeddings cannot depend on
     "method": ("mono_ratio", "temperature", "symmetric", "seed"),  # training batches and the loss (seed: see key)
