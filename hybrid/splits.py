@@ -8,6 +8,7 @@ evaluation languages (el and vi, by default, never seen in training).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 
@@ -50,8 +51,10 @@ def select_languages(pairs: list[TrainingPair], languages: tuple[str, ...], sour
     return kept
 
 
+@functools.lru_cache(maxsize=16)
 def training_digest(data: DataConfig) -> str:
-    """sha256 of the training pairs `data` yields (ids, languages, texts): what a run trained on, as a digest."""
+    """sha256 of the training pairs `data` yields (ids, languages, texts): what a run trained on, as a digest
+    (kept per config: a sweep's driver asks once per trial, mostly for the same data)."""
     digest = hashlib.sha256()
     for pair in training_pairs(data)[0]:
         digest.update(json.dumps([pair.id, pair.lang, pair.query, pair.positive, pair.negative]).encode())

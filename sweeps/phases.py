@@ -16,7 +16,6 @@ from ray import tune
 
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
-from evaluation.tracking import log_result
 from hybrid import storage
 from sweeps import knobs, tracking
 from sweeps.config import SweepSetup
@@ -97,7 +96,7 @@ class Interrupted(Exception):
 
 
 def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tune.TuneConfig,
-               exp_id: str, parent_id: str, resume: bool, trials: int, early: EarlyEvaluation) -> tune.ResultGrid:
+               runs: tracking.SweepRuns, resume: bool, trials: int, early: EarlyEvaluation) -> tune.ResultGrid:
     """Fit one Tune experiment of `trials` trials, restoring it when `resume` and it exists (finished
     trials are kept). Its state lives in the sweep's storage (`<storage>/<sweep name>/<phase>`), local or
     s3://. Raises `Interrupted` when the experiment returned with trials that did not end (the first
@@ -112,7 +111,7 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
                                   "sweep.name.")
         grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
     else:
-        logger = TrialLogger(setup.sweep.tracking_uri, exp_id, parent_id, setup.run,
+        logger = TrialLogger(runs, setup.run,
                              setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose)
         run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger, early],
                                     failure_config=tune.FailureConfig(max_failures=1),  # Tune's tables: --verbose
@@ -160,7 +159,7 @@ def completed(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
     return done.dropna(subset=list(setup.sweep.objectives))
 
 
-def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool, early: EarlyEvaluation) -> pd.DataFrame:
+def search(setup: SweepSetup, runs: tracking.SweepRuns, resume: bool, early: EarlyEvaluation) -> pd.DataFrame:
     """Every search round in order (restored when it exists): the first runs `sweep.trials` trials, the
     references first; each later one (`sweep.trials` raised on `--resume`) runs only the new trials,
     continuing the stored Optuna study of every trial before it."""
@@ -171,7 +170,7 @@ def search(setup: SweepSetup, exp_id: str, parent_id: str, resume: bool, early: 
     for total in search_rounds(setup):
         cfg = tune_config(setup.sweep, setup.run, total - done, first_round=done == 0)
         grid = _run_tuner("search" if done == 0 else f"search-to-{total}", setup,
-                          param_space(setup.sweep, setup.run), cfg, exp_id, parent_id, resume, total - done, early)
+                          param_space(setup.sweep, setup.run), cfg, runs, resume, total - done, early)
         tables.append(trials_table(grid, setup.sweep.objectives))
         done = total
     return pd.concat(tables, ignore_index=True)
@@ -193,7 +192,7 @@ def reseeded(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
     return pd.concat(top).drop_duplicates("config_key")
 
 
-def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, resume: bool,
+def reseed(setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns, resume: bool,
            early: EarlyEvaluation) -> pd.DataFrame:
     """Re-run the `reseeded` configurations with seeds 1..seeds-1 (seed 0 ran in the search)."""
     extra = [table]
@@ -204,7 +203,7 @@ def reseed(setup: SweepSetup, table: pd.DataFrame, exp_id: str, parent_id: str, 
                  for k in PARAM_COLUMNS if k in row and k != "seed" and pd.notna(row[k])}
         space = fixed | {"seed": tune.grid_search(list(range(1, setup.sweep.seeds)))}
         grid = _run_tuner(f"seeds-{row['config_key']}", setup, space,
-                          tune.TuneConfig(max_concurrent_trials=setup.sweep.max_concurrent), exp_id, parent_id, resume,
+                          tune.TuneConfig(max_concurrent_trials=setup.sweep.max_concurrent), runs, resume,
                           setup.sweep.seeds - 1, early)
         extra.append(trials_table(grid, setup.sweep.objectives))
     return pd.concat(extra, ignore_index=True)
@@ -232,7 +231,7 @@ def best_trial(table: pd.DataFrame, setup: SweepSetup, best_key: str) -> pd.Seri
     return final[final["config_key"] == best_key].sort_values(objective, ascending=mode == "min").iloc[0]
 
 
-def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_id: str, parent_id: str) -> dict[str, float]:
+def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, runs: tracking.SweepRuns) -> dict[str, float]:
     """Full evaluation (all eval languages, all questions) of the final checkpoints of the best
     configuration (one per seed) and of the alpha = 0 / alpha = 1 references (of every completed trial
     with `sweep.final_eval_all`), and of the base model (parent run, step 0); then the same on each
@@ -244,7 +243,6 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_
     chosen = chosen.drop_duplicates("trial")
     refs = [final_ref(setup, p, t, trial) for p, t, trial in zip(chosen["checkpoint_path"], chosen["temperature"],
                                                                  chosen["trial"])]
-    uri = setup.sweep.tracking_uri
     summary: dict[str, float] = {}
     for dataset in (setup.eval.dataset, *setup.sweep.zero_shot_datasets):
         full = full_eval_config(setup, dataset)
@@ -252,10 +250,9 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, exp_
                                        setup.sweep.eval_cache_location)
         print(f"Final evaluation on {dataset}: {len(results)} models (base + {len(refs)} final checkpoints), "
               f"{sum(r.cached for r in results)} from the evaluation cache.", flush=True)
-        client = tracking.client(uri)
-        log_result(results[0], parent_id, client)
+        runs.log_result(results[0], runs.parent_id)
         for result, trial in zip(results[1:], chosen["trial"]):
-            log_result(result, tracking.trial_run_id(uri, exp_id, trial), client)
+            runs.log_result(result, runs.trial_run(trial))
         best = [r for r, key in zip(results[1:], chosen["config_key"]) if key == best_key]
         scope = "" if dataset == setup.eval.dataset else f"{dataset}/"
         for key, value in results[0].summary.items():

@@ -133,7 +133,7 @@ def save_logs(logs: str, setup: SweepSetup) -> None:
         print(f"Ray's logs stay in {logs}: copying them to {redact(target)} failed ({e}).", file=sys.stderr)
 
 
-def register(setup: SweepSetup, table, ranking, exp_id: str) -> str:
+def register(setup: SweepSetup, table, ranking, runs: tracking.SweepRuns) -> str:
     """The best configuration's best seed, registered as `models:/<sweep>@best` with its settings and the
     configuration's mean and 95% interval over seeds."""
     s, top = setup.sweep, ranking.iloc[0]
@@ -141,7 +141,7 @@ def register(setup: SweepSetup, table, ranking, exp_id: str) -> str:
     objective = s.objectives[0]
     knobs = {k: trial[k] for k in phases.PARAM_COLUMNS if k in trial and trial[k] == trial[k]}
     return registry.register_best(
-        s.tracking_uri, s.name, tracking.trial_run_id(s.tracking_uri, exp_id, trial["trial"]),
+        s.tracking_uri, s.name, runs.trial_run(trial["trial"]),
         storage.join(trial["checkpoint_path"], ENCODER_DIR),
         tags={"sweep": s.name, "trial": trial["trial"], "config_key": top["config_key"], **knobs},
         description=f"Sweep {s.name}: the best configuration by {objective} (proxy evaluation) "
@@ -157,32 +157,31 @@ def resolved_config(setup: SweepSetup) -> dict:
 def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     s = setup.sweep
     phases.save_settings(setup)
-    exp_id = tracking.experiment_id(s.tracking_uri, s.name, s.artifact_location)
     resolved = resolved_config(setup)
-    parent_id = tracking.parent_run(s.tracking_uri, exp_id, s.name, flat_params(setup.raw),
-                                    {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
-                                     "resolved.yaml": redact(yaml.safe_dump(resolved, sort_keys=False))})
+    runs = tracking.SweepRuns.open(s.tracking_uri, s.name, s.artifact_location, flat_params(setup.raw),
+                                   {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
+                                    "resolved.yaml": redact(yaml.safe_dump(resolved, sort_keys=False))})
     early = EarlyEvaluation(setup)  # the references' final evaluation, where the cluster has room
     try:
-        table = phases.search(setup, exp_id, parent_id, resume, early)  # [6] Tune + Optuna + ASHA
-        table = phases.reseed(setup, table, exp_id, parent_id, resume, early)  # [7] more seeds for the top-k
+        table = phases.search(setup, runs, resume, early)  # [6] Tune + Optuna + ASHA
+        table = phases.reseed(setup, table, runs, resume, early)  # [7] more seeds for the top-k
     except phases.Interrupted:
-        tracking.kill_running_trials(s.tracking_uri, exp_id)
+        runs.kill_running_trials()
         raise
     early.wait()
     ranking = phases.ranked(table, setup)
     if ranking.empty:
         raise SystemExit(f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "
                          "pruned: see Tune's table above); fix the cause and continue with --resume.")
-    summary = phases.final_evaluation(setup, table, ranking.iloc[0]["config_key"], exp_id, parent_id) \
+    summary = phases.final_evaluation(setup, table, ranking.iloc[0]["config_key"], runs) \
         if s.final_eval else {}
-    tracking.log_metrics(s.tracking_uri, parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
-    version = register(setup, table, ranking, exp_id)
+    runs.log_metrics(runs.parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
+    version = register(setup, table, ranking, runs)
     wall = time.perf_counter() - start
-    overhead = tracking.trial_overhead(s.tracking_uri, exp_id)
-    tracking.log_metrics(s.tracking_uri, parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead,
+    overhead = runs.trial_overhead()
+    runs.log_metrics(runs.parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead,
                          step=0)
-    tracking.end_run(s.tracking_uri, parent_id)
+    runs.end(runs.parent_id)
 
     print("\nTrials (proxy evaluation, last checkpoint):")
     print(table.drop(columns=["checkpoint_path", "error"]).to_string(index=False, float_format="%.4f"))

@@ -34,32 +34,7 @@ PARENT_TAG, TRIAL_TAG = "sweep.name", "tune.trial_id"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def client(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3's UI then opens the runs, not GenAI traces
-
-
-def experiment_id(tracking_uri: str, name: str, artifact_location: str) -> str:
-    """Get or create the sweep's experiment (artifacts under an explicit, absolute location), tagged as
-    model development so MLflow 3's UI opens it on its runs table."""
-    c = client(tracking_uri)
-    found = c.get_experiment_by_name(name)
-    if found is not None:
-        if found.tags.get(KIND_TAG) != KIND:
-            c.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
-        return found.experiment_id
-    location = artifact_location if "://" in artifact_location else Path(artifact_location).as_uri()
-    return c.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
-
-
-def _find_run(tracking_uri: str, exp_id: str, tags: dict[str, str]) -> str | None:
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = client(tracking_uri).search_runs([exp_id], filter_string=query, max_results=1)
-    return runs[0].info.run_id if runs else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,79 +51,120 @@ def source_tags() -> dict[str, str]:
     return tags | ({"mlflow.source.git.commit": head.stdout.strip()} if head.returncode == 0 else {})
 
 
-def parent_run(tracking_uri: str, exp_id: str, sweep_name: str, params: dict[str, Any],
-               configs: dict[str, str]) -> str:
-    """The sweep's parent run: reused when it exists (resume), else created with the sweep's params and
-    `configs` ({artifact name: YAML text}: the preset and the resolved configuration, readable as files)."""
-    found = _find_run(tracking_uri, exp_id, {PARENT_TAG: sweep_name, "sweep.role": "parent"})
-    if found:
-        client(tracking_uri).update_run(found, status="RUNNING")
-        return found
-    c = client(tracking_uri)
-    run = c.create_run(exp_id, run_name=sweep_name,
-                       tags={PARENT_TAG: sweep_name, "sweep.role": "parent"} | source_tags())
-    for key, value in params.items():
-        c.log_param(run.info.run_id, key, value)
-    for name, text in configs.items():
-        c.log_text(run.info.run_id, text, f"config/{name}")
-    return run.info.run_id
+class SweepRuns:
+    """A sweep's MLflow runs through one client: its experiment, its parent run, a child run per trial, each
+    found by tag before it is created, so a resumed or retried sweep reuses them. Only the sweep driver
+    makes one. It pickles as its ids alone (Tune keeps `TrialLogger` in the experiment state, in storage):
+    never a client or a connection."""
 
+    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str = ""):
+        self.uri, self.exp_id, self.parent_id = tracking_uri, exp_id, parent_id
 
-def trial_run_id(tracking_uri: str, exp_id: str, trial_id: str) -> str | None:
-    return _find_run(tracking_uri, exp_id, {TRIAL_TAG: trial_id})
+    @classmethod
+    def open(cls, tracking_uri: str, name: str, artifact_location: str, params: dict[str, Any],
+             configs: dict[str, str]) -> SweepRuns:
+        """The sweep `name`'s experiment (artifacts under an explicit, absolute location; tagged as model
+        development, so MLflow 3's UI opens it on its runs table) and its parent run, found or created with
+        the sweep's params and `configs` ({artifact name: YAML text}: readable as files)."""
+        runs = cls(tracking_uri, "")
+        found = runs.client.get_experiment_by_name(name)
+        if found is None:
+            location = artifact_location if "://" in artifact_location else Path(artifact_location).as_uri()
+            runs.exp_id = runs.client.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
+        else:
+            runs.exp_id = found.experiment_id
+            if found.tags.get(KIND_TAG) != KIND:
+                runs.client.set_experiment_tag(runs.exp_id, KIND_TAG, KIND)
+        parent, created = runs._find_or_create({PARENT_TAG: name, "sweep.role": "parent"}, name, params)
+        if created:
+            for artifact, text in configs.items():
+                runs.client.log_text(parent, text, f"config/{artifact}")
+        runs.parent_id = parent
+        return runs
 
+    @functools.cached_property
+    def client(self):
+        from mlflow import MlflowClient
 
-def child_run(tracking_uri: str, exp_id: str, parent_id: str, trial_id: str, run_name: str,
-              params: dict[str, Any]) -> str:
-    """The trial's child run (nested under the parent), reused (and marked running again) when the trial
-    restarts."""
-    found = trial_run_id(tracking_uri, exp_id, trial_id)
-    if found:
-        client(tracking_uri).update_run(found, status="RUNNING")
-        return found
-    c = client(tracking_uri)
-    run = c.create_run(exp_id, run_name=run_name, tags={TRIAL_TAG: trial_id, "mlflow.parentRunId": parent_id,
-                                                        "sweep.role": "trial"} | source_tags())
-    for key, value in params.items():
-        c.log_param(run.info.run_id, key, value)
-    return run.info.run_id
+        return MlflowClient(tracking_uri=self.uri)
 
+    def __getstate__(self) -> dict[str, str]:
+        return {"uri": self.uri, "exp_id": self.exp_id, "parent_id": self.parent_id}
 
-def log_training_data(tracking_uri: str, run_id: str, data: DataConfig) -> None:
-    """The trial's training pairs as the run's `training` dataset input (digest of the pairs themselves;
-    MLflow keeps one input per name and digest, so a restarted trial logs it once)."""
-    name = f"{data.train_data or data.dataset}/train/{'+'.join(data.train_languages)}"
-    source = data.train_data or data.data_dir or origin(data.dataset)
-    client(tracking_uri).log_inputs(run_id, datasets=[dataset_input(name, _digest(data), source, "training")])
+    def _find(self, tags: dict[str, str]) -> str | None:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        found = self.client.search_runs([self.exp_id], filter_string=query, max_results=1)
+        return found[0].info.run_id if found else None
 
+    def _find_or_create(self, tags: dict[str, str], run_name: str, params: dict[str, Any],
+                        more_tags: dict[str, str] | None = None) -> tuple[str, bool]:
+        """(run id, created): the run with `tags`, marked RUNNING again, or a new one with them and `params`."""
+        found = self._find(tags)
+        if found:
+            self.client.update_run(found, status="RUNNING")
+            return found, False
+        run = self.client.create_run(self.exp_id, run_name=run_name, tags=tags | (more_tags or {}) | source_tags())
+        for key, value in params.items():
+            self.client.log_param(run.info.run_id, key, value)
+        return run.info.run_id, True
 
-@functools.lru_cache(maxsize=16)
-def _digest(data: DataConfig) -> str:
-    return training_digest(data)
+    def trial(self, trial_id: str, run_name: str, params: dict[str, Any]) -> str:
+        """The trial's child run (nested under the parent), reused when the trial restarts."""
+        run_id, _ = self._find_or_create({TRIAL_TAG: trial_id}, run_name, params,
+                                         {"mlflow.parentRunId": self.parent_id, "sweep.role": "trial"})
+        return run_id
 
+    def trial_run(self, trial_id: str) -> str | None:
+        return self._find({TRIAL_TAG: trial_id})
 
-def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
-    from mlflow.entities import Metric
+    def log_training_data(self, run_id: str, data: DataConfig) -> None:
+        """The trial's training pairs as the run's `training` dataset input (digest of the pairs themselves;
+        MLflow keeps one input per name and digest, so a restarted trial logs it once)."""
+        name = f"{data.train_data or data.dataset}/train/{'+'.join(data.train_languages)}"
+        source = data.train_data or data.data_dir or origin(data.dataset)
+        self.client.log_inputs(run_id, datasets=[dataset_input(name, training_digest(data), source, "training")])
 
-    now = int(time.time() * 1000)
-    batch = [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and math.isfinite(v)]
-    client(tracking_uri).log_batch(run_id, metrics=batch)
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
 
+        now = int(time.time() * 1000)
+        batch = [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(v)]
+        self.client.log_batch(run_id, metrics=batch)
 
-def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
-    """Close a run (FINISHED, KILLED for a pruned trial, FAILED) so MLflow stops showing it as running.
-    A crashed driver leaves its runs RUNNING, which is what they are: `--resume` continues them."""
-    client(tracking_uri).set_terminated(run_id, status=status)
+    def log_result(self, result: EvalResult, run_id: str) -> None:
+        log_result(result, run_id, self.client)
 
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close a run (FINISHED, KILLED for a pruned trial, FAILED) so MLflow stops showing it as running.
+        A crashed driver leaves its runs RUNNING, which is what they are: `--resume` continues them."""
+        self.client.set_terminated(run_id, status=status)
 
-def kill_running_trials(tracking_uri: str, exp_id: str) -> None:
-    """Mark the trial runs still RUNNING as KILLED: trials an interrupted sweep stopped (Ctrl-C). `--resume`
-    marks them RUNNING again when they restart."""
-    c = client(tracking_uri)
-    for run in c.search_runs([exp_id], filter_string="tags.`sweep.role` = 'trial' and attributes.status = 'RUNNING'",
-                             max_results=10000):
-        c.set_terminated(run.info.run_id, status="KILLED")
+    def _trials(self, where: str = "") -> list:
+        query = "tags.`sweep.role` = 'trial'" + (f" and {where}" if where else "")
+        return self.client.search_runs([self.exp_id], filter_string=query, max_results=10000)
+
+    def kill_running_trials(self) -> None:
+        """Mark the trial runs still RUNNING as KILLED: trials an interrupted sweep stopped (Ctrl-C).
+        `--resume` marks them RUNNING again when they restart."""
+        for run in self._trials("attributes.status = 'RUNNING'"):
+            self.end(run.info.run_id, "KILLED")
+
+    def trial_overhead(self) -> dict[str, float]:
+        """Mean per-trial time outside training and evaluation (start-up before the first report plus
+        teardown after the last), and the start-up's split by stage (`sweep/startup/{stage}_s`), over the
+        sweep's trials that logged a wall time; {} when none did."""
+        timed = [r.data.metrics for r in self._trials()
+                 if {"trial/wall_s", "trial/active_s", "trial/startup_s"} <= set(r.data.metrics)]
+        if not timed:
+            return {}
+        wall = sum(m["trial/wall_s"] for m in timed) / len(timed)
+        startup = sum(m["trial/startup_s"] for m in timed) / len(timed)
+        overhead = sum(m["trial/wall_s"] - m["trial/active_s"] for m in timed) / len(timed)
+        stages = sorted({k for m in timed for k in m if k.startswith("trial/startup/")})
+        split = {f"sweep/{k[len('trial/'):]}": sum(m.get(k, 0.0) for m in timed) / len(timed) for k in stages}
+        return {"sweep/trial_wall_s": wall, "sweep/trial_startup_s": startup, "sweep/trial_overhead_s": overhead,
+                "sweep/trial_overhead_fraction": overhead / wall} | split
 
 
 class TrialLogger(tune.Callback):
@@ -162,9 +178,8 @@ class TrialLogger(tune.Callback):
     Tune pickles its callbacks into the experiment state (in storage) and restores them on `--resume`:
     only names, ids and the base configuration are kept here, never a client or a connection."""
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str, base: TrainRunConfig, train_storage: str,
-                 objective: str, progress: bool):
-        self.uri, self.exp_id, self.parent_id, self.base = tracking_uri, exp_id, parent_id, base
+    def __init__(self, runs: SweepRuns, base: TrainRunConfig, train_storage: str, objective: str, progress: bool):
+        self.mlflow, self.base = runs, base
         self.steps = base.optim.steps
         self.train_storage = train_storage  # where a failed trial's Train run leaves its unsent reports
         self.objective, self.progress = objective, progress
@@ -178,11 +193,10 @@ class TrialLogger(tune.Callback):
 
     def _start_run(self, trial) -> str:
         params = dict(trial.config)
-        run_id = child_run(self.uri, self.exp_id, self.parent_id, trial.trial_id,
-                           run_name=f"{trial.trial_id} a={params.get('mono_ratio', 0):.2f} "
-                                    f"t={params.get('temperature', 0):.3f} s={params.get('seed', 0)}",
-                           params=params | {"config_key": config_key(params)})
-        log_training_data(self.uri, run_id, trial_run_config(self.base, params).data)
+        name = f"{trial.trial_id} a={params.get('mono_ratio', 0):.2f} t={params.get('temperature', 0):.3f} " \
+               f"s={params.get('seed', 0)}"
+        run_id = self.mlflow.trial(trial.trial_id, name, params | {"config_key": config_key(params)})
+        self.mlflow.log_training_data(run_id, trial_run_config(self.base, params).data)
         return run_id
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -199,9 +213,9 @@ class TrialLogger(tune.Callback):
             self._say(trial, f"step {step}/{self.steps}, loss {loss:.4f}, "
                              f"{self.objective} {result.get(self.objective, float('nan')):.4f}"
                              f"{self._eta(step, result.get('trial/active_s'))}")
-        log_metrics(self.uri, run_id, {k: v for k, v in result.items() if k.startswith("trial/")}, step)
+        self.mlflow.log_metrics(run_id, {k: v for k, v in result.items() if k.startswith("trial/")}, step)
         if EVAL_RESULT in result:
-            log_result(EvalResult.from_json(result[EVAL_RESULT]), run_id, client(self.uri))
+            self.mlflow.log_result(EvalResult.from_json(result[EVAL_RESULT]), run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         done = (trial.last_result or {}).get("step") == self.steps
@@ -235,29 +249,12 @@ class TrialLogger(tune.Callback):
 
     def _log_history(self, run_id: str, reports: list[dict[str, Any]]) -> None:
         for report in reports:
-            log_metrics(self.uri, run_id, {f"train/{k}": v for k, v in report.items() if k != "step"},
-                        int(report.get("step", 0)))
+            self.mlflow.log_metrics(run_id, {f"train/{k}": v for k, v in report.items() if k != "step"},
+                                    int(report.get("step", 0)))
 
     def _end(self, trial, status: str) -> None:
         run_id = self._run_id(trial)
         if trial.trial_id in self.started:
-            log_metrics(self.uri, run_id, {"trial/wall_s": time.time() - self.started.pop(trial.trial_id)},
-                        int((trial.last_result or {}).get("step", 0)))
-        end_run(self.uri, run_id, status)
-
-
-def trial_overhead(tracking_uri: str, exp_id: str) -> dict[str, float]:
-    """Mean per-trial time outside training and evaluation (start-up before the first report plus
-    teardown after the last), and the start-up's split by stage (`sweep/startup/{stage}_s`), over the
-    sweep's trials that logged a wall time; {} when none did."""
-    runs = client(tracking_uri).search_runs([exp_id], filter_string="tags.`sweep.role` = 'trial'", max_results=10000)
-    timed = [r.data.metrics for r in runs if {"trial/wall_s", "trial/active_s", "trial/startup_s"} <= set(r.data.metrics)]
-    if not timed:
-        return {}
-    wall = sum(m["trial/wall_s"] for m in timed) / len(timed)
-    startup = sum(m["trial/startup_s"] for m in timed) / len(timed)
-    overhead = sum(m["trial/wall_s"] - m["trial/active_s"] for m in timed) / len(timed)
-    stages = sorted({k for m in timed for k in m if k.startswith("trial/startup/")})
-    split = {f"sweep/{k[len('trial/'):]}": sum(m.get(k, 0.0) for m in timed) / len(timed) for k in stages}
-    return {"sweep/trial_wall_s": wall, "sweep/trial_startup_s": startup, "sweep/trial_overhead_s": overhead,
-            "sweep/trial_overhead_fraction": overhead / wall} | split
+            self.mlflow.log_metrics(run_id, {"trial/wall_s": time.time() - self.started.pop(trial.trial_id)},
+                                    int((trial.last_result or {}).get("step", 0)))
+        self.mlflow.end(run_id, status)

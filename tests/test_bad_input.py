@@ -49,7 +49,8 @@ BAD_OVERRIDES = [  # (--set strings, message)
     ("data.train_languages=[en]", r"data.train_languages needs >= 2 languages"),
     ("eval.dataset=nope", r"eval.dataset must be one of \('xquad-r', 'mlqa-r', 'miracl'\)"),
     ("eval.languages=[]", r"eval.languages must be null .* or a non-empty list"),
-    ("method.seed.x=1", r"override 'method.seed.x=1': method.seed is a value \(0\), not a section"),
+    ("method.batch_size.x=1", r"override 'method.batch_size.x=1': method.batch_size is a value \(16\), not a section"),
+    ("method.seed.x=1", r"method.seed: expected int, got \{'x': 1\}"),
     ("method.mono_ratio", r"override 'method.mono_ratio': use section.key=value"),
     ("method.mono_ratio=[1,", r"override 'method.mono_ratio=\[1,': the value is not valid YAML"),
 ]
