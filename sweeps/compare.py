@@ -21,7 +21,8 @@ import pandas as pd
 
 from sweeps.report import figures
 from sweeps.report.data import HIGH_RESOURCE, Sweep, load_sweep, log_report_artifacts
-from sweeps.report.findings import QUESTIONS, Findings, analyse, trials_table
+from sweeps.report.findings import Findings, analyse, trials_table
+from sweeps.report.questions import QUESTIONS
 from sweeps.report.glance import glance
 from sweeps.report.html import build_html, overview
 from hybrid.config import DEFAULT_CONFIG, read_yaml

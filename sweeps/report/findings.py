@@ -6,6 +6,7 @@ Pure: reads a loaded `data.Sweep`, never MLflow. The same lines feed the termina
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -16,20 +17,12 @@ from sweeps.report import analysis as A
 from sweeps.config import SETTINGS
 from sweeps.knobs import NAMES as KNOBS
 from sweeps.report.data import HIGH_RESOURCE, Sweep
+from sweeps.report.questions import SOURCES
 
 RETRIEVAL = [f"{s}/{m}" for m in ("map", "mrr@10") for s in SETTINGS]
 TABLED = ("mono_ratio", "temperature", "lang_temperature", "num_train_languages", "lr")  # own columns below
 COLUMNS = RETRIEVAL + ["multi/rank_distance"] + [f"{s}/ece" for s in SETTINGS]
 NAMES = {"map": "mAP", "mrr@10": "MRR@10", "rank_distance": "rank distance", "ece": "ECE", "map@20": "mAP@20"}
-SOURCES = {"proxy": "proxy (sweep-time) evaluation", "full": "full evaluation",
-           "mixed": "full evaluation where present, else proxy (mixed)"}
-QUESTIONS = {
-    "q1": "1. How does the mono/cross ratio move retrieval (MRR@10, mAP) on held-out and out-of-domain data?",
-    "q2": "2. Does hybrid training lose ground on high-resource pairs vs monolingual-only (alpha = 1)?",
-    "q3": "3. How do results scale with the number of training languages?",
-    "q4": "4. How does the ratio change calibration (ECE, reliability)?",
-    "q5": "5. How robust is retrieval across language pairs as the ratio moves?",
-}
 
 
 def name(column: str) -> str:
@@ -79,6 +72,7 @@ class Findings:
     pruned: int
     robust: pd.DataFrame  # per config: worst / std / range means and half-widths
     robust_runs: pd.DataFrame  # per completed run: worst, worst_pair, std, range
+    worst_pair: pd.Series  # per config: its runs' most frequent worst pair
     robust_source: str
     pareto: pd.DataFrame
     importance: dict[str, float] | None
@@ -91,11 +85,16 @@ class Findings:
     heatmap_source: str
     reliability: dict[str, pd.DataFrame]  # label -> pooled reliability table
     compare: dict[str, Comparison] = field(default_factory=dict)  # eval set -> best vs the references
-    answers: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def objective(self) -> str:
         return self.sweep.objective
+
+    @functools.cached_property
+    def answers(self) -> dict[str, list[str]]:
+        """Per research question (`questions.QUESTIONS`), the lines that answer it."""
+        return {"q1": answer_q1(self), "q2": answer_q2(self), "q3": answer_q3(self), "q4": answer_q4(self),
+                "q5": answer_q5(self)}
 
 
 def _value(summary_row: pd.Series | None, column: str) -> str:
@@ -164,32 +163,66 @@ def _seed_mats(table: pd.DataFrame, mats: dict[str, pd.DataFrame], row) -> dict[
 
 
 def analyse(sweep: Sweep, high_resource: tuple[str, ...] = HIGH_RESOURCE) -> Findings:
+    """Every comparison of the report, each computed once by the small function that owns it."""
     dataset = sweep.main_dataset
     sel = A.run_table(sweep.metrics, sweep.runs, dataset, sweep.final_step)
-    table, objective, lower = sel.table, sweep.objective, sweep.lower_is_better
-    columns = [c for c in dict.fromkeys([objective, *COLUMNS]) if c in table]
-    summary = A.config_summary(table, columns, objective, lower)
-    best = A.best_config(summary)
+    configs = _configurations(sel.table, sweep)
+    focus = configs["hybrid"] if configs["hybrid"] is not None else configs["best"]
+    ref0, ref1 = configs["ref0"], configs["ref1"]
+    return Findings(sweep=sweep, dataset=dataset, selection=sel, **configs,
+                    pruned=int((~sel.table["complete"]).sum()) if len(sel.table) else 0,
+                    **_robustness(sel.table, sweep, dataset),
+                    pareto=_pareto(configs["summary"]),
+                    **_importance(configs["summary"], sweep),
+                    lang_effect=A.languages_effect(configs["summary"], sweep.objective, len(sweep.train_languages))
+                    if len(configs["summary"]) else pd.DataFrame(),
+                    **_pair_matrices(sel.table, sweep, dataset, focus, ref0, ref1, configs["hybrid"] is not None,
+                                     high_resource),
+                    reliability=_reliability(sel.table, sweep, dataset, focus, ref0, ref1),
+                    compare=_comparisons(sweep, dataset, {"alpha=0": ref0, "best": configs["best"], "alpha=1": ref1}))
+
+
+def _configurations(table: pd.DataFrame, sweep: Sweep) -> dict:
+    """The per-configuration summary, the best, the best hybrid (0 < alpha < 1) and the references."""
+    columns = [c for c in dict.fromkeys([sweep.objective, *COLUMNS]) if c in table]
+    summary = A.config_summary(table, columns, sweep.objective, sweep.lower_is_better)
     done = summary[summary["complete"]] if len(summary) else summary
     hybrids = done[(done["mono_ratio"] > 0) & (done["mono_ratio"] < 1)] if len(done) else done
-    hybrid = hybrids.iloc[0] if len(hybrids) else None
     ref0, ref1 = A.reference_pair(summary)
-    pruned = int((~table["complete"]).sum()) if len(table) else 0
+    return {"summary": summary, "best": A.best_config(summary), "hybrid": hybrids.iloc[0] if len(hybrids) else None,
+            "ref0": ref0, "ref1": ref1}
 
-    per_run, robust_source = A.robustness(table, sweep.matrices, dataset) if len(table) else (pd.DataFrame(), "none")
-    robust_runs = per_run
-    robust = A.config_summary(per_run, ["worst", "std", "range", "mean"], "worst", False) if len(per_run) else pd.DataFrame()
-    pareto = done.copy()
+
+def _robustness(table: pd.DataFrame, sweep: Sweep, dataset: str) -> dict:
+    """Worst cross-lingual pair and spread per run, per configuration, and each configuration's worst pair."""
+    per_run, source = A.robustness(table, sweep.matrices, dataset) if len(table) else (pd.DataFrame(), "none")
+    if per_run.empty:
+        return {"robust": pd.DataFrame(), "robust_runs": per_run, "worst_pair": pd.Series(dtype=str),
+                "robust_source": source}
+    return {"robust": A.config_summary(per_run, ["worst", "std", "range", "mean"], "worst", False),
+            "robust_runs": per_run, "robust_source": source,
+            "worst_pair": per_run.groupby("config_key")["worst_pair"].agg(lambda s: s.mode().iloc[0])}
+
+
+def _pareto(summary: pd.DataFrame) -> pd.DataFrame:
+    pareto = (summary[summary["complete"]] if len(summary) else summary).copy()
     if {"mono/map", "cross/map"} <= set(pareto.columns):
         pareto["front"] = A.pareto_front(pareto, "mono/map", "cross/map")
-    importance, note = A.importances(summary, objective, lower) if len(summary) else (None, "no completed trials")
-    default_k = len(sweep.train_languages) or 0
-    lang_effect = A.languages_effect(summary, objective, default_k) if len(summary) else pd.DataFrame()
+    return pareto
 
-    # L x L matrices of the hybrid (or best) configuration and the references
-    focus = hybrid if hybrid is not None else best
+
+def _importance(summary: pd.DataFrame, sweep: Sweep) -> dict:
+    importance, note = A.importances(summary, sweep.objective, sweep.lower_is_better) if len(summary) \
+        else (None, "no completed trials")
+    return {"importance": importance, "importance_note": note}
+
+
+def _pair_matrices(table: pd.DataFrame, sweep: Sweep, dataset: str, focus, ref0, ref1, hybrid: bool,
+                   high_resource: tuple[str, ...]) -> dict:
+    """L x L mAP of the focus configuration (the best hybrid, else the best) and the references: the heatmaps
+    and the high-resource pairs against alpha = 1."""
     ids = _runs(table, focus) + _runs(table, ref0) + _runs(table, ref1)
-    mats, heat_source = A.matrices_for(sweep.matrices, ids, dataset, "map")
+    mats, source = A.matrices_for(sweep.matrices, ids, dataset, "map")
     heatmaps = {}
     focus_m, m0, m1 = (_seed_mats(table, mats, r) for r in (focus, ref0, ref1))
     if focus_m:
@@ -200,27 +233,32 @@ def analyse(sweep: Sweep, high_resource: tuple[str, ...] = HIGH_RESOURCE) -> Fin
                 heatmaps[f"{alpha_label(focus)} minus {label}"] = heatmaps[title] - A.mean_matrix(list(other.values()))
     languages = list(next(iter(mats.values())).index) if mats else []
     hr = A.high_resource(languages, high_resource)
-    hr_deltas = A.pair_deltas(focus_m, m1, hr) if hybrid is not None and focus_m and m1 else pd.DataFrame()
     hr_summary = {}
     for part, keep in (("all", lambda q, c: True), ("mono", lambda q, c: q == c), ("cross", lambda q, c: q != c)):
         pairs = [(q, c) for q in hr for c in hr if keep(q, c)]
         hr_summary[part] = A.diff_ci(A.cells_mean(focus_m, pairs), A.cells_mean(m1, pairs))
+    return {"high_resource": hr, "hr_summary": hr_summary, "heatmaps": heatmaps, "heatmap_source": source,
+            "hr_deltas": A.pair_deltas(focus_m, m1, hr) if hybrid and focus_m and m1 else pd.DataFrame()}
 
-    reliability = {}
+
+def _reliability(table: pd.DataFrame, sweep: Sweep, dataset: str, focus, ref0, ref1) -> dict[str, pd.DataFrame]:
+    """Pooled reliability tables of alpha = 0, the focus configuration and alpha = 1 (each once)."""
+    out = {}
     for label, row in (("alpha=0", ref0), (alpha_label(focus), focus), ("alpha=1", ref1)):
         found, _ = A.choose(sweep.reliability, _runs(table, row), dataset)
         if found and not any(row["config_key"] == r["config_key"] for r in (ref0, ref1) if r is not None and r is not row):
-            reliability[label] = A.pooled_reliability(list(found.values()))
+            out[label] = A.pooled_reliability(list(found.values()))
+    return out
 
-    f = Findings(sweep, dataset, sel, summary, best, hybrid, ref0, ref1, pruned, robust, robust_runs, robust_source, pareto,
-                 importance, note, lang_effect, hr, hr_deltas, hr_summary, heatmaps, heat_source, reliability)
-    configs = {"alpha=0": ref0, "best": best, "alpha=1": ref1}
+
+def _comparisons(sweep: Sweep, dataset: str, configs: dict[str, pd.Series | None]) -> dict[str, Comparison]:
+    """The best configuration against the references on the held-out set and on each zero-shot set."""
+    out = {}
     for ds in [dataset, *sweep.zero_shot_datasets]:
         comp = compare_on(sweep, ds, configs, COLUMNS if ds == dataset else RETRIEVAL, _base(sweep, ds))
         if comp is not None:
-            f.compare[ds] = comp
-    f.answers = {"q1": answer_q1(f), "q2": answer_q2(f), "q3": answer_q3(f), "q4": answer_q4(f), "q5": answer_q5(f)}
-    return f
+            out[ds] = comp
+    return out
 
 
 def _diff(table: pd.DataFrame, a, b, column: str) -> str:
@@ -364,7 +402,6 @@ def answer_q5(f: Findings) -> list[str]:
     if f.robust.empty:
         return ["Not answerable: no L x L matrices for completed trials."]
     r = f.robust.set_index("config_key")
-    worst_pair = f.robust_runs.groupby("config_key")["worst_pair"].agg(lambda s: s.mode().iloc[0])
     runs = f.robust_runs
     langs = runs["languages"].mode().iloc[0]
     lines = [f"Off-diagonal (cross-lingual) mAP pairs, {SOURCES.get(f.robust_source, f.robust_source)}: "
@@ -375,7 +412,7 @@ def answer_q5(f: Findings) -> list[str]:
         if row is not None and row["config_key"] in r.index and row["config_key"] not in shown:
             shown.add(row["config_key"])
             x = r.loc[row["config_key"]]
-            lines.append(f"{label}: worst pair ({worst_pair[row['config_key']]}) "
+            lines.append(f"{label}: worst pair ({f.worst_pair[row['config_key']]}) "
                          f"{ci_text(x['worst'], x['worst ±'], int(x['seeds']))}; std "
                          f"{ci_text(x['std'], x['std ±'], int(x['seeds']))}; max - min "
                          f"{ci_text(x['range'], x['range ±'], int(x['seeds']))}.")

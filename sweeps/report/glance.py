@@ -14,7 +14,8 @@ import pandas as pd
 
 from sweeps.report import analysis as A
 from sweeps.stats import mean_ci
-from sweeps.report.findings import QUESTIONS, Findings, _seed_mats, alpha_label, ci_text, name
+from sweeps.report.findings import Findings, _seed_mats, alpha_label, ci_text, name
+from sweeps.report.questions import QUESTIONS
 
 NOT_SEPARABLE = "not separable at this budget"
 

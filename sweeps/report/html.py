@@ -15,6 +15,7 @@ import pandas as pd
 from sweeps.report import findings as F
 from sweeps.report.findings import Findings
 from sweeps.report.glance import glance, references_by_step
+from sweeps.report.questions import QUESTIONS, SOURCES
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -76,10 +77,9 @@ def _robust_table(f: Findings) -> pd.DataFrame:
     r = f.robust
     if r.empty:
         return r
-    worst = f.robust_runs.groupby("config_key")["worst_pair"].agg(lambda s: s.mode().iloc[0])
     return pd.DataFrame({
         "alpha": r["mono_ratio"].map("{:.2f}".format), "tau": r["temperature"].map("{:.3g}".format),
-        "seeds": r["seeds"], "worst pair (most often)": r["config_key"].map(worst),
+        "seeds": r["seeds"], "worst pair (most often)": r["config_key"].map(f.worst_pair),
         "worst mAP": [F.ci_text(m, h, n) for m, h, n in zip(r["worst"], r["worst ±"], r["seeds"])],
         "std": [F.ci_text(m, h, n) for m, h, n in zip(r["std"], r["std ±"], r["seeds"])],
         "max - min": [F.ci_text(m, h, n) for m, h, n in zip(r["range"], r["range ±"], r["seeds"])]})
@@ -119,7 +119,7 @@ def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], co
 
     def q1(f, im):
         tables = "".join(f"<h4>{escape(ds)}{' (held-out)' if ds == f.dataset else ' (out-of-domain, zero-shot)'}: "
-                         f"best vs references, {escape(F.SOURCES.get(c.source, c.source))}</h4>{table(c.frame)}"
+                         f"best vs references, {escape(SOURCES.get(c.source, c.source))}</h4>{table(c.frame)}"
                          for ds, c in f.compare.items())
         return answer(f.answers["q1"]) + img(im.get("alpha_curves"), "metrics vs alpha") + tables
 
@@ -165,7 +165,7 @@ def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], co
               per_sweep(lambda f, im: table(references_by_step(f)))]
     parts += ["<h2>Trials</h2>", per_sweep(trials)]
     for key, section in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5)):
-        parts += [f'<h2 id="{key}">{escape(F.QUESTIONS[key])}</h2>', per_sweep(section)]
+        parts += [f'<h2 id="{key}">{escape(QUESTIONS[key])}</h2>', per_sweep(section)]
     parts += ["<h2>Search: Pareto front and parameter importances</h2>", per_sweep(search)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Sweep report: {escape(names)}</title><style>{CSS}</style></head>\n<body>\n"

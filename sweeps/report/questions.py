@@ -1,0 +1,11 @@
+"""The research questions the report answers, and how it names where a figure comes from."""
+
+QUESTIONS = {
+    "q1": "1. How does the mono/cross ratio move retrieval (MRR@10, mAP) on held-out and out-of-domain data?",
+    "q2": "2. Does hybrid training lose ground on high-resource pairs vs monolingual-only (alpha = 1)?",
+    "q3": "3. How do results scale with the number of training languages?",
+    "q4": "4. How does the ratio change calibration (ECE, reliability)?",
+    "q5": "5. How robust is retrieval across language pairs as the ratio moves?",
+}
+SOURCES = {"proxy": "proxy (sweep-time) evaluation", "full": "full evaluation",
+           "mixed": "full evaluation where present, else proxy (mixed)"}
