@@ -2,8 +2,7 @@
 
 Why: bugs that only show on a cluster (a worker node that cannot see the driver's run directory, storage
 that must be shared, a node that dies, nodes that the autoscaler adds) do not show with a local
-`ray.init()`. This builds the cluster's shape on one machine, from the commands recorded in
-/work/shared/notes/multi-node-on-one-machine.md:
+`ray.init()`. This builds the cluster's shape on one machine:
 
 - an S3-compatible store (`moto_server` on 127.0.0.1) as the shared storage of every node;
 - a 0-CPU head started like cluster.yaml's (`ray start --head --num-cpus=0`, dashboard on, token auth);

@@ -374,7 +374,7 @@ def test_loader_reads_what_evaluation_tracking_writes(tmp_path, monkeypatch):
 
 
 def test_the_committed_cpu_study_report_opens_offline_and_backs_the_readme(tmp_path):
-    """docs/cpu-study/report.html (issue 14) asks for nothing outside itself, every image decodes in headless
+    """docs/cpu-study/report.html (the CPU study) asks for nothing outside itself, every image decodes in headless
     Chromium, and each verdict of the README's "What the CPU study found" table is the report's."""
     report = ROOT / "docs" / "cpu-study" / "report.html"
     text = report.read_text()
