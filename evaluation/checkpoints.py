@@ -16,6 +16,7 @@ from pathlib import Path
 from evaluation.config import DEFAULT_TEMPERATURE
 from hybrid import manifest, storage
 from hybrid.layout import ENCODER_CONFIG, ENCODER_DIR, STATE_FILE
+from hybrid.spec import EncoderSpec
 
 _HASHED = ("*.safetensors", "*.bin", "tokenizer*", "special_tokens_map.json", "vocab.*", "*.model",
            "merges.txt", "config.json", ENCODER_CONFIG)
@@ -30,6 +31,9 @@ class CheckpointRef:
     temperature: float = DEFAULT_TEMPERATURE  # softmax temperature for ECE: the trained tau
     label: str = ""  # how reports name it; defaults to `path`
     model: str = ""  # the base model's name, for lineage; defaults to `path`
+    # How to embed (pooling, prefixes, max_length) where the folder does not say, e.g. a base model
+    # evaluated as the run trains it (`model.*`); None: the folder's hybrid_encoder.json, else E5's defaults.
+    spec: EncoderSpec | None = None
 
     @classmethod
     def from_path(cls, path_or_name: str) -> CheckpointRef:

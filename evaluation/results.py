@@ -17,6 +17,7 @@ from evaluation.config import DEFAULT_TEMPERATURE, EvalConfig
 from evaluation.eval_set import EvalSet
 from evaluation.scoring import PAIR_METRICS, POOLED_METRICS
 from hybrid import storage
+from hybrid.spec import EncoderSpec
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,12 @@ class EvalResult:
         return cls(**fields)
 
 
-def evaluation_key(model_hash: str, eval_set: EvalSet, config: EvalConfig, temperature: float) -> str:
-    """The idempotence key of one evaluation: same model files + same data + same ECE settings = same key."""
+def evaluation_key(model_hash: str, eval_set: EvalSet, config: EvalConfig, temperature: float,
+                   spec: EncoderSpec | None = None) -> str:
+    """The idempotence key of one evaluation: same model files + same data + same ECE settings (+ the
+    embedding spec when one is imposed on the folder) = same key."""
     parts = [model_hash, eval_set.digest, f"{temperature:.6g}", str(config.ece_bins)]
+    parts += [json.dumps(dataclasses.asdict(spec), sort_keys=True)] if spec else []
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -98,7 +102,8 @@ def assemble(ref: CheckpointRef, model_hash: str, eval_set: EvalSet, scored: dic
     _, reliability = M.expected_calibration_error(np.concatenate([o["confidence"] for o in scored.values()]),
                                                   np.concatenate([o["correct"] for o in scored.values()]),
                                                   config.ece_bins)
-    return EvalResult(ref.label or ref.path, ref.step, evaluation_key(model_hash, eval_set, config, ref.temperature),
+    key = evaluation_key(model_hash, eval_set, config, ref.temperature, ref.spec)
+    return EvalResult(ref.label or ref.path, ref.step, key,
                       eval_set.name, eval_set.split, langs, matrices, summary, per_language, reliability,
                       encode_tasks, wall_s, ref.model or ref.path, ref.temperature, ref.path, model_hash,
                       eval_set.digest)

@@ -32,25 +32,28 @@ from evaluation.results import EvalResult, assemble, cache_file, cached, evaluat
 from evaluation.scoring import score_query_language
 from hybrid import storage
 from hybrid.data import ParallelCorpus
+from hybrid.spec import EncoderSpec
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_encoder(model_dir: str, stamp: str):
+def _cached_encoder(model_dir: str, stamp: str, spec: EncoderSpec | None):
     """One encoder per worker process; `stamp` is part of the key only, so a changed folder reloads."""
     from hybrid.model import load_encoder
 
-    return load_encoder(model_dir)
+    return load_encoder(model_dir, spec)
 
 
 @ray.remote
-def _encode_task(model: str, texts: list[str], side: str, batch_size: int, threads: int) -> np.ndarray:
+def _encode_task(model: str, texts: list[str], side: str, batch_size: int, threads: int,
+                 spec: EncoderSpec | None) -> np.ndarray:
     """Encode on whichever node runs the task: the model's files are copied to this node first when
     they live in storage (`local_model_dir`), never read from the driver's disk."""
     import torch
 
     torch.set_num_threads(threads)
     folder = str(local_model_dir(model))
-    return _cached_encoder(folder, storage.stamp(folder)).encode(texts, side, batch_size=batch_size, progress=False)
+    encoder = _cached_encoder(folder, storage.stamp(folder), spec)
+    return encoder.encode(texts, side, batch_size=batch_size, progress=False)
 
 
 @ray.remote
@@ -81,7 +84,7 @@ def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[
     def encode(texts: list[str], side: str, lang: str) -> ray.ObjectRef:
         return _encode_task.options(num_cpus=config.encode_cpus, name=f"encode:{ref.label}:{lang}:{side}",
                                     scheduling_strategy=OUTSIDE_TRIAL).remote(
-            ref.path, texts, side, config.batch_size, encode_threads)
+            ref.path, texts, side, config.batch_size, encode_threads, ref.spec)
 
     # [1] candidates first: every scoring task needs all of them, but only its own queries.
     cands = {lang: encode(eval_set.candidates[lang], "passage", lang) for lang in eval_set.languages}
@@ -117,7 +120,7 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
     found = {}  # without a cache, hashing overlaps the encoding it does not feed
     if cache:
         found = {i: hit for i, (ref, model_hash) in enumerate(zip(checkpoints, ray.get(digests)))
-                 if (hit := cached(cache, evaluation_key(model_hash, eval_set, config, ref.temperature)))}
+                 if (hit := cached(cache, evaluation_key(model_hash, eval_set, config, ref.temperature, ref.spec)))}
     submitted = {i: _submit(ref, eval_set, config) for i, ref in enumerate(checkpoints) if i not in found}
     owner = {r: i for i, (scoring, _) in submitted.items() for r in scoring.values()}
     remaining = {i: len(scoring) for i, (scoring, _) in submitted.items()}

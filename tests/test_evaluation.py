@@ -102,6 +102,26 @@ def test_a_cached_result_equals_the_recomputed_one_and_encodes_nothing(local_ray
         np.testing.assert_array_equal(hit.reliability.accuracy, stored.reliability.accuracy)
 
 
+def test_an_imposed_spec_embeds_as_it_says_and_keys_its_own_evaluation(local_ray, evaluated, checkpoints, heldout,
+                                                                        tmp_path):
+    """A base model evaluated as the run trains it (`CheckpointRef.spec`, e.g. max_length 64 where the
+    folder says nothing): the texts are cut where the spec says, and the cache never serves it for the
+    folder's own spec (or the other way round)."""
+    from hybrid.spec import EncoderSpec
+
+    config, computed, _ = evaluated
+    base = checkpoints[0]
+    short = dataclasses.replace(base, label="short", spec=EncoderSpec(max_length=8))
+    cache = str(tmp_path / "eval-cache")
+    [own] = evaluate_checkpoints([base], heldout, config, cache)
+    [cut] = evaluate_checkpoints([short], heldout, config, cache)
+    assert not cut.cached and cut.content_hash != own.content_hash and cut.model_hash == own.model_hash
+    assert cut.summary["multi/map"] != own.summary["multi/map"]  # 8 tokens: most of each sentence is cut
+    assert own.summary == computed[0].summary  # the folder's own spec: what the plain evaluation gives
+    [again] = evaluate_checkpoints([dataclasses.replace(short, label="again")], heldout, config, cache)
+    assert again.cached and again.summary == cut.summary
+
+
 def test_config_validates_and_loads_from_the_preset():
     preset = read_yaml(Path(__file__).parents[1] / "configs" / "default.yaml")
     assert from_dict(EvalConfig, preset.get("eval"), "eval") == EvalConfig()

@@ -670,3 +670,12 @@ def test_show_config_prints_every_setting_and_starts_nothing():
     assert shown["sweep"]["trials"] == 5 and shown["optim"]["steps"] == 16  # --set, then the preset
     assert shown["optim"]["weight_decay"] == 0.01 and shown["sweep"]["search"]["hard_negatives"] == []  # defaults
     assert "Ray" not in done.stdout + done.stderr
+
+
+def test_the_base_model_is_evaluated_as_the_trials_embed():
+    """Its export carries no spec (E5's defaults read 128 tokens): the sweep imposes the run's model.*."""
+    from sweeps.early import base_ref
+
+    setup = load_sweep_setup(ROOT / "configs/default.yaml")
+    ref = base_ref(setup)
+    assert ref.spec == setup.run.model.spec and ref.spec.max_length == 64 and ref.step == 0
