@@ -4,7 +4,9 @@
     python -m evaluation --checkpoint outputs/.../checkpoint_000040 --languages en de el --max-questions 50
 
 The `eval:` and `data:` sections of --config (with --set applied) set the defaults; the flags override
-them (re-validated). A bad value stops with one line naming it, before Ray starts.
+them (re-validated). A model whose folder does not say how it embeds (a base model) is read as the
+preset's `model:` section says (max_length, prefixes, pooling), as a sweep reads it. A bad value stops
+with one line naming it, before Ray starts.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from dataclasses import replace
 import numpy as np
 
 from evaluation.config import EvalConfig
-from evaluation.checkpoints import CheckpointRef
+from evaluation.checkpoints import CheckpointRef, unless_saved
 from evaluation.datasets import load_eval_set
 from evaluation.results import EvalResult
 from evaluation.runner import evaluate_checkpoints
 from evaluation.scoring import POOLED_METRICS
-from hybrid.config import DEFAULT_CONFIG, DataConfig, apply_overrides, from_dict, read_yaml
+from hybrid.config import DEFAULT_CONFIG, DataConfig, ModelConfig, apply_overrides, from_dict, read_yaml
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
     try:
         raw = apply_overrides(read_yaml(args.config), args.overrides)
         data = from_dict(DataConfig, raw.get("data"), "data")
+        model = from_dict(ModelConfig, raw.get("model"), "model")
         config = from_dict(EvalConfig, raw.get("eval"), "eval")
         flags = {"dataset": args.dataset, "max_questions": args.max_questions, "data_dir": args.data_dir,
                  "languages": tuple(args.languages) if args.languages else None}
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     eval_set = load_eval_set(config, data)
-    refs = [CheckpointRef.from_path(c) for c in args.checkpoint]
+    refs = [unless_saved(CheckpointRef.from_path(c), model.spec) for c in args.checkpoint]
 
     import ray
 

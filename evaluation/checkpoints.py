@@ -7,6 +7,7 @@ logging and the evaluation cache).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -47,6 +48,16 @@ class CheckpointRef:
                        float(config.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)),
                        label=path_or_name, model=config.get("model", {}).get("name", path_or_name))
         return cls(path_or_name, 0, DEFAULT_TEMPERATURE, label=path_or_name, model=path_or_name)
+
+
+def unless_saved(ref: CheckpointRef, spec: EncoderSpec) -> CheckpointRef:
+    """`ref` embedding with `spec` unless its folder says how (`hybrid_encoder.json`: our exports): a base
+    model then reads texts as the preset's runs do (`model.*`), as a sweep evaluates it."""
+    path = ref.path
+    saved = storage.join(path, ENCODER_CONFIG)
+    if (storage.is_uri(path) or Path(path).is_dir()) and storage.exists(saved):
+        return ref
+    return dataclasses.replace(ref, spec=spec)
 
 
 def local_model_dir(model: str) -> Path:

@@ -342,6 +342,20 @@ def test_cli_prints_the_tables(local_ray, tiny_model_dir, capsys):
         assert row in out
 
 
+def test_a_folder_without_a_spec_is_read_as_the_preset_says(checkpoints, tmp_path):
+    """The CLI reads a base model (no hybrid_encoder.json) with the preset's model.*, our exports as saved."""
+    from evaluation.checkpoints import unless_saved
+    from hybrid.spec import EncoderSpec
+
+    spec = EncoderSpec(max_length=16)
+    plain = tmp_path / "plain"
+    shutil.copytree(checkpoints[0].path, plain)
+    (plain / "hybrid_encoder.json").unlink()
+    assert unless_saved(CheckpointRef.from_path(str(plain)), spec).spec == spec
+    assert unless_saved(CheckpointRef.from_path("multilingual-e5-small"), spec).spec == spec
+    assert unless_saved(checkpoints[0], spec).spec is None and unless_saved(checkpoints[1], spec).spec is None
+
+
 def test_content_hash_depends_on_the_files_not_their_location(checkpoints, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(checkpoints[1].path, copy)
