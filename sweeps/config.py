@@ -68,7 +68,8 @@ class _PointMethods:
 # a num_train_languages arm. A knob left out takes the references' value. One field per searched knob.
 Point = make_dataclass("Point", [*((k.name, k.cast | None, None) for k in KNOBS),
                                  # re-run with sweep.seeds seeds, like the best configurations (acts after the search)
-                                 ("reseed", bool, False)], bases=(_PointMethods,), frozen=True)
+                                 ("reseed", bool, False)], bases=(_PointMethods,), frozen=True,
+                       namespace={"__module__": __name__})  # pickled by reference (Tune's state, Ray)
 
 
 class _SearchChecks:
@@ -101,7 +102,7 @@ class _SearchChecks:
 # points enqueued after the references, e.g. [{mono_ratio: 0.5}, ...]. One field per searched knob.
 SearchSpace = make_dataclass("SearchSpace", [*((k.name, tuple[k.cast, ...], field(default=k.default)) for k in KNOBS),
                                              ("points", tuple[Point, ...], field(default=()))],
-                             bases=(_SearchChecks,), frozen=True)
+                             bases=(_SearchChecks,), frozen=True, namespace={"__module__": __name__})
 
 
 @dataclass(frozen=True)

@@ -73,3 +73,13 @@ def test_every_knob_sets_a_field_of_the_run_and_reads_it_back():
     for knob in knobs.KNOBS:
         assert knob.base_value(knob.apply(setup.run, values[knob.name])) == values[knob.name], knob.name
     assert trial_run_config(setup.run, {"num_train_languages": 2}).data.train_languages == ("en", "de")
+
+
+def test_the_built_classes_pickle_by_reference():
+    """Tune keeps the sweep's setup in its experiment state and Ray ships it to trials: the classes built
+    from the table must be found again by name (a class of module `types` would not)."""
+    import pickle
+
+    setup = load_sweep_setup(ROOT / "configs/cpu-study.yaml")
+    assert pickle.loads(pickle.dumps(setup)) == setup
+    assert type(setup.sweep.search).__module__ == type(setup.sweep.search.points[0]).__module__ == "sweeps.config"
