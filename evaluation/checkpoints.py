@@ -40,9 +40,8 @@ class CheckpointRef:
     def from_path(cls, path_or_name: str) -> CheckpointRef:
         """A trainer checkpoint folder or URI (encoder/ + trainer_state.json) or, as step 0, a model folder
         / name."""
-        state_file = storage.join(path_or_name, STATE_FILE)
-        if (storage.is_uri(path_or_name) or Path(path_or_name).is_dir()) and storage.exists(state_file):
-            state = json.loads(storage.read_text(state_file))
+        if _holds(path_or_name, STATE_FILE):
+            state = json.loads(storage.read_text(storage.join(path_or_name, STATE_FILE)))
             config = state.get("config", {})
             return cls(storage.join(path_or_name, ENCODER_DIR), int(state["step"]),
                        float(config.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)),
@@ -53,11 +52,12 @@ class CheckpointRef:
 def unless_saved(ref: CheckpointRef, spec: EncoderSpec) -> CheckpointRef:
     """`ref` embedding with `spec` unless its folder says how (`hybrid_encoder.json`: our exports): a base
     model then reads texts as the preset's runs do (`model.*`), as a sweep evaluates it."""
-    path = ref.path
-    saved = storage.join(path, ENCODER_CONFIG)
-    if (storage.is_uri(path) or Path(path).is_dir()) and storage.exists(saved):
-        return ref
-    return dataclasses.replace(ref, spec=spec)
+    return ref if _holds(ref.path, ENCODER_CONFIG) else dataclasses.replace(ref, spec=spec)
+
+
+def _holds(location: str, name: str) -> bool:
+    """A folder (local, or a URI in storage) with the file `name`; False for a model name."""
+    return (storage.is_uri(location) or Path(location).is_dir()) and storage.exists(storage.join(location, name))
 
 
 def local_model_dir(model: str) -> Path:

@@ -2,7 +2,7 @@
 it, with no dependencies:
 
     checkpoint_000016/
-        trainer_state.json     STATE_FILE: step, config, RNG states
+        trainer_state.json     STATE_FILE: step, sampler state, batch mix, metrics, the run's config
         encoder/               ENCODER_DIR: loads with plain transformers / sentence-transformers
             hybrid_encoder.json    ENCODER_CONFIG: pooling, prefixes, max_length (hybrid.spec)
 """

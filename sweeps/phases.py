@@ -186,8 +186,8 @@ def reseeded(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
     if setup.sweep.reseed_references:
         top.append(done[done["mono_ratio"].map(is_reference)])
     for point in (p for p in setup.sweep.search.points if p.reseed):
-        knobs = filled(setup.sweep, setup.run, point)
-        top.append(done[[all(k in row and np.isclose(float(row[k]), float(v)) for k, v in knobs.items())
+        given = filled(setup.sweep, setup.run, point)
+        top.append(done[[all(k in row and np.isclose(float(row[k]), float(v)) for k, v in given.items())
                          for _, row in done.iterrows()]])
     return pd.concat(top).drop_duplicates("config_key")
 

@@ -179,8 +179,7 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     version = register(setup, table, ranking, runs)
     wall = time.perf_counter() - start
     overhead = runs.trial_overhead()
-    runs.log_metrics(runs.parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead,
-                         step=0)
+    runs.log_metrics(runs.parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead, step=0)
     runs.end(runs.parent_id)
 
     print("\nTrials (proxy evaluation, last checkpoint):")

@@ -22,7 +22,7 @@ from ray import tune
 
 from evaluation.results import EvalResult
 from evaluation.tracking import dataset_input, log_result, mlflow_name
-from hybrid import storage
+from hybrid import locations, storage
 from hybrid.config import DataConfig
 from hybrid.data.sources import origin
 from hybrid.splits import training_digest
@@ -69,7 +69,7 @@ class SweepRuns:
         runs = cls(tracking_uri, "")
         found = runs.client.get_experiment_by_name(name)
         if found is None:
-            location = artifact_location if "://" in artifact_location else Path(artifact_location).as_uri()
+            location = artifact_location if locations.is_uri(artifact_location) else Path(artifact_location).as_uri()
             runs.exp_id = runs.client.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
         else:
             runs.exp_id = found.experiment_id
