@@ -57,6 +57,52 @@ def write_text(location: str, text: str) -> None:
     write_bytes(location, text.encode())
 
 
+def create_exclusive(location: str, text: str) -> bool:
+    """Write `text` at `location` only if nothing is there, atomically: two writers racing, one wins.
+    False when something already is. A local or mounted folder (file://) uses O_EXCL; s3:// a
+    conditional put (`If-None-Match: *`, boto3; query options as pyarrow's: endpoint_override, scheme,
+    region). Other schemes have no such operation here: NotImplementedError."""
+    if not is_uri(location) or location.startswith("file://"):
+        path = Path(filesystem(location)[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+    if not location.startswith("s3://"):
+        raise NotImplementedError(f"{location}: no atomic create on this storage (local folders, file:// and s3://)")
+    from botocore.exceptions import ClientError
+
+    client, bucket, key = _s3(location)
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=text.encode(), IfNoneMatch="*")
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or \
+                e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+            return False
+        raise OSError(f"{location}: {e}") from None
+    return True
+
+
+def _s3(location: str):
+    """(boto3 client, bucket, key) of an s3:// location with pyarrow's query options; credentials as
+    boto3 finds them (environment, instance profile)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    import boto3
+
+    parts = urlsplit(location)
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    endpoint = options.get("endpoint_override")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=options.get("region"))
+    return client, parts.netloc, parts.path.lstrip("/")
+
+
 def upload(folder: Path, location: str, pattern: str = "*") -> int:
     """Copy the non-empty files of a local `folder` matching `pattern` into the folder `location` (local or
     in a bucket); returns how many."""

@@ -20,8 +20,13 @@ from trainers.config import TrainRunConfig, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
 # Sweep keys that may change on --resume: they act after the search (or only wait), never on its results.
-RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "final_eval_all", "eval_cache", "zero_shot_datasets", "trials", "verbose")  # trials: only raised
+RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "final_eval_all", "eval_cache", "zero_shot_datasets", "trials", "verbose",
+                     "lease_heartbeat_s", "log_sync_s")  # trials: only raised
+# Keys that only say where the sweep's record is: they may differ on --resume (a new head, a new driver
+# folder) when they lead to the same sweep, which its id then proves (`sweeps.identity`).
+WHERE_KEYS = ("tracking_uri", "study_storage", "artifact_location")
 CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
+PASSWORD = re.compile(r"://[^/@:\s]*:[^/@\s]*@")  # scheme://user:password@host
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
 SETTINGS = ("mono", "cross", "multi")
@@ -49,6 +54,16 @@ def absolute_tracking_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix):]).resolve())
     return uri
+
+
+def is_server(tracking_uri: str) -> bool:
+    """An MLflow tracking server (http(s)://...): the record lives off this machine, artifacts behind it."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def is_local_file(uri: str) -> bool:
+    """A SQLite file (MLflow store or Optuna study): it lives and dies with this machine's disk."""
+    return uri.startswith("sqlite:")
 
 
 def study_beside(tracking_uri: str) -> str:
@@ -129,11 +144,22 @@ class SweepConfig:
     eval_cache: bool = True
     zero_shot_datasets: tuple[str, ...] = ()  # e.g. [mlqa-r]: evaluated at the end only, never selected on
     search: SearchSpace = field(default_factory=SearchSpace)
+    # A SQLite file beside the driver (the embedded default), or a tracking server, http(s)://HOST:PORT, that
+    # outlives the cluster (its credentials from MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN only).
     tracking_uri: str = "sqlite:///mlflow.db"
     # The Optuna study (named after the sweep), for `optuna.load_study` and optuna-dashboard; "": optuna.db
-    # beside a SQLite MLflow store (./optuna.db with a tracking server). Only the driver opens it.
+    # beside a SQLite MLflow store (./optuna.db with a tracking server). A database that outlives the
+    # cluster: postgresql+psycopg://USER@HOST:PORT/DB, its password from PGPASSWORD / ~/.pgpass / PGPASSFILE.
+    # Only the driver opens it.
     study_storage: str = ""
-    artifact_location: str = "mlruns"
+    # Where MLflow puts artifacts: "" = beside a SQLite store (./mlruns), or the tracking server's own
+    # (it proxies them to its object store); an s3://... location to choose one.
+    artifact_location: str = ""
+    # One driver per sweep: the driver's lease in the sweep's storage is renewed every lease_heartbeat_s;
+    # `--resume` takes over a lease not renewed for lease_stale_after heartbeats (a killed driver's).
+    lease_heartbeat_s: float = 30
+    lease_stale_after: int = 4
+    log_sync_s: float = 300  # the head's Ray logs copied into <storage>/<sweep>/logs/ this often
     storage_path: str = "outputs/sweeps"
     trial_cpus: float = 0.1  # the Tune function only drives the Train run
     # A custom resource only the head node declares (cluster.yaml: sweep_trial): each trial's driver (the
@@ -175,6 +201,26 @@ class SweepConfig:
             raise ValueError(f"sweep.scale_up_timeout_s must be > 0 seconds, got {self.scale_up_timeout_s}.")
         if self.top_k < 0 or self.seeds < 1 or self.max_concurrent < 1:
             raise ValueError("sweep.top_k must be >= 0, sweep.seeds >= 1, sweep.max_concurrent >= 1.")
+        self._check_record()
+
+    def _check_record(self) -> None:
+        """Where the record goes: no password in a URI (it would be stored, logged and pickled), and no
+        artifacts on this machine's disk behind a tracking server that is meant to outlive it."""
+        if PASSWORD.search(self.tracking_uri):
+            raise ValueError(f"sweep.tracking_uri={redact(self.tracking_uri)!r} carries a password: remove it and set "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                             "environment instead.")
+        if PASSWORD.search(self.study_storage):
+            raise ValueError(f"sweep.study_storage={redact(self.study_storage)!r} carries a password: remove it and "
+                             "set PGPASSWORD (or use ~/.pgpass / PGPASSFILE) in the environment instead.")
+        if is_server(self.tracking_uri) and self.artifact_location and not locations.is_uri(self.artifact_location):
+            raise ValueError(f"sweep.artifact_location={self.artifact_location!r} is a folder on this machine, behind "
+                             f"the tracking server {self.tracking_uri}: artifacts would be lost with this disk. Leave "
+                             "it empty (the server stores them) or give s3://BUCKET/PREFIX.")
+        if not (self.lease_heartbeat_s > 0 and self.lease_stale_after >= 2 and self.log_sync_s > 0):
+            raise ValueError(f"sweep.lease_heartbeat_s={self.lease_heartbeat_s}, sweep.lease_stale_after="
+                             f"{self.lease_stale_after}, sweep.log_sync_s={self.log_sync_s}: use seconds > 0 and at "
+                             "least 2 heartbeats, e.g. 30, 4 and 300.")
 
     @property
     def eval_cache_location(self) -> str | None:
@@ -222,7 +268,8 @@ class SweepSetup:
         s, run = self.sweep, self.run
         sweep = replace(s, tracking_uri=absolute_tracking_uri(s.tracking_uri),
                         study_storage=absolute_tracking_uri(s.study_storage or study_beside(s.tracking_uri)),
-                        artifact_location=locations.resolve(s.artifact_location),
+                        artifact_location=locations.resolve(s.artifact_location or "mlruns")
+                        if s.artifact_location or not is_server(s.tracking_uri) else "",
                         storage_path=locations.resolve(s.storage_path))
         name = run.model.name
         if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
@@ -239,9 +286,10 @@ class SweepSetup:
 
     def changed_since(self, started: dict[str, Any]) -> list[str]:
         """Keys whose value differs from the configuration the sweep `started` with, except those that
-        act after the search and cannot alter its results (RESUMABLE_CHANGES)."""
+        act after the search and cannot alter its results (RESUMABLE_CHANGES), and those that only say where
+        the record is (WHERE_KEYS: the sweep id proves it is the same sweep)."""
         now = json.loads(json.dumps(self.settings()))  # as stored: lists, not tuples; inf as Infinity
-        keys = (set(now) | set(started)) - {f"sweep.{k}" for k in RESUMABLE_CHANGES}
+        keys = (set(now) | set(started)) - {f"sweep.{k}" for k in (*RESUMABLE_CHANGES, *WHERE_KEYS)}
         return sorted(k for k in keys if _searched(now.get(k), k) != _searched(started.get(k), k))
 
     def trials_cpus(self) -> float:

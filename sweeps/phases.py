@@ -20,7 +20,8 @@ from hybrid import storage
 from sweeps import knobs, tracking
 from sweeps.config import SweepSetup
 from sweeps.early import EarlyEvaluation, base_ref, final_ref, full_eval_config
-from sweeps.search import filled, forget_stale_study, is_reference, param_space, tune_config
+from sweeps.identity import new_id
+from sweeps.search import filled, is_reference, param_space, tune_config
 from sweeps.stats import mean_ci
 from sweeps.tracking import TrialLogger
 from sweeps.trial import config_key, run_trial
@@ -37,22 +38,28 @@ SETTINGS_FILE = "sweep_config.json"  # the resolved configuration a sweep starte
 
 
 def _stored(setup: SweepSetup) -> dict[str, Any] | None:
-    """{"settings": flat config, "search_rounds": [trials after each round]} or None (a new sweep)."""
+    """{"id": the sweep's id, "settings": flat config, "search_rounds": [trials after each round]} or None
+    (a new sweep)."""
     location = setup.sweep.location(SETTINGS_FILE)
     return json.loads(storage.read_text(location)) if storage.exists(location) else None
 
 
-def save_settings(setup: SweepSetup) -> None:
-    """Store the configuration beside the sweep's phases (once: a resumed sweep keeps the original), and
-    the search's rounds: `sweep.trials` raised on `--resume` adds a round of only the new trials."""
+def save_settings(setup: SweepSetup) -> str:
+    """Store the configuration and a new id beside the sweep's phases (once: a resumed sweep keeps the
+    original, and a sweep stored without an id gets one), and the search's rounds: `sweep.trials` raised
+    on `--resume` adds a round of only the new trials. Returns the sweep's id (`sweeps.identity`). A
+    start that saved no search phase yet stores the configuration it has now."""
     stored = _stored(setup)
-    if stored is None:
-        stored = {"settings": setup.settings(), "search_rounds": [setup.sweep.trials]}
+    if stored is None or not exists(setup):
+        stored = {"id": (stored or {}).get("id") or new_id(), "settings": setup.settings(),
+                  "search_rounds": [setup.sweep.trials]}
     elif setup.sweep.trials > stored["search_rounds"][-1]:
         stored["search_rounds"].append(setup.sweep.trials)
-    else:
-        return
+    elif stored.get("id"):
+        return stored["id"]
+    stored.setdefault("id", new_id())
     storage.write_text(setup.sweep.location(SETTINGS_FILE), json.dumps(stored, indent=1, sort_keys=True))
+    return stored["id"]
 
 
 FINISHED_FILE = "finished.txt"  # the summary line of a sweep that ran to its end
@@ -163,8 +170,6 @@ def search(setup: SweepSetup, runs: tracking.SweepRuns, resume: bool, early: Ear
     """Every search round in order (restored when it exists): the first runs `sweep.trials` trials, the
     references first; each later one (`sweep.trials` raised on `--resume`) runs only the new trials,
     continuing the stored Optuna study of every trial before it."""
-    if not exists(setup):
-        forget_stale_study(setup.sweep)
     tables: list[pd.DataFrame] = []
     done = 0
     for total in search_rounds(setup):

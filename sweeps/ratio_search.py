@@ -33,8 +33,10 @@ import yaml
 from hybrid.config import DEFAULT_CONFIG, to_dict
 from hybrid import storage
 from hybrid.layout import ENCODER_DIR
-from sweeps import cluster, phases, registry, tracking
-from sweeps.config import SweepSetup, flatten, load_sweep_setup, redact
+from sweeps import cluster, identity, phases, registry, tracking
+from sweeps.config import SweepSetup, flatten, is_local_file, is_server, load_sweep_setup, redact
+from sweeps.lease import DriverLease
+from sweeps.logs import LogSync
 from sweeps.early import EarlyEvaluation
 from trainers.train import init_ray, preflight
 
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sweep.tracking_uri, a local "
                              "SQLite file)")
+    parser.add_argument("--study-storage", default=os.environ.get("HYBRID_SWEEP_STUDY_STORAGE"),
+                        help="the Optuna study's database, e.g. postgresql+psycopg://USER@HOST:5432/optuna (default: "
+                             "$HYBRID_SWEEP_STUDY_STORAGE, else sweep.study_storage; password from PGPASSWORD or "
+                             "~/.pgpass)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a configuration error")
     parser.add_argument("--show-config", action="store_true",
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = list(args.overrides)
     overrides += [f"sweep.name={args.name}"] if args.name else []
     overrides += [f"sweep.tracking_uri={args.tracking_uri}"] if args.tracking_uri else []
+    overrides += [f"sweep.study_storage={args.study_storage}"] if args.study_storage else []
     overrides += ["sweep.verbose=true"] if args.verbose else []
     with user_errors(parser, args.debug):
         setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
@@ -94,43 +101,57 @@ def main(argv: list[str] | None = None) -> None:
                 f"--resume --set sweep.trials=N." if done else
                 f"sweep {setup.sweep.name!r} exists in {setup.sweep.storage_path}, unfinished: pass --resume to "
                 "continue it, or --name NEW to start another.")
-    if warning:
-        print(warning, file=sys.stderr)
+        lease = DriverLease.acquire(setup.sweep, args.resume)  # [4] one driver per sweep
+    try:
+        with user_errors(parser, args.debug):
+            sweep_id = phases.save_settings(setup)
+            identity.claim(setup, sweep_id, args.resume, phases.exists(setup))  # [5] the name is this sweep's
+        drive(setup, sweep_id, args, argv, parser, warning)
+    finally:
+        lease.release()
+
+
+def drive(setup: SweepSetup, sweep_id: str, args: argparse.Namespace, argv: list[str] | None,
+          parser: argparse.ArgumentParser, warning: str | None) -> None:
+    """Start (or join) Ray and run the sweep's phases, this driver holding the sweep's lease."""
+    s = setup.sweep
+    for line in (warning, record_warning(setup)):
+        if line:
+            print(line, file=sys.stderr)
     start = time.perf_counter()
-    logs = init_ray(log_to_driver=setup.sweep.verbose)  # [4] local Ray, or the cluster when RAY_ADDRESS is set
-    if not setup.sweep.verbose:
+    logs = init_ray(log_to_driver=s.verbose)  # [6] local Ray, or the cluster when RAY_ADDRESS is set
+    if not s.verbose:
         print(f"Ray workers' and tasks' output: {logs} (--verbose shows it here; copied to "
-              f"{redact(setup.sweep.location('logs'))} at the end)")
+              f"{redact(s.location('logs'))} every {s.log_sync_s:g} s)")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         import transformers  # here, not at the top: a config error or --help need not wait for it
 
         transformers.logging.set_verbosity_error()  # its load report of the registered encoder
+    sync = LogSync(Path(logs), s.location("logs"), s.log_sync_s)
     with user_errors(parser, args.debug):
-        cluster.check_storage(setup)  # [5] storage every node sees; resources now or after scaling up
-        requested = cluster.wait_for_resources(setup, setup.sweep.scale_up_timeout_s)
+        cluster.check_storage(setup)  # [7] storage every node sees; resources now or after scaling up
+        requested = cluster.wait_for_resources(setup, s.scale_up_timeout_s)
     try:
-        run_sweep(setup, args.resume, start)
+        run_sweep(setup, sweep_id, args.resume, start)
     except phases.Interrupted as phase:
         command = " ".join(["python", "sweeps/ratio_search.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"\nSweep {setup.sweep.name!r} interrupted in its {phase} phase: its trials were stopped and its "
+        print(f"\nSweep {s.name!r} interrupted in its {phase} phase: its trials were stopped and its "
               f"state saved; nothing finished is lost. Continue with:\n  {command.replace(' --resume', '')} --resume",
               file=sys.stderr)
         raise SystemExit(130) from None
     finally:
         if requested:
             cluster.release()
-        save_logs(logs, setup)
+        sync.close()
 
 
-def save_logs(logs: str, setup: SweepSetup) -> None:
-    """The Ray workers' and tasks' output of this node (the trials' drivers and Train workers on a single
-    machine; the head's share on a cluster) into the sweep's storage, `logs/<Ray session>/`, however the
-    sweep ended. Best effort: a failed copy is said in one line and never hides the sweep's own outcome."""
-    target = setup.sweep.location("logs", Path(logs).parent.name)
-    try:
-        storage.upload(Path(logs), target, "worker-*")
-    except OSError as e:
-        print(f"Ray's logs stay in {logs}: copying them to {redact(target)} failed ({e}).", file=sys.stderr)
+def record_warning(setup: SweepSetup) -> str | None:
+    """A tracking server outlives the cluster; a study file beside the driver does not."""
+    s = setup.sweep
+    if is_server(s.tracking_uri) and is_local_file(s.study_storage):
+        return (f"warning: the Optuna study is in {redact(s.study_storage)}, on this machine: it will not survive the "
+                "head. Set sweep.study_storage (or --study-storage) to postgresql+psycopg://USER@HOST:PORT/DB.")
+    return None
 
 
 def register(setup: SweepSetup, table, ranking, runs: tracking.SweepRuns) -> str:
@@ -154,11 +175,10 @@ def resolved_config(setup: SweepSetup) -> dict:
     return to_dict(setup.run) | {"eval": to_dict(setup.eval), "sweep": to_dict(setup.sweep)}
 
 
-def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
+def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float) -> None:
     s = setup.sweep
-    phases.save_settings(setup)
     resolved = resolved_config(setup)
-    runs = tracking.SweepRuns.open(s.tracking_uri, s.name, s.artifact_location, flat_params(setup.raw),
+    runs = tracking.SweepRuns.open(s.tracking_uri, s.name, sweep_id, s.artifact_location, flat_params(setup.raw),
                                    {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
                                     "resolved.yaml": redact(yaml.safe_dump(resolved, sort_keys=False))})
     early = EarlyEvaluation(setup)  # the references' final evaluation, where the cluster has room
@@ -208,7 +228,10 @@ def run_sweep(setup: SweepSetup, resume: bool, start: float) -> None:
     print(f"\nThe best configuration's encoder: models:/{s.name}@{registry.ALIAS} (version {version}), e.g. "
           f"mlflow.sentence_transformers.load_model('models:/{s.name}@{registry.ALIAS}').")
     print(f"\nSweep '{s.name}': {len(table)} trials in {wall / 60:.1f} min. Compare the runs in MLflow:")
-    print(f"  mlflow ui --backend-store-uri {redact(s.tracking_uri)} --host 127.0.0.1 --port 5000")
+    if is_server(s.tracking_uri):
+        print(f"  {redact(s.tracking_uri).rstrip('/')}/#/experiments/{runs.exp_id}  (the tracking server's UI)")
+    else:
+        print(f"  mlflow ui --backend-store-uri {redact(s.tracking_uri)} --host 127.0.0.1 --port 5000")
     print(f"The search's Optuna study {s.name!r}: optuna-dashboard {redact(s.study_storage)} "
           "(pip install optuna-dashboard), or optuna.load_study.")
 

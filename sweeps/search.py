@@ -91,18 +91,31 @@ def sampler(sweep: SweepConfig, references: int) -> optuna.samplers.BaseSampler:
                                       multivariate=True)
 
 
-def study_storage(sweep: SweepConfig) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(sweep.study_storage)
+_ACTIVE_STUDY_STORAGE: dict[str, str] = {}  # sweep name -> this driver's sweep.study_storage
 
 
-def forget_stale_study(sweep: SweepConfig) -> None:
-    """A new sweep whose name has a study already (its storage was deleted, or it crashed before Tune saved
-    its state): that study is not this sweep's history, so it is removed, and said so."""
-    store = study_storage(sweep)
-    if any(s.study_name == sweep.name for s in store.get_all_studies()):
-        optuna.delete_study(study_name=sweep.name, storage=store)
-        print(f"Optuna study {sweep.name!r} in {sweep.study_storage} was left by an earlier sweep of this name "
-              "whose state is gone: removed.", flush=True)
+class StudyStorage(optuna.storages.RDBStorage):
+    """The sweep's study database. Tune pickles the Optuna searcher (and its study) into its state in the
+    sweep's storage; restored by `--resume` on another head, a plain RDBStorage would reconnect to the URL
+    it was pickled with. This one pickles as the sweep's name and reopens the study storage this driver
+    was given (the same study: `sweeps.identity` checked its id), or the pickled URL outside a driver."""
+
+    def __init__(self, url: str, sweep_name: str):
+        super().__init__(url)
+        self.sweep_name = sweep_name
+
+    def __reduce__(self):
+        return _reopen_study_storage, (self.url, self.sweep_name)
+
+
+def _reopen_study_storage(url: str, sweep_name: str) -> StudyStorage:
+    return StudyStorage(_ACTIVE_STUDY_STORAGE.get(sweep_name, url), sweep_name)
+
+
+def study_storage(sweep: SweepConfig) -> StudyStorage:
+    """The sweep's study storage, opened as this driver's (what a restored searcher reconnects to)."""
+    _ACTIVE_STUDY_STORAGE[sweep.name] = sweep.study_storage
+    return StudyStorage(sweep.study_storage, sweep.name)
 
 
 def tune_config(sweep: SweepConfig, base: TrainRunConfig, trials: int | None = None,

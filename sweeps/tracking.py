@@ -31,6 +31,7 @@ from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key, tri
 from trainers.config import TrainRunConfig
 
 PARENT_TAG, TRIAL_TAG = "sweep.name", "tune.trial_id"
+ID_TAG = "sweep.id"  # the sweep's id (sweeps.identity) on its experiment and parent run
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,45 +52,55 @@ def source_tags() -> dict[str, str]:
     return tags | ({"mlflow.source.git.commit": head.stdout.strip()} if head.returncode == 0 else {})
 
 
+_OPEN: dict[str, SweepRuns] = {}  # sweep id -> this driver's SweepRuns
+
+
 class SweepRuns:
     """A sweep's MLflow runs through one client: its experiment, its parent run, a child run per trial, each
     found by tag before it is created, so a resumed or retried sweep reuses them. Only the sweep driver
-    makes one. It pickles as its ids alone (Tune keeps `TrialLogger` in the experiment state, in storage):
-    never a client or a connection."""
+    makes one. It pickles as its sweep's id (Tune keeps `TrialLogger` in the experiment state, in storage):
+    restored by `--resume`, on this head or a new one, it is the SweepRuns this driver opened by the sweep's
+    name and id (`sweeps.identity`), never a client, a connection or a store a lost head had."""
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str = ""):
-        self.uri, self.exp_id, self.parent_id = tracking_uri, exp_id, parent_id
+    def __init__(self, tracking_uri: str, exp_id: str, parent_id: str = "", sweep_id: str = ""):
+        self.uri, self.exp_id, self.parent_id, self.sweep_id = tracking_uri, exp_id, parent_id, sweep_id
 
     @classmethod
-    def open(cls, tracking_uri: str, name: str, artifact_location: str, params: dict[str, Any],
+    def open(cls, tracking_uri: str, name: str, sweep_id: str, artifact_location: str, params: dict[str, Any],
              configs: dict[str, str]) -> SweepRuns:
-        """The sweep `name`'s experiment (artifacts under an explicit, absolute location; tagged as model
-        development, so MLflow 3's UI opens it on its runs table) and its parent run, found or created with
-        the sweep's params and `configs` ({artifact name: YAML text}: readable as files)."""
-        runs = cls(tracking_uri, "")
+        """The sweep `name`'s experiment (artifacts under `artifact_location`, "" for the tracking server's
+        own; tagged with the sweep's id and as model development, so MLflow 3's UI opens it on its runs
+        table) and its parent run, found or created with the sweep's params and `configs` ({artifact name:
+        YAML text}: readable as files)."""
+        runs = cls(tracking_uri, "", "", sweep_id)
+        tags = {KIND_TAG: KIND, ID_TAG: sweep_id}
         found = runs.client.get_experiment_by_name(name)
         if found is None:
-            location = artifact_location if locations.is_uri(artifact_location) else Path(artifact_location).as_uri()
-            runs.exp_id = runs.client.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
+            location = (artifact_location if locations.is_uri(artifact_location) else Path(artifact_location).as_uri()) \
+                if artifact_location else None
+            runs.exp_id = runs.client.create_experiment(name, artifact_location=location, tags=tags)
         else:
             runs.exp_id = found.experiment_id
-            if found.tags.get(KIND_TAG) != KIND:
-                runs.client.set_experiment_tag(runs.exp_id, KIND_TAG, KIND)
-        parent, created = runs._find_or_create({PARENT_TAG: name, "sweep.role": "parent"}, name, params)
+            for key, value in tags.items():
+                if found.tags.get(key) != value:
+                    runs.client.set_experiment_tag(runs.exp_id, key, value)
+        parent, created = runs._find_or_create({PARENT_TAG: name, "sweep.role": "parent"}, name, params,
+                                               {ID_TAG: sweep_id})
         if created:
             for artifact, text in configs.items():
                 runs.client.log_text(parent, text, f"config/{artifact}")
         runs.parent_id = parent
+        _OPEN[sweep_id] = runs
         return runs
+
+    def __reduce__(self):
+        return _reopened, (self.uri, self.exp_id, self.parent_id, self.sweep_id)
 
     @functools.cached_property
     def client(self):
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.uri)
-
-    def __getstate__(self) -> dict[str, str]:
-        return {"uri": self.uri, "exp_id": self.exp_id, "parent_id": self.parent_id}
 
     def _find(self, tags: dict[str, str]) -> str | None:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -167,6 +178,11 @@ class SweepRuns:
                 "sweep/trial_overhead_fraction": overhead / wall} | split
 
 
+def _reopened(uri: str, exp_id: str, parent_id: str, sweep_id: str) -> SweepRuns:
+    """A SweepRuns unpickled: the one this driver opened for the same sweep, else the pickled ids."""
+    return _OPEN.get(sweep_id) or SweepRuns(uri, exp_id, parent_id, sweep_id)
+
+
 class TrialLogger(tune.Callback):
     """The driver's side of a trial, in MLflow: its child run at its start (reused when it restarts),
     each result's training history and evaluation (metrics, L x L matrices and heatmaps) as it arrives,
@@ -185,6 +201,10 @@ class TrialLogger(tune.Callback):
         self.objective, self.progress = objective, progress
         self.started: dict[str, float] = {}
         self.runs: dict[str, str] = {}  # trial id -> run id
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Run ids are not kept in Tune's state: a restored logger finds each trial's run again by its tag."""
+        return self.__dict__ | {"runs": {}, "started": {}}
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.runs:

@@ -60,7 +60,8 @@ def run_round(searcher, space: dict, metric: str, trials: int, first_id: int) ->
 def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path):
     """`optuna.load_study` opens the sweep's study by name beside the MLflow store; a later round (more
     trials on --resume) starts from every earlier trial instead of enqueuing the references again."""
-    from sweeps.search import forget_stale_study, param_space, tune_config
+    from sweeps import identity
+    from sweeps.search import param_space, tune_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     setup = load_sweep_setup(ROOT / "configs/default.yaml",
@@ -81,5 +82,31 @@ def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path):
     pick = control.ask(fixed_distributions=study.trials[0].distributions).params
     assert later[0] == pytest.approx(pick) and later[0]["temperature"] != first[0]["temperature"], (later, pick)
 
-    forget_stale_study(setup.sweep)  # a new sweep of this name, its state gone: the old study is not its history
-    assert not optuna.get_all_study_names(setup.sweep.study_storage)
+    # Another sweep of this name (another id) is refused, the study untouched; this sweep's own study with no
+    # search phase saved (its first start died before Tune saved its state) starts again, marked with its id.
+    with pytest.raises(ValueError, match=r"sweep.name='studied' is taken in the study storage .* by another sweep "
+                                         r"\(a sweep made before sweeps had ids; this one is new1\): choose another"):
+        identity.claim(setup, "new1", resume=False, search_started=False)
+    assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
+    identity.claim(setup, "ours", resume=True, search_started=True)  # a sweep from before ids: adopted
+    with pytest.raises(ValueError, match=r"by another sweep \(sweep id ours; this one is new2\)"):
+        identity.claim(setup, "new2", resume=False, search_started=False)
+    identity.claim(setup, "ours", resume=False, search_started=False)
+    study = optuna.load_study(study_name="studied", storage=setup.sweep.study_storage)
+    assert not study.trials and study.user_attrs == {"sweep_id": "ours"}
+
+
+def test_a_restored_searcher_opens_this_drivers_study_storage(tmp_path):
+    """Tune pickles the Optuna searcher into its state; restored by --resume on a new head, its storage is
+    the one this driver was given (the same study, at another address), not the pickled URL."""
+    import pickle
+
+    from sweeps.search import StudyStorage, study_storage
+
+    old = StudyStorage(f"sqlite:///{tmp_path}/old.db", "moved")
+    blob = pickle.dumps(old)
+    setup = load_sweep_setup(ROOT / "configs/default.yaml", ["sweep.name=moved",
+                                                            f"sweep.study_storage=sqlite:///{tmp_path}/new.db"])
+    study_storage(setup.sweep)
+    assert pickle.loads(blob).url == f"sqlite:///{tmp_path}/new.db"
+    assert pickle.loads(pickle.dumps(StudyStorage(old.url, "other"))).url == old.url  # another sweep: as pickled

@@ -1,0 +1,80 @@
+"""A sweep's identity: an id made when it starts, kept with its settings in storage (`sweep_config.json`),
+and put on what it owns elsewhere: its MLflow experiment and parent run (tag `sweep.id`) and its Optuna
+study (user attribute `sweep_id`).
+
+A shared tracking server and study database hold many sweeps, found by name. Before anything is written
+(and before Ray starts), `claim` checks that the name there belongs to this sweep: a new sweep whose name
+another sweep holds is refused (no silently reused experiment, no moved `best` alias, no deleted study),
+and `--resume` is refused against a store that holds another sweep of the name. On `--resume` from a new
+head the MLflow side is found again by this id and the name, never by ids Tune pickled.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sweeps.config import SweepSetup, redact
+from sweeps.tracking import ID_TAG
+
+STUDY_ATTR = "sweep_id"  # on the Optuna study
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def claim(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
+    """Make sure the sweep's name in the tracking store and the study storage is this sweep's (or free),
+    and mark the study with the id. A study of this sweep left without a search phase (the driver died
+    before Tune saved its state) is this sweep's own and starts again empty. Raises ValueError (one line)."""
+    _check_experiment(setup, sweep_id, resume)
+    _claim_study(setup, sweep_id, resume, search_started)
+
+
+def _taken(setup: SweepSetup, where: str, other: str | None, sweep_id: str, resume: bool) -> ValueError:
+    name = setup.sweep.name
+    whose = f"sweep id {other}" if other else "a sweep made before sweeps had ids"
+    fix = (f"point it at the store this sweep ({sweep_id}) logged to, or start a new sweep with --name NEW" if resume
+           else "choose another name with --name NEW (or delete that sweep's record there)")
+    return ValueError(f"sweep.name={name!r} is taken in {where} by another sweep ({whose}; this one is {sweep_id}): "
+                      f"{fix}.")
+
+
+def _check_experiment(setup: SweepSetup, sweep_id: str, resume: bool) -> None:
+    from mlflow import MlflowClient
+
+    s = setup.sweep
+    client = MlflowClient(tracking_uri=s.tracking_uri)
+    found = client.get_experiment_by_name(s.name)
+    if found is None or found.tags.get(ID_TAG) == sweep_id:
+        return
+    other = found.tags.get(ID_TAG)
+    if other is None and (resume or not client.search_runs(
+            [found.experiment_id], filter_string="tags.`sweep.role` = 'parent'", max_results=1)):
+        return  # an experiment without a sweep's runs, or this sweep's from before ids: adopted by SweepRuns.open
+    raise _taken(setup, f"the tracking store {redact(s.tracking_uri)}", other, sweep_id, resume)
+
+
+def _claim_study(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
+    import optuna
+
+    from sweeps.search import study_storage
+
+    s = setup.sweep
+    store = study_storage(s)
+    found = next((study for study in store.get_all_studies() if study.study_name == s.name), None)
+    if found is not None:
+        other = found.user_attrs.get(STUDY_ATTR)
+        if other not in (sweep_id, None) or (other is None and not resume):
+            raise _taken(setup, f"the study storage {redact(s.study_storage)}", other, sweep_id, resume)
+        if not search_started:  # this sweep's own, from a start that died before Tune saved its state
+            optuna.delete_study(study_name=s.name, storage=store)
+            print(f"Optuna study {s.name!r} in {redact(s.study_storage)} was left by this sweep's earlier start, "
+                  "which saved no search state: started again.", flush=True)
+            found = None
+    if found is None:
+        modes = {"max": "maximize", "min": "minimize"}
+        study = optuna.create_study(study_name=s.name, storage=store, directions=[modes[m] for m in s.modes])
+    else:
+        study = optuna.load_study(study_name=s.name, storage=store)
+    study.set_user_attr(STUDY_ATTR, sweep_id)
