@@ -124,6 +124,7 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
                                     failure_config=tune.FailureConfig(max_failures=1),  # Tune's tables: --verbose
                                     verbose=2 if setup.sweep.verbose else 0)  # 0: TrialLogger's lines instead
         grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
+    runs.flush()  # the phase's MLflow writes, queued by TrialLogger, all done (or their error raised)
     if not all_ended(grid, trials):
         raise Interrupted(name)
     return grid

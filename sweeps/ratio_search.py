@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"--resume --set sweep.trials=N." if done else
                 f"sweep {setup.sweep.name!r} exists in {setup.sweep.storage_path}, unfinished: pass --resume to "
                 "continue it, or --name NEW to start another.")
+        if not setup.sweep.verbose:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         lease = DriverLease.acquire(setup.sweep, args.resume)  # [4] one driver per sweep
     try:
         with user_errors(parser, args.debug):
@@ -123,7 +125,6 @@ def drive(setup: SweepSetup, sweep_id: str, args: argparse.Namespace, argv: list
     if not s.verbose:
         print(f"Ray workers' and tasks' output: {logs} (--verbose shows it here; copied to "
               f"{redact(s.location('logs'))} every {s.log_sync_s:g} s)")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         import transformers  # here, not at the top: a config error or --help need not wait for it
 
         transformers.logging.set_verbosity_error()  # its load report of the registered encoder

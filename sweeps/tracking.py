@@ -27,6 +27,7 @@ from hybrid.config import DataConfig
 from hybrid.data.sources import origin
 from hybrid.splits import training_digest
 from sweeps.knobs import KNOBS
+from sweeps.tracking_queue import TrackingQueue
 from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key, trial_run_config
 from trainers.config import TrainRunConfig
 
@@ -95,6 +96,15 @@ class SweepRuns:
 
     def __reduce__(self):
         return _reopened, (self.uri, self.exp_id, self.parent_id, self.sweep_id)
+
+    @functools.cached_property
+    def queue(self) -> TrackingQueue:
+        """Writes of Tune's callbacks, off Tune's loop (`sweeps.tracking_queue`); `flush` after a phase."""
+        return TrackingQueue()
+
+    def flush(self) -> None:
+        if "queue" in self.__dict__:
+            self.queue.flush()
 
     @functools.cached_property
     def client(self):
@@ -206,36 +216,35 @@ class TrialLogger(tune.Callback):
         """Run ids are not kept in Tune's state: a restored logger finds each trial's run again by its tag."""
         return self.__dict__ | {"runs": {}, "started": {}}
 
-    def _run_id(self, trial) -> str:
-        if trial.trial_id not in self.runs:
-            self.runs[trial.trial_id] = self._start_run(trial)
-        return self.runs[trial.trial_id]
+    def _run_id(self, trial_id: str, config: dict[str, Any]) -> str:
+        if trial_id not in self.runs:
+            self.runs[trial_id] = self._start_run(trial_id, config)
+        return self.runs[trial_id]
 
-    def _start_run(self, trial) -> str:
-        params = dict(trial.config)
-        name = f"{trial.trial_id} a={params.get('mono_ratio', 0):.2f} t={params.get('temperature', 0):.3f} " \
+    def _start_run(self, trial_id: str, params: dict[str, Any]) -> str:
+        name = f"{trial_id} a={params.get('mono_ratio', 0):.2f} t={params.get('temperature', 0):.3f} " \
                f"s={params.get('seed', 0)}"
-        run_id = self.mlflow.trial(trial.trial_id, name, params | {"config_key": config_key(params)})
+        run_id = self.mlflow.trial(trial_id, name, params | {"config_key": config_key(params)})
         self.mlflow.log_training_data(run_id, trial_run_config(self.base, params).data)
+        self.runs[trial_id] = run_id
         return run_id
 
+    # Tune's loop: progress lines here, MLflow writes queued (`sweeps.tracking_queue`: in order, retried).
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.started[trial.trial_id] = time.time()
-        self.runs[trial.trial_id] = self._start_run(trial)  # marked RUNNING again when it restarts
+        self.mlflow.queue.submit(self._start_run, trial.trial_id, dict(trial.config))  # RUNNING again on a restart
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self._run_id(trial)
         history = json.loads(result.get(TRAIN_HISTORY, "[]"))
-        self._log_history(run_id, history)
         step = int(result.get("step", 0))
         if self.progress:
             loss = next((h["loss"] for h in reversed(history) if "loss" in h), float("nan"))
             self._say(trial, f"step {step}/{self.steps}, loss {loss:.4f}, "
                              f"{self.objective} {result.get(self.objective, float('nan')):.4f}"
                              f"{self._eta(step, result.get('trial/active_s'))}")
-        self.mlflow.log_metrics(run_id, {k: v for k, v in result.items() if k.startswith("trial/")}, step)
-        if EVAL_RESULT in result:
-            self.mlflow.log_result(EvalResult.from_json(result[EVAL_RESULT]), run_id)
+        timings = {k: v for k, v in result.items() if k.startswith("trial/")}
+        self.mlflow.queue.submit(self._log_result, trial.trial_id, dict(trial.config), history, timings, step,
+                                 result.get(EVAL_RESULT))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         done = (trial.last_result or {}).get("step") == self.steps
@@ -244,13 +253,36 @@ class TrialLogger(tune.Callback):
             self._say(trial, "finished" if done else "stopped early (pruned)")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        unreported = storage.join(self.train_storage, trial.trial_id, UNREPORTED)
-        if storage.exists(unreported):  # the reports since its last checkpoint, up to the failure
-            self._log_history(self._run_id(trial), json.loads(storage.read_text(unreported)))
-            storage.delete(unreported)
+        self.mlflow.queue.submit(self._log_unreported, trial.trial_id, dict(trial.config))
         self._end(trial, "FAILED")
         if self.progress:
             self._say(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
+
+    def _end(self, trial, status: str) -> None:
+        started = self.started.pop(trial.trial_id, None)
+        wall = {"trial/wall_s": time.time() - started} if started is not None else {}
+        self.mlflow.queue.submit(self._log_end, trial.trial_id, dict(trial.config), wall,
+                                 int((trial.last_result or {}).get("step", 0)), status)
+
+    # The writer thread: MLflow.
+    def _log_result(self, trial_id: str, config: dict[str, Any], history: list[dict[str, Any]],
+                    timings: dict[str, float], step: int, evaluation: str | None) -> None:
+        run_id = self._run_id(trial_id, config)
+        self._log_history(run_id, history)
+        self.mlflow.log_metrics(run_id, timings, step)
+        if evaluation is not None:
+            self.mlflow.log_result(EvalResult.from_json(evaluation), run_id)
+
+    def _log_unreported(self, trial_id: str, config: dict[str, Any]) -> None:
+        unreported = storage.join(self.train_storage, trial_id, UNREPORTED)
+        if storage.exists(unreported):  # the reports since its last checkpoint, up to the failure
+            self._log_history(self._run_id(trial_id, config), json.loads(storage.read_text(unreported)))
+            storage.delete(unreported)
+
+    def _log_end(self, trial_id: str, config: dict[str, Any], wall: dict[str, float], step: int, status: str) -> None:
+        run_id = self._run_id(trial_id, config)
+        self.mlflow.log_metrics(run_id, wall, step)
+        self.mlflow.end(run_id, status)
 
     def _eta(self, step: int, active_s: float | None) -> str:
         """", about N min left" from the trial's pace since its step-0 report (`trial/active_s`: training,
@@ -271,10 +303,3 @@ class TrialLogger(tune.Callback):
         for report in reports:
             self.mlflow.log_metrics(run_id, {f"train/{k}": v for k, v in report.items() if k != "step"},
                                     int(report.get("step", 0)))
-
-    def _end(self, trial, status: str) -> None:
-        run_id = self._run_id(trial)
-        if trial.trial_id in self.started:
-            self.mlflow.log_metrics(run_id, {"trial/wall_s": time.time() - self.started.pop(trial.trial_id)},
-                                    int((trial.last_result or {}).get("step", 0)))
-        self.mlflow.end(run_id, status)

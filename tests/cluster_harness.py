@@ -232,14 +232,17 @@ class LocalCluster:
     def __init__(self, hidden_dir: Path, worker_nodes: int | None = None, cpus_per_node: float = 1,
                  autoscaling: bool = False, max_autoscaled_nodes: int = 2, health_check_s: float = 5,
                  object_store_mb: int = 256, idle_timeout_s: float = 30, start_timeout_s: float = 90,
-                 env: dict[str, str] | None = None, head_resources: dict[str, float] | None = None):
+                 env: dict[str, str] | None = None, head_resources: dict[str, float] | None = None,
+                 s3: S3Server | None = None):
         """`hidden_dir`: the driver's run directory, an empty tmpfs on static worker nodes (created if
         missing). `worker_nodes`: static nodes started at once (default 2, or 0 with `autoscaling`).
         `health_check_s`: about how long Ray takes to mark a killed node dead (Ray's defaults: 5 checks
         3 s apart, ~15 s; too small and a node starved of CPU by a heavy trial is declared dead by mistake).
         `idle_timeout_s`: how long the autoscaler keeps an idle fake node. `env`: extra variables for
         every node and the driver (e.g. RAY_TRAIN_ENABLE_PRINT_PATCH=0, TORCH_EXTENSIONS_DIR).
-        `head_resources`: custom resources of the head (its CPUs stay 0), as cluster.yaml's `sweep_trial`."""
+        `head_resources`: custom resources of the head (its CPUs stay 0), as cluster.yaml's `sweep_trial`.
+        `s3`: storage that outlives this cluster (a bucket another cluster continues from): used, never stopped;
+        by default the cluster starts moto of its own and stops it with the rest."""
         self.hidden_dir = Path(hidden_dir).resolve()
         self.worker_nodes = (0 if autoscaling else 2) if worker_nodes is None else worker_nodes
         self.cpus_per_node = cpus_per_node
@@ -256,7 +259,7 @@ class LocalCluster:
         self.nodes: list[Node] = []  # static worker nodes, killed ones included
         self.tmp: Path | None = None
         self.gcs_port = self.dashboard_port = None
-        self.s3: S3Server | None = None
+        self.s3: S3Server | None = s3
         self._moto: subprocess.Popen | None = None
         self._seen: dict[tuple[int, float], psutil.Process] = {}  # every process of ours ever seen
         self.escaped: set[int] = set()  # ours, but outside their node's session (none seen in Ray 2.60)
@@ -321,8 +324,9 @@ class LocalCluster:
 
     # -- storage ---------------------------------------------------------------------------------------
     def _start_moto(self) -> None:
-        self.s3 = S3Server(self.tmp / "moto.log", self._env("moto"))
-        self._moto = self.s3.proc
+        if self.s3 is None:
+            self.s3 = S3Server(self.tmp / "moto.log", self._env("moto"))
+            self._moto = self.s3.proc
 
     @property
     def s3_endpoint(self) -> str:
