@@ -24,10 +24,10 @@ def new_id() -> str:
 
 
 def claim(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
-    """Make sure the sweep's name in the tracking store and the study storage is this sweep's (or free),
-    and mark the study with the id. A study of this sweep left without a search phase (the driver died
+    """Make sure the sweep's name in the tracking store and the study storage is this sweep's (or free; on
+    `--resume` of a sweep whose search started, there), and mark the study with the id. A study of this sweep left without a search phase (the driver died
     before Tune saved its state) is this sweep's own and starts again empty. Raises ValueError (one line)."""
-    _check_experiment(setup, sweep_id, resume)
+    _check_experiment(setup, sweep_id, resume, search_started)
     _claim_study(setup, sweep_id, resume, search_started)
 
 
@@ -40,12 +40,20 @@ def _taken(setup: SweepSetup, where: str, other: str | None, sweep_id: str, resu
                       f"{fix}.")
 
 
-def _check_experiment(setup: SweepSetup, sweep_id: str, resume: bool) -> None:
+def _missing(setup: SweepSetup, where: str, flag: str, sweep_id: str) -> ValueError:
+    """--resume against a store that does not hold the sweep: its record would be split in two."""
+    return ValueError(f"--resume of sweep {setup.sweep.name!r} ({sweep_id}): {where} does not hold it. Point {flag} "
+                      "at the one it started with (the same server or database may have another address).")
+
+
+def _check_experiment(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
     from mlflow import MlflowClient
 
     s = setup.sweep
     client = MlflowClient(tracking_uri=s.tracking_uri)
     found = client.get_experiment_by_name(s.name)
+    if found is None and resume and search_started:
+        raise _missing(setup, f"the tracking store {redact(s.tracking_uri)}", "--tracking-uri", sweep_id)
     if found is None or found.tags.get(ID_TAG) == sweep_id:
         return
     other = found.tags.get(ID_TAG)
@@ -63,6 +71,8 @@ def _claim_study(setup: SweepSetup, sweep_id: str, resume: bool, search_started:
     s = setup.sweep
     store = study_storage(s)
     found = next((study for study in store.get_all_studies() if study.study_name == s.name), None)
+    if found is None and resume and search_started:
+        raise _missing(setup, f"the study storage {redact(s.study_storage)}", "--study-storage", sweep_id)
     if found is not None:
         other = found.user_attrs.get(STUDY_ATTR)
         if other not in (sweep_id, None) or (other is None and not resume):

@@ -88,7 +88,10 @@ def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path):
                                          r"\(a sweep made before sweeps had ids; this one is new1\): choose another"):
         identity.claim(setup, "new1", resume=False, search_started=False)
     assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
-    identity.claim(setup, "ours", resume=True, search_started=True)  # a sweep from before ids: adopted
+    from mlflow import MlflowClient
+
+    MlflowClient(setup.sweep.tracking_uri).create_experiment("studied")  # a sweep from before ids: adopted
+    identity.claim(setup, "ours", resume=True, search_started=True)
     with pytest.raises(ValueError, match=r"by another sweep \(sweep id ours; this one is new2\)"):
         identity.claim(setup, "new2", resume=False, search_started=False)
     identity.claim(setup, "ours", resume=False, search_started=False)
