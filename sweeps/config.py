@@ -287,9 +287,10 @@ class SweepSetup:
     def changed_since(self, started: dict[str, Any]) -> list[str]:
         """Keys whose value differs from the configuration the sweep `started` with, except those that
         act after the search and cannot alter its results (RESUMABLE_CHANGES), and those that only say where
-        the record is (WHERE_KEYS: the sweep id proves it is the same sweep)."""
+        the record is (WHERE_KEYS: the sweep id proves it is the same sweep) or that a sweep does not use."""
         now = json.loads(json.dumps(self.settings()))  # as stored: lists, not tuples; inf as Infinity
-        keys = (set(now) | set(started)) - {f"sweep.{k}" for k in (*RESUMABLE_CHANGES, *WHERE_KEYS)}
+        keys = (set(now) | set(started)) - {f"sweep.{k}" for k in (*RESUMABLE_CHANGES, *WHERE_KEYS)} \
+            - {"trainer.storage_path"}  # unused by a sweep (its checkpoints go under sweep.storage_path)
         return sorted(k for k in keys if _searched(now.get(k), k) != _searched(started.get(k), k))
 
     def trials_cpus(self) -> float:

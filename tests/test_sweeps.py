@@ -558,7 +558,7 @@ def test_a_killed_then_interrupted_sweep_resumes_without_rerunning_or_duplicatin
     (SIGINT) once another finished: Tune stops the trials and saves its state, the command exits 130 with
     the command that continues it, no later phase starts; `--resume` finishes the sweep without running
     finished trials again or duplicating runs. Then: the finished sweep started again is refused with its
-    summary, a changed setting by name, and more trials run as a new search round."""
+    summary, a changed setting by name."""
     config = tiny_sweep_config(tmp_path, tiny_model_dir, "resumable")
 
     def run_until(extra: list[str], finished: int, **output) -> subprocess.Popen:
@@ -607,21 +607,8 @@ def test_a_killed_then_interrupted_sweep_resumes_without_rerunning_or_duplicatin
                              capture_output=True, text=True, timeout=120)
     assert changed.returncode == 2 and "with changed settings: method.batch_size." in changed.stderr, changed.stderr
 
-    # More trials for the finished sweep: only the new search trial runs (and the extra seed of the best,
-    # should the best change); nothing finished runs or logs again. sweep.trials may then only grow.
-    before = finished_trials(tmp_path, "resumable")
-    more = subprocess.run(sweep_command(config, "--resume", "--set", "sweep.trials=4"), cwd=tmp_path, env=env(),
-                          capture_output=True, text=True, timeout=900)
-    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
-    _, runs = mlflow_runs(tmp_path, "resumable")
-    new = [r for r in runs if r.data.tags.get("sweep.role") == "trial" and r.data.tags["tune.trial_id"] not in before]
-    assert sorted(int(r.data.params["seed"]) for r in new) in ([0], [0, 1]), [r.data.params for r in new]
-    assert_resumed_cleanly(tmp_path, "resumable", before, trials=4 + len(new))
-    fewer = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True,
-                           timeout=120)
-    assert fewer.returncode == 2 and fewer.stderr == (
-        "error: sweep.trials=3: sweep 'resumable' has 4 search trials already; --resume can only raise it "
-        "(sweep.trials=4 continues it as it is).\n"), fewer.stderr
+    # More trials for a finished sweep (a round of its own), and sweep.trials only growing: in
+    # test_tracking_record.py, on a tracking server, with a driver killed in that round.
 
 
 def test_storage_too_small_for_the_checkpoints_is_refused_before_ray_starts(tmp_path):

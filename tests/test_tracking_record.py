@@ -9,7 +9,8 @@ One sweep, several faults, in order (each asserted where it happens):
   metric of every trial is in the server;
 - a new sweep of the same name (another id) against the same server and database is refused, and the
   first sweep's runs, alias and study are unchanged;
-- a driver SIGKILLed in a later round: `--resume` is refused while its heartbeat is fresh, takes over after;
+- a driver SIGKILLed in a later round (`--resume --set sweep.trials=4`): `--resume` is refused while its
+  heartbeat is fresh, takes over after; only the new trial runs; sweep.trials may not shrink;
 - no credential in anything the sweep wrote (bucket, driver folder, Tune state, logs, pg_dump of both
   databases)."""
 
@@ -203,6 +204,11 @@ def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(tmp_path
     study = optuna.load_study(study_name="served", storage=pg.url("optuna"))
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # each search trial once
     assert not s3.list_keys("sweeps/served/driver.lease")  # released at the end
+    fewer = subprocess.run(sweep_command(config, "--resume"), cwd=run, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert fewer.returncode == 2 and fewer.stderr == (
+        "error: sweep.trials=3: sweep 'served' has 4 search trials already; --resume can only raise it "
+        "(sweep.trials=4 continues it as it is).\n"), fewer.stderr
 
     # -- no credential in anything the sweep wrote ----------------------------------------------------------
     secrets = {"database": pg.password, "mlflow": server.password}
@@ -250,8 +256,8 @@ def test_a_sweep_continues_on_a_new_cluster_from_the_bucket_the_server_and_the_s
     mlflow = client(server, monkeypatch)
     model = s3.uri("models/tiny")
     upload(tiny_model_dir, model)
-    sweep = {"trials": 2, "seeds": 2, "storage_path": s3.uri("lost"), "trial_resource": "sweep_trial",
-             "artifact_location": "", "lease_heartbeat_s": 2, "lease_stale_after": 3}
+    sweep = {"trials": 2, "seeds": 1, "storage_path": s3.uri("lost"), "trial_resource": "sweep_trial",
+             "artifact_location": "", "lease_heartbeat_s": 2, "lease_stale_after": 3, "log_sync_s": 10}
 
     def cluster(folder: Path) -> LocalCluster:
         return LocalCluster(folder, worker_nodes=2, cpus_per_node=1, env=NODE_ENV, head_resources={"sweep_trial": 8},
@@ -289,8 +295,10 @@ def test_a_sweep_continues_on_a_new_cluster_from_the_bucket_the_server_and_the_s
                               text=True, timeout=1500)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "Took over sweep 'lost' from the driver on" in done.stdout, done.stdout[-3000:]
+    logs = [k for k in s3.list_keys("lost/lost/logs/")]  # both heads' logs, and the worker nodes' at the end
+    assert len({k.split("/")[3] for k in logs}) == 2 and any("/node-" in k for k in logs), logs
     trials = trial_runs(mlflow, "lost")
-    assert len(trials) == 3 and all(r.info.status == "FINISHED" for r in trials.values())  # 2 searched + 1 seed
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials.values())
     for trial, counts in before.items():  # finished before the loss: not trained or logged again
         assert {m: len(mlflow.get_metric_history(trials[trial].info.run_id, m)) for m in counts} == counts, trial
     exp = mlflow.get_experiment_by_name("lost")
