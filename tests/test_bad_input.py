@@ -53,13 +53,20 @@ BAD_OVERRIDES = [  # (--set strings, message)
     ("method.seed.x=1", r"method.seed: expected int, got \{'x': 1\}"),
     ("method.mono_ratio", r"override 'method.mono_ratio': use section.key=value"),
     ("method.mono_ratio=[1,", r"override 'method.mono_ratio=\[1,': the value is not valid YAML"),
+    ("sweep.tracking_uri=https://admin:s3cret@mlflow.example.org", r"sweep.tracking_uri='https://\*\*\*@mlflow\.example\."
+     r"org' carries a password: remove it and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+    ("sweep.study_storage=postgresql+psycopg://sweeps:s3cret@db:5432/optuna",
+     r"sweep.study_storage='postgresql\+psycopg://\*\*\*@db:5432/optuna' carries a password: .* set PGPASSWORD"),
+    ("sweep.tracking_uri=http://127.0.0.1:5000;sweep.artifact_location=mlruns",
+     r"sweep.artifact_location='mlruns' is a folder on this machine, behind the tracking server http://127.0.0.1:5000"),
+    ("sweep.lease_stale_after=1", r"sweep.lease_stale_after=1.*at least 2 heartbeats"),
 ]
 
 
 @pytest.mark.parametrize("override, message", BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
 def test_a_bad_value_names_the_key_and_the_fix(override, message):
     with pytest.raises(ValueError, match=message):
-        load_sweep_setup(DEFAULT, [override]).resolved()
+        load_sweep_setup(DEFAULT, override.split(";")).resolved()
 
 
 @pytest.mark.parametrize("text, message", [
@@ -108,3 +115,23 @@ def test_credentials_in_uris_are_masked_wherever_they_are_shown():
     assert redact(uri) == "https://***@mlflow.example.org/api"
     assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
     assert flat_params({"sweep": {"tracking_uri": uri}}) == {"sweep.tracking_uri": "https://***@mlflow.example.org/api"}
+
+
+def test_the_record_goes_where_the_tracking_store_is(tmp_path, monkeypatch):
+    """The embedded default keeps mlruns/ and optuna.db beside its SQLite store; a tracking server gets no
+    forced artifact location (it stores artifacts itself), and a study file beside it is warned about."""
+    from sweeps.ratio_search import record_warning
+
+    monkeypatch.chdir(tmp_path)
+    local = load_sweep_setup(DEFAULT).resolved()
+    assert (local.sweep.artifact_location, local.sweep.study_storage) == (str(tmp_path / "mlruns"),
+                                                                           f"sqlite:///{tmp_path}/optuna.db")
+    assert record_warning(local) is None
+    served = load_sweep_setup(DEFAULT, ["sweep.tracking_uri=http://127.0.0.1:5000"]).resolved()
+    assert served.sweep.artifact_location == ""
+    assert record_warning(served) == (f"warning: the Optuna study is in sqlite:///{tmp_path}/optuna.db, on this machine: "
+                                      "it will not survive the head. Set sweep.study_storage (or --study-storage) to "
+                                      "postgresql+psycopg://USER@HOST:PORT/DB.")
+    study = load_sweep_setup(DEFAULT, ["sweep.tracking_uri=http://127.0.0.1:5000", "sweep.artifact_location=s3://b/a",
+                                       "sweep.study_storage=postgresql+psycopg://sweeps@db:5432/optuna"]).resolved()
+    assert study.sweep.artifact_location == "s3://b/a" and record_warning(study) is None
