@@ -2,9 +2,8 @@
 and put on what it owns elsewhere: its MLflow experiment and parent run (tag `sweep.id`) and its Optuna
 study (user attribute `sweep_id`).
 
-A shared tracking server and study database hold many sweeps, found by name. Before anything is written
-(and before Ray starts), `claim` checks that the name there belongs to this sweep: a new sweep whose name
-another sweep holds is refused (no silently reused experiment, no moved `best` alias, no deleted study),
+A shared tracking server and study database hold many sweeps, found by name. Before Ray starts, `check`
+makes sure the name there belongs to this sweep; before any trial (the storage checked), `claim` marks it: a new sweep whose name another sweep holds is refused (no silently reused experiment, no moved `best` alias, no deleted study),
 and `--resume` is refused against a store that holds another sweep of the name. On `--resume` from a new
 head the MLflow side is found again by this id and the name, never by ids Tune pickled.
 """
@@ -12,6 +11,7 @@ head the MLflow side is found again by this id and the name, never by ids Tune p
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from sweeps.config import SweepSetup, redact
 from sweeps.tracking import ID_TAG
@@ -23,12 +23,39 @@ def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def claim(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
-    """Make sure the sweep's name in the tracking store and the study storage is this sweep's (or free; on
-    `--resume` of a sweep whose search started, there), and mark the study with the id. A study of this sweep left without a search phase (the driver died
-    before Tune saved its state) is this sweep's own and starts again empty. Raises ValueError (one line)."""
+def check(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
+    """Before Ray starts, reading only: the sweep's name in the tracking store and the study storage is this
+    sweep's or free (and there, on `--resume` of a sweep whose search started). Raises ValueError (one line)."""
     _check_experiment(setup, sweep_id, resume, search_started)
-    _claim_study(setup, sweep_id, resume, search_started)
+    _check_study(setup, sweep_id, resume, search_started)
+
+
+def claim(setup: SweepSetup, sweep_id: str, search_started: bool) -> None:
+    """Once the sweep is sure to run (after `check` and the cluster's checks): mark its study with its id
+    (the experiment and parent run get it when `SweepRuns` opens them). A study of this sweep left without
+    a search phase (its first start died before Tune saved its state) starts again empty."""
+    import optuna
+
+    from sweeps.search import study_storage
+
+    s = setup.sweep
+    store = study_storage(s)
+    found = _study(store, s.name)
+    if found is not None and not search_started:
+        optuna.delete_study(study_name=s.name, storage=store)
+        print(f"Optuna study {s.name!r} in {redact(s.study_storage)} was left by this sweep's earlier start, "
+              "which saved no search state: started again.", flush=True)
+        found = None
+    if found is None:
+        modes = {"max": "maximize", "min": "minimize"}
+        study = optuna.create_study(study_name=s.name, storage=store, directions=[modes[m] for m in s.modes])
+    else:
+        study = optuna.load_study(study_name=s.name, storage=store)
+    study.set_user_attr(STUDY_ATTR, sweep_id)
+
+
+def _study(store, name: str):
+    return next((study for study in store.get_all_studies() if study.study_name == name), None)
 
 
 def _taken(setup: SweepSetup, where: str, other: str | None, sweep_id: str, resume: bool) -> ValueError:
@@ -46,10 +73,17 @@ def _missing(setup: SweepSetup, where: str, flag: str, sweep_id: str) -> ValueEr
                       "at the one it started with (the same server or database may have another address).")
 
 
+def _no_such_file(uri: str) -> bool:
+    """A SQLite store whose file is not there: opening it would create an empty one."""
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+
+
 def _check_experiment(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
     from mlflow import MlflowClient
 
     s = setup.sweep
+    if resume and search_started and _no_such_file(s.tracking_uri):
+        raise _missing(setup, f"the tracking store {redact(s.tracking_uri)}", "--tracking-uri", sweep_id)
     client = MlflowClient(tracking_uri=s.tracking_uri)
     found = client.get_experiment_by_name(s.name)
     if found is None and resume and search_started:
@@ -63,28 +97,15 @@ def _check_experiment(setup: SweepSetup, sweep_id: str, resume: bool, search_sta
     raise _taken(setup, f"the tracking store {redact(s.tracking_uri)}", other, sweep_id, resume)
 
 
-def _claim_study(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
-    import optuna
-
+def _check_study(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
     from sweeps.search import study_storage
 
     s = setup.sweep
-    store = study_storage(s)
-    found = next((study for study in store.get_all_studies() if study.study_name == s.name), None)
+    if resume and search_started and _no_such_file(s.study_storage):
+        raise _missing(setup, f"the study storage {redact(s.study_storage)}", "--study-storage", sweep_id)
+    found = _study(study_storage(s), s.name)
     if found is None and resume and search_started:
         raise _missing(setup, f"the study storage {redact(s.study_storage)}", "--study-storage", sweep_id)
-    if found is not None:
-        other = found.user_attrs.get(STUDY_ATTR)
-        if other not in (sweep_id, None) or (other is None and not resume):
-            raise _taken(setup, f"the study storage {redact(s.study_storage)}", other, sweep_id, resume)
-        if not search_started:  # this sweep's own, from a start that died before Tune saved its state
-            optuna.delete_study(study_name=s.name, storage=store)
-            print(f"Optuna study {s.name!r} in {redact(s.study_storage)} was left by this sweep's earlier start, "
-                  "which saved no search state: started again.", flush=True)
-            found = None
-    if found is None:
-        modes = {"max": "maximize", "min": "minimize"}
-        study = optuna.create_study(study_name=s.name, storage=store, directions=[modes[m] for m in s.modes])
-    else:
-        study = optuna.load_study(study_name=s.name, storage=store)
-    study.set_user_attr(STUDY_ATTR, sweep_id)
+    other = found.user_attrs.get(STUDY_ATTR) if found is not None else sweep_id
+    if other not in (sweep_id, None) or (other is None and not resume):
+        raise _taken(setup, f"the study storage {redact(s.study_storage)}", other, sweep_id, resume)

@@ -44,22 +44,26 @@ def _stored(setup: SweepSetup) -> dict[str, Any] | None:
     return json.loads(storage.read_text(location)) if storage.exists(location) else None
 
 
-def save_settings(setup: SweepSetup) -> str:
-    """Store the configuration and a new id beside the sweep's phases (once: a resumed sweep keeps the
+def sweep_id(setup: SweepSetup) -> str:
+    """The sweep's id (`sweeps.identity`): the stored one, or a new one for a sweep not stored yet (kept
+    by `save_settings`). A sweep stored before ids gets one."""
+    return (_stored(setup) or {}).get("id") or new_id()
+
+
+def save_settings(setup: SweepSetup, sweep_id: str) -> None:
+    """Store the configuration and the id beside the sweep's phases (once: a resumed sweep keeps the
     original, and a sweep stored without an id gets one), and the search's rounds: `sweep.trials` raised
-    on `--resume` adds a round of only the new trials. Returns the sweep's id (`sweeps.identity`). A
-    start that saved no search phase yet stores the configuration it has now."""
+    on `--resume` adds a round of only the new trials. A start that saved no search phase yet stores the
+    configuration it has now."""
     stored = _stored(setup)
     if stored is None or not exists(setup):
-        stored = {"id": (stored or {}).get("id") or new_id(), "settings": setup.settings(),
-                  "search_rounds": [setup.sweep.trials]}
+        stored = {"settings": setup.settings(), "search_rounds": [setup.sweep.trials]}
     elif setup.sweep.trials > stored["search_rounds"][-1]:
         stored["search_rounds"].append(setup.sweep.trials)
-    elif stored.get("id"):
-        return stored["id"]
-    stored.setdefault("id", new_id())
+    elif stored.get("id") == sweep_id:
+        return
+    stored["id"] = sweep_id
     storage.write_text(setup.sweep.location(SETTINGS_FILE), json.dumps(stored, indent=1, sort_keys=True))
-    return stored["id"]
 
 
 FINISHED_FILE = "finished.txt"  # the summary line of a sweep that ran to its end

@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         lease = DriverLease.acquire(setup.sweep, args.resume)  # [4] one driver per sweep
     try:
         with user_errors(parser, args.debug):
-            sweep_id = phases.save_settings(setup)
-            identity.claim(setup, sweep_id, args.resume, phases.exists(setup))  # [5] the name is this sweep's
+            sweep_id = phases.sweep_id(setup)
+            identity.check(setup, sweep_id, args.resume, phases.exists(setup))  # [5] the name is this sweep's
         drive(setup, sweep_id, args, argv, parser, warning)
     finally:
         lease.release()
@@ -130,8 +130,10 @@ def drive(setup: SweepSetup, sweep_id: str, args: argparse.Namespace, argv: list
         transformers.logging.set_verbosity_error()  # its load report of the registered encoder
     sync = LogSync(Path(logs), s.location("logs"), s.log_sync_s)
     with user_errors(parser, args.debug):
-        cluster.check_storage(setup)  # [7] storage every node sees; resources now or after scaling up
-        requested = cluster.wait_for_resources(setup, s.scale_up_timeout_s)
+        cluster.check_storage(setup)  # [7] storage every node sees
+        phases.save_settings(setup, sweep_id)
+        identity.claim(setup, sweep_id, phases.exists(setup))  # [8] the name marked as this sweep's
+        requested = cluster.wait_for_resources(setup, s.scale_up_timeout_s)  # [9] resources now or after scaling up
     try:
         run_sweep(setup, sweep_id, args.resume, start)
     except phases.Interrupted as phase:

@@ -86,15 +86,18 @@ def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path):
     # search phase saved (its first start died before Tune saved its state) starts again, marked with its id.
     with pytest.raises(ValueError, match=r"sweep.name='studied' is taken in the study storage .* by another sweep "
                                          r"\(a sweep made before sweeps had ids; this one is new1\): choose another"):
-        identity.claim(setup, "new1", resume=False, search_started=False)
+        identity.check(setup, "new1", resume=False, search_started=False)
     assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
     from mlflow import MlflowClient
 
     MlflowClient(setup.sweep.tracking_uri).create_experiment("studied")  # a sweep from before ids: adopted
-    identity.claim(setup, "ours", resume=True, search_started=True)
+    identity.check(setup, "ours", resume=True, search_started=True)
+    identity.claim(setup, "ours", search_started=True)
+    assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
     with pytest.raises(ValueError, match=r"by another sweep \(sweep id ours; this one is new2\)"):
-        identity.claim(setup, "new2", resume=False, search_started=False)
-    identity.claim(setup, "ours", resume=False, search_started=False)
+        identity.check(setup, "new2", resume=False, search_started=False)
+    identity.check(setup, "ours", resume=False, search_started=False)
+    identity.claim(setup, "ours", search_started=False)
     study = optuna.load_study(study_name="studied", storage=setup.sweep.study_storage)
     assert not study.trials and study.user_attrs == {"sweep_id": "ours"}
 

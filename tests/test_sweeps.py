@@ -206,7 +206,8 @@ def tiny_sweep_config(tmp_path: Path, model: Path | str, name: str, **sections: 
     raw["sweep"] |= {"name": name, "trials": 3, "top_k": 1, "seeds": 2, "grace_period": 1,
                      "proxy_languages": ["en", "de"], "proxy_max_questions": 20,
                      "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_location": str(tmp_path / "mlruns"),
-                     "storage_path": str(tmp_path / "sweeps")}
+                     "storage_path": str(tmp_path / "sweeps"),
+                     "lease_heartbeat_s": 1, "lease_stale_after": 2}  # a killed driver's lease: stale in 2 s
     for section, values in sections.items():
         raw[section] |= values
     path = tmp_path / "sweep.yaml"
@@ -574,6 +575,7 @@ def test_a_killed_then_interrupted_sweep_resumes_without_rerunning_or_duplicatin
     driver = run_until([], 0, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
+    time.sleep(3)  # its lease goes stale (2 heartbeats of 1 s): --resume takes it over
     before = finished_trials(tmp_path, "resumable")
     assert before
 
