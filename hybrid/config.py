@@ -24,6 +24,8 @@ T = TypeVar("T")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"  # the embedded default
 
+MAX_TOKENS = 8192  # model.max_length ceiling: no supported encoder reads more (e5, XLM-R, LaBSE: 512)
+
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
@@ -152,8 +154,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"model.pooling must be one of {POOLINGS}, got {self.pooling!r}.")
-        if self.max_length < 8:
-            raise ValueError(f"model.max_length must be >= 8 tokens, got {self.max_length}.")
+        if not 8 <= self.max_length <= MAX_TOKENS:
+            raise ValueError(f"model.max_length must be between 8 and {MAX_TOKENS} tokens (encoders' position "
+                             f"limits: e5 and XLM-R 512, LaBSE 512), got {self.max_length}.")
 
     @property
     def spec(self) -> EncoderSpec:
@@ -174,8 +177,8 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.mono_ratio <= 1.0:
             raise ValueError(f"method.mono_ratio (alpha) must be in [0, 1], got {self.mono_ratio}.")
-        if self.temperature <= 0:
-            raise ValueError(f"method.temperature (tau) must be > 0, got {self.temperature}.")
+        if not 0 < self.temperature < math.inf:
+            raise ValueError(f"method.temperature (tau) must be a finite number > 0, e.g. 0.05, got {self.temperature}.")
         if self.lang_temperature <= 0:
             raise ValueError(f"method.lang_temperature (T) must be > 0 (inf = uniform), got {self.lang_temperature}.")
         if self.batch_size < 2:
@@ -192,6 +195,7 @@ class OptimConfig:
     steps: int = 100
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.steps < 1 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError(f"optim needs lr > 0, steps >= 1, warmup_steps >= 0, weight_decay >= 0; got {self}.")
+        if not (0 < self.lr < math.inf and 0 <= self.weight_decay < math.inf) or self.steps < 1 or self.warmup_steps < 0:
+            raise ValueError(f"optim needs a finite lr > 0, steps >= 1, warmup_steps >= 0 and a finite weight_decay >= 0; "
+                             f"got {self}.")
 

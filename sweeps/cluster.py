@@ -59,6 +59,18 @@ def check_storage(setup: SweepSetup) -> None:
                          "location and the credentials (AWS_* / instance profile for s3://).") from None
 
 
+def check_reachable(setup: SweepSetup) -> None:
+    """The sweep's storage answers (before Ray starts): a misspelt bucket, an endpoint that is down or
+    missing credentials fail here in one line, not in a traceback from Tune's first look."""
+    location = setup.sweep.storage_path
+    try:
+        storage.exists(setup.sweep.location())
+    except OSError as e:
+        raise ValueError(f"sweep.storage_path={location!r} cannot be read from the driver ({str(e).splitlines()[0]}). "
+                         "Check the bucket's name, the endpoint and the credentials (AWS_* / instance profile for "
+                         "s3://).") from None
+
+
 def check_free_space(setup: SweepSetup) -> str | None:
     """Before Ray starts, for storage on a disk (a folder or file://): refuse a sweep whose running trials'
     checkpoints cannot fit (`checkpoint_bytes` x kept per trial x concurrent trials); return a warning when

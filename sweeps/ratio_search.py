@@ -38,7 +38,7 @@ from sweeps.config import SweepSetup, flatten, is_local_file, is_server, load_sw
 from sweeps.lease import DriverLease
 from sweeps.logs import LogSync
 from sweeps.early import EarlyEvaluation
-from trainers.train import init_ray, preflight
+from trainers.train import check_ray_address, init_ray, preflight
 
 
 def flat_params(raw: dict) -> dict[str, str]:
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
             print(redact(yaml.safe_dump(resolved_config(setup), sort_keys=False, default_flow_style=None)), end="")
             return
         preflight(setup.run)  # [2] data present, batch fits the questions, languages known
+        check_ray_address()  # an empty RAY_ADDRESS, a head that does not answer
+        cluster.check_reachable(setup)  # storage that answers (a misspelt bucket, an endpoint down)
         warning = cluster.check_free_space(setup)  # [3] storage on a disk: room for the checkpoints
         if args.resume:
             phases.check_unchanged(setup)

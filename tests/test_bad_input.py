@@ -1,6 +1,7 @@
 """Bad input fails before Ray starts, with one message that names the key, the value and what is accepted:
 a table of config values, `--set` strings and YAML shapes, and the CLI's one-line error (exit status 2)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,13 +40,19 @@ BAD_OVERRIDES = [  # (--set strings, message)
     ("trainer.strategy=fsdp", r"trainer.strategy must be one of \('deepspeed', 'ddp'\), got 'fsdp'"),
     ("trainer.precision=fp16", r"trainer.precision must be one of"),
     ("trainer.val_batches=0", r"trainer.val_batches must be >= 1"),
-    ("model.max_length=4", r"model.max_length must be >= 8 tokens, got 4"),
+    ("model.max_length=4", r"model.max_length must be between 8 and 8192 tokens .*, got 4"),
+    ("model.max_length=100000000", r"model.max_length must be between 8 and 8192 tokens .*, got 100000000"),
+    ("method.temperature=.inf", r"method.temperature \(tau\) must be a finite number > 0, e.g. 0.05, got inf"),
+    ("optim.lr=.inf", r"optim needs a finite lr > 0"),
+    ("optim.weight_decay=.inf", r"optim needs a finite lr > 0, .* and a finite weight_decay >= 0"),
+    ("sweep.search.temperature=[0.01,.inf]", r"sweep.search.temperature: inf is not a finite number > 0"),
+    ("sweep.search.lr=[1e-5,.inf]", r"sweep.search.lr: inf is not a finite number > 0"),
     ("model.pooling=max", r"model.pooling must be one of \('mean', 'cls'\), got 'max'"),
     ("model.name=/no/such/model", r"model.name='/no/such/model': no such folder"),
     ("method.mono_ratio=1.5", r"method.mono_ratio \(alpha\) must be in \[0, 1\], got 1.5"),
     ("method.batch_size=1", r"method.batch_size must be >= 2"),
     ("method.unknown=1", r"method: unknown key\(s\) \['unknown'\]; valid keys: mono_ratio"),
-    ("optim.steps=0", r"optim needs lr > 0, steps >= 1"),
+    ("optim.steps=0", r"optim needs a finite lr > 0, steps >= 1"),
     ("data.train_languages=[en]", r"data.train_languages needs >= 2 languages"),
     ("eval.dataset=nope", r"eval.dataset must be one of \('xquad-r', 'mlqa-r', 'miracl'\)"),
     ("eval.languages=[]", r"eval.languages must be null .* or a non-empty list"),
@@ -83,7 +90,7 @@ def test_a_bad_yaml_shape_names_the_problem(tmp_path, text, message):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--set", "optim.steps=0"], "error: optim needs lr > 0, steps >= 1"),
+    (["--set", "optim.steps=0"], "error: optim needs a finite lr > 0, steps >= 1"),
     (["--config", "no-such.yaml"], "error: config file no-such.yaml not found"),
     (["--name", "a/b"], "error: sweep.name='a/b': use letters, digits"),
 ])
@@ -135,3 +142,34 @@ def test_the_record_goes_where_the_tracking_store_is(tmp_path, monkeypatch):
     study = load_sweep_setup(DEFAULT, ["sweep.tracking_uri=http://127.0.0.1:5000", "sweep.artifact_location=s3://b/a",
                                        "sweep.study_storage=postgresql+psycopg://sweeps@db:5432/optuna"]).resolved()
     assert study.sweep.artifact_location == "s3://b/a" and record_warning(study) is None
+
+
+def test_an_unusable_ray_address_or_storage_is_one_line_before_ray_starts(tmp_path, s3_bucket):
+    """An empty RAY_ADDRESS, a head that does not answer (given, or the address file a stopped `ray start`
+    left), storage whose endpoint is down or whose bucket does not exist: one line, exit 2, no traceback,
+    within seconds (Ray's own retries take minutes)."""
+    from cluster_harness import AWS_ENV, free_port
+
+    stale = tmp_path / "ray-tmp" / "ray"
+    stale.mkdir(parents=True)
+    dead = f"127.0.0.1:{free_port()}"
+    (stale / "ray_current_cluster").write_text(dead)
+    endpoint = s3_bucket.split("?", 1)[1]
+    cases = [
+        ({"RAY_ADDRESS": ""}, [], "error: RAY_ADDRESS is set but empty: unset it to start a local Ray"),
+        ({"RAY_ADDRESS": dead}, [], f"error: RAY_ADDRESS={dead} does not answer within 5 s: check the address"),
+        ({"RAY_TMPDIR": str(tmp_path / "ray-tmp")}, [],
+         f"error: the Ray cluster recorded on this machine by `ray start` ({dead}) does not answer within 5 s: start "
+         "it again"),
+        (AWS_ENV, ["--set", f"sweep.storage_path=s3://b/p?endpoint_override={dead}&scheme=http"],
+         "error: sweep.storage_path='s3://b/p?endpoint_override=127.0.0.1:"),
+        (AWS_ENV, ["--set", f"sweep.storage_path=s3://no-such-bucket/p?{endpoint}"],
+         "error: sweep.storage_path='s3://no-such-bucket/p?"),
+    ]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    for env, args, message in cases:
+        done = subprocess.run([sys.executable, str(ROOT / "sweeps/ratio_search.py"), *args], cwd=tmp_path,
+                              env=base | env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and done.stderr.startswith(message), (env, done.stderr[-2000:])
+        assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "Ray workers' and tasks' output" not in done.stdout  # Ray never started
