@@ -35,9 +35,9 @@ from hybrid import storage
 from hybrid.layout import ENCODER_DIR
 from sweeps import cluster, identity, phases, registry, tracking
 from sweeps.config import SweepSetup, flatten, is_local_file, is_server, load_sweep_setup, redact
+from sweeps.early import EarlyEvaluation
 from sweeps.lease import DriverLease
 from sweeps.logs import LogSync
-from sweeps.early import EarlyEvaluation
 from trainers.train import check_ray_address, init_ray, preflight
 
 

@@ -112,17 +112,21 @@ def available() -> str | None:
     return None
 
 
-def require_cluster() -> None:
-    """Skip the calling test when the machine cannot run a LocalCluster; under CI=true fail instead, so
-    a CI image that lost `unshare`/moto does not turn the cluster tests into silent skips."""
+def require(reason: str | None, what: str) -> None:
+    """Skip the calling test for `reason` (None: it can run); under CI=true fail instead, so a CI image that
+    lost a tool does not turn `what` into silent skips."""
     import pytest
 
-    reason = available()
     if reason is None:
         return
     if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"cluster tests must run in CI, but: {reason}", pytrace=False)
+        pytest.fail(f"{what} must run in CI, but: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_cluster() -> None:
+    """A LocalCluster can run here (`unshare`, moto, root), or the test is skipped (failed under CI)."""
+    require(available(), "cluster tests")
 
 
 def run_on_node(node_id: str, fn: Callable, *args, num_cpus: float = 0, timeout: float = 120, **kwargs) -> Any:
@@ -177,6 +181,21 @@ def is_alive(p: psutil.Process) -> bool:
         return False
 
 
+class ClosedOnExit:
+    """`with Thing(...) as thing:` closes it at the end; an error of `close()` (something survived) is raised
+    unless the block already raised one of its own, which stays the one shown."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, typ, exc, tb) -> None:
+        try:
+            self.close()
+        except RuntimeError:
+            if typ is None:
+                raise
+
+
 class S3Server:
     """An S3-compatible store with one bucket: `moto_server` on 127.0.0.1 in a session of its own, stopped
     by PID. The storage of a LocalCluster, and of storage tests that need no Ray."""
@@ -225,7 +244,7 @@ class S3Server:
         self.proc.wait(timeout=10)
 
 
-class LocalCluster:
+class LocalCluster(ClosedOnExit):
     """A Ray cluster of several nodes on this machine (see the module docstring). Use it as a context
     manager; `close()` stops only what it started, by PID, and checks that nothing survived."""
 
@@ -271,13 +290,6 @@ class LocalCluster:
     def __enter__(self) -> Self:
         self.start()
         return self
-
-    def __exit__(self, typ, exc, tb) -> None:
-        try:
-            self.close()
-        except RuntimeError:
-            if typ is None:
-                raise  # else keep the test's own error visible; close() already did what it could
 
     def start(self) -> LocalCluster:
         reason = available()

@@ -53,11 +53,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Self
 
 import psutil
 
-from cluster_harness import AWS_ENV, S3Server, _ignore_gone, _tail, free_port, is_alive, session_members
+from cluster_harness import (AWS_ENV, ClosedOnExit, S3Server, _ignore_gone, _tail, free_port, is_alive, require,
+                             session_members)
 
 BIN = Path(sys.executable).parent  # the venv's `mlflow`
 _HUEY_STORAGE_PATH = "_MLFLOW_HUEY_STORAGE_PATH"  # mlflow.server.constants.HUEY_STORAGE_PATH_ENV_VAR
@@ -100,22 +100,14 @@ def postgres_available() -> str | None:
 
 
 def require_postgres() -> None:
-    """Skip the calling test when the machine cannot run `Postgres`; under CI=true fail instead (CI must
-    install postgresql, as cluster tests must run there)."""
-    import pytest
-
-    reason = postgres_available()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"tracking-server tests must run in CI, but: {reason}", pytrace=False)
-    pytest.skip(reason)
+    """`Postgres` can run here, or the test is skipped (failed under CI=true: .ci/run installs postgresql)."""
+    require(postgres_available(), "tracking-server tests")
 
 
 _DB_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
-class Postgres:
+class Postgres(ClosedOnExit):
     """A PostgreSQL cluster of its own: superuser `sweeps`, a random password, 127.0.0.1 and a free port,
     its Unix socket in its own folder (`-k`). Starts on construction; `close()` (or the `with` block) stops
     it and deletes its folder. As root it runs as the `postgres` system user (`runuser`), else as this user.
@@ -151,16 +143,6 @@ class Postgres:
             raise
 
     # -- life cycle ------------------------------------------------------------------------------------
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, typ, exc, tb) -> None:
-        try:
-            self.close()
-        except RuntimeError:
-            if typ is None:
-                raise  # else keep the test's own error visible
-
     def _pg_cmd(self, *args: str) -> list[str]:
         """A server-side command (initdb, pg_ctl), as the postgres user when we are root."""
         return (["runuser", "-u", "postgres", "--"] if self._as_postgres else []) + list(args)
@@ -342,7 +324,7 @@ class Postgres:
 
 
 # -- MLflow tracking server ------------------------------------------------------------------------------------
-class MlflowServer:
+class MlflowServer(ClosedOnExit):
     """`mlflow server` on 127.0.0.1: backend store `pg.url(database)`, artifacts proxied to
     `s3://BUCKET/PREFIX` on `s3`. Starts (and waits for GET /health) on construction; `stop()` kills it,
     `start()` starts it again on the same port, `close()` (or the `with` block) stops it for good.
@@ -400,16 +382,6 @@ class MlflowServer:
         except BaseException:
             self.close()
             raise
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, typ, exc, tb) -> None:
-        try:
-            self.close()
-        except RuntimeError:
-            if typ is None:
-                raise
 
     @property
     def url(self) -> str:
