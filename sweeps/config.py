@@ -20,8 +20,8 @@ from trainers.config import TrainRunConfig, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
 # Sweep keys that may change on --resume: they act after the search (or only wait), never on its results.
-RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "final_eval_all", "eval_cache", "zero_shot_datasets", "trials", "verbose",
-                     "lease_heartbeat_s", "log_sync_s")  # trials: only raised
+RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "final_eval_all", "eval_cache", "zero_shot_datasets",
+                     "trials", "verbose", "lease_heartbeat_s", "log_sync_s")  # trials: only raised
 # Keys that only say where the sweep's record is: they may differ on --resume (a new head, a new driver
 # folder) when they lead to the same sweep, which its id then proves (`sweeps.identity`).
 WHERE_KEYS = ("tracking_uri", "study_storage", "artifact_location")

@@ -3,9 +3,11 @@ and put on what it owns elsewhere: its MLflow experiment and parent run (tag `sw
 study (user attribute `sweep_id`).
 
 A shared tracking server and study database hold many sweeps, found by name. Before Ray starts, `check`
-makes sure the name there belongs to this sweep; before any trial (the storage checked), `claim` marks it: a new sweep whose name another sweep holds is refused (no silently reused experiment, no moved `best` alias, no deleted study),
-and `--resume` is refused against a store that holds another sweep of the name. On `--resume` from a new
-head the MLflow side is found again by this id and the name, never by ids Tune pickled.
+makes sure the name there belongs to this sweep; before any trial (the storage checked), `claim` marks it.
+A new sweep whose name another sweep holds is refused (no silently reused experiment, no moved `best`
+alias, no deleted study), and `--resume` is refused against a store that holds another sweep of the name.
+On `--resume` from a new head the MLflow side is found again by this id and the name, never by ids Tune
+pickled.
 """
 
 from __future__ import annotations

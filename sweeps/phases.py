@@ -50,13 +50,13 @@ def sweep_id(setup: SweepSetup) -> str:
     return (_stored(setup) or {}).get("id") or new_id()
 
 
-def save_settings(setup: SweepSetup, sweep_id: str) -> None:
+def save_settings(setup: SweepSetup, sweep_id: str, started: bool) -> None:
     """Store the configuration and the id beside the sweep's phases (once: a resumed sweep keeps the
     original, and a sweep stored without an id gets one), and the search's rounds: `sweep.trials` raised
-    on `--resume` adds a round of only the new trials. A start that saved no search phase yet stores the
-    configuration it has now."""
+    on `--resume` adds a round of only the new trials. A start that saved no search phase yet (`started`:
+    `exists`) stores the configuration it has now."""
     stored = _stored(setup)
-    if stored is None or not exists(setup):
+    if stored is None or not started:
         stored = {"settings": setup.settings(), "search_rounds": [setup.sweep.trials]}
     elif setup.sweep.trials > stored["search_rounds"][-1]:
         stored["search_rounds"].append(setup.sweep.trials)

@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         check_ray_address()  # an empty RAY_ADDRESS, a head that does not answer
         cluster.check_reachable(setup)  # storage that answers (a misspelt bucket, an endpoint down)
         warning = cluster.check_free_space(setup)  # [3] storage on a disk: room for the checkpoints
+        started = phases.exists(setup)  # its search phase is in storage (Tune's state; read once)
         if args.resume:
             phases.check_unchanged(setup)
-        elif phases.exists(setup):
+        elif started:
             done = phases.finished(setup)
             raise FileExistsError(
                 f"sweep {setup.sweep.name!r} finished: {done}. Start another with --name NEW, or add trials with "
@@ -109,13 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with user_errors(parser, args.debug):
             sweep_id = phases.sweep_id(setup)
-            identity.check(setup, sweep_id, args.resume, phases.exists(setup))  # [5] the name is this sweep's
-        drive(setup, sweep_id, args, argv, parser, warning)
+            identity.check(setup, sweep_id, args.resume, started)  # [5] the name is this sweep's
+        drive(setup, sweep_id, started, args, argv, parser, warning)
     finally:
         lease.release()
 
 
-def drive(setup: SweepSetup, sweep_id: str, args: argparse.Namespace, argv: list[str] | None,
+def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namespace, argv: list[str] | None,
           parser: argparse.ArgumentParser, warning: str | None) -> None:
     """Start (or join) Ray and run the sweep's phases, this driver holding the sweep's lease."""
     s = setup.sweep
@@ -133,8 +134,8 @@ def drive(setup: SweepSetup, sweep_id: str, args: argparse.Namespace, argv: list
     sync = LogSync(Path(logs), s.location("logs"), s.log_sync_s)
     with user_errors(parser, args.debug):
         cluster.check_storage(setup)  # [7] storage every node sees
-        phases.save_settings(setup, sweep_id)
-        identity.claim(setup, sweep_id, phases.exists(setup))  # [8] the name marked as this sweep's
+        phases.save_settings(setup, sweep_id, started)
+        identity.claim(setup, sweep_id, started)  # [8] the name marked as this sweep's
         requested = cluster.wait_for_resources(setup, s.scale_up_timeout_s)  # [9] resources now or after scaling up
     try:
         run_sweep(setup, sweep_id, args.resume, start)

@@ -77,8 +77,9 @@ class SweepRuns:
         tags = {KIND_TAG: KIND, ID_TAG: sweep_id}
         found = runs.client.get_experiment_by_name(name)
         if found is None:
-            location = (artifact_location if locations.is_uri(artifact_location) else Path(artifact_location).as_uri()) \
-                if artifact_location else None
+            location = None  # "": the tracking server's own artifact store
+            if artifact_location:
+                location = artifact_location if locations.is_uri(artifact_location) else Path(artifact_location).as_uri()
             runs.exp_id = runs.client.create_experiment(name, artifact_location=location, tags=tags)
         else:
             runs.exp_id = found.experiment_id

@@ -54,7 +54,8 @@ def check_ray_address(timeout_s: float = 5) -> None:
         raise ValueError("RAY_ADDRESS is set but empty: unset it to start a local Ray, or set it to the cluster "
                          "head's HOST:PORT (ray start --head prints it).")
     target = address or read_ray_address()
-    where = f"RAY_ADDRESS={address}" if address else f"the Ray cluster recorded on this machine by `ray start` ({target})"
+    where = f"RAY_ADDRESS={address}" if address else \
+        f"the Ray cluster recorded on this machine by `ray start` ({target})"
     if not target or target in ("local", "auto") or "://" in target:
         return  # a new local Ray; `auto` and ray:// are Ray's to resolve
     host, _, port = target.rpartition(":")
