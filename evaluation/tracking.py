@@ -120,10 +120,19 @@ def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = No
             if path not in logged:  # log_table appends to an existing table: a retry must not double it
                 client.log_table(run_id, matrix_table(matrix, result.languages), path)
     client.log_inputs(run_id, datasets=[dataset_input(dataset, result.data_digest, origin(result.dataset), "evaluation")])
+    if metrics and _logged_already(client, run_id, metrics[0]):  # a writer stopped before the tag below
+        metrics = []
     client.log_batch(run_id, metrics=metrics,
                      params=[Param(k, v) for k, v in params.items() if k not in run.data.params])
     client.set_logged_model_tags(model.model_id, {tag: json.dumps(lineage(result))})
     return True
+
+
+def _logged_already(client: MlflowClient, run_id: str, metric: Metric) -> bool:
+    """Whether `metric` (this step, this value) is in the run: its batch was logged but the driver died
+    before the idempotence tag (a killed driver, a lost head), and a resumed trial reports it again."""
+    return any(m.step == metric.step and m.value == metric.value
+               for m in client.get_metric_history(run_id, metric.key))
 
 
 def matrix_table(matrix: np.ndarray, languages: tuple[str, ...]) -> pd.DataFrame:

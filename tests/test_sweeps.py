@@ -430,7 +430,7 @@ def assert_resumed_cleanly(folder: Path, name: str, before: dict[str, int], tria
     assert len(parents) == 1 and len(trial_ids) == len(set(trial_ids)) == trials  # no duplicate runs
     after = finished_trials(folder, name)
     assert set(after) == set(trial_ids)  # every trial finished
-    assert all(after[t] == before[t] for t in before)  # finished trials were not run or logged again
+    assert all(after[t] == before[t] for t in before), (before, proxy_steps(folder, name))  # not run or logged again
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -588,8 +588,9 @@ def test_a_killed_then_interrupted_sweep_resumes_without_rerunning_or_duplicatin
     assert re.search(r"Continue with:\n  python sweeps/ratio_search.py --config \S+ --resume\n", err), err[-2000:]
     if phase.group(1) == "search":
         assert not list((tmp_path / "sweeps" / "resumable").glob("seeds-*"))  # no next phase started
-    assert all(before[t] == n for t, n in finished_trials(tmp_path, "resumable").items() if t in before)
-    before = finished_trials(tmp_path, "resumable")
+    after = finished_trials(tmp_path, "resumable")
+    assert all(before[t] == n for t, n in after.items() if t in before), (before, proxy_steps(tmp_path, "resumable"))
+    before = after
     _, runs = mlflow_runs(tmp_path, "resumable")
     assert all(r.info.status != "RUNNING" for r in runs if r.data.tags.get("sweep.role") == "trial")
 
