@@ -25,6 +25,7 @@ from evaluation.datasets import load_eval_set
 from evaluation.results import EvalResult
 from evaluation.runner import evaluate_checkpoints
 from evaluation.scoring import POOLED_METRICS
+from hybrid import signing
 from hybrid.config import DEFAULT_CONFIG, DataConfig, ModelConfig, apply_overrides, from_dict, read_yaml
 
 
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
         flags = {"dataset": args.dataset, "max_questions": args.max_questions, "data_dir": args.data_dir,
                  "languages": tuple(args.languages) if args.languages else None}
         config = replace(config, **{k: v for k, v in flags.items() if v is not None})  # validated again
+        signing.ensure_key()  # checkpoints and cache entries are verified with it
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -62,11 +62,12 @@ def _holds(location: str, name: str) -> bool:
 
 def local_model_dir(model: str) -> Path:
     """A folder on this node with `model`'s files: a copy of a checkpoint in storage (once per node), else
-    `resolve_model_dir`; checked against its manifest when it has one (`IncompleteCheckpoint` names the
-    file), so a cut-short or altered export is never evaluated. Called where the files are used, never on
-    the driver for a cluster's checkpoints."""
+    `resolve_model_dir`; checked against its signed manifest (`IncompleteCheckpoint` names the file) when
+    it comes from storage, is a trainer checkpoint's export, or has a manifest, so a cut-short, altered or
+    forged export is never evaluated. Called where the files are used, never on the driver for a cluster's
+    checkpoints."""
     folder = storage.local_copy(model) if storage.is_uri(model) else resolve_model_dir(model)
-    if (folder / manifest.MANIFEST).is_file():
+    if storage.is_uri(model) or (folder.parent / STATE_FILE).is_file() or (folder / manifest.MANIFEST).is_file():
         _checked(str(folder), storage.stamp(str(folder)))
     return folder
 

@@ -16,7 +16,7 @@ from evaluation.checkpoints import CheckpointRef
 from evaluation.config import DEFAULT_TEMPERATURE, EvalConfig
 from evaluation.eval_set import EvalSet
 from evaluation.scoring import PAIR_METRICS, POOLED_METRICS
-from hybrid import storage
+from hybrid import signing, storage
 from hybrid.spec import EncoderSpec
 
 
@@ -109,17 +109,38 @@ def assemble(ref: CheckpointRef, model_hash: str, eval_set: EvalSet, scored: dic
                       eval_set.digest)
 
 
-CACHE_FORMAT = 1  # raise when a metric's definition changes: older cached results are then not reused
+CACHE_FORMAT = 2  # raise when a metric's definition changes: older cached results are then not reused (2: signed)
 
 
 def cache_file(cache: str, key: str) -> str:
     return storage.join(cache, f"v{CACHE_FORMAT}-{key}.json")
 
 
+def _cache_purpose(key: str) -> str:
+    return f"eval-cache:{key}"  # the signature covers the key: an entry moved to another key does not verify
+
+
+def write_cached(cache: str, result: EvalResult) -> None:
+    """Keep `result` under its evaluation key, signed (`hybrid.signing`) with that key."""
+    entry = {"key": result.content_hash, "result": json.loads(result.to_json())}
+    storage.write_text(cache_file(cache, result.content_hash),
+                       json.dumps(signing.signed(entry, _cache_purpose(result.content_hash))))
+
+
 def cached(cache: str, key: str) -> EvalResult | None:
-    """The cached result of evaluation `key`, or None (absent, or cut short by a crash while written)."""
+    """The cached result of evaluation `key`, or None: absent, cut short by a crash while written, or not
+    signed by this deployment for this key (anyone who can write to the bucket could otherwise choose
+    which configuration wins); a bad entry is said in one line and evaluated again."""
     location = cache_file(cache, key)
     if not storage.exists(location):
+        return None
+    try:
+        entry = signing.verified(json.loads(storage.read_text(location)), _cache_purpose(key), location)
+        return EvalResult.from_json(json.dumps(entry["result"]))
+    except signing.BadSignature as e:
+        print(f"[hybrid-sweep] evaluation cache: {e} Ignored; evaluating again.", flush=True)
+        return None
+    except (ValueError, TypeError, KeyError):
         return None
     try:
         return EvalResult.from_json(storage.read_text(location))

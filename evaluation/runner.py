@@ -28,7 +28,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from evaluation.checkpoints import CheckpointRef, content_hash, local_model_dir
 from evaluation.config import EvalConfig
 from evaluation.eval_set import EvalSet
-from evaluation.results import EvalResult, assemble, cache_file, cached, evaluation_key
+from evaluation.results import EvalResult, assemble, cached, evaluation_key, write_cached
 from evaluation.scoring import score_query_language
 from hybrid import storage
 from hybrid.data import ParallelCorpus
@@ -142,5 +142,5 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
         scored = dict(zip(scoring, ray.get(list(scoring.values()))))
         results.append(assemble(ref, model_hash, eval_set, scored, n_encode, finished[i], config))
         if cache:
-            storage.write_text(cache_file(cache, results[-1].content_hash), results[-1].to_json())
+            write_cached(cache, results[-1])
     return results

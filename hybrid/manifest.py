@@ -4,6 +4,11 @@ partial or altered checkpoint is found before it is loaded, never by a crash hal
 A checkpoint folder is written by several processes (Ray merges the training ranks' folders), so each
 writes its own manifest (`manifest.rank<r>.json`, naming the world size); an exported encoder carries one
 of its own (`manifest.json`), so its folder can be checked wherever it is copied.
+
+Each manifest is signed with the deployment's key (`hybrid.signing`): a writer who can replace a file and
+recompute its sha256 cannot sign the manifest, so a forged file (a pickle in the optimizer state) is
+refused before anything is loaded. Checkpoints from before signatures are refused with the command that
+accepts them once (`python -m hybrid.signing accept`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import json
 import re
 from pathlib import Path
 
+from hybrid import signing
+
 MANIFEST = "manifest.json"
+PURPOSE = "checkpoint-manifest"
 RANK_MANIFEST = re.compile(r"manifest\.rank(\d+)\.json")
 
 
@@ -33,7 +41,7 @@ def write(folder: Path, name: str = MANIFEST, **fields: int) -> None:
     """List every file under `folder` (manifests of other writers excepted) in `folder/name`."""
     files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and not _is_manifest(p.name)}
-    (folder / name).write_text(json.dumps(fields | {"files": files}, indent=1))
+    (folder / name).write_text(json.dumps(signing.signed(fields | {"files": files}, PURPOSE), indent=1))
 
 
 def rank_manifest(rank: int) -> str:
@@ -56,12 +64,38 @@ def check(folder: Path) -> None:
             listed = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise IncompleteCheckpoint(f"{path}: unreadable manifest ({e}).") from None
+        listed = _verified(listed, path)
         world = listed.get("world_size")
         missing = sorted(set(range(world)) - set(ranks)) if world else []
         if missing:
             raise IncompleteCheckpoint(f"{folder}: no manifest of rank(s) {missing} of {world} (not completely written).")
         for name, expected in listed["files"].items():
             _check_file(folder / name, expected)
+
+
+def _verified(listed: dict, path: Path) -> dict:
+    try:
+        return signing.verified(listed, PURPOSE, str(path))
+    except signing.BadSignature as e:
+        if signing.SIGNATURE in listed:
+            raise IncompleteCheckpoint(f"{e} Not loaded: its files may have been replaced.") from None
+        raise IncompleteCheckpoint(
+            f"{e} Written before checkpoints were signed, or by someone without this deployment's key. If "
+            f"you wrote it, accept it once: python -m hybrid.signing accept {path.parent}") from None
+
+
+def unsigned(folder: Path) -> list[Path]:
+    """The manifests under `folder` without a signature (checkpoints from before signatures)."""
+    return sorted(p for p in folder.rglob("manifest*.json")
+                  if _is_manifest(p.name) and signing.SIGNATURE not in json.loads(p.read_text()))
+
+
+def accept(path: Path) -> None:
+    """Sign the unsigned manifest at `path` once its files match it (sizes and sha256)."""
+    listed = json.loads(path.read_text())
+    for name, expected in listed["files"].items():
+        _check_file(path.parent / name, expected)
+    path.write_text(json.dumps(signing.signed(listed, PURPOSE), indent=1))
 
 
 def _check_file(path: Path, expected: dict) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -47,8 +48,16 @@ def read_text(location: str) -> str:
 
 
 def write_bytes(location: str, data: bytes) -> None:
+    """Write a whole file: a reader sees the old bytes or the new, never part (an object store's put; a
+    local or mounted folder writes a temporary file beside it and renames it)."""
     fs, path = filesystem(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+        return
     with fs.open_output_stream(path) as f:
         f.write(data)
 

@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 from ray import tune
 
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
-from hybrid import storage
-from sweeps import knobs, tracking
+from hybrid import signing, storage
+from sweeps import knobs, tracking, tune_state
 from sweeps.config import SweepSetup
 from sweeps.early import EarlyEvaluation, base_ref, final_ref, full_eval_config
 from sweeps.identity import new_id
@@ -34,14 +35,24 @@ def exists(setup: SweepSetup) -> bool:
     return tune.Tuner.can_restore(setup.sweep.location("search"))
 
 
-SETTINGS_FILE = "sweep_config.json"  # the resolved configuration a sweep started with, beside its phases
+SETTINGS_FILE = signing.SETTINGS_FILE  # the resolved configuration a sweep started with, beside its phases
 
 
 def _stored(setup: SweepSetup) -> dict[str, Any] | None:
     """{"id": the sweep's id, "settings": flat config, "search_rounds": [trials after each round]} or None
-    (a new sweep)."""
+    (a new sweep). Signed by this deployment (`hybrid.signing`), else refused: it decides what --resume
+    continues and with which settings."""
     location = setup.sweep.location(SETTINGS_FILE)
-    return json.loads(storage.read_text(location)) if storage.exists(location) else None
+    if not storage.exists(location):
+        return None
+    try:
+        return signing.verified(json.loads(storage.read_text(location)), signing.settings_purpose(setup.sweep.name),
+                                location)
+    except signing.BadSignature as e:
+        raise ValueError(f"{e} The sweep's settings cannot be trusted, so it is not resumed. If you wrote it, "
+                         f"accept it once: python -m hybrid.signing accept {setup.sweep.location()}") from None
+    except ValueError as e:
+        raise ValueError(f"{location}: unreadable ({e}); the sweep is not resumed.") from None
 
 
 def sweep_id(setup: SweepSetup) -> str:
@@ -63,7 +74,9 @@ def save_settings(setup: SweepSetup, sweep_id: str, started: bool) -> None:
     elif stored.get("id") == sweep_id:
         return
     stored["id"] = sweep_id
-    storage.write_text(setup.sweep.location(SETTINGS_FILE), json.dumps(stored, indent=1, sort_keys=True))
+    storage.write_text(setup.sweep.location(SETTINGS_FILE),
+                       json.dumps(signing.signed(stored, signing.settings_purpose(setup.sweep.name)), indent=1,
+                                  sort_keys=True))
 
 
 FINISHED_FILE = "finished.txt"  # the summary line of a sweep that ran to its end
@@ -102,6 +115,16 @@ def check_unchanged(setup: SweepSetup) -> None:
                          f"already; --resume can only raise it (sweep.trials={ran} continues it as it is).")
 
 
+def check_state(setup: SweepSetup) -> None:
+    """Before `--resume` starts Ray: every phase of the sweep in storage has Tune state this deployment
+    signed (`sweeps.tune_state`), else a one-line ValueError. Reads no pickle."""
+    fs, path = storage.filesystem(setup.sweep.location())
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        phase = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type == pafs.FileType.Directory and storage.exists(setup.sweep.location(phase, "tuner.pkl")):
+            tune_state.check(setup.sweep.location(phase), tune_state.purpose(setup.sweep.name, phase))
+
+
 class Interrupted(Exception):
     """A phase stopped before all its trials ended (Ctrl-C: Tune stopped the trials and saved its state)."""
 
@@ -116,15 +139,18 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
     root, path = setup.sweep.location(), setup.sweep.location(name)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), setup.sweep.trial_bundle)
     print(f"\n== {name}: {trials} trial(s) ==", flush=True)
-    if tune.Tuner.can_restore(path):
-        if not resume:
-            raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another "
-                                  "sweep.name.")
+    tune_state.never_unpickle_trial_errors()
+    signed = tune_state.purpose(setup.sweep.name, name)
+    restorable = tune.Tuner.can_restore(path)
+    if restorable and not resume:
+        raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another sweep.name.")
+    if restorable and tune_state.restore_verified(path, signed):  # only what this sweep's driver saved
         grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
     else:
         logger = TrialLogger(runs, setup.run,
                              setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose)
-        run_config = tune.RunConfig(name=name, storage_path=root, callbacks=[logger, early],
+        run_config = tune.RunConfig(name=name, storage_path=root,
+                                    callbacks=[logger, early, tune_state.SignedState(path, name, signed)],
                                     failure_config=tune.FailureConfig(max_failures=1),  # Tune's tables: --verbose
                                     verbose=2 if setup.sweep.verbose else 0)  # 0: TrialLogger's lines instead
         grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         warning = cluster.check_free_space(setup)  # [3] storage on a disk: room for the checkpoints
         started = phases.exists(setup)  # its search phase is in storage (Tune's state; read once)
         if args.resume:
-            phases.check_unchanged(setup)
+            phases.check_unchanged(setup)  # its settings, signed, as it started
+            phases.check_state(setup)  # Tune's state of each phase, signed: nothing else is unpickled
         elif started:
             done = phases.finished(setup)
             raise FileExistsError(

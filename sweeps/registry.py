@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hybrid import storage
+from hybrid import manifest, storage
 
 ALIAS = "best"
 EXAMPLE = ["query: Which team won Super Bowl 50?", "passage: The Denver Broncos defeated the Carolina Panthers."]
@@ -23,8 +23,10 @@ def register_best(tracking_uri: str, sweep_name: str, run_id: str, encoder_uri: 
     from mlflow import MlflowClient
     from sentence_transformers import SentenceTransformer
 
+    folder = storage.local_copy(encoder_uri)
+    manifest.check(folder)  # signed by this deployment, every file as written: never a forged export
     mlflow.set_tracking_uri(tracking_uri)
-    model = SentenceTransformer(str(storage.local_copy(encoder_uri)), device="cpu")
+    model = SentenceTransformer(str(folder), device="cpu")
     with mlflow.start_run(run_id=run_id):
         info = mlflow.sentence_transformers.log_model(
             model, name="encoder", input_example=EXAMPLE, registered_model_name=sweep_name,

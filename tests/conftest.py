@@ -1,6 +1,8 @@
 """Shared fixtures: the packaged XQuAD-R corpus (loaded once), small synthetic training pairs, a tiny
 encoder, a per-module local Ray; and the headless-Chromium check of an HTML report."""
 
+import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -8,6 +10,20 @@ from pathlib import Path
 import pytest
 
 from hybrid.data import TrainingPair, load_corpus
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key(tmp_path_factory) -> Path:
+    """The deployment's signing key for the whole suite (`hybrid.signing`), in the environment every process
+    the tests start inherits (Ray workers, sweep drivers, simulated nodes): the user's own key is never
+    touched."""
+    from hybrid.signing import KEY_ENV
+
+    path = tmp_path_factory.mktemp("signing") / "signing.key"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    os.environ[KEY_ENV] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from evaluation.config import EvalConfig
 from evaluation.eval_set import EvalSet
 from evaluation.runner import evaluate_checkpoints
 from evaluation.scoring import GPU_MAX_K, PAIR_METRICS, _sharded_search, full_scores, score_query_language
+from hybrid import manifest, storage
 from hybrid.config import from_dict, read_yaml
 from hybrid.data import Candidate, ParallelCorpus, Question, split_by_article
 from hybrid.model import load_encoder
@@ -48,7 +49,7 @@ def checkpoints(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     base = _spread_copy(tiny_model_dir, root / "base", seed=1)
     folder = root / "checkpoint_000040"
-    _spread_copy(tiny_model_dir, folder / "encoder", seed=2)
+    manifest.write(_spread_copy(tiny_model_dir, folder / "encoder", seed=2))  # signed, as a trainer's export
     (folder / "trainer_state.json").write_text(json.dumps(
         {"step": 40, "config": {"model": {"name": "tiny"}, "method": {"temperature": 0.1}}}))
     return [CheckpointRef.from_path(str(base)), CheckpointRef.from_path(str(folder))]
@@ -100,6 +101,36 @@ def test_a_cached_result_equals_the_recomputed_one_and_encodes_nothing(local_ray
             np.testing.assert_array_equal(hit.matrices[metric], stored.matrices[metric])
             np.testing.assert_allclose(hit.matrices[metric], matrix, atol=1e-6)  # and as computed without a cache
         np.testing.assert_array_equal(hit.reliability.accuracy, stored.reliability.accuracy)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_forged_cache_entry_is_ignored_and_the_true_figure_recomputed(local_ray, evaluated, checkpoints, heldout,
+                                                                       tmp_path, request, where, capsys):
+    """An entry rewritten to favour a checkpoint (its mAP raised, its signature kept or dropped), or another
+    checkpoint's signed entry put under this one's key: each said in one line and evaluated again, the
+    result the clean run's."""
+    from evaluation.results import cache_file
+
+    config, computed, _ = evaluated
+    cache = str(tmp_path / "eval-cache") if where == "local" else \
+        storage.join(request.getfixturevalue("s3_bucket"), f"eval-cache-{tmp_path.name}")
+    ref = checkpoints[1]
+    [clean] = evaluate_checkpoints([ref], heldout, config, cache)
+    location = cache_file(cache, clean.content_hash)
+    signed = json.loads(storage.read_text(location))
+    favoured = signed | {"result": signed["result"] | {"summary": clean.summary | {"multi/map": 0.99}}}
+    other = evaluate_checkpoints([checkpoints[0]], heldout, config, cache)[0]
+    moved = storage.read_text(cache_file(cache, other.content_hash))
+    for forged, said in ((json.dumps(favoured), "bad signature (altered, or signed with another key)"),
+                         (json.dumps({k: v for k, v in favoured.items() if k != "signature"}), "not signed"),
+                         (moved, "bad signature (altered, or signed with another key)")):
+        storage.write_text(location, forged)
+        capsys.readouterr()
+        [again] = evaluate_checkpoints([ref], heldout, config, cache)
+        assert capsys.readouterr().out == f"[hybrid-sweep] evaluation cache: {location}: {said}. Ignored; evaluating again.\n"
+        assert not again.cached and again.summary == pytest.approx(clean.summary) and again.summary["multi/map"] != 0.99
+        assert again.summary == pytest.approx(computed[1].summary)  # as without any cache
+    assert evaluate_checkpoints([ref], heldout, config, cache)[0].cached  # the entry written again, signed
 
 
 def test_an_imposed_spec_embeds_as_it_says_and_keys_its_own_evaluation(local_ray, evaluated, checkpoints, heldout,
@@ -256,7 +287,8 @@ def test_mlqa_style_pairs_use_only_shared_question_ids():
 
 def test_logging_twice_keeps_one_set_of_metrics(evaluated, tmp_path):
     """One LoggedModel per checkpoint with its metrics linked to it and to the evaluation set (a run
-    input), L x L tables, and the idempotence key on the model, not among the run's tags."""
+    input), L x L tables, and the idempotence key on the model, not among the run's tags; logged again
+    after a writer died between the metrics and that key, the metrics are not doubled."""
     from mlflow import MlflowClient
 
     from evaluation.tracking import log_result, metric_key
@@ -267,6 +299,9 @@ def test_logging_twice_keeps_one_set_of_metrics(evaluated, tmp_path):
     result = evaluated[1][1]
     assert log_result(result, run_id, client) is True
     assert log_result(result, run_id, client) is False  # skipped: the key is on the checkpoint's model
+    [model] = client.search_logged_models([experiment])
+    client.delete_logged_model_tag(model.model_id, "eval." + result.content_hash)  # a driver killed before the tag
+    assert log_result(result, run_id, client) is True  # the tag set, the metrics not logged twice
     history = client.get_metric_history(run_id, metric_key(result, "multi/recall@10"))
     assert [(m.step, m.value) for m in history] == [(40, pytest.approx(result.summary["multi/recall@10"]))]
     [model] = client.search_logged_models([experiment])

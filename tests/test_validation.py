@@ -1,13 +1,17 @@
 """The step-0 validation cache: a later run computes its figures from kept embeddings, equal bit for bit
-to embedding again, and a run whose embeddings would differ never reads them."""
+to embedding again, and a run whose embeddings would differ never reads them, nor an entry this
+deployment did not seal."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import pytest
+import safetensors.torch
+import torch
 
 from conftest import make_pairs
+from hybrid import signing, storage
 from hybrid.config import from_dict
 from hybrid.loss import InfoNCELoss
 from tiny_encoder import tiny_encoder
@@ -96,3 +100,31 @@ def test_without_a_cache_location_every_run_embeds(setup, tmp_path):
     for _ in range(2):
         validate_base(engine, InfoNCELoss(0.1), sampler, config, rank=0, world=1)
     assert engine.calls == 6 and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("forgery", ["altered", "unsigned"])
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_entry_this_deployment_did_not_seal_is_embedded_again(setup, tmp_path, request, where, forgery, capsys):
+    """Altered embeddings would move every trial's step-0 baseline: an entry whose bytes changed under its
+    seal, or one written without it (plain safetensors of zeros), is said in one line and embedded again."""
+    config, engine, sampler = setup
+    if where == "s3":
+        cache = storage.join(request.getfixturevalue("s3_bucket"), f"validation-{tmp_path.name}")
+        config = replace(config, trainer=replace(config.trainer, validation_cache=cache))
+    expected = validate_base(engine, InfoNCELoss(0.1), sampler, config, rank=0, world=1)
+    name = f"{cache_key(config, 1, engine.encoder.initialised)}/rank0-of-1.safetensors"
+    location = storage.join(config.trainer.validation_cache, name)
+    sealed = storage.read_bytes(location)
+    if forgery == "altered":
+        forged = sealed[:-16] + bytes(16)  # the last embedding's last values zeroed
+    else:
+        kept = safetensors.torch.load(signing.unseal(sealed, f"validation-cache:{name}", location))
+        forged = safetensors.torch.save({k: torch.zeros_like(v) for k, v in kept.items()})
+    storage.write_bytes(location, forged)
+    capsys.readouterr()
+    engine.calls = 0
+    assert validate_base(engine, InfoNCELoss(0.1), sampler, config, rank=0, world=1) == expected
+    assert engine.calls == 3  # embedded again
+    said = "bad signature (altered, or signed with another key)" if forgery == "altered" else "not signed"
+    assert capsys.readouterr().out == f"[hybrid-sweep] validation cache: {location}: {said}. Ignored; embedding again.\n"
+    assert storage.read_bytes(location) == sealed  # rewritten, sealed

@@ -17,7 +17,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from hybrid import storage
+from hybrid import signing, storage
 from hybrid.config import DEFAULT_CONFIG, to_dict
 from trainers.batches import samplers
 from trainers.config import TrainRunConfig, check_resources, load_run_config
@@ -36,7 +36,9 @@ WORKER_ENV = {
 
 
 def preflight(config: TrainRunConfig, resources: dict[str, float] | None = None) -> None:
-    """Data, batch size and resources checked on the driver (about a second), before workers start."""
+    """Data, batch size, resources and the signing key checked on the driver (about a second), before
+    workers start."""
+    signing.ensure_key()
     if resources is not None:
         check_resources(config, resources)
     samplers(config, 0, config.trainer.workers)

@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from hybrid import storage
+from hybrid import signing, storage
 from hybrid.config import to_dict
 from hybrid.loss import InfoNCELoss
 from hybrid.sampler import HybridBatchSampler
@@ -26,7 +26,7 @@ from trainers.batches import VAL_SEED
 from trainers.config import TrainRunConfig
 from trainers.forward import batch_loss, embed_batch
 
-CACHE_FORMAT = 1  # part of the key: a change to what is embedded, or how, never reads old files
+CACHE_FORMAT = 2  # part of the key: a change to what is embedded, or how, never reads old files (2: sealed)
 NOT_EMBEDDED = {  # run settings the base model's validation embeddings cannot depend on
     "method": ("mono_ratio", "temperature", "symmetric", "seed"),  # training batches and the loss (seed: see key)
     "optim": ("lr", "weight_decay", "warmup_steps", "steps"),
@@ -86,11 +86,16 @@ def cache_key(config: TrainRunConfig, world: int, initialised: tuple[str, ...]) 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _read(location: str, n_batches: int, device: torch.device) -> list[Tensor] | None:
-    """A rank's kept embeddings, or None: absent, cut short (a crash while writing) or unreadable."""
+def _read(location: str, purpose: str, n_batches: int, device: torch.device) -> list[Tensor] | None:
+    """A rank's kept embeddings, or None: absent, cut short (a crash while writing), unreadable, or not
+    sealed by this deployment for this key (said in one line: altered embeddings would change every
+    trial's baseline)."""
     try:
-        tensors = safetensors.torch.load(storage.read_bytes(location))
+        tensors = safetensors.torch.load(signing.unseal(storage.read_bytes(location), purpose, location))
         return [tensors[str(i)].to(device) for i in range(n_batches)]
+    except signing.BadSignature as e:
+        print(f"[hybrid-sweep] validation cache: {e} Ignored; embedding again.", flush=True)
+        return None
     except (OSError, KeyError, safetensors.SafetensorError):
         return None
 
@@ -103,14 +108,16 @@ def validate_base(engine, loss_fn: InfoNCELoss, sampler: HybridBatchSampler, con
     if not config.trainer.validation_cache:
         return validate(engine, loss_fn, sampler, config)
     key = cache_key(config, world, engine.encoder.initialised)
-    location = storage.join(config.trainer.validation_cache, key, f"rank{rank}-of-{world}.safetensors")
+    name = f"{key}/rank{rank}-of-{world}.safetensors"
+    location, purpose = storage.join(config.trainer.validation_cache, name), f"validation-cache:{name}"
     device = _device(engine)
-    cached = _read(location, config.trainer.val_batches, device)
+    cached = _read(location, purpose, config.trainer.val_batches, device)
     if _all_reduce([cached is not None], device, torch.distributed.ReduceOp.MIN)[0]:
         return figures(loss_fn, sampler, config, cached)
     embedded = embeddings(engine, sampler, config)
     try:
-        storage.write_bytes(location, safetensors.torch.save({str(i): e.cpu().contiguous() for i, e in enumerate(embedded)}))
+        tensors = safetensors.torch.save({str(i): e.cpu().contiguous() for i, e in enumerate(embedded)})
+        storage.write_bytes(location, signing.seal(tensors, purpose))
     except OSError as e:  # a cache only: the trial goes on, the next one embeds again
         print(f"[hybrid-sweep] validation cache: could not write {location}: {e}", flush=True)
     return figures(loss_fn, sampler, config, embedded)

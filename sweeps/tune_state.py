@@ -1,0 +1,151 @@
+"""Tune's experiment state, signed: what `--resume` unpickles is only ever what this sweep's driver saved.
+
+Tune keeps a phase's state in storage as pickles (`tuner.pkl`, the searcher's state, cloudpickled trials
+inside `experiment_state-*.json`) and unpickles them on restore, so anyone who can write to the bucket
+could run code in the driver. Tune calls every callback's `get_state` right after it writes those files
+to its local staging folder and before it uploads them: there `SignedState` copies them into
+`<phase>/signed-state/` in storage, as content-addressed blobs and a signed index written last.
+`restore_verified` puts exactly those bytes back before `Tuner.restore`, and deletes any other file of
+those kinds (Tune takes the highest name), so nothing unsigned is ever unpickled. A phase whose index is
+missing or badly signed is refused before Ray starts (`check`).
+
+Tune also unpickles a failed trial's `error.pkl` from storage when it builds a phase's results;
+`never_unpickle_trial_errors` makes it read the error's text (`error.txt`) instead.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.fs as pafs
+from ray import tune
+
+from hybrid import signing, storage
+
+STATE_FILES = ("tuner.pkl", "experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
+               "basic-variant-state-*.json", "callback-states-*.pkl")  # what Tune unpickles on restore
+SIGNED, INDEX = "signed-state", "index.json"
+
+
+def purpose(sweep: str, phase: str) -> str:
+    return f"tune-state:{sweep}/{phase}"
+
+
+def _is_state(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in STATE_FILES)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class SignedState(tune.Callback):
+    """Signs each save of Tune's state as it happens (see the module's docstring). Tune pickles its
+    callbacks into `tuner.pkl`: only the phase's location, name and purpose are kept."""
+
+    def __init__(self, location: str, phase: str, purpose: str):
+        self.location, self.phase, self.purpose = location, phase, purpose
+        self._signed: dict[str, str] = {}  # name -> sha256 in the index last written
+        self._tuner: bytes | None = None
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_signed": {}, "_tuner": None}
+
+    def get_state(self) -> None:
+        """Tune's hook after each save (None: no state of this callback's own)."""
+        try:
+            self._sign()
+        except OSError as e:  # storage down for a moment: the next save (seconds later) signs again
+            print(f"[hybrid-sweep] could not sign Tune's state of {self.phase}: {e}", flush=True)
+
+    def _sign(self) -> None:
+        staging = self._staging()
+        if staging is None:
+            return
+        files = {p.name: p.read_bytes() for p in staging.iterdir() if p.is_file() and _is_state(p.name)}
+        if "tuner.pkl" not in files:  # written straight to storage when the Tuner was made, never again
+            self._tuner = self._tuner or storage.read_bytes(storage.join(self.location, "tuner.pkl"))
+            files["tuner.pkl"] = self._tuner
+        digests = {name: _sha256(data) for name, data in files.items()}
+        if digests == self._signed:
+            return
+        for name, data in files.items():
+            if digests[name] not in self._signed.values():
+                storage.write_bytes(self._blob(digests[name]), data)
+        storage.write_text(storage.join(self.location, SIGNED, INDEX),
+                           json.dumps(signing.signed({"files": digests}, self.purpose), indent=1))
+        for stale in set(self._signed.values()) - set(digests.values()):
+            storage.delete(self._blob(stale))
+        self._signed = digests
+
+    def _blob(self, digest: str) -> str:
+        return storage.join(self.location, SIGNED, f"{digest}.blob")
+
+    def _staging(self) -> Path | None:
+        """Tune's local staging folder of this phase: `<Ray session>/artifacts/<start>/<phase>/driver_artifacts`
+        (the newest, should this Ray session have run the phase twice)."""
+        from ray.train.constants import _get_ray_train_session_dir
+
+        found = list(Path(_get_ray_train_session_dir()).glob(f"*/{self.phase}/driver_artifacts"))
+        return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _present(location: str) -> set[str]:
+    """The names of Tune's state files at the top of the phase's folder."""
+    fs, path = storage.filesystem(location)
+    return {Path(info.path).name for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            if info.type == pafs.FileType.File and _is_state(Path(info.path).name)}
+
+
+def check(location: str, purpose: str) -> dict[str, str]:
+    """{file name: sha256} of the phase's signed state at `location`, every blob present and intact ({}: a
+    phase whose driver stopped before Tune's first save, only `tuner.pkl` there); a one-line ValueError
+    (the sweep is not resumed) otherwise. Reads no pickle."""
+    index_location = storage.join(location, SIGNED, INDEX)
+    refused = "Tune's state cannot be trusted, so the sweep is not resumed (nothing of it was unpickled)"
+    if not storage.exists(index_location):
+        if _present(location) <= {"tuner.pkl"}:
+            return {}
+        raise ValueError(f"{location}: Tune's state is not signed (saved before signatures, or by someone without "
+                         f"this deployment's key). {refused}; start it again with --name NEW.")
+    try:
+        files = signing.verified(json.loads(storage.read_text(index_location)), purpose, index_location)["files"]
+    except signing.BadSignature as e:
+        raise ValueError(f"{e} {refused}.") from None
+    except ValueError as e:
+        raise ValueError(f"{index_location}: unreadable ({e}). {refused}.") from None
+    for name, digest in files.items():
+        blob = storage.join(location, SIGNED, f"{digest}.blob")
+        if not storage.exists(blob) or _sha256(storage.read_bytes(blob)) != digest:
+            raise ValueError(f"{blob} ({name}): missing or altered. {refused}.")
+    return files
+
+
+def restore_verified(location: str, purpose: str) -> bool:
+    """Make the phase's state files in storage exactly the signed ones (`check`) before `Tuner.restore`:
+    True. False (its files deleted) for a phase Tune never saved: it starts afresh."""
+    files = check(location, purpose)
+    present, changed = _present(location), []
+    for name, digest in files.items():
+        current = storage.join(location, name)
+        if name not in present or _sha256(storage.read_bytes(current)) != digest:
+            storage.write_bytes(current, storage.read_bytes(storage.join(location, SIGNED, f"{digest}.blob")))
+            changed.append(name)
+    for name in sorted(present - set(files)):
+        storage.delete(storage.join(location, name))
+        changed.append(name)
+    if files and changed:
+        print(f"[hybrid-sweep] Tune's state of {location}: {', '.join(sorted(changed))} differed from its signed "
+              "copy (a driver stopped before Tune's upload, or the files were altered): restored from it.", flush=True)
+    return bool(files)
+
+
+def never_unpickle_trial_errors() -> None:
+    """Tune builds a phase's results with each failed trial's `error.pkl`, unpickled from storage; the text
+    of the same error (`error.txt`, `Trial.get_error`) is all the sweep uses, so that is what it gets."""
+    from ray.tune.experiment.trial import Trial
+
+    Trial.get_pickled_error = lambda self: None

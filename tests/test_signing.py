@@ -1,0 +1,324 @@
+"""Nothing read back from storage is used unless this deployment signed it (`hybrid.signing`): the key's
+life, and the forgeries a writer to the bucket could make, each refused with its message, on a local
+folder and on moto S3. (The optimizer-state canary: tests/test_trainers.py; evaluation and validation
+cache entries: tests/test_evaluation.py, tests/test_validation.py; Tune's state: tests/test_sweeps.py.)"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hybrid import manifest, signing, storage
+from hybrid.layout import ENCODER_DIR, STATE_FILE
+from test_sweeps import ROOT, env, sweep_command, tiny_sweep_config
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> str:
+    """A storage root: a local folder, or a prefix of its own in a moto S3 bucket."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return storage.join(request.getfixturevalue("s3_bucket"), tmp_path.name)
+
+
+def test_the_key_is_made_once_private_and_never_by_a_worker(tmp_path, monkeypatch):
+    monkeypatch.delenv(signing.KEY_ENV)
+    monkeypatch.setenv("HYBRID_SWEEP_CACHE", str(tmp_path / "cache"))
+    path = signing.ensure_key()
+    assert path == tmp_path / "cache" / "signing.key" and path.stat().st_mode & 0o777 == 0o600
+    key = path.read_bytes()
+    assert signing.ensure_key() == path and path.read_bytes() == key  # made once
+    signature = signing.sign(b"data", "purpose")
+    assert signing.sign(b"data", "other purpose") != signature and signing.sign(b"datb", "purpose") != signature
+
+    path.chmod(0o644)
+    with pytest.raises(signing.SigningKeyError, match=r"readable by other users \(mode 644\): chmod 600 "):
+        signing.sign(b"data", "purpose")
+    # A worker node whose key was not shipped: a clear error, never a key of its own.
+    monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "shipped.key"))
+    with pytest.raises(signing.SigningKeyError, match=r"no signing key at \S+shipped.key: make one with "):
+        signing.ensure_key()
+    assert not (tmp_path / "shipped.key").exists()
+
+
+def test_signed_documents_and_sealed_blobs_verify_only_unchanged_and_for_their_purpose(tmp_path, monkeypatch):
+    document = signing.signed({"a": 1, "b": [0.5, 1e-300]}, "p")
+    assert signing.verified(json.loads(json.dumps(document)), "p", "doc") == {"a": 1, "b": [0.5, 1e-300]}
+    for bad, message in ((document | {"a": 2}, "doc: bad signature"), ({"a": 1}, "doc: not signed")):
+        with pytest.raises(signing.BadSignature, match=message):
+            signing.verified(bad, "p", "doc")
+    with pytest.raises(signing.BadSignature, match="bad signature"):
+        signing.verified(document, "q", "doc")  # another role
+    blob = signing.seal(b"\x00tensors", "p")
+    assert signing.unseal(blob, "p", "blob") == b"\x00tensors"
+    for bad, message in ((blob[:-1] + b"!", "bad signature"), (b"\x00tensors", "not signed"), (b"", "not signed")):
+        with pytest.raises(signing.BadSignature, match=f"blob: {message}"):
+            signing.unseal(bad, "p", "blob")
+    other = tmp_path / "other.key"  # another deployment's key
+    other.write_text("f" * 64)
+    other.chmod(0o600)
+    monkeypatch.setenv(signing.KEY_ENV, str(other))
+    with pytest.raises(signing.BadSignature, match="signed with another key"):
+        signing.verified(document, "p", "doc")
+
+
+def _checkpoint(tiny_model_dir: Path, store: str, work: Path, signed: bool = True) -> str:
+    """A trainer checkpoint in `store` holding an export (the tiny encoder) with its manifest."""
+    local = work / "written"
+    shutil.copytree(tiny_model_dir, local / ENCODER_DIR)
+    (local / STATE_FILE).write_text(json.dumps({"step": 6, "config": {}}))
+    manifest.write(local / ENCODER_DIR)
+    if not signed:  # as written before signatures
+        listed = json.loads((local / ENCODER_DIR / manifest.MANIFEST).read_text())
+        listed.pop(signing.SIGNATURE)
+        (local / ENCODER_DIR / manifest.MANIFEST).write_text(json.dumps(listed))
+    location = storage.join(store, "checkpoint_000006")
+    for path in [p for p in local.rglob("*") if p.is_file()]:
+        storage.write_bytes(storage.join(location, str(path.relative_to(local))), path.read_bytes())
+    shutil.rmtree(local)
+    return location
+
+
+def test_an_export_altered_with_its_manifest_rewritten_is_neither_evaluated_nor_registered(tiny_model_dir, store,
+                                                                                           tmp_path):
+    """Row 6: the export's weights changed and its manifest's sha256 recomputed (its signature cannot be)."""
+    from evaluation.checkpoints import local_model_dir
+    from sweeps.registry import register_best
+
+    export = storage.join(_checkpoint(tiny_model_dir, store, tmp_path), ENCODER_DIR)
+    weights = storage.join(export, "model.safetensors")
+    forged = bytearray(storage.read_bytes(weights))
+    forged[-64:] = bytes(64)  # the last weights zeroed
+    storage.write_bytes(weights, bytes(forged))
+    listed = json.loads(storage.read_text(storage.join(export, manifest.MANIFEST)))
+    listed["files"]["model.safetensors"]["sha256"] = hashlib.sha256(forged).hexdigest()
+    storage.write_text(storage.join(export, manifest.MANIFEST), json.dumps(listed))
+
+    refused = r"manifest.json: bad signature \(altered, or signed with another key\)\. Not loaded: its files may have been replaced\."
+    with pytest.raises(manifest.IncompleteCheckpoint, match=refused):
+        local_model_dir(export)
+    with pytest.raises(manifest.IncompleteCheckpoint, match=refused):
+        register_best(f"sqlite:///{tmp_path}/mlflow.db", "forged", "run", export, {}, "")
+    assert not (tmp_path / "mlflow.db").exists()  # refused before MLflow was touched
+
+
+def test_a_checkpoint_from_before_signatures_is_refused_until_accepted(tiny_model_dir, store, tmp_path):
+    """Row 7: refused with the command that accepts it; that command asks, then signs what is there (after
+    checking its files), and the checkpoint loads."""
+    from evaluation.checkpoints import local_model_dir
+
+    location = _checkpoint(tiny_model_dir, store, tmp_path, signed=False)
+    export = storage.join(location, ENCODER_DIR)
+    with pytest.raises(manifest.IncompleteCheckpoint,
+                       match=r"manifest.json: not signed\. Written before checkpoints were signed, or by someone without "
+                             r"this deployment's key\. If you wrote it, accept it once: python -m hybrid\.signing accept "):
+        local_model_dir(export)
+
+    accept = [sys.executable, "-m", "hybrid.signing", "accept", location]
+    declined = subprocess.run(accept, cwd=ROOT, input="no\n", capture_output=True, text=True, timeout=120)
+    assert declined.returncode == 1 and declined.stdout.endswith("[yes/no] nothing signed.\n"), declined.stdout
+    assert "1 unsigned file(s) under" in declined.stdout and "encoder/manifest.json" in declined.stdout
+    with pytest.raises(manifest.IncompleteCheckpoint, match="not signed"):
+        local_model_dir(export)
+    accepted = subprocess.run(accept, cwd=ROOT, input="yes\n", capture_output=True, text=True, timeout=120)
+    assert accepted.returncode == 0 and accepted.stdout.endswith("signed 1 file(s); they are read again.\n"), \
+        accepted.stdout + accepted.stderr
+    assert (local_model_dir(export) / "model.safetensors").is_file()
+    again = subprocess.run([*accept, "--yes"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to accept"), again.stdout
+
+
+def test_an_edited_sweep_config_refuses_resume_before_ray_starts(tmp_path, store, tiny_model_dir):
+    """Row 4: `sweep_config.json` decides what --resume continues and with which settings."""
+    from sweeps import phases
+    from sweeps.config import load_sweep_setup
+
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, "edited", sweep={"storage_path": store})
+    setup = load_sweep_setup(str(config), []).resolved()
+    phases.save_settings(setup, "an-id", started=False)
+    location = setup.sweep.location(phases.SETTINGS_FILE)
+    stored = json.loads(storage.read_text(location))
+    assert phases.search_rounds(setup) == [3]  # signed and read back
+    stored["search_rounds"] = [1]
+    storage.write_text(location, json.dumps(stored))  # its signature kept, no longer matching
+    done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and done.stderr == (
+        f"error: {location}: bad signature (altered, or signed with another key). The sweep's settings cannot be "
+        f"trusted, so it is not resumed. If you wrote it, accept it once: python -m hybrid.signing accept "
+        f"{setup.sweep.location()}\n"), done.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # before Ray and MLflow
+
+
+class Canary:
+    """A pickle that, unpickled, creates the file `path` (what a forged Tune state or optimizer state does)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, store, tmp_path, capsys):
+    """Row 5: Tune's pickles in storage replaced by a canary (`tuner.pkl`) and a newer-named state file
+    added: unverified, `Tuner.restore` runs the canary; `restore_verified` puts the signed bytes back and
+    deletes the stranger first, and the phase restores with no canary. A forged index refuses."""
+    from ray import tune
+
+    from sweeps import tune_state
+
+    def _count_to(config):  # defined in here: Ray pickles it by value (workers cannot import this module)
+        for step in range(1, 3):
+            tune.report({"value": config["a"] * step})
+
+    location, purpose = storage.join(store, "phase"), tune_state.purpose("sweep", "phase")
+    run_config = tune.RunConfig(name="phase", storage_path=store, verbose=0,
+                                callbacks=[tune_state.SignedState(location, "phase", purpose)])
+    grid = tune.Tuner(_count_to, param_space={"a": tune.grid_search([1, 2])}, run_config=run_config).fit()
+    assert sorted(r.metrics["value"] for r in grid) == [2, 4]
+    signed = tune_state.check(location, purpose)
+    assert "tuner.pkl" in signed and any(n.startswith("experiment_state-") for n in signed)
+
+    canary = tmp_path / "canary"
+    original = storage.read_bytes(storage.join(location, "tuner.pkl"))
+    storage.write_bytes(storage.join(location, "tuner.pkl"), pickle.dumps(Canary(canary)))
+    with pytest.raises(Exception):  # the threat, unverified: Tune unpickles the forgery
+        tune.Tuner.restore(location, trainable=_count_to)
+    assert canary.exists()
+    canary.unlink()
+    stranger = storage.join(location, "basic-variant-state-9999-12-31_23-59-59.json")  # Tune takes the highest name
+    storage.write_bytes(stranger, pickle.dumps(Canary(canary)))
+    capsys.readouterr()
+    assert tune_state.restore_verified(location, purpose)
+    assert capsys.readouterr().out == (
+        f"[hybrid-sweep] Tune's state of {location}: basic-variant-state-9999-12-31_23-59-59.json, tuner.pkl differed "
+        "from its signed copy (a driver stopped before Tune's upload, or the files were altered): restored from it.\n")
+    assert storage.read_bytes(storage.join(location, "tuner.pkl")) == original and not storage.exists(stranger)
+    again = tune.Tuner.restore(location, trainable=_count_to).fit()
+    assert sorted(r.metrics["value"] for r in again) == [2, 4] and not canary.exists()
+
+    index = storage.join(location, tune_state.SIGNED, tune_state.INDEX)
+    forged = json.loads(storage.read_text(index))
+    forged["files"]["tuner.pkl"] = hashlib.sha256(pickle.dumps(Canary(canary))).hexdigest()
+    storage.write_text(index, json.dumps(forged))
+    with pytest.raises(ValueError, match=r"index.json\S*: bad signature \(altered, or signed with another key\)\. Tune's "
+                                         r"state cannot be trusted, so the sweep is not resumed \(nothing of it was "
+                                         r"unpickled\)\.$"):
+        tune_state.check(location, purpose)
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize("forgery", ["unsigned", "bad index"])
+def test_resume_with_unsigned_or_forged_tune_state_is_refused_before_ray_starts(tmp_path, store, tiny_model_dir,
+                                                                                forgery):
+    """Row 5, as a user meets it: `--resume` of a sweep whose search phase holds a canary `tuner.pkl`, its
+    state unsigned (saved before signatures) or its index forged: one line, exit 2, the canary never run."""
+    from sweeps import phases, tune_state
+    from sweeps.config import load_sweep_setup
+
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, "forged", sweep={"storage_path": store})
+    setup = load_sweep_setup(str(config), []).resolved()
+    phases.save_settings(setup, "an-id", started=False)
+    search, canary = setup.sweep.location("search"), tmp_path / "canary"
+    storage.write_bytes(storage.join(search, "tuner.pkl"), pickle.dumps(Canary(canary)))
+    storage.write_text(storage.join(search, "experiment_state-2026-12-02_10-00-00.json"), "{}")
+    if forgery == "bad index":
+        storage.write_text(storage.join(search, tune_state.SIGNED, tune_state.INDEX),
+                           json.dumps({"files": {"tuner.pkl": "0" * 64}, "signature": "0" * 64}))
+    done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                          timeout=300)
+    said = (f"{search}: Tune's state is not signed (saved before signatures, or by someone without this deployment's "
+            "key). Tune's state cannot be trusted, so the sweep is not resumed (nothing of it was unpickled); start "
+            "it again with --name NEW.") if forgery == "unsigned" else (
+        f"{storage.join(search, tune_state.SIGNED, tune_state.INDEX)}: bad signature (altered, or signed with another "
+        "key). Tune's state cannot be trusted, so the sweep is not resumed (nothing of it was unpickled).")
+    assert done.returncode == 2 and done.stderr == f"error: {said}\n", done.stderr
+    assert not canary.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+WEIGHTS_ONLY = """
+import os, socket, sys, torch
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from hybrid.config import from_dict
+from tiny_encoder import tiny_encoder
+from trainers.config import TrainRunConfig
+from trainers.engine import DeepSpeedEngine
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")
+torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+texts = [f"sentence {i} about topic {i % 7}" for i in range(40)]
+config = from_dict(TrainRunConfig, {"model": {"name": "unused", "max_length": 16}, "method": {"batch_size": 4},
+                                    "optim": {"steps": 4, "warmup_steps": 1}, "trainer": {"workers": 1}})
+def engine(seed):
+    return DeepSpeedEngine(tiny_encoder(texts, vocab_size=200, hidden=32, layers=1, seed=seed), config, world_size=1)
+first, out = engine(0), Path(sys.argv[1])
+first.step(first(first.encoder.tokenize(texts[:4], "query"))[:, :3].sum())
+first.save(out)
+second = engine(1)
+second.load(out)  # a real checkpoint loads, weights only
+assert torch.equal(next(second.encoder.parameters()), next(first.encoder.parameters()))
+class Canary:
+    def __reduce__(self):
+        return open, (sys.argv[3], "w")
+[optimizer] = (out / "deepspeed").rglob("*optim_states.pt")
+torch.save({"optimizer_state_dict": Canary()}, optimizer)
+try:
+    engine(2).load(out)
+except Exception as e:
+    print("REFUSED", type(e).__name__, str(e).splitlines()[0])
+"""
+
+
+def test_deepspeed_state_is_unpickled_weights_only(tmp_path):
+    """Behind the signature, a second gate: DeepSpeed's resume state loads with `weights_only=True` (three
+    plain-data DeepSpeed classes allowed by name), so even a forged file that matched a manifest could not
+    run code. A real checkpoint loads bit for bit; a canary in the optimizer state is refused unrun."""
+    canary = tmp_path / "canary"
+    done = subprocess.run([sys.executable, "-c", WEIGHTS_ONLY, str(tmp_path / "ckpt"), str(ROOT / "tests"), str(canary)],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "REFUSED UnpicklingError Weights only load failed." in done.stdout, done.stdout + done.stderr[-2000:]
+    assert not canary.exists()
+
+
+def test_a_forged_optimizer_state_is_skipped_for_the_previous_checkpoint(s3_bucket, local_ray, store, tiny_model_dir,
+                                                                         tmp_path):
+    """Row 1: the last checkpoint's optimizer state replaced by a canary pickle, its rank manifest's size and
+    sha256 recomputed to match: the restart refuses it by its signature, says so, resumes from the checkpoint
+    before, and the canary never runs."""
+    from test_trainers import tiny_config, with_steps
+    from trainers.train import build_trainer
+
+    config = tiny_config(tiny_model_dir, tmp_path, workers=1, checkpoint_every=2, log_every=2, val_batches=2,
+                         storage_path=store)
+    build_trainer(with_steps(config, 4), "forged").fit()
+    last = storage.join(store, "forged", "checkpoint_000004")
+    listed_at = storage.join(last, manifest.rank_manifest(0))
+    listed = json.loads(storage.read_text(listed_at))
+    [name] = [n for n in listed["files"] if n.endswith("optim_states.pt")]
+    canary = tmp_path / "canary"
+    forged = pickle.dumps(Canary(canary))
+    storage.write_bytes(storage.join(last, name), forged)
+    listed["files"][name] = {"size": len(forged), "sha256": hashlib.sha256(forged).hexdigest()}
+    storage.write_text(listed_at, json.dumps(listed))  # every sha256 matches; the signature cannot
+
+    result = build_trainer(with_steps(config, 6), "forged").fit()
+    assert result.metrics["resumed_from_step"] == 2 and result.metrics["step"] == 6
+    assert not canary.exists()
+    logs = Path(local_ray._private.worker._global_node.get_logs_dir_path())
+    said = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.out"))
+    assert re.search(r"resume: \S*checkpoint_000004/manifest.rank0.json\S*: bad signature \(altered, or signed with another "
+                     r"key\)\. Not loaded: its files may have been replaced\. Falling back to the previous checkpoint\.", said)
