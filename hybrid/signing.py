@@ -136,8 +136,8 @@ def fingerprint() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hybrid.signing key`: make the key (before `ray up`, which ships it) and print its path.
-    `python -m hybrid.signing accept LOCATION`: sign the manifests of checkpoints written before signatures,
-    after checking their files and asking."""
+    `python -m hybrid.signing accept LOCATION`: sign what was written before signatures under LOCATION (its
+    checkpoints' manifests, after checking their files; a sweep folder's sweep_config.json), after asking."""
     import argparse
     import sys
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hybrid.signing", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("key", help="make this machine's signing key if there is none; print its path")
-    accept = sub.add_parser("accept", help="sign the unsigned manifests under a checkpoint folder (local or s3://)")
+    accept = sub.add_parser("accept", help="sign the unsigned manifests (and a sweep's sweep_config.json) under a folder, local or s3://")
     accept.add_argument("location")
     accept.add_argument("--yes", action="store_true", help="do not ask (you wrote these checkpoints)")
     args = parser.parse_args(argv)

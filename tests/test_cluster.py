@@ -20,6 +20,12 @@ def test_cluster_yaml_validates_with_rays_schema():
     workers = config["available_node_types"]["gpu_worker"]
     assert workers["min_workers"] <= workers["max_workers"] <= config["max_workers"]
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+    # Every node verifies with the driver's signing key, at the path hybrid.signing reads, private.
+    assert config["file_mounts"]["/home/ubuntu/.cache/hybrid-sweep/signing.key"] == "~/.cache/hybrid-sweep/signing.key"
+    assert "chmod 600 ~/.cache/hybrid-sweep/signing.key" in config["setup_commands"]
+    head, worker = (config["available_node_types"][n]["node_config"]["IamInstanceProfile"]["Arn"]
+                    for n in ("head", "gpu_worker"))
+    assert head.endswith("/hybrid-sweep-head") and head != worker  # not Ray's default head profile
 
 
 @pytest.mark.parametrize("mutate", [

@@ -103,7 +103,7 @@ def state(mlflow, pg: Postgres, name: str) -> dict:
 
 
 def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(tmp_path, tiny_model_dir, record,
-                                                                        monkeypatch):
+                                                                        monkeypatch, signing_key):
     import optuna
 
     s3, pg, server = record
@@ -210,8 +210,8 @@ def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(tmp_path
         "error: sweep.trials=3: sweep 'served' has 4 search trials already; --resume can only raise it "
         "(sweep.trials=4 continues it as it is).\n"), fewer.stderr
 
-    # -- no credential in anything the sweep wrote ----------------------------------------------------------
-    secrets = {"database": pg.password, "mlflow": server.password}
+    # -- no credential, and not the signing key, in anything the sweep wrote (bucket, driver folder, logs, MLflow)
+    secrets = {"database": pg.password, "mlflow": server.password, "signing key": signing_key.read_text().strip()}
     bucket = s3.client()
     for key in s3.list_keys():
         body = bucket.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
