@@ -22,13 +22,13 @@ from ray import tune
 
 from evaluation.results import EvalResult
 from evaluation.tracking import dataset_input, log_result, mlflow_name
-from hybrid import locations, storage
+from hybrid import locations, signing, storage
 from hybrid.config import DataConfig
 from hybrid.data.sources import origin
 from hybrid.splits import training_digest
 from sweeps.knobs import KNOBS
 from sweeps.tracking_queue import TrackingQueue
-from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key, trial_run_config
+from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key, trial_run_config, unreported_purpose
 from trainers.config import TrainRunConfig
 
 PARENT_TAG, TRIAL_TAG = "sweep.name", "tune.trial_id"
@@ -276,9 +276,16 @@ class TrialLogger(tune.Callback):
 
     def _log_unreported(self, trial_id: str, config: dict[str, Any]) -> None:
         unreported = storage.join(self.train_storage, trial_id, UNREPORTED)
-        if storage.exists(unreported):  # the reports since its last checkpoint, up to the failure
-            self._log_history(self._run_id(trial_id, config), json.loads(storage.read_text(unreported)))
-            storage.delete(unreported)
+        if not storage.exists(unreported):
+            return
+        try:  # the reports since its last checkpoint, up to the failure
+            reports = signing.verified(json.loads(storage.read_text(unreported)), unreported_purpose(trial_id),
+                                       unreported)["reports"]
+        except (signing.BadSignature, ValueError, KeyError) as e:
+            print(f"[hybrid-sweep] trial {trial_id}: its last training reports not logged: {e}", flush=True)
+        else:
+            self._log_history(self._run_id(trial_id, config), reports)
+        storage.delete(unreported)
 
     def _log_end(self, trial_id: str, config: dict[str, Any], wall: dict[str, float], step: int, status: str) -> None:
         run_id = self._run_id(trial_id, config)

@@ -21,7 +21,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from evaluation.checkpoints import CheckpointRef
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
-from hybrid import storage
+from hybrid import signing, storage
 from hybrid.layout import ENCODER_DIR
 from sweeps.config import SweepSetup
 from sweeps.knobs import KNOBS
@@ -32,6 +32,10 @@ from trainers.train import build_trainer
 
 TRAIN_HISTORY, EVAL_RESULT = "train_history", "eval_result"  # JSON fields of a trial's result, for the driver
 UNREPORTED = "unreported_history.json"  # in a Train run's folder: training reports its failure left unsent
+
+
+def unreported_purpose(trial_id: str) -> str:
+    return f"unreported:{trial_id}"  # signed: the driver logs these reports into the trial's MLflow run
 
 
 def config_key(params: dict[str, Any]) -> str:
@@ -99,7 +103,8 @@ class EvaluateAndReport(TuneReportCallback):
         """Training reports since the last checkpoint reach Tune only with the next one: a failing run leaves
         them in its folder, where the driver's `TrialLogger` finds them when the trial errors."""
         run_dir = storage.join(self.train_storage, run_context.run_config.name)
-        storage.write_text(storage.join(run_dir, UNREPORTED), json.dumps(self.history))
+        signed = signing.signed({"reports": self.history}, unreported_purpose(run_context.run_config.name))
+        storage.write_text(storage.join(run_dir, UNREPORTED), json.dumps(signed))
         self.history = []  # a retry resumes from the last checkpoint and reports those steps again
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
