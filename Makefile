@@ -12,6 +12,7 @@ install: .venv/.installed
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m trainers.prepare  # a first run's one-time work (DeepSpeed's CPU op, the offline model) done now
 	touch $@
 
 sweep: install

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import faiss
@@ -101,7 +102,8 @@ def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[
 
 
 def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpus | EvalSet, config: EvalConfig,
-                         cache: str | None = None) -> list[EvalResult]:
+                         cache: str | None = None,
+                         on_done: Callable[[CheckpointRef, float, bool], None] | None = None) -> list[EvalResult]:
     """Evaluate every checkpoint on every language pair, concurrently; results in input order.
 
     `config.languages` and `config.max_questions` are applied to `corpus` here. Uses the current Ray
@@ -109,6 +111,7 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
     submission to its checkpoint's last scoring task, so concurrent checkpoints share the machine.
     `cache` (a folder, local or s3://): results are kept there by evaluation key (model files + data +
     settings), and a checkpoint whose key is there is not evaluated again (`cached` True, `wall_s` 0).
+    `on_done(ref, seconds since the start, cached)` is called as each checkpoint's figures are in (progress).
     """
     eval_set = corpus if isinstance(corpus, EvalSet) else EvalSet.from_corpus(corpus)
     eval_set = eval_set.restrict(config.languages, config.max_questions)
@@ -121,6 +124,9 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
     if cache:
         found = {i: hit for i, (ref, model_hash) in enumerate(zip(checkpoints, ray.get(digests)))
                  if (hit := cached(cache, evaluation_key(model_hash, eval_set, config, ref.temperature, ref.spec)))}
+    for i in found:
+        if on_done:
+            on_done(checkpoints[i], time.perf_counter() - start, True)
     submitted = {i: _submit(ref, eval_set, config) for i, ref in enumerate(checkpoints) if i not in found}
     owner = {r: i for i, (scoring, _) in submitted.items() for r in scoring.values()}
     remaining = {i: len(scoring) for i, (scoring, _) in submitted.items()}
@@ -132,6 +138,8 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
         remaining[i] -= 1
         if not remaining[i]:
             finished[i] = time.perf_counter() - start
+            if on_done:
+                on_done(checkpoints[i], finished[i], False)
     results = []
     for i, (ref, model_hash) in enumerate(zip(checkpoints, ray.get(digests))):
         if i in found:  # the same files on the same data: only the labels are this checkpoint's

@@ -17,7 +17,7 @@ from pathlib import Path
 import ray
 from ray.autoscaler.sdk import request_resources
 
-from hybrid import storage
+from hybrid import signing, storage
 from sweeps.config import SweepSetup
 from trainers.config import check_resources
 from trainers.footprint import checkpoint_bytes
@@ -57,6 +57,31 @@ def check_storage(setup: SweepSetup) -> None:
     except OSError as e:
         raise ValueError(f"sweep.storage_path={location!r} cannot be written from the driver ({e}). Check the "
                          "location and the credentials (AWS_* / instance profile for s3://).") from None
+
+
+@ray.remote(num_cpus=0)
+def _key_fingerprint() -> str:
+    try:
+        return signing.fingerprint()
+    except signing.SigningKeyError as e:
+        return str(e)
+
+
+def check_signing_keys() -> None:
+    """Every node verifies what the others wrote with the driver's key (`hybrid.signing`): a node without
+    it, or with another, would skip every checkpoint and cache entry as forged. Nodes added later by the
+    autoscaler fail their first trial with the same message."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    mine = signing.fingerprint()
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    found = ray.get([_key_fingerprint.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node["NodeID"], soft=False)).remote() for node in nodes])
+    for node, theirs in zip(nodes, found):
+        if theirs != mine:
+            problem = theirs if " " in theirs else "has another signing key than the driver's."
+            raise ValueError(f"node {node['NodeManagerAddress']}: {problem} Every node needs the driver's "
+                             f"{signing.key_path()} (cluster.yaml's file_mounts ship it).")
 
 
 def check_reachable(setup: SweepSetup) -> None:

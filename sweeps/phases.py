@@ -8,6 +8,7 @@ Each phase is its own Tune experiment under `<storage>/<sweep name>/` (a local f
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from ray import tune
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import signing, storage
-from sweeps import knobs, tracking, tune_state
+from sweeps import interrupts, knobs, tracking, tune_state
 from sweeps.config import SweepSetup
 from sweeps.early import EarlyEvaluation, base_ref, final_ref, full_eval_config
 from sweeps.identity import new_id
@@ -145,17 +146,19 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
     if restorable and not resume:
         raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another sweep.name.")
     if restorable and tune_state.restore_verified(path, signed):  # only what this sweep's driver saved
-        grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         logger = TrialLogger(runs, setup.run,
                              setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose)
         run_config = tune.RunConfig(name=name, storage_path=root,
-                                    callbacks=[logger, early, tune_state.SignedState(path, name, signed)],
+                                    callbacks=[logger, early, tune_state.SignedState(path, name, signed),
+                                               interrupts.TuneHandlerSet()],
                                     failure_config=tune.FailureConfig(max_failures=1),  # Tune's tables: --verbose
                                     verbose=2 if setup.sweep.verbose else 0)  # 0: TrialLogger's lines instead
-        grid = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config).fit()
+        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config)
+    grid, stopped = interrupts.fit(tuner, name)
     runs.flush()  # the phase's MLflow writes, queued by TrialLogger, all done (or their error raised)
-    if not all_ended(grid, trials):
+    if stopped or not all_ended(grid, trials):
         raise Interrupted(name)
     return grid
 
@@ -267,6 +270,22 @@ def best_trial(table: pd.DataFrame, setup: SweepSetup, best_key: str) -> pd.Seri
     return final[final["config_key"] == best_key].sort_values(objective, ascending=mode == "min").iloc[0]
 
 
+def _final_progress(total: int):
+    """A line per model of the final evaluation as its figures are in, with the time left at this pace
+    (the models run concurrently, so the first lines come late and the pace firms up)."""
+    done: list[float] = []
+
+    def say(ref, elapsed: float, cached: bool) -> None:
+        done.append(elapsed)
+        left = elapsed / len(done) * (total - len(done)) if not cached else 0.0
+        more = f", about {left / 60:.1f} min left" if left >= 60 else f", about {left:.0f} s left" if left else ""
+        print(f"{time.strftime('%H:%M:%S')} final evaluation: {ref.label} "
+              f"{'from the evaluation cache' if cached else f'done after {elapsed:.0f} s'} ({len(done)}/{total}{more})",
+              flush=True)
+
+    return say
+
+
 def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, runs: tracking.SweepRuns) -> dict[str, float]:
     """Full evaluation (all eval languages, all questions) of the final checkpoints of the best
     configuration (one per seed) and of the alpha = 0 / alpha = 1 references (of every completed trial
@@ -282,8 +301,11 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, runs
     summary: dict[str, float] = {}
     for dataset in (setup.eval.dataset, *setup.sweep.zero_shot_datasets):
         full = full_eval_config(setup, dataset)
-        results = evaluate_checkpoints([base_ref(setup), *refs], load_eval_set(full, setup.run.data), full,
-                                       setup.sweep.eval_cache_location)
+        models = [base_ref(setup), *refs]
+        print(f"{time.strftime('%H:%M:%S')} final evaluation on {dataset} started: {len(models)} models, every "
+              "language pair", flush=True)
+        results = evaluate_checkpoints(models, load_eval_set(full, setup.run.data), full,
+                                       setup.sweep.eval_cache_location, on_done=_final_progress(len(models)))
         print(f"Final evaluation on {dataset}: {len(results)} models (base + {len(refs)} final checkpoints), "
               f"{sum(r.cached for r in results)} from the evaluation cache.", flush=True)
         runs.log_result(results[0], runs.parent_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -33,11 +34,12 @@ import yaml
 from hybrid.config import DEFAULT_CONFIG, to_dict
 from hybrid import storage
 from hybrid.layout import ENCODER_DIR
-from sweeps import cluster, identity, phases, registry, tracking
+from sweeps import cluster, identity, interrupts, phases, progress, registry, tracking
 from sweeps.config import SweepSetup, flatten, is_local_file, is_server, load_sweep_setup, redact
 from sweeps.early import EarlyEvaluation
 from sweeps.lease import DriverLease
 from sweeps.logs import LogSync
+from trainers import prepare
 from trainers.train import check_ray_address, init_ray, preflight
 
 
@@ -79,7 +81,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ray workers' and tasks' output and every trial result (always in Ray's logs)")
     args = parser.parse_args(argv)
+    interrupts.install()  # Ctrl-C: stop, say how to continue, exit 130; a second one exits at once
+    try:
+        run(args, argv, parser)
+    except (phases.Interrupted, KeyboardInterrupt) as stop:
+        phase = str(stop) if isinstance(stop, phases.Interrupted) else interrupts.stage
+        command = " ".join(["python", "sweeps/ratio_search.py", *(argv if argv is not None else sys.argv[1:])])
+        print(f"\nSweep interrupted in its {phase} phase: its trials were stopped and its state saved; nothing "
+              f"finished is lost. Continue with:\n  {command.replace(' --resume', '')} --resume",
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
+
+def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.ArgumentParser) -> None:
+    """Check everything that can be checked before Ray starts, take the sweep's lease, then `drive` it."""
     overrides = list(args.overrides)
     overrides += [f"sweep.name={args.name}"] if args.name else []
     overrides += [f"sweep.tracking_uri={args.tracking_uri}"] if args.tracking_uri else []
@@ -112,18 +127,20 @@ def main(argv: list[str] | None = None) -> None:
         with user_errors(parser, args.debug):
             sweep_id = phases.sweep_id(setup)
             identity.check(setup, sweep_id, args.resume, started)  # [5] the name is this sweep's
-        drive(setup, sweep_id, started, args, argv, parser, warning)
+        drive(setup, sweep_id, started, args, parser, warning)
     finally:
         lease.release()
 
 
-def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namespace, argv: list[str] | None,
-          parser: argparse.ArgumentParser, warning: str | None) -> None:
+def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namespace, parser: argparse.ArgumentParser,
+          warning: str | None) -> None:
     """Start (or join) Ray and run the sweep's phases, this driver holding the sweep's lease."""
     s = setup.sweep
     for line in (warning, record_warning(setup)):
         if line:
             print(line, file=sys.stderr)
+    for line in prepare.pending():  # a first run's one-time work, said before it makes a silence
+        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
     start = time.perf_counter()
     logs = init_ray(log_to_driver=s.verbose)  # [6] local Ray, or the cluster when RAY_ADDRESS is set
     if not s.verbose:
@@ -132,21 +149,23 @@ def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namesp
         import transformers  # here, not at the top: a config error or --help need not wait for it
 
         transformers.logging.set_verbosity_error()  # its load report of the registered encoder
+        # Tune's own output (a box per phase, "View detailed results", a TensorBoard hint, its restore and
+        # save lines): the progress view's lines stand for it; --verbose brings it back.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # read at each fit; with verbose=0 the classic reporter is silent
+        for name in ("ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     sync = LogSync(Path(logs), s.location("logs"), s.log_sync_s)
     with user_errors(parser, args.debug):
         cluster.check_storage(setup)  # [7] storage every node sees
+        cluster.check_signing_keys()  # every node verifies with the driver's key
         phases.save_settings(setup, sweep_id, started)
         identity.claim(setup, sweep_id, started)  # [8] the name marked as this sweep's
         requested = cluster.wait_for_resources(setup, s.scale_up_timeout_s)  # [9] resources now or after scaling up
+    board = progress.Printer(s.name)  # trials' lines from the nodes they run on
     try:
         run_sweep(setup, sweep_id, args.resume, start)
-    except phases.Interrupted as phase:
-        command = " ".join(["python", "sweeps/ratio_search.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"\nSweep {s.name!r} interrupted in its {phase} phase: its trials were stopped and its "
-              f"state saved; nothing finished is lost. Continue with:\n  {command.replace(' --resume', '')} --resume",
-              file=sys.stderr)
-        raise SystemExit(130) from None
     finally:
+        board.close()
         if requested:
             cluster.release()
         sync.close()
@@ -192,9 +211,10 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float) -> N
     try:
         table = phases.search(setup, runs, resume, early)  # [6] Tune + Optuna + ASHA
         table = phases.reseed(setup, table, runs, resume, early)  # [7] more seeds for the top-k
-    except phases.Interrupted:
+    except (phases.Interrupted, KeyboardInterrupt):
         runs.kill_running_trials()
         raise
+    interrupts.enter("final evaluation")
     early.wait()
     ranking = phases.ranked(table, setup)
     if ranking.empty:
@@ -203,6 +223,7 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float) -> N
     summary = phases.final_evaluation(setup, table, ranking.iloc[0]["config_key"], runs) \
         if s.final_eval else {}
     runs.log_metrics(runs.parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
+    interrupts.enter("registration")
     version = register(setup, table, ranking, runs)
     wall = time.perf_counter() - start
     overhead = runs.trial_overhead()

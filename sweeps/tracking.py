@@ -26,7 +26,7 @@ from hybrid import locations, signing, storage
 from hybrid.config import DataConfig
 from hybrid.data.sources import origin
 from hybrid.splits import training_digest
-from sweeps.knobs import KNOBS
+from sweeps.progress import describe
 from sweeps.tracking_queue import TrackingQueue
 from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key, trial_run_config, unreported_purpose
 from trainers.config import TrainRunConfig
@@ -301,11 +301,7 @@ class TrialLogger(tune.Callback):
         return f", about {left / 60:.1f} min left" if left >= 60 else f", about {left:.0f} s left"
 
     def _say(self, trial, what: str) -> None:
-        c = trial.config  # alpha, tau, and every other knob where it differs from the base run
-        shown = [k.text(c[k.name]) for k in KNOBS
-                 if k.name in c and (k.shown_always or c[k.name] != k.base_value(self.base))]
-        print(f"{time.strftime('%H:%M:%S')} trial {trial.trial_id} ({', '.join(shown)}, seed {c.get('seed', 0)}): "
-              f"{what}", flush=True)
+        print(f"{time.strftime('%H:%M:%S')} {describe(trial.trial_id, trial.config, self.base)}: {what}", flush=True)
 
     def _log_history(self, run_id: str, reports: list[dict[str, Any]]) -> None:
         for report in reports:

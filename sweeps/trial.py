@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -23,6 +24,7 @@ from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import signing, storage
 from hybrid.layout import ENCODER_DIR
+from sweeps import progress
 from sweeps.config import SweepSetup
 from sweeps.knobs import KNOBS
 from trainers.config import TrainRunConfig
@@ -89,9 +91,9 @@ class EvaluateAndReport(TuneReportCallback):
     load, DeepSpeed init), `trial/active_s` (first report to the last one handled: training,
     checkpoints, proxy evaluations)."""
 
-    def __init__(self, setup: SweepSetup, config: TrainRunConfig, train_storage: str, started_at: float):
+    def __init__(self, setup: SweepSetup, config: TrainRunConfig, train_storage: str, started_at: float, label: str):
         super().__init__()
-        self.setup, self.config, self.train_storage = setup, config, train_storage
+        self.setup, self.config, self.train_storage, self.label = setup, config, train_storage, label
         self.started_at, self.first_report_at = started_at, None
         self.history: list[dict[str, Any]] = []  # training reports not yet passed to Tune
         self.startup: dict[str, float] = {}  # passed once, with the first result
@@ -114,8 +116,11 @@ class EvaluateAndReport(TuneReportCallback):
             self.first_report_at = time.time()
             self.startup = {"trial/startup_s": self.first_report_at - self.started_at} | startup_split(
                 self.started_at, marks, self.first_report_at)
+            split = ", ".join(f"{k.split('/')[-1][:-2]} {v:.0f} s" for k, v in self.startup.items() if "/startup/" in k)
+            self._post(f"workers up, first report after {self.startup['trial/startup_s']:.0f} s ({split})")
         # A run resumed after its last step reports its final checkpoint's path instead of a checkpoint.
         path = checkpoint.path if checkpoint is not None else train_metrics.pop("checkpoint_path", None)
+        self._post_report(train_metrics, path is not None)
         self.history.append(train_metrics)
         for done in [f for f in self.evaluations if f.done()]:
             done.result()  # an evaluation that failed fails the trial here
@@ -132,6 +137,24 @@ class EvaluateAndReport(TuneReportCallback):
             for future in self.evaluations:
                 future.result()
             self.evaluations = []
+
+    def _post(self, what: str) -> None:
+        progress.post(self.setup.sweep.name, f"{self.label}: {what}")
+
+    def _post_report(self, metrics: dict[str, Any], evaluated: bool) -> None:
+        """A training report's line: step, loss, speed, time left at this pace (a checkpoint's: its evaluation
+        starts, and its result's line follows from the driver)."""
+        step, steps = int(metrics.get("step", 0)), self.config.optim.steps
+        if not step:
+            return
+        line = f"step {step}/{steps}"
+        if "loss" in metrics:
+            line += f", loss {metrics['loss']:.4f}, {metrics.get('samples_per_s', 0):.1f} samples/s"
+        active = time.time() - self.first_report_at
+        if 0 < step < steps and "resumed_from_step" in metrics and step > metrics["resumed_from_step"]:
+            left = active / (step - metrics["resumed_from_step"]) * (steps - step)
+            line += f", about {left / 60:.1f} min left" if left >= 60 else f", about {left:.0f} s left"
+        self._post(line + ("; evaluating its checkpoint" if evaluated else ""))
 
     def _evaluate_and_report(self, run_context, uri: str, train_metrics: dict[str, Any],
                              history: list[dict[str, Any]], startup: dict[str, float]) -> None:
@@ -171,6 +194,8 @@ def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
     config = trial_run_config(setup.run, params)
     config = replace(config, trainer=replace(config.trainer, validation_cache=setup.sweep.validation_cache_location))
     train_storage = setup.sweep.location("train")
+    label = progress.describe(trial_id, params, setup.run)
+    progress.post(setup.sweep.name, f"{label}: starting on {ray.util.get_node_ip_address()}")
     trainer = build_trainer(config, name=trial_id, storage_path=train_storage, prune=False,
-                            callbacks=[EvaluateAndReport(setup, config, train_storage, started_at)])
+                            callbacks=[EvaluateAndReport(setup, config, train_storage, started_at, label)])
     trainer.fit()

@@ -322,3 +322,17 @@ def test_a_forged_optimizer_state_is_skipped_for_the_previous_checkpoint(s3_buck
     said = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.out"))
     assert re.search(r"resume: \S*checkpoint_000004/manifest.rank0.json\S*: bad signature \(altered, or signed with another "
                      r"key\)\. Not loaded: its files may have been replaced\. Falling back to the previous checkpoint\.", said)
+
+
+def test_a_node_with_another_key_is_refused_before_any_trial(s3_bucket, local_ray, tmp_path, monkeypatch):
+    """Every node must verify with the driver's key: here the driver's is another than the (one) node's."""
+    from sweeps.cluster import check_signing_keys
+
+    check_signing_keys()  # the same key everywhere
+    other = tmp_path / "other.key"
+    other.write_text("e" * 64)
+    other.chmod(0o600)
+    monkeypatch.setenv(signing.KEY_ENV, str(other))
+    with pytest.raises(ValueError, match=r"^node [\d.]+: has another signing key than the driver's\. Every node needs "
+                                         r"the driver's \S+other.key \(cluster.yaml's file_mounts ship it\)\.$"):
+        check_signing_keys()

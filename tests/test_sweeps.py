@@ -614,6 +614,84 @@ def test_a_killed_then_interrupted_sweep_resumes_without_rerunning_or_duplicatin
     # test_tracking_record.py, on a tracking server, with a driver killed in that round.
 
 
+def interrupt_at(config: Path, cwd: Path, line: str, extra: tuple[str, ...] = (), second_after_s: float | None = None,
+                 timeout_s: float = 900) -> tuple[int, str, str]:
+    """Run the sweep and send SIGINT when its terminal shows a line with `line` (a second one
+    `second_after_s` later): (exit status, stdout, stderr)."""
+    import threading
+
+    driver = subprocess.Popen(sweep_command(config, *extra), cwd=cwd, env=env(), start_new_session=True, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out: list[str] = []
+    err: list[str] = []
+    seen = threading.Event()
+
+    def read_out() -> None:
+        for text in driver.stdout:
+            out.append(text)
+            if line in text:
+                seen.set()
+
+    readers = [threading.Thread(target=read_out, daemon=True),
+               threading.Thread(target=lambda: err.extend(driver.stderr), daemon=True)]
+    for reader in readers:
+        reader.start()
+    assert seen.wait(timeout_s), f"no line with {line!r}:\n" + "".join(out)[-3000:] + "".join(err)[-3000:]
+    driver.send_signal(signal.SIGINT)
+    if second_after_s is not None:
+        time.sleep(second_after_s)
+        driver.send_signal(signal.SIGINT)
+    try:
+        driver.wait(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    for reader in readers:
+        reader.join(timeout=10)
+    return driver.returncode, "".join(out), "".join(err)
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_stops_says_how_to_continue_and_loses_nothing(tmp_path, tiny_model_dir):
+    """SIGINT while the first trial is starting (before its first report), during a proxy evaluation,
+    between phases, during the final evaluation, and twice in a row: each exits 130 with the command that
+    continues it, no traceback and no later phase started; then `--resume` completes the sweep with every
+    trial run once and logged once. (During training: the killed-then-interrupted test.)"""
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, "ctrl-c")
+    folder = tmp_path / "sweeps" / "ctrl-c"
+    continued = re.compile(r"Continue with:\n  python sweeps/ratio_search.py --config \S+ --resume\n")
+
+    def stopped(status: int, err: str, phase: str) -> None:
+        assert status == 130 and "Traceback" not in err, err[-3000:]
+        assert f"Sweep interrupted in its {phase} phase" in err and continued.search(err), err[-3000:]
+        assert not (folder / "finished.txt").exists()
+
+    status, out, err = interrupt_at(config, tmp_path, ": starting on ")  # (1) a trial starting
+    stopped(status, err, "search")
+    assert not list(folder.glob("seeds-*")) and "step 3/6" not in out  # before its first report
+    status, out, err = interrupt_at(config, tmp_path, "evaluating its checkpoint", ("--resume",))  # (3)
+    stopped(status, err, "search")
+    assert not list(folder.glob("seeds-*"))
+    status, out, err = interrupt_at(config, tmp_path, "== seeds-", ("--resume",))  # (4) between phases
+    assert re.search(r"Sweep interrupted in its seeds-\S+ phase", err) and status == 130, err[-3000:]
+    assert "Traceback" not in err and "final evaluation" not in out
+    status, out, err = interrupt_at(config, tmp_path, "final evaluation on xquad-r started", ("--resume",))  # (5)
+    stopped(status, err, "final evaluation")
+    status, out, err = interrupt_at(config, tmp_path, "final evaluation on xquad-r started", ("--resume",),
+                                    second_after_s=0.05)  # (6) twice in a row
+    assert status == 130 and "Traceback" not in err, err[-3000:]
+    assert "Second Ctrl-C: exiting at once, in the final evaluation phase." in err or continued.search(err), err[-3000:]
+
+    done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _, runs = mlflow_runs(tmp_path, "ctrl-c")
+    trial_ids = [r.data.tags["tune.trial_id"] for r in runs if r.data.tags.get("sweep.role") == "trial"]
+    assert len(trial_ids) == len(set(trial_ids)) == 4  # 3 searched + 1 more seed, each run once in MLflow
+    assert set(finished_trials(tmp_path, "ctrl-c")) == set(trial_ids)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
 def test_storage_too_small_for_the_checkpoints_is_refused_before_ray_starts(tmp_path):
     """The default sweep (multilingual-e5-small: 1.2 GB a checkpoint) with its storage on a 1 GB tmpfs:
     refused with the estimate before Ray starts, and what the folder already held is still there."""

@@ -1,0 +1,71 @@
+"""Ctrl-C in the sweep driver, at any moment: the first stops the work and the sweep says how to continue
+(exit 130, no later stage started); the second exits at once.
+
+Tune installs a SIGINT handler of its own at the start of each `fit`: on a Ctrl-C its loop stops the
+trials and saves its state, and it puts back the handler that was there before. When no Ctrl-C comes,
+its handler stays installed after `fit` returns and would swallow one between phases or during the final
+evaluation. So the driver installs `_on_sigint` before anything starts and runs every phase through
+`fit` here, which installs it again afterwards and tells from which handler is installed whether Tune
+took a Ctrl-C. Outside a phase the first Ctrl-C raises KeyboardInterrupt where the driver is (starting
+Ray, an evaluation's `ray.wait`, the registration); inside one, or once stopping, the next exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from ray import tune
+
+stage = "start-up"  # what the driver is doing, for "interrupted in its ... phase"
+_stopping = False  # a Ctrl-C was taken: the next one exits at once
+_in_fit = False  # Tune's handler has the first Ctrl-C (set by `TuneHandlerSet`); one that reaches ours is the second
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    global _stopping
+    if _stopping or _in_fit:
+        print(f"\nSecond Ctrl-C: exiting at once, in the {stage} phase. Everything saved so far is kept; continue "
+              "with the same command and --resume.", file=sys.stderr, flush=True)
+        os._exit(130)
+    _stopping = True
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    signal.signal(signal.SIGINT, _on_sigint)
+
+
+class TuneHandlerSet(tune.Callback):
+    """Tune calls `setup` once its own SIGINT handler is in place: from then on, until `fit` returns, the
+    first Ctrl-C is Tune's (before, it is ours, and stops the phase's start)."""
+
+    def setup(self, **info) -> None:
+        global _in_fit
+        _in_fit = True
+
+
+def fit(tuner, phase: str):
+    """`tuner.fit()` as phase `phase` (its run config holding a `TuneHandlerSet`): (its ResultGrid, whether
+    a Ctrl-C stopped it)."""
+    global stage, _in_fit, _stopping
+    stage = phase
+    install()  # Tune's handler puts back this one when it takes a Ctrl-C
+    try:
+        grid = tuner.fit()
+    finally:
+        _in_fit = False
+    interrupted = signal.getsignal(signal.SIGINT) is _on_sigint
+    _stopping = _stopping or interrupted
+    install()  # after a fit no Ctrl-C stopped, Tune's handler is still there
+    return grid, interrupted
+
+
+def enter(what: str) -> None:
+    """The driver moves on to `what` (the final evaluation, the registration); after a Ctrl-C it does not."""
+    global stage
+    if _stopping:
+        raise KeyboardInterrupt
+    stage = what
