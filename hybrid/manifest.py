@@ -8,7 +8,7 @@ of its own (`manifest.json`), so its folder can be checked wherever it is copied
 Each manifest is signed with the deployment's key (`hybrid.signing`): a writer who can replace a file and
 recompute its sha256 cannot sign the manifest, so a forged file (a pickle in the optimizer state) is
 refused before anything is loaded. Checkpoints from before signatures are refused with the command that
-accepts them once (`python -m hybrid.signing accept`).
+accepts them once (`python -m hybrid.accept`).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _verified(listed: dict, path: Path) -> dict:
             raise IncompleteCheckpoint(f"{e} Not loaded: its files may have been replaced.") from None
         raise IncompleteCheckpoint(
             f"{e} Written before checkpoints were signed, or by someone without this deployment's key. If "
-            f"you wrote it, accept it once: python -m hybrid.signing accept {path.parent}") from None
+            f"you wrote it, accept it once: python -m hybrid.accept {path.parent}") from None
 
 
 def unsigned(folder: Path) -> list[Path]:

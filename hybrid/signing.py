@@ -134,55 +134,18 @@ def fingerprint() -> str:
     return sign(b"fingerprint", "fingerprint")[:16]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m hybrid.signing key`: make the key (before `ray up`, which ships it) and print its path.
-    `python -m hybrid.signing accept LOCATION`: sign what was written before signatures under LOCATION (its
-    checkpoints' manifests, after checking their files; a sweep folder's sweep_config.json), after asking."""
-    import argparse
+def main() -> None:
+    """`python -m hybrid.signing key`: make this machine's key if there is none (before `ray up`, which ships
+    it to every node) and print its path, never the key."""
     import sys
 
-    from hybrid import manifest, storage
-
-    parser = argparse.ArgumentParser(prog="python -m hybrid.signing", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("key", help="make this machine's signing key if there is none; print its path")
-    accept = sub.add_parser("accept", help="sign the unsigned manifests (and a sweep's sweep_config.json) under a folder, local or s3://")
-    accept.add_argument("location")
-    accept.add_argument("--yes", action="store_true", help="do not ask (you wrote these checkpoints)")
-    args = parser.parse_args(argv)
+    if sys.argv[1:] != ["key"]:
+        raise SystemExit("usage: python -m hybrid.signing key   (accept old checkpoints: python -m hybrid.accept)")
     try:
-        path = ensure_key()
-        if args.command == "key":
-            print(path)
-            return 0
-        folder = storage.local_copy(args.location)
-        found = manifest.unsigned(folder)
-        settings = folder / SETTINGS_FILE
-        if settings.is_file() and SIGNATURE not in json.loads(settings.read_text()):
-            found.append(settings)
-        if not found:
-            print(f"nothing to accept: every manifest under {args.location} is signed (or there is none).")
-            return 0
-        names = [str(p.relative_to(folder)) for p in found]
-        print(f"{len(found)} unsigned file(s) under {args.location}:", *names, sep="\n  ")
-        if not args.yes and input("Sign them with this deployment's key? Only if you wrote them. [yes/no] ") != "yes":
-            print("nothing signed.")
-            return 1
-        for manifest_path, name in zip(found, names):
-            if manifest_path == settings:
-                sweep = args.location.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-                manifest_path.write_text(json.dumps(signed(json.loads(settings.read_text()), settings_purpose(sweep)),
-                                                    indent=1, sort_keys=True))
-            else:
-                manifest.accept(manifest_path)
-            if storage.is_uri(args.location) and not args.location.startswith("file://"):
-                storage.write_text(storage.join(args.location, name), manifest_path.read_text())
-        print(f"signed {len(found)} file(s); they are read again.")
-        return 0
-    except (SigningKeyError, manifest.IncompleteCheckpoint, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(ensure_key())
+    except SigningKeyError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

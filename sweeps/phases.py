@@ -51,7 +51,7 @@ def _stored(setup: SweepSetup) -> dict[str, Any] | None:
                                 location)
     except signing.BadSignature as e:
         raise ValueError(f"{e} The sweep's settings cannot be trusted, so it is not resumed. If you wrote it, "
-                         f"accept it once: python -m hybrid.signing accept {setup.sweep.location()}") from None
+                         f"accept it once: python -m hybrid.accept {setup.sweep.location()}") from None
     except ValueError as e:
         raise ValueError(f"{location}: unreadable ({e}); the sweep is not resumed.") from None
 

@@ -119,10 +119,10 @@ def test_a_checkpoint_from_before_signatures_is_refused_until_accepted(tiny_mode
     export = storage.join(location, ENCODER_DIR)
     with pytest.raises(manifest.IncompleteCheckpoint,
                        match=r"manifest.json: not signed\. Written before checkpoints were signed, or by someone without "
-                             r"this deployment's key\. If you wrote it, accept it once: python -m hybrid\.signing accept "):
+                             r"this deployment's key\. If you wrote it, accept it once: python -m hybrid\.accept "):
         local_model_dir(export)
 
-    accept = [sys.executable, "-m", "hybrid.signing", "accept", location]
+    accept = [sys.executable, "-m", "hybrid.accept", location]
     declined = subprocess.run(accept, cwd=ROOT, input="no\n", capture_output=True, text=True, timeout=120)
     assert declined.returncode == 1 and declined.stdout.endswith("[yes/no] nothing signed.\n"), declined.stdout
     assert "1 unsigned file(s) under" in declined.stdout and "encoder/manifest.json" in declined.stdout
@@ -153,7 +153,7 @@ def test_an_edited_sweep_config_refuses_resume_before_ray_starts(tmp_path, store
                           timeout=300)
     assert done.returncode == 2 and done.stderr == (
         f"error: {location}: bad signature (altered, or signed with another key). The sweep's settings cannot be "
-        f"trusted, so it is not resumed. If you wrote it, accept it once: python -m hybrid.signing accept "
+        f"trusted, so it is not resumed. If you wrote it, accept it once: python -m hybrid.accept "
         f"{setup.sweep.location()}\n"), done.stderr
     assert not (tmp_path / "mlflow.db").exists()  # before Ray and MLflow
 
