@@ -35,6 +35,9 @@ class CheckpointRef:
     # How to embed (pooling, prefixes, max_length) where the folder does not say, e.g. a base model
     # evaluated as the run trains it (`model.*`); None: the folder's hybrid_encoder.json, else E5's defaults.
     spec: EncoderSpec | None = None
+    # Written by a training run of this deployment (a sweep's trial, a trainer checkpoint): evaluated only
+    # once its signed manifest matches its files, wherever it is read from (`local_model_dir`).
+    signed: bool = False
 
     @classmethod
     def from_path(cls, path_or_name: str) -> CheckpointRef:
@@ -45,7 +48,7 @@ class CheckpointRef:
             config = state.get("config", {})
             return cls(storage.join(path_or_name, ENCODER_DIR), int(state["step"]),
                        float(config.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)),
-                       label=path_or_name, model=config.get("model", {}).get("name", path_or_name))
+                       label=path_or_name, model=config.get("model", {}).get("name", path_or_name), signed=True)
         return cls(path_or_name, 0, DEFAULT_TEMPERATURE, label=path_or_name, model=path_or_name)
 
 
@@ -60,14 +63,15 @@ def _holds(location: str, name: str) -> bool:
     return (storage.is_uri(location) or Path(location).is_dir()) and storage.exists(storage.join(location, name))
 
 
-def local_model_dir(model: str) -> Path:
+def local_model_dir(model: str, signed: bool = False) -> Path:
     """A folder on this node with `model`'s files: a copy of a checkpoint in storage (once per node), else
     `resolve_model_dir`; checked against its signed manifest (`IncompleteCheckpoint` names the file) when
-    it comes from storage, is a trainer checkpoint's export, or has a manifest, so a cut-short, altered or
-    forged export is never evaluated. Called where the files are used, never on the driver for a cluster's
-    checkpoints."""
+    it is `signed` (a run's export: see `CheckpointRef.signed`), sits in a trainer checkpoint, or has a
+    manifest, so a cut-short, altered or forged export is never evaluated. A model of the user's own (a
+    folder or a bucket prefix without a manifest, a model name) is taken as it is. Called where the files
+    are used, never on the driver for a cluster's checkpoints."""
     folder = storage.local_copy(model) if storage.is_uri(model) else resolve_model_dir(model)
-    if storage.is_uri(model) or (folder.parent / STATE_FILE).is_file() or (folder / manifest.MANIFEST).is_file():
+    if signed or (folder.parent / STATE_FILE).is_file() or (folder / manifest.MANIFEST).is_file():
         _checked(str(folder), storage.stamp(str(folder)))
     return folder
 

@@ -44,7 +44,7 @@ def base_ref(setup: SweepSetup) -> CheckpointRef:
 def final_ref(setup: SweepSetup, checkpoint_path: str, temperature: float, trial: str) -> CheckpointRef:
     """A trial's final checkpoint, as the final phase evaluates it."""
     return CheckpointRef(path=storage.join(checkpoint_path, ENCODER_DIR), step=setup.run.optim.steps,
-                         temperature=temperature, label=trial, model=setup.run.model.name)
+                         temperature=temperature, label=trial, model=setup.run.model.name, signed=True)
 
 
 class EarlyEvaluation(tune.Callback):

@@ -160,8 +160,8 @@ class EvaluateAndReport(TuneReportCallback):
                              history: list[dict[str, Any]], startup: dict[str, float]) -> None:
         step = int(train_metrics.get("step", 0))
         proxy = self.setup.proxy_eval
-        ref = CheckpointRef(path=storage.join(uri, ENCODER_DIR), step=step,
-                            temperature=self.config.method.temperature, label=run_context.run_config.name)  # the trial id
+        ref = CheckpointRef(path=storage.join(uri, ENCODER_DIR), step=step, temperature=self.config.method.temperature,
+                            label=run_context.run_config.name, signed=True)  # label: the trial id
         [result] = evaluate_checkpoints([ref], load_eval_set(proxy, self.config.data), proxy,
                                         self.setup.sweep.eval_cache_location)
         report = train_metrics | result.summary | startup | {

@@ -104,7 +104,9 @@ def test_an_export_altered_with_its_manifest_rewritten_is_neither_evaluated_nor_
 
     refused = r"manifest.json: bad signature \(altered, or signed with another key\)\. Not loaded: its files may have been replaced\."
     with pytest.raises(manifest.IncompleteCheckpoint, match=refused):
-        local_model_dir(export)
+        local_model_dir(export, signed=True)
+    with pytest.raises(manifest.IncompleteCheckpoint, match=refused):
+        local_model_dir(export)  # its manifest is there: checked all the same
     with pytest.raises(manifest.IncompleteCheckpoint, match=refused):
         register_best(f"sqlite:///{tmp_path}/mlflow.db", "forged", "run", export, {}, "")
     assert not (tmp_path / "mlflow.db").exists()  # refused before MLflow was touched
