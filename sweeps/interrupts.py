@@ -40,11 +40,22 @@ def install() -> None:
 
 class TuneHandlerSet(tune.Callback):
     """Tune calls `setup` once its own SIGINT handler is in place: from then on, until `fit` returns, the
-    first Ctrl-C is Tune's (before, it is ours, and stops the phase's start)."""
+    first Ctrl-C is Tune's (before, it is ours, and stops the phase's start). Its handler is wrapped to
+    say at once what happens (Tune's own words, advice to call `Tuner.restore` included, are hidden)."""
 
     def setup(self, **info) -> None:
         global _in_fit
         _in_fit = True
+        tunes = signal.getsignal(signal.SIGINT)
+        if not callable(tunes):  # Tune's handler turned off (TUNE_DISABLE_SIGINT_HANDLER)
+            return
+
+        def stopping(signum: int, frame: Any) -> None:
+            print(f"\nCtrl-C: stopping the {stage} phase (Tune stops its trials and saves its state, a few seconds); "
+                  "Ctrl-C again exits at once.", file=sys.stderr, flush=True)
+            tunes(signum, frame)
+
+        signal.signal(signal.SIGINT, stopping)
 
 
 def fit(tuner, phase: str):

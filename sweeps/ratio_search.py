@@ -150,10 +150,11 @@ def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namesp
 
         transformers.logging.set_verbosity_error()  # its load report of the registered encoder
         # Tune's own output (a box per phase, "View detailed results", a TensorBoard hint, its restore and
-        # save lines): the progress view's lines stand for it; --verbose brings it back.
+        # save lines, its Ctrl-C advice to call Tuner.restore): the progress view's lines and the sweep's own
+        # messages stand for it; --verbose brings it back. Errors still show.
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # read at each fit; with verbose=0 the classic reporter is silent
         for name in ("ray.tune", "ray.train"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
     sync = LogSync(Path(logs), s.location("logs"), s.log_sync_s)
     with user_errors(parser, args.debug):
         cluster.check_storage(setup)  # [7] storage every node sees
