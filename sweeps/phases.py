@@ -19,7 +19,7 @@ from ray import tune
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import signing, storage
-from sweeps import interrupts, knobs, tracking, tune_state
+from sweeps import interrupts, knobs, progress, tracking, tune_state
 from sweeps.config import SweepSetup
 from sweeps.early import EarlyEvaluation, base_ref, final_ref, full_eval_config
 from sweeps.identity import new_id
@@ -277,8 +277,7 @@ def _final_progress(total: int):
 
     def say(ref, elapsed: float, cached: bool) -> None:
         done.append(elapsed)
-        left = elapsed / len(done) * (total - len(done)) if not cached else 0.0
-        more = f", about {left / 60:.1f} min left" if left >= 60 else f", about {left:.0f} s left" if left else ""
+        more = "" if cached else progress.pace_left(elapsed, len(done), total)
         print(f"{time.strftime('%H:%M:%S')} final evaluation: {ref.label} "
               f"{'from the evaluation cache' if cached else f'done after {elapsed:.0f} s'} ({len(done)}/{total}{more})",
               flush=True)

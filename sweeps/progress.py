@@ -38,6 +38,18 @@ def describe(trial_id: str, params: dict[str, Any], base: Any) -> str:
     return f"trial {trial_id} ({', '.join(shown)}, seed {params.get('seed', 0)})"
 
 
+def time_left(seconds: float) -> str:
+    """", about N min left" (or "N s"); "" when nothing is left."""
+    if seconds <= 0:
+        return ""
+    return f", about {seconds / 60:.1f} min left" if seconds >= 60 else f", about {seconds:.0f} s left"
+
+
+def pace_left(elapsed_s: float, done: int, total: int) -> str:
+    """`time_left` at the pace so far: `done` of `total` units took `elapsed_s`."""
+    return time_left(elapsed_s / done * (total - done)) if 0 < done < total and elapsed_s > 0 else ""
+
+
 def post(sweep: str, line: str) -> None:
     """From any node, without waiting: a line for the driver's terminal (nothing outside a sweep)."""
     try:

@@ -26,7 +26,7 @@ from hybrid import locations, signing, storage
 from hybrid.config import DataConfig
 from hybrid.data.sources import origin
 from hybrid.splits import training_digest
-from sweeps.progress import describe
+from sweeps.progress import describe, pace_left
 from sweeps.tracking_queue import TrackingQueue
 from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key, trial_run_config, unreported_purpose
 from trainers.config import TrainRunConfig
@@ -242,7 +242,7 @@ class TrialLogger(tune.Callback):
             loss = next((h["loss"] for h in reversed(history) if "loss" in h), float("nan"))
             self._say(trial, f"step {step}/{self.steps}, loss {loss:.4f}, "
                              f"{self.objective} {result.get(self.objective, float('nan')):.4f}"
-                             f"{self._eta(step, result.get('trial/active_s'))}")
+                             f"{pace_left(result.get('trial/active_s') or 0.0, step, self.steps)}")  # start-up excluded
         timings = {k: v for k, v in result.items() if k.startswith("trial/")}
         self.mlflow.queue.submit(self._log_result, trial.trial_id, dict(trial.config), history, timings, step,
                                  result.get(EVAL_RESULT))
@@ -291,14 +291,6 @@ class TrialLogger(tune.Callback):
         run_id = self._run_id(trial_id, config)
         self.mlflow.log_metrics(run_id, wall, step)
         self.mlflow.end(run_id, status)
-
-    def _eta(self, step: int, active_s: float | None) -> str:
-        """", about N min left" from the trial's pace since its step-0 report (`trial/active_s`: training,
-        checkpoints and proxy evaluations; its start-up excluded)."""
-        if not active_s or not 0 < step < self.steps:
-            return ""
-        left = active_s / step * (self.steps - step)
-        return f", about {left / 60:.1f} min left" if left >= 60 else f", about {left:.0f} s left"
 
     def _say(self, trial, what: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {describe(trial.trial_id, trial.config, self.base)}: {what}", flush=True)

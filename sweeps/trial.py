@@ -150,10 +150,8 @@ class EvaluateAndReport(TuneReportCallback):
         line = f"step {step}/{steps}"
         if "loss" in metrics:
             line += f", loss {metrics['loss']:.4f}, {metrics.get('samples_per_s', 0):.1f} samples/s"
-        active = time.time() - self.first_report_at
-        if 0 < step < steps and "resumed_from_step" in metrics and step > metrics["resumed_from_step"]:
-            left = active / (step - metrics["resumed_from_step"]) * (steps - step)
-            line += f", about {left / 60:.1f} min left" if left >= 60 else f", about {left:.0f} s left"
+        start = int(metrics.get("resumed_from_step", step))  # this run's first step (a resumed run's is later)
+        line += progress.pace_left(time.time() - self.first_report_at, step - start, steps - start)
         self._post(line + ("; evaluating its checkpoint" if evaluated else ""))
 
     def _evaluate_and_report(self, run_context, uri: str, train_metrics: dict[str, Any],

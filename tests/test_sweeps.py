@@ -103,14 +103,12 @@ def test_trial_config_applies_the_searched_values():
 
 
 def test_progress_lines_estimate_the_time_left():
-    """From the trial's pace since its step-0 report (its start-up is not training speed)."""
-    from sweeps.tracking import SweepRuns, TrialLogger
+    """From the pace so far (a trial's since its step-0 report: its start-up is not training speed)."""
+    from sweeps.progress import pace_left
 
-    setup = load_sweep_setup(ROOT / "configs/default.yaml")  # 16 steps
-    logger = TrialLogger(SweepRuns("sqlite:///unused.db", "0", "parent"), setup.run, "unused", "multi/map", progress=True)
-    assert logger._eta(8, 120.0) == ", about 2.0 min left"  # 15 s a step, 8 steps to go
-    assert logger._eta(12, 30.0) == ", about 10 s left"
-    assert logger._eta(16, 200.0) == "" and logger._eta(8, None) == ""  # done; no pace known
+    assert pace_left(120.0, 8, 16) == ", about 2.0 min left"  # 15 s a step, 8 steps to go
+    assert pace_left(30.0, 12, 16) == ", about 10 s left"
+    assert pace_left(200.0, 16, 16) == "" and pace_left(0.0, 8, 16) == ""  # done; no pace known
 
 
 class FakeGrid(list):
