@@ -139,6 +139,7 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
     `early` starts the references' final evaluation when they finish (`sweeps.early`)."""
     root, path = setup.sweep.location(), setup.sweep.location(name)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), setup.sweep.trial_bundle)
+    interrupts.enter(name)  # a Ctrl-C from here on names this phase
     print(f"\n== {name}: {trials} trial(s) ==", flush=True)
     tune_state.never_unpickle_trial_errors()
     signed = tune_state.purpose(setup.sweep.name, name)
