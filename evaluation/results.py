@@ -142,7 +142,3 @@ def cached(cache: str, key: str) -> EvalResult | None:
         return None
     except (ValueError, TypeError, KeyError):
         return None
-    try:
-        return EvalResult.from_json(storage.read_text(location))
-    except (ValueError, TypeError, KeyError):
-        return None
