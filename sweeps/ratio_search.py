@@ -29,12 +29,13 @@ os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the best encoder's registration loads it here
 
 import optuna
+import ray
 import yaml
 
 from hybrid.config import DEFAULT_CONFIG, to_dict
 from hybrid import storage
 from hybrid.layout import ENCODER_DIR
-from sweeps import cluster, identity, interrupts, phases, progress, registry, tracking
+from sweeps import cluster, estimate, identity, interrupts, phases, progress, registry, tracking
 from sweeps.config import SweepSetup, flatten, is_local_file, is_server, load_sweep_setup, redact
 from sweeps.early import EarlyEvaluation
 from sweeps.lease import DriverLease
@@ -164,12 +165,27 @@ def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namesp
         requested = cluster.wait_for_resources(setup, s.scale_up_timeout_s)  # [9] resources now or after scaling up
     board = progress.Printer(s.name)  # trials' lines from the nodes they run on
     try:
-        run_sweep(setup, sweep_id, args.resume, start)
+        expected = None if args.resume else estimated(setup, start)
+        run_sweep(setup, sweep_id, args.resume, start, expected)
     finally:
         board.close()
         if requested:
             cluster.release()
         sync.close()
+
+
+def estimated(setup: SweepSetup, start: float) -> estimate.Estimate | None:
+    """This machine's speed measured and the sweep's time estimated from it, printed before the search
+    (a CPU training only: the calibration times CPU steps)."""
+    if setup.run.trainer.use_gpu:
+        return None
+    interrupts.enter("calibration")
+    print(f"{time.strftime('%H:%M:%S')} measuring this machine's speed at the sweep's work (a few training steps, "
+          "about 20 s)", flush=True)
+    speed = estimate.calibrate(setup)
+    guess = estimate.estimate(setup, speed, ray.cluster_resources().get("CPU", 1), time.perf_counter() - start)
+    print(f"{time.strftime('%H:%M:%S')} {guess.line()}", flush=True)
+    return guess
 
 
 def record_warning(setup: SweepSetup) -> str | None:
@@ -202,7 +218,8 @@ def resolved_config(setup: SweepSetup) -> dict:
     return to_dict(setup.run) | {"eval": to_dict(setup.eval), "sweep": to_dict(setup.sweep)}
 
 
-def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float) -> None:
+def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
+              expected: estimate.Estimate | None = None) -> None:
     s = setup.sweep
     resolved = resolved_config(setup)
     runs = tracking.SweepRuns.open(s.tracking_uri, s.name, sweep_id, s.artifact_location, flat_params(setup.raw),
@@ -228,7 +245,9 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float) -> N
     version = register(setup, table, ranking, runs)
     wall = time.perf_counter() - start
     overhead = runs.trial_overhead()
-    runs.log_metrics(runs.parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead, step=0)
+    calibration = {"sweep/estimate_s": expected.total_s} | expected.speed.as_metrics() if expected else {}
+    runs.log_metrics(runs.parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead | calibration,
+                     step=0)
     runs.end(runs.parent_id)
 
     print("\nTrials (proxy evaluation, last checkpoint):")
@@ -256,7 +275,11 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float) -> N
                                 f"{best[s.objectives[0]]:.4f} over {best['seeds']} seed(s) at {knobs}")
     print(f"\nThe best configuration's encoder: models:/{s.name}@{registry.ALIAS} (version {version}), e.g. "
           f"mlflow.sentence_transformers.load_model('models:/{s.name}@{registry.ALIAS}').")
-    print(f"\nSweep '{s.name}': {len(table)} trials in {wall / 60:.1f} min. Compare the runs in MLflow:")
+    took = f"{len(table)} trials in {wall / 60:.1f} min"
+    if expected:
+        took += (f" (estimated {expected.total_s / 60:.1f} min on {expected.speed.cpu}: "
+                 f"{(expected.total_s - wall) / wall:+.0%})")
+    print(f"\nSweep '{s.name}': {took}. Compare the runs in MLflow:")
     if is_server(s.tracking_uri):
         print(f"  {redact(s.tracking_uri).rstrip('/')}/#/experiments/{runs.exp_id}  (the tracking server's UI)")
     else:

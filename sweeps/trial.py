@@ -190,7 +190,8 @@ def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
     started_at = time.time()
     trial_id = tune.get_context().get_trial_id()
     config = trial_run_config(setup.run, params)
-    config = replace(config, trainer=replace(config.trainer, validation_cache=setup.sweep.validation_cache_location))
+    config = replace(config, trainer=replace(config.trainer, validation_cache=setup.sweep.validation_cache_location,
+                                             resumable_final=False))  # a trial is never trained further
     train_storage = setup.sweep.location("train")
     label = progress.describe(trial_id, params, setup.run)
     progress.post(setup.sweep.name, f"{label}: starting on {ray.util.get_node_ip_address()}")

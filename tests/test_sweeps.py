@@ -119,6 +119,25 @@ class FakeGrid(list):
         self.num_terminated, self.num_errors = terminated, errors
 
 
+def test_the_estimate_counts_the_sweeps_work_and_scales_with_the_measured_speed():
+    """The default's plan (3 searched + 1 more seed; one checkpoint each; the proxy and full evaluation's
+    texts; base + 2 references + the best at 2 seeds), and an estimate that doubles its measured parts on a
+    machine half as fast."""
+    from sweeps import estimate
+    from trainers.calibrate import Speed
+
+    setup = load_sweep_setup(ROOT / "configs/default.yaml").resolved()
+    assert estimate.plan(setup) == estimate.Plan(trials=4, checkpoints=1, proxy_texts=300 + 893, final_models=5,
+                                                 final_texts=3069 + 3222)
+    fast = estimate.estimate(setup, Speed(import_s=5, load_s=4, step_s=2.5, encode_s=0.03, cpu="x"), cpus=2)
+    slow = estimate.estimate(setup, Speed(import_s=10, load_s=8, step_s=5, encode_s=0.06, cpu="x"), cpus=2)
+    assert list(fast.parts) == ["start-up", "training", "proxy evaluation", "final evaluation"]
+    assert fast.total_s == pytest.approx(sum(fast.parts.values()))
+    for part in ("training", "final evaluation"):  # no fixed cost in these but per-item ones
+        assert 1.8 < slow.parts[part] / fast.parts[part] <= 2
+    assert fast.parts["final evaluation"] == pytest.approx(5 * (6291 * 0.03 + estimate.PER_MODEL_S) / 2)
+
+
 def test_a_trial_stopped_before_it_started_is_not_an_ended_trial():
     from types import SimpleNamespace as R
 
@@ -288,6 +307,13 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Configurations ranked by multi/map" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
+    # The estimate from this machine's measured speed, before the search, and beside the actual at the end.
+    estimated = re.search(r"^\d\d:\d\d:\d\d this machine \((.+)\): a training step [\d.]+ s per worker, \d+ ms per "
+                          r"evaluated text; the sweep should take about (\d+) min \(start-up [\d.]+, training [\d.]+, "
+                          r"proxy evaluation [\d.]+, final evaluation [\d.]+ min\)$", done.stdout, re.M)
+    assert estimated and done.stdout.index(estimated.group(0)) < done.stdout.index("== search"), done.stdout[:3000]
+    assert re.search(rf"^Sweep 'tiny': 4 trials in [\d.]+ min \(estimated [\d.]+ min on {re.escape(estimated.group(1))}: "
+                     r"[+-]\d+%\)\. Compare", done.stdout, re.M), done.stdout[-2000:]
     # The quiet terminal: phase headers and a line per trial result, not Tune's tables or workers' chatter;
     # the workers' output is in the Ray log folder it names.
     assert len((done.stdout + done.stderr).splitlines()) < 200, done.stdout
@@ -320,7 +346,8 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
         steps = [m.step for m in client.get_metric_history(child.info.run_id, PROXY_MAP)]
         assert sorted(steps) == [3, 6], steps
         assert client.get_metric_history(child.info.run_id, "train/loss")
-    assert {"base/multi/map", "best/multi/map", "eval/xquad-r/heldout/multi/map"} <= set(parents[0].data.metrics)
+    assert {"base/multi/map", "best/multi/map", "eval/xquad-r/heldout/multi/map", "sweep/estimate_s",
+            "calibration/step_s", "calibration/encode_s"} <= set(parents[0].data.metrics)
     assert [r.info.status for r in runs] == ["FINISHED"] * 5  # closed, not left "running" in MLflow's UI
 
     # The best configuration's encoder, registered as models:/tiny@best: it loads with MLflow's
@@ -473,6 +500,9 @@ def test_concurrent_trials_log_every_report_and_a_diverging_trial_fails_alone(tm
         best = max(proxy, key=lambda step: (proxy[step], step))
         kept = sorted(p.name for p in (tmp_path / "sweeps" / "busy" / "train" / trial).glob("checkpoint_0*"))
         assert kept == sorted({f"checkpoint_{6:06d}", f"checkpoint_{best:06d}"}), (kept, proxy)
+        # Optimizer state only where a run could still resume from: not in a trial's last checkpoint.
+        folder = tmp_path / "sweeps" / "busy" / "train" / trial
+        assert {k: (folder / k / "deepspeed").is_dir() for k in kept} == {k: k != "checkpoint_000006" for k in kept}
 
 
 def test_the_default_fills_two_cpus_exactly_and_one_less_is_refused():
@@ -651,7 +681,8 @@ def interrupt_at(config: Path, cwd: Path, line: str, extra: tuple[str, ...] = ()
 
 @pytest.mark.slow
 def test_ctrl_c_at_any_moment_stops_says_how_to_continue_and_loses_nothing(tmp_path, tiny_model_dir):
-    """SIGINT while the first trial is starting (before its first report), during a proxy evaluation,
+    """SIGINT while the machine's speed is measured, while the first trial is starting (before its first
+    report), during a proxy evaluation,
     between phases, during the final evaluation, and twice in a row: each exits 130 with the command that
     continues it, no traceback and no later phase started; then `--resume` completes the sweep with every
     trial run once and logged once. (During training: the killed-then-interrupted test.)"""
@@ -664,7 +695,10 @@ def test_ctrl_c_at_any_moment_stops_says_how_to_continue_and_loses_nothing(tmp_p
         assert f"Sweep interrupted in its {phase} phase" in err and continued.search(err), err[-3000:]
         assert not (folder / "finished.txt").exists()
 
-    status, out, err = interrupt_at(config, tmp_path, ": starting on ")  # (1) a trial starting
+    status, out, err = interrupt_at(config, tmp_path, "measuring this machine's speed")  # (0) the calibration
+    stopped(status, err, "calibration")
+    assert not list(folder.glob("search")) and "== search" not in out
+    status, out, err = interrupt_at(config, tmp_path, ": starting on ", ("--resume",))  # (1) a trial starting
     stopped(status, err, "search")
     assert not list(folder.glob("seeds-*")) and "step 3/6" not in out  # before its first report
     status, out, err = interrupt_at(config, tmp_path, "evaluating its checkpoint", ("--resume",))  # (3)

@@ -230,6 +230,24 @@ def test_deepspeed_config_follows_ours():
     assert cpu["bf16"]["enabled"] is False
 
 
+def test_a_last_checkpoint_without_optimizer_state_is_reported_again_but_not_trained_further(tiny_model_dir, tmp_path,
+                                                                                              local_ray):
+    """`trainer.resumable_final: false` (a sweep's trials): the last checkpoint holds the export and the
+    run's state, no optimizer state. Started again, the finished run reports it again without loading
+    anything; with more steps it is refused by name instead of training on from a fresh optimizer."""
+    config = tiny_config(tiny_model_dir, tmp_path, checkpoint_every=2, log_every=2, max_failures=0,
+                         strategy="ddp", workers=1, resumable_final=False)
+    first = build_trainer(with_steps(config, 4), "final").fit()
+    folder = tmp_path / "ray" / "final"
+    assert [(folder / c / "ddp").is_dir() for c in ("checkpoint_000002", "checkpoint_000004")] == [True, False]
+    manifest.check(Path(first.checkpoint.path))  # complete as written
+    again = build_trainer(with_steps(config, 4), "final").fit()
+    assert (again.metrics["resumed_from_step"], again.metrics["checkpoint_path"]) == (4, first.checkpoint.path)
+    with pytest.raises(Exception, match=r"checkpoint_000004 holds no optimizer state \(written as a run's last "
+                                        r"checkpoint with trainer.resumable_final=false\): it cannot be trained further"):
+        build_trainer(with_steps(config, 6), "final").fit()
+
+
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_model_dir, tmp_path, local_ray):
     """lr 1e30 blows the weights up after one update: the run fails at step 2 with a named error (step,
     lr, batch), before that step's update, and no checkpoint after step 1 is ever written."""

@@ -3,7 +3,8 @@
 Runs in every worker (it must live in an importable module: a loop defined in `__main__` fails to pickle
 once deepspeed is imported). Each checkpoint directory holds, after Ray merges the ranks' files:
 
-    deepspeed/ or ddp/   optimizer (and, for DeepSpeed, sharded model) state, for exact resume
+    deepspeed/ or ddp/   optimizer (and, for DeepSpeed, sharded model) state, for exact resume (not in
+                         the last checkpoint with `trainer.resumable_final: false`, as in a sweep)
     encoder/             the consolidated model: safetensors + tokenizer + sentence-transformers config,
                          its model card (README.md) and manifest
     trainer_state.json   step, sampler state, batch mix so far, the run's config
@@ -79,10 +80,13 @@ class Meter:
                 "samples_per_s": self.steps * global_batch_size / (time.perf_counter() - self.started)}
 
 
-def save_checkpoint(engine: Engine, directory: Path, rank: int, world: int, state: dict[str, Any], card: str) -> None:
+def save_checkpoint(engine: Engine, directory: Path, rank: int, world: int, state: dict[str, Any], card: str,
+                    resumable: bool) -> None:
     """This rank's part of a checkpoint, its manifest last (Ray merges the ranks' folders); the export
-    gets its model `card` (README.md)."""
-    engine.save(directory)
+    gets its model `card` (README.md). `resumable`: with the engine's optimizer state (`state["resumable"]`
+    says which), needed only to train on from it."""
+    if resumable:
+        engine.save(directory)
     with engine.gathered_params():  # ZeRO-3: full weights on every rank while inside
         if rank == 0:
             engine.encoder.save(directory / ENCODER_DIR)
@@ -93,8 +97,10 @@ def save_checkpoint(engine: Engine, directory: Path, rank: int, world: int, stat
     manifest.write(directory, manifest.rank_manifest(rank), world_size=world)
 
 
-def restore(checkpoint: ray.train.Checkpoint | None, engine: Engine) -> tuple[dict[str, Any] | None, str | None]:
+def restore(checkpoint: ray.train.Checkpoint | None, engine: Engine,
+            steps: int) -> tuple[dict[str, Any] | None, str | None]:
     """Load the latest complete checkpoint at or before `checkpoint` into `engine`: (its state, its path).
+    One at `steps` or beyond (the run finished) is not loaded: the run only reports it again.
 
     A checkpoint whose files do not match its manifests (a node lost while uploading, a full disk, a
     file altered) is skipped with a message, for the one before it; none complete: (None, None), step 0."""
@@ -105,8 +111,14 @@ def restore(checkpoint: ray.train.Checkpoint | None, engine: Engine) -> tuple[di
             except manifest.IncompleteCheckpoint as e:
                 print(f"[hybrid-sweep] resume: {e} Falling back to the previous checkpoint.", flush=True)
                 continue
-            engine.load(Path(d))
-            return json.loads((Path(d) / STATE_FILE).read_text()), candidate.path
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+            if state["step"] < steps:
+                if not state.get("resumable", True):
+                    raise ValueError(f"{candidate.path} holds no optimizer state (written as a run's last checkpoint "
+                                     "with trainer.resumable_final=false): it cannot be trained further. Start a new "
+                                     "run from its encoder/ (model.name).")
+                engine.load(Path(d))
+            return state, candidate.path
     if checkpoint is not None:
         print("[hybrid-sweep] resume: no complete checkpoint; training starts from step 0.", flush=True)
     return None, None
@@ -146,7 +158,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     loss_fn = InfoNCELoss(config.method.temperature, config.method.symmetric)
     marks["engine"] = time.time()
 
-    state, restored_path = restore(ray.train.get_checkpoint(), engine)
+    state, restored_path = restore(ray.train.get_checkpoint(), engine, config.optim.steps)
     marks["restore"] = time.time()
     mono_steps = 0
     if state:
@@ -183,10 +195,11 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             meter = Meter()
             continue
         metrics |= validate(engine, loss_fn, val_sampler, config)
+        resumable = not last or t.resumable_final
         state = {"step": step, "sampler": sampler.state_dict(), "mono_steps": mono_steps,
-                 "metrics": metrics, "config": to_dict(config)}
+                 "metrics": metrics, "config": to_dict(config), "resumable": resumable}
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(engine, Path(tmp), rank, world, state, model_card(config, step))
+            save_checkpoint(engine, Path(tmp), rank, world, state, model_card(config, step), resumable)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{step:06d}")
         meter = Meter()  # started after validation and saving: they are not training throughput

@@ -30,7 +30,7 @@ CACHE_FORMAT = 2  # part of the key: a change to what is embedded, or how, never
 NOT_EMBEDDED = {  # run settings the base model's validation embeddings cannot depend on
     "method": ("mono_ratio", "temperature", "symmetric", "seed"),  # training batches and the loss (seed: see key)
     "optim": ("lr", "weight_decay", "warmup_steps", "steps"),
-    "trainer": ("grad_clip", "checkpoint_every", "keep_checkpoints", "max_failures", "log_every",
+    "trainer": ("grad_clip", "checkpoint_every", "keep_checkpoints", "resumable_final", "max_failures", "log_every",
                 "cpus_per_worker", "storage_path", "validation_cache"),
 }
 

@@ -1,0 +1,107 @@
+"""The sweep's wall time, estimated before the search from this machine's measured speed
+(`trainers.calibrate`, run where a trial's worker would run) and the sweep's plan: how many trials, steps,
+checkpoints and evaluated texts. Printed at the start; the end-of-sweep summary sets it beside the actual.
+
+The model is the work of a trial done one after another on a machine its workers fill:
+start-up (Ray's worker group, imports, the encoder's load), training steps, per checkpoint a held-out
+validation, a save and a proxy evaluation (the last one alone, the earlier ones beside training), then
+the final evaluation's encoding over the CPUs. Ray's own costs are seconds measured on 2 cores
+(`RAY_TRIAL_S`, `BETWEEN_TRIALS_S`, `FIXED_S`); the rest scales with the calibration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import ray
+
+from evaluation.datasets import load_eval_set
+from evaluation.eval_set import EvalSet
+from evaluation.runner import OUTSIDE_TRIAL
+from sweeps.config import SweepSetup
+from sweeps.phases import full_eval_config
+from trainers.calibrate import Speed, measure
+
+RAY_TRIAL_S = 7.0  # a trial's start-up besides imports and the model: worker group, data, DeepSpeed init
+BETWEEN_TRIALS_S = 7.0  # teardown, Tune starting the next trial, the driver's logging
+FIXED_S = 15.0  # the MLflow run, a phase's Tuner, the registration
+TRAIN_OVERHEAD = 1.3  # a worker's step in a trial / the calibration's: all-reduce, gathered negatives, reports
+VALIDATION_STEPS = 1 / 3  # a held-out validation batch (forward only) in training steps
+SAVE_S = 4.0  # a checkpoint written, its manifest hashed (e5-small, a local disk)
+BESIDE_TRAINING = 0.5  # share of an earlier checkpoint's proxy evaluation that adds to the trial's time
+PER_MODEL_S = 3.0  # an evaluated model's hash and load
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the sweep will run (upper bounds where the ranking decides: the best is not a reference)."""
+
+    trials: int
+    checkpoints: int  # per trial
+    proxy_texts: int  # per proxy evaluation
+    final_models: int
+    final_texts: int  # per final model, every dataset
+
+
+@dataclass(frozen=True)
+class Estimate:
+    total_s: float
+    parts: dict[str, float]  # seconds by stage
+    speed: Speed
+
+    def line(self) -> str:
+        split = ", ".join(f"{name} {s / 60:.1f}" for name, s in self.parts.items())
+        return (f"this machine ({self.speed.cpu}): a training step {self.speed.step_s:.2f} s per worker, "
+                f"{self.speed.encode_s * 1000:.0f} ms per evaluated text; the sweep should take about "
+                f"{self.total_s / 60:.0f} min ({split} min)")
+
+
+def texts(eval_set: EvalSet) -> int:
+    return sum(map(len, eval_set.queries.values())) + sum(map(len, eval_set.candidates.values()))
+
+
+def _restricted(config, data) -> EvalSet:
+    loaded = load_eval_set(config, data)
+    eval_set = loaded if isinstance(loaded, EvalSet) else EvalSet.from_corpus(loaded)
+    return eval_set.restrict(config.languages, config.max_questions)
+
+
+def plan(setup: SweepSetup) -> Plan:
+    s, run = setup.sweep, setup.run
+    extra_seeds = max(0, s.seeds - 1)
+    reseeded = (s.top_k + (2 if s.reseed_references else 0)) * extra_seeds
+    trials = s.trials + reseeded
+    final = trials if s.final_eval_all else 2 + s.top_k * s.seeds + (2 * extra_seeds if s.reseed_references else 0)
+    datasets = (setup.eval.dataset, *s.zero_shot_datasets)
+    return Plan(trials=trials, checkpoints=math.ceil(run.optim.steps / run.trainer.checkpoint_every),
+                proxy_texts=texts(_restricted(setup.proxy_eval, run.data)),
+                final_models=(1 + final) if s.final_eval else 0,
+                final_texts=sum(texts(_restricted(full_eval_config(setup, d), run.data)) for d in datasets))
+
+
+def estimate(setup: SweepSetup, speed: Speed, cpus: float, spent_s: float = 0.0) -> Estimate:
+    """Seconds by stage for `setup` on a cluster of `cpus` CPUs measured at `speed`, `spent_s` already
+    spent (Ray's start, the calibration) counted in start-up."""
+    p, run = plan(setup), setup.run
+    proxy = p.proxy_texts * speed.encode_s + PER_MODEL_S
+    trial = {
+        "start-up": RAY_TRIAL_S + speed.import_s + speed.load_s,
+        "training": run.optim.steps * speed.step_s * TRAIN_OVERHEAD
+                    + p.checkpoints * (run.trainer.val_batches * VALIDATION_STEPS * speed.step_s + SAVE_S),
+        "proxy evaluation": proxy * (1 + BESIDE_TRAINING * (p.checkpoints - 1)),
+    }
+    rounds = math.ceil(p.trials / setup.sweep.max_concurrent)
+    parts = {name: seconds * rounds for name, seconds in trial.items()}
+    parts["start-up"] += BETWEEN_TRIALS_S * rounds + FIXED_S + spent_s
+    lanes = max(1, min(p.final_models, int(cpus // setup.eval.encode_cpus)))
+    parts["final evaluation"] = (p.final_models * (p.final_texts * speed.encode_s + PER_MODEL_S)) / lanes
+    return Estimate(total_s=sum(parts.values()), parts=parts, speed=speed)
+
+
+def calibrate(setup: SweepSetup) -> Speed:
+    """`trainers.calibrate.measure` in a fresh Ray task with a trial worker's CPUs, on a node where one runs."""
+    t = setup.run.trainer
+    task = ray.remote(measure).options(num_cpus=t.cpus_per_worker, num_gpus=1 if t.use_gpu else 0,
+                                       name="calibrate", max_calls=1, scheduling_strategy=OUTSIDE_TRIAL)
+    return ray.get(task.remote(setup.run, setup.eval.batch_size))
