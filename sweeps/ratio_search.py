@@ -233,6 +233,7 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
         runs.kill_running_trials()
         raise
     interrupts.enter("final evaluation")
+    trials_s = time.perf_counter() - start
     early.wait()
     ranking = phases.ranked(table, setup)
     if ranking.empty:
@@ -241,6 +242,7 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
     summary = phases.final_evaluation(setup, table, ranking.iloc[0]["config_key"], runs) \
         if s.final_eval else {}
     runs.log_metrics(runs.parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
+    final_s = time.perf_counter() - start - trials_s
     interrupts.enter("registration")
     version = register(setup, table, ranking, runs)
     wall = time.perf_counter() - start
@@ -275,10 +277,11 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
                                 f"{best[s.objectives[0]]:.4f} over {best['seeds']} seed(s) at {knobs}")
     print(f"\nThe best configuration's encoder: models:/{s.name}@{registry.ALIAS} (version {version}), e.g. "
           f"mlflow.sentence_transformers.load_model('models:/{s.name}@{registry.ALIAS}').")
-    took = f"{len(table)} trials in {wall / 60:.1f} min"
+    took = f"{len(table)} trials in {wall / 60:.1f} min (trials {trials_s / 60:.1f}, final evaluation {final_s / 60:.1f})"
     if expected:
-        took += (f" (estimated {expected.total_s / 60:.1f} min on {expected.speed.cpu}: "
-                 f"{(expected.total_s - wall) / wall:+.0%})")
+        final = expected.parts["final evaluation"]
+        took += (f"; estimated {expected.total_s / 60:.1f} ({(expected.total_s - final) / 60:.1f} + {final / 60:.1f}) "
+                 f"on {expected.speed.cpu}: {(expected.total_s - wall) / wall:+.0%}")
     print(f"\nSweep '{s.name}': {took}. Compare the runs in MLflow:")
     if is_server(s.tracking_uri):
         print(f"  {redact(s.tracking_uri).rstrip('/')}/#/experiments/{runs.exp_id}  (the tracking server's UI)")

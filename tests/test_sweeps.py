@@ -135,7 +135,7 @@ def test_the_estimate_counts_the_sweeps_work_and_scales_with_the_measured_speed(
     assert fast.total_s == pytest.approx(sum(fast.parts.values()))
     for part in ("training", "final evaluation"):  # no fixed cost in these but per-item ones
         assert 1.8 < slow.parts[part] / fast.parts[part] <= 2
-    assert fast.parts["final evaluation"] == pytest.approx(5 * (6291 * 0.03 + estimate.PER_MODEL_S) / 2)
+    assert fast.parts["final evaluation"] == pytest.approx(5 * (6291 * 0.03 * estimate.EVAL_TEXT + estimate.PER_MODEL_S) / 2)
 
 
 def test_a_trial_stopped_before_it_started_is_not_an_ended_trial():
@@ -312,8 +312,9 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
                           r"evaluated text; the sweep should take about (\d+) min \(start-up [\d.]+, training [\d.]+, "
                           r"proxy evaluation [\d.]+, final evaluation [\d.]+ min\)$", done.stdout, re.M)
     assert estimated and done.stdout.index(estimated.group(0)) < done.stdout.index("== search"), done.stdout[:3000]
-    assert re.search(rf"^Sweep 'tiny': 4 trials in [\d.]+ min \(estimated [\d.]+ min on {re.escape(estimated.group(1))}: "
-                     r"[+-]\d+%\)\. Compare", done.stdout, re.M), done.stdout[-2000:]
+    assert re.search(r"^Sweep 'tiny': 4 trials in [\d.]+ min \(trials [\d.]+, final evaluation [\d.]+\); estimated "
+                     rf"[\d.]+ \([\d.]+ \+ [\d.]+\) on {re.escape(estimated.group(1))}: [+-]\d+%\. Compare", done.stdout,
+                     re.M), done.stdout[-2000:]
     # The quiet terminal: phase headers and a line per trial result, not Tune's tables or workers' chatter;
     # the workers' output is in the Ray log folder it names.
     assert len((done.stdout + done.stderr).splitlines()) < 200, done.stdout

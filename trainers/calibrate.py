@@ -90,10 +90,14 @@ def measure(config, eval_batch_size: int, texts: int = 32) -> Speed:
         optimizer.step()
         times.append(time.perf_counter() - tic)
     encoder.eval()
-    passages = [t for i in range(STEPS + 1) for t in sampler.batch(i).positives][:texts]
     torch.set_num_threads(1)
+    batches = [sampler.batch(i) for i in range(STEPS + 1)]
+    encoder.encode(batches[0].positives, "passage", batch_size=eval_batch_size, progress=False)  # warm-up, untimed
+    queries = [t for b in batches[1:] for t in b.queries][:texts // 2]  # an evaluation's mix: questions, passages
+    passages = [t for b in batches[1:] for t in b.positives][:texts // 2]
     tic = time.perf_counter()
+    encoder.encode(queries, "query", batch_size=eval_batch_size, progress=False)
     encoder.encode(passages, "passage", batch_size=eval_batch_size, progress=False)
-    encode_s = (time.perf_counter() - tic) / len(passages)
+    encode_s = (time.perf_counter() - tic) / (len(queries) + len(passages))
     return Speed(import_s=imported - started, load_s=loaded - imported, step_s=statistics.median(times[1:]),
                  encode_s=encode_s, cpu=cpu_name())
