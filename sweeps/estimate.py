@@ -73,9 +73,11 @@ def _restricted(config, data) -> EvalSet:
 def plan(setup: SweepSetup) -> Plan:
     s, run = setup.sweep, setup.run
     extra_seeds = max(0, s.seeds - 1)
-    reseeded = (s.top_k + (2 if s.reseed_references else 0)) * extra_seeds
-    trials = s.trials + reseeded
-    final = trials if s.final_eval_all else 2 + s.top_k * s.seeds + (2 * extra_seeds if s.reseed_references else 0)
+    others = min(s.top_k, s.trials - 2)  # top configurations that are not references (at most)
+    reseeded_refs = 2 if s.reseed_references else min(s.top_k - others, 2)
+    references = 2 + reseeded_refs * extra_seeds  # reference trials: all evaluated at the end
+    trials = s.trials + (reseeded_refs + others) * extra_seeds
+    final = trials if s.final_eval_all else references + (s.seeds if others else 0)  # + the best's seeds
     datasets = (setup.eval.dataset, *s.zero_shot_datasets)
     return Plan(trials=trials, checkpoints=math.ceil(run.optim.steps / run.trainer.checkpoint_every),
                 proxy_texts=texts(_restricted(setup.proxy_eval, run.data)),
