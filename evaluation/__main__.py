@@ -2,6 +2,7 @@
 
     python -m evaluation                                   # the base multilingual-e5-small, XQuAD-R held-out
     python -m evaluation --checkpoint outputs/.../checkpoint_000040 --languages en de el --max-questions 50
+    python -m evaluation --merge A B --weight 0.5    # A and B's weights averaged (hybrid.merge), all three evaluated
 
 The `eval:` and `data:` sections of --config (with --set applied) set the defaults; the flags override
 them (re-validated). A model whose folder does not say how it embeds (a base model) is read as the
@@ -12,10 +13,12 @@ with one line naming it, before Ray starts.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -25,14 +28,22 @@ from evaluation.datasets import load_eval_set
 from evaluation.results import EvalResult
 from evaluation.runner import evaluate_checkpoints
 from evaluation.scoring import POOLED_METRICS
-from hybrid import signing
+from hybrid import signing, storage
+from hybrid.e5_offline import E5_SMALL_NAME
+from hybrid.merge import merge
 from hybrid.config import DEFAULT_CONFIG, DataConfig, ModelConfig, apply_overrides, from_dict, read_yaml
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", nargs="+", default=["multilingual-e5-small"],
-                        help="trainer checkpoint folder(s), encoder folder(s) or model name(s); evaluated concurrently")
+    parser.add_argument("--checkpoint", nargs="+",
+                        help="trainer checkpoint folder(s), encoder folder(s) or model name(s); evaluated concurrently "
+                             "(default: multilingual-e5-small, none with --merge)")
+    parser.add_argument("--merge", nargs=2, metavar=("FIRST", "SECOND"),
+                        help="two local checkpoint or encoder folders of one base model: their weights averaged into "
+                             "an export of its own, evaluated beside them")
+    parser.add_argument("--weight", type=float, default=0.5, help="the first model's share in --merge, 0 to 1")
+    parser.add_argument("--merge-out", help="where --merge writes (default: outputs/merges/<8 hex>-w<weight>)")
     parser.add_argument("--dataset", help="xquad-r, mlqa-r, miracl or a folder of LAReQA-format files")
     parser.add_argument("--languages", nargs="+", help="default: eval.languages, else data.eval_languages")
     parser.add_argument("--max-questions", type=int, help="proxy evaluation on the first N question ids")
@@ -65,6 +76,20 @@ def format_result(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
+def merged(parents: list[str], weight: float, out: str | None) -> list[CheckpointRef]:
+    """The two parents and their merge (`hybrid.merge`), as checkpoints to evaluate; the merge's ECE at the
+    first parent's temperature."""
+    first, second = (CheckpointRef.from_path(p) for p in parents)
+    for ref in (first, second):
+        if storage.is_uri(ref.path) or not Path(ref.path).is_dir():
+            raise ValueError(f"--merge {ref.path}: not a local folder (a checkpoint or an encoder export).")
+    digest = hashlib.sha256(f"{Path(first.path).resolve()}|{Path(second.path).resolve()}".encode()).hexdigest()[:8]
+    path = merge(first.path, second.path, weight, out or Path("outputs") / "merges" / f"{digest}-w{weight:g}")
+    ref = CheckpointRef(str(path), 0, first.temperature, label=f"merge w={weight:g} ({path})", model=first.model,
+                        signed=True)
+    return [replace(first, signed=True), replace(second, signed=True), ref]
+
+
 def main(argv: list[str] | None = None) -> list[EvalResult]:
     started = time.perf_counter()
     args = parse_args(argv)
@@ -77,11 +102,14 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
                  "languages": tuple(args.languages) if args.languages else None}
         config = replace(config, **{k: v for k, v in flags.items() if v is not None})  # validated again
         signing.ensure_key()  # checkpoints and cache entries are verified with it
+        checkpoints = args.checkpoint or ([] if args.merge else [E5_SMALL_NAME])
+        refs = [unless_saved(CheckpointRef.from_path(c), model.spec) for c in checkpoints]
+        if args.merge:
+            refs += merged(args.merge, args.weight, args.merge_out)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     eval_set = load_eval_set(config, data)
-    refs = [unless_saved(CheckpointRef.from_path(c), model.spec) for c in args.checkpoint]
 
     import ray
 
