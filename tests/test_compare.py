@@ -280,7 +280,15 @@ def test_the_references_are_compared_at_every_checkpoint(built):
     assert table["step"].tolist() == [20, STEPS]
     final = A.diff_ci(dict(enumerate(CONFIGS["cfg-a0"][3])), dict(enumerate(CONFIGS["cfg-a1"][3])))
     assert table.iloc[1]["alpha=0 - alpha=1"] == final.text()  # early values are all shifted by -0.1: same diff
-    assert table.iloc[0]["alpha=0 - alpha=1"] == final.text() and table.iloc[1]["verdict"].startswith("not separable")
+    assert table.iloc[0]["alpha=0 - alpha=1"] == final.text()
+    assert table.iloc[1]["verdict (alpha=0 - alpha=1)"].startswith("not separable")
+    # The best hybrid (alpha = 0.5) against each reference, at each step, and the figure of all three.
+    for ref in ("cfg-a0", "cfg-a1"):
+        hybrid = A.diff_ci(dict(enumerate(CONFIGS["cfg-a05"][3])), dict(enumerate(CONFIGS[ref][3])))
+        assert table[f"hybrid - alpha={CONFIGS[ref][0]:g}"].tolist() == [hybrid.text()] * 2
+    from sweeps.report.figures import gap_curves
+
+    assert gap_curves(built[1][0]) is not None
 
 
 def test_importances_from_a_rebuilt_optuna_study():

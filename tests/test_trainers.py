@@ -241,8 +241,11 @@ def test_a_last_checkpoint_without_optimizer_state_is_reported_again_but_not_tra
     folder = tmp_path / "ray" / "final"
     assert [(folder / c / "ddp").is_dir() for c in ("checkpoint_000002", "checkpoint_000004")] == [True, False]
     manifest.check(Path(first.checkpoint.path))  # complete as written
-    again = build_trainer(with_steps(config, 4), "final").fit()
-    assert (again.metrics["resumed_from_step"], again.metrics["checkpoint_path"]) == (4, first.checkpoint.path)
+    reports = reports_to_file(tmp_path / "reports.jsonl")
+    build_trainer(with_steps(config, 4), "final", callbacks=[reports]).fit()
+    [(metrics, with_checkpoint)] = reports.reports()
+    assert (metrics["step"], metrics["resumed_from_step"], with_checkpoint) == (4, 4, False)
+    assert metrics["checkpoint_path"] == first.checkpoint.path
     with pytest.raises(Exception, match=r"checkpoint_000004 holds no optimizer state \(written as a run's last "
                                         r"checkpoint with trainer.resumable_final=false\): it cannot be trained further"):
         build_trainer(with_steps(config, 6), "final").fit()

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from sweeps.report import analysis as A
 from sweeps.report.findings import Findings, alpha_label, name
+from sweeps.report.glance import gaps_by_step
 
 COLORS = {"mono": "tab:blue", "cross": "tab:orange", "multi": "tab:green"}
 
@@ -261,7 +262,29 @@ def compare_sweeps(findings: list[Findings]) -> Figure | None:
     return fig
 
 
-FIGURES = {"alpha_curves": alpha_curves, "heatmaps": heatmaps, "pareto": pareto, "search": search,
+def gap_curves(f: Findings) -> Figure | None:
+    """The references' gap and the best hybrid's against each, by training step, mean ± 95% CI over seeds:
+    where the gap opens or closes."""
+    gaps = gaps_by_step(f)
+    if not gaps or max(len(by) for by in gaps.values()) < 2:
+        return None
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
+    for (label, by), color in zip(gaps.items(), ("tab:purple", "tab:green", "tab:orange")):
+        steps = sorted(by)
+        means = [by[s][0].mean for s in steps]
+        halves = [by[s][0].half if np.isfinite(by[s][0].half) else 0.0 for s in steps]
+        ax.errorbar(steps, means, yerr=halves, label=label, color=color, marker="o", capsize=3)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"difference in {name(f.objective)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{f.sweep.name}: {f.dataset}, proxy evaluation, mean ± 95% CI over seeds", fontsize=10)
+    return fig
+
+
+FIGURES = {"alpha_curves": alpha_curves, "gaps_by_step": gap_curves, "heatmaps": heatmaps, "pareto": pareto, "search": search,
            "calibration": calibration, "robustness": robustness, "hr_deltas": hr_deltas, "languages": languages}
 
 

@@ -135,27 +135,42 @@ def q5(f: Findings) -> tuple[str, str]:
         verdict(diffs)
 
 
-def references_by_step(f: Findings) -> pd.DataFrame:
-    """alpha = 0 - alpha = 1 on the objective at every checkpoint, from the proxy evaluation (the only one
-    logged at every step), paired over seeds: the shortest training at which the references part."""
-    if f.ref0 is None or f.ref1 is None:
-        return pd.DataFrame()
+def gaps_by_step(f: Findings) -> dict[str, dict[int, tuple[A.Diff, list[float], list[float]]]]:
+    """On the objective at every checkpoint, from the proxy evaluation (the only one logged at every step),
+    paired over seeds: alpha = 0 - alpha = 1, and the best hybrid (0 < alpha < 1) against each reference.
+    Per comparison and step: (the difference, side A's values, side B's values)."""
     m = f.sweep.history
-    if m.empty:
-        return pd.DataFrame()
+    if f.ref0 is None or f.ref1 is None or m.empty:
+        return {}
     m = m[(m["dataset"] == f.dataset) & (m["source"] == "proxy")]
     seeds = dict(zip(f.selection.table["run_id"], f.selection.table["seed"]))
     done = f.selection.table[f.selection.table["complete"]]
-    sides = [done[done["config_key"] == r["config_key"]]["run_id"] for r in (f.ref0, f.ref1)]
+    pairs = {"alpha=0 - alpha=1": (f.ref0, f.ref1)}
+    if f.hybrid is not None:
+        pairs |= {"hybrid - alpha=0": (f.hybrid, f.ref0), "hybrid - alpha=1": (f.hybrid, f.ref1)}
+    gaps: dict[str, dict[int, tuple[A.Diff, list[float], list[float]]]] = {}
+    for label, rows in pairs.items():
+        sides = [set(done[done["config_key"] == r["config_key"]]["run_id"]) for r in rows]
+        for step in sorted(set(m["step"]) - {0}):
+            at = m[m["step"] == step]
+            values = [{int(seeds[r]): v for r, v in zip(at["run_id"], at["value"]) if r in ids} for ids in sides]
+            if values[0] and values[1]:
+                gaps.setdefault(label, {})[int(step)] = (A.diff_ci(*values), list(values[0].values()),
+                                                         list(values[1].values()))
+    return gaps
+
+
+def references_by_step(f: Findings) -> pd.DataFrame:
+    """`gaps_by_step` as a table: the references' values, each difference and the references' verdict per
+    step, so "where does the gap open or close" reads down a column."""
+    gaps = gaps_by_step(f)
     rows = []
-    for step in sorted(set(m["step"]) - {0}):
-        at = m[m["step"] == step]
-        values = [{int(seeds[r]): v for r, v in zip(at["run_id"], at["value"]) if r in set(ids)} for ids in sides]
-        if values[0] and values[1]:
-            d = A.diff_ci(*values)
-            rows.append({"step": int(step), "alpha=0": ci_text(*mean_ci(list(values[0].values())), len(values[0])),
-                         "alpha=1": ci_text(*mean_ci(list(values[1].values())), len(values[1])),
-                         "alpha=0 - alpha=1": d.text(), "verdict": verdict({name(f.objective): d})})
+    for step, (d, ref0, ref1) in gaps.get("alpha=0 - alpha=1", {}).items():
+        row = {"step": step, "alpha=0": ci_text(*mean_ci(ref0), len(ref0)), "alpha=1": ci_text(*mean_ci(ref1), len(ref1)),
+               "alpha=0 - alpha=1": d.text()}
+        row |= {label: by[step][0].text() if step in by else "-" for label, by in gaps.items()
+                if label != "alpha=0 - alpha=1"}
+        rows.append(row | {"verdict (alpha=0 - alpha=1)": verdict({name(f.objective): d})})
     return pd.DataFrame(rows)
 
 

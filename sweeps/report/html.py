@@ -160,9 +160,11 @@ def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], co
               "over seeds excludes 0, else not separable at this budget. The sections below hold the detail.</p>",
               per_sweep(lambda f, im: wrapped(glance(f))),
               "<h3>Training length: when do the references part?</h3>",
-              '<p class="note">alpha = 0 against alpha = 1 on the objective at every checkpoint, proxy evaluation '
-              "(the languages and questions of the sweep's proxy), paired over seeds.</p>",
-              per_sweep(lambda f, im: table(references_by_step(f)))]
+              '<p class="note">alpha = 0 against alpha = 1 on the objective at every checkpoint, and the best hybrid '
+              "(0 < alpha < 1) against each, proxy evaluation (the languages and questions of the sweep's proxy), "
+              "paired over seeds.</p>",
+              per_sweep(lambda f, im: img(im.get("gaps_by_step"), "differences by training step")
+                        + table(references_by_step(f)))]
     parts += ["<h2>Trials</h2>", per_sweep(trials)]
     for key, section in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5)):
         parts += [f'<h2 id="{key}">{escape(QUESTIONS[key])}</h2>', per_sweep(section)]
