@@ -11,7 +11,6 @@ manifest) with `merge.json` naming its parents (their manifests' sha256) and the
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -46,10 +45,6 @@ def merge_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor
     return merged
 
 
-def _tokenizer_digest(folder: Path) -> str:
-    return hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
-
-
 def merge(first: str | Path, second: str | Path, weight: float, out: str | Path) -> Path:
     """Write the merge of two local exports to `out`; `weight` is the first's share, in [0, 1]."""
     if not 0 <= weight <= 1:
@@ -59,7 +54,7 @@ def merge(first: str | Path, second: str | Path, weight: float, out: str | Path)
     for folder in (first, second):
         manifest.check(folder)  # complete, and written by this deployment (or accepted)
         parents.append({"path": str(folder), "manifest_sha256": manifest.sha256(folder / manifest.MANIFEST)})
-    if _tokenizer_digest(first) != _tokenizer_digest(second):
+    if manifest.sha256(first / "tokenizer.json") != manifest.sha256(second / "tokenizer.json"):
         raise ValueError(f"{first} and {second} have different tokenizers: merge exports of the same base model.")
     a, b = load_encoder(str(first)), load_encoder(str(second))
     if a.spec != b.spec:

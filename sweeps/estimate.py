@@ -65,9 +65,8 @@ def texts(eval_set: EvalSet) -> int:
 
 
 def _restricted(config, data) -> EvalSet:
-    loaded = load_eval_set(config, data)
-    eval_set = loaded if isinstance(loaded, EvalSet) else EvalSet.from_corpus(loaded)
-    return eval_set.restrict(config.languages, config.max_questions)
+    """The texts an evaluation with `config` encodes (as `evaluation.runner.evaluate_checkpoints` restricts)."""
+    return load_eval_set(config, data).restrict(config.languages, config.max_questions)
 
 
 def plan(setup: SweepSetup) -> Plan:
