@@ -53,21 +53,17 @@ def measure(config, eval_batch_size: int, texts: int = 32) -> Speed:
     import torch
 
     importlib.import_module("transformers")  # timed: every trial's worker imports it
-    from trainers.engine import forward_args, import_deepspeed, make_optimizer
+    from trainers.engine import clipped_step, forward_args, import_deepspeed, make_optimizer, trainable_encoder
 
     import_deepspeed()
     imported = time.perf_counter()
     from hybrid.loss import InfoNCELoss
-    from hybrid.model import load_encoder
     from trainers.batches import samplers
     from trainers.forward import forward_batch
 
     torch.set_num_threads(max(1, round(config.trainer.cpus_per_worker)))
-    encoder = load_encoder(config.model.name, config.model.spec)
+    encoder = trainable_encoder(config)
     loaded = time.perf_counter()
-    encoder.train()
-    if config.model.freeze_embeddings:
-        encoder.backbone.get_input_embeddings().requires_grad_(False)
     optimizer, _ = make_optimizer(encoder, config)
     loss_fn = InfoNCELoss(config.method.temperature, config.method.symmetric)
     sampler, _ = samplers(config, 0, config.trainer.workers)
@@ -84,10 +80,7 @@ def measure(config, eval_batch_size: int, texts: int = 32) -> Speed:
         batch = sampler.batch(step)
         tic = time.perf_counter()
         loss, _ = forward_batch(engine, loss_fn, batch, config.data.hard_negatives, config.trainer.pad_group)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in encoder.parameters() if p.requires_grad], config.trainer.grad_clip)
-        optimizer.step()
+        clipped_step(encoder, optimizer, loss, config.trainer.grad_clip)
         times.append(time.perf_counter() - tic)
     encoder.eval()
     torch.set_num_threads(1)

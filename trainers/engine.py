@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from hybrid.layout import ENCODER_DIR
-from hybrid.model import Encoder
+from hybrid.model import Encoder, load_encoder
 from trainers.config import TrainRunConfig
 
 DS_TAG = "state"
@@ -41,6 +41,26 @@ class Engine(Protocol):
     def load(self, directory: Path) -> None: ...
 
     def gathered_params(self) -> contextlib.AbstractContextManager: ...
+
+
+def trainable_encoder(config: TrainRunConfig) -> Encoder:
+    """The run's encoder as it trains: dropout on (`from_pretrained` gives the backbone in eval mode; only
+    validation leaves it), the embedding table frozen with `model.freeze_embeddings`."""
+    encoder = load_encoder(config.model.name, config.model.spec)
+    encoder.train()
+    if config.model.freeze_embeddings:
+        encoder.backbone.get_input_embeddings().requires_grad_(False)
+    return encoder
+
+
+def clipped_step(encoder: Encoder, optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float) -> float:
+    """The plain-PyTorch update (DDP, and the calibration's timed steps): zero, backward, clip the trainable
+    weights' norm, step; returns the norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_([p for p in encoder.parameters() if p.requires_grad], grad_clip)
+    optimizer.step()
+    return float(norm)
 
 
 def make_optimizer(encoder: Encoder, config: TrainRunConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -179,12 +199,9 @@ class DDPEngine:
             return self.model(*forward_args(groups, device)).float()
 
     def step(self, loss: Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_([p for p in self.encoder.parameters() if p.requires_grad], self.grad_clip)
-        self.optimizer.step()
+        norm = clipped_step(self.encoder, self.optimizer, loss, self.grad_clip)
         self.scheduler.step()
-        return float(norm)
+        return norm
 
     @property
     def lr(self) -> float:

@@ -31,12 +31,11 @@ from hybrid import manifest
 from hybrid.config import from_dict, to_dict
 from hybrid.layout import ENCODER_DIR, STATE_FILE
 from hybrid.loss import InfoNCELoss
-from hybrid.model import load_encoder
 from hybrid.sampler import MONO, HybridBatch
 from trainers.batches import samplers
 from trainers.card import model_card
 from trainers.config import TrainRunConfig
-from trainers.engine import Engine, make_engine
+from trainers.engine import Engine, make_engine, trainable_encoder
 from trainers.forward import forward_batch
 from trainers.validation import validate, validate_base
 
@@ -149,10 +148,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     sampler, val_sampler = samplers(config, rank, world)
     marks["data"] = time.time()
 
-    encoder = load_encoder(config.model.name, config.model.spec)
-    encoder.train()  # dropout on: `from_pretrained` gives the backbone in eval mode (only validation leaves it)
-    if config.model.freeze_embeddings:
-        encoder.backbone.get_input_embeddings().requires_grad_(False)
+    encoder = trainable_encoder(config)
     marks["model"] = time.time()
     engine = make_engine(encoder, config, world)
     loss_fn = InfoNCELoss(config.method.temperature, config.method.symmetric)

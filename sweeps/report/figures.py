@@ -284,8 +284,8 @@ def gap_curves(f: Findings) -> Figure | None:
     return fig
 
 
-FIGURES = {"alpha_curves": alpha_curves, "gaps_by_step": gap_curves, "heatmaps": heatmaps, "pareto": pareto, "search": search,
-           "calibration": calibration, "robustness": robustness, "hr_deltas": hr_deltas, "languages": languages}
+FIGURES = {"alpha_curves": alpha_curves, "gaps_by_step": gap_curves, "heatmaps": heatmaps, "pareto": pareto,
+           "search": search, "calibration": calibration, "robustness": robustness, "hr_deltas": hr_deltas, "languages": languages}
 
 
 def render(f: Findings) -> dict[str, bytes]:
