@@ -38,6 +38,19 @@ def exists(location: str) -> bool:
 
 
 def read_bytes(location: str) -> bytes:
+    """A whole file as one version of it. On s3:// one GET (boto3): pyarrow asks for the size first and
+    then reads that many bytes, so an object overwritten in between (the lease's heartbeat) came back torn,
+    the new bytes with a tail that was never written."""
+    if location.startswith("s3://"):
+        client, bucket, key = _s3(location)
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"{location}: no such object") from None
+        except Exception as e:
+            if type(e).__module__.startswith("botocore"):
+                raise OSError(f"{location}: {e}") from None
+            raise
     fs, path = filesystem(location)
     with fs.open_input_stream(path) as f:
         return f.read()
@@ -101,15 +114,30 @@ def _s3(location: str):
     boto3 finds them (environment, instance profile)."""
     from urllib.parse import parse_qs, urlsplit
 
-    import boto3
-
     parts = urlsplit(location)
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     endpoint = options.get("endpoint_override")
     if endpoint and "://" not in endpoint:
         endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name=options.get("region"))
-    return client, parts.netloc, parts.path.lstrip("/")
+    credentials = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                                    "AWS_PROFILE"))
+    return _s3_client(endpoint, options.get("region"), credentials), parts.netloc, parts.path.lstrip("/")
+
+
+_clients: dict[tuple, object] = {}
+_clients_lock = threading.Lock()
+
+
+def _s3_client(endpoint: str | None, region: str | None, credentials: tuple):
+    """One boto3 client per endpoint, region and credentials in the environment (building one takes tens
+    of milliseconds; a client is thread-safe, making one is not)."""
+    import boto3
+
+    key = (endpoint, region, credentials)
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region)
+        return _clients[key]
 
 
 def upload(folder: Path, location: str, pattern: str = "*") -> int:

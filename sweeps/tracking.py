@@ -88,8 +88,9 @@ class SweepRuns:
                     runs.client.set_experiment_tag(runs.exp_id, key, value)
         parent, created = runs._find_or_create({PARENT_TAG: name, "sweep.role": "parent"}, name, params,
                                                {ID_TAG: sweep_id})
-        if created:
-            for artifact, text in configs.items():
+        logged = set() if created else {Path(a.path).name for a in runs.client.list_artifacts(parent, "config")}
+        for artifact, text in configs.items():  # all, or those a driver killed right after creating the run missed
+            if artifact not in logged:
                 runs.client.log_text(parent, text, f"config/{artifact}")
         runs.parent_id = parent
         _OPEN[sweep_id] = runs
@@ -120,15 +121,24 @@ class SweepRuns:
 
     def _find_or_create(self, tags: dict[str, str], run_name: str, params: dict[str, Any],
                         more_tags: dict[str, str] | None = None) -> tuple[str, bool]:
-        """(run id, created): the run with `tags`, marked RUNNING again, or a new one with them and `params`."""
+        """(run id, created): the run with `tags`, marked RUNNING again, or a new one with them and `params`.
+        A found run gets the params it lacks: a driver killed between creating a run and logging its params
+        left it without them (and the report without the trial's configuration)."""
+        from mlflow.entities import Param
+
         found = self._find(tags)
         if found:
+            logged = self.client.get_run(found).data.params
+            self._log_params(found, [Param(k, str(v)) for k, v in params.items() if k not in logged])
             self.client.update_run(found, status="RUNNING")
             return found, False
         run = self.client.create_run(self.exp_id, run_name=run_name, tags=tags | (more_tags or {}) | source_tags())
-        for key, value in params.items():
-            self.client.log_param(run.info.run_id, key, value)
+        self._log_params(run.info.run_id, [Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id, True
+
+    def _log_params(self, run_id: str, params: list) -> None:
+        for start in range(0, len(params), 100):  # MLflow's limit per batch
+            self.client.log_batch(run_id, params=params[start:start + 100])
 
     def trial(self, trial_id: str, run_name: str, params: dict[str, Any]) -> str:
         """The trial's child run (nested under the parent), reused when the trial restarts."""

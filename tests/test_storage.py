@@ -64,3 +64,30 @@ def test_a_folder_in_storage_is_copied_once_per_node(s3_bucket, tmp_path, monkey
     assert fresh != copy and (fresh / "model.safetensors").read_bytes() == b"new weights"
     assert storage.exists(storage.join(uri, "config.json")) and not storage.exists(storage.join(uri, "nope"))
     assert storage.read_text(storage.join(uri, "config.json")) == "{}"
+
+
+def test_a_file_overwritten_while_read_comes_back_whole(s3_bucket, tmp_path):
+    """The lease's heartbeat is overwritten every fraction of a second while others read it: every read is
+    one version, old or new, never a torn mix (pyarrow's size-then-range read gave the new bytes plus a
+    tail of the old length)."""
+    import threading
+
+    versions = [b"{" + b'"beat": 1.5' + b"}", b"{" + b'"beat": 1.25' + b"}", b"{" + b'"beat": 1.125' + b"}"]
+    for where in (storage.join(s3_bucket, "torn", "lease"), str(tmp_path / "torn" / "lease")):
+        storage.write_bytes(where, versions[0])
+        stop = threading.Event()
+
+        def overwrite():
+            while not stop.is_set():
+                for v in versions:
+                    storage.write_bytes(where, v)
+
+        writer = threading.Thread(target=overwrite)
+        writer.start()
+        try:
+            seen = [storage.read_bytes(where) for _ in range(300)]
+        finally:
+            stop.set()
+            writer.join()
+        assert set(seen) <= set(versions), {s for s in seen if s not in versions}
+        assert len(set(seen)) > 1  # the reads did race the writes

@@ -201,7 +201,7 @@ def _robustness(table: pd.DataFrame, sweep: Sweep, dataset: str) -> dict:
                 "robust_source": source}
     return {"robust": A.config_summary(per_run, ["worst", "std", "range", "mean"], "worst", False),
             "robust_runs": per_run, "robust_source": source,
-            "worst_pair": per_run.groupby("config_key")["worst_pair"].agg(lambda s: s.mode().iloc[0])}
+            "worst_pair": per_run.groupby("config_key", dropna=False)["worst_pair"].agg(lambda s: s.mode().iloc[0])}
 
 
 def _pareto(summary: pd.DataFrame) -> pd.DataFrame:
