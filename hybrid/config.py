@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from hybrid.languages import PAPER_TRAIN_LANGUAGES, XQUAD_R_LANGUAGES, check_language_code
+from hybrid.sampler import SCHEDULES
 from hybrid.spec import POOLINGS, EncoderSpec
 
 T = TypeVar("T")
@@ -168,6 +169,7 @@ class MethodConfig:
     """The knobs the sweep searches: alpha, tau, T, and the batch they act on."""
 
     mono_ratio: float = 0.5  # alpha: probability that a step's batch is X-X
+    alpha_schedule: str = "constant"  # when the X-X batches come: constant | mono_first | cross_first (sampler)
     temperature: float = 0.05  # tau of InfoNCE
     lang_temperature: float = math.inf  # T of p(l) ~ n_l^(1/T); inf = uniform
     batch_size: int = 32  # per worker; negatives are gathered across workers
@@ -177,6 +179,9 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.mono_ratio <= 1.0:
             raise ValueError(f"method.mono_ratio (alpha) must be in [0, 1], got {self.mono_ratio}.")
+        if self.alpha_schedule not in SCHEDULES:
+            raise ValueError(f"method.alpha_schedule={self.alpha_schedule!r} is not one of {', '.join(SCHEDULES)}; "
+                             "constant is the paper's.")
         if not 0 < self.temperature < math.inf:
             raise ValueError(f"method.temperature (tau) must be a finite number > 0, e.g. 0.05, got {self.temperature}.")
         if self.lang_temperature <= 0:

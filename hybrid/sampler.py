@@ -9,6 +9,12 @@ Global decisions: the batch of step t is drawn for all `world_size` ranks at onc
 (seed, t), and rank r takes its slice. So every rank sees the same batch type and language, gathered
 negatives stay monolingual in an X-X step, and no question id occurs twice across ranks (its
 translations would be false negatives). The state is just (seed, step): resuming is exact.
+
+An alpha schedule decides *when* the X-X batches come, not how many: `constant` (the paper) draws each
+step at alpha; `mono_first` moves the step's probability linearly from alpha + d down to alpha - d over
+training, `cross_first` from alpha - d up, with d = min(alpha, 1 - alpha). So the expected share of X-X
+batches stays alpha, alpha = 0.5 goes from 1 to 0 (or 0 to 1), and the references (alpha 0 and 1) are the
+same under every schedule.
 """
 
 from __future__ import annotations
@@ -22,6 +28,17 @@ import numpy as np
 from hybrid.data.corpus import TrainingPair
 
 MONO, CROSS = "mono", "cross"
+SCHEDULES = ("constant", "mono_first", "cross_first")
+
+
+def scheduled_alpha(alpha: float, schedule: str, step: int, steps: int) -> float:
+    """The probability that `step` (0-based, of `steps`) is X-X under `schedule` (module docstring)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"alpha schedule {schedule!r} is not one of {', '.join(SCHEDULES)}.")
+    if schedule == "constant" or steps < 2:
+        return alpha
+    span = min(alpha, 1.0 - alpha) * (1.0 - 2.0 * min(step, steps - 1) / (steps - 1))  # +d ... -d
+    return alpha + span if schedule == "mono_first" else alpha - span
 
 
 @dataclass(frozen=True)
@@ -51,9 +68,11 @@ class HybridBatchSampler:
     """Draws hybrid batches of (query, positive[, negative]) pairs, deterministic from (seed, step)."""
 
     def __init__(self, pairs: Sequence[TrainingPair], batch_size: int, mono_ratio: float,
-                 lang_temperature: float = math.inf, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 lang_temperature: float = math.inf, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 schedule: str = "constant", steps: int = 1):
         if not 0.0 <= mono_ratio <= 1.0:
             raise ValueError(f"mono_ratio (alpha) must be in [0, 1], got {mono_ratio}.")
+        scheduled_alpha(mono_ratio, schedule, 0, steps)  # names an unknown schedule
         if lang_temperature <= 0:
             raise ValueError(f"lang_temperature must be > 0 (use inf for uniform), got {lang_temperature}.")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -61,6 +80,7 @@ class HybridBatchSampler:
                              f"{rank=}, {world_size=}.")
         self.batch_size, self.mono_ratio, self.lang_temperature = batch_size, mono_ratio, lang_temperature
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.schedule, self.steps = schedule, steps
         self.step = 0
 
         self._by_id: dict[str, dict[str, TrainingPair]] = {}
@@ -105,7 +125,7 @@ class HybridBatchSampler:
         n = self.global_batch_size
         langs = list(self.probs)
         p = np.array([self.probs[lang] for lang in langs])
-        if rng.random() < self.mono_ratio:
+        if rng.random() < scheduled_alpha(self.mono_ratio, self.schedule, step, self.steps):
             kind = MONO
             language = langs[rng.choice(len(langs), p=p)]
             pool = self._ids_in[language]

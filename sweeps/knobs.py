@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from hybrid.sampler import SCHEDULES
+
 RANGES = ("uniform", "log")  # a [low, high] range, sampled uniformly or log-uniformly
 CHOICE = "choice"
 
@@ -27,7 +29,7 @@ class Knob:
     name: str  # sweep.search.<name>, the trial's param, the MLflow param and the report's column
     field: str  # "section.key": the field of the training run it sets
     kind: str  # "uniform" | "log" | "choice"
-    cast: type  # float | int | bool: the values' type
+    cast: type  # float | int | bool | str: the values' type
     default: tuple = ()  # sweep.search.<name> when the preset says nothing
     show: str = "{name} {value}"  # a progress line's words for a value
     valid: Callable[[Any], bool] = lambda value: True
@@ -88,6 +90,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("num_train_languages", "data.train_languages", CHOICE, int, (), "{value} languages",
          lambda v: v >= 2, ">= 2 (X-Y batches need two languages)", to_field=_first_k, from_field=len),
     Knob("hard_negatives", "data.hard_negatives", CHOICE, bool, (), "hard negatives {value}"),
+    Knob("alpha_schedule", "method.alpha_schedule", CHOICE, str, (), "schedule {value}", lambda v: v in SCHEDULES,
+         f"one of {', '.join(SCHEDULES)}"),
 )
 BY_NAME = {knob.name: knob for knob in KNOBS}
 NAMES = tuple(BY_NAME)

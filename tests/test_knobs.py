@@ -68,7 +68,7 @@ def test_a_knob_left_unsearched_stays_out_of_the_trials():
 def test_every_knob_sets_a_field_of_the_run_and_reads_it_back():
     setup = load_sweep_setup(ROOT / "configs/cpu-study.yaml")
     values = {"mono_ratio": 0.3, "temperature": 0.02, "lang_temperature": 2.0, "lr": 1e-4,
-              "num_train_languages": 2, "hard_negatives": True}
+              "num_train_languages": 2, "hard_negatives": True, "alpha_schedule": "mono_first"}
     assert set(values) == set(knobs.NAMES)
     for knob in knobs.KNOBS:
         assert knob.base_value(knob.apply(setup.run, values[knob.name])) == values[knob.name], knob.name

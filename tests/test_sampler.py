@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import make_pairs
 
-from hybrid.sampler import CROSS, MONO, HybridBatchSampler, language_probabilities
+from hybrid.sampler import CROSS, MONO, HybridBatchSampler, language_probabilities, scheduled_alpha
 
 COUNTS = {"ar": 400, "de": 100, "en": 25}
 
@@ -21,6 +21,31 @@ def test_mono_fraction_matches_alpha(alpha):
     mono = sum(sampler.batch(t).kind == MONO for t in range(n))
     lo, hi = binomial_interval_99(n, alpha)
     assert lo <= mono / n <= hi, (alpha, mono / n)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
+def test_a_schedule_moves_the_x_x_batches_in_time_and_keeps_their_share(alpha):
+    """mono_first: X-X early, X-Y late; cross_first the reverse; the share over training stays alpha, and
+    alpha = 0.5 runs from 1 to 0. The references (alpha 0 and 1) are the same batches under every schedule."""
+    steps = 2000
+    d = min(alpha, 1 - alpha)
+    assert scheduled_alpha(alpha, "mono_first", 0, steps) == pytest.approx(alpha + d)
+    assert scheduled_alpha(alpha, "mono_first", steps - 1, steps) == pytest.approx(alpha - d)
+    assert scheduled_alpha(alpha, "cross_first", 0, steps) == pytest.approx(alpha - d)
+    assert scheduled_alpha(alpha, "constant", 123, steps) == alpha
+    kinds = {}
+    for schedule in ("constant", "mono_first", "cross_first"):
+        sampler = HybridBatchSampler(make_pairs(COUNTS), batch_size=4, mono_ratio=alpha, seed=7, schedule=schedule,
+                                     steps=steps)
+        kinds[schedule] = [sampler.batch(t).kind == MONO for t in range(steps)]
+        lo, hi = binomial_interval_99(steps, alpha)
+        assert lo <= np.mean(kinds[schedule]) <= hi, (schedule, np.mean(kinds[schedule]))
+    if d == 0:
+        assert kinds["mono_first"] == kinds["constant"] == kinds["cross_first"]
+        return
+    first, last = slice(0, steps // 4), slice(-steps // 4, None)
+    assert np.mean(kinds["mono_first"][first]) > alpha + d / 2 > np.mean(kinds["mono_first"][last]) + d
+    assert np.mean(kinds["cross_first"][first]) < alpha - d / 2 < np.mean(kinds["cross_first"][last]) - d
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, math.inf])
@@ -97,6 +122,7 @@ def test_hard_negatives_are_aligned_with_items():
     (dict(lang_temperature=0.0), "lang_temperature"),
     (dict(batch_size=30, mono_ratio=1.0), "exceeds the distinct questions"),
     (dict(batch_size=200, mono_ratio=0.0), "two or more languages"),
+    (dict(schedule="mono_last"), "alpha schedule 'mono_last' is not one of constant, mono_first, cross_first"),
 ])
 def test_bad_arguments_fail_clearly(kwargs, message):
     args = dict(batch_size=4, mono_ratio=0.5) | kwargs

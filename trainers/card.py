@@ -31,7 +31,7 @@ with an InfoNCE loss and in-batch negatives gathered over workers. Made by hybri
 | --- | --- |
 | base model | {config.model.name} ({config.model.pooling} pooling, prefixes "{config.model.query_prefix}" / "{config.model.passage_prefix}") |
 | training data | {data}, languages {", ".join(d.train_languages)} (held-out articles: fraction {d.heldout_fraction}, seed {d.split_seed}) |
-| alpha (mono ratio) | {m.mono_ratio:g} |
+| alpha (mono ratio) | {m.mono_ratio:g} ({m.alpha_schedule} schedule) |
 | tau (temperature) | {m.temperature:g} |
 | language sampling T | {m.lang_temperature:g} |
 | batch | {m.batch_size} per worker x {config.trainer.workers} workers |

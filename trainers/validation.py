@@ -28,7 +28,8 @@ from trainers.forward import batch_loss, embed_batch
 
 CACHE_FORMAT = 2  # part of the key: a change to what is embedded, or how, never reads old files (2: sealed)
 NOT_EMBEDDED = {  # run settings the base model's validation embeddings cannot depend on
-    "method": ("mono_ratio", "temperature", "symmetric", "seed"),  # training batches and the loss (seed: see key)
+    # training batches and the loss (seed: see key)
+    "method": ("mono_ratio", "alpha_schedule", "temperature", "symmetric", "seed"),
     "optim": ("lr", "weight_decay", "warmup_steps", "steps"),
     "trainer": ("grad_clip", "checkpoint_every", "keep_checkpoints", "resumable_final", "max_failures", "log_every",
                 "cpus_per_worker", "storage_path", "validation_cache"),

@@ -225,6 +225,9 @@ def _trial_row(run) -> dict:
     row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get("tune.trial_id", run.info.run_name),
            "run_name": run.info.run_name, "status": run.info.status, "config_key": p.get("config_key")}
     for name, cast in TRIAL_PARAMS.items():
+        if cast is str:
+            row[name] = p.get(name, math.nan)
+            continue
         value = literal(p.get(name))
         if cast is bool:
             row[name] = value if isinstance(value, bool) else math.nan
