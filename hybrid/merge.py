@@ -45,15 +45,17 @@ def merge_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor
     return merged
 
 
-def merge(first: str | Path, second: str | Path, weight: float, out: str | Path) -> Path:
-    """Write the merge of two local exports to `out`; `weight` is the first's share, in [0, 1]."""
+def merge(first: str | Path, second: str | Path, weight: float, out: str | Path,
+          origins: tuple[str, str] | None = None) -> Path:
+    """Write the merge of two local exports to `out`; `weight` is the first's share, in [0, 1]. `origins`:
+    where the parents live (their storage locations), recorded instead of the local folders."""
     if not 0 <= weight <= 1:
         raise ValueError(f"--weight must lie in [0, 1] (the first model's share), got {weight}.")
     first, second, out = Path(first), Path(second), Path(out)
     parents = []
-    for folder in (first, second):
+    for folder, origin in zip((first, second), origins or (str(first), str(second))):
         manifest.check(folder)  # complete, and written by this deployment (or accepted)
-        parents.append({"path": str(folder), "manifest_sha256": manifest.sha256(folder / manifest.MANIFEST)})
+        parents.append({"path": origin, "manifest_sha256": manifest.sha256(folder / manifest.MANIFEST)})
     if manifest.sha256(first / "tokenizer.json") != manifest.sha256(second / "tokenizer.json"):
         raise ValueError(f"{first} and {second} have different tokenizers: merge exports of the same base model.")
     a, b = load_encoder(str(first)), load_encoder(str(second))

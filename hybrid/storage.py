@@ -151,6 +151,17 @@ def upload(folder: Path, location: str, pattern: str = "*") -> int:
     return len(files)
 
 
+def upload_tree(folder: Path, location: str, last: str = "") -> None:
+    """Copy a local `folder` with its subfolders into the folder `location`; the file named `last` (a
+    manifest) goes after every other, so a copy cut short has none and reads as incomplete."""
+    fs, path = filesystem(location)
+    files = sorted((f for f in folder.rglob("*") if f.is_file()), key=lambda f: (f.name == last, str(f)))
+    for f in files:
+        target = f"{path}/{f.relative_to(folder).as_posix()}"
+        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(str(f), target, destination_filesystem=fs)
+
+
 def delete(location: str) -> None:
     """Delete a file, or a folder with everything in it."""
     fs, path = filesystem(location)

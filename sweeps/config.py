@@ -132,6 +132,9 @@ class SweepConfig:
     top_k: int = 1  # configurations re-run with more seeds
     seeds: int = 3  # seeds per top configuration, the original included
     reseed_references: bool = False  # the alpha = 0 / 1 references get `seeds` seeds too (a study's baselines)
+    # Per seed, the two references' final checkpoints averaged with these weights of the alpha = 1 model
+    # (e.g. [0.25, 0.5, 0.75]): "merge w=0.5" beside the trained configurations (sweeps/merges.py).
+    merge_references: tuple[float, ...] = ()
     # Proxy evaluation of every checkpoint, run beside training (so its tasks must fit in the CPUs the
     # trials leave free): a few languages (trained, distant script, unseen) and a fixed question sample.
     proxy_languages: tuple[str, ...] = ("en", "zh", "el")
@@ -199,6 +202,13 @@ class SweepConfig:
             raise ValueError(f"sweep.trial_resource={self.trial_resource!r}: a Ray resource name such as sweep_trial.")
         if not self.scale_up_timeout_s > 0:
             raise ValueError(f"sweep.scale_up_timeout_s must be > 0 seconds, got {self.scale_up_timeout_s}.")
+        if bad := [w for w in self.merge_references if not 0 < w < 1]:
+            raise ValueError(f"sweep.merge_references={list(self.merge_references)}: {bad[0]} is not strictly between 0 "
+                             "and 1 (the alpha = 1 model's share; 0 and 1 are the references themselves), e.g. "
+                             "[0.25, 0.5, 0.75].")
+        if self.merge_references and not self.final_eval:
+            raise ValueError("sweep.merge_references needs sweep.final_eval=true: merges are evaluated in the final "
+                             "phase. Set it, or merge_references: [].")
         if self.top_k < 0 or self.seeds < 1 or self.max_concurrent < 1:
             raise ValueError("sweep.top_k must be >= 0, sweep.seeds >= 1, sweep.max_concurrent >= 1.")
         self._check_record()

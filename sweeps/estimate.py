@@ -34,6 +34,7 @@ PER_MODEL_S = 3.0  # an evaluated model's hash and load
 # An evaluation's text costs less than the calibration's: its texts are sorted by length over a whole
 # language, so its batches pad less than the calibration's few (the default on 2 cores: 24 ms vs 32).
 EVAL_TEXT = 0.75
+MERGE_S = 10.0  # a merge of the references: two encoders loaded, averaged, saved, hashed and stored
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,9 @@ class Plan:
     trials: int
     checkpoints: int  # per trial
     proxy_texts: int  # per proxy evaluation
-    final_models: int
+    final_models: int  # the merges included
     final_texts: int  # per final model, every dataset
+    merges: int = 0  # of the references (sweep.merge_references): made and proxy-evaluated before the final
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,11 @@ def plan(setup: SweepSetup) -> Plan:
     references = 2 + reseeded_refs * extra_seeds  # reference trials: all evaluated at the end
     trials = s.trials + (reseeded_refs + others) * extra_seeds
     final = trials if s.final_eval_all else references + (s.seeds if others else 0)  # + the best's seeds
+    merges = len(s.merge_references) * (1 + (extra_seeds if reseeded_refs == 2 else 0))  # seeds with both
     datasets = (setup.eval.dataset, *s.zero_shot_datasets)
     return Plan(trials=trials, checkpoints=math.ceil(run.optim.steps / run.trainer.checkpoint_every),
-                proxy_texts=texts(_restricted(setup.proxy_eval, run.data)),
-                final_models=(1 + final) if s.final_eval else 0,
+                proxy_texts=texts(_restricted(setup.proxy_eval, run.data)), merges=merges,
+                final_models=(1 + final + merges) if s.final_eval else 0,
                 final_texts=sum(texts(_restricted(full_eval_config(setup, d), run.data)) for d in datasets))
 
 
@@ -100,7 +103,8 @@ def estimate(setup: SweepSetup, speed: Speed, cpus: float, spent_s: float = 0.0)
     parts = {name: seconds * rounds for name, seconds in trial.items()}
     parts["start-up"] += BETWEEN_TRIALS_S * rounds + FIXED_S + spent_s
     lanes = max(1, min(p.final_models, int(cpus // setup.eval.encode_cpus)))
-    parts["final evaluation"] = (p.final_models * (p.final_texts * text_s + PER_MODEL_S)) / lanes
+    parts["final evaluation"] = (p.final_models * (p.final_texts * text_s + PER_MODEL_S)
+                                 + p.merges * (MERGE_S + proxy)) / lanes  # + merges' proxy evaluation
     return Estimate(total_s=sum(parts.values()), parts=parts, speed=speed)
 
 

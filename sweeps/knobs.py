@@ -96,3 +96,4 @@ KNOBS: tuple[Knob, ...] = (
 BY_NAME = {knob.name: knob for knob in KNOBS}
 NAMES = tuple(BY_NAME)
 ALPHA = BY_NAME["mono_ratio"]  # the references are its two ends
+MERGE_WEIGHT = "merge_weight"  # not a knob: a merge of the references' param, the alpha = 1 model's share

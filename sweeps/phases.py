@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 from ray import tune
 
+from evaluation.checkpoints import CheckpointRef
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import signing, storage
@@ -286,12 +287,14 @@ def _final_progress(total: int):
     return say
 
 
-def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, runs: tracking.SweepRuns) -> dict[str, float]:
+def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, runs: tracking.SweepRuns,
+                     extra: list[tuple[CheckpointRef, str]] = ()) -> dict[str, float]:
     """Full evaluation (all eval languages, all questions) of the final checkpoints of the best
     configuration (one per seed) and of the alpha = 0 / alpha = 1 references (of every completed trial
-    with `sweep.final_eval_all`), and of the base model (parent run, step 0); then the same on each
-    zero-shot dataset (`sweep.zero_shot_datasets`), which took no part in selection. Returns the parent's
-    summary: base and best (mean, 95% half-width)."""
+    with `sweep.final_eval_all`), of the base model (parent run, step 0) and of `extra` models, each
+    logged to its run (the merges of the references); then the same on each zero-shot dataset
+    (`sweep.zero_shot_datasets`), which took no part in selection. Returns the parent's summary: base and
+    best (mean, 95% half-width)."""
     final = completed(table, setup)
     chosen = final if setup.sweep.final_eval_all else \
         final[(final["config_key"] == best_key) | final["mono_ratio"].map(is_reference)]
@@ -301,16 +304,18 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, runs
     summary: dict[str, float] = {}
     for dataset in (setup.eval.dataset, *setup.sweep.zero_shot_datasets):
         full = full_eval_config(setup, dataset)
-        models = [base_ref(setup), *refs]
+        models = [base_ref(setup), *refs, *(ref for ref, _ in extra)]
         print(f"{time.strftime('%H:%M:%S')} final evaluation on {dataset} started: {len(models)} models, every "
               "language pair", flush=True)
         results = evaluate_checkpoints(models, load_eval_set(full, setup.run.data), full,
                                        setup.sweep.eval_cache_location, on_done=_final_progress(len(models)))
-        print(f"Final evaluation on {dataset}: {len(results)} models (base + {len(refs)} final checkpoints), "
-              f"{sum(r.cached for r in results)} from the evaluation cache.", flush=True)
+        print(f"Final evaluation on {dataset}: {len(results)} models (base + {len(refs)} final checkpoints"
+              f"{f' + {len(extra)} merges' if extra else ''}), {sum(r.cached for r in results)} from the evaluation "
+              "cache.", flush=True)
         runs.log_result(results[0], runs.parent_id)
-        for result, trial in zip(results[1:], chosen["trial"]):
-            runs.log_result(result, runs.trial_run(trial))
+        run_ids = [runs.trial_run(trial) for trial in chosen["trial"]] + [run_id for _, run_id in extra]
+        for result, run_id in zip(results[1:], run_ids):
+            runs.log_result(result, run_id)
         best = [r for r, key in zip(results[1:], chosen["config_key"]) if key == best_key]
         scope = "" if dataset == setup.eval.dataset else f"{dataset}/"
         for key, value in results[0].summary.items():

@@ -29,13 +29,14 @@ os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the best encoder's registration loads it here
 
 import optuna
+import pandas as pd
 import ray
 import yaml
 
 from hybrid.config import DEFAULT_CONFIG, to_dict
 from hybrid import storage
 from hybrid.layout import ENCODER_DIR
-from sweeps import cluster, estimate, identity, interrupts, phases, progress, registry, tracking
+from sweeps import cluster, estimate, identity, interrupts, merges, phases, progress, registry, tracking
 from sweeps.config import SweepSetup, flatten, is_local_file, is_server, load_sweep_setup, redact
 from sweeps.early import EarlyEvaluation
 from sweeps.lease import DriverLease
@@ -239,8 +240,11 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
     if ranking.empty:
         raise SystemExit(f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "
                          "pruned: see Tune's table above); fix the cause and continue with --resume.")
-    summary = phases.final_evaluation(setup, table, ranking.iloc[0]["config_key"], runs) \
-        if s.final_eval else {}
+    merged = merges.make(setup, table, runs)
+    summary = phases.final_evaluation(setup, table, ranking.iloc[0]["config_key"], runs,
+                                      list(zip(merged.refs, merged.run_ids))) if s.final_eval else {}
+    for run_id in merged.run_ids:
+        runs.end(run_id)
     runs.log_metrics(runs.parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
     final_s = time.perf_counter() - start - trials_s
     interrupts.enter("registration")
@@ -257,8 +261,11 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
     for _, row in table[table["error"].notna()].iterrows():
         where = f"after step {row['step']:.0f}" if row["step"] == row["step"] else "before its first checkpoint"
         print(f"  failed: trial {row['trial']} {where}: {row['error']}")
-    print(f"\nConfigurations ranked by {s.objectives[0]} (mean over seeds, ±95% CI):")
-    print(ranking.to_string(float_format="%.4f"))
+    print(f"\nConfigurations ranked by {s.objectives[0]} (mean over seeds, ±95% CI"
+          f"{'; merges of the references beside them, never chosen as the best' if merged.merges else ''}):")
+    shown = pd.concat([ranking, merged.ranked(s.objectives)], ignore_index=True).sort_values(
+        s.objectives[0], ascending=s.modes[0] == "min", ignore_index=True) if merged.merges else ranking
+    print(shown.to_string(float_format="%.4f"))
     if summary:
         print("\nFull held-out evaluation, best configuration vs base model:")
         for key in sorted(k for k in summary if k.startswith("best/") and not k.endswith("/ci95")):

@@ -31,7 +31,7 @@ from sweeps.tracking_queue import TrackingQueue
 from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key, trial_run_config, unreported_purpose
 from trainers.config import TrainRunConfig
 
-PARENT_TAG, TRIAL_TAG = "sweep.name", "tune.trial_id"
+PARENT_TAG, TRIAL_TAG, MERGE_TAG = "sweep.name", "tune.trial_id", "sweep.merge"
 ID_TAG = "sweep.id"  # the sweep's id (sweeps.identity) on its experiment and parent run
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,6 +144,12 @@ class SweepRuns:
         """The trial's child run (nested under the parent), reused when the trial restarts."""
         run_id, _ = self._find_or_create({TRIAL_TAG: trial_id}, run_name, params,
                                          {"mlflow.parentRunId": self.parent_id, "sweep.role": "trial"})
+        return run_id
+
+    def merge(self, name: str, params: dict[str, Any]) -> str:
+        """A merge's run (`sweeps.merges`), nested under the parent beside the trials, reused on `--resume`."""
+        run_id, _ = self._find_or_create({MERGE_TAG: name}, name, params,
+                                         {"mlflow.parentRunId": self.parent_id, "sweep.role": "merge"})
         return run_id
 
     def trial_run(self, trial_id: str) -> str | None:

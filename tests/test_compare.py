@@ -38,6 +38,7 @@ K = {"cfg-a0": 2, "cfg-a05": 2, "cfg-a1": 2, "cfg-a03": 3, "cfg-pruned": 3}  # t
 FULL = ("cfg-a0", "cfg-a05", "cfg-a1")  # full evaluation (and zero-shot) at the final step, as phases.final_evaluation
 OFFSETS = [-0.01, 0.0, 0.01]
 FULL_SHIFT = 0.01  # full evaluation = proxy + 0.01, so a test can tell which one the report read
+MERGE_GAP = 0.02  # the merge w=0.5 of the first sweep: alpha = 0.5's figures less this, seed by seed
 
 
 def settings_values(config: str, i: int) -> dict[str, float]:
@@ -113,6 +114,16 @@ def build_store(root: Path, name: str = "synthetic", languages: dict[str, int] |
                 log_evaluation(client, run, "xquad-r", "heldout", STEPS, full, mat + FULL_SHIFT, alpha)
                 log_evaluation(client, run, "mlqa-r", "all", STEPS, {k: v - 0.1 for k, v in values.items()},
                                mat - 0.1, alpha)
+    if not languages:  # merges of the references (sweeps.merges): the hybrid's figures less MERGE_GAP, per seed
+        for i, seed in enumerate(CONFIGS["cfg-a05"][2]):
+            run = client.create_run(exp, run_name=f"merge-w0.5-s{seed}", tags={
+                "sweep.merge": f"merge-w0.5-s{seed}", "sweep.role": "merge", "mlflow.parentRunId": parent}).info.run_id
+            for key, value in {"merge_weight": 0.5, "seed": seed, "config_key": "merge w=0.5", "temperature": 0.05}.items():
+                client.log_param(run, key, value)
+            values = {k: v - MERGE_GAP for k, v in settings_values("cfg-a05", i).items()}
+            for split, shift in (("heldout-proxy50", 0.0), ("heldout", FULL_SHIFT)):
+                log_evaluation(client, run, "xquad-r", split, STEPS, {k: v + shift for k, v in values.items()},
+                               matrix("cfg-a05", i) - MERGE_GAP + shift, 0.5)
     return uri
 
 
@@ -256,6 +267,7 @@ def test_answers_at_a_glance_carry_intervals_and_verdicts(built):
     """alpha = 0 - alpha = 1 on the full evaluation, paired over 3 seeds: mono and cross mAP differ by a
     constant 0.1 (separated), multi mAP by -0.03 ± 0.050 (not separable); el is never trained on."""
     from sweeps.report.glance import NOT_SEPARABLE, glance
+    from sweeps.report.questions import BEYOND
 
     table = glance(built[1][0]).set_index("question")
     q1, verdict1 = table.iloc[0]
@@ -270,6 +282,32 @@ def test_answers_at_a_glance_carry_intervals_and_verdicts(built):
     varied = glance(built[1][1]).set_index("question").iloc[2]  # k = 3 at another alpha and tau: a confounded comparison, said so
     assert "each k's best configuration (other knobs differ)" in varied.iloc[0] and "k=3 - k=2 -0.040" in varied.iloc[0]
     assert table.iloc[3, 0].startswith("alpha=0 - alpha=1 (lower ECE is better): mono ECE -0.100 ± 0.000")
+    # Beyond the paper: training length (proxy, steps 20 and 40), the merge against the best hybrid (full
+    # evaluation, paired: -0.02 on every seed), no schedule in this sweep.
+    length, merge, schedule = (table.loc[q] for q in BEYOND.values())
+    assert length.iloc[0].startswith(f"multi mAP, proxy evaluation: alpha=0 - alpha=1 at step 20 {multi.mean:+.3f}")
+    assert "at step 40" in length.iloc[0] and "hybrid - alpha=1 at step 40" in length.iloc[0]
+    assert merge.iloc[0] == ("merge w=0.5 (the best merge by multi mAP) - alpha=0.50, tau=0.05, full evaluation: "
+                             "mono mAP -0.020 ± 0.000; cross mAP -0.020 ± 0.000; multi mAP -0.020 ± 0.000.")
+    assert merge.iloc[1] == "separated: mono mAP (-), cross mAP (-), multi mAP (-)"
+    assert schedule.tolist() == ["every trial used one alpha schedule (sweep.search.alpha_schedule)", "not covered"]
+    assert glance(built[1][1]).set_index("question").loc[BEYOND["merge"], "verdict"] == "not covered"
+
+
+def test_the_merges_are_set_against_the_hybrid_and_each_reference(built):
+    from sweeps.report.glance import merges_table
+
+    f = built[1][0]
+    assert f.sweep.merges["config_key"].tolist() == ["merge w=0.5"] * 3 and f.sweep.runs["config_key"].ne("merge w=0.5").all()
+    table = merges_table(f).set_index("metric")
+    multi = table.loc["multi mAP"]
+    values = [v - MERGE_GAP + FULL_SHIFT for v in CONFIGS["cfg-a05"][3]]
+    assert multi["value"].startswith(f"{np.mean(values):.3f} ± {t_half(values):.3f}")
+    assert multi["merge - best hybrid"] == A.diff_ci(dict(enumerate(values)), {i: v + MERGE_GAP for i, v in
+                                                                                enumerate(values)}).text()
+    for ref in ("cfg-a0", "cfg-a1"):
+        theirs = {i: v + FULL_SHIFT for i, v in enumerate(CONFIGS[ref][3])}
+        assert multi[f"merge - alpha={CONFIGS[ref][0]:g}"] == A.diff_ci(dict(enumerate(values)), theirs).text()
 
 
 def test_the_references_are_compared_at_every_checkpoint(built):

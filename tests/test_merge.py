@@ -85,3 +85,47 @@ def test_the_evaluation_cli_merges_and_evaluates_the_merge_beside_its_parents(pa
     assert done.stdout.count("== ") == 3  # both parents and the merge
     maps = [float(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("multi ")]
     assert len(maps) == 3 and maps[0] == maps[1] == maps[2]  # a model merged with itself is itself
+
+
+def test_a_sweep_merges_each_seeds_references_into_its_storage_once(parents, tmp_path):
+    """`sweeps.merges`: one merge per weight and per seed whose two references completed with equal knobs
+    (a boundary alpha at another tau is no reference); built into the sweep's storage with its manifest
+    written last; found valid and reused on --resume, made again when a file was cut short."""
+    import pandas as pd
+
+    from sweeps import merges
+    from sweeps.config import load_sweep_setup
+
+    setup = load_sweep_setup(ROOT / "configs/default.yaml", [
+        f"sweep.storage_path={tmp_path / 'sweeps'}", "sweep.merge_references=[0.25, 0.5]", "optim.steps=6"])
+    first, second = parents  # as if trained: checkpoint_.../encoder
+    for parent, trial in ((first, "t1"), (second, "t0"), (second, "t0b"), (second, "t9")):
+        shutil.copytree(parent, tmp_path / trial / "checkpoint_000006" / "encoder")
+    rows = [("t0", 0.0, 0.05, 0), ("t1", 1.0, 0.05, 0), ("t0b", 0.0, 0.05, 1), ("t9", 0.0, 0.02, 2),
+            ("t1b", 1.0, 0.05, 2), ("tx", 0.4, 0.05, 0)]
+    table = pd.DataFrame([{"trial": t, "mono_ratio": a, "temperature": tau, "seed": seed, "step": 6,
+                           "multi/map": 0.5, "checkpoint_path": str(tmp_path / t / "checkpoint_000006")}
+                          for t, a, tau, seed in rows])
+    planned = merges.planned(table, setup)
+    assert [(m.name, m.mono["trial"], m.cross["trial"]) for m in planned] == [
+        ("merge-w0.25-s0", "t1", "t0"), ("merge-w0.5-s0", "t1", "t0")]  # seed 1: no alpha = 1; seed 2: other tau
+    assert merges.params(planned[1]) == {"merge_weight": 0.5, "seed": 0, "config_key": "merge w=0.5",
+                                         "temperature": 0.05, "merge.alpha1_trial": "t1", "merge.alpha0_trial": "t0"}
+
+    location = merges.build(setup, planned[1])
+    assert location == str(tmp_path / "sweeps" / setup.sweep.name / "merges" / "merge-w0.5-s0")
+    built = Path(location)
+    assert (built / "1_Pooling" / "config.json").is_file()  # subfolders too
+    manifest.check(built)
+    expected = load_encoder(str(merge(first, second, 0.5, tmp_path / "direct"))).encode(TEXTS, "query")
+    assert np.array_equal(load_encoder(location).encode(TEXTS, "query"), expected)
+    assert json.loads((built / MERGE_FILE).read_text())["parents"][0]["path"] == planned[1].parent(1)
+
+    stamp = (built / "model.safetensors").stat().st_mtime_ns
+    assert merges.build(setup, planned[1]) == location  # valid: reused, not made again
+    assert (built / "model.safetensors").stat().st_mtime_ns == stamp
+    with open(built / "model.safetensors", "r+b") as f:  # cut short
+        f.truncate(100)
+    merges.build(setup, planned[1])
+    manifest.check(built)
+    assert np.array_equal(load_encoder(location).encode(TEXTS, "query"), expected)

@@ -291,7 +291,7 @@ def assert_mlflow_ui(folder: Path, run, trial: str) -> None:
     exp = run.info.experiment_id
     with mlflow_ui(f"sqlite:///{folder}/mlflow.db", folder / "mlflow-ui.log") as ui:
         page = chromium(f"{ui}/#/experiments/{exp}/runs", shots / "experiment.png", 20000, 1000)
-        assert "Training runs" in page and "<strong>5</strong> matching runs" in page, page[-3000:]
+        assert "Training runs" in page and "<strong>6</strong> matching runs" in page, page[-3000:]
         assert "xquad-r/heldout (" in page  # the parent's dataset column
         page = chromium(f"{ui}/#/experiments/{exp}/runs/{run.info.run_id}", shots / "trial.png", 20000, 1400)
         assert run.info.run_name in page and "Registered models" in page, page[-3000:]
@@ -302,11 +302,17 @@ def assert_mlflow_ui(folder: Path, run, trial: str) -> None:
 
 @pytest.mark.slow
 def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
-    config = tiny_sweep_config(tmp_path, tiny_model_dir, "tiny")
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, "tiny", sweep={"merge_references": [0.5]})
     done = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Configurations ranked by multi/map" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
+    # The references merged (w = 0.5 of alpha = 1; seed 0, the one both have), ranked beside the trials.
+    assert re.search(r"^\d\d:\d\d:\d\d merging the references: 1 merges \(w = 0.5 of alpha = 1; seeds 0\)$",
+                     done.stdout, re.M), done.stdout[-3000:]
+    ranked = done.stdout[done.stdout.index("Configurations ranked by"):]
+    assert re.search(r"^\s*\d+\s+merge w=0.5\s+1 ", ranked, re.M), ranked[:2000]
+    assert "+ 1 merges)" in done.stdout
     # The estimate from this machine's measured speed, before the search, and beside the actual at the end.
     estimated = re.search(r"^\d\d:\d\d:\d\d this machine \((.+)\): a training step [\d.]+ s per worker, \d+ ms per "
                           r"evaluated text; the sweep should take about (\d+) min \(start-up [\d.]+, training [\d.]+, "
@@ -333,6 +339,7 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
     assert len(parents) == 1 and len(children) == 4  # 3 searched + 1 extra seed of the best
+    [merged] = [r for r in runs if r.data.tags.get("sweep.role") == "merge"]
     for r in runs:  # lineage: who ran it, from which commit of which entry point
         assert r.data.tags["mlflow.source.name"] == "sweeps/ratio_search.py" and r.data.tags["mlflow.user"]
         if (ROOT / ".git").exists():  # a git checkout (CI's clean clone is one)
@@ -349,7 +356,21 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
         assert client.get_metric_history(child.info.run_id, "train/loss")
     assert {"base/multi/map", "best/multi/map", "eval/xquad-r/heldout/multi/map", "sweep/estimate_s",
             "calibration/step_s", "calibration/encode_s"} <= set(parents[0].data.metrics)
-    assert [r.info.status for r in runs] == ["FINISHED"] * 5  # closed, not left "running" in MLflow's UI
+    assert [r.info.status for r in runs] == ["FINISHED"] * 6  # closed, not left "running" in MLflow's UI
+    # The merge: a run of its own under the parent, evaluated like a trial's final checkpoint (proxy and
+    # full), its model naming both parents: their trials, runs and checkpoints.
+    assert merged.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert merged.data.params["merge_weight"] == "0.5" and merged.data.params["config_key"] == "merge w=0.5"
+    assert {PROXY_MAP, "eval/xquad-r/heldout/multi/map"} <= set(merged.data.metrics)
+    by_alpha = {float(c.data.params["mono_ratio"]): c for c in children if c.data.params["seed"] == "0"}
+    [model] = client.search_logged_models([merged.info.experiment_id],
+                                          filter_string=f"source_run_id = '{merged.info.run_id}'")
+    for alpha in (0, 1):
+        parent = by_alpha[float(alpha)]
+        assert model.tags[f"merge.alpha{alpha}.run_id"] == parent.info.run_id
+        assert model.tags[f"merge.alpha{alpha}.trial"] == parent.data.tags["tune.trial_id"]
+        assert model.tags[f"merge.alpha{alpha}.checkpoint"].endswith("checkpoint_000006/encoder")
+    assert model.tags["merge.weight"] == "0.5" and model.params["path"].endswith("merges/merge-w0.5-s0")
 
     # The best configuration's encoder, registered as models:/tiny@best: it loads with MLflow's
     # sentence-transformers flavour and gives the checkpoint's embeddings; its export carries a model card.

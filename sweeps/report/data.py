@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 
 from sweeps.config import LOWER_IS_BETTER, SETTINGS, SweepConfig
-from sweeps.knobs import KNOBS
+from sweeps.knobs import KNOBS, MERGE_WEIGHT
 
 MATRIX_METRICS = ("map", "mrr@10")  # L x L matrices downloaded (at each run's last evaluated step)
 HIGH_RESOURCE = ("en", "de", "es", "zh", "ar", "ru")
@@ -119,6 +119,9 @@ class Sweep:
     reliability: dict[tuple[str, str, str], pd.DataFrame] = field(default_factory=dict)  # run, dataset, source
     # The objective at every step it was logged (metrics holds the last): run_id, source, dataset, step, value
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # The merges of the references (sweeps.merges), as `runs` with their weight: not trials, so no
+    # question about the ratio reads them; the report's merge comparison does.
+    merges: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def param(self, *keys: str, default=None):
         """The first of `keys` in the resolved configuration, else among the parent's params (parsed)."""
@@ -255,14 +258,15 @@ def load_sweep(client, experiment: str) -> Sweep:
             break
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     parent = next((r for r in parents if r.data.tags.get("sweep.name") == experiment), parents[0] if parents else None)
-    trials = [r for r in runs if r.data.tags.get("sweep.role") == "trial"
-              and (parent is None or r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)]
+    ours = [r for r in runs if parent is None or r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    trials = [r for r in ours if r.data.tags.get("sweep.role") == "trial"]
+    merged = [r for r in ours if r.data.tags.get("sweep.role") == "merge"]
     params = dict(parent.data.params) if parent else {}
     settings, languages, matrices, reliability = [], [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         config = _resolved_config(client, parent.info.run_id, Path(tmp)) if parent else {}
         main = str(config.get("eval.dataset") or literal(params.get("eval.dataset")) or "xquad-r")
-        for run in ([parent] if parent else []) + trials:
+        for run in ([parent] if parent else []) + trials + merged:
             s, lang = _evaluations(client, run)
             settings += s
             languages += lang
@@ -271,13 +275,16 @@ def load_sweep(client, experiment: str) -> Sweep:
             reliability |= r
     metric_cols = ["run_id", "source", "dataset", "split", "setting", "metric", "value", "step"]
     lang_cols = ["run_id", "source", "dataset", "split", "lang", "metric", "value", "step"]
-    trial_frame = pd.DataFrame([_trial_row(r) for r in trials],
-                               columns=["run_id", "trial_id", "run_name", "status", "config_key", *TRIAL_PARAMS])
+    columns = ["run_id", "trial_id", "run_name", "status", "config_key", *TRIAL_PARAMS]
+    trial_frame = pd.DataFrame([_trial_row(r) for r in trials], columns=columns)
+    merge_frame = pd.DataFrame([_trial_row(r) | {MERGE_WEIGHT: float(r.data.params[MERGE_WEIGHT])} for r in merged],
+                               columns=[*columns, MERGE_WEIGHT])
     sweep = Sweep(experiment, exp.experiment_id, parent.info.run_id if parent else None, params, config,
                   dict(parent.data.metrics) if parent else {}, trial_frame,
                   pd.DataFrame(settings, columns=metric_cols), pd.DataFrame(languages, columns=lang_cols),
                   matrices, reliability)
     sweep.history = _history(client, trials, sweep.objective)
+    sweep.merges = merge_frame
     return sweep
 
 

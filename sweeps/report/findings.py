@@ -46,6 +46,8 @@ def alpha_label(row: pd.Series | None) -> str:
         text += f", tau={row['temperature']:.3g}"
     if pd.notna(row.get("num_train_languages", np.nan)):
         text += f", k={int(row['num_train_languages'])}"
+    if isinstance(row.get("alpha_schedule"), str) and row["alpha_schedule"] != "constant":
+        text += f", {row['alpha_schedule']}"
     return text
 
 

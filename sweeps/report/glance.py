@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from sweeps.report import analysis as A
 from sweeps.stats import mean_ci
 from sweeps.report.findings import Findings, _seed_mats, alpha_label, ci_text, name
-from sweeps.report.questions import QUESTIONS
+from sweeps.report.questions import BEYOND, QUESTIONS, SOURCES
 
 NOT_SEPARABLE = "not separable at this budget"
 
@@ -174,9 +175,97 @@ def references_by_step(f: Findings) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def length(f: Findings) -> tuple[str, str]:
+    """The references' gap at the first and the last checkpoint, and the best hybrid against each at the
+    last (`gaps_by_step`: proxy evaluation, paired over seeds)."""
+    gaps = gaps_by_step(f)
+    refs = gaps.get("alpha=0 - alpha=1", {})
+    if len(refs) < 2:
+        return "the references were not evaluated at two or more checkpoints", "not covered"
+    first, last = min(refs), max(refs)
+    diffs = {f"alpha=0 - alpha=1 at step {first}": refs[first][0], f"at step {last}": refs[last][0]}
+    diffs |= {f"{label} at step {last}": by[last][0] for label, by in gaps.items()
+              if label != "alpha=0 - alpha=1" and last in by}
+    return finding(diffs, f"{name(f.objective)}, proxy evaluation: ") + ".", verdict(diffs)
+
+
+def _merge_runs(f: Findings) -> tuple[pd.DataFrame, str]:
+    """Per run on the held-out set, one source for all: the merges and what they are set against (the
+    references and the best hybrid)."""
+    merges = f.sweep.merges
+    if merges.empty:
+        return pd.DataFrame(), "none"
+    keys = [r["config_key"] for r in (f.ref0, f.ref1, f.hybrid) if r is not None]
+    ids = [*f.sweep.runs[f.sweep.runs["config_key"].isin(keys)]["run_id"], *merges["run_id"]]
+    runs = pd.concat([f.sweep.runs, merges], ignore_index=True)
+    selection = A.run_table(f.sweep.metrics, runs, f.dataset, f.sweep.final_step, ids)
+    return selection.table, selection.source
+
+
+def _merge_keys(f: Findings) -> list[str]:
+    return list(f.sweep.merges.sort_values("merge_weight")["config_key"].drop_duplicates())
+
+
+def merges_table(f: Findings) -> pd.DataFrame:
+    """Each merge weight against the best hybrid and each reference, per retrieval setting (mAP)."""
+    table, _ = _merge_runs(f)
+    rows = []
+    for key in _merge_keys(f) if len(table) else []:
+        for column in (c for c in ("multi/map", "mono/map", "cross/map") if c in table):
+            mine = A.by_seed(table, key, column)
+            row = {"merge": key, "metric": name(column), "value": ci_text(*mean_ci(list(mine.values())), len(mine))}
+            for label, other in (("best hybrid", f.hybrid), ("alpha=0", f.ref0), ("alpha=1", f.ref1)):
+                row[f"merge - {label}"] = "-" if other is None else \
+                    A.diff_ci(mine, A.by_seed(table, other["config_key"], column)).text()
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def merge(f: Findings) -> tuple[str, str]:
+    """The best merge (by the objective) against the best hybrid, on mono, cross and multi mAP."""
+    table, source = _merge_runs(f)
+    if table.empty:
+        return "no merges of the references (sweep.merge_references, e.g. [0.25, 0.5, 0.75])", "not covered"
+    if f.hybrid is None:
+        return "no hybrid (0 < alpha < 1) completed to set the merges against", "not covered"
+    score = {k: float(np.mean(list(values.values()))) for k in _merge_keys(f)
+             if (values := A.by_seed(table, k, f.objective))}
+    if not score:
+        return f"no merge evaluated on {name(f.objective)}", "not covered"
+    best = (min if f.sweep.lower_is_better else max)(score, key=score.get)
+    diffs = {name(c): A.diff_ci(A.by_seed(table, best, c), A.by_seed(table, f.hybrid["config_key"], c))
+             for c in ("mono/map", "cross/map", "multi/map") if c in table}
+    head = f"{best} (the best merge by {name(f.objective)}) - {alpha_label(f.hybrid)}, {SOURCES.get(source, source)}: "
+    return finding(diffs, head) + ".", verdict(diffs)
+
+
+def schedule(f: Findings) -> tuple[str, str]:
+    """Each scheduled configuration against the constant one equal in every other knob, on the objective."""
+    s = f.summary
+    if s.empty or "alpha_schedule" not in s or s["alpha_schedule"].dropna().nunique() < 2:
+        return "every trial used one alpha schedule (sweep.search.alpha_schedule)", "not covered"
+    done = s[s["complete"]]
+    same = A.same_knobs(done, [k for k in A.KNOBS if k != "alpha_schedule" and k in done])
+    diffs, head = {}, ""
+    for _, group in done.groupby(same):
+        constant = group[group["alpha_schedule"] == "constant"]
+        for _, row in group[group["alpha_schedule"].isin(["mono_first", "cross_first"])].iterrows():
+            if len(constant):
+                head = head or f"{alpha_label(constant.iloc[0])}, {name(f.objective)}: "
+                diffs[f"{row['alpha_schedule']} - constant"] = A.diff_ci(
+                    A.by_seed(f.selection.table, row["config_key"], f.objective),
+                    A.by_seed(f.selection.table, constant.iloc[0]["config_key"], f.objective))
+    if not diffs:
+        return "no scheduled configuration with a constant one at the same knobs", "not covered"
+    return finding(diffs, head) + ".", verdict(diffs)
+
+
 def glance(f: Findings) -> pd.DataFrame:
     rows = []
     for key, answer in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5)):
         text, call = answer(f)
         rows.append({"question": QUESTIONS[key], "finding (95% CI over seeds)": text, "verdict": call})
+    for key, answer in (("length", length), ("merge", merge), ("schedule", schedule)):
+        text, call = answer(f)
+        rows.append({"question": BEYOND[key], "finding (95% CI over seeds)": text, "verdict": call})
     return pd.DataFrame(rows)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from sweeps.report import findings as F
 from sweeps.report.findings import Findings
-from sweeps.report.glance import glance, references_by_step
+from sweeps.report.glance import glance, merges_table, references_by_step
 from sweeps.report.questions import QUESTIONS, SOURCES
 
 CSS = """
@@ -164,7 +164,14 @@ def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], co
               "(0 < alpha < 1) against each, proxy evaluation (the languages and questions of the sweep's proxy), "
               "paired over seeds.</p>",
               per_sweep(lambda f, im: img(im.get("gaps_by_step"), "differences by training step")
-                        + table(references_by_step(f)))]
+                        + table(references_by_step(f))),
+              "<h3>Merging the references: weight averages of alpha = 1 and alpha = 0</h3>",
+              '<p class="note">Per seed, the two references\' final weights averaged, w the alpha = 1 model\'s share '
+              "(sweep.merge_references), set against the best hybrid and each reference on the held-out set (the "
+              "full evaluation where all of them have it), paired over seeds.</p>",
+              per_sweep(lambda f, im: table(merges_table(f)) if len(f.sweep.merges) else
+                        '<p class="note">No merges in this sweep: set sweep.merge_references, e.g. '
+                        "[0.25, 0.5, 0.75].</p>")]
     parts += ["<h2>Trials</h2>", per_sweep(trials)]
     for key, section in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5)):
         parts += [f'<h2 id="{key}">{escape(QUESTIONS[key])}</h2>', per_sweep(section)]

@@ -7,5 +7,11 @@ QUESTIONS = {
     "q4": "4. How does the ratio change calibration (ECE, reliability)?",
     "q5": "5. How robust is retrieval across language pairs as the ratio moves?",
 }
+# Beyond the paper (issue 24): read off the same runs, answered at a glance beside the five.
+BEYOND = {
+    "length": "Does the references' gap open or close with training length?",
+    "merge": "Does merging the two references (weight averaging) do as well as hybrid batching?",
+    "schedule": "Does an alpha schedule (X-X first or X-Y first) beat a constant alpha?",
+}
 SOURCES = {"proxy": "proxy (sweep-time) evaluation", "full": "full evaluation",
            "mixed": "full evaluation where present, else proxy (mixed)"}

@@ -1,0 +1,167 @@
+"""Merges of the references (`sweep.merge_references`): is averaging the two specialists as good as
+hybrid batching? A sweep always trains both (alpha = 1: X-X only, alpha = 0: X-Y only), so the answer
+costs evaluations, not training.
+
+Per seed whose alpha = 1 and alpha = 0 references both completed (equal in every other knob), their final
+encoders are averaged at each weight w of the alpha = 1 model (`hybrid.merge`) into a signed export under
+`<storage>/<sweep>/merges/merge-w<w>-s<seed>/`. Each is evaluated like a trial's final checkpoint: the
+proxy evaluation for the ranked table, then the full one in the final phase, logged to a run of its own
+(`sweep.role` merge, config_key `merge w=0.5`) whose model names both parents. Driver only; a merge
+already in storage with a valid manifest is reused (`--resume`).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evaluation.checkpoints import CheckpointRef
+from evaluation.datasets import load_eval_set
+from evaluation.results import EvalResult
+from evaluation.runner import evaluate_checkpoints
+from evaluation.tracking import checkpoint_model
+from hybrid import manifest, merge, storage
+from hybrid.layout import ENCODER_DIR
+from sweeps import tracking
+from sweeps.config import SweepSetup
+from sweeps.knobs import MERGE_WEIGHT
+from sweeps.phases import PARAM_COLUMNS, completed
+from sweeps.stats import mean_ci
+
+
+@dataclass(frozen=True)
+class Merge:
+    weight: float
+    seed: int
+    mono: pd.Series  # the alpha = 1 reference trial (a row of the trials table)
+    cross: pd.Series  # the alpha = 0 reference trial, same seed and knobs
+
+    @property
+    def key(self) -> str:
+        """Its configuration: the merges of every seed at one weight."""
+        return f"merge w={self.weight:g}"
+
+    @property
+    def name(self) -> str:
+        return f"merge-w{self.weight:g}-s{self.seed}"
+
+    def parent(self, alpha: int) -> str:
+        return storage.join((self.mono if alpha else self.cross)["checkpoint_path"], ENCODER_DIR)
+
+
+def _same(a, b) -> bool:
+    return (pd.isna(a) and pd.isna(b)) or a == b
+
+
+def planned(table: pd.DataFrame, setup: SweepSetup) -> list[Merge]:
+    """The merges to make: per seed with both references completed, one per weight."""
+    if not setup.sweep.merge_references:
+        return []
+    done = completed(table, setup)
+    alpha = done["mono_ratio"].astype(float)
+    others = [k for k in PARAM_COLUMNS if k not in ("mono_ratio", "seed") and k in done]
+    pairs: dict[int, tuple[pd.Series, pd.Series]] = {}
+    for _, one in done[np.isclose(alpha, 1.0)].iterrows():
+        for _, zero in done[np.isclose(alpha, 0.0)].iterrows():
+            if zero["seed"] == one["seed"] and all(_same(zero[k], one[k]) for k in others):
+                pairs.setdefault(int(one["seed"]), (one, zero))
+    return [Merge(w, seed, one, zero) for w in setup.sweep.merge_references
+            for seed, (one, zero) in sorted(pairs.items())]
+
+
+def _valid(location: str) -> bool:
+    """A merge written whole by this deployment (the signed manifest matches every file)."""
+    try:
+        manifest.check(storage.local_copy(location))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def build(setup: SweepSetup, m: Merge) -> str:
+    """The merge's export in the sweep's storage, made unless a valid one is there; its location."""
+    location = setup.sweep.location("merges", m.name)
+    if storage.exists(location) and _valid(location):
+        return location
+    if storage.exists(location):
+        storage.delete(location)  # cut short or altered: made again
+    mono, cross = m.parent(1), m.parent(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = merge.merge(storage.local_copy(mono), storage.local_copy(cross), m.weight, Path(tmp) / "merge",
+                          origins=(mono, cross))
+        storage.upload_tree(out, location, last=manifest.MANIFEST)
+    return location
+
+
+def ref(setup: SweepSetup, m: Merge, location: str) -> CheckpointRef:
+    return CheckpointRef(path=location, step=setup.run.optim.steps, temperature=float(m.mono["temperature"]),
+                         label=m.name, model=setup.run.model.name, signed=True)
+
+
+def params(m: Merge) -> dict:
+    """The merge run's params: its weight and seed, the knobs its parents share, and the parents."""
+    knobs = {k: m.mono[k] for k in PARAM_COLUMNS if k not in ("mono_ratio", "seed") and k in m.mono
+             and not pd.isna(m.mono[k])}
+    return {MERGE_WEIGHT: m.weight, "seed": m.seed, "config_key": m.key, **knobs,
+            "merge.alpha1_trial": m.mono["trial"], "merge.alpha0_trial": m.cross["trial"]}
+
+
+def log_lineage(runs: tracking.SweepRuns, run_id: str, m: Merge, result: EvalResult) -> None:
+    """The merge's LoggedModel names both parents: their trials, runs and checkpoints, and the weight."""
+    client = runs.client
+    model = checkpoint_model(client, client.get_run(run_id), result)
+    tags = {"merge.weight": f"{m.weight:g}"}
+    for alpha, row in ((1, m.mono), (0, m.cross)):
+        tags |= {f"merge.alpha{alpha}.trial": str(row["trial"]),
+                 f"merge.alpha{alpha}.run_id": runs.trial_run(row["trial"]) or "",
+                 f"merge.alpha{alpha}.checkpoint": m.parent(alpha)}
+    client.set_logged_model_tags(model.model_id, tags)
+
+
+@dataclass
+class Merged:
+    """The merges made and proxy-evaluated: each with its evaluation ref and run, and their figures."""
+
+    merges: list[Merge]
+    refs: list[CheckpointRef]
+    run_ids: list[str]
+    results: list[EvalResult]
+
+    def ranked(self, objectives: tuple[str, ...]) -> pd.DataFrame:
+        """One row per weight, as `phases.ranked` gives the trained configurations: mean ± 95% over seeds."""
+        rows = []
+        for key in dict.fromkeys(m.key for m in self.merges):
+            chosen = [(m, r) for m, r in zip(self.merges, self.results) if m.key == key]
+            row = {"config_key": key, "seeds": len(chosen), MERGE_WEIGHT: chosen[0][0].weight}
+            for o in objectives:
+                row[o], row[f"{o} ±95%"] = mean_ci(np.array([r.summary.get(o, math.nan) for _, r in chosen]))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def make(setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns) -> Merged:
+    """Every planned merge built, proxy-evaluated and logged to its run (with the lineage of its model)."""
+    merges = planned(table, setup)
+    if not merges:
+        if setup.sweep.merge_references:
+            print("No merge of the references: no seed has both alpha = 0 and alpha = 1 completed.", flush=True)
+        return Merged([], [], [], [])
+    print(f"{time.strftime('%H:%M:%S')} merging the references: {len(merges)} merges "
+          f"(w = {', '.join(f'{w:g}' for w in setup.sweep.merge_references)} of alpha = 1; "
+          f"seeds {', '.join(str(s) for s in sorted({m.seed for m in merges}))})", flush=True)
+    refs = [ref(setup, m, build(setup, m)) for m in merges]
+    proxy = setup.proxy_eval
+    results = evaluate_checkpoints(refs, load_eval_set(proxy, setup.run.data), proxy, setup.sweep.eval_cache_location)
+    run_ids = []
+    for m, result in zip(merges, results):
+        run_id = runs.merge(m.name, params(m))
+        runs.log_result(result, run_id)
+        log_lineage(runs, run_id, m, result)
+        run_ids.append(run_id)
+    return Merged(merges, refs, run_ids, results)
