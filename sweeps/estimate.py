@@ -76,8 +76,9 @@ def plan(setup: SweepSetup) -> Plan:
     extra_seeds = max(0, s.seeds - 1)
     others = min(s.top_k, s.trials - 2)  # top configurations that are not references (at most)
     reseeded_refs = 2 if s.reseed_references else min(s.top_k - others, 2)
+    points = sum(p.reseed for p in s.search.points)  # enqueued points marked reseed (an upper bound)
     references = 2 + reseeded_refs * extra_seeds  # reference trials: all evaluated at the end
-    trials = s.trials + (reseeded_refs + others) * extra_seeds
+    trials = s.trials + (reseeded_refs + others + points) * extra_seeds
     final = trials if s.final_eval_all else references + (s.seeds if others else 0)  # + the best's seeds
     merges = len(s.merge_references) * (1 + (extra_seeds if reseeded_refs == 2 else 0))  # seeds with both
     datasets = (setup.eval.dataset, *s.zero_shot_datasets)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from hybrid import manifest, merge, storage
 from hybrid.layout import ENCODER_DIR
 from sweeps import tracking
 from sweeps.config import SweepSetup
-from sweeps.knobs import MERGE_WEIGHT
+from sweeps.knobs import BY_NAME, MERGE_WEIGHT
 from sweeps.phases import PARAM_COLUMNS, completed
 from sweeps.stats import mean_ci
 
@@ -56,20 +56,25 @@ class Merge:
 
 
 def _same(a, b) -> bool:
-    return (pd.isna(a) and pd.isna(b)) or a == b
+    return a == b or (isinstance(a, float) and isinstance(b, (int, float)) and np.isclose(a, b))
 
 
 def planned(table: pd.DataFrame, setup: SweepSetup) -> list[Merge]:
-    """The merges to make: per seed with both references completed, one per weight."""
+    """The merges to make: per seed whose two references completed, one per weight. The references are
+    the sweep's own (every other knob at the run config's value, as the search enqueued them), not an
+    alpha = 0 or 1 at another tau."""
     if not setup.sweep.merge_references:
         return []
     done = completed(table, setup)
-    alpha = done["mono_ratio"].astype(float)
-    others = [k for k in PARAM_COLUMNS if k not in ("mono_ratio", "seed") and k in done]
+    base = {k: BY_NAME[k].base_value(setup.run) for k in PARAM_COLUMNS if k in BY_NAME and k in done}
+    ours = [all(pd.isna(row[k]) or _same(row[k], v) for k, v in base.items() if k != "mono_ratio")
+            for _, row in done.iterrows()]
+    refs = done[ours]
+    alpha = refs["mono_ratio"].astype(float)
     pairs: dict[int, tuple[pd.Series, pd.Series]] = {}
-    for _, one in done[np.isclose(alpha, 1.0)].iterrows():
-        for _, zero in done[np.isclose(alpha, 0.0)].iterrows():
-            if zero["seed"] == one["seed"] and all(_same(zero[k], one[k]) for k in others):
+    for _, one in refs[np.isclose(alpha, 1.0)].iterrows():
+        for _, zero in refs[np.isclose(alpha, 0.0)].iterrows():
+            if zero["seed"] == one["seed"]:
                 pairs.setdefault(int(one["seed"]), (one, zero))
     return [Merge(w, seed, one, zero) for w in setup.sweep.merge_references
             for seed, (one, zero) in sorted(pairs.items())]
@@ -156,7 +161,8 @@ def make(setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns) -> Me
           f"(w = {', '.join(f'{w:g}' for w in setup.sweep.merge_references)} of alpha = 1; "
           f"seeds {', '.join(str(s) for s in sorted({m.seed for m in merges}))})", flush=True)
     refs = [ref(setup, m, build(setup, m)) for m in merges]
-    proxy = setup.proxy_eval
+    # The proxy's data, at the final phase's CPUs: nothing trains beside it now.
+    proxy = replace(setup.proxy_eval, encode_cpus=setup.eval.encode_cpus, score_cpus=setup.eval.score_cpus)
     results = evaluate_checkpoints(refs, load_eval_set(proxy, setup.run.data), proxy, setup.sweep.eval_cache_location)
     run_ids = []
     for m, result in zip(merges, results):

@@ -202,6 +202,10 @@ def test_ranking_compares_only_completed_trials():
     ("sweep.search.num_train_languages=[12]", "exceeds"),
     ("data.eval_languages=[en, xx]", "unknown language code 'xx'"),
     ("sweep.scheduler=hyperband", "scheduler"),
+    ("sweep.merge_references=[0.5, 1]", r"merge_references=\[0.5, 1.0\]: 1.0 is not strictly between 0 and 1"),
+    ("sweep.merge_references=[0.5];sweep.final_eval=false", "merge_references needs sweep.final_eval=true"),
+    ("sweep.search.alpha_schedule=[constant, linear]", "'linear' is not one of constant, mono_first, cross_first"),
+    ("method.alpha_schedule=linear", "method.alpha_schedule='linear' is not one of"),
 ])
 def test_bad_sweeps_fail_before_ray_starts(override, message):
     with pytest.raises(ValueError, match=message):
@@ -389,7 +393,8 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
     np.testing.assert_allclose(registered.encode(texts, prompt_name="query"), load_encoder(str(export)).encode(texts, "query"),
                                atol=1e-5)
     card = (export / "README.md").read_text()
-    assert "base_model: " in card and f"| alpha (mono ratio) | {float(child.data.params['mono_ratio']):g} |" in card
+    alpha = float(child.data.params["mono_ratio"])
+    assert "base_model: " in card and f"| alpha (mono ratio) | {alpha:g} (constant schedule) |" in card
     assert "CC BY-SA 4.0" in card
     for child in children:  # the trial's time split: start-up, then training + evaluation, then teardown
         m = child.data.metrics
