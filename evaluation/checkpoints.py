@@ -108,7 +108,5 @@ def content_hash(name_or_path: str) -> str:
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode() + b"\0")
-        with open(f, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
+        manifest.feed(digest, f)
     return digest.hexdigest()

@@ -29,11 +29,16 @@ class IncompleteCheckpoint(ValueError):
     """A checkpoint whose files do not match its manifests (cut short, altered, or never finished)."""
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def feed(digest, path: Path) -> None:
+    """Stream a file's bytes into `digest` (a hashlib object) in 1 MiB blocks: weights are hundreds of MB."""
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    feed(digest, path)
     return digest.hexdigest()
 
 

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from hybrid import manifest
 from hybrid.cache import cache_dir
 from hybrid.data.corpus import ParallelCorpus
 from hybrid.data.lareqa import find_language_files, load_lareqa
@@ -33,16 +34,12 @@ MLQA_R_SHA256 = {
 MLQA_R_ENV = "HYBRID_SWEEP_MLQA_R_DIR"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def download_mlqa_r(dest: Path, base_url: str = MLQA_R_URL, timeout_s: float = 60.0) -> Path:
     """Fetch the MLQA-R files into `dest` (skipping verified ones); each is checked before it is kept."""
     dest.mkdir(parents=True, exist_ok=True)
     for lang, digest in MLQA_R_SHA256.items():
         target = dest / f"{lang}.json"
-        if target.exists() and _sha256(target) == digest:
+        if target.exists() and manifest.sha256(target) == digest:
             continue
         url = f"{base_url}/{lang}.json"
         try:
