@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sweeps.config import LOWER_IS_BETTER, SETTINGS, SweepConfig
+from sweeps.config import LOWER_IS_BETTER, SETTINGS, SweepConfig, flatten
 from sweeps.knobs import KNOBS, MERGE_WEIGHT
 
 MATRIX_METRICS = ("map", "mrr@10")  # L x L matrices downloaded (at each run's last evaluated step)
@@ -306,7 +306,7 @@ def _resolved_config(client, parent_id: str, tmp: Path) -> dict:
     if "resolved.yaml" not in {Path(f.path).name for f in client.list_artifacts(parent_id, "config")}:
         return {}
     text = Path(client.download_artifacts(parent_id, "config/resolved.yaml", str(tmp))).read_text()
-    return pd.json_normalize(yaml.safe_load(text), sep=".").iloc[0].to_dict()
+    return flatten(yaml.safe_load(text) or {})
 
 
 def log_report_artifacts(client, sweep: Sweep, files: list[Path], folder: str = "report") -> None:
