@@ -42,15 +42,15 @@ def read_bytes(location: str) -> bytes:
     then reads that many bytes, so an object overwritten in between (the lease's heartbeat) came back torn,
     the new bytes with a tail that was never written."""
     if location.startswith("s3://"):
+        from botocore.exceptions import BotoCoreError, ClientError
+
         client, bucket, key = _s3(location)
         try:
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except client.exceptions.NoSuchKey:
             raise FileNotFoundError(f"{location}: no such object") from None
-        except Exception as e:
-            if type(e).__module__.startswith("botocore"):
-                raise OSError(f"{location}: {e}") from None
-            raise
+        except (BotoCoreError, ClientError) as e:  # as pyarrow raised them: OSError
+            raise OSError(f"{location}: {e}") from None
     fs, path = filesystem(location)
     with fs.open_input_stream(path) as f:
         return f.read()
