@@ -31,8 +31,7 @@ from hybrid.layout import ENCODER_DIR
 from sweeps import tracking
 from sweeps.config import SweepSetup
 from sweeps.knobs import BY_NAME, MERGE_WEIGHT
-from sweeps.phases import PARAM_COLUMNS, completed
-from sweeps.stats import mean_ci
+from sweeps.phases import PARAM_COLUMNS, completed, per_configuration
 
 
 @dataclass(frozen=True)
@@ -92,9 +91,9 @@ def _valid(location: str) -> bool:
 def build(setup: SweepSetup, m: Merge) -> str:
     """The merge's export in the sweep's storage, made unless a valid one is there; its location."""
     location = setup.sweep.location("merges", m.name)
-    if storage.exists(location) and _valid(location):
-        return location
     if storage.exists(location):
+        if _valid(location):
+            return location
         storage.delete(location)  # cut short or altered: made again
     mono, cross = m.parent(1), m.parent(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,14 +139,10 @@ class Merged:
 
     def ranked(self, objectives: tuple[str, ...]) -> pd.DataFrame:
         """One row per weight, as `phases.ranked` gives the trained configurations: mean ± 95% over seeds."""
-        rows = []
-        for key in dict.fromkeys(m.key for m in self.merges):
-            chosen = [(m, r) for m, r in zip(self.merges, self.results) if m.key == key]
-            row = {"config_key": key, "seeds": len(chosen), MERGE_WEIGHT: chosen[0][0].weight}
-            for o in objectives:
-                row[o], row[f"{o} ±95%"] = mean_ci(np.array([r.summary.get(o, math.nan) for _, r in chosen]))
-            rows.append(row)
-        return pd.DataFrame(rows)
+        runs = pd.DataFrame([{"config_key": m.key, MERGE_WEIGHT: m.weight,
+                              **{o: r.summary.get(o, math.nan) for o in objectives}}
+                             for m, r in zip(self.merges, self.results)])
+        return per_configuration(runs, [MERGE_WEIGHT], objectives)
 
 
 def make(setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns) -> Merged:

@@ -253,16 +253,24 @@ def reseed(setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns, res
 def ranked(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
     """Completed configurations ranked by the mean of the first objective over seeds, with 95% intervals."""
     objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
+    rows = per_configuration(completed(table, setup), [k for k in PARAM_COLUMNS if k != "seed"],
+                             setup.sweep.objectives)
+    if rows.empty:
+        return pd.DataFrame(columns=["config_key", "seeds", *setup.sweep.objectives])
+    return rows.sort_values(objective, ascending=mode == "min").reset_index(drop=True)
+
+
+def per_configuration(runs: pd.DataFrame, columns: list[str], objectives: tuple[str, ...]) -> pd.DataFrame:
+    """One row per `config_key` of `runs` (one per seed): its `columns` (from its first run), how many
+    seeds, and each objective's mean and 95% half-width over them."""
     rows = []
-    for key, group in completed(table, setup).groupby("config_key"):
-        row = {k: group.iloc[0][k] for k in PARAM_COLUMNS if k in group and k != "seed"}
-        for o in setup.sweep.objectives:
+    for key, group in runs.groupby("config_key"):
+        row = {k: group.iloc[0][k] for k in columns if k in group}
+        for o in objectives:
             mean, half = mean_ci(group[o].to_numpy())
             row[o], row[f"{o} ±95%"] = mean, half
         rows.append({"config_key": key, "seeds": len(group), **row})
-    if not rows:
-        return pd.DataFrame(columns=["config_key", "seeds", *setup.sweep.objectives])
-    return pd.DataFrame(rows).sort_values(objective, ascending=mode == "min").reset_index(drop=True)
+    return pd.DataFrame(rows)
 
 
 def best_trial(table: pd.DataFrame, setup: SweepSetup, best_key: str) -> pd.Series:

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from sweeps.knobs import MERGE_WEIGHT
 from sweeps.report import analysis as A
 from sweeps.stats import mean_ci
 from sweeps.report.findings import Findings, _seed_mats, alpha_label, ci_text, name
@@ -203,7 +204,7 @@ def _merge_runs(f: Findings) -> tuple[pd.DataFrame, str]:
 
 
 def _merge_keys(f: Findings) -> list[str]:
-    return list(f.sweep.merges.sort_values("merge_weight")["config_key"].drop_duplicates())
+    return list(f.sweep.merges.sort_values(MERGE_WEIGHT)["config_key"].drop_duplicates())
 
 
 def merges_table(f: Findings) -> pd.DataFrame:
@@ -249,7 +250,7 @@ def schedule(f: Findings) -> tuple[str, str]:
     diffs, head = {}, ""
     for _, group in done.groupby(same):
         constant = group[group["alpha_schedule"] == "constant"]
-        for _, row in group[group["alpha_schedule"].isin(["mono_first", "cross_first"])].iterrows():
+        for _, row in group[group["alpha_schedule"].notna() & (group["alpha_schedule"] != "constant")].iterrows():
             if len(constant):
                 head = head or f"{alpha_label(constant.iloc[0])}, {name(f.objective)}: "
                 diffs[f"{row['alpha_schedule']} - constant"] = A.diff_ci(
