@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from hybrid.sampler import SCHEDULES
 
 RANGES = ("uniform", "log")  # a [low, high] range, sampled uniformly or log-uniformly
@@ -73,6 +75,14 @@ class Knob:
     def searched(self, values: tuple) -> bool:
         """Values that Optuna samples from (not fixed, not absent)."""
         return len(set(values)) > 1
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Two values of a knob are the same: equal, or floats equal to rounding (a value read back from a
+    table against the one a point gave). Text and flags compare as they are."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and bool(np.isclose(a, b)))
 
 
 def _first_k(languages: tuple[str, ...], k: int) -> tuple[str, ...]:

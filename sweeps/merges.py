@@ -30,7 +30,7 @@ from hybrid import manifest, merge, storage
 from hybrid.layout import ENCODER_DIR
 from sweeps import tracking
 from sweeps.config import SweepSetup
-from sweeps.knobs import BY_NAME, MERGE_WEIGHT
+from sweeps.knobs import BY_NAME, MERGE_WEIGHT, same_value
 from sweeps.phases import PARAM_COLUMNS, completed, per_configuration
 
 
@@ -54,10 +54,6 @@ class Merge:
         return storage.join((self.mono if alpha else self.cross)["checkpoint_path"], ENCODER_DIR)
 
 
-def _same(a, b) -> bool:
-    return a == b or (isinstance(a, float) and isinstance(b, (int, float)) and np.isclose(a, b))
-
-
 def planned(table: pd.DataFrame, setup: SweepSetup) -> list[Merge]:
     """The merges to make: per seed whose two references completed, one per weight. The references are
     the sweep's own (every other knob at the run config's value, as the search enqueued them), not an
@@ -66,7 +62,7 @@ def planned(table: pd.DataFrame, setup: SweepSetup) -> list[Merge]:
         return []
     done = completed(table, setup)
     base = {k: BY_NAME[k].base_value(setup.run) for k in PARAM_COLUMNS if k in BY_NAME and k in done}
-    ours = [all(pd.isna(row[k]) or _same(row[k], v) for k, v in base.items() if k != "mono_ratio")
+    ours = [all(pd.isna(row[k]) or same_value(row[k], v) for k, v in base.items() if k != "mono_ratio")
             for _, row in done.iterrows()]
     refs = done[ours]
     alpha = refs["mono_ratio"].astype(float)

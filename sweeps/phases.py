@@ -11,7 +11,6 @@ import json
 import time
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 from ray import tune
@@ -228,7 +227,7 @@ def reseeded(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
         top.append(done[done["mono_ratio"].map(is_reference)])
     for point in (p for p in setup.sweep.search.points if p.reseed):
         given = filled(setup.sweep, setup.run, point)
-        top.append(done[[all(k in row and np.isclose(float(row[k]), float(v)) for k, v in given.items())
+        top.append(done[[all(k in row and knobs.same_value(row[k], v) for k, v in given.items())
                          for _, row in done.iterrows()]])
     return pd.concat(top).drop_duplicates("config_key")
 

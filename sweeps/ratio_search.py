@@ -279,7 +279,8 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
                   f"{k.split('/')[-1][:-2]} {v:.1f}" for k, v in overhead.items() if k.startswith("sweep/startup/"))
               + ").")
     best = ranking.iloc[0]
-    knobs = ", ".join(f"{k}={best[k]:.4g}" for k in phases.PARAM_COLUMNS if k in best and k != "seed")
+    knobs = ", ".join(f"{k}={best[k]}" if isinstance(best[k], str) else f"{k}={best[k]:.4g}"
+                      for k in phases.PARAM_COLUMNS if k in best and k != "seed")
     phases.save_finished(setup, f"{len(table)} trials in {wall / 60:.1f} min; best {s.objectives[0]} "
                                 f"{best[s.objectives[0]]:.4f} over {best['seeds']} seed(s) at {knobs}")
     print(f"\nThe best configuration's encoder: models:/{s.name}@{registry.ALIAS} (version {version}), e.g. "

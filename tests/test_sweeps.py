@@ -82,6 +82,24 @@ def test_reseeding_covers_the_references_when_asked():
     assert list(reseeded(table, marked)["config_key"]) == ["C", "D"]
 
 
+def test_points_of_a_text_knob_are_reseeded():
+    """The long study's schedule arm: points that differ by a text knob (`alpha_schedule`) are told apart
+    when their seeds are added (a text value was once compared as a number, which stopped that study
+    after its search)."""
+    import pandas as pd
+
+    from sweeps.phases import reseeded
+
+    setup = load_sweep_setup(ROOT / "configs/cpu-study-long.yaml")
+    steps = setup.run.optim.steps
+    rows = [("r0", 0.0, "constant", 0.68), ("r1", 1.0, "constant", 0.52), ("h", 0.5, "constant", 0.679),
+            ("m", 0.5, "mono_first", 0.656), ("c", 0.5, "cross_first", 0.674)]
+    table = pd.DataFrame([{"trial": t, "mono_ratio": a, "temperature": 0.01, "lang_temperature": math.inf,
+                           "alpha_schedule": s, "config_key": t.upper(), "seed": 0, "step": steps, "multi/map": m,
+                           "checkpoint_path": f"/c/{t}"} for t, a, s, m in rows])
+    assert sorted(reseeded(table, setup)["config_key"]) == ["C", "H", "M", "R0", "R1"]
+
+
 def test_resume_may_mark_points_for_more_seeds_but_not_change_them():
     """A point's `reseed` acts after the search: `--resume` may turn it on; a changed knob is refused."""
     study = ROOT / "configs/cpu-study.yaml"
