@@ -80,8 +80,6 @@ class Knob:
 def same_value(a: Any, b: Any) -> bool:
     """Two values of a knob are the same: equal, or floats equal to rounding (a value read back from a
     table against the one a point gave). Text and flags compare as they are."""
-    if isinstance(a, str) or isinstance(b, str):
-        return a == b
     return a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and bool(np.isclose(a, b)))
 
 
