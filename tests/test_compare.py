@@ -419,17 +419,19 @@ def test_loader_reads_what_evaluation_tracking_writes(tmp_path, monkeypatch):
     assert sweep.reliability[(run, "xquad-r", "full")]["count"].tolist() == [3, 7]
 
 
-def test_the_committed_cpu_study_report_opens_offline_and_backs_the_readme(tmp_path):
-    """docs/cpu-study/report.html (the CPU study) asks for nothing outside itself, every image decodes in headless
-    Chromium, and each verdict of the README's "What the CPU study found" table is the report's."""
-    report = ROOT / "docs" / "cpu-study" / "report.html"
+@pytest.mark.parametrize("study, section, rows", [("cpu-study", "What the CPU study found", 5),
+                                                    ("cpu-study-long", "What the long CPU study found", 3)])
+def test_a_committed_study_report_opens_offline_and_backs_the_readme(tmp_path, study, section, rows):
+    """docs/<study>/report.html asks for nothing outside itself, every image decodes in headless Chromium,
+    and each verdict of the README's table for that study is the report's."""
+    report = ROOT / "docs" / study / "report.html"
     text = report.read_text()
     assert not re.search(r'(src|href)="(?!data:|#)', text) and "<link" not in text
-    assert "Answers at a glance" in text and "<h3>cpu-study</h3>" in text
+    assert "Answers at a glance" in text and f"<h3>{study}</h3>" in text
     render_in_chromium(report, tmp_path)
-    readme = (ROOT / "README.md").read_text().split("## What the CPU study found", 1)[1].split("\n## ", 1)[0]
-    verdicts = re.findall(r"^\| \d\. [^|]+\|[^|]+\| \*\*([^*]+)\*\* \|$", readme, re.M)
-    assert len(verdicts) == 5 and all(f"<td>{v}</td>" in text for v in verdicts), verdicts
+    readme = (ROOT / "README.md").read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    verdicts = re.findall(r"^\| [^|]+\|[^|]+\| \*\*([^*]+)\*\* \|$", readme, re.M)
+    assert len(verdicts) == rows and all(f"<td>{v}</td>" in text for v in verdicts), verdicts
 
 
 def test_the_references_are_the_pair_equal_in_every_other_knob():
