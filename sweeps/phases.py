@@ -146,11 +146,11 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
     restorable = tune.Tuner.can_restore(path)
     if restorable and not resume:
         raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another sweep.name.")
+    logger = TrialLogger(runs, setup.run,
+                         setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose)
     if restorable and tune_state.restore_verified(path, signed):  # only what this sweep's driver saved
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        logger = TrialLogger(runs, setup.run,
-                             setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose)
         run_config = tune.RunConfig(name=name, storage_path=root,
                                     callbacks=[logger, early, tune_state.SignedState(path, name, signed),
                                                interrupts.TuneHandlerSet()],
@@ -161,6 +161,8 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
     runs.flush()  # the phase's MLflow writes, queued by TrialLogger, all done (or their error raised)
     if stopped or not all_ended(grid, trials):
         raise Interrupted(name)
+    logger.catch_up(grid)  # what a killed driver of this phase had not logged
+    runs.flush()
     return grid
 
 

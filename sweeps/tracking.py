@@ -205,6 +205,21 @@ class SweepRuns:
                 "sweep/trial_overhead_fraction": overhead / wall} | split
 
 
+ACTIVE_S = "trial/active_s"  # in every result a trial reports (`sweeps.trial`): which steps a run has logged
+
+
+def reported(result: tune.Result) -> list[dict[str, Any]]:
+    """Every result a trial reported, in order, from Tune's record of the trial (its `result.json` in
+    storage: numbers and JSON text, nothing unpickled), ending with its last result as the signed
+    experiment state keeps it."""
+    last = result.metrics or {}
+    frame = result.metrics_dataframe
+    rows = [] if frame is None else [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+                                     for row in frame.to_dict("records")]
+    rows = [r for r in rows if r.get("step", math.inf) < last.get("step", 0)]
+    return rows + [last]
+
+
 def _reopened(uri: str, exp_id: str, parent_id: str, sweep_id: str) -> SweepRuns:
     """A SweepRuns unpickled: the one this driver opened for the same sweep, else the pickled ids."""
     return _OPEN.get(sweep_id) or SweepRuns(uri, exp_id, parent_id, sweep_id)
@@ -307,6 +322,35 @@ class TrialLogger(tune.Callback):
         run_id = self._run_id(trial_id, config)
         self.mlflow.log_metrics(run_id, wall, step)
         self.mlflow.end(run_id, status)
+
+    def catch_up(self, grid: tune.ResultGrid) -> None:
+        """Queue what a killed driver left out: Tune saves a trial's reports and its end with its state while
+        this logger's MLflow writes wait in the queue, so a driver killed in between loses them (seen on a
+        tracking server, whose writes lag the trials by seconds). For each trial of a phase, every reported
+        result its run lacks (by step) is logged from Tune's record, and a trial that trained every step (or
+        failed) gets that status. For every phase that ended, restored or not; `flush` after it."""
+        for result in grid:
+            metrics = result.metrics or {}
+            if metrics.get("trial_id") and "step" in metrics:  # one that never reported has nothing to log
+                status = "FAILED" if result.error else "FINISHED" if metrics["step"] == self.steps else None
+                self.mlflow.queue.submit(self._catch_up, metrics["trial_id"], dict(result.config or {}),
+                                         reported(result), status)
+
+    def _catch_up(self, trial_id: str, config: dict[str, Any], results: list[dict[str, Any]],
+                  status: str | None) -> None:
+        run_id = self._run_id(trial_id, config)
+        logged = {m.step for m in self.mlflow.client.get_metric_history(run_id, ACTIVE_S)}
+        missing = [r for r in results if int(r.get("step", 0)) not in logged]
+        for report in missing:
+            timings = {k: v for k, v in report.items() if k.startswith("trial/")}
+            self._log_result(trial_id, config, json.loads(report.get(TRAIN_HISTORY, "[]")), timings,
+                             int(report.get("step", 0)), report.get(EVAL_RESULT))
+        ended = status is not None and self.mlflow.client.get_run(run_id).info.status != status
+        if ended:
+            self.mlflow.end(run_id, status)
+        if missing or ended:
+            print(f"[hybrid-sweep] trial {trial_id}: {len(missing)} report(s) a killed driver had not logged"
+                  f"{f', and its end ({status})' if ended else ''}, logged now", flush=True)
 
     def _say(self, trial, what: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {describe(trial.trial_id, trial.config, self.base)}: {what}", flush=True)

@@ -683,8 +683,40 @@ def test_a_killed_then_interrupted_sweep_resumes_without_rerunning_or_duplicatin
                              capture_output=True, text=True, timeout=120)
     assert changed.returncode == 2 and "with changed settings: method.batch_size." in changed.stderr, changed.stderr
 
+    # A driver killed after Tune saved a trial's last report and its end, before its queued MLflow writes
+    # (seen on a tracking server): the run RUNNING, without what that report logs. `--resume` logs it from
+    # Tune's record, once, and ends the run.
+    client, runs = mlflow_runs(tmp_path, "resumable")
+    victim = next(r for r in runs if r.data.tags.get("sweep.role") == "trial")
+    counts = finished_trials(tmp_path, "resumable")
+    keys = [k for k in victim.data.metrics if k.startswith(("train/", PROXY_MAP.rsplit("/", 2)[0], "trial/active_s"))]
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(victim.info.run_id, k)] for k in keys}
+    forget_after(tmp_path / "mlflow.db", victim.info.run_id, step=3)  # its step-6 report: checkpoint_every 3
+    assert len(client.get_metric_history(victim.info.run_id, PROXY_MAP)) == counts[victim.data.tags["tune.trial_id"]] - 1
+    caught = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True,
+                            text=True, timeout=900)
+    assert caught.returncode == 0, caught.stdout[-3000:] + caught.stderr[-3000:]
+    assert (f"trial {victim.data.tags['tune.trial_id']}: 1 report(s) a killed driver had not logged, and its end "
+            "(FINISHED), logged now") in caught.stdout, caught.stdout[-3000:]
+    assert {k: [(m.step, m.value) for m in client.get_metric_history(victim.info.run_id, k)] for k in keys} == history
+    assert_resumed_cleanly(tmp_path, "resumable", counts, trials=4)
+
     # More trials for a finished sweep (a round of its own), and sweep.trials only growing: in
     # test_tracking_record.py, on a tracking server, with a driver killed in that round.
+
+
+def forget_after(db: Path, run_id: str, step: int) -> None:
+    """What a driver killed before its last MLflow writes leaves: the run RUNNING, no metric after `step`, and
+    the later checkpoints' evaluations not marked logged (`evaluation.tracking.log_result` tags it last)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        later = "SELECT model_id FROM logged_model_params WHERE param_key = 'step' AND CAST(param_value AS INTEGER) > ?"
+        con.execute(f"DELETE FROM logged_model_tags WHERE tag_key LIKE 'eval.%' AND model_id IN ({later}) AND model_id IN "
+                    "(SELECT model_id FROM logged_models WHERE source_run_id = ?)", (step, run_id))
+        con.execute("DELETE FROM metrics WHERE run_uuid = ? AND step > ?", (run_id, step))
+        con.execute("DELETE FROM latest_metrics WHERE run_uuid = ? AND step > ?", (run_id, step))
+        con.execute("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?", (run_id,))
 
 
 def interrupt_at(config: Path, cwd: Path, line: str, extra: tuple[str, ...] = (), second_after_s: float | None = None,
