@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from evaluation.config import DEFAULT_TEMPERATURE
 from hybrid import manifest, storage
@@ -45,11 +46,18 @@ class CheckpointRef:
         / name."""
         if _holds(path_or_name, STATE_FILE):
             state = json.loads(storage.read_text(storage.join(path_or_name, STATE_FILE)))
-            config = state.get("config", {})
-            return cls(storage.join(path_or_name, ENCODER_DIR), int(state["step"]),
-                       float(config.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)),
-                       label=path_or_name, model=config.get("model", {}).get("name", path_or_name), signed=True)
+            return cls.trained(storage.join(path_or_name, ENCODER_DIR), int(state["step"]), state.get("config", {}),
+                               path_or_name)
         return cls(path_or_name, 0, DEFAULT_TEMPERATURE, label=path_or_name, model=path_or_name)
+
+    @classmethod
+    def trained(cls, encoder: str, step: int, run: dict[str, Any], label: str) -> CheckpointRef:
+        """A trained encoder folder or URI (a checkpoint's `encoder/`, a merge's export) of a run whose config
+        is `run` (as a dict, as trainer_state.json keeps it): ECE at the run's own tau, lineage to its base
+        model, its signed manifest checked. The one way a trial, the early and final evaluations, the merges
+        and this CLI name a trained model."""
+        return cls(encoder, step, float(run.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)), label=label,
+                   model=run.get("model", {}).get("name", encoder), signed=True)
 
 
 def unless_saved(ref: CheckpointRef, spec: EncoderSpec) -> CheckpointRef:

@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import replace
+from typing import Any
 
 import ray
 from ray import tune
@@ -23,9 +24,11 @@ from evaluation.checkpoints import CheckpointRef
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import storage
+from hybrid.config import to_dict
 from hybrid.layout import ENCODER_DIR
 from sweeps.config import SweepSetup
 from sweeps.search import is_reference
+from sweeps.trial import trial_run_config
 
 
 def full_eval_config(setup: SweepSetup, dataset: str) -> EvalConfig:
@@ -41,10 +44,10 @@ def base_ref(setup: SweepSetup) -> CheckpointRef:
                          label="base", model=setup.run.model.name, spec=setup.run.model.spec)
 
 
-def final_ref(setup: SweepSetup, checkpoint_path: str, temperature: float, trial: str) -> CheckpointRef:
-    """A trial's final checkpoint, as the final phase evaluates it."""
-    return CheckpointRef(path=storage.join(checkpoint_path, ENCODER_DIR), step=setup.run.optim.steps,
-                         temperature=temperature, label=trial, model=setup.run.model.name, signed=True)
+def final_ref(setup: SweepSetup, checkpoint_path: str, params: dict[str, Any], trial: str) -> CheckpointRef:
+    """A trial's final checkpoint (the trial's `params`: its knobs and seed), as the final phase evaluates it."""
+    return CheckpointRef.trained(storage.join(checkpoint_path, ENCODER_DIR), setup.run.optim.steps,
+                                 to_dict(trial_run_config(setup.run, params)), trial)
 
 
 class EarlyEvaluation(tune.Callback):
@@ -74,7 +77,7 @@ class EarlyEvaluation(tune.Callback):
         if room < self.sweep_setup.eval.encode_cpus:
             return
         refs = [] if self.started else [base_ref(self.sweep_setup)]
-        refs.append(final_ref(self.sweep_setup, result["checkpoint_path"], trial.config["temperature"], trial.trial_id))
+        refs.append(final_ref(self.sweep_setup, result["checkpoint_path"], trial.config, trial.trial_id))
         print(f"{time.strftime('%H:%M:%S')} final evaluation of {', '.join(r.label for r in refs)} started now "
               f"(a reference; {room:g} CPUs free beside the trials)", flush=True)
         future: Future = Future()

@@ -27,11 +27,13 @@ from evaluation.results import EvalResult
 from evaluation.runner import evaluate_checkpoints
 from evaluation.tracking import checkpoint_model
 from hybrid import manifest, merge, storage
+from hybrid.config import to_dict
 from hybrid.layout import ENCODER_DIR
 from sweeps import tracking
 from sweeps.config import SweepSetup
 from sweeps.knobs import BY_NAME, MERGE_WEIGHT, same_value
-from sweeps.phases import PARAM_COLUMNS, completed, per_configuration
+from sweeps.phases import PARAM_COLUMNS, completed, per_configuration, row_params
+from sweeps.trial import trial_run_config
 
 
 @dataclass(frozen=True)
@@ -100,14 +102,14 @@ def build(setup: SweepSetup, m: Merge) -> str:
 
 
 def ref(setup: SweepSetup, m: Merge, location: str) -> CheckpointRef:
-    return CheckpointRef(path=location, step=setup.run.optim.steps, temperature=float(m.mono["temperature"]),
-                         label=m.name, model=setup.run.model.name, signed=True)
+    """The merge's export, as a model trained with the knobs its parents share (the alpha = 1 parent's)."""
+    run = trial_run_config(setup.run, row_params(m.mono))
+    return CheckpointRef.trained(location, setup.run.optim.steps, to_dict(run), m.name)
 
 
 def params(m: Merge) -> dict:
     """The merge run's params: its weight and seed, the knobs its parents share, and the parents."""
-    knobs = {k: m.mono[k] for k in PARAM_COLUMNS if k not in ("mono_ratio", "seed") and k in m.mono
-             and not pd.isna(m.mono[k])}
+    knobs = {k: v for k, v in row_params(m.mono).items() if k not in ("mono_ratio", "seed")}
     return {MERGE_WEIGHT: m.weight, "seed": m.seed, "config_key": m.key, **knobs,
             "merge.alpha1_trial": m.mono["trial"], "merge.alpha0_trial": m.cross["trial"]}
 

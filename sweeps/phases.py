@@ -31,6 +31,16 @@ from sweeps.trial import config_key, run_trial
 PARAM_COLUMNS = [*knobs.NAMES, "seed"]
 
 
+def row_params(row: pd.Series) -> dict[str, Any]:
+    """A trial's params from its table row: the knobs it set and its seed, as the Python values Tune gave
+    (a table column of numbers with gaps holds floats; NumPy scalars)."""
+    def value(k: str) -> Any:
+        v = row[k].item() if hasattr(row[k], "item") else row[k]
+        return knobs.BY_NAME[k].cast(v) if k in knobs.BY_NAME else int(v)
+
+    return {k: value(k) for k in PARAM_COLUMNS if k in row and pd.notna(row[k])}
+
+
 def exists(setup: SweepSetup) -> bool:
     """Whether this sweep (its search phase) is already in storage: read before Ray starts."""
     return tune.Tuner.can_restore(setup.sweep.location("search"))
@@ -241,9 +251,7 @@ def reseed(setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns, res
     for _, row in reseeded(table, setup).iterrows():
         if setup.sweep.seeds < 2:
             break
-        fixed = {k: row[k].item() if hasattr(row[k], "item") else row[k]  # Python numbers, as Tune gave them
-                 for k in PARAM_COLUMNS if k in row and k != "seed" and pd.notna(row[k])}
-        space = fixed | {"seed": tune.grid_search(list(range(1, setup.sweep.seeds)))}
+        space = row_params(row) | {"seed": tune.grid_search(list(range(1, setup.sweep.seeds)))}
         grid = _run_tuner(f"seeds-{row['config_key']}", setup, space,
                           tune.TuneConfig(max_concurrent_trials=setup.sweep.max_concurrent), runs, resume,
                           setup.sweep.seeds - 1, early)
@@ -308,8 +316,7 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, runs
     chosen = final if setup.sweep.final_eval_all else \
         final[(final["config_key"] == best_key) | final["mono_ratio"].map(is_reference)]
     chosen = chosen.drop_duplicates("trial")
-    refs = [final_ref(setup, p, t, trial) for p, t, trial in zip(chosen["checkpoint_path"], chosen["temperature"],
-                                                                 chosen["trial"])]
+    refs = [final_ref(setup, row["checkpoint_path"], row_params(row), row["trial"]) for _, row in chosen.iterrows()]
     summary: dict[str, float] = {}
     for dataset in (setup.eval.dataset, *setup.sweep.zero_shot_datasets):
         full = full_eval_config(setup, dataset)

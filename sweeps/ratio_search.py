@@ -204,7 +204,7 @@ def register(setup: SweepSetup, table, ranking, runs: tracking.SweepRuns) -> str
     s, top = setup.sweep, ranking.iloc[0]
     trial = phases.best_trial(table, setup, top["config_key"])
     objective = s.objectives[0]
-    knobs = {k: trial[k] for k in phases.PARAM_COLUMNS if k in trial and trial[k] == trial[k]}
+    knobs = phases.row_params(trial)
     return registry.register_best(
         s.tracking_uri, s.name, runs.trial_run(trial["trial"]),
         storage.join(trial["checkpoint_path"], ENCODER_DIR),
