@@ -33,7 +33,8 @@ class Knob:
     kind: str  # "uniform" | "log" | "choice"
     cast: type  # float | int | bool | str: the values' type
     default: tuple = ()  # sweep.search.<name> when the preset says nothing
-    show: str = "{name} {value}"  # a progress line's words for a value
+    label: str = ""  # its short name wherever people read it (progress lines, run names, the report); `name` if ""
+    fmt: str = ""  # a value's format in those lines (a format spec: ".2f")
     valid: Callable[[Any], bool] = lambda value: True
     rule: str = ""  # what `valid` asks, for the error message
     shown_always: bool = False  # in every progress line, not only where it differs from the base run
@@ -58,8 +59,13 @@ class Knob:
         new = self.to_field(getattr(part, key), value) if self.to_field else value
         return replace(run, **{section: replace(part, **{key: new})})
 
+    @property
+    def short(self) -> str:
+        return self.label or self.name
+
     def text(self, value: Any) -> str:
-        return self.show.format(name=self.name, value=value)
+        """"tau 0.050": the knob's label and value, as progress lines and run names show it."""
+        return f"{self.short} {format(value, self.fmt)}"
 
     def check(self, values: tuple, where: str) -> None:
         """`sweep.search.<name>` as given: a range is [] or [low, high]; every value passes `valid`."""
@@ -88,17 +94,17 @@ def _first_k(languages: tuple[str, ...], k: int) -> tuple[str, ...]:
 
 
 KNOBS: tuple[Knob, ...] = (
-    Knob("mono_ratio", "method.mono_ratio", "uniform", float, (0.0, 1.0), "alpha {value:.2f}",
+    Knob("mono_ratio", "method.mono_ratio", "uniform", float, (0.0, 1.0), "alpha", ".2f",
          lambda v: 0.0 <= v <= 1.0, "in [0, 1]", shown_always=True),
-    Knob("temperature", "method.temperature", "log", float, (0.01, 0.2), "tau {value:.3f}",
+    Knob("temperature", "method.temperature", "log", float, (0.01, 0.2), "tau", ".3f",
          lambda v: 0 < v < math.inf, "a finite number > 0", shown_always=True),
-    Knob("lang_temperature", "method.lang_temperature", CHOICE, float, (math.inf,), "T {value:g}",
+    Knob("lang_temperature", "method.lang_temperature", CHOICE, float, (math.inf,), "T", "g",
          lambda v: v > 0, "> 0 (.inf = uniform over languages)"),
-    Knob("lr", "optim.lr", "log", float, (), "lr {value:.2g}", lambda v: 0 < v < math.inf, "a finite number > 0"),
-    Knob("num_train_languages", "data.train_languages", CHOICE, int, (), "{value} languages",
+    Knob("lr", "optim.lr", "log", float, (), "lr", ".2g", lambda v: 0 < v < math.inf, "a finite number > 0"),
+    Knob("num_train_languages", "data.train_languages", CHOICE, int, (), "languages", "d",
          lambda v: v >= 2, ">= 2 (X-Y batches need two languages)", to_field=_first_k, from_field=len),
-    Knob("hard_negatives", "data.hard_negatives", CHOICE, bool, (), "hard negatives {value}"),
-    Knob("alpha_schedule", "method.alpha_schedule", CHOICE, str, (), "schedule {value}", lambda v: v in SCHEDULES,
+    Knob("hard_negatives", "data.hard_negatives", CHOICE, bool, (), "hard negatives"),
+    Knob("alpha_schedule", "method.alpha_schedule", CHOICE, str, (), "schedule", "", lambda v: v in SCHEDULES,
          f"one of {', '.join(SCHEDULES)}"),
 )
 BY_NAME = {knob.name: knob for knob in KNOBS}

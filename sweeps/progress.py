@@ -30,12 +30,17 @@ class Board:
         return lines
 
 
-def describe(trial_id: str, params: dict[str, Any], base: Any) -> str:
-    """"trial ID (alpha 0.50, tau 0.050, seed 0)": the always-shown knobs, the others where they differ
-    from the base run."""
+def knob_text(params: dict[str, Any], base: Any) -> str:
+    """"alpha 0.50, tau 0.050, seed 0": the always-shown knobs, the others where they differ from the base
+    run (`knobs.Knob.text`)."""
     shown = [k.text(params[k.name]) for k in KNOBS
              if k.name in params and (k.shown_always or params[k.name] != k.base_value(base))]
-    return f"trial {trial_id} ({', '.join(shown)}, seed {params.get('seed', 0)})"
+    return ", ".join([*shown, f"seed {params.get('seed', 0)}"])
+
+
+def describe(trial_id: str, params: dict[str, Any], base: Any) -> str:
+    """"trial ID (alpha 0.50, tau 0.050, seed 0)": a progress line's trial."""
+    return f"trial {trial_id} ({knob_text(params, base)})"
 
 
 def time_left(seconds: float) -> str:

@@ -12,7 +12,8 @@ from ray import tune
 
 from sweeps import knobs
 from sweeps.config import load_sweep_setup
-from sweeps.phases import PARAM_COLUMNS
+from sweeps.phases import PARAM_COLUMNS, row_params
+from sweeps.progress import describe, knob_text
 from sweeps.report import analysis
 from sweeps.report.data import TRIAL_PARAMS, _trial_row
 from sweeps.search import enqueued_points, param_space
@@ -38,6 +39,12 @@ def test_a_knob_added_as_one_row_is_searched_applied_logged_and_reported():
     assert run.data.hard_negatives is True and run.method.mono_ratio == 0.5
     assert config_key(params) != config_key(points[0] | {"seed": 0})
     assert "hard_negatives" in PARAM_COLUMNS and TRIAL_PARAMS["hard_negatives"] is bool
+    # Its label, where people read it: progress lines and run names (only where it differs from the base run).
+    assert describe("t1", params, setup.run) == "trial t1 (alpha 0.50, tau 0.050, hard negatives True, seed 0)"
+    assert "hard negatives" not in knob_text(points[0] | {"seed": 0}, setup.run)
+    # Read back from a trials table (NumPy values, a column of numbers with gaps as floats): the trial's params.
+    row = pd.Series({**params, "seed": 0.0, "num_train_languages": math.nan, "step": 16})
+    assert row_params(row) == params and type(row_params(row)["seed"]) is int
 
     class Run:  # an MLflow run as the report reads it: params are strings
         class info:

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sweeps.report import analysis as A
-from sweeps.report.findings import Findings, alpha_label, name
+from sweeps.report.findings import ALPHA, TAU, Findings, alpha_label, name
 from sweeps.report.glance import gaps_by_step
 
 COLORS = {"mono": "tab:blue", "cross": "tab:orange", "multi": "tab:green"}
@@ -153,9 +153,9 @@ def search(f: Findings) -> Figure | None:
     points = right.scatter(data["mono_ratio"], np.log10(data["temperature"]), c=data[f.objective], cmap="viridis",
                            s=30 + 15 * data["seeds"], edgecolors="black")
     fig.colorbar(points, ax=right, label=name(f.objective))
-    right.set_xlabel("alpha")
-    right.set_ylabel("log10 tau")
-    right.set_title(f"alpha x tau, colour = {name(f.objective)} (seed mean; size = seeds)", fontsize=9)
+    right.set_xlabel(ALPHA)
+    right.set_ylabel(f"log10 {TAU}")
+    right.set_title(f"{ALPHA} x {TAU}, colour = {name(f.objective)} (seed mean; size = seeds)", fontsize=9)
     return fig
 
 

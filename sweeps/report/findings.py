@@ -15,12 +15,14 @@ import pandas as pd
 
 from sweeps.report import analysis as A
 from sweeps.config import SETTINGS
+from sweeps.knobs import BY_NAME
 from sweeps.knobs import NAMES as KNOBS
 from sweeps.report.data import HIGH_RESOURCE, Sweep
 from sweeps.report.questions import SOURCES
 
 RETRIEVAL = [f"{s}/{m}" for m in ("map", "mrr@10") for s in SETTINGS]
 TABLED = ("mono_ratio", "temperature", "lang_temperature", "num_train_languages", "lr")  # own columns below
+ALPHA, TAU, LANG_T, LANGUAGES, LR = (BY_NAME[k].short for k in TABLED)  # the knobs' labels (`sweeps.knobs`)
 COLUMNS = RETRIEVAL + ["multi/rank_distance"] + [f"{s}/ece" for s in SETTINGS]
 NAMES = {"map": "mAP", "mrr@10": "MRR@10", "rank_distance": "rank distance", "ece": "ECE", "map@20": "mAP@20"}
 
@@ -41,9 +43,9 @@ def ci_text(mean: float, half: float, n: int, digits: int = 3) -> str:
 def alpha_label(row: pd.Series | None) -> str:
     if row is None:
         return "-"
-    text = f"alpha={row['mono_ratio']:.2f}"
+    text = f"{ALPHA}={row['mono_ratio']:.2f}"
     if pd.notna(row.get("temperature")):
-        text += f", tau={row['temperature']:.3g}"
+        text += f", {TAU}={row['temperature']:.3g}"
     if pd.notna(row.get("num_train_languages", np.nan)):
         text += f", k={int(row['num_train_languages'])}"
     if isinstance(row.get("alpha_schedule"), str) and row["alpha_schedule"] != "constant":
@@ -435,12 +437,12 @@ def trials_table(f: Findings) -> pd.DataFrame:
     k = len(f.sweep.train_languages)
     rows = []
     for _, row in f.summary.iterrows():
-        out = {"config_key": row["config_key"], "alpha": f"{row['mono_ratio']:.3f}",
-               "tau": f"{row['temperature']:.4g}", "T": f"{row.get('lang_temperature', np.nan):g}",
-               "languages": int(row["num_train_languages"]) if pd.notna(row.get("num_train_languages", np.nan)) else k,
+        out = {"config_key": row["config_key"], ALPHA: f"{row['mono_ratio']:.3f}",
+               TAU: f"{row['temperature']:.4g}", LANG_T: f"{row.get('lang_temperature', np.nan):g}",
+               LANGUAGES: int(row["num_train_languages"]) if pd.notna(row.get("num_train_languages", np.nan)) else k,
                "seeds": int(row["seeds"]), "step": f"{row['step']}" + ("" if row["complete"] else " (pruned)")}
         if "lr" in row and pd.notna(row["lr"]):
-            out["lr"] = f"{row['lr']:.2g}"
+            out[LR] = f"{row['lr']:.2g}"
         out |= {k: str(row[k]) for k in KNOBS if k not in TABLED and k in row and pd.notna(row[k])}
         for col in [c for c in COLUMNS if c in f.summary]:
             mean, half = row[col], row[f"{col} ±"]

@@ -78,7 +78,7 @@ def _robust_table(f: Findings) -> pd.DataFrame:
     if r.empty:
         return r
     return pd.DataFrame({
-        "alpha": r["mono_ratio"].map("{:.2f}".format), "tau": r["temperature"].map("{:.3g}".format),
+        F.ALPHA: r["mono_ratio"].map("{:.2f}".format), F.TAU: r["temperature"].map("{:.3g}".format),
         "seeds": r["seeds"], "worst pair (most often)": r["config_key"].map(f.worst_pair),
         "worst mAP": [F.ci_text(m, h, n) for m, h, n in zip(r["worst"], r["worst ±"], r["seeds"])],
         "std": [F.ci_text(m, h, n) for m, h, n in zip(r["std"], r["std ±"], r["seeds"])],
@@ -143,7 +143,7 @@ def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], co
                 ) if len(front) else "No Pareto front: no completed configuration with mono and cross mAP."
         return answer([text, "Parameter importances: " + (", ".join(f"{k} {v:.2f}" for k, v in f.importance.items())
                                                            if f.importance else "none") + f" ({f.importance_note})."]) \
-            + img(im.get("pareto"), "Pareto front") + img(im.get("search"), "importances and alpha x tau")
+            + img(im.get("pareto"), "Pareto front") + img(im.get("search"), f"importances and {F.ALPHA} x {F.TAU}")
 
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     names = ", ".join(f.sweep.name for f in findings)
