@@ -26,9 +26,11 @@ from hybrid import locations, signing, storage
 from hybrid.config import DataConfig
 from hybrid.data.sources import origin
 from hybrid.splits import training_digest
-from sweeps.progress import describe, pace_left
+from sweeps.progress import describe, knob_text, pace_left
 from sweeps.tracking_queue import TrackingQueue
-from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, UNREPORTED, config_key, trial_run_config, unreported_purpose
+from sweeps.records import (ACTIVE_S, STARTUP_S, STARTUP_STAGE, TIMING, UNREPORTED, WALL_S, TrialReport,
+                            unreported_purpose)
+from sweeps.trial import config_key, trial_run_config
 from trainers.config import TrainRunConfig
 
 PARENT_TAG, TRIAL_TAG, MERGE_TAG = "sweep.name", "tune.trial_id", "sweep.merge"
@@ -193,31 +195,24 @@ class SweepRuns:
         teardown after the last), and the start-up's split by stage (`sweep/startup/{stage}_s`), over the
         sweep's trials that logged a wall time; {} when none did."""
         timed = [r.data.metrics for r in self._trials()
-                 if {"trial/wall_s", "trial/active_s", "trial/startup_s"} <= set(r.data.metrics)]
+                 if {WALL_S, ACTIVE_S, STARTUP_S} <= set(r.data.metrics)]
         if not timed:
             return {}
-        wall = sum(m["trial/wall_s"] for m in timed) / len(timed)
-        startup = sum(m["trial/startup_s"] for m in timed) / len(timed)
-        overhead = sum(m["trial/wall_s"] - m["trial/active_s"] for m in timed) / len(timed)
-        stages = sorted({k for m in timed for k in m if k.startswith("trial/startup/")})
-        split = {f"sweep/{k[len('trial/'):]}": sum(m.get(k, 0.0) for m in timed) / len(timed) for k in stages}
+        wall = sum(m[WALL_S] for m in timed) / len(timed)
+        startup = sum(m[STARTUP_S] for m in timed) / len(timed)
+        overhead = sum(m[WALL_S] - m[ACTIVE_S] for m in timed) / len(timed)
+        stages = sorted({k for m in timed for k in m if k.startswith(STARTUP_STAGE)})
+        split = {f"sweep/{k[len(TIMING):]}": sum(m.get(k, 0.0) for m in timed) / len(timed) for k in stages}
         return {"sweep/trial_wall_s": wall, "sweep/trial_startup_s": startup, "sweep/trial_overhead_s": overhead,
                 "sweep/trial_overhead_fraction": overhead / wall} | split
 
 
-ACTIVE_S = "trial/active_s"  # in every result a trial reports (`sweeps.trial`): which steps a run has logged
-
-
-def reported(result: tune.Result) -> list[dict[str, Any]]:
-    """Every result a trial reported, in order, from Tune's record of the trial (its `result.json` in
-    storage: numbers and JSON text, nothing unpickled), ending with its last result as the signed
-    experiment state keeps it."""
-    last = result.metrics or {}
-    frame = result.metrics_dataframe
-    rows = [] if frame is None else [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-                                     for row in frame.to_dict("records")]
-    rows = [r for r in rows if r.get("step", math.inf) < last.get("step", 0)]
-    return rows + [last]
+def reported(result: tune.Result) -> list[TrialReport]:
+    """Every report of a trial, in order, from Tune's record of it (its `result.json` in storage: numbers
+    and JSON text, nothing unpickled), ending with its last as the signed experiment state keeps it."""
+    last = TrialReport.from_tune(result.metrics or {})
+    rows = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
+    return [r for r in map(TrialReport.from_tune, rows) if r.step < last.step] + [last]
 
 
 def _reopened(uri: str, exp_id: str, parent_id: str, sweep_id: str) -> SweepRuns:
@@ -254,8 +249,7 @@ class TrialLogger(tune.Callback):
         return self.runs[trial_id]
 
     def _start_run(self, trial_id: str, params: dict[str, Any]) -> str:
-        name = f"{trial_id} a={params.get('mono_ratio', 0):.2f} t={params.get('temperature', 0):.3f} " \
-               f"s={params.get('seed', 0)}"
+        name = f"{trial_id} {knob_text(params, self.base)}"  # "fc7365d8 alpha 0.50, tau 0.050, seed 0"
         run_id = self.mlflow.trial(trial_id, name, params | {"config_key": config_key(params)})
         self.mlflow.log_training_data(run_id, trial_run_config(self.base, params).data)
         self.runs[trial_id] = run_id
@@ -267,16 +261,12 @@ class TrialLogger(tune.Callback):
         self.mlflow.queue.submit(self._start_run, trial.trial_id, dict(trial.config))  # RUNNING again on a restart
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        history = json.loads(result.get(TRAIN_HISTORY, "[]"))
-        step = int(result.get("step", 0))
+        report = TrialReport.from_tune(result)
         if self.progress:
-            loss = next((h["loss"] for h in reversed(history) if "loss" in h), float("nan"))
-            self._say(trial, f"step {step}/{self.steps}, loss {loss:.4f}, "
+            self._say(trial, f"step {report.step}/{self.steps}, loss {report.loss:.4f}, "
                              f"{self.objective} {result.get(self.objective, float('nan')):.4f}"
-                             f"{pace_left(result.get('trial/active_s') or 0.0, step, self.steps)}")  # start-up excluded
-        timings = {k: v for k, v in result.items() if k.startswith("trial/")}
-        self.mlflow.queue.submit(self._log_result, trial.trial_id, dict(trial.config), history, timings, step,
-                                 result.get(EVAL_RESULT))
+                             f"{pace_left(report.timings.get(ACTIVE_S, 0.0), report.step, self.steps)}")  # start-up excluded
+        self.mlflow.queue.submit(self._log_report, trial.trial_id, dict(trial.config), report)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         done = (trial.last_result or {}).get("step") == self.steps
@@ -292,18 +282,17 @@ class TrialLogger(tune.Callback):
 
     def _end(self, trial, status: str) -> None:
         started = self.started.pop(trial.trial_id, None)
-        wall = {"trial/wall_s": time.time() - started} if started is not None else {}
+        wall = {WALL_S: time.time() - started} if started is not None else {}
         self.mlflow.queue.submit(self._log_end, trial.trial_id, dict(trial.config), wall,
                                  int((trial.last_result or {}).get("step", 0)), status)
 
     # The writer thread: MLflow.
-    def _log_result(self, trial_id: str, config: dict[str, Any], history: list[dict[str, Any]],
-                    timings: dict[str, float], step: int, evaluation: str | None) -> None:
+    def _log_report(self, trial_id: str, config: dict[str, Any], report: TrialReport) -> None:
         run_id = self._run_id(trial_id, config)
-        self._log_history(run_id, history)
-        self.mlflow.log_metrics(run_id, timings, step)
-        if evaluation is not None:
-            self.mlflow.log_result(EvalResult.from_json(evaluation), run_id)
+        self._log_history(run_id, report.history)
+        self.mlflow.log_metrics(run_id, report.timings, report.step)
+        if report.evaluation is not None:
+            self.mlflow.log_result(report.evaluation, run_id)
 
     def _log_unreported(self, trial_id: str, config: dict[str, Any]) -> None:
         unreported = storage.join(self.train_storage, trial_id, UNREPORTED)
@@ -336,15 +325,13 @@ class TrialLogger(tune.Callback):
                 self.mlflow.queue.submit(self._catch_up, metrics["trial_id"], dict(result.config or {}),
                                          reported(result), status)
 
-    def _catch_up(self, trial_id: str, config: dict[str, Any], results: list[dict[str, Any]],
+    def _catch_up(self, trial_id: str, config: dict[str, Any], reports: list[TrialReport],
                   status: str | None) -> None:
         run_id = self._run_id(trial_id, config)
         logged = {m.step for m in self.mlflow.client.get_metric_history(run_id, ACTIVE_S)}
-        missing = [r for r in results if int(r.get("step", 0)) not in logged]
+        missing = [r for r in reports if r.step not in logged]
         for report in missing:
-            timings = {k: v for k, v in report.items() if k.startswith("trial/")}
-            self._log_result(trial_id, config, json.loads(report.get(TRAIN_HISTORY, "[]")), timings,
-                             int(report.get("step", 0)), report.get(EVAL_RESULT))
+            self._log_report(trial_id, config, report)
         ended = status is not None and self.mlflow.client.get_run(run_id).info.status != status
         if ended:
             self.mlflow.end(run_id, status)

@@ -23,21 +23,17 @@ from evaluation.checkpoints import CheckpointRef
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import signing, storage
+from hybrid.config import to_dict
 from hybrid.layout import ENCODER_DIR
 from sweeps import progress
 from sweeps.config import SweepSetup
 from sweeps.knobs import KNOBS
+from sweeps.records import (ACTIVE_S, CHECKPOINT, STARTUP_S, STARTUP_STAGE, UNREPORTED, TrialReport,
+                            unreported_purpose)
 from trainers.config import TrainRunConfig
 from trainers.loop import STARTUP_MARK
 from trainers.train import build_trainer
 
-
-TRAIN_HISTORY, EVAL_RESULT = "train_history", "eval_result"  # JSON fields of a trial's result, for the driver
-UNREPORTED = "unreported_history.json"  # in a Train run's folder: training reports its failure left unsent
-
-
-def unreported_purpose(trial_id: str) -> str:
-    return f"unreported:{trial_id}"  # signed: the driver logs these reports into the trial's MLflow run
 
 
 def config_key(params: dict[str, Any]) -> str:
@@ -70,9 +66,9 @@ def startup_split(started_at: float, marks: dict[str, float], reported_at: float
     split, last = {}, started_at
     for mark, stage in STARTUP_STAGES.items():
         if mark in marks:
-            split[f"trial/startup/{stage}_s"] = marks[mark] - last
+            split[f"{STARTUP_STAGE}{stage}_s"] = marks[mark] - last
             last = marks[mark]
-    return split | ({"trial/startup/report_s": reported_at - last} if split else {})
+    return split | ({f"{STARTUP_STAGE}report_s": reported_at - last} if split else {})
 
 
 class EvaluateAndReport(TuneReportCallback):
@@ -114,12 +110,13 @@ class EvaluateAndReport(TuneReportCallback):
         marks = {k[len(STARTUP_MARK):]: train_metrics.pop(k) for k in list(train_metrics) if k.startswith(STARTUP_MARK)}
         if self.first_report_at is None:
             self.first_report_at = time.time()
-            self.startup = {"trial/startup_s": self.first_report_at - self.started_at} | startup_split(
+            self.startup = {STARTUP_S: self.first_report_at - self.started_at} | startup_split(
                 self.started_at, marks, self.first_report_at)
-            split = ", ".join(f"{k.split('/')[-1][:-2]} {v:.0f} s" for k, v in self.startup.items() if "/startup/" in k)
-            self._post(f"workers up, first report after {self.startup['trial/startup_s']:.0f} s ({split})")
+            split = ", ".join(f"{k[len(STARTUP_STAGE):-2]} {v:.0f} s" for k, v in self.startup.items()
+                              if k.startswith(STARTUP_STAGE))
+            self._post(f"workers up, first report after {self.startup[STARTUP_S]:.0f} s ({split})")
         # A run resumed after its last step reports its final checkpoint's path instead of a checkpoint.
-        path = checkpoint.path if checkpoint is not None else train_metrics.pop("checkpoint_path", None)
+        path = checkpoint.path if checkpoint is not None else train_metrics.pop(CHECKPOINT, None)
         self._post_report(train_metrics, path is not None)
         self.history.append(train_metrics)
         for done in [f for f in self.evaluations if f.done()]:
@@ -158,14 +155,12 @@ class EvaluateAndReport(TuneReportCallback):
                              history: list[dict[str, Any]], startup: dict[str, float]) -> None:
         step = int(train_metrics.get("step", 0))
         proxy = self.setup.proxy_eval
-        ref = CheckpointRef(path=storage.join(uri, ENCODER_DIR), step=step, temperature=self.config.method.temperature,
-                            label=run_context.run_config.name, signed=True)  # label: the trial id
+        ref = CheckpointRef.trained(storage.join(uri, ENCODER_DIR), step, to_dict(self.config),
+                                    run_context.run_config.name)  # label: the trial id
         [result] = evaluate_checkpoints([ref], load_eval_set(proxy, self.config.data), proxy,
                                         self.setup.sweep.eval_cache_location)
-        report = train_metrics | result.summary | startup | {
-            "checkpoint_path": uri, "trial/active_s": time.time() - self.first_report_at,
-            TRAIN_HISTORY: json.dumps(history), EVAL_RESULT: result.to_json()}
-        super().after_report(run_context, [report], None)
+        report = TrialReport(step, uri, history, startup | {ACTIVE_S: time.time() - self.first_report_at}, result)
+        super().after_report(run_context, [report.to_tune(train_metrics)], None)
         self.evaluated.append((step, uri, result.summary[self.setup.sweep.objectives[0]]))
         self._prune()
 

@@ -581,7 +581,8 @@ sys.modules["mlflow"] = None  # this driver cannot import MLflow; neither can an
 import ray
 from ray import tune
 from sweeps.config import load_sweep_setup
-from sweeps.trial import EVAL_RESULT, TRAIN_HISTORY, run_trial
+from sweeps.records import EVAL_RESULT, TRAIN_HISTORY
+from sweeps.trial import run_trial
 
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
          runtime_env={"env_vars": {"PYTHONPATH": sys.argv[2], "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})

@@ -1,0 +1,64 @@
+"""What a trial reports to the driver: the one contract between the trial (`sweeps.trial`), which writes
+it, and the driver's MLflow logger (`sweeps.tracking`), which reads it from a live Tune result, from Tune's
+record of a trial (`--resume` after a killed driver) or from the file a failed trial leaves.
+
+A trial reports to Tune once per checkpoint. Tune wants flat numbers (the objective and `step` for the
+scheduler), so the report is a flat dict: the checkpoint's training report, the proxy evaluation's
+summary, the timings (`trial/*`), and two JSON texts, the training reports since the previous checkpoint
+and the whole evaluation (`evaluation.results.EvalResult`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from evaluation.results import EvalResult
+
+TRAIN_HISTORY, EVAL_RESULT = "train_history", "eval_result"  # the two JSON texts of a report
+CHECKPOINT = "checkpoint_path"  # the checkpoint's URI in the sweep's storage
+TIMING = "trial/"  # the timings' prefix
+ACTIVE_S = "trial/active_s"  # in every report: which steps a trial's run has logged
+STARTUP_S, WALL_S = "trial/startup_s", "trial/wall_s"  # the first report's; the driver's, at the trial's end
+STARTUP_STAGE = "trial/startup/"  # `trial/startup/<stage>_s`: the start-up's split (`sweeps.trial.startup_split`)
+UNREPORTED = "unreported_history.json"  # in a Train run's folder: training reports its failure left unsent
+
+
+def unreported_purpose(trial_id: str) -> str:
+    """The signing purpose of a trial's `UNREPORTED` file: the driver logs only what the trial signed."""
+    return f"unreported:{trial_id}"
+
+
+@dataclass(frozen=True)
+class TrialReport:
+    """One checkpoint's report: its step and URI, the training reports since the previous one (`history`,
+    each a dict with `step`), the timings so far, and the proxy evaluation of the checkpoint."""
+
+    step: int
+    checkpoint: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    evaluation: EvalResult | None = None
+
+    def to_tune(self, training: Mapping[str, Any]) -> dict[str, Any]:
+        """The flat dict Tune gets, with the checkpoint's own training report (`training`: loss, speed)."""
+        summary = self.evaluation.summary if self.evaluation else {}
+        return {**training, **summary, **self.timings, "step": self.step, CHECKPOINT: self.checkpoint,
+                TRAIN_HISTORY: json.dumps(self.history),
+                **({EVAL_RESULT: self.evaluation.to_json()} if self.evaluation else {})}
+
+    @classmethod
+    def from_tune(cls, result: Mapping[str, Any]) -> TrialReport:
+        """A report back from Tune's result (live, or a row of its record: absent fields may be NaN)."""
+        evaluation = result.get(EVAL_RESULT)
+        return cls(step=int(result.get("step", 0)), checkpoint=str(result.get(CHECKPOINT, "")),
+                   history=json.loads(result.get(TRAIN_HISTORY) or "[]"),
+                   timings={k: float(v) for k, v in result.items() if k.startswith(TIMING) and v == v},
+                   evaluation=EvalResult.from_json(evaluation) if isinstance(evaluation, str) else None)
+
+    @property
+    def loss(self) -> float:
+        """The last training loss in this report's history (NaN when none)."""
+        return next((h["loss"] for h in reversed(self.history) if "loss" in h), float("nan"))
