@@ -4,8 +4,9 @@ A row says how `sweep.search.<name>` gives the knob (a `[low, high]` range or a 
 field of the training run it sets, and how it is read back and shown. From this table come the search
 space's fields and checks (`sweeps.config.SearchSpace`, `Point`), Tune's param space and the references'
 values (`sweeps.search`), a trial's run config (`sweeps.trial`), the result tables' columns (`sweeps.phases`),
-the progress lines (`sweeps.tracking`), and the report's params and importance distributions
-(`sweeps.report`). Adding a knob is adding a row (tests/test_knobs.py adds one).
+the progress lines and run names (`sweeps.progress`, `sweeps.tracking`: the knob's label and format), and the
+report's params, labels and importance distributions (`sweeps.report`). Adding a knob is adding a row
+(tests/test_knobs.py adds one).
 
 Values of `sweep.search.<name>`: `[]` the knob is not searched (the run config's value, and it is absent
 from the trials' params); one value (a choice) or `[v, v]` (a range): fixed at it; otherwise searched.
