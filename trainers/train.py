@@ -2,8 +2,8 @@
 
     python -m trainers.train --config configs/default.yaml --set method.mono_ratio=0.3
 
-`build_trainer` is what a Tune trial calls (Train V2: Tune runs a function that builds a `TorchTrainer`
-and calls `fit()`; `Tuner(trainer)` is gone). `preflight` checks the config against the data and the
+`build_trainer` is what a Tune trial calls (Train V2: a Tune trial is a function that builds a
+`TorchTrainer` and calls `fit()`). `preflight` checks the config against the data and the
 cluster first, so a bad request fails before a worker is scheduled.
 """
 
