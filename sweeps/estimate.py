@@ -21,7 +21,7 @@ from evaluation.datasets import load_eval_set
 from evaluation.eval_set import EvalSet
 from evaluation.runner import OUTSIDE_TRIAL
 from sweeps.config import SweepSetup
-from sweeps.phases import full_eval_config
+from sweeps.early import full_eval_config
 from trainers.calibrate import Speed, measure
 
 RAY_TRIAL_S = 7.0  # a trial's start-up besides imports and the model: worker group, data, DeepSpeed init

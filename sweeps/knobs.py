@@ -3,7 +3,7 @@
 A row says how `sweep.search.<name>` gives the knob (a `[low, high]` range or a list of choices), which
 field of the training run it sets, and how it is read back and shown. From this table come the search
 space's fields and checks (`sweeps.config.SearchSpace`, `Point`), Tune's param space and the references'
-values (`sweeps.search`), a trial's run config (`sweeps.trial`), the result tables' columns (`sweeps.phases`),
+values (`sweeps.search`), a trial's run config (`sweeps.trial`), the result tables' columns (`sweeps.ranking`),
 the progress lines and run names (`sweeps.progress`, `sweeps.tracking`: the knob's label and format), and the
 report's params, labels and importance distributions (`sweeps.report`). Adding a knob is adding a row
 (tests/test_knobs.py adds one).

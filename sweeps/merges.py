@@ -32,7 +32,7 @@ from hybrid.layout import ENCODER_DIR
 from sweeps import tracking
 from sweeps.config import SweepSetup
 from sweeps.knobs import BY_NAME, MERGE_WEIGHT, same_value
-from sweeps.phases import PARAM_COLUMNS, completed, per_configuration, row_params
+from sweeps.ranking import PARAM_COLUMNS, completed, per_configuration, row_params
 from sweeps.trial import trial_run_config
 
 
@@ -136,7 +136,7 @@ class Merged:
     results: list[EvalResult]
 
     def ranked(self, objectives: tuple[str, ...]) -> pd.DataFrame:
-        """One row per weight, as `phases.ranked` gives the trained configurations: mean ± 95% over seeds."""
+        """One row per weight, as `ranking.ranked` gives the trained configurations: mean ± 95% over seeds."""
         runs = pd.DataFrame([{"config_key": m.key, MERGE_WEIGHT: m.weight,
                               **{o: r.summary.get(o, math.nan) for o in objectives}}
                              for m, r in zip(self.merges, self.results)])

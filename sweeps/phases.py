@@ -1,5 +1,6 @@
 """The sweep's phases: (1) Optuna search with pruning, (2) more seeds for the top configurations,
-(3) a full evaluation of the best configuration's final checkpoints and of the base model.
+(3) a full evaluation of the best configuration's final checkpoints and of the base model. What is kept
+beside them for `--resume` is `sweeps.state`; the table of their trials and its ranking, `sweeps.ranking`.
 
 Each phase is its own Tune experiment under `<storage>/<sweep name>/` (a local folder or s3://...), so
 `--resume` restores exactly the phases that did not finish; finished trials are never run again.
@@ -7,133 +8,24 @@ Each phase is its own Tune experiment under `<storage>/<sweep name>/` (a local f
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import pandas as pd
-import pyarrow.fs as pafs
 from ray import tune
 
 from evaluation.checkpoints import CheckpointRef
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
-from hybrid import signing, storage
-from sweeps import interrupts, knobs, progress, tracking, tune_state
+from sweeps import interrupts, progress, tracking, tune_state
 from sweeps.config import SweepSetup
 from sweeps.early import EarlyEvaluation, base_ref, final_ref, full_eval_config
-from sweeps.identity import new_id
-from sweeps.search import filled, is_reference, param_space, tune_config
+from sweeps.ranking import completed, reseeded, row_params, trials_table
+from sweeps.search import is_reference, param_space, tune_config
+from sweeps.state import search_rounds
 from sweeps.stats import mean_ci
 from sweeps.tracking import TrialLogger
-from sweeps.trial import config_key, run_trial
-
-PARAM_COLUMNS = [*knobs.NAMES, "seed"]
-
-
-def row_params(row: pd.Series) -> dict[str, Any]:
-    """A trial's params from its table row: the knobs it set and its seed, as the Python values Tune gave
-    (a table column of numbers with gaps holds floats; NumPy scalars)."""
-    def value(k: str) -> Any:
-        v = row[k].item() if hasattr(row[k], "item") else row[k]
-        return knobs.BY_NAME[k].cast(v) if k in knobs.BY_NAME else int(v)
-
-    return {k: value(k) for k in PARAM_COLUMNS if k in row and pd.notna(row[k])}
-
-
-def exists(setup: SweepSetup) -> bool:
-    """Whether this sweep (its search phase) is already in storage: read before Ray starts."""
-    return tune.Tuner.can_restore(setup.sweep.location("search"))
-
-
-SETTINGS_FILE = signing.SETTINGS_FILE  # the resolved configuration a sweep started with, beside its phases
-
-
-def _stored(setup: SweepSetup) -> dict[str, Any] | None:
-    """{"id": the sweep's id, "settings": flat config, "search_rounds": [trials after each round]} or None
-    (a new sweep). Signed by this deployment (`hybrid.signing`), else refused: it decides what --resume
-    continues and with which settings."""
-    location = setup.sweep.location(SETTINGS_FILE)
-    if not storage.exists(location):
-        return None
-    try:
-        return signing.verified(json.loads(storage.read_text(location)), signing.settings_purpose(setup.sweep.name),
-                                location)
-    except signing.BadSignature as e:
-        raise ValueError(f"{e} The sweep's settings cannot be trusted, so it is not resumed. If you wrote it, "
-                         f"accept it once: python -m hybrid.accept {setup.sweep.location()}") from None
-    except ValueError as e:
-        raise ValueError(f"{location}: unreadable ({e}); the sweep is not resumed.") from None
-
-
-def sweep_id(setup: SweepSetup) -> str:
-    """The sweep's id (`sweeps.identity`): the stored one, or a new one for a sweep not stored yet (kept
-    by `save_settings`). A sweep stored before ids gets one."""
-    return (_stored(setup) or {}).get("id") or new_id()
-
-
-def save_settings(setup: SweepSetup, sweep_id: str, started: bool) -> None:
-    """Store the configuration and the id beside the sweep's phases (once: a resumed sweep keeps the
-    original, and a sweep stored without an id gets one), and the search's rounds: `sweep.trials` raised
-    on `--resume` adds a round of only the new trials. A start that saved no search phase yet (`started`:
-    `exists`) stores the configuration it has now."""
-    stored = _stored(setup)
-    if stored is None or not started:
-        stored = {"settings": setup.settings(), "search_rounds": [setup.sweep.trials]}
-    elif setup.sweep.trials > stored["search_rounds"][-1]:
-        stored["search_rounds"].append(setup.sweep.trials)
-    elif stored.get("id") == sweep_id:
-        return
-    stored["id"] = sweep_id
-    storage.write_text(setup.sweep.location(SETTINGS_FILE),
-                       json.dumps(signing.signed(stored, signing.settings_purpose(setup.sweep.name)), indent=1,
-                                  sort_keys=True))
-
-
-FINISHED_FILE = "finished.txt"  # the summary line of a sweep that ran to its end
-
-
-def save_finished(setup: SweepSetup, line: str) -> None:
-    storage.write_text(setup.sweep.location(FINISHED_FILE), line)
-
-
-def finished(setup: SweepSetup) -> str | None:
-    """The summary line of this sweep when it finished (read before Ray starts), else None."""
-    location = setup.sweep.location(FINISHED_FILE)
-    return storage.read_text(location) if storage.exists(location) else None
-
-
-def search_rounds(setup: SweepSetup) -> list[int]:
-    stored = _stored(setup)
-    return stored["search_rounds"] if stored else [setup.sweep.trials]
-
-
-def check_unchanged(setup: SweepSetup) -> None:
-    """`--resume` continues the sweep that was started: a changed setting would rank results of two
-    different setups together (or restore the old search with a new one), so it is refused by name.
-    `sweep.trials` may only grow: the new trials run as a search round of their own."""
-    stored = _stored(setup)
-    if stored is None:
-        return  # a sweep from before settings were stored: nothing to compare with
-    changed = setup.changed_since(stored["settings"])
-    if changed:
-        raise ValueError(f"--resume of sweep {setup.sweep.name!r} with changed settings: {', '.join(changed)}. "
-                         "Resume with the configuration it started with (stored in "
-                         f"{SETTINGS_FILE} beside it), or start a new sweep with --name NEW.")
-    ran = stored["search_rounds"][-1]
-    if setup.sweep.trials < ran:
-        raise ValueError(f"sweep.trials={setup.sweep.trials}: sweep {setup.sweep.name!r} has {ran} search trials "
-                         f"already; --resume can only raise it (sweep.trials={ran} continues it as it is).")
-
-
-def check_state(setup: SweepSetup) -> None:
-    """Before `--resume` starts Ray: every phase of the sweep in storage has Tune state this deployment
-    signed (`sweeps.tune_state`), else a one-line ValueError. Reads no pickle."""
-    fs, path = storage.filesystem(setup.sweep.location())
-    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-        phase = info.path.rstrip("/").rsplit("/", 1)[-1]
-        if info.type == pafs.FileType.Directory and storage.exists(setup.sweep.location(phase, "tuner.pkl")):
-            tune_state.check(setup.sweep.location(phase), tune_state.purpose(setup.sweep.name, phase))
+from sweeps.trial import run_trial
 
 
 class Interrupted(Exception):
@@ -183,36 +75,6 @@ def all_ended(grid: tune.ResultGrid, trials: int) -> bool:
     return grid.num_terminated + grid.num_errors - never_ran >= max(len(grid), trials)
 
 
-def trials_table(grid: tune.ResultGrid, objectives: tuple[str, ...]) -> pd.DataFrame:
-    """One row per trial: its parameters, last reported objectives, steps done, checkpoint, and why it
-    failed (the last line of its error; None when it did not)."""
-    rows = []
-    for result in grid:
-        if not result.config:
-            continue
-        metrics = result.metrics or {}
-        rows.append({"trial": metrics.get("trial_id", result.path.rstrip("/").rsplit("/", 1)[-1]),
-                     **{k: result.config.get(k) for k in PARAM_COLUMNS if k in result.config},
-                     "config_key": config_key(result.config), "step": metrics.get("step"),
-                     **{o: metrics.get(o) for o in objectives},
-                     "checkpoint_path": metrics.get("checkpoint_path"), "error": _last_line(result.error)})
-    return pd.DataFrame(rows)
-
-
-def _last_line(error: BaseException | None) -> str | None:
-    lines = [line for line in str(error).splitlines() if line.strip()] if error else []
-    return lines[-1].strip()[:300] if lines else None
-
-
-def completed(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
-    """Trials that trained every step, with a final checkpoint and objective: the only comparable ones
-    (a pruned trial's last objective is from an earlier step, and it has no final checkpoint)."""
-    if table.empty:
-        return table
-    done = table[(table["step"] == setup.run.optim.steps) & table["checkpoint_path"].notna()]
-    return done.dropna(subset=list(setup.sweep.objectives))
-
-
 def search(setup: SweepSetup, runs: tracking.SweepRuns, resume: bool, early: EarlyEvaluation) -> pd.DataFrame:
     """Every search round in order (restored when it exists): the first runs `sweep.trials` trials, the
     references first; each later one (`sweep.trials` raised on `--resume`) runs only the new trials,
@@ -228,22 +90,6 @@ def search(setup: SweepSetup, runs: tracking.SweepRuns, resume: bool, early: Ear
     return pd.concat(tables, ignore_index=True)
 
 
-def reseeded(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
-    """The top-k completed configurations by the first objective, then (`sweep.reseed_references`) the
-    alpha = 0 / 1 references and the enqueued points marked `reseed` not among them: one row (its seed-0
-    trial) each."""
-    objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
-    done = completed(table, setup)
-    top = [done.sort_values(objective, ascending=mode == "min").head(setup.sweep.top_k)]
-    if setup.sweep.reseed_references:
-        top.append(done[done["mono_ratio"].map(is_reference)])
-    for point in (p for p in setup.sweep.search.points if p.reseed):
-        given = filled(setup.sweep, setup.run, point)
-        top.append(done[[all(k in row and knobs.same_value(row[k], v) for k, v in given.items())
-                         for _, row in done.iterrows()]])
-    return pd.concat(top).drop_duplicates("config_key")
-
-
 def reseed(setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns, resume: bool,
            early: EarlyEvaluation) -> pd.DataFrame:
     """Re-run the `reseeded` configurations with seeds 1..seeds-1 (seed 0 ran in the search)."""
@@ -257,36 +103,6 @@ def reseed(setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns, res
                           setup.sweep.seeds - 1, early)
         extra.append(trials_table(grid, setup.sweep.objectives))
     return pd.concat(extra, ignore_index=True)
-
-
-def ranked(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
-    """Completed configurations ranked by the mean of the first objective over seeds, with 95% intervals."""
-    objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
-    rows = per_configuration(completed(table, setup), [k for k in PARAM_COLUMNS if k != "seed"],
-                             setup.sweep.objectives)
-    if rows.empty:
-        return pd.DataFrame(columns=["config_key", "seeds", *setup.sweep.objectives])
-    return rows.sort_values(objective, ascending=mode == "min").reset_index(drop=True)
-
-
-def per_configuration(runs: pd.DataFrame, columns: list[str], objectives: tuple[str, ...]) -> pd.DataFrame:
-    """One row per `config_key` of `runs` (one per seed): its `columns` (from its first run), how many
-    seeds, and each objective's mean and 95% half-width over them."""
-    rows = []
-    for key, group in runs.groupby("config_key"):
-        row = {k: group.iloc[0][k] for k in columns if k in group}
-        for o in objectives:
-            mean, half = mean_ci(group[o].to_numpy())
-            row[o], row[f"{o} ±95%"] = mean, half
-        rows.append({"config_key": key, "seeds": len(group), **row})
-    return pd.DataFrame(rows)
-
-
-def best_trial(table: pd.DataFrame, setup: SweepSetup, best_key: str) -> pd.Series:
-    """The completed trial of the best configuration with the best first objective (its best seed)."""
-    objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
-    final = completed(table, setup)
-    return final[final["config_key"] == best_key].sort_values(objective, ascending=mode == "min").iloc[0]
 
 
 def _final_progress(total: int):

@@ -36,7 +36,8 @@ import yaml
 from hybrid.config import DEFAULT_CONFIG, to_dict
 from hybrid import storage
 from hybrid.layout import ENCODER_DIR
-from sweeps import cluster, estimate, identity, interrupts, merges, phases, progress, registry, tracking
+from sweeps import (cluster, estimate, identity, interrupts, merges, phases, progress, ranking, registry, state,
+                    tracking)
 from sweeps.config import SweepSetup, flatten, is_local_file, is_server, load_sweep_setup, redact
 from sweeps.early import EarlyEvaluation
 from sweeps.lease import DriverLease
@@ -111,12 +112,12 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
         check_ray_address()  # an empty RAY_ADDRESS, a head that does not answer
         cluster.check_reachable(setup)  # storage that answers (a misspelt bucket, an endpoint down)
         warning = cluster.check_free_space(setup)  # [3] storage on a disk: room for the checkpoints
-        started = phases.exists(setup)  # its search phase is in storage (Tune's state; read once)
+        started = state.exists(setup)  # its search phase is in storage (Tune's state; read once)
         if args.resume:
-            phases.check_unchanged(setup)  # its settings, signed, as it started
-            phases.check_state(setup)  # Tune's state of each phase, signed: nothing else is unpickled
+            state.check_unchanged(setup)  # its settings, signed, as it started
+            state.check_state(setup)  # Tune's state of each phase, signed: nothing else is unpickled
         elif started:
-            done = phases.finished(setup)
+            done = state.finished(setup)
             raise FileExistsError(
                 f"sweep {setup.sweep.name!r} finished: {done}. Start another with --name NEW, or add trials with "
                 f"--resume --set sweep.trials=N." if done else
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
         lease = DriverLease.acquire(setup.sweep, args.resume)  # [4] one driver per sweep
     try:
         with user_errors(parser, args.debug):
-            sweep_id = phases.sweep_id(setup)
+            sweep_id = state.sweep_id(setup)
             identity.check(setup, sweep_id, args.resume, started)  # [5] the name is this sweep's
         drive(setup, sweep_id, started, args, parser, warning)
     finally:
@@ -161,7 +162,7 @@ def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namesp
     with user_errors(parser, args.debug):
         cluster.check_storage(setup)  # [7] storage every node sees
         cluster.check_signing_keys()  # every node verifies with the driver's key
-        phases.save_settings(setup, sweep_id, started)
+        state.save_settings(setup, sweep_id, started)
         identity.claim(setup, sweep_id, started)  # [8] the name marked as this sweep's
         requested = cluster.wait_for_resources(setup, s.scale_up_timeout_s)  # [9] resources now or after scaling up
     board = progress.Printer(s.name)  # trials' lines from the nodes they run on
@@ -198,13 +199,13 @@ def record_warning(setup: SweepSetup) -> str | None:
     return None
 
 
-def register(setup: SweepSetup, table, ranking, runs: tracking.SweepRuns) -> str:
+def register(setup: SweepSetup, table, configs, runs: tracking.SweepRuns) -> str:
     """The best configuration's best seed, registered as `models:/<sweep>@best` with its settings and the
     configuration's mean and 95% interval over seeds."""
-    s, top = setup.sweep, ranking.iloc[0]
-    trial = phases.best_trial(table, setup, top["config_key"])
+    s, top = setup.sweep, configs.iloc[0]
+    trial = ranking.best_trial(table, setup, top["config_key"])
     objective = s.objectives[0]
-    knobs = phases.row_params(trial)
+    knobs = ranking.row_params(trial)
     return registry.register_best(
         s.tracking_uri, s.name, runs.trial_run(trial["trial"]),
         storage.join(trial["checkpoint_path"], ENCODER_DIR),
@@ -236,19 +237,19 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
     interrupts.enter("final evaluation")
     trials_s = time.perf_counter() - start
     early.wait()
-    ranking = phases.ranked(table, setup)
-    if ranking.empty:
+    configs = ranking.ranked(table, setup)  # best first
+    if configs.empty:
         raise SystemExit(f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "
                          "pruned: see Tune's table above); fix the cause and continue with --resume.")
     merged = merges.make(setup, table, runs)
-    summary = phases.final_evaluation(setup, table, ranking.iloc[0]["config_key"], runs,
+    summary = phases.final_evaluation(setup, table, configs.iloc[0]["config_key"], runs,
                                       list(zip(merged.refs, merged.run_ids))) if s.final_eval else {}
     for run_id in merged.run_ids:
         runs.end(run_id)
     runs.log_metrics(runs.parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
     final_s = time.perf_counter() - start - trials_s
     interrupts.enter("registration")
-    version = register(setup, table, ranking, runs)
+    version = register(setup, table, configs, runs)
     wall = time.perf_counter() - start
     overhead = runs.trial_overhead()
     calibration = {"sweep/estimate_s": expected.total_s} | expected.speed.as_metrics() if expected else {}
@@ -263,8 +264,8 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
         print(f"  failed: trial {row['trial']} {where}: {row['error']}")
     print(f"\nConfigurations ranked by {s.objectives[0]} (mean over seeds, ±95% CI"
           f"{'; merges of the references beside them, never chosen as the best' if merged.merges else ''}):")
-    shown = pd.concat([ranking, merged.ranked(s.objectives)], ignore_index=True).sort_values(
-        s.objectives[0], ascending=s.modes[0] == "min", ignore_index=True) if merged.merges else ranking
+    shown = pd.concat([configs, merged.ranked(s.objectives)], ignore_index=True).sort_values(
+        s.objectives[0], ascending=s.modes[0] == "min", ignore_index=True) if merged.merges else configs
     print(shown.to_string(float_format="%.4f"))
     if summary:
         print("\nFull held-out evaluation, best configuration vs base model:")
@@ -278,10 +279,10 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
               f"(start-up {overhead['sweep/trial_startup_s']:.0f} s: " + ", ".join(
                   f"{k.split('/')[-1][:-2]} {v:.1f}" for k, v in overhead.items() if k.startswith("sweep/startup/"))
               + ").")
-    best = ranking.iloc[0]
+    best = configs.iloc[0]
     knobs = ", ".join(f"{k}={best[k]}" if isinstance(best[k], str) else f"{k}={best[k]:.4g}"
-                      for k in phases.PARAM_COLUMNS if k in best and k != "seed")
-    phases.save_finished(setup, f"{len(table)} trials in {wall / 60:.1f} min; best {s.objectives[0]} "
+                      for k in ranking.PARAM_COLUMNS if k in best and k != "seed")
+    state.save_finished(setup, f"{len(table)} trials in {wall / 60:.1f} min; best {s.objectives[0]} "
                                 f"{best[s.objectives[0]]:.4f} over {best['seeds']} seed(s) at {knobs}")
     print(f"\nThe best configuration's encoder: models:/{s.name}@{registry.ALIAS} (version {version}), e.g. "
           f"mlflow.sentence_transformers.load_model('models:/{s.name}@{registry.ALIAS}').")

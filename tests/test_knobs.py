@@ -12,7 +12,7 @@ from ray import tune
 
 from sweeps import knobs
 from sweeps.config import load_sweep_setup
-from sweeps.phases import PARAM_COLUMNS, row_params
+from sweeps.ranking import PARAM_COLUMNS, row_params
 from sweeps.progress import describe, knob_text
 from sweeps.report import analysis
 from sweeps.report.data import TRIAL_PARAMS, _trial_row

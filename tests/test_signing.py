@@ -140,15 +140,15 @@ def test_a_checkpoint_from_before_signatures_is_refused_until_accepted(tiny_mode
 
 def test_an_edited_sweep_config_refuses_resume_before_ray_starts(tmp_path, store, tiny_model_dir):
     """Row 4: `sweep_config.json` decides what --resume continues and with which settings."""
-    from sweeps import phases
+    from sweeps import state
     from sweeps.config import load_sweep_setup
 
     config = tiny_sweep_config(tmp_path, tiny_model_dir, "edited", sweep={"storage_path": store})
     setup = load_sweep_setup(str(config), []).resolved()
-    phases.save_settings(setup, "an-id", started=False)
-    location = setup.sweep.location(phases.SETTINGS_FILE)
+    state.save_settings(setup, "an-id", started=False)
+    location = setup.sweep.location(state.SETTINGS_FILE)
     stored = json.loads(storage.read_text(location))
-    assert phases.search_rounds(setup) == [3]  # signed and read back
+    assert state.search_rounds(setup) == [3]  # signed and read back
     stored["search_rounds"] = [1]
     storage.write_text(location, json.dumps(stored))  # its signature kept, no longer matching
     done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True,
@@ -224,12 +224,12 @@ def test_resume_with_unsigned_or_forged_tune_state_is_refused_before_ray_starts(
                                                                                 forgery):
     """Row 5, as a user meets it: `--resume` of a sweep whose search phase holds a canary `tuner.pkl`, its
     state unsigned (saved before signatures) or its index forged: one line, exit 2, the canary never run."""
-    from sweeps import phases, tune_state
+    from sweeps import state, tune_state
     from sweeps.config import load_sweep_setup
 
     config = tiny_sweep_config(tmp_path, tiny_model_dir, "forged", sweep={"storage_path": store})
     setup = load_sweep_setup(str(config), []).resolved()
-    phases.save_settings(setup, "an-id", started=False)
+    state.save_settings(setup, "an-id", started=False)
     search, canary = setup.sweep.location("search"), tmp_path / "canary"
     storage.write_bytes(storage.join(search, "tuner.pkl"), pickle.dumps(Canary(canary)))
     storage.write_text(storage.join(search, "experiment_state-2026-12-02_10-00-00.json"), "{}")

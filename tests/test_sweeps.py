@@ -64,7 +64,7 @@ def test_reseeding_covers_the_references_when_asked():
     """`reseed_references`: alpha = 0 and 1 join the top-k configurations (once each, even when among them)."""
     import pandas as pd
 
-    from sweeps.phases import reseeded
+    from sweeps.ranking import reseeded
 
     setup = load_sweep_setup(ROOT / "configs/cpu-study.yaml", ["sweep.top_k=1"])
     steps = setup.run.optim.steps
@@ -88,7 +88,7 @@ def test_points_of_a_text_knob_are_reseeded():
     after its search)."""
     import pandas as pd
 
-    from sweeps.phases import reseeded
+    from sweeps.ranking import reseeded
 
     setup = load_sweep_setup(ROOT / "configs/cpu-study-long.yaml")
     steps = setup.run.optim.steps
@@ -185,7 +185,7 @@ def test_ranking_compares_only_completed_trials():
     its score is from an earlier step and it has no final checkpoint to evaluate."""
     import pandas as pd
 
-    from sweeps.phases import completed, ranked
+    from sweeps.ranking import completed, ranked
 
     setup = load_sweep_setup(ROOT / "configs/default.yaml")
     steps = setup.run.optim.steps

@@ -1,0 +1,112 @@
+"""What a sweep keeps beside its phases in storage, and what `--resume` checks before Ray starts: the
+settings it started with and its id (signed), its search rounds (`sweep.trials` raised on `--resume`),
+the summary line of a finished sweep, and the signed Tune state of every phase.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow.fs as pafs
+from ray import tune
+
+from hybrid import signing, storage
+from sweeps import tune_state
+from sweeps.config import SweepSetup
+from sweeps.identity import new_id
+
+
+def exists(setup: SweepSetup) -> bool:
+    """Whether this sweep (its search phase) is already in storage: read before Ray starts."""
+    return tune.Tuner.can_restore(setup.sweep.location("search"))
+
+
+SETTINGS_FILE = signing.SETTINGS_FILE  # the resolved configuration a sweep started with, beside its phases
+
+
+def _stored(setup: SweepSetup) -> dict[str, Any] | None:
+    """{"id": the sweep's id, "settings": flat config, "search_rounds": [trials after each round]} or None
+    (a new sweep). Signed by this deployment (`hybrid.signing`), else refused: it decides what --resume
+    continues and with which settings."""
+    location = setup.sweep.location(SETTINGS_FILE)
+    if not storage.exists(location):
+        return None
+    try:
+        return signing.verified(json.loads(storage.read_text(location)), signing.settings_purpose(setup.sweep.name),
+                                location)
+    except signing.BadSignature as e:
+        raise ValueError(f"{e} The sweep's settings cannot be trusted, so it is not resumed. If you wrote it, "
+                         f"accept it once: python -m hybrid.accept {setup.sweep.location()}") from None
+    except ValueError as e:
+        raise ValueError(f"{location}: unreadable ({e}); the sweep is not resumed.") from None
+
+
+def sweep_id(setup: SweepSetup) -> str:
+    """The sweep's id (`sweeps.identity`): the stored one, or a new one for a sweep not stored yet (kept
+    by `save_settings`). A sweep stored before ids gets one."""
+    return (_stored(setup) or {}).get("id") or new_id()
+
+
+def save_settings(setup: SweepSetup, sweep_id: str, started: bool) -> None:
+    """Store the configuration and the id beside the sweep's phases (once: a resumed sweep keeps the
+    original, and a sweep stored without an id gets one), and the search's rounds: `sweep.trials` raised
+    on `--resume` adds a round of only the new trials. A start that saved no search phase yet (`started`:
+    `exists`) stores the configuration it has now."""
+    stored = _stored(setup)
+    if stored is None or not started:
+        stored = {"settings": setup.settings(), "search_rounds": [setup.sweep.trials]}
+    elif setup.sweep.trials > stored["search_rounds"][-1]:
+        stored["search_rounds"].append(setup.sweep.trials)
+    elif stored.get("id") == sweep_id:
+        return
+    stored["id"] = sweep_id
+    storage.write_text(setup.sweep.location(SETTINGS_FILE),
+                       json.dumps(signing.signed(stored, signing.settings_purpose(setup.sweep.name)), indent=1,
+                                  sort_keys=True))
+
+
+FINISHED_FILE = "finished.txt"  # the summary line of a sweep that ran to its end
+
+
+def save_finished(setup: SweepSetup, line: str) -> None:
+    storage.write_text(setup.sweep.location(FINISHED_FILE), line)
+
+
+def finished(setup: SweepSetup) -> str | None:
+    """The summary line of this sweep when it finished (read before Ray starts), else None."""
+    location = setup.sweep.location(FINISHED_FILE)
+    return storage.read_text(location) if storage.exists(location) else None
+
+
+def search_rounds(setup: SweepSetup) -> list[int]:
+    stored = _stored(setup)
+    return stored["search_rounds"] if stored else [setup.sweep.trials]
+
+
+def check_unchanged(setup: SweepSetup) -> None:
+    """`--resume` continues the sweep that was started: a changed setting would rank results of two
+    different setups together (or restore the old search with a new one), so it is refused by name.
+    `sweep.trials` may only grow: the new trials run as a search round of their own."""
+    stored = _stored(setup)
+    if stored is None:
+        return  # a sweep from before settings were stored: nothing to compare with
+    changed = setup.changed_since(stored["settings"])
+    if changed:
+        raise ValueError(f"--resume of sweep {setup.sweep.name!r} with changed settings: {', '.join(changed)}. "
+                         "Resume with the configuration it started with (stored in "
+                         f"{SETTINGS_FILE} beside it), or start a new sweep with --name NEW.")
+    ran = stored["search_rounds"][-1]
+    if setup.sweep.trials < ran:
+        raise ValueError(f"sweep.trials={setup.sweep.trials}: sweep {setup.sweep.name!r} has {ran} search trials "
+                         f"already; --resume can only raise it (sweep.trials={ran} continues it as it is).")
+
+
+def check_state(setup: SweepSetup) -> None:
+    """Before `--resume` starts Ray: every phase of the sweep in storage has Tune state this deployment
+    signed (`sweeps.tune_state`), else a one-line ValueError. Reads no pickle."""
+    fs, path = storage.filesystem(setup.sweep.location())
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        phase = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type == pafs.FileType.Directory and storage.exists(setup.sweep.location(phase, "tuner.pkl")):
+            tune_state.check(setup.sweep.location(phase), tune_state.purpose(setup.sweep.name, phase))
