@@ -29,7 +29,6 @@ os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the best encoder's registration loads it here
 
 import optuna
-import pandas as pd
 import ray
 import yaml
 
@@ -37,7 +36,7 @@ from hybrid.config import DEFAULT_CONFIG, to_dict
 from hybrid import storage
 from hybrid.layout import ENCODER_DIR
 from sweeps import (cluster, estimate, identity, interrupts, merges, phases, progress, ranking, registry, state,
-                    tracking)
+                    summary, tracking)
 from sweeps.config import SweepSetup, flatten, is_local_file, is_server, load_sweep_setup, redact
 from sweeps.early import EarlyEvaluation
 from sweeps.lease import DriverLease
@@ -242,11 +241,11 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
         raise SystemExit(f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "
                          "pruned: see Tune's table above); fix the cause and continue with --resume.")
     merged = merges.make(setup, table, runs)
-    summary = phases.final_evaluation(setup, table, configs.iloc[0]["config_key"], runs,
+    heldout = phases.final_evaluation(setup, table, configs.iloc[0]["config_key"], runs,
                                       list(zip(merged.refs, merged.run_ids))) if s.final_eval else {}
     for run_id in merged.run_ids:
         runs.end(run_id)
-    runs.log_metrics(runs.parent_id, {k: v for k, v in summary.items() if v == v}, step=0)
+    runs.log_metrics(runs.parent_id, {k: v for k, v in heldout.items() if v == v}, step=0)
     final_s = time.perf_counter() - start - trials_s
     interrupts.enter("registration")
     version = register(setup, table, configs, runs)
@@ -257,47 +256,10 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
                      step=0)
     runs.end(runs.parent_id)
 
-    print("\nTrials (proxy evaluation, last checkpoint):")
-    print(table.drop(columns=["checkpoint_path", "error"]).to_string(index=False, float_format="%.4f"))
-    for _, row in table[table["error"].notna()].iterrows():
-        where = f"after step {row['step']:.0f}" if row["step"] == row["step"] else "before its first checkpoint"
-        print(f"  failed: trial {row['trial']} {where}: {row['error']}")
-    print(f"\nConfigurations ranked by {s.objectives[0]} (mean over seeds, ±95% CI"
-          f"{'; merges of the references beside them, never chosen as the best' if merged.merges else ''}):")
-    shown = pd.concat([configs, merged.ranked(s.objectives)], ignore_index=True).sort_values(
-        s.objectives[0], ascending=s.modes[0] == "min", ignore_index=True) if merged.merges else configs
-    print(shown.to_string(float_format="%.4f"))
-    if summary:
-        print("\nFull held-out evaluation, best configuration vs base model:")
-        for key in sorted(k for k in summary if k.startswith("best/") and not k.endswith("/ci95")):
-            metric = key[len("best/"):]
-            print(f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   best {summary[key]:.4f} "
-                  f"± {summary[key + '/ci95']:.4f}")
-    if overhead:
-        print(f"\nPer trial: {overhead['sweep/trial_wall_s']:.0f} s, of which {overhead['sweep/trial_overhead_s']:.0f} s "
-              f"({overhead['sweep/trial_overhead_fraction']:.0%}) outside training and evaluation "
-              f"(start-up {overhead['sweep/trial_startup_s']:.0f} s: " + ", ".join(
-                  f"{k.split('/')[-1][:-2]} {v:.1f}" for k, v in overhead.items() if k.startswith("sweep/startup/"))
-              + ").")
-    best = configs.iloc[0]
-    knobs = ", ".join(f"{k}={best[k]}" if isinstance(best[k], str) else f"{k}={best[k]:.4g}"
-                      for k in ranking.PARAM_COLUMNS if k in best and k != "seed")
-    state.save_finished(setup, f"{len(table)} trials in {wall / 60:.1f} min; best {s.objectives[0]} "
-                                f"{best[s.objectives[0]]:.4f} over {best['seeds']} seed(s) at {knobs}")
-    print(f"\nThe best configuration's encoder: models:/{s.name}@{registry.ALIAS} (version {version}), e.g. "
-          f"mlflow.sentence_transformers.load_model('models:/{s.name}@{registry.ALIAS}').")
-    took = f"{len(table)} trials in {wall / 60:.1f} min (trials {trials_s / 60:.1f}, final evaluation {final_s / 60:.1f})"
-    if expected:
-        final = expected.parts["final evaluation"]
-        took += (f"; estimated {expected.total_s / 60:.1f} ({(expected.total_s - final) / 60:.1f} + {final / 60:.1f}) "
-                 f"on {expected.speed.cpu}: {(expected.total_s - wall) / wall:+.0%}")
-    print(f"\nSweep '{s.name}': {took}. Compare the runs in MLflow:")
-    if is_server(s.tracking_uri):
-        print(f"  {redact(s.tracking_uri).rstrip('/')}/#/experiments/{runs.exp_id}  (the tracking server's UI)")
-    else:
-        print(f"  mlflow ui --backend-store-uri {redact(s.tracking_uri)} --host 127.0.0.1 --port 5000")
-    print(f"The search's Optuna study {s.name!r}: optuna-dashboard {redact(s.study_storage)} "
-          "(pip install optuna-dashboard), or optuna.load_study.")
+    summary.print_tables(setup, table, configs, merged.ranked(s.objectives) if merged.merges else None, heldout)
+    summary.print_overhead(overhead)
+    state.save_finished(setup, summary.finished_line(setup, table, configs, wall))
+    summary.print_where(setup, len(table), version, summary.Times(trials_s, wall, final_s), runs.exp_id, expected)
 
 
 if __name__ == "__main__":
