@@ -104,46 +104,54 @@ def overview(findings: list[Findings]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# A section of each sweep's block: its findings and figures (`images[sweep name]`) -> HTML.
+def _trials(f: Findings, im: dict[str, bytes]) -> str:
+    return (f'<p class="note">Seed means ± 95% Student-t CI over seeds, grouped by config_key; evaluation: '
+            f'{escape(f.selection.source)} on {escape(f.dataset)}; ranked by {escape(f.objective)}. Pruned '
+            f'configurations (stopped early by the scheduler) are listed, never compared.</p>'
+            + table(F.trials_table(f)))
+
+
+def _q1(f: Findings, im: dict[str, bytes]) -> str:
+    tables = "".join(f"<h4>{escape(ds)}{' (held-out)' if ds == f.dataset else ' (out-of-domain, zero-shot)'}: "
+                     f"best vs references, {escape(SOURCES.get(c.source, c.source))}</h4>{table(c.frame)}"
+                     for ds, c in f.compare.items())
+    return answer(f.answers["q1"]) + img(im.get("alpha_curves"), "metrics vs alpha") + tables
+
+
+def _q2(f: Findings, im: dict[str, bytes]) -> str:
+    return (answer(f.answers["q2"]) + img(im.get("heatmaps"), "L x L heatmaps")
+            + img(im.get("hr_deltas"), "high-resource pair deltas") + table(_hr_table(f)))
+
+
+def _q3(f: Findings, im: dict[str, bytes]) -> str:
+    return answer(f.answers["q3"]) + img(im.get("languages"), "metric vs number of training languages")
+
+
+def _q4(f: Findings, im: dict[str, bytes]) -> str:
+    return answer(f.answers["q4"]) + img(im.get("calibration"), "ECE and reliability")
+
+
+def _q5(f: Findings, im: dict[str, bytes]) -> str:
+    return answer(f.answers["q5"]) + img(im.get("robustness"), "worst pair and spread") + table(_robust_table(f))
+
+
+def _search(f: Findings, im: dict[str, bytes]) -> str:
+    front = f.pareto[f.pareto["front"]] if "front" in f.pareto else f.pareto.iloc[0:0]
+    text = ("Pareto front (mono mAP vs cross mAP, seed means): "
+            + ", ".join(f"{F.alpha_label(r)} ({r['mono/map']:.3f}, {r['cross/map']:.3f})" for _, r in front.iterrows())
+            ) if len(front) else "No Pareto front: no completed configuration with mono and cross mAP."
+    return answer([text, "Parameter importances: " + (", ".join(f"{k} {v:.2f}" for k, v in f.importance.items())
+                                                       if f.importance else "none") + f" ({f.importance_note})."]) \
+        + img(im.get("pareto"), "Pareto front") + img(im.get("search"), f"importances and {F.ALPHA} x {F.TAU}")
+
+
 def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], compare_png: bytes | None,
                tracking_uri: str) -> str:
     """The whole report. `images[sweep name][figure name]` are PNG bytes from `figures.render`."""
     def per_sweep(section) -> str:
         return '<div class="sweeps">' + "".join(_sweep_block(f, section(f, images.get(f.sweep.name, {})))
                                                  for f in findings) + "</div>"
-
-    def trials(f, im):
-        return (f'<p class="note">Seed means ± 95% Student-t CI over seeds, grouped by config_key; evaluation: '
-                f'{escape(f.selection.source)} on {escape(f.dataset)}; ranked by {escape(f.objective)}. Pruned '
-                f'configurations (stopped early by the scheduler) are listed, never compared.</p>'
-                + table(F.trials_table(f)))
-
-    def q1(f, im):
-        tables = "".join(f"<h4>{escape(ds)}{' (held-out)' if ds == f.dataset else ' (out-of-domain, zero-shot)'}: "
-                         f"best vs references, {escape(SOURCES.get(c.source, c.source))}</h4>{table(c.frame)}"
-                         for ds, c in f.compare.items())
-        return answer(f.answers["q1"]) + img(im.get("alpha_curves"), "metrics vs alpha") + tables
-
-    def q2(f, im):
-        return (answer(f.answers["q2"]) + img(im.get("heatmaps"), "L x L heatmaps")
-                + img(im.get("hr_deltas"), "high-resource pair deltas") + table(_hr_table(f)))
-
-    def q3(f, im):
-        return answer(f.answers["q3"]) + img(im.get("languages"), "metric vs number of training languages")
-
-    def q4(f, im):
-        return answer(f.answers["q4"]) + img(im.get("calibration"), "ECE and reliability")
-
-    def q5(f, im):
-        return answer(f.answers["q5"]) + img(im.get("robustness"), "worst pair and spread") + table(_robust_table(f))
-
-    def search(f, im):
-        front = f.pareto[f.pareto["front"]] if "front" in f.pareto else f.pareto.iloc[0:0]
-        text = ("Pareto front (mono mAP vs cross mAP, seed means): "
-                + ", ".join(f"{F.alpha_label(r)} ({r['mono/map']:.3f}, {r['cross/map']:.3f})" for _, r in front.iterrows())
-                ) if len(front) else "No Pareto front: no completed configuration with mono and cross mAP."
-        return answer([text, "Parameter importances: " + (", ".join(f"{k} {v:.2f}" for k, v in f.importance.items())
-                                                           if f.importance else "none") + f" ({f.importance_note})."]) \
-            + img(im.get("pareto"), "Pareto front") + img(im.get("search"), f"importances and {F.ALPHA} x {F.TAU}")
 
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     names = ", ".join(f.sweep.name for f in findings)
@@ -172,10 +180,10 @@ def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], co
               per_sweep(lambda f, im: table(merges_table(f)) if len(f.sweep.merges) else
                         '<p class="note">No merges in this sweep: set sweep.merge_references, e.g. '
                         "[0.25, 0.5, 0.75].</p>")]
-    parts += ["<h2>Trials</h2>", per_sweep(trials)]
-    for key, section in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5)):
+    parts += ["<h2>Trials</h2>", per_sweep(_trials)]
+    for key, section in (("q1", _q1), ("q2", _q2), ("q3", _q3), ("q4", _q4), ("q5", _q5)):
         parts += [f'<h2 id="{key}">{escape(QUESTIONS[key])}</h2>', per_sweep(section)]
-    parts += ["<h2>Search: Pareto front and parameter importances</h2>", per_sweep(search)]
+    parts += ["<h2>Search: Pareto front and parameter importances</h2>", per_sweep(_search)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Sweep report: {escape(names)}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(parts) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
