@@ -316,23 +316,23 @@ class TrialLogger(tune.Callback):
         """Queue what a killed driver left out: Tune saves a trial's reports and its end with its state while
         this logger's MLflow writes wait in the queue, so a driver killed in between loses them (seen on a
         tracking server, whose writes lag the trials by seconds). For each trial of a phase, every reported
-        result its run lacks (by step) is logged from Tune's record, and a trial that trained every step (or
-        failed) gets that status. For every phase that ended, restored or not; `flush` after it."""
+        result its run lacks (by step) is logged from Tune's record, and its run gets the status of how it
+        ended: FINISHED (every step), KILLED (pruned), FAILED. For a phase all of whose trials ended, restored
+        or not; `flush` after it."""
         for result in grid:
             metrics = result.metrics or {}
             if metrics.get("trial_id") and "step" in metrics:  # one that never reported has nothing to log
-                status = "FAILED" if result.error else "FINISHED" if metrics["step"] == self.steps else None
+                status = "FAILED" if result.error else "FINISHED" if metrics["step"] == self.steps else "KILLED"
                 self.mlflow.queue.submit(self._catch_up, metrics["trial_id"], dict(result.config or {}),
                                          reported(result), status)
 
-    def _catch_up(self, trial_id: str, config: dict[str, Any], reports: list[TrialReport],
-                  status: str | None) -> None:
+    def _catch_up(self, trial_id: str, config: dict[str, Any], reports: list[TrialReport], status: str) -> None:
         run_id = self._run_id(trial_id, config)
         logged = {m.step for m in self.mlflow.client.get_metric_history(run_id, ACTIVE_S)}
         missing = [r for r in reports if r.step not in logged]
         for report in missing:
             self._log_report(trial_id, config, report)
-        ended = status is not None and self.mlflow.client.get_run(run_id).info.status != status
+        ended = self.mlflow.client.get_run(run_id).info.status != status
         if ended:
             self.mlflow.end(run_id, status)
         if missing or ended:
