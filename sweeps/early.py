@@ -27,6 +27,7 @@ from hybrid import storage
 from hybrid.config import to_dict
 from hybrid.layout import ENCODER_DIR
 from sweeps.config import SweepSetup
+from sweeps.records import CHECKPOINT
 from sweeps.search import is_reference
 from sweeps.trial import trial_run_config
 
@@ -71,13 +72,13 @@ class EarlyEvaluation(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
         if not (self.active and is_reference(trial.config.get("mono_ratio", 0.5))
-                and result.get("step") == self.sweep_setup.run.optim.steps and result.get("checkpoint_path")):
+                and result.get("step") == self.sweep_setup.run.optim.steps and result.get(CHECKPOINT)):
             return
         room = self.room()
         if room < self.sweep_setup.eval.encode_cpus:
             return
         refs = [] if self.started else [base_ref(self.sweep_setup)]
-        refs.append(final_ref(self.sweep_setup, result["checkpoint_path"], trial.config, trial.trial_id))
+        refs.append(final_ref(self.sweep_setup, result[CHECKPOINT], trial.config, trial.trial_id))
         print(f"{time.strftime('%H:%M:%S')} final evaluation of {', '.join(r.label for r in refs)} started now "
               f"(a reference; {room:g} CPUs free beside the trials)", flush=True)
         future: Future = Future()

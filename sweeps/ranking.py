@@ -12,6 +12,7 @@ from ray import tune
 
 from sweeps import knobs
 from sweeps.config import SweepSetup
+from sweeps.records import CHECKPOINT
 from sweeps.search import filled, is_reference
 from sweeps.stats import mean_ci
 from sweeps.trial import config_key
@@ -42,7 +43,7 @@ def trials_table(grid: tune.ResultGrid, objectives: tuple[str, ...]) -> pd.DataF
                      **{k: result.config.get(k) for k in PARAM_COLUMNS if k in result.config},
                      "config_key": config_key(result.config), "step": metrics.get("step"),
                      **{o: metrics.get(o) for o in objectives},
-                     "checkpoint_path": metrics.get("checkpoint_path"), "error": _last_line(result.error)})
+                     "checkpoint_path": metrics.get(CHECKPOINT), "error": _last_line(result.error)})
     return pd.DataFrame(rows)
 
 
