@@ -25,6 +25,7 @@ import numpy as np
 from evaluation.config import EvalConfig
 from evaluation.checkpoints import CheckpointRef, unless_saved
 from evaluation.datasets import load_eval_set
+from evaluation.mlflow_layout import SETTINGS
 from evaluation.results import EvalResult
 from evaluation.runner import evaluate_checkpoints
 from evaluation.scoring import POOLED_METRICS
@@ -63,7 +64,7 @@ def format_result(result: EvalResult) -> str:
     header = f"{'':6}" + "".join(f"{m:>15}" for m in POOLED_METRICS)
     lines = [f"== {result.checkpoint} (step {result.step}) on {result.dataset}/{result.split}, "
              f"{len(result.languages)} languages, ECE at T={result.temperature:g}", header]
-    for setting in ("mono", "cross", "multi"):
+    for setting in SETTINGS:
         if any(k.startswith(f"{setting}/") for k in result.summary):
             cells = [result.summary.get(f"{setting}/{m}") for m in POOLED_METRICS]
             lines.append(f"{setting:6}" + "".join(f"{'-':>15}" if v is None else f"{v:15.4f}" for v in cells))

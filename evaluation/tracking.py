@@ -1,21 +1,21 @@
 """Log an `EvalResult` to MLflow 3, once: the checkpoint as a LoggedModel, metrics linked to it and to the
 evaluation set, matrices as tables and heatmaps.
 
-Layout in the run:
+Layout in the run (`evaluation.mlflow_layout` builds and parses its names):
 - the checkpoint: a LoggedModel `{label}-step-{step}` of the run (external: the weights stay in sweep
   storage; params: path, step, content hash, base model), found again by run and name.
 - the evaluation set: a dataset input (`{dataset}/{split}`, digest = `EvalSet.digest`, source = the
   corpus's public URL or folder, context `evaluation`).
-- metrics `eval/{dataset}/{split}/{setting}/{metric}` and `eval/{dataset}/{split}/lang/{lang}/{metric}`,
-  with step = the checkpoint's training step, each linked to the LoggedModel and the dataset. MLflow
-  refuses "@" in names: recall@10 is logged as recall_at_10. The split carries the proxy size
-  ("heldout-proxy50"), so proxy and full evaluations of one step never overwrite each other.
-- artifacts under `eval/{dataset}/{split}/step_{step}/`: per metric matrix a CSV and an annotated heatmap
-  PNG, and for a full evaluation an MLflow table (`{metric}.json`, shown as a table in the UI; not per
-  proxy checkpoint: the run lists its tables in one tag of at most 8000 characters); reliability.csv +
-  reliability.png, summary.json (summary, per language, lineage).
-- idempotence: the LoggedModel's tag `eval.{key}` (value: the lineage JSON), set after everything else is
-  logged; a result whose tag is there is skipped. A crash midway leaves no tag, so a retry logs again.
+- metrics (`metric_key`) with step = the checkpoint's training step, each linked to the LoggedModel and
+  the dataset. The split carries the proxy size ("heldout-proxy50"), so proxy and full evaluations of one
+  step never overwrite each other.
+- artifacts in `artifact_folder`: per metric matrix a CSV and an annotated heatmap PNG, and for a full
+  evaluation an MLflow table (`{metric}.json`, shown as a table in the UI; not per proxy checkpoint: the
+  run lists its tables in one tag of at most 8000 characters); the reliability table (CSV + diagram),
+  summary.json (summary, per language, lineage).
+- idempotence: the LoggedModel's tag `LOGGED_TAG` + the result's content hash (value: the lineage JSON),
+  set after everything else is logged; a result whose tag is there is skipped. A crash midway leaves no
+  tag, so a retry logs again.
 - lineage: params `eval.model` and `eval.{dataset}.{split}.languages` (write-once in MLflow: an existing
   value is kept), and per evaluation the tag value and summary.json (checkpoint path, content hash, ...).
 Nothing here computes a metric; nothing in evaluation.metrics logs.
@@ -37,20 +37,12 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModel, LoggedModelStatus, Metric, Param, Run
 
+from evaluation.mlflow_layout import (FULL, LOGGED_TAG, RELIABILITY, artifact_folder, artifact_stem, language_metric,
+                               metric_key, mlflow_name, source)
 from evaluation.results import EvalResult
 from hybrid.data.sources import origin
 
-TAG_PREFIX = "eval."
 DIGEST_CHARS = 36  # MLflow's limit for a dataset digest
-
-
-def mlflow_name(text: str) -> str:
-    """A string MLflow accepts in metric / param names and artifact files ("@" and the like replaced)."""
-    return re.sub(r"[^\w.\-/ :]", "_", text.replace("@", "_at_"))
-
-
-def metric_key(result: EvalResult, name: str) -> str:
-    return mlflow_name(f"eval/{result.dataset}/{result.split}/{name}")
 
 
 def lineage(result: EvalResult) -> dict:
@@ -97,26 +89,26 @@ def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = No
     client = client or MlflowClient()
     run = client.get_run(run_id)
     model = checkpoint_model(client, run, result)
-    tag = TAG_PREFIX + result.content_hash
+    tag = LOGGED_TAG + result.content_hash
     if tag in model.tags:
         return False
     dataset = f"{result.dataset}/{result.split}"
     digest = result.data_digest[:DIGEST_CHARS]
     now = int(time.time() * 1000)
     values = dict(result.summary)
-    values |= {f"lang/{lang}/{m}": v for lang, by_metric in result.per_language.items() for m, v in by_metric.items()}
-    metrics = [Metric(metric_key(result, k), float(v), now, result.step, model_id=model.model_id,
+    values |= {language_metric(lang, m): v for lang, by_metric in result.per_language.items() for m, v in by_metric.items()}
+    metrics = [Metric(metric_key(result.dataset, result.split, k), float(v), now, result.step, model_id=model.model_id,
                       dataset_name=dataset, dataset_digest=digest) for k, v in values.items() if np.isfinite(v)]
     params = {"eval.model": result.model,
               mlflow_name(f"eval.{result.dataset}.{result.split}.languages"): ",".join(result.languages)}
-    folder = f"eval/{mlflow_name(result.dataset)}/{mlflow_name(result.split)}/step_{result.step}"
+    folder = artifact_folder(result.dataset, result.split, result.step)
     with tempfile.TemporaryDirectory() as tmp:
         write_artifacts(result, Path(tmp))
         client.log_artifacts(run_id, tmp, folder)
-    if "proxy" not in result.split:  # a full evaluation: a few per run (the run's table list is one tag)
+    if source(result.split) == FULL:  # a full evaluation: a few per run (the run's table list is one tag)
         logged = {f.path for f in client.list_artifacts(run_id, folder)}
         for metric, matrix in result.matrices.items():
-            path = f"{folder}/{mlflow_name(metric)}.json"
+            path = f"{folder}/{artifact_stem(metric)}.json"
             if path not in logged:  # log_table appends to an existing table: a retry must not double it
                 client.log_table(run_id, matrix_table(matrix, result.languages), path)
     client.log_inputs(run_id, datasets=[dataset_input(dataset, result.data_digest, origin(result.dataset), "evaluation")])
@@ -144,7 +136,7 @@ def matrix_table(matrix: np.ndarray, languages: tuple[str, ...]) -> pd.DataFrame
 def write_artifacts(result: EvalResult, folder: Path) -> None:
     """Matrices (CSV + heatmap), reliability table (CSV + diagram) and summary.json into `folder`."""
     for metric, matrix in result.matrices.items():
-        stem = mlflow_name(metric)
+        stem = artifact_stem(metric)
         with open(folder / f"{stem}.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["query\\candidate", *result.languages])
@@ -153,11 +145,11 @@ def write_artifacts(result: EvalResult, folder: Path) -> None:
         heatmap(matrix, result.languages, f"{metric}, {result.dataset}/{result.split}, step {result.step}",
                 folder / f"{stem}.png")
     table = result.reliability
-    with open(folder / "reliability.csv", "w", newline="") as f:
+    with open(folder / f"{RELIABILITY}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["lower", "upper", "count", "confidence", "accuracy"])
         writer.writerows(zip(table.lower, table.upper, table.count, table.confidence, table.accuracy))
-    reliability_diagram(result, folder / "reliability.png")
+    reliability_diagram(result, folder / f"{RELIABILITY}.png")
     (folder / "summary.json").write_text(json.dumps(
         {"summary": result.summary, "per_language": result.per_language, "lineage": lineage(result)}, indent=2))
 

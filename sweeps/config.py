@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.config import EvalConfig
+from evaluation.mlflow_layout import SETTINGS
 from hybrid import locations
 from hybrid.config import apply_overrides, from_dict, read_yaml, to_dict
 from sweeps.knobs import BY_NAME, KNOBS
@@ -29,7 +30,6 @@ CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 PASSWORD = re.compile(r"://[^/@:\s]*:[^/@\s]*@")  # scheme://user:password@host
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
-SETTINGS = ("mono", "cross", "multi")
 # Metrics where lower is better; every other objective is maximised.
 LOWER_IS_BETTER = ("rank_distance", "ece")
 

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from sweeps.config import SweepSetup, redact
-from sweeps.tracking import ID_TAG
+from sweeps.records import ID_TAG
 
 STUDY_ATTR = "sweep_id"  # on the Optuna study
 

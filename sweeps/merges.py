@@ -32,6 +32,7 @@ from hybrid.layout import ENCODER_DIR
 from sweeps import tracking
 from sweeps.config import SweepSetup
 from sweeps.knobs import BY_NAME, MERGE_WEIGHT, same_value
+from sweeps.records import CONFIG_KEY
 from sweeps.ranking import PARAM_COLUMNS, completed, per_configuration, row_params
 from sweeps.trial import trial_run_config
 
@@ -110,7 +111,7 @@ def ref(setup: SweepSetup, m: Merge, location: str) -> CheckpointRef:
 def params(m: Merge) -> dict:
     """The merge run's params: its weight and seed, the knobs its parents share, and the parents."""
     knobs = {k: v for k, v in row_params(m.mono).items() if k not in ("mono_ratio", "seed")}
-    return {MERGE_WEIGHT: m.weight, "seed": m.seed, "config_key": m.key, **knobs,
+    return {MERGE_WEIGHT: m.weight, "seed": m.seed, CONFIG_KEY: m.key, **knobs,
             "merge.alpha1_trial": m.mono["trial"], "merge.alpha0_trial": m.cross["trial"]}
 
 

@@ -41,6 +41,7 @@ from sweeps.config import SweepSetup, flatten, is_local_file, is_server, load_sw
 from sweeps.early import EarlyEvaluation
 from sweeps.lease import DriverLease
 from sweeps.logs import LogSync
+from sweeps.records import RESOLVED
 from trainers import prepare
 from trainers.train import check_ray_address, init_ray, preflight
 
@@ -225,7 +226,7 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
     resolved = resolved_config(setup)
     runs = tracking.SweepRuns.open(s.tracking_uri, s.name, sweep_id, s.artifact_location, flat_params(setup.raw),
                                    {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
-                                    "resolved.yaml": redact(yaml.safe_dump(resolved, sort_keys=False))})
+                                    RESOLVED: redact(yaml.safe_dump(resolved, sort_keys=False))})
     early = EarlyEvaluation(setup)  # the references' final evaluation, where the cluster has room
     try:
         table = phases.search(setup, runs, resume, early)  # [6] Tune + Optuna + ASHA

@@ -1,11 +1,18 @@
-"""What a trial reports to the driver: the one contract between the trial (`sweeps.trial`), which writes
-it, and the driver's MLflow logger (`sweeps.tracking`), which reads it from a live Tune result, from Tune's
-record of a trial (`--resume` after a killed driver) or from the file a failed trial leaves.
+"""The contracts of a sweep's record, each written in one place and read in another.
+
+What a trial reports to the driver: written by the trial (`sweeps.trial`), read by the driver's MLflow
+logger (`sweeps.tracking`) from a live Tune result, from Tune's record of a trial (`--resume` after a
+killed driver) or from the file a failed trial leaves.
 
 A trial reports to Tune once per checkpoint. Tune wants flat numbers (the objective and `step` for the
 scheduler), so the report is a flat dict: the checkpoint's training report, the proxy evaluation's
 summary, the timings (`trial/*`), and two JSON texts, the training reports since the previous checkpoint
 and the whole evaluation (`evaluation.results.EvalResult`).
+
+How the sweep's MLflow runs are found: written by `sweeps.tracking`, read by the report
+(`sweeps.report.data`). One experiment per sweep; its runs carry ROLE_TAG: the parent (NAME_TAG, ID_TAG,
+the configuration under CONFIG_FOLDER), a trial per Tune trial (TRIAL_TAG) and a run per merge (MERGE_TAG),
+nested under the parent. An evaluation's keys and artifacts: `evaluation.mlflow_layout`.
 """
 
 from __future__ import annotations
@@ -16,14 +23,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evaluation.results import EvalResult
+from trainers import reports
 
 TRAIN_HISTORY, EVAL_RESULT = "train_history", "eval_result"  # the two JSON texts of a report
-CHECKPOINT = "checkpoint_path"  # the checkpoint's URI in the sweep's storage
+CHECKPOINT = reports.CHECKPOINT  # the checkpoint's URI in the sweep's storage, named as the trainer names it
 TIMING = "trial/"  # the timings' prefix
 ACTIVE_S = "trial/active_s"  # in every report: which steps a trial's run has logged
 STARTUP_S, WALL_S = "trial/startup_s", "trial/wall_s"  # the first report's; the driver's, at the trial's end
 STARTUP_STAGE = "trial/startup/"  # `trial/startup/<stage>_s`: the start-up's split (`sweeps.trial.startup_split`)
 UNREPORTED = "unreported_history.json"  # in a Train run's folder: training reports its failure left unsent
+
+ROLE_TAG, PARENT, TRIAL, MERGE = "sweep.role", "parent", "trial", "merge"
+NAME_TAG, ID_TAG = "sweep.name", "sweep.id"  # the parent's: the sweep's name and id (`sweeps.identity`)
+TRIAL_TAG, MERGE_TAG = "tune.trial_id", "sweep.merge"  # a trial's Tune id; a merge's name
+PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: nests a run under the parent in the UI
+CONFIG_FOLDER, RESOLVED = "config", "resolved.yaml"  # the parent's configuration artifacts
+CONFIG_KEY = "config_key"  # a trial's param: its configuration without the seed
 
 
 def unreported_purpose(trial_id: str) -> str:

@@ -3,7 +3,7 @@
 Only the sweep driver writes MLflow: trials and Train controllers run on worker nodes, where the
 driver's tracking store (a SQLite file on the head, a server on the head's 127.0.0.1) is out of reach;
 they report to Tune, and `TrialLogger`, a Tune callback in the driver, logs what arrives. Runs are found
-again by tags (`sweep.name`, `tune.trial_id`) before any is created, so a resumed or retried sweep
+again by tags (`sweeps.records`: the sweep's name, the trial's Tune id) before any is created, so a resumed or retried sweep
 reuses its runs instead of duplicating them.
 """
 
@@ -28,13 +28,12 @@ from hybrid.data.sources import origin
 from hybrid.splits import training_digest
 from sweeps.progress import describe, knob_text, pace_left
 from sweeps.tracking_queue import TrackingQueue
-from sweeps.records import (ACTIVE_S, STARTUP_S, STARTUP_STAGE, TIMING, UNREPORTED, WALL_S, TrialReport,
-                            unreported_purpose)
+from sweeps.records import (ACTIVE_S, CONFIG_FOLDER, CONFIG_KEY, ID_TAG, MERGE, MERGE_TAG, NAME_TAG, PARENT,
+                            PARENT_RUN, ROLE_TAG, STARTUP_S, STARTUP_STAGE, TIMING, TRIAL, TRIAL_TAG, UNREPORTED,
+                            WALL_S, TrialReport, unreported_purpose)
 from sweeps.trial import config_key, trial_run_config
 from trainers.config import TrainRunConfig
 
-PARENT_TAG, TRIAL_TAG, MERGE_TAG = "sweep.name", "tune.trial_id", "sweep.merge"
-ID_TAG = "sweep.id"  # the sweep's id (sweeps.identity) on its experiment and parent run
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,12 +87,12 @@ class SweepRuns:
             for key, value in tags.items():
                 if found.tags.get(key) != value:
                     runs.client.set_experiment_tag(runs.exp_id, key, value)
-        parent, created = runs._find_or_create({PARENT_TAG: name, "sweep.role": "parent"}, name, params,
+        parent, created = runs._find_or_create({NAME_TAG: name, ROLE_TAG: PARENT}, name, params,
                                                {ID_TAG: sweep_id})
-        logged = set() if created else {Path(a.path).name for a in runs.client.list_artifacts(parent, "config")}
+        logged = set() if created else {Path(a.path).name for a in runs.client.list_artifacts(parent, CONFIG_FOLDER)}
         for artifact, text in configs.items():  # all, or those a driver killed right after creating the run missed
             if artifact not in logged:
-                runs.client.log_text(parent, text, f"config/{artifact}")
+                runs.client.log_text(parent, text, f"{CONFIG_FOLDER}/{artifact}")
         runs.parent_id = parent
         _OPEN[sweep_id] = runs
         return runs
@@ -145,13 +144,13 @@ class SweepRuns:
     def trial(self, trial_id: str, run_name: str, params: dict[str, Any]) -> str:
         """The trial's child run (nested under the parent), reused when the trial restarts."""
         run_id, _ = self._find_or_create({TRIAL_TAG: trial_id}, run_name, params,
-                                         {"mlflow.parentRunId": self.parent_id, "sweep.role": "trial"})
+                                         {PARENT_RUN: self.parent_id, ROLE_TAG: TRIAL})
         return run_id
 
     def merge(self, name: str, params: dict[str, Any]) -> str:
         """A merge's run (`sweeps.merges`), nested under the parent beside the trials, reused on `--resume`."""
         run_id, _ = self._find_or_create({MERGE_TAG: name}, name, params,
-                                         {"mlflow.parentRunId": self.parent_id, "sweep.role": "merge"})
+                                         {PARENT_RUN: self.parent_id, ROLE_TAG: MERGE})
         return run_id
 
     def trial_run(self, trial_id: str) -> str | None:
@@ -181,7 +180,7 @@ class SweepRuns:
         self.client.set_terminated(run_id, status=status)
 
     def _trials(self, where: str = "") -> list:
-        query = "tags.`sweep.role` = 'trial'" + (f" and {where}" if where else "")
+        query = f"tags.`{ROLE_TAG}` = '{TRIAL}'" + (f" and {where}" if where else "")
         return self.client.search_runs([self.exp_id], filter_string=query, max_results=10000)
 
     def kill_running_trials(self) -> None:
@@ -250,7 +249,7 @@ class TrialLogger(tune.Callback):
 
     def _start_run(self, trial_id: str, params: dict[str, Any]) -> str:
         name = f"{trial_id} {knob_text(params, self.base)}"  # "fc7365d8 alpha 0.50, tau 0.050, seed 0"
-        run_id = self.mlflow.trial(trial_id, name, params | {"config_key": config_key(params)})
+        run_id = self.mlflow.trial(trial_id, name, params | {CONFIG_KEY: config_key(params)})
         self.mlflow.log_training_data(run_id, trial_run_config(self.base, params).data)
         self.runs[trial_id] = run_id
         return run_id

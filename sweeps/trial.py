@@ -31,7 +31,7 @@ from sweeps.knobs import KNOBS
 from sweeps.records import (ACTIVE_S, CHECKPOINT, STARTUP_S, STARTUP_STAGE, UNREPORTED, TrialReport,
                             unreported_purpose)
 from trainers.config import TrainRunConfig
-from trainers.loop import STARTUP_MARK
+from trainers.reports import RESUMED_FROM, pop_startup_marks
 from trainers.train import build_trainer
 
 
@@ -107,7 +107,7 @@ class EvaluateAndReport(TuneReportCallback):
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         train_metrics = dict(metrics[0])
-        marks = {k[len(STARTUP_MARK):]: train_metrics.pop(k) for k in list(train_metrics) if k.startswith(STARTUP_MARK)}
+        marks = pop_startup_marks(train_metrics)
         if self.first_report_at is None:
             self.first_report_at = time.time()
             self.startup = {STARTUP_S: self.first_report_at - self.started_at} | startup_split(
@@ -147,7 +147,7 @@ class EvaluateAndReport(TuneReportCallback):
         line = f"step {step}/{steps}"
         if "loss" in metrics:
             line += f", loss {metrics['loss']:.4f}, {metrics.get('samples_per_s', 0):.1f} samples/s"
-        start = int(metrics.get("resumed_from_step", step))  # this run's first step (a resumed run's is later)
+        start = int(metrics.get(RESUMED_FROM, step))  # this run's first step (a resumed run's is later)
         line += progress.pace_left(time.time() - self.first_report_at, step - start, steps - start)
         self._post(line + ("; evaluating its checkpoint" if evaluated else ""))
 

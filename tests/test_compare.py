@@ -16,7 +16,7 @@ from scipy import stats
 
 from conftest import render_in_chromium
 from sweeps.report import analysis as A
-from sweeps.report.data import load_sweep, parse_artifact_path, parse_metric_key
+from sweeps.report.data import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGS = ["en", "de", "el"]  # high-resource by default: en, de
@@ -158,20 +158,6 @@ def t_half(values) -> float:
 
 def row(summary: pd.DataFrame, key: str) -> pd.Series:
     return summary.set_index("config_key").loc[key]
-
-
-def test_metric_keys_and_artifact_paths_parse():
-    key = parse_metric_key("eval/xquad-r/heldout-proxy50/multi/mrr_at_10")
-    assert (key.source, key.dataset, key.scope, key.group, key.metric) == ("proxy", "xquad-r", "setting", "multi",
-                                                                           "mrr@10")
-    assert parse_metric_key("eval/mlqa-r/all/lang/de/map").scope == "lang"
-    assert parse_metric_key("eval/xquad-r/heldout/multi/ece").source == "full"
-    assert parse_metric_key("train/loss") is None and parse_metric_key("best/multi/map") is None
-    assert parse_metric_key("multi/map") is None  # an older flat form nothing writes
-    art = parse_artifact_path("eval/xquad-r/heldout/step_40/recall_at_10.csv")
-    assert (art.kind, art.metric, art.step, art.source, art.dataset) == ("matrix", "recall@10", 40, "full", "xquad-r")
-    assert parse_artifact_path("eval/xquad-r/heldout-proxy50/step_20/reliability.csv").kind == "reliability"
-    assert parse_artifact_path("eval/xquad-r/heldout/step_40/map.png") is None
 
 
 def test_loader_reads_the_last_step_and_flags_pruned_trials(findings):
@@ -380,8 +366,6 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 def test_loader_reads_what_evaluation_tracking_writes(tmp_path, monkeypatch):
     """Contract with evaluation.tracking: metric names, '@' -> '_at_', CSV layout, step folders, proxy split."""
-    import inspect
-
     from mlflow import MlflowClient
 
     from evaluation import metrics as M
@@ -401,13 +385,11 @@ def test_loader_reads_what_evaluation_tracking_writes(tmp_path, monkeypatch):
     mat = np.array([[0.8, 0.6], [0.5, 0.7]])
     table = M.ReliabilityTable(np.array([0.0, 0.5]), np.array([0.5, 1.0]), np.array([3, 7]),
                                np.array([0.3, 0.8]), np.array([0.33, 0.71]))
-    kwargs = {"client": client} if "client" in inspect.signature(ET.log_result).parameters else {
-        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
     for split, step, shift in (("heldout-proxy50", 20, -0.1), ("heldout-proxy50", 40, 0.0), ("heldout", 40, 0.01)):
         summary = {"multi/map": 0.6 + shift, "cross/mrr@10": 0.55 + shift, "mono/recall@10": 0.9}
         result = EvalResult(f"ckpt-{step}", step, f"hash-{split}-{step}", "xquad-r", split, langs,
                             {"map": mat + shift, "mrr@10": mat}, summary, {"en": {"map": 0.7}}, table, 4, 1.0)
-        ET.log_result(result, run, **kwargs)
+        ET.log_result(result, run, client)
     sweep = load_sweep(client, "contract")
     m = sweep.metrics.set_index(["source", "setting", "metric"])
     assert m.loc[("proxy", "multi", "map"), "value"] == pytest.approx(0.6) and m.loc[("proxy", "multi", "map"), "step"] == 40

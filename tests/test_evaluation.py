@@ -291,7 +291,8 @@ def test_logging_twice_keeps_one_set_of_metrics(evaluated, tmp_path):
     after a writer died between the metrics and that key, the metrics are not doubled."""
     from mlflow import MlflowClient
 
-    from evaluation.tracking import log_result, metric_key
+    from evaluation.mlflow_layout import metric_key
+    from evaluation.tracking import log_result
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # not set_tracking_uri: global state
     experiment = client.create_experiment("eval-test", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -302,21 +303,21 @@ def test_logging_twice_keeps_one_set_of_metrics(evaluated, tmp_path):
     [model] = client.search_logged_models([experiment])
     client.delete_logged_model_tag(model.model_id, "eval." + result.content_hash)  # a driver killed before the tag
     assert log_result(result, run_id, client) is True  # the tag set, the metrics not logged twice
-    history = client.get_metric_history(run_id, metric_key(result, "multi/recall@10"))
+    history = client.get_metric_history(run_id, metric_key(result.dataset, result.split, "multi/recall@10"))
     assert [(m.step, m.value) for m in history] == [(40, pytest.approx(result.summary["multi/recall@10"]))]
     [model] = client.search_logged_models([experiment])
     assert model.source_run_id == run_id and model.name.endswith("-run0-checkpoint_000040-step-40")
     assert model.params["path"] == result.path and model.params["content_hash"] == result.model_hash
     assert model.tags["mlflow.model.external"] == "true" and "eval." + result.content_hash in model.tags
     linked = {m.key: m for m in model.metrics}
-    assert linked[metric_key(result, "multi/map")].dataset_name == "xquad-r/heldout-proxy30"
-    assert linked[metric_key(result, "multi/map")].dataset_digest == result.data_digest[:36]
+    assert linked[metric_key(result.dataset, result.split, "multi/map")].dataset_name == "xquad-r/heldout-proxy30"
+    assert linked[metric_key(result.dataset, result.split, "multi/map")].dataset_digest == result.data_digest[:36]
     run = client.get_run(run_id)
     assert not [t for t in run.data.tags if t.startswith("eval.")]
     [dataset] = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("xquad-r/heldout-proxy30", result.data_digest[:36])
     assert dataset.tags[0].value == "evaluation" and "lareqa" in dataset.dataset.source
-    assert metric_key(result, "multi/recall@10") == "eval/xquad-r/heldout-proxy30/multi/recall_at_10"
+    assert metric_key(result.dataset, result.split, "multi/recall@10") == "eval/xquad-r/heldout-proxy30/multi/recall_at_10"
     folder = "eval/xquad-r/heldout-proxy30/step_40"
     names = {Path(f.path).name for f in client.list_artifacts(run_id, folder)}
     assert {"map.csv", "map.png", "map_at_20.csv", "reliability.csv", "reliability.png", "summary.json"} <= names

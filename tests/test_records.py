@@ -1,12 +1,16 @@
-"""The trial -> driver contract (`sweeps.records`): what the trial writes is what the driver reads, from a
-live Tune result and from a row of Tune's record of the trial (`result.json` read back as a DataFrame)."""
+"""The contracts of a sweep's record: what the trial writes is what the driver reads (`sweeps.records`),
+from a live Tune result and from a row of Tune's record of the trial (`result.json` read back as a
+DataFrame); what a Train worker writes is what the trial reads (`trainers.reports`); the MLflow names an
+evaluation is logged under parse back to it (`evaluation.mlflow_layout`)."""
 
 import numpy as np
 import pandas as pd
 
 from evaluation import metrics as M
+from evaluation import mlflow_layout as L
 from evaluation.results import EvalResult
 from sweeps.records import ACTIVE_S, CHECKPOINT, EVAL_RESULT, STARTUP_S, TrialReport
+from trainers import reports
 
 
 def report(step: int) -> TrialReport:
@@ -36,3 +40,27 @@ def test_a_report_reads_back_as_written_from_tune_and_from_its_record():
     assert [r.step for r in rows] == [3, 3, 6]
     assert rows[0].timings == first.timings and rows[2].timings == last.timings  # no NaN start-up in the last
     assert rows[1].evaluation is None and rows[2].evaluation.to_json() == last.evaluation.to_json()
+
+
+def test_a_workers_start_up_marks_come_back_out_of_its_report():
+    report = reports.with_startup_marks({"step": 0, "val_loss": 1.5}, {"data": 10.0, "model": 12.5})
+    assert reports.pop_startup_marks(report) == {"data": 10.0, "model": 12.5}
+    assert report == {"step": 0, "val_loss": 1.5}  # the training metrics are left, without the marks
+    assert reports.pop_startup_marks({"step": 5, "loss": 0.3}) == {}
+
+
+def test_every_mlflow_name_of_an_evaluation_parses_back_to_what_was_logged():
+    for split, source in (("heldout-proxy50", L.PROXY), ("heldout", L.FULL)):
+        key = L.parse_metric_key(L.metric_key("xquad-r", split, "cross/recall@10"))
+        assert (key.source, key.dataset, key.split, key.scope, key.group, key.metric) == (
+            source, "xquad-r", split, "setting", "cross", "recall@10")
+        key = L.parse_metric_key(L.metric_key("mlqa-r", split, L.language_metric("de", "map")))
+        assert (key.scope, key.group, key.metric) == ("lang", "de", "map")
+        folder = L.artifact_folder("xquad-r", split, 40)
+        matrix = L.parse_artifact_path(f"{folder}/{L.artifact_stem('mrr@10')}.csv")
+        assert (matrix.source, matrix.dataset, matrix.split, matrix.step, matrix.kind, matrix.metric) == (
+            source, "xquad-r", split, 40, "matrix", "mrr@10")
+        assert L.parse_artifact_path(f"{folder}/{L.RELIABILITY}.csv").kind == "reliability"
+        assert L.parse_artifact_path(f"{folder}/map.png") is None
+    assert L.parse_metric_key("train/loss") is None and L.parse_metric_key("best/multi/map") is None
+    assert L.parse_artifact_path("report/figures/map.csv") is None  # the report's own files

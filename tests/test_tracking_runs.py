@@ -3,7 +3,8 @@ moment: between creating a run and logging its params or config files. Fast: an 
 
 from mlflow import MlflowClient
 
-from sweeps.tracking import ID_TAG, PARENT_TAG, TRIAL_TAG, SweepRuns
+from sweeps.records import ID_TAG, NAME_TAG, TRIAL_TAG
+from sweeps.tracking import SweepRuns
 
 
 def test_a_run_created_by_a_killed_driver_gets_its_params_and_configs_when_found_again(tmp_path):
@@ -13,7 +14,7 @@ def test_a_run_created_by_a_killed_driver_gets_its_params_and_configs_when_found
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("killed", artifact_location=(tmp_path / "artifacts").as_uri())
     # What a driver killed right after `create_run` left: the runs, tagged, with nothing logged.
-    parent = client.create_run(exp, run_name="killed", tags={PARENT_TAG: "killed", "sweep.role": "parent",
+    parent = client.create_run(exp, run_name="killed", tags={NAME_TAG: "killed", "sweep.role": "parent",
                                                             ID_TAG: "id-1"}).info.run_id
     trial = client.create_run(exp, run_name="t1", tags={TRIAL_TAG: "t1", "mlflow.parentRunId": parent,
                                                        "sweep.role": "trial"}).info.run_id

@@ -37,10 +37,8 @@ from trainers.card import model_card
 from trainers.config import TrainRunConfig
 from trainers.engine import Engine, make_engine, trainable_encoder
 from trainers.forward import forward_batch
+from trainers.reports import CHECKPOINT, RESUMED_FROM, with_startup_marks
 from trainers.validation import validate, validate_base
-
-STARTUP_MARK = "startup_at/"  # step 0's report: when each start-up stage of the worker ended
-
 
 class NonFiniteLoss(FloatingPointError):
     """Training diverged (a non-finite loss or gradient norm): raised before any checkpoint after that
@@ -162,13 +160,13 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         mono_steps = state["mono_steps"]
         if sampler.step >= config.optim.steps:  # finished before, but its last report may never have reached
             # Tune (a killed sweep driver): report the final checkpoint again, train no step past the last
-            ray.train.report(state["metrics"] | {"resumed_from_step": sampler.step, "checkpoint_path": restored_path})
+            ray.train.report(state["metrics"] | {RESUMED_FROM: sampler.step, CHECKPOINT: restored_path})
             return
     start = sampler.step
     if start == 0:  # the base model's held-out figures, so every run carries its own baseline
         figures = validate_base(engine, loss_fn, val_sampler, config, rank, world)
         marks["validation"] = time.time()
-        ray.train.report({"step": 0, **figures} | {f"{STARTUP_MARK}{k}": v for k, v in marks.items()})
+        ray.train.report(with_startup_marks({"step": 0, **figures}, marks))
 
     meter, t = Meter(), config.trainer
     for batch in sampler:
@@ -185,7 +183,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         if not checkpoint_now and step % t.log_every:
             continue
         metrics = {"step": step, **meter.averages(sampler.global_batch_size), "lr": engine.lr,
-                   "mono_fraction": mono_steps / step, "resumed_from_step": start}
+                   "mono_fraction": mono_steps / step, RESUMED_FROM: start}
         if not checkpoint_now:
             ray.train.report(metrics)
             meter = Meter()

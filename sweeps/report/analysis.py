@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from evaluation.mlflow_layout import FULL, PROXY
 from sweeps.knobs import BY_NAME, NAMES
 from sweeps.stats import mean_ci
 
@@ -46,17 +47,17 @@ def rank_trend(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 @dataclass(frozen=True)
 class Selection:
     table: pd.DataFrame  # one row per run: params, step, complete, source, and "{setting}/{metric}" columns
-    source: str  # "full", "proxy", "mixed" or "none"
+    source: str  # FULL, PROXY, "mixed" or "none"
 
 
 def _pick_source(available: dict[str, set[str]]) -> tuple[dict[str, str], str]:
     """One source for every run when possible: full if all have it, else proxy; else per-run fallback."""
     if not available:
         return {}, "none"
-    for source in ("full", "proxy"):
+    for source in (FULL, PROXY):
         if all(source in s for s in available.values()):
             return {r: source for r in available}, source
-    return {r: "full" if "full" in s else "proxy" for r, s in available.items()}, "mixed"
+    return {r: FULL if FULL in s else PROXY for r, s in available.items()}, "mixed"
 
 
 def run_table(metrics: pd.DataFrame, runs: pd.DataFrame, dataset: str, final_step: int | None,

@@ -1,16 +1,12 @@
 """Load one sweep from MLflow into tidy DataFrames: the only module of the report that talks to MLflow.
 
 The layout read (written by sweeps.tracking, sweeps.trial, sweeps.phases and evaluation.tracking):
-- experiment = sweep name; parent run (tag `sweep.role=parent`): the resolved configuration as the artifact
-  `config/resolved.yaml` (read back here), the flattened preset as params, the base
-  model's evaluation at step 0; a child run per trial (tag `sweep.role=trial`, `mlflow.parentRunId`) with
-  params: the knobs of its configuration (sweeps.knobs: those searched or fixed), seed, config_key.
-- evaluation metrics `eval/{dataset}/{split}/{setting}/{metric}` and `eval/{dataset}/{split}/lang/{lang}/{metric}`
-  at the checkpoint's step ("@" logged as "_at_"); a split holding "proxy" (heldout-proxy50) marks the
-  sweep-time proxy evaluation, anything else is a full evaluation.
-- artifacts: found by listing each run recursively, never by a fixed path: CSVs under a `step_{N}` folder,
-  `{metric}.csv` an L x L matrix (first column = query language, header = candidate languages) and
-  `reliability.csv` the reliability table; dataset and split are the two folders after `eval/`.
+- the runs as `sweeps.records` tags them: experiment = sweep name; a parent run with the resolved
+  configuration as an artifact (read back here), the flattened preset as params, the base model's
+  evaluation at step 0; a child run per trial with params: the knobs of its configuration (sweeps.knobs:
+  those searched or fixed), seed, config key; a child run per merge, with its weight.
+- each run's evaluations as `evaluation.mlflow_layout` names them: metric keys at the checkpoint's step, and the
+  CSVs (matrices, reliability table) of its artifact folders, found by listing each run recursively.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ from __future__ import annotations
 import ast
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,66 +21,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sweeps.config import LOWER_IS_BETTER, SETTINGS, SweepConfig, flatten
+from evaluation.mlflow_layout import parse_artifact_path, parse_metric_key
+from sweeps.config import LOWER_IS_BETTER, SweepConfig, flatten
 from sweeps.knobs import KNOBS, MERGE_WEIGHT
+from sweeps.records import (CONFIG_FOLDER, CONFIG_KEY, MERGE, NAME_TAG, PARENT, PARENT_RUN, RESOLVED, ROLE_TAG,
+                            TRIAL, TRIAL_TAG)
 
 MATRIX_METRICS = ("map", "mrr@10")  # L x L matrices downloaded (at each run's last evaluated step)
 HIGH_RESOURCE = ("en", "de", "es", "zh", "ar", "ru")
-_STEP = re.compile(r"^step_?(\d+)$")
-
-
-@dataclass(frozen=True)
-class MetricKey:
-    source: str  # "full" or "proxy"
-    dataset: str
-    split: str
-    scope: str  # "setting" or "lang"
-    group: str  # mono / cross / multi, or a language code
-    metric: str  # as evaluation.metrics names it: recall@10, not recall_at_10
-
-
-def parse_metric_key(key: str) -> MetricKey | None:
-    """The evaluation metric a logged key holds, or None for anything else (train/, base/, best/, ...)."""
-    parts = key.split("/")
-    if len(parts) < 5 or parts[0] != "eval":
-        return None
-    dataset, split, rest = parts[1], parts[2], parts[3:]
-    source = "proxy" if "proxy" in split else "full"
-    metric = rest[-1].replace("_at_", "@")
-    if len(rest) == 2 and rest[0] in SETTINGS:
-        return MetricKey(source, dataset, split, "setting", rest[0], metric)
-    if len(rest) == 3 and rest[0] == "lang":
-        return MetricKey(source, dataset, split, "lang", rest[1], metric)
-    return None
-
-
-@dataclass(frozen=True)
-class ArtifactKey:
-    source: str
-    dataset: str
-    split: str
-    step: int
-    kind: str  # "matrix" or "reliability"
-    metric: str  # the matrix's metric ("" for reliability)
-
-
-def parse_artifact_path(path: str) -> ArtifactKey | None:
-    """What an evaluation CSV artifact holds, from its path alone; None when it is not one."""
-    parts = path.split("/")
-    if not parts[-1].endswith(".csv"):
-        return None
-    folders, stem = parts[:-1], parts[-1][: -len(".csv")]
-    steps = [int(m.group(1)) for m in map(_STEP.match, folders) if m]
-    if not steps:
-        return None
-    dataset = split = ""
-    if "eval" in folders:
-        after = [f for f in folders[folders.index("eval") + 1:] if not _STEP.match(f)]
-        dataset, split = (after + ["", ""])[:2]
-    source = "proxy" if any("proxy" in f for f in folders) else "full"
-    if stem.startswith("reliability"):
-        return ArtifactKey(source, dataset, split, steps[-1], "reliability", "")
-    return ArtifactKey(source, dataset, split, steps[-1], "matrix", stem.replace("_at_", "@"))
 
 
 def literal(text: str | None):
@@ -110,7 +53,7 @@ class Sweep:
     experiment_id: str
     parent_id: str | None
     params: dict[str, str]
-    config: dict  # the resolved configuration (config/resolved.yaml of the parent) as flat `section.key` values
+    config: dict  # the parent's resolved configuration (records.RESOLVED) as flat `section.key` values
     parent_metrics: dict[str, float]
     runs: pd.DataFrame  # run_id, trial_id, run_name, status, config_key, mono_ratio, temperature, ...
     metrics: pd.DataFrame  # run_id, source, dataset, split, setting, metric, value, step
@@ -203,30 +146,28 @@ def _read_matrix(path: str) -> pd.DataFrame:
     return frame.astype(float)
 
 
-def _artifacts(client, run_id: str, main: str, tmp: Path) -> tuple[dict, dict]:
+def _artifacts(client, run_id: str, tmp: Path) -> tuple[dict, dict]:
     """The matrices (MATRIX_METRICS) and reliability table of each evaluation's last step."""
     found = [(p, a) for p in _list_files(client, run_id) if (a := parse_artifact_path(p)) is not None]
     last: dict[tuple[str, str], int] = {}
     for _, a in found:
-        key = (a.dataset or main, a.source)
-        last[key] = max(last.get(key, -1), a.step)
+        last[(a.dataset, a.source)] = max(last.get((a.dataset, a.source), -1), a.step)
     matrices, reliability = {}, {}
     for path, a in found:
-        dataset = a.dataset or main
-        if a.step != last[(dataset, a.source)] or (a.kind == "matrix" and a.metric not in MATRIX_METRICS):
+        if a.step != last[(a.dataset, a.source)] or (a.kind == "matrix" and a.metric not in MATRIX_METRICS):
             continue
         local = client.download_artifacts(run_id, path, str(tmp))
         if a.kind == "matrix":
-            matrices[(run_id, dataset, a.source, a.metric)] = _read_matrix(local)
+            matrices[(run_id, a.dataset, a.source, a.metric)] = _read_matrix(local)
         else:
-            reliability[(run_id, dataset, a.source)] = pd.read_csv(local)
+            reliability[(run_id, a.dataset, a.source)] = pd.read_csv(local)
     return matrices, reliability
 
 
 def _trial_row(run) -> dict:
     p = run.data.params
-    row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get("tune.trial_id", run.info.run_name),
-           "run_name": run.info.run_name, "status": run.info.status, "config_key": p.get("config_key")}
+    row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get(TRIAL_TAG, run.info.run_name),
+           "run_name": run.info.run_name, "status": run.info.status, "config_key": p.get(CONFIG_KEY)}
     for name, cast in TRIAL_PARAMS.items():
         if cast is str:
             row[name] = p.get(name, math.nan)
@@ -256,21 +197,20 @@ def load_sweep(client, experiment: str) -> Sweep:
         token = page.token
         if not token:
             break
-    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
-    parent = next((r for r in parents if r.data.tags.get("sweep.name") == experiment), parents[0] if parents else None)
-    ours = [r for r in runs if parent is None or r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    trials = [r for r in ours if r.data.tags.get("sweep.role") == "trial"]
-    merged = [r for r in ours if r.data.tags.get("sweep.role") == "merge"]
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == PARENT]
+    parent = next((r for r in parents if r.data.tags.get(NAME_TAG) == experiment), parents[0] if parents else None)
+    ours = [r for r in runs if parent is None or r.data.tags.get(PARENT_RUN) == parent.info.run_id]
+    trials = [r for r in ours if r.data.tags.get(ROLE_TAG) == TRIAL]
+    merged = [r for r in ours if r.data.tags.get(ROLE_TAG) == MERGE]
     params = dict(parent.data.params) if parent else {}
     settings, languages, matrices, reliability = [], [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         config = _resolved_config(client, parent.info.run_id, Path(tmp)) if parent else {}
-        main = str(config.get("eval.dataset") or literal(params.get("eval.dataset")) or "xquad-r")
         for run in ([parent] if parent else []) + trials + merged:
             s, lang = _evaluations(client, run)
             settings += s
             languages += lang
-            m, r = _artifacts(client, run.info.run_id, main, Path(tmp))
+            m, r = _artifacts(client, run.info.run_id, Path(tmp))
             matrices |= m
             reliability |= r
     metric_cols = ["run_id", "source", "dataset", "split", "setting", "metric", "value", "step"]
@@ -301,11 +241,11 @@ def _history(client, trials: list, objective: str) -> pd.DataFrame:
 
 
 def _resolved_config(client, parent_id: str, tmp: Path) -> dict:
-    """`config/resolved.yaml` of the parent run (every setting the sweep ran with, as YAML types) flattened
+    """The parent run's resolved configuration (every setting the sweep ran with, as YAML types) flattened
     to `section.key`; {} for a sweep logged without it (its preset params are read instead)."""
-    if "resolved.yaml" not in {Path(f.path).name for f in client.list_artifacts(parent_id, "config")}:
+    if RESOLVED not in {Path(f.path).name for f in client.list_artifacts(parent_id, CONFIG_FOLDER)}:
         return {}
-    text = Path(client.download_artifacts(parent_id, "config/resolved.yaml", str(tmp))).read_text()
+    text = Path(client.download_artifacts(parent_id, f"{CONFIG_FOLDER}/{RESOLVED}", str(tmp))).read_text()
     return flatten(yaml.safe_load(text) or {})
 
 

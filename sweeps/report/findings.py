@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sweeps.report import analysis as A
-from sweeps.config import SETTINGS
+from evaluation.mlflow_layout import FULL, PROXY, SETTINGS
 from sweeps.knobs import BY_NAME
 from sweeps.knobs import NAMES as KNOBS
 from sweeps.report.data import HIGH_RESOURCE, Sweep
@@ -151,7 +151,7 @@ def compare_on(sweep: Sweep, dataset: str, configs: dict[str, pd.Series | None],
 
 def _base(sweep: Sweep, dataset: str) -> dict[str, float]:
     rows = sweep.metrics[(sweep.metrics["run_id"] == sweep.parent_id) & (sweep.metrics["dataset"] == dataset)]
-    rows = rows[rows["source"] == ("full" if (rows["source"] == "full").any() else "proxy")]
+    rows = rows[rows["source"] == (FULL if (rows["source"] == FULL).any() else PROXY)]
     return {f"{s}/{m}": v for s, m, v in zip(rows["setting"], rows["metric"], rows["value"])}
 
 

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from evaluation.mlflow_layout import PROXY
 from sweeps.knobs import MERGE_WEIGHT
 from sweeps.report import analysis as A
 from sweeps.stats import mean_ci
@@ -144,7 +145,7 @@ def gaps_by_step(f: Findings) -> dict[str, dict[int, tuple[A.Diff, list[float], 
     m = f.sweep.history
     if f.ref0 is None or f.ref1 is None or m.empty:
         return {}
-    m = m[(m["dataset"] == f.dataset) & (m["source"] == "proxy")]
+    m = m[(m["dataset"] == f.dataset) & (m["source"] == PROXY)]
     seeds = dict(zip(f.selection.table["run_id"], f.selection.table["seed"]))
     done = f.selection.table[f.selection.table["complete"]]
     pairs = {"alpha=0 - alpha=1": (f.ref0, f.ref1)}

@@ -1,5 +1,7 @@
 """The research questions the report answers, and how it names where a figure comes from."""
 
+from evaluation.mlflow_layout import FULL, PROXY
+
 QUESTIONS = {
     "q1": "1. How does the mono/cross ratio move retrieval (MRR@10, mAP) on held-out and out-of-domain data?",
     "q2": "2. Does hybrid training lose ground on high-resource pairs vs monolingual-only (alpha = 1)?",
@@ -13,5 +15,5 @@ BEYOND = {
     "merge": "Does merging the two references (weight averaging) do as well as hybrid batching?",
     "schedule": "Does an alpha schedule (X-X first or X-Y first) beat a constant alpha?",
 }
-SOURCES = {"proxy": "proxy (sweep-time) evaluation", "full": "full evaluation",
+SOURCES = {PROXY: "proxy (sweep-time) evaluation", FULL: "full evaluation",
            "mixed": "full evaluation where present, else proxy (mixed)"}
