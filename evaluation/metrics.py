@@ -230,6 +230,18 @@ class ReliabilityTable:
     confidence: np.ndarray
     accuracy: np.ndarray
 
+    @property
+    def ece(self) -> float:
+        return table_ece(self.count, self.confidence, self.accuracy)
+
+
+def table_ece(count, confidence, accuracy) -> float:
+    """ECE of a reliability table, sum_b (n_b / N) |acc_b - conf_b| over its non-empty bins (NaN if all
+    are empty): a table read back from a run, or several pooled, gives the ECE of its queries."""
+    count = np.asarray(count, dtype=np.float64)
+    gap = np.abs(np.asarray(accuracy, dtype=np.float64) - np.asarray(confidence, dtype=np.float64))
+    return float(np.nansum(count * gap) / count.sum()) if count.sum() else float("nan")
+
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
                                n_bins: int = 15) -> tuple[float, ReliabilityTable]:

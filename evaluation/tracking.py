@@ -1,5 +1,5 @@
 """Log an `EvalResult` to MLflow 3, once: the checkpoint as a LoggedModel, metrics linked to it and to the
-evaluation set, matrices as tables and heatmaps.
+evaluation set, matrices as tables and heatmaps (drawn by `evaluation.plots`).
 
 Layout in the run (`evaluation.mlflow_layout` builds and parses its names):
 - the checkpoint: a LoggedModel `{label}-step-{step}` of the run (external: the weights stay in sweep
@@ -32,13 +32,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no global backend, nothing shown (Agg canvas)
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModel, LoggedModelStatus, Metric, Param, Run
 
 from evaluation.mlflow_layout import (FULL, LOGGED_TAG, RELIABILITY, artifact_folder, artifact_stem, language_metric,
                                metric_key, mlflow_name, source)
+from evaluation.plots import heatmap, reliability_diagram
 from evaluation.results import EvalResult
 from hybrid.data.sources import origin
 
@@ -152,42 +152,3 @@ def write_artifacts(result: EvalResult, folder: Path) -> None:
     reliability_diagram(result, folder / f"{RELIABILITY}.png")
     (folder / "summary.json").write_text(json.dumps(
         {"summary": result.summary, "per_language": result.per_language, "lineage": lineage(result)}, indent=2))
-
-
-def heatmap(matrix: np.ndarray, languages: tuple[str, ...], title: str, path: Path) -> None:
-    """Annotated L x L heatmap, rows = query language, columns = candidate language; blank where NaN."""
-    side = 1.5 + 0.5 * len(languages)
-    fig = Figure(figsize=(side + 1.2, side))
-    ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis")
-    ticks = range(len(languages))
-    ax.set_xticks(ticks, languages)
-    ax.set_yticks(ticks, languages)
-    ax.set_xlabel("candidate language")
-    ax.set_ylabel("query language")
-    ax.set_title(title, fontsize=9)
-    finite = matrix[np.isfinite(matrix)]
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-    for (i, j), value in np.ndenumerate(matrix):
-        if np.isfinite(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if value < middle else "black")
-    fig.colorbar(image, ax=ax)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-
-
-def reliability_diagram(result: EvalResult, path: Path) -> None:
-    """Accuracy per confidence bin against the diagonal (perfect calibration); bar labels = query counts."""
-    table = result.reliability
-    ece = float(np.nansum(table.count * np.abs(table.accuracy - table.confidence)) / table.count.sum())
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    centers, width = (table.lower + table.upper) / 2, table.upper - table.lower
-    bars = ax.bar(centers, np.nan_to_num(table.accuracy), width=width, edgecolor="black", label="accuracy")
-    ax.bar_label(bars, labels=[str(c) if c else "" for c in table.count], fontsize=6)
-    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.set_xlabel("top-1 softmax confidence")
-    ax.set_ylabel("top-1 accuracy")
-    ax.set_title(f"{result.dataset}/{result.split}, step {result.step}: ECE {ece:.3f} (all queries)", fontsize=9)
-    ax.legend(loc="upper left")
-    fig.savefig(path, dpi=110, bbox_inches="tight")

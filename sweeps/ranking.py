@@ -14,7 +14,7 @@ from sweeps import knobs
 from sweeps.config import SweepSetup
 from sweeps.records import CHECKPOINT
 from sweeps.search import filled, is_reference
-from sweeps.stats import mean_ci
+from sweeps.stats import seed_summary
 from sweeps.trial import config_key
 
 
@@ -90,14 +90,8 @@ def ranked(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
 def per_configuration(runs: pd.DataFrame, columns: list[str], objectives: tuple[str, ...]) -> pd.DataFrame:
     """One row per `config_key` of `runs` (one per seed): its `columns` (from its first run), how many
     seeds, and each objective's mean and 95% half-width over them."""
-    rows = []
-    for key, group in runs.groupby("config_key"):
-        row = {k: group.iloc[0][k] for k in columns if k in group}
-        for o in objectives:
-            mean, half = mean_ci(group[o].to_numpy())
-            row[o], row[f"{o} ±95%"] = mean, half
-        rows.append({"config_key": key, "seeds": len(group), **row})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"config_key": key, **seed_summary(group, columns, list(objectives), " ±95%")}
+                         for key, group in runs.groupby("config_key")])
 
 
 def best_trial(table: pd.DataFrame, setup: SweepSetup, best_key: str) -> pd.Series:

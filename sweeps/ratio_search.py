@@ -42,6 +42,7 @@ from sweeps.early import EarlyEvaluation
 from sweeps.lease import DriverLease
 from sweeps.logs import LogSync
 from sweeps.records import RESOLVED
+from sweeps.stats import mean_pm
 from trainers import prepare
 from trainers.train import check_ray_address, init_ray, preflight
 
@@ -211,7 +212,7 @@ def register(setup: SweepSetup, table, configs, runs: tracking.SweepRuns) -> str
         storage.join(trial["checkpoint_path"], ENCODER_DIR),
         tags={"sweep": s.name, "trial": trial["trial"], "config_key": top["config_key"], **knobs},
         description=f"Sweep {s.name}: the best configuration by {objective} (proxy evaluation) "
-                    f"{top[objective]:.4f} ± {top[objective + ' ±95%']:.4f} over {top['seeds']} seed(s); this is "
+                    f"{mean_pm(top[objective], top[objective + ' ±95%'], 4)} over {top['seeds']} seed(s); this is "
                     f"its seed {knobs.get('seed')} (trial {trial['trial']}, {objective} {trial[objective]:.4f}).")
 
 

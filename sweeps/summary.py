@@ -11,6 +11,7 @@ import pandas as pd
 
 from sweeps import estimate, ranking, registry
 from sweeps.config import SweepSetup, is_server, redact
+from sweeps.stats import mean_pm
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ def print_tables(setup: SweepSetup, table: pd.DataFrame, configs: pd.DataFrame, 
         print("\nFull held-out evaluation, best configuration vs base model:")
         for key in sorted(k for k in summary if k.startswith("best/") and not k.endswith("/ci95")):
             metric = key[len("best/"):]
-            print(f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   best {summary[key]:.4f} "
-                  f"± {summary[key + '/ci95']:.4f}")
+            print(f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   "
+                  f"best {mean_pm(summary[key], summary[key + '/ci95'], 4)}")
 
 
 def print_overhead(overhead: dict[str, float]) -> None:

@@ -247,6 +247,8 @@ def test_ece_hand_case() -> None:
     assert table.count.sum() == 6 and table.count[13] == 4 and table.count[3] == 2
     assert table.accuracy[13] == pytest.approx(0.5) and table.confidence[3] == pytest.approx(0.25)
     assert np.isnan(table.accuracy[0])  # empty bin
+    assert table.ece == pytest.approx(ece)  # read back from the table (a run's reliability.csv), the same ECE
+    assert np.isnan(M.table_ece([0, 0], [np.nan, np.nan], [np.nan, np.nan]))  # no query
     assert table.lower[0] == 0.0 and table.upper[-1] == 1.0 and table.lower.size == 15
     # Bins are (lower, upper]: 0 goes to the first bin, 1 to the last, and a confidence equal
     # to bin 1's upper edge (2/15) to bin 1, not bin 2.

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from scipy import stats
@@ -21,7 +22,7 @@ from conftest import chromium, render_in_chromium
 
 from sweeps.config import load_sweep_setup
 from sweeps.search import param_space, reference_points
-from sweeps.stats import mean_ci
+from sweeps.stats import mean_ci, mean_pm, seed_summary
 from sweeps.trial import config_key, trial_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,16 @@ def test_mean_ci_matches_the_t_interval():
     lo, hi = stats.t.interval(0.95, df=3, loc=np.mean(x), scale=stats.sem(x))
     assert mean == pytest.approx(np.mean(x)) and half == pytest.approx((hi - lo) / 2)
     assert math.isnan(mean_ci([0.5])[1])
+    assert mean_pm(0.5, 0.0123) == "0.500 ± 0.012" and mean_pm(-0.02, 0.01, signed=True) == "-0.020 ± 0.010"
+    assert mean_pm(0.5, math.nan, 4, signed=True) == "+0.5000"  # one seed: the mean alone, no "± nan"
+
+
+def test_a_configurations_summary_leaves_out_runs_without_a_value():
+    runs = pd.DataFrame({"mono_ratio": [0.5, 0.5, 0.5], "seed": [0, 1, 2], "multi/map": [0.6, 0.64, math.nan]})
+    row = seed_summary(runs, ["mono_ratio", "absent"], ["multi/map", "cross/map"], " ±")
+    assert row["seeds"] == 3 and row["mono_ratio"] == 0.5 and "absent" not in row
+    assert row["multi/map"] == pytest.approx(0.62) and row["multi/map ±"] == pytest.approx(mean_ci([0.6, 0.64])[1])
+    assert math.isnan(row["cross/map"]) and math.isnan(row["cross/map ±"])  # no run has it
 
 
 def test_references_alpha_zero_and_one_are_enqueued():

@@ -21,8 +21,9 @@ import pandas as pd
 from scipy import stats
 
 from evaluation.mlflow_layout import FULL, PROXY
+from evaluation.metrics import table_ece
 from sweeps.knobs import BY_NAME, NAMES
-from sweeps.stats import mean_ci
+from sweeps.stats import mean_ci, mean_pm, seed_summary
 
 KNOBS = NAMES
 MIN_IMPORTANCE_CONFIGS = 5  # fewer configurations than this: importances would be noise
@@ -86,13 +87,9 @@ def config_summary(table: pd.DataFrame, columns: list[str], objective: str, lowe
     for key, group in table.groupby("config_key", dropna=False):
         done = group[group["complete"]]
         use = done if len(done) else group
-        row = {"config_key": key, **{k: use.iloc[0][k] for k in KNOBS if k in use}, "seeds": len(use),
-               "seed_list": sorted(int(s) for s in use["seed"] if pd.notna(s)), "step": int(use["step"].max()),
-               "complete": bool(len(done)), "source": ",".join(sorted(set(use["source"])))}
-        for col in columns:
-            values = use[col].dropna().to_numpy() if col in use else np.array([])
-            row[col], row[f"{col} ±"] = mean_ci(values) if values.size else (math.nan, math.nan)
-        out.append(row)
+        out.append({"config_key": key, **seed_summary(use, KNOBS, columns, " ±"),
+                    "seed_list": sorted(int(s) for s in use["seed"] if pd.notna(s)), "step": int(use["step"].max()),
+                    "complete": bool(len(done)), "source": ",".join(sorted(set(use["source"])))})
     frame = pd.DataFrame(out)
     if frame.empty:
         return frame
@@ -154,12 +151,13 @@ class Diff:
     n_b: int = 0
 
     def text(self, digits: int = 3) -> str:
-        value = f"{self.mean:+.{digits}f}"
+        value = mean_pm(self.mean, self.half, digits, signed=True)
         if self.kind == "paired":
-            return f"{value} ± {self.half:.{digits}f} (95% CI, paired over {self.n} seeds)"
+            return f"{value} (95% CI, paired over {self.n} seeds)"
         if self.kind == "one-run":
-            return (f"{value} ± {self.half:.{digits}f} (95% CI over {self.n} seeds of one side against a single run "
+            return (f"{value} (95% CI over {self.n} seeds of one side against a single run "
                     "of the other; that run's seed noise is not in the interval)")
+        value = f"{self.mean:+.{digits}f}"
         if self.kind == "unpaired":
             return f"{value} (CI unavailable: no seeds in common, {self.n_a} vs {self.n_b} runs)"
         return f"{value} (CI unavailable: {self.n_a} vs {self.n_b} seed(s))"
@@ -287,10 +285,8 @@ def pooled_reliability(tables: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def ece_of(table: pd.DataFrame) -> float:
-    """ECE = sum_b (n_b / N) |acc_b - conf_b| of a reliability table."""
-    n = table["count"].to_numpy(float)
-    gap = np.abs(table["accuracy"].to_numpy(float) - table["confidence"].to_numpy(float))
-    return float(np.nansum(n * gap) / n.sum()) if n.sum() else math.nan
+    """The ECE of a reliability table read back from MLflow (`evaluation.metrics.table_ece`)."""
+    return table_ece(table["count"], table["confidence"], table["accuracy"])
 
 
 def varying_knobs(summary: pd.DataFrame) -> list[str]:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from evaluation.plots import annotated
 from sweeps.report import analysis as A
 from sweeps.report.findings import ALPHA, TAU, Findings, alpha_label, name
 from sweeps.report.glance import gaps_by_step
@@ -69,29 +70,6 @@ def alpha_curves(f: Findings) -> Figure | None:
     return fig
 
 
-def _annotated(ax, fig, matrix: pd.DataFrame, title: str, diverging: bool) -> None:
-    values = matrix.to_numpy(float)
-    finite = values[np.isfinite(values)]
-    if diverging:
-        limit = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-6)
-        image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu", vmin=-limit, vmax=limit)
-    else:
-        image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis")
-    ax.set_xticks(range(len(matrix.columns)), matrix.columns)
-    ax.set_yticks(range(len(matrix.index)), matrix.index)
-    ax.set_xlabel("candidate language")
-    ax.set_ylabel("query language")
-    ax.set_title(title, fontsize=9)
-    small = len(matrix) > 8
-    norm = image.norm
-    for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v):  # white text on the dark ends of the colour map
-            dark = abs(norm(v) - 0.5) > 0.3 if diverging else norm(v) < 0.5
-            ax.text(j, i, f"{v:+.2f}" if diverging else f"{v:.2f}", ha="center", va="center",
-                    fontsize=6 if small else 8, color="white" if dark else "black")
-    fig.colorbar(image, ax=ax, shrink=0.8)
-
-
 def heatmaps(f: Findings) -> Figure | None:
     if not f.heatmaps:
         return None
@@ -100,7 +78,7 @@ def heatmaps(f: Findings) -> Figure | None:
     fig = Figure(figsize=(n * (side + 1.0), side))
     axes = np.atleast_1d(fig.subplots(1, n))
     for i, (ax, (title, matrix)) in enumerate(zip(axes, f.heatmaps.items())):
-        _annotated(ax, fig, matrix, title, diverging=i > 0)
+        annotated(ax, fig, matrix.to_numpy(float), list(matrix.index), list(matrix.columns), title, diverging=i > 0)
     fig.suptitle(f"mAP, rows = query language, columns = candidate language ({f.heatmap_source} evaluation; "
                  "differences of seed means)", fontsize=10, y=1.04)
     return fig

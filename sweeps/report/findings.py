@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sweeps.report import analysis as A
+from sweeps.stats import mean_pm
 from evaluation.mlflow_layout import FULL, PROXY, SETTINGS
 from sweeps.knobs import BY_NAME
 from sweeps.knobs import NAMES as KNOBS
@@ -37,7 +38,7 @@ def ci_text(mean: float, half: float, n: int, digits: int = 3) -> str:
         return "n/a"
     if n < 2 or not math.isfinite(half):
         return f"{mean:.{digits}f} ({n} seed: CI unavailable)"
-    return f"{mean:.{digits}f} ± {half:.{digits}f} (95% CI, {n} seeds)"
+    return f"{mean_pm(mean, half, digits)} (95% CI, {n} seeds)"
 
 
 def alpha_label(row: pd.Series | None) -> str:
@@ -447,7 +448,6 @@ def trials_table(f: Findings) -> pd.DataFrame:
         for col in [c for c in COLUMNS if c in f.summary]:
             mean, half = row[col], row[f"{col} ±"]
             digits = 1 if col.endswith("rank_distance") else 3
-            out[name(col)] = "n/a" if not math.isfinite(mean) else (
-                f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if math.isfinite(half) else ""))
+            out[name(col)] = mean_pm(mean, half, digits) if math.isfinite(mean) else "n/a"
         rows.append(out)
     return pd.DataFrame(rows)

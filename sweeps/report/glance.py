@@ -16,7 +16,7 @@ import pandas as pd
 from evaluation.mlflow_layout import PROXY
 from sweeps.knobs import MERGE_WEIGHT
 from sweeps.report import analysis as A
-from sweeps.stats import mean_ci
+from sweeps.stats import mean_ci, mean_pm
 from sweeps.report.findings import Findings, _seed_mats, alpha_label, ci_text, name
 from sweeps.report.questions import BEYOND, QUESTIONS, SOURCES
 
@@ -38,7 +38,7 @@ def verdict(diffs: dict[str, A.Diff]) -> str:
 
 
 def finding(diffs: dict[str, A.Diff], head: str) -> str:
-    parts = [f"{k} {d.mean:+.3f}" + (f" ± {d.half:.3f}" if math.isfinite(d.half) else " (no CI)")
+    parts = [f"{k} {mean_pm(d.mean, d.half, signed=True)}" + ("" if math.isfinite(d.half) else " (no CI)")
              for k, d in diffs.items() if d is not None and math.isfinite(d.mean)]
     return head + "; ".join(parts) if parts else head + "no comparison available"
 
