@@ -127,6 +127,28 @@ def check_free_space(setup: SweepSetup) -> str | None:
     return None
 
 
+def trials_cpus(setup: SweepSetup) -> float:
+    """CPUs `max_concurrent` trials hold: their drivers' bundles and their Train workers."""
+    t, s = setup.run.trainer, setup.sweep
+    return s.max_concurrent * (s.trial_bundle["CPU"] + t.workers * t.cpus_per_worker)
+
+
+def spare_cpus(setup: SweepSetup, cpus: float) -> float:
+    """CPUs of a cluster of `cpus` beyond `max_concurrent` trials and their proxy evaluation (rounded to
+    1e-9: 2 - 1.9 - 0.1 is not quite 0 in floating point)."""
+    return round(cpus - trials_cpus(setup) - setup.sweep.proxy_cpus, 9)
+
+
+def check_capacity(setup: SweepSetup, cpus: float) -> None:
+    """Proxy evaluation runs while trials train: its tasks must fit in the CPUs trials leave free,
+    or the evaluation waits for CPUs held by the training it is waiting on."""
+    s = setup.sweep
+    if spare_cpus(setup, cpus) < 0:
+        raise ValueError(f"{s.max_concurrent} concurrent trial(s) use {trials_cpus(setup):g} of {cpus:g} CPUs, "
+                         f"leaving less than sweep.proxy_cpus={s.proxy_cpus:g} for evaluating "
+                         "checkpoints. Lower sweep.max_concurrent, trainer.cpus_per_worker or sweep.proxy_cpus.")
+
+
 def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
@@ -135,7 +157,7 @@ def shortfall(setup: SweepSetup, resources: dict[str, float]) -> str | None:
     """Why `resources` cannot run the sweep's trials (None when they can)."""
     try:
         check_resources(setup.run, resources)
-        setup.check_capacity(resources.get("CPU", 0))
+        check_capacity(setup, resources.get("CPU", 0))
     except ValueError as e:
         return str(e)
     name, s = setup.sweep.trial_resource, setup.sweep

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from hybrid.config import DEFAULT_CONFIG, read_yaml
+from sweeps.config import SweepConfig
 from sweeps.report import figures
 from sweeps.report.data import HIGH_RESOURCE, Sweep, load_sweep, log_report_artifacts
 from sweeps.report.findings import Findings, analyse, trials_table
-from sweeps.report.questions import QUESTIONS
 from sweeps.report.glance import glance
 from sweeps.report.html import build_html, overview
-from hybrid.config import DEFAULT_CONFIG, read_yaml
-from sweeps.config import SweepConfig, absolute_tracking_uri, redact
+from sweeps.report.questions import QUESTIONS
+from sweeps.uris import absolute_tracking_uri, redact
 
 
 

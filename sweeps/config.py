@@ -17,6 +17,7 @@ from evaluation.mlflow_layout import SETTINGS
 from hybrid import locations
 from hybrid.config import apply_overrides, from_dict, read_yaml, to_dict
 from sweeps.knobs import BY_NAME, KNOBS
+from sweeps.uris import PASSWORD, absolute_tracking_uri, is_server, redact, study_beside
 from trainers.config import TrainRunConfig, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
@@ -26,8 +27,6 @@ RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "final_eval_all", "eval
 # Keys that only say where the sweep's record is: they may differ on --resume (a new head, a new driver
 # folder) when they lead to the same sweep, which its id then proves (`sweeps.identity`).
 WHERE_KEYS = ("tracking_uri", "study_storage", "artifact_location")
-CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
-PASSWORD = re.compile(r"://[^/@:\s]*:[^/@\s]*@")  # scheme://user:password@host
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
 # Metrics where lower is better; every other objective is maximised.
@@ -40,37 +39,6 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in nested.items():
         out |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
     return out
-
-
-def redact(text: str) -> str:
-    """`scheme://user:secret@host` -> `scheme://***@host`: credentials in a URI are never logged, printed
-    or put in a report."""
-    return CREDENTIALS.sub(r"\1***@", text)
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """A SQLite URI made absolute, so Ray actors (other working directories) write to the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
-
-
-def is_server(tracking_uri: str) -> bool:
-    """An MLflow tracking server (http(s)://...): the record lives off this machine, artifacts behind it."""
-    return tracking_uri.startswith(("http://", "https://"))
-
-
-def is_local_file(uri: str) -> bool:
-    """A SQLite file (MLflow store or Optuna study): it lives and dies with this machine's disk."""
-    return uri.startswith("sqlite:")
-
-
-def study_beside(tracking_uri: str) -> str:
-    """optuna.db in the folder of a SQLite MLflow store (./optuna.db otherwise): the study lives where the runs do."""
-    prefix = "sqlite:///"
-    folder = Path(tracking_uri[len(prefix):]).parent if tracking_uri.startswith(prefix) else Path(".")
-    return prefix + str(folder / "optuna.db")
 
 
 class _PointMethods:
@@ -302,25 +270,6 @@ class SweepSetup:
         keys = (set(now) | set(started)) - {f"sweep.{k}" for k in (*RESUMABLE_CHANGES, *WHERE_KEYS)} \
             - {"trainer.storage_path"}  # unused by a sweep (its checkpoints go under sweep.storage_path)
         return sorted(k for k in keys if _searched(now.get(k), k) != _searched(started.get(k), k))
-
-    def trials_cpus(self) -> float:
-        """CPUs `max_concurrent` trials hold: their drivers' bundles and their Train workers."""
-        t = self.run.trainer
-        return self.sweep.max_concurrent * (self.sweep.trial_bundle["CPU"] + t.workers * t.cpus_per_worker)
-
-    def spare_cpus(self, cpus: float) -> float:
-        """CPUs of a cluster of `cpus` beyond `max_concurrent` trials and their proxy evaluation (rounded to
-        1e-9: 2 - 1.9 - 0.1 is not quite 0 in floating point)."""
-        return round(cpus - self.trials_cpus() - self.sweep.proxy_cpus, 9)
-
-    def check_capacity(self, cpus: float) -> None:
-        """Proxy evaluation runs while trials train: its tasks must fit in the CPUs trials leave free,
-        or the evaluation waits for CPUs held by the training it is waiting on."""
-        busy = self.trials_cpus()
-        if self.spare_cpus(cpus) < 0:
-            raise ValueError(f"{self.sweep.max_concurrent} concurrent trial(s) use {busy:g} of {cpus:g} CPUs, "
-                             f"leaving less than sweep.proxy_cpus={self.sweep.proxy_cpus:g} for evaluating "
-                             "checkpoints. Lower sweep.max_concurrent, trainer.cpus_per_worker or sweep.proxy_cpus.")
 
 
 def _searched(value: Any, key: str) -> Any:

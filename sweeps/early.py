@@ -26,6 +26,7 @@ from evaluation.runner import evaluate_checkpoints
 from hybrid import storage
 from hybrid.config import to_dict
 from hybrid.layout import ENCODER_DIR
+from sweeps.cluster import spare_cpus
 from sweeps.config import SweepSetup
 from sweeps.records import CHECKPOINT
 from sweeps.search import is_reference
@@ -67,7 +68,7 @@ class EarlyEvaluation(tune.Callback):
 
     def room(self) -> float:
         """CPUs of the cluster beyond what `max_concurrent` trials and their proxy evaluation take."""
-        return self.sweep_setup.spare_cpus(ray.cluster_resources().get("CPU", 0.0))
+        return spare_cpus(self.sweep_setup, ray.cluster_resources().get("CPU", 0.0))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}

@@ -13,6 +13,7 @@ evaluation's encoding over the CPUs. Ray's own costs are seconds measured on 2 c
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import ray
@@ -20,6 +21,7 @@ import ray
 from evaluation.datasets import load_eval_set
 from evaluation.eval_set import EvalSet
 from evaluation.runner import OUTSIDE_TRIAL
+from sweeps import interrupts
 from sweeps.config import SweepSetup
 from sweeps.early import full_eval_config
 from trainers.calibrate import Speed, measure
@@ -115,3 +117,17 @@ def calibrate(setup: SweepSetup) -> Speed:
     task = ray.remote(max_calls=1)(measure).options(num_cpus=t.cpus_per_worker, num_gpus=1 if t.use_gpu else 0,
                                                     name="calibrate", scheduling_strategy=OUTSIDE_TRIAL)
     return ray.get(task.remote(setup.run, setup.eval.batch_size))
+
+
+def announce(setup: SweepSetup, start: float) -> Estimate | None:
+    """This machine's speed measured and the sweep's time estimated from it, printed before the search
+    (a CPU training only: the calibration times CPU steps)."""
+    if setup.run.trainer.use_gpu:
+        return None
+    interrupts.enter("calibration")
+    print(f"{time.strftime('%H:%M:%S')} measuring this machine's speed at the sweep's work (a few training steps, "
+          "about 20 s)", flush=True)
+    speed = calibrate(setup)
+    guess = estimate(setup, speed, ray.cluster_resources().get("CPU", 1), time.perf_counter() - start)
+    print(f"{time.strftime('%H:%M:%S')} {guess.line()}", flush=True)
+    return guess

@@ -15,8 +15,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from sweeps.config import SweepSetup, redact
+from sweeps.config import SweepSetup
 from sweeps.records import ID_TAG
+from sweeps.uris import redact
 
 STUDY_ATTR = "sweep_id"  # on the Optuna study
 

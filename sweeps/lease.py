@@ -23,7 +23,8 @@ import uuid
 from typing import Any
 
 from hybrid import storage
-from sweeps.config import SweepConfig, redact
+from sweeps.config import SweepConfig
+from sweeps.uris import redact
 
 LEASE_FILE = "driver.lease"
 

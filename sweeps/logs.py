@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from hybrid import storage
-from sweeps.config import redact
+from sweeps.uris import redact
 
 PATTERN = "worker-*"  # every Ray worker's and task's output (stdout / stderr), the trials' included
 

@@ -11,6 +11,9 @@ the sampler's picks), optionally pruned on a proxy evaluation of every checkpoin
 (and optionally the references) re-run with more seeds; a full evaluation of the best, the references and
 the base model (or of every completed trial). Everything lands in MLflow: a parent run per sweep, a child
 run per trial.
+
+This module is the command line: its flags, every check that can run before Ray starts, the sweep's
+lease, and Ray started with the checks that need it; `sweeps.driver` runs the phases.
 """
 
 from __future__ import annotations
@@ -29,27 +32,16 @@ os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the best encoder's registration loads it here
 
 import optuna
-import ray
 import yaml
 
-from hybrid.config import DEFAULT_CONFIG, to_dict
-from hybrid import storage
-from hybrid.layout import ENCODER_DIR
-from sweeps import (cluster, estimate, identity, interrupts, merges, phases, progress, ranking, registry, state,
-                    summary, tracking)
-from sweeps.config import SweepSetup, flatten, is_local_file, is_server, load_sweep_setup, redact
-from sweeps.early import EarlyEvaluation
+from hybrid.config import DEFAULT_CONFIG
+from sweeps import cluster, driver, estimate, identity, interrupts, phases, progress, state
+from sweeps.config import SweepSetup, load_sweep_setup
 from sweeps.lease import DriverLease
 from sweeps.logs import LogSync
-from sweeps.records import RESOLVED
-from sweeps.stats import mean_pm
+from sweeps.uris import record_warning, redact
 from trainers import prepare
 from trainers.train import check_ray_address, init_ray, preflight
-
-
-def flat_params(raw: dict) -> dict[str, str]:
-    """The preset as `section.key` params for the parent run (MLflow caps a value at 6000 characters)."""
-    return {key: redact(str(value))[:6000] for key, value in flatten(raw).items()}
 
 
 @contextlib.contextmanager
@@ -107,7 +99,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
     with user_errors(parser, args.debug):
         setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
         if args.show_config:
-            print(redact(yaml.safe_dump(resolved_config(setup), sort_keys=False, default_flow_style=None)), end="")
+            print(redact(yaml.safe_dump(driver.resolved_config(setup), sort_keys=False, default_flow_style=None)), end="")
             return
         preflight(setup.run)  # [2] data present, batch fits the questions, languages known
         check_ray_address()  # an empty RAY_ADDRESS, a head that does not answer
@@ -140,7 +132,7 @@ def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namesp
           warning: str | None) -> None:
     """Start (or join) Ray and run the sweep's phases, this driver holding the sweep's lease."""
     s = setup.sweep
-    for line in (warning, record_warning(setup)):
+    for line in (warning, record_warning(s.tracking_uri, s.study_storage)):
         if line:
             print(line, file=sys.stderr)
     for line in prepare.pending():  # a first run's one-time work, said before it makes a silence
@@ -168,100 +160,13 @@ def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namesp
         requested = cluster.wait_for_resources(setup, s.scale_up_timeout_s)  # [9] resources now or after scaling up
     board = progress.Printer(s.name)  # trials' lines from the nodes they run on
     try:
-        expected = None if args.resume else estimated(setup, start)
-        run_sweep(setup, sweep_id, args.resume, start, expected)
+        expected = None if args.resume else estimate.announce(setup, start)
+        driver.run_sweep(setup, sweep_id, args.resume, start, expected)
     finally:
         board.close()
         if requested:
             cluster.release()
         sync.close()
-
-
-def estimated(setup: SweepSetup, start: float) -> estimate.Estimate | None:
-    """This machine's speed measured and the sweep's time estimated from it, printed before the search
-    (a CPU training only: the calibration times CPU steps)."""
-    if setup.run.trainer.use_gpu:
-        return None
-    interrupts.enter("calibration")
-    print(f"{time.strftime('%H:%M:%S')} measuring this machine's speed at the sweep's work (a few training steps, "
-          "about 20 s)", flush=True)
-    speed = estimate.calibrate(setup)
-    guess = estimate.estimate(setup, speed, ray.cluster_resources().get("CPU", 1), time.perf_counter() - start)
-    print(f"{time.strftime('%H:%M:%S')} {guess.line()}", flush=True)
-    return guess
-
-
-def record_warning(setup: SweepSetup) -> str | None:
-    """A tracking server outlives the cluster; a study file beside the driver does not."""
-    s = setup.sweep
-    if is_server(s.tracking_uri) and is_local_file(s.study_storage):
-        return (f"warning: the Optuna study is in {redact(s.study_storage)}, on this machine: it will not survive the "
-                "head. Set sweep.study_storage (or --study-storage) to postgresql+psycopg://USER@HOST:PORT/DB.")
-    return None
-
-
-def register(setup: SweepSetup, table, configs, runs: tracking.SweepRuns) -> str:
-    """The best configuration's best seed, registered as `models:/<sweep>@best` with its settings and the
-    configuration's mean and 95% interval over seeds."""
-    s, top = setup.sweep, configs.iloc[0]
-    trial = ranking.best_trial(table, setup, top["config_key"])
-    objective = s.objectives[0]
-    knobs = ranking.row_params(trial)
-    return registry.register_best(
-        s.tracking_uri, s.name, runs.trial_run(trial["trial"]),
-        storage.join(trial["checkpoint_path"], ENCODER_DIR),
-        tags={"sweep": s.name, "trial": trial["trial"], "config_key": top["config_key"], **knobs},
-        description=f"Sweep {s.name}: the best configuration by {objective} (proxy evaluation) "
-                    f"{mean_pm(top[objective], top[objective + ' ±95%'], 4)} over {top['seeds']} seed(s); this is "
-                    f"its seed {knobs.get('seed')} (trial {trial['trial']}, {objective} {trial[objective]:.4f}).")
-
-
-def resolved_config(setup: SweepSetup) -> dict:
-    """Every setting, sections as in a preset: what `--show-config` prints and the parent run keeps."""
-    return to_dict(setup.run) | {"eval": to_dict(setup.eval), "sweep": to_dict(setup.sweep)}
-
-
-def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
-              expected: estimate.Estimate | None = None) -> None:
-    s = setup.sweep
-    resolved = resolved_config(setup)
-    runs = tracking.SweepRuns.open(s.tracking_uri, s.name, sweep_id, s.artifact_location, flat_params(setup.raw),
-                                   {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
-                                    RESOLVED: redact(yaml.safe_dump(resolved, sort_keys=False))})
-    early = EarlyEvaluation(setup)  # the references' final evaluation, where the cluster has room
-    try:
-        table = phases.search(setup, runs, resume, early)  # [6] Tune + Optuna + ASHA
-        table = phases.reseed(setup, table, runs, resume, early)  # [7] more seeds for the top-k
-    except (phases.Interrupted, KeyboardInterrupt):
-        runs.kill_running_trials()
-        raise
-    interrupts.enter("final evaluation")
-    trials_s = time.perf_counter() - start
-    early.wait()
-    configs = ranking.ranked(table, setup)  # best first
-    if configs.empty:
-        raise SystemExit(f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "
-                         "pruned: see Tune's table above); fix the cause and continue with --resume.")
-    merged = merges.make(setup, table, runs)
-    heldout = phases.final_evaluation(setup, table, configs.iloc[0]["config_key"], runs,
-                                      list(zip(merged.refs, merged.run_ids))) if s.final_eval else {}
-    for run_id in merged.run_ids:
-        runs.end(run_id)
-    runs.log_metrics(runs.parent_id, {k: v for k, v in heldout.items() if v == v}, step=0)
-    final_s = time.perf_counter() - start - trials_s
-    interrupts.enter("registration")
-    version = register(setup, table, configs, runs)
-    wall = time.perf_counter() - start
-    overhead = runs.trial_overhead()
-    calibration = {"sweep/estimate_s": expected.total_s} | expected.speed.as_metrics() if expected else {}
-    runs.log_metrics(runs.parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead | calibration,
-                     step=0)
-    runs.end(runs.parent_id)
-
-    summary.print_tables(setup, table, configs, merged.ranked(s.objectives) if merged.merges else None, heldout)
-    summary.print_overhead(overhead)
-    state.save_finished(setup, summary.finished_line(setup, table, configs, wall))
-    summary.print_where(setup, len(table), version, summary.Times(trials_s, wall, final_s), runs.exp_id, expected)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What a finished sweep prints: its trials, its configurations ranked, the held-out evaluation of the
 best against the base model, the time per trial, where its model and its record are, and its time set
-beside the estimate. Printing only: `sweeps.ratio_search` runs the sweep and hands the figures here.
+beside the estimate. Printing only: `sweeps.driver` runs the sweep and hands the figures here.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from sweeps import estimate, ranking, registry
-from sweeps.config import SweepSetup, is_server, redact
+from sweeps.config import SweepSetup
 from sweeps.stats import mean_pm
+from sweeps.uris import is_server, redact
 
 
 @dataclass(frozen=True)

@@ -119,8 +119,8 @@ def test_the_evaluation_cli_takes_set_and_names_a_bad_value_in_one_line(args, me
 
 
 def test_credentials_in_uris_are_masked_wherever_they_are_shown():
-    from sweeps.config import redact
-    from sweeps.ratio_search import flat_params
+    from sweeps.driver import flat_params
+    from sweeps.uris import redact
 
     uri = "https://alice:s3cr3t@mlflow.example.org/api"
     assert redact(uri) == "https://***@mlflow.example.org/api"
@@ -131,21 +131,22 @@ def test_credentials_in_uris_are_masked_wherever_they_are_shown():
 def test_the_record_goes_where_the_tracking_store_is(tmp_path, monkeypatch):
     """The embedded default keeps mlruns/ and optuna.db beside its SQLite store; a tracking server gets no
     forced artifact location (it stores artifacts itself), and a study file beside it is warned about."""
-    from sweeps.ratio_search import record_warning
+    from sweeps.uris import record_warning
 
     monkeypatch.chdir(tmp_path)
     local = load_sweep_setup(DEFAULT).resolved()
     assert (local.sweep.artifact_location, local.sweep.study_storage) == (str(tmp_path / "mlruns"),
                                                                            f"sqlite:///{tmp_path}/optuna.db")
-    assert record_warning(local) is None
+    assert record_warning(local.sweep.tracking_uri, local.sweep.study_storage) is None
     served = load_sweep_setup(DEFAULT, ["sweep.tracking_uri=http://127.0.0.1:5000"]).resolved()
     assert served.sweep.artifact_location == ""
-    assert record_warning(served) == (f"warning: the Optuna study is in sqlite:///{tmp_path}/optuna.db, on this machine: "
-                                      "it will not survive the head. Set sweep.study_storage (or --study-storage) to "
-                                      "postgresql+psycopg://USER@HOST:PORT/DB.")
+    assert record_warning(served.sweep.tracking_uri, served.sweep.study_storage) == (
+        f"warning: the Optuna study is in sqlite:///{tmp_path}/optuna.db, on this machine: it will not survive the "
+        "head. Set sweep.study_storage (or --study-storage) to postgresql+psycopg://USER@HOST:PORT/DB.")
     study = load_sweep_setup(DEFAULT, ["sweep.tracking_uri=http://127.0.0.1:5000", "sweep.artifact_location=s3://b/a",
                                        "sweep.study_storage=postgresql+psycopg://sweeps@db:5432/optuna"]).resolved()
-    assert study.sweep.artifact_location == "s3://b/a" and record_warning(study) is None
+    assert study.sweep.artifact_location == "s3://b/a"
+    assert record_warning(study.sweep.tracking_uri, study.sweep.study_storage) is None
 
 
 def test_an_unusable_ray_address_or_storage_is_one_line_before_ray_starts(tmp_path, s3_bucket):

@@ -564,12 +564,14 @@ def test_concurrent_trials_log_every_report_and_a_diverging_trial_fails_alone(tm
 def test_the_default_fills_two_cpus_exactly_and_one_less_is_refused():
     """2 Train workers x 0.9 + the trial's 0.1 + proxy 0.1 = 2 CPUs: no spare CPU (not -1e-16 of one), so no
     early final evaluation on 2 cores and no refusal; on 1.95 CPUs the proxy evaluation would starve."""
+    from sweeps.cluster import check_capacity, spare_cpus
+
     setup = load_sweep_setup(ROOT / "configs/default.yaml")
-    assert setup.spare_cpus(2.0) == 0 and setup.spare_cpus(3.0) == 1
-    setup.check_capacity(2.0)
+    assert spare_cpus(setup, 2.0) == 0 and spare_cpus(setup, 3.0) == 1
+    check_capacity(setup, 2.0)
     with pytest.raises(ValueError, match=r"1 concurrent trial\(s\) use 1.9 of 1.95 CPUs, leaving less than "
                                          r"sweep.proxy_cpus=0.1"):
-        setup.check_capacity(1.95)
+        check_capacity(setup, 1.95)
 
 
 def test_resume_names_the_settings_that_changed():
