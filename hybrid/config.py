@@ -19,13 +19,12 @@ import yaml
 
 from hybrid.languages import PAPER_TRAIN_LANGUAGES, XQUAD_R_LANGUAGES, check_language_code
 from hybrid.sampler import SCHEDULES
-from hybrid.spec import POOLINGS, EncoderSpec
+from hybrid.spec import EncoderSpec
 
 T = TypeVar("T")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"  # the embedded default
 
-MAX_TOKENS = 8192  # model.max_length ceiling: no supported encoder reads more (e5, XLM-R, LaBSE: 512)
 
 
 
@@ -145,6 +144,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The encoder to fine-tune, and how it encodes: `pooling` .. `max_length` are its `EncoderSpec`, flat
+    under `model.` in a preset and checked by the spec itself."""
+
     name: str = "multilingual-e5-small"  # a local path, a hub name, or the offline e5-small
     pooling: str = "mean"
     query_prefix: str = "query: "
@@ -153,14 +155,14 @@ class ModelConfig:
     freeze_embeddings: bool = True  # the 96 M-row table: ~30% faster on CPU, ~1.6 GB less memory
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {self.pooling!r}.")
-        if not 8 <= self.max_length <= MAX_TOKENS:
-            raise ValueError(f"model.max_length must be between 8 and {MAX_TOKENS} tokens (encoders' position "
-                             f"limits: e5 and XLM-R 512, LaBSE 512), got {self.max_length}.")
+        try:
+            self.spec  # the encoder's own checks: one place says what a valid pooling and length are
+        except ValueError as e:
+            raise ValueError(f"model.{e}") from None
 
     @property
     def spec(self) -> EncoderSpec:
+        """How this model turns texts into vectors, as the trained encoder saves it beside its weights."""
         return EncoderSpec(self.pooling, self.query_prefix, self.passage_prefix, self.max_length)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 POOLINGS = ("mean", "cls")
+MAX_TOKENS = 8192  # no supported encoder reads more (e5, XLM-R, LaBSE: 512)
 
 
 @dataclass(frozen=True)
@@ -24,5 +25,6 @@ class EncoderSpec:
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
-        if self.max_length < 8:
-            raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}.")
+        if not 8 <= self.max_length <= MAX_TOKENS:
+            raise ValueError(f"max_length must be between 8 and {MAX_TOKENS} tokens (encoders' position limits: e5 "
+                             f"and XLM-R 512, LaBSE 512), got {self.max_length}.")
