@@ -341,6 +341,20 @@ def test_cli_arguments_and_errors(store, capsys):
         main(["--tracking-uri", "sqlite:///does/not/exist.db"])
 
 
+def test_an_experiment_that_is_not_a_sweep_is_refused_by_name(tmp_path):
+    from mlflow import MlflowClient
+
+    from sweeps.compare import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("by-hand", artifact_location=(tmp_path / "mlruns").as_uri())
+    client.create_run(exp, run_name="a notebook's run")
+    with pytest.raises(SystemExit, match="experiment 'by-hand' holds no sweep: no run tagged sweep.role=parent and "
+                                         "sweep.name=by-hand"):
+        main(["--experiment", "by-hand", "--tracking-uri", uri, "--out", str(tmp_path / "report")])
+
+
 def test_cli_writes_a_self_contained_report_and_logs_the_pngs(report):
     from mlflow import MlflowClient
 

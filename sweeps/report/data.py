@@ -51,7 +51,7 @@ class Sweep:
 
     name: str
     experiment_id: str
-    parent_id: str | None
+    parent_id: str
     params: dict[str, str]
     config: dict  # the parent's resolved configuration (records.RESOLVED) as flat `section.key` values
     parent_metrics: dict[str, float]
@@ -197,16 +197,20 @@ def load_sweep(client, experiment: str) -> Sweep:
         token = page.token
         if not token:
             break
-    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == PARENT]
-    parent = next((r for r in parents if r.data.tags.get(NAME_TAG) == experiment), parents[0] if parents else None)
-    ours = [r for r in runs if parent is None or r.data.tags.get(PARENT_RUN) == parent.info.run_id]
+    parent = next((r for r in runs if r.data.tags.get(ROLE_TAG) == PARENT and r.data.tags.get(NAME_TAG) == experiment),
+                  None)
+    if parent is None:
+        raise ValueError(f"MLflow experiment {experiment!r} holds no sweep: no run tagged {ROLE_TAG}={PARENT} and "
+                         f"{NAME_TAG}={experiment}, as `python sweeps/ratio_search.py` logs one. Pass --experiment "
+                         "the sweep.name of a sweep.")
+    ours = [r for r in runs if r.data.tags.get(PARENT_RUN) == parent.info.run_id]
     trials = [r for r in ours if r.data.tags.get(ROLE_TAG) == TRIAL]
     merged = [r for r in ours if r.data.tags.get(ROLE_TAG) == MERGE]
-    params = dict(parent.data.params) if parent else {}
+    params = dict(parent.data.params)
     settings, languages, matrices, reliability = [], [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        config = _resolved_config(client, parent.info.run_id, Path(tmp)) if parent else {}
-        for run in ([parent] if parent else []) + trials + merged:
+        config = _resolved_config(client, parent.info.run_id, Path(tmp))
+        for run in [parent] + trials + merged:
             s, lang = _evaluations(client, run)
             settings += s
             languages += lang
@@ -219,8 +223,8 @@ def load_sweep(client, experiment: str) -> Sweep:
     trial_frame = pd.DataFrame([_trial_row(r) for r in trials], columns=columns)
     merge_frame = pd.DataFrame([_trial_row(r) | {MERGE_WEIGHT: float(r.data.params[MERGE_WEIGHT])} for r in merged],
                                columns=[*columns, MERGE_WEIGHT])
-    sweep = Sweep(experiment, exp.experiment_id, parent.info.run_id if parent else None, params, config,
-                  dict(parent.data.metrics) if parent else {}, trial_frame,
+    sweep = Sweep(experiment, exp.experiment_id, parent.info.run_id, params, config, dict(parent.data.metrics),
+                  trial_frame,
                   pd.DataFrame(settings, columns=metric_cols), pd.DataFrame(languages, columns=lang_cols),
                   matrices, reliability)
     sweep.history = _history(client, trials, sweep.objective)
@@ -242,7 +246,8 @@ def _history(client, trials: list, objective: str) -> pd.DataFrame:
 
 def _resolved_config(client, parent_id: str, tmp: Path) -> dict:
     """The parent run's resolved configuration (every setting the sweep ran with, as YAML types) flattened
-    to `section.key`; {} for a sweep logged without it (its preset params are read instead)."""
+    to `section.key`; {} while it is missing (a driver killed between creating the parent run and logging it,
+    which its `--resume` does): the preset's params are read instead."""
     if RESOLVED not in {Path(f.path).name for f in client.list_artifacts(parent_id, CONFIG_FOLDER)}:
         return {}
     text = Path(client.download_artifacts(parent_id, f"{CONFIG_FOLDER}/{RESOLVED}", str(tmp))).read_text()
@@ -251,7 +256,5 @@ def _resolved_config(client, parent_id: str, tmp: Path) -> dict:
 
 def log_report_artifacts(client, sweep: Sweep, files: list[Path], folder: str = "report") -> None:
     """Attach the report's files (PNGs, the HTML) to the sweep's parent run under `folder/`."""
-    if sweep.parent_id is None:
-        return
     for path in files:
         client.log_artifact(sweep.parent_id, str(path), folder)
