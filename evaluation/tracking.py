@@ -96,7 +96,8 @@ def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = No
     digest = result.data_digest[:DIGEST_CHARS]
     now = int(time.time() * 1000)
     values = dict(result.summary)
-    values |= {language_metric(lang, m): v for lang, by_metric in result.per_language.items() for m, v in by_metric.items()}
+    values |= {language_metric(lang, m): v
+               for lang, by_metric in result.per_language.items() for m, v in by_metric.items()}
     metrics = [Metric(metric_key(result.dataset, result.split, k), float(v), now, result.step, model_id=model.model_id,
                       dataset_name=dataset, dataset_digest=digest) for k, v in values.items() if np.isfinite(v)]
     params = {"eval.model": result.model,

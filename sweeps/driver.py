@@ -48,6 +48,8 @@ def resolved_config(setup: SweepSetup) -> dict:
 
 def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
               expected: estimate.Estimate | None = None) -> None:
+    """The sweep from its MLflow record's opening to its summary; `start` is when the driver started Ray,
+    `expected` the time estimated before the search (None on `--resume`: set beside the actual at the end)."""
     s = setup.sweep
     resolved = resolved_config(setup)
     runs = tracking.SweepRuns.open(s.tracking_uri, s.name, sweep_id, s.artifact_location, flat_params(setup.raw),
@@ -55,8 +57,8 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
                                     RESOLVED: redact(yaml.safe_dump(resolved, sort_keys=False))})
     early = EarlyEvaluation(setup)  # the references' final evaluation, where the cluster has room
     try:
-        table = phases.search(setup, runs, resume, early)  # [6] Tune + Optuna + ASHA
-        table = phases.reseed(setup, table, runs, resume, early)  # [7] more seeds for the top-k
+        table = phases.search(setup, runs, resume, early)  # Tune + Optuna + ASHA
+        table = phases.reseed(setup, table, runs, resume, early)  # more seeds for the top-k
     except (phases.Interrupted, KeyboardInterrupt):
         runs.kill_running_trials()
         raise

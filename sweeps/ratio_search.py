@@ -99,7 +99,8 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
     with user_errors(parser, args.debug):
         setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
         if args.show_config:
-            print(redact(yaml.safe_dump(driver.resolved_config(setup), sort_keys=False, default_flow_style=None)), end="")
+            resolved = driver.resolved_config(setup)
+            print(redact(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None)), end="")
             return
         preflight(setup.run)  # [2] data present, batch fits the questions, languages known
         check_ray_address()  # an empty RAY_ADDRESS, a head that does not answer

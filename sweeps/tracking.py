@@ -3,8 +3,8 @@
 Only the sweep driver writes MLflow: trials and Train controllers run on worker nodes, where the
 driver's tracking store (a SQLite file on the head, a server on the head's 127.0.0.1) is out of reach;
 they report to Tune, and `TrialLogger`, a Tune callback in the driver, logs what arrives. Runs are found
-again by tags (`sweeps.records`: the sweep's name, the trial's Tune id) before any is created, so a resumed or retried sweep
-reuses its runs instead of duplicating them.
+again by their tags (`sweeps.records`: the sweep's name, the trial's Tune id) before any is created, so a
+resumed or retried sweep reuses its runs instead of duplicating them.
 """
 
 from __future__ import annotations
