@@ -44,13 +44,13 @@ def _stored(setup: SweepSetup) -> dict[str, Any] | None:
 
 def sweep_id(setup: SweepSetup) -> str:
     """The sweep's id (`sweeps.identity`): the stored one, or a new one for a sweep not stored yet (kept
-    by `save_settings`). A sweep stored before ids gets one."""
+    by `save_settings`)."""
     return (_stored(setup) or {}).get("id") or new_id()
 
 
 def save_settings(setup: SweepSetup, sweep_id: str, started: bool) -> None:
     """Store the configuration and the id beside the sweep's phases (once: a resumed sweep keeps the
-    original, and a sweep stored without an id gets one), and the search's rounds: `sweep.trials` raised
+    original), and the search's rounds: `sweep.trials` raised
     on `--resume` adds a round of only the new trials. A start that saved no search phase yet (`started`:
     `exists`) stores the configuration it has now."""
     stored = _stored(setup)
@@ -89,8 +89,12 @@ def check_unchanged(setup: SweepSetup) -> None:
     different setups together (or restore the old search with a new one), so it is refused by name.
     `sweep.trials` may only grow: the new trials run as a search round of their own."""
     stored = _stored(setup)
+    if stored is None and exists(setup):  # save_settings runs before any phase: a sweep of an older version
+        raise ValueError(f"--resume of sweep {setup.sweep.name!r}: its phases are in {setup.sweep.location()} but "
+                         f"not the settings it started with ({SETTINGS_FILE}), so nothing proves the same sweep "
+                         "would continue. Start a new sweep with --name NEW.")
     if stored is None:
-        return  # a sweep from before settings were stored: nothing to compare with
+        return  # a sweep not started yet: --resume starts it
     changed = setup.changed_since(stored["settings"])
     if changed:
         raise ValueError(f"--resume of sweep {setup.sweep.name!r} with changed settings: {', '.join(changed)}. "

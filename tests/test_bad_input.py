@@ -178,3 +178,17 @@ def test_an_unusable_ray_address_or_storage_is_one_line_before_ray_starts(tmp_pa
         assert done.returncode == 2 and done.stderr.startswith(message), (env, done.stderr[-2000:])
         assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
         assert "Ray workers' and tasks' output" not in done.stdout  # Ray never started
+
+
+def test_resume_of_a_sweep_without_its_stored_settings_is_refused(tmp_path):
+    """Settings are stored before any phase starts, so phases without them are a sweep of another version
+    (or the file was deleted): nothing proves `--resume` would continue the same sweep."""
+    from sweeps import state
+
+    setup = load_sweep_setup(DEFAULT, [f"sweep.storage_path={tmp_path}", "sweep.name=old"]).resolved()
+    state.check_unchanged(setup)  # not started: --resume starts it
+    (tmp_path / "old" / "search").mkdir(parents=True)
+    (tmp_path / "old" / "search" / "tuner.pkl").write_bytes(b"")  # what Tune.can_restore looks for
+    with pytest.raises(ValueError, match=rf"--resume of sweep 'old': its phases are in {tmp_path}/old but not the "
+                                         r"settings it started with \(sweep_config.json\)"):
+        state.check_unchanged(setup)
