@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from sweeps.config import SweepSetup
-from sweeps.records import ID_TAG
+from sweeps.records import ID_TAG, PARENT, ROLE_TAG
 from sweeps.uris import redact
 
 STUDY_ATTR = "sweep_id"  # on the Optuna study
@@ -95,7 +95,7 @@ def _check_experiment(setup: SweepSetup, sweep_id: str, resume: bool, search_sta
         return
     other = found.tags.get(ID_TAG)
     if other is None and (resume or not client.search_runs(
-            [found.experiment_id], filter_string="tags.`sweep.role` = 'parent'", max_results=1)):
+            [found.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT}'", max_results=1)):
         return  # an experiment without a sweep's runs, or this sweep's from before ids: adopted by SweepRuns.open
     raise _taken(setup, f"the tracking store {redact(s.tracking_uri)}", other, sweep_id, resume)
 
