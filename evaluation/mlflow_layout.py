@@ -9,6 +9,7 @@ the report (`sweeps.report.data`) reads through the parsers; no other module spe
   query language, header the candidate languages), `reliability.csv` the reliability table, each with a
   PNG of the same stem, and `summary.json`; for a full evaluation `{metric}.json` MLflow tables.
 - the LoggedModel's tag `eval.{content hash}` marks an evaluation logged in full.
+- lineage params, written once per run: `eval.model` and `eval.{dataset}.{split}.languages`.
 
 Pure: no MLflow import, so the report's tests and the configuration can use it.
 """
@@ -22,11 +23,17 @@ SETTINGS = ("mono", "cross", "multi")  # same-language pairs, other-language pai
 PROXY, FULL = "proxy", "full"
 RELIABILITY = "reliability"  # the stem of the reliability table's files
 LOGGED_TAG = "eval."  # + the result's content hash
+MODEL_PARAM = "eval.model"  # the base model the evaluated checkpoints were trained from
 
 
 def mlflow_name(text: str) -> str:
     """A string MLflow accepts in metric / param names and artifact files ("@" and the like replaced)."""
     return re.sub(r"[^\w.\-/ :]", "_", text.replace("@", "_at_"))
+
+
+def languages_param(dataset: str, split: str) -> str:
+    """The param naming the languages of dataset/split's evaluations, comma-separated."""
+    return mlflow_name(f"eval.{dataset}.{split}.languages")
 
 
 def _metric_name(logged: str) -> str:

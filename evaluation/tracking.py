@@ -16,8 +16,7 @@ Layout in the run (`evaluation.mlflow_layout` builds and parses its names):
 - idempotence: the LoggedModel's tag `LOGGED_TAG` + the result's content hash (value: the lineage JSON),
   set after everything else is logged; a result whose tag is there is skipped. A crash midway leaves no
   tag, so a retry logs again.
-- lineage: params `eval.model` and `eval.{dataset}.{split}.languages` (write-once in MLflow: an existing
-  value is kept), and per evaluation the tag value and summary.json (checkpoint path, content hash, ...).
+- lineage: params `MODEL_PARAM` and `languages_param` (write-once in MLflow: an existing value is kept), and per evaluation the tag value and summary.json (checkpoint path, content hash, ...).
 Nothing here computes a metric; nothing in evaluation.metrics logs.
 """
 
@@ -36,8 +35,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModel, LoggedModelStatus, Metric, Param, Run
 
-from evaluation.mlflow_layout import (FULL, LOGGED_TAG, RELIABILITY, artifact_folder, artifact_stem, language_metric,
-                               metric_key, mlflow_name, source)
+from evaluation.mlflow_layout import (FULL, LOGGED_TAG, MODEL_PARAM, RELIABILITY, artifact_folder, artifact_stem,
+                               language_metric, languages_param, metric_key, source)
 from evaluation.plots import heatmap, reliability_diagram
 from evaluation.results import EvalResult
 from hybrid.data.sources import origin
@@ -100,8 +99,7 @@ def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = No
                for lang, by_metric in result.per_language.items() for m, v in by_metric.items()}
     metrics = [Metric(metric_key(result.dataset, result.split, k), float(v), now, result.step, model_id=model.model_id,
                       dataset_name=dataset, dataset_digest=digest) for k, v in values.items() if np.isfinite(v)]
-    params = {"eval.model": result.model,
-              mlflow_name(f"eval.{result.dataset}.{result.split}.languages"): ",".join(result.languages)}
+    params = {MODEL_PARAM: result.model, languages_param(result.dataset, result.split): ",".join(result.languages)}
     folder = artifact_folder(result.dataset, result.split, result.step)
     with tempfile.TemporaryDirectory() as tmp:
         write_artifacts(result, Path(tmp))

@@ -21,7 +21,8 @@ from typing import Any
 from ray import tune
 
 from evaluation.results import EvalResult
-from evaluation.tracking import dataset_input, log_result, mlflow_name
+from evaluation.mlflow_layout import mlflow_name
+from evaluation.tracking import dataset_input, log_result
 from hybrid import locations, signing, storage
 from hybrid.config import DataConfig
 from hybrid.data.sources import origin
