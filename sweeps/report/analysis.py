@@ -151,12 +151,11 @@ class Diff:
     n_b: int = 0
 
     def text(self, digits: int = 3) -> str:
-        value = mean_pm(self.mean, self.half, digits, signed=True)
         if self.kind == "paired":
-            return f"{value} (95% CI, paired over {self.n} seeds)"
+            return f"{mean_pm(self.mean, self.half, digits, signed=True)} (95% CI, paired over {self.n} seeds)"
         if self.kind == "one-run":
-            return (f"{value} (95% CI over {self.n} seeds of one side against a single run "
-                    "of the other; that run's seed noise is not in the interval)")
+            return (f"{mean_pm(self.mean, self.half, digits, signed=True)} (95% CI over {self.n} seeds of one side "
+                    "against a single run of the other; that run's seed noise is not in the interval)")
         value = f"{self.mean:+.{digits}f}"
         if self.kind == "unpaired":
             return f"{value} (CI unavailable: no seeds in common, {self.n_a} vs {self.n_b} runs)"

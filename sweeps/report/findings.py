@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from evaluation.mlflow_layout import FULL, PROXY, SETTINGS
 from sweeps.report import analysis as A
 from sweeps.stats import mean_pm
-from evaluation.mlflow_layout import FULL, PROXY, SETTINGS
 from sweeps.knobs import BY_NAME
 from sweeps.knobs import NAMES as KNOBS
 from sweeps.report.data import HIGH_RESOURCE, Sweep
