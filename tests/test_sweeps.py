@@ -658,7 +658,10 @@ def test_a_killed_then_interrupted_sweep_resumes_without_rerunning_or_duplicatin
         deadline = time.time() + 600
         while time.time() < deadline and driver.poll() is None and len(finished_trials(tmp_path, "resumable")) <= finished:
             time.sleep(1)
-        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        if driver.poll() is not None:  # say why: its output, where the test took it
+            said = "".join(p.read()[-4000:] for p in (driver.stdout, driver.stderr) if p and not p.closed) \
+                if "stdout" in output and output["stdout"] == subprocess.PIPE else ""
+            raise AssertionError(f"the sweep ended (exit {driver.returncode}) before it could be interrupted\n{said}")
         return driver
 
     driver = run_until([], 0, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
