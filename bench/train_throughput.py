@@ -60,7 +60,8 @@ def run_ours(name: str, overrides: list[str], steps: int, window: int, storage: 
     import ray
     import ray.train
 
-    from trainers.train import build_trainer, preflight
+    from trainers.preflight import preflight
+    from trainers.train import build_trainer
 
     class ReportsToFile(ray.train.UserCallback):  # runs in Ray's controller: hand the reports over by file
         def __init__(self, path: str):

@@ -19,20 +19,16 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from evaluation.config import EvalConfig
-from evaluation.checkpoints import CheckpointRef, unless_saved
-from evaluation.datasets import load_eval_set
 from evaluation.mlflow_layout import SETTINGS
-from evaluation.results import EvalResult
-from evaluation.runner import evaluate_checkpoints
-from evaluation.scoring import POOLED_METRICS
 from hybrid import signing, storage
-from hybrid.e5_offline import E5_SMALL_NAME
-from hybrid.merge import merge
 from hybrid.config import DEFAULT_CONFIG, DataConfig, ModelConfig, apply_overrides, from_dict, read_yaml
+
+if TYPE_CHECKING:  # the heavy modules (torch, FAISS, Ray) load after the flags and the config are checked
+    from evaluation.checkpoints import CheckpointRef
+    from evaluation.results import EvalResult
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,6 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def format_result(result: EvalResult) -> str:
     """Summary (mono / cross / multi x metrics), the L x L mAP matrix, wall time and encode task count."""
+    import numpy as np
+
+    from evaluation.scoring import POOLED_METRICS
+
     header = f"{'':6}" + "".join(f"{m:>15}" for m in POOLED_METRICS)
     lines = [f"== {result.checkpoint} (step {result.step}) on {result.dataset}/{result.split}, "
              f"{len(result.languages)} languages, ECE at T={result.temperature:g}", header]
@@ -80,6 +80,9 @@ def format_result(result: EvalResult) -> str:
 def merged(parents: list[str], weight: float, out: str | None) -> list[CheckpointRef]:
     """The two parents and their merge (`hybrid.merge`), as checkpoints to evaluate; the merge's ECE at the
     first parent's temperature."""
+    from evaluation.checkpoints import CheckpointRef
+    from hybrid.merge import merge
+
     first, second = (CheckpointRef.from_path(p) for p in parents)
     for ref in (first, second):
         if storage.is_uri(ref.path) or not Path(ref.path).is_dir():
@@ -102,6 +105,9 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
                  "languages": tuple(args.languages) if args.languages else None}
         config = replace(config, **{k: v for k, v in flags.items() if v is not None})  # validated again
         signing.ensure_key()  # checkpoints and cache entries are verified with it
+        from evaluation.checkpoints import CheckpointRef, unless_saved
+        from hybrid.e5_offline import E5_SMALL_NAME
+
         checkpoints = args.checkpoint or ([] if args.merge else [E5_SMALL_NAME])
         refs = [unless_saved(CheckpointRef.from_path(c), model.spec) for c in checkpoints]
         if args.merge:
@@ -109,6 +115,9 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    from evaluation.datasets import load_eval_set
+    from evaluation.runner import evaluate_checkpoints
+
     eval_set = load_eval_set(config, data)
 
     import ray

@@ -3,6 +3,7 @@ the packaged XQuAD-R's languages and the paper's training languages."""
 
 XQUAD_R_LANGUAGES = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
 PAPER_TRAIN_LANGUAGES = ("ar", "de", "en", "es", "hi", "ru", "th", "tr", "zh")  # el, vi stay unseen
+HIGH_RESOURCE = ("en", "de", "es", "zh", "ar", "ru")  # the report's high-resource group (its question 2)
 
 ISO_639_1 = frozenset("""
 aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz ee

@@ -1,5 +1,6 @@
 """What the cluster must offer before a sweep spends anything: storage that every node sees, and the
-resources its trials ask for, now or once the autoscaler has added nodes.
+resources its trials ask for, now or once the autoscaler has added nodes. The checks that run before Ray
+starts (storage that answers, room for the checkpoints, CPUs) import no Ray.
 
 On `cluster.yaml` the head has no CPU and worker nodes start at zero: the sweep asks the autoscaler for
 its trials' bundles (`request_resources`) and waits, saying so, instead of refusing a cluster that is
@@ -14,9 +15,6 @@ import time
 import uuid
 from pathlib import Path
 
-import ray
-from ray.autoscaler.sdk import request_resources
-
 from hybrid import signing, storage
 from sweeps.config import SweepSetup
 from trainers.config import check_resources
@@ -26,6 +24,8 @@ AUTOSCALING_STATUS = "__autoscaling_status"  # ray_constants.DEBUG_AUTOSCALING_S
 
 
 def alive_nodes() -> int:
+    import ray
+
     return sum(1 for node in ray.nodes() if node["Alive"])
 
 
@@ -59,8 +59,8 @@ def check_storage(setup: SweepSetup) -> None:
                          "location and the credentials (AWS_* / instance profile for s3://).") from None
 
 
-@ray.remote(num_cpus=0)
 def _key_fingerprint() -> str:
+    """This node's signing key's fingerprint, or why it has none (a Ray task on each node)."""
     try:
         return signing.fingerprint()
     except signing.SigningKeyError as e:
@@ -71,12 +71,14 @@ def check_signing_keys() -> None:
     """Every node verifies what the others wrote with the driver's key (`hybrid.signing`): a node without
     it, or with another, would skip every checkpoint and cache entry as forged. Nodes added later by the
     autoscaler fail their first trial with the same message."""
+    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     mine = signing.fingerprint()
     nodes = [node for node in ray.nodes() if node["Alive"]]
-    found = ray.get([_key_fingerprint.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        node["NodeID"], soft=False)).remote() for node in nodes])
+    probe = ray.remote(num_cpus=0)(_key_fingerprint)
+    found = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                     .remote() for node in nodes])
     for node, theirs in zip(nodes, found):
         if theirs != mine:
             problem = theirs if " " in theirs else "has another signing key than the driver's."
@@ -178,6 +180,9 @@ def bundles(setup: SweepSetup) -> list[dict[str, float]]:
 def wait_for_resources(setup: SweepSetup, timeout_s: float, poll_s: float = 5.0) -> bool:
     """Return once the cluster can run the sweep's trials; ask the autoscaler for them when it cannot yet.
     Returns whether a request was made (to be withdrawn with `release` when the sweep ends)."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
     problem = shortfall(setup, ray.cluster_resources())
     if problem is None:
         return False
@@ -203,4 +208,6 @@ def wait_for_resources(setup: SweepSetup, timeout_s: float, poll_s: float = 5.0)
 
 def release() -> None:
     """Withdraw the sweep's standing request, so the autoscaler may remove idle nodes again."""
+    from ray.autoscaler.sdk import request_resources
+
     request_resources(bundles=[])

@@ -17,17 +17,15 @@ import re
 import sys
 from pathlib import Path
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from hybrid.config import DEFAULT_CONFIG, read_yaml
+from hybrid.languages import HIGH_RESOURCE
 from sweeps.config import SweepConfig
-from sweeps.report import figures
-from sweeps.report.data import HIGH_RESOURCE, Sweep, load_sweep, log_report_artifacts
-from sweeps.report.findings import Findings, analyse, trials_table
-from sweeps.report.glance import glance
-from sweeps.report.html import build_html, overview
-from sweeps.report.questions import QUESTIONS
 from sweeps.uris import absolute_tracking_uri, redact
+
+if TYPE_CHECKING:
+    from sweeps.report.findings import Findings
 
 
 
@@ -56,6 +54,12 @@ def safe_name(name: str) -> str:
 
 
 def print_summary(f: Findings) -> None:
+    import pandas as pd
+
+    from sweeps.report.findings import trials_table
+    from sweeps.report.glance import glance
+    from sweeps.report.questions import QUESTIONS
+
     s = f.sweep
     print(f"\n=== Sweep {s.name!r} (experiment {s.experiment_id}): {len(s.runs)} trial runs, objective "
           f"{f.objective}; metrics: {f.selection.source} evaluation on {f.dataset} "
@@ -76,8 +80,13 @@ def print_summary(f: Findings) -> None:
 def build_report(client, experiments: list[str], out: Path, high_resource: tuple[str, ...], log: bool = True,
                  tracking_uri: str = "") -> tuple[Path, list[Findings]]:
     """Load and analyse each sweep, write `out/report.html` and the PNGs, log them to the parent runs."""
+    from sweeps.report import figures
+    from sweeps.report.data import load_sweep, log_report_artifacts
+    from sweeps.report.findings import analyse
+    from sweeps.report.html import build_html
+
     try:
-        sweeps: list[Sweep] = [load_sweep(client, name) for name in experiments]
+        sweeps = [load_sweep(client, name) for name in experiments]
     except ValueError as e:
         raise SystemExit(str(e)) from None
     found = [analyse(s, high_resource) for s in sweeps]
@@ -103,7 +112,9 @@ def build_report(client, experiments: list[str], out: Path, high_resource: tuple
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    from mlflow import MlflowClient  # ~3 s: after argument errors are out of the way
+    from mlflow import MlflowClient  # after argument errors are out of the way, as the report's modules
+
+    from sweeps.report.html import overview
 
     uri = absolute_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():

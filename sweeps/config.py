@@ -258,9 +258,13 @@ class SweepSetup:
                                    data_dir=_absolute(run.data.data_dir)))
         return replace(self, run=run, sweep=sweep, eval=replace(self.eval, data_dir=_absolute(self.eval.data_dir)))
 
+    def sections(self) -> dict[str, Any]:
+        """Every setting, sections as in a preset: what `--show-config` prints and the parent run keeps."""
+        return to_dict(self.run) | {"eval": to_dict(self.eval), "sweep": to_dict(self.sweep)}
+
     def settings(self) -> dict[str, Any]:
         """The resolved configuration as flat `section.key` values: what a sweep is, for `--resume`."""
-        return flatten(to_dict(self.run) | {"eval": to_dict(self.eval), "sweep": to_dict(self.sweep)})
+        return flatten(self.sections())
 
     def changed_since(self, started: dict[str, Any]) -> list[str]:
         """Keys whose value differs from the configuration the sweep `started` with, except those that

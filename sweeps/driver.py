@@ -10,7 +10,6 @@ import time
 import yaml
 
 from hybrid import storage
-from hybrid.config import to_dict
 from hybrid.layout import ENCODER_DIR
 from sweeps import estimate, interrupts, merges, phases, ranking, registry, state, summary, tracking
 from sweeps.config import SweepSetup, flatten
@@ -41,17 +40,12 @@ def register(setup: SweepSetup, table, configs, runs: tracking.SweepRuns) -> str
                     f"its seed {knobs.get('seed')} (trial {trial['trial']}, {objective} {trial[objective]:.4f}).")
 
 
-def resolved_config(setup: SweepSetup) -> dict:
-    """Every setting, sections as in a preset: what `--show-config` prints and the parent run keeps."""
-    return to_dict(setup.run) | {"eval": to_dict(setup.eval), "sweep": to_dict(setup.sweep)}
-
-
 def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
               expected: estimate.Estimate | None = None) -> None:
     """The sweep from its MLflow record's opening to its summary; `start` is when the driver started Ray,
     `expected` the time estimated before the search (None on `--resume`: set beside the actual at the end)."""
     s = setup.sweep
-    resolved = resolved_config(setup)
+    resolved = setup.sections()
     runs = tracking.SweepRuns.open(s.tracking_uri, s.name, sweep_id, s.artifact_location, flat_params(setup.raw),
                                    {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
                                     RESOLVED: redact(yaml.safe_dump(resolved, sort_keys=False))})
@@ -59,7 +53,7 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
     try:
         table = phases.search(setup, runs, resume, early)  # Tune + Optuna + ASHA
         table = phases.reseed(setup, table, runs, resume, early)  # more seeds for the top-k
-    except (phases.Interrupted, KeyboardInterrupt):
+    except (interrupts.Interrupted, KeyboardInterrupt):
         runs.kill_running_trials()
         raise
     interrupts.enter("final evaluation")

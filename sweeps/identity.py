@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 from sweeps.config import SweepSetup
-from sweeps.records import ID_TAG, PARENT, ROLE_TAG
 from sweeps.uris import redact
 
 STUDY_ATTR = "sweep_id"  # on the Optuna study
@@ -83,6 +82,8 @@ def _no_such_file(uri: str) -> bool:
 
 def _check_experiment(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
     from mlflow import MlflowClient
+
+    from sweeps.records import ID_TAG, PARENT, ROLE_TAG  # with MLflow: the id check runs once the lease is held
 
     s = setup.sweep
     if resume and search_started and _no_such_file(s.tracking_uri):

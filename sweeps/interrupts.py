@@ -8,6 +8,10 @@ evaluation. So the driver installs `_on_sigint` before anything starts and runs 
 `fit` here, which installs it again afterwards and tells from which handler is installed whether Tune
 took a Ctrl-C. Outside a phase the first Ctrl-C raises KeyboardInterrupt where the driver is (starting
 Ray, an evaluation's `ray.wait`, the registration); inside one, or once stopping, the next exits at once.
+
+The command line installs `_on_sigint` before it imports anything heavy, so this module imports no Tune:
+`TuneHandlerSet` (a Tune callback, pickled into each phase's `tuner.pkl` by this module's path) is built
+on first use.
 """
 
 from __future__ import annotations
@@ -15,9 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any
-
-from ray import tune
+from typing import Any, NoReturn
 
 stage = "start-up"  # what the driver is doing, for "interrupted in its ... phase"
 _stopping = False  # a Ctrl-C was taken: the next one exits at once
@@ -38,24 +40,50 @@ def install() -> None:
     signal.signal(signal.SIGINT, _on_sigint)
 
 
-class TuneHandlerSet(tune.Callback):
-    """Tune calls `setup` once its own SIGINT handler is in place: from then on, until `fit` returns, the
-    first Ctrl-C is Tune's (before, it is ours, and stops the phase's start). Its handler is wrapped to
-    say at once what happens (Tune's own words, advice to call `Tuner.restore` included, are hidden)."""
+def stopped(phase: str, args: list[str]) -> NoReturn:
+    """The sweep's command (`args`: its flags) stopped by a Ctrl-C in `phase`: say how to continue, exit 130."""
+    command = " ".join(["python", "sweeps/ratio_search.py", *args]).replace(" --resume", "")
+    print(f"\nSweep interrupted in its {phase} phase: its trials were stopped and its state saved; nothing "
+          f"finished is lost. Continue with:\n  {command} --resume", file=sys.stderr, flush=True)
+    raise SystemExit(130)
 
-    def setup(self, **info) -> None:
-        global _in_fit
-        _in_fit = True
-        tunes = signal.getsignal(signal.SIGINT)
-        if not callable(tunes):  # Tune's handler turned off (TUNE_DISABLE_SIGINT_HANDLER)
-            return
 
-        def stopping(signum: int, frame: Any) -> None:
-            print(f"\nCtrl-C: stopping the {stage} phase (Tune stops its trials and saves its state, a few seconds); "
-                  "Ctrl-C again exits at once.", file=sys.stderr, flush=True)
-            tunes(signum, frame)
+class Interrupted(Exception):
+    """A phase stopped before all its trials ended (Ctrl-C: Tune stopped the trials and saved its state)."""
 
-        signal.signal(signal.SIGINT, stopping)
+
+def _tune_handler_set() -> type:
+    from ray import tune
+
+    class TuneHandlerSet(tune.Callback):
+        """Tune calls `setup` once its own SIGINT handler is in place: from then on, until `fit` returns, the
+        first Ctrl-C is Tune's (before, it is ours, and stops the phase's start). Its handler is wrapped to
+        say at once what happens (Tune's own words, advice to call `Tuner.restore` included, are hidden)."""
+
+        def setup(self, **info) -> None:
+            global _in_fit
+            _in_fit = True
+            tunes = signal.getsignal(signal.SIGINT)
+            if not callable(tunes):  # Tune's handler turned off (TUNE_DISABLE_SIGINT_HANDLER)
+                return
+
+            def stopping(signum: int, frame: Any) -> None:
+                print(f"\nCtrl-C: stopping the {stage} phase (Tune stops its trials and saves its state, a few "
+                      "seconds); Ctrl-C again exits at once.", file=sys.stderr, flush=True)
+                tunes(signum, frame)
+
+            signal.signal(signal.SIGINT, stopping)
+
+    TuneHandlerSet.__qualname__ = TuneHandlerSet.__name__  # pickled as sweeps.interrupts.TuneHandlerSet
+    return TuneHandlerSet
+
+
+def __getattr__(name: str) -> Any:
+    """`TuneHandlerSet`, built (and Tune imported) on first use: by a phase, or by unpickling a `tuner.pkl`."""
+    if name == "TuneHandlerSet":
+        globals()[name] = _tune_handler_set()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def fit(tuner, phase: str):

@@ -28,15 +28,11 @@ from sweeps.tracking import TrialLogger
 from sweeps.trial import run_trial
 
 
-class Interrupted(Exception):
-    """A phase stopped before all its trials ended (Ctrl-C: Tune stopped the trials and saved its state)."""
-
-
 def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tune.TuneConfig,
                runs: tracking.SweepRuns, resume: bool, trials: int, early: EarlyEvaluation) -> tune.ResultGrid:
     """Fit one Tune experiment of `trials` trials, restoring it when `resume` and it exists (finished
     trials are kept). Its state lives in the sweep's storage (`<storage>/<sweep name>/<phase>`), local or
-    s3://. Raises `Interrupted` when the experiment returned with trials that did not end (the first
+    s3://. Raises `interrupts.Interrupted` when the experiment returned with trials that did not end (the first
     Ctrl-C: Tune stops the trials and saves its state), so no later phase starts on a partial table.
     `early` starts the references' final evaluation when they finish (`sweeps.early`)."""
     root, path = setup.sweep.location(), setup.sweep.location(name)
@@ -62,7 +58,7 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
     grid, stopped = interrupts.fit(tuner, name)
     runs.flush()  # the phase's MLflow writes, queued by TrialLogger, all done (or their error raised)
     if stopped or not all_ended(grid, trials):
-        raise Interrupted(name)
+        raise interrupts.Interrupted(name)
     logger.catch_up(grid)  # what a killed driver of this phase had not logged
     runs.flush()
     return grid

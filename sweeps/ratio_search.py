@@ -18,30 +18,36 @@ lease, and Ray started with the checks that need it; `sweeps.driver` runs the ph
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import logging
-import os
+import signal
 import sys
-import time
-from pathlib import Path
+
+from sweeps import interrupts
+
+# Ctrl-C from the first moment (the imports below take a second): the stop's lines and exit 130, never a
+# traceback; `main` installs the driver's own handler.
+signal.signal(signal.SIGINT, lambda signum, frame: interrupts.stopped(interrupts.stage, sys.argv[1:]))
+
+import argparse  # noqa: E402  (after the handler: a Ctrl-C during these imports is a clean stop)
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 # Tune warns when a callback takes over 0.5 s; logging a result with its matrices to MLflow takes about
 # 1 s, which is no bottleneck next to a checkpoint's training and evaluation. Read when Tune is imported.
 os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the best encoder's registration loads it here
 
-import optuna
-import yaml
+import yaml  # noqa: E402
 
-from hybrid.config import DEFAULT_CONFIG
-from sweeps import cluster, driver, estimate, identity, interrupts, phases, progress, state
-from sweeps.config import SweepSetup, load_sweep_setup
-from sweeps.lease import DriverLease
-from sweeps.logs import LogSync
-from sweeps.uris import record_warning, redact
-from trainers import prepare
-from trainers.train import check_ray_address, init_ray, preflight
+# Only what the checks before Ray starts need: a refusal, --show-config and --help never import torch,
+# DeepSpeed, Ray Train, Tune or MLflow (`drive` imports them once the sweep's lease is held).
+from hybrid.config import DEFAULT_CONFIG  # noqa: E402
+from sweeps import cluster, state  # noqa: E402
+from sweeps.config import SweepSetup, load_sweep_setup  # noqa: E402
+from sweeps.lease import DriverLease  # noqa: E402
+from sweeps.uris import record_warning, redact  # noqa: E402
+from trainers.preflight import check_ray_address, preflight  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -76,17 +82,13 @@ def main(argv: list[str] | None = None) -> None:
                              "applied) as YAML, and exit")
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ray workers' and tasks' output and every trial result (always in Ray's logs)")
-    args = parser.parse_args(argv)
     interrupts.install()  # Ctrl-C: stop, say how to continue, exit 130; a second one exits at once
     try:
+        args = parser.parse_args(argv)
         run(args, argv, parser)
-    except (phases.Interrupted, KeyboardInterrupt) as stop:
-        phase = str(stop) if isinstance(stop, phases.Interrupted) else interrupts.stage
-        command = " ".join(["python", "sweeps/ratio_search.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"\nSweep interrupted in its {phase} phase: its trials were stopped and its state saved; nothing "
-              f"finished is lost. Continue with:\n  {command.replace(' --resume', '')} --resume",
-              file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+    except (interrupts.Interrupted, KeyboardInterrupt) as stop:
+        phase = str(stop) if isinstance(stop, interrupts.Interrupted) else interrupts.stage
+        interrupts.stopped(phase, argv if argv is not None else sys.argv[1:])
 
 
 def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.ArgumentParser) -> None:
@@ -99,13 +101,9 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
     with user_errors(parser, args.debug):
         setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
         if args.show_config:
-            resolved = driver.resolved_config(setup)
-            print(redact(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None)), end="")
+            print(redact(yaml.safe_dump(setup.sections(), sort_keys=False, default_flow_style=None)), end="")
             return
-        preflight(setup.run)  # [2] data present, batch fits the questions, languages known
-        check_ray_address()  # an empty RAY_ADDRESS, a head that does not answer
         cluster.check_reachable(setup)  # storage that answers (a misspelt bucket, an endpoint down)
-        warning = cluster.check_free_space(setup)  # [3] storage on a disk: room for the checkpoints
         started = state.exists(setup)  # its search phase is in storage (Tune's state; read once)
         if args.resume:
             state.check_unchanged(setup)  # its settings, signed, as it started
@@ -117,10 +115,13 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
                 f"--resume --set sweep.trials=N." if done else
                 f"sweep {setup.sweep.name!r} exists in {setup.sweep.storage_path}, unfinished: pass --resume to "
                 "continue it, or --name NEW to start another.")
-        if not setup.sweep.verbose:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
+        preflight(setup.run)  # [2] data present, batch fits the questions, languages known
+        check_ray_address()  # an empty RAY_ADDRESS, a head that does not answer
+        warning = cluster.check_free_space(setup)  # [3] storage on a disk: room for the checkpoints
         lease = DriverLease.acquire(setup.sweep, args.resume)  # [4] one driver per sweep
     try:
+        from sweeps import identity
+
         with user_errors(parser, args.debug):
             sweep_id = state.sweep_id(setup)
             identity.check(setup, sweep_id, args.resume, started)  # [5] the name is this sweep's
@@ -132,7 +133,16 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
 def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namespace, parser: argparse.ArgumentParser,
           warning: str | None) -> None:
     """Start (or join) Ray and run the sweep's phases, this driver holding the sweep's lease."""
+    import optuna
+
+    from sweeps import driver, estimate, progress
+    from sweeps.logs import LogSync
+    from trainers import prepare
+    from trainers.train import init_ray
+
     s = setup.sweep
+    if not s.verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     for line in (warning, record_warning(s.tracking_uri, s.study_storage)):
         if line:
             print(line, file=sys.stderr)

@@ -9,19 +9,19 @@ import json
 from typing import Any
 
 import pyarrow.fs as pafs
-from ray import tune
 
 from hybrid import signing, storage
-from sweeps import tune_state
 from sweeps.config import SweepSetup
 from sweeps.identity import new_id
 
 
 def exists(setup: SweepSetup) -> bool:
-    """Whether this sweep (its search phase) is already in storage: read before Ray starts."""
-    return tune.Tuner.can_restore(setup.sweep.location("search"))
+    """Whether this sweep (its search phase) is already in storage: read before Ray starts (what
+    `Tuner.can_restore` looks for, without importing Tune)."""
+    return storage.exists(setup.sweep.location("search", TUNER_FILE))
 
 
+TUNER_FILE = "tuner.pkl"  # Tune's experiment, in each phase's folder from the phase's start
 SETTINGS_FILE = signing.SETTINGS_FILE  # the resolved configuration a sweep started with, beside its phases
 
 
@@ -109,8 +109,10 @@ def check_unchanged(setup: SweepSetup) -> None:
 def check_state(setup: SweepSetup) -> None:
     """Before `--resume` starts Ray: every phase of the sweep in storage has Tune state this deployment
     signed (`sweeps.tune_state`), else a one-line ValueError. Reads no pickle."""
+    from sweeps import tune_state  # Tune: only a --resume pays for its import before Ray starts
+
     fs, path = storage.filesystem(setup.sweep.location())
     for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
         phase = info.path.rstrip("/").rsplit("/", 1)[-1]
-        if info.type == pafs.FileType.Directory and storage.exists(setup.sweep.location(phase, "tuner.pkl")):
+        if info.type == pafs.FileType.Directory and storage.exists(setup.sweep.location(phase, TUNER_FILE)):
             tune_state.check(setup.sweep.location(phase), tune_state.purpose(setup.sweep.name, phase))

@@ -106,6 +106,23 @@ def test_the_cli_prints_one_line_and_exits_2_before_ray_starts(args, message):
     assert "Ray" not in done.stdout + done.stderr  # nothing started
 
 
+def test_a_finished_sweeps_refusal_imports_nothing_heavy(tmp_path):
+    """The same command again after a sweep finished: refused from what storage holds, before torch,
+    DeepSpeed, Ray Train, Tune or MLflow are imported (`-X importtime` lists every module loaded)."""
+    (tmp_path / "done" / "search").mkdir(parents=True)
+    (tmp_path / "done" / "search" / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
+    (tmp_path / "done" / "finished.txt").write_text("2 trials in 1.0 min")
+    done = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "sweeps/ratio_search.py"), "--name", "done",
+                           "--set", f"sweep.storage_path={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    said = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert done.returncode == 2 and said == ["error: sweep 'done' finished: 2 trials in 1.0 min. Start another with "
+                                             "--name NEW, or add trials with --resume --set sweep.trials=N."], said
+    loaded = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert not {m for m in loaded if m.split(".")[0] in ("torch", "deepspeed", "mlflow", "transformers")
+                or m.startswith(("ray.train", "ray.tune"))}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "eval.ece_bins=0"], "error: eval.ece_bins must be >= 1, got 0."),
     (["--set", "eval.dataset=squad"], "error: eval.dataset must be one of"),

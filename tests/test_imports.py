@@ -58,6 +58,13 @@ def test_a_config_module_loads_none_of_the_heavy_runtime(module):
     assert _loaded_by(module) == []
 
 
+@pytest.mark.parametrize("module", ["sweeps.ratio_search", "evaluation.__main__", "sweeps.compare"])
+def test_a_command_line_loads_none_of_the_heavy_runtime_before_its_checks(module):
+    """--help, a bad flag or config value, and a finished sweep's refusal answer in a fraction of a second:
+    each command imports the heavy stack only once its checks passed."""
+    assert _loaded_by(module) == []
+
+
 def test_hybrid_names_none_of_ray_mlflow_deepspeed_faiss():
     cluster = ("ray", "mlflow", "deepspeed", "faiss")
     named = {name: sorted(m for m in _imports(path) if m.split(".")[0] in cluster)

@@ -23,7 +23,8 @@ from hybrid.splits import training_pairs
 from trainers.config import TrainRunConfig, check_resources, load_run_config
 from trainers.engine import deepspeed_config
 from trainers.loop import STATE_FILE, NonFiniteLoss
-from trainers.train import build_trainer, preflight
+from trainers.preflight import preflight
+from trainers.train import build_trainer
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,6 @@ from sweeps.records import (CONFIG_FOLDER, CONFIG_KEY, MERGE, NAME_TAG, PARENT, 
                             TRIAL, TRIAL_TAG)
 
 MATRIX_METRICS = ("map", "mrr@10")  # L x L matrices downloaded (at each run's last evaluated step)
-HIGH_RESOURCE = ("en", "de", "es", "zh", "ar", "ru")
 
 
 def literal(text: str | None):

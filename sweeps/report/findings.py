@@ -18,7 +18,8 @@ from sweeps.report import analysis as A
 from sweeps.stats import mean_pm
 from sweeps.knobs import BY_NAME
 from sweeps.knobs import NAMES as KNOBS
-from sweeps.report.data import HIGH_RESOURCE, Sweep
+from hybrid.languages import HIGH_RESOURCE
+from sweeps.report.data import Sweep
 from sweeps.report.questions import SOURCES
 
 RETRIEVAL = [f"{s}/{m}" for m in ("map", "mrr@10") for s in SETTINGS]
