@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: sweep test cluster-test install
+.PHONY: sweep test cluster-test lint install
 install: .venv/.installed
 
 .venv/.installed: pyproject.toml constraints.txt
@@ -19,7 +19,12 @@ sweep: install
 	$(PY) sweeps/ratio_search.py $(ARGS)
 
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=25 $(ARGS)
+
+# What CI checks before the tests: ruff's lint (pyflakes, pycodestyle, import order) and format.
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 # Only the tests on a simulated multi-node Ray cluster (tests/cluster_harness.py: needs root for
 # `unshare -m` + tmpfs, and moto_server); `make test` runs them too.

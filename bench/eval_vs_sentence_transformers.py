@@ -41,8 +41,13 @@ from hybrid.languages import XQUAD_R_LANGUAGES
 from hybrid.splits import heldout_corpus
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eval_vs_st.json"
-COMPARED = {"map@20": "map@20", "mrr@10": "mrr@10", "ndcg@10": "ndcg@10", "accuracy@1": "recall@1",
-            "recall@10": "recall@10"}  # sentence-transformers name -> ours
+COMPARED = {
+    "map@20": "map@20",
+    "mrr@10": "mrr@10",
+    "ndcg@10": "ndcg@10",
+    "accuracy@1": "recall@1",
+    "recall@10": "recall@10",
+}  # sentence-transformers name -> ours
 
 
 def cpu_seconds() -> float:
@@ -72,12 +77,15 @@ def ours(model_dir: Path, eval_set: EvalSet, languages: tuple[str, ...]) -> dict
         out = {}
         for run in ("cold", "warm"):
             start, cpu = time.perf_counter(), cpu_seconds()
-            [result] = evaluate_checkpoints([CheckpointRef(str(model_dir), label="e5-small")], eval_set,
-                                            EvalConfig(languages=languages))
+            [result] = evaluate_checkpoints(
+                [CheckpointRef(str(model_dir), label="e5-small")], eval_set, EvalConfig(languages=languages)
+            )
             out[f"{run}_s"], out[f"{run}_cpu_s"] = time.perf_counter() - start, cpu_seconds() - cpu
             out[f"{run}_load_average"] = os.getloadavg()[0]
-            print(f"ours, {len(languages)} languages, {run}: {out[f'{run}_s']:.1f} s, "
-                  f"{out[f'{run}_cpu_s']:.1f} CPU s", flush=True)
+            print(
+                f"ours, {len(languages)} languages, {run}: {out[f'{run}_s']:.1f} s, {out[f'{run}_cpu_s']:.1f} CPU s",
+                flush=True,
+            )
         return out | {"encode_tasks": result.encode_tasks, "result": result}
     finally:
         ray.shutdown()  # frees the workers' models before sentence-transformers runs
@@ -97,15 +105,31 @@ def sentence_transformers_pairs(model_dir: Path, eval_set: EvalSet, languages: t
             corpus = {f"c{j}": text for j, text in enumerate(eval_set.candidates[b])}
             relevant = {f"q{i}": {f"c{j}" for j in pos[b]} for i, pos in enumerate(eval_set.positives[a]) if b in pos}
             evaluator = InformationRetrievalEvaluator(
-                queries, corpus, relevant, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1],
-                precision_recall_at_k=[10], map_at_k=[20, 100], batch_size=EvalConfig().batch_size, name=f"{a}-{b}",
-                write_csv=False, query_prompt="query: ", corpus_prompt="passage: ")
+                queries,
+                corpus,
+                relevant,
+                mrr_at_k=[10],
+                ndcg_at_k=[10],
+                accuracy_at_k=[1],
+                precision_recall_at_k=[10],
+                map_at_k=[20, 100],
+                batch_size=EvalConfig().batch_size,
+                name=f"{a}-{b}",
+                write_csv=False,
+                query_prompt="query: ",
+                corpus_prompt="passage: ",
+            )
             start, cpu = time.perf_counter(), time.process_time()  # all threads of this process
             scores = evaluator(model)
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
             metrics = {m: float(scores[f"{a}-{b}_cosine_{m}"]) for m in (*COMPARED, "map@100")}
-            pairs[f"{a}-{b}"] = {"seconds": seconds, "cpu_s": cpu, "texts": len(queries) + len(corpus),
-                                 "metrics": metrics, "load_average": os.getloadavg()[0]}
+            pairs[f"{a}-{b}"] = {
+                "seconds": seconds,
+                "cpu_s": cpu,
+                "texts": len(queries) + len(corpus),
+                "metrics": metrics,
+                "load_average": os.getloadavg()[0],
+            }
             print(f"  sentence-transformers {a}-{b}: {seconds:.1f} s, {cpu:.1f} CPU s", flush=True)
     return pairs
 
@@ -149,32 +173,44 @@ def main() -> None:
         "data": "XQuAD-R held-out articles (12 of 48), question -> answer sentence",
         "languages": list(languages),
         "measured": {
-            "ours_same_pairs": small, "ours_full_grid": full,
-            "sentence_transformers_s": st_total, "sentence_transformers_pairs": pairs,
+            "ours_same_pairs": small,
+            "ours_full_grid": full,
+            "sentence_transformers_s": st_total,
+            "sentence_transformers_pairs": pairs,
             "sentence_transformers_cpu_s": st_cpu,
-            "ratio_same_pairs_cold": st_total / small["cold_s"], "ratio_same_pairs_warm": st_total / small["warm_s"],
+            "ratio_same_pairs_cold": st_total / small["cold_s"],
+            "ratio_same_pairs_warm": st_total / small["warm_s"],
             "cpu_ratio_same_pairs_cold": st_cpu / small["cold_cpu_s"],
         },
         "extrapolated": {
-            "sentence_transformers_full_grid_s": st_full_s, "sentence_transformers_full_grid_cpu_s": st_full_cpu,
+            "sentence_transformers_full_grid_s": st_full_s,
+            "sentence_transformers_full_grid_cpu_s": st_full_cpu,
             "sentence_transformers_full_grid_s_mean_pair_x121": st_total / len(pairs) * n * n,
             "ratio_full_grid_cold": st_full_s / full["cold_s"] if full else None,
             "ratio_full_grid_warm": st_full_s / full["warm_s"] if full else None,
             "cpu_ratio_full_grid_cold": st_full_cpu / full["cold_cpu_s"] if full else None,
             "cpu_ratio_full_grid_warm": st_full_cpu / full["warm_cpu_s"] if full else None,
             "how": "sentence-transformers' texts per second (wall and CPU) over the measured pairs, applied to the "
-                   "texts of all 121 pairs (each pair encodes its queries and its candidates); ours measured; the "
-                   "pooled setting left out of the sentence-transformers side (in its favour)",
+            "texts of all 121 pairs (each pair encodes its queries and its candidates); ours measured; the "
+            "pooled setting left out of the sentence-transformers side (in its favour)",
         },
-        "agreement": {"max_abs_diff": diffs, "within_1e-3": all(d <= 1e-3 for d in diffs.values()),
-                      "map@100_st_vs_our_full_ranking_ap": {
-                          k: [p["metrics"]["map@100"], cell("map", k)] for k, p in pairs.items()}},
+        "agreement": {
+            "max_abs_diff": diffs,
+            "within_1e-3": all(d <= 1e-3 for d in diffs.values()),
+            "map@100_st_vs_our_full_ranking_ap": {
+                k: [p["metrics"]["map@100"], cell("map", k)] for k, p in pairs.items()
+            },
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: report[k] for k in ("extrapolated", "agreement")} |
-                     {"measured": {k: v for k, v in report["measured"].items() if k != "sentence_transformers_pairs"}},
-                     indent=2))
+    print(
+        json.dumps(
+            {k: report[k] for k in ("extrapolated", "agreement")}
+            | {"measured": {k: v for k, v in report["measured"].items() if k != "sentence_transformers_pairs"}},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

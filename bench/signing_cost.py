@@ -28,8 +28,11 @@ OUT = Path(__file__).parent / "results" / "signing_cost.json"
 
 def unsigned_write(folder: Path) -> None:
     """The baseline: the manifest as it was before signatures."""
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": manifest.sha256(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != manifest.MANIFEST}
+    files = {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": manifest.sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != manifest.MANIFEST
+    }
     (folder.parent / "unsigned.json").write_text(json.dumps({"files": files}))  # beside: not a file it lists
 
 
@@ -64,25 +67,36 @@ def main() -> None:
             left -= shard
         size_gb = sum(p.stat().st_size for p in folder.iterdir()) / 2**30
         unsigned_write(folder)  # a first pass: the files in the page cache for every side
-        sides = {"signed write": signed_write, "unsigned write": unsigned_write,
-                 "signed check": signed_check, "unsigned check": unsigned_check}
+        sides = {
+            "signed write": signed_write,
+            "unsigned write": unsigned_write,
+            "signed check": signed_check,
+            "unsigned check": unsigned_check,
+        }
         times: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(args.rounds):  # alternate the sides every round
             for name, side in sides.items():
                 start = time.perf_counter()
                 side(folder)
                 times[name].append((time.perf_counter() - start) / size_gb)
-    result = {"cpu": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
-              "checkpoint_gb": round(size_gb, 3), "rounds": args.rounds,
-              "seconds_per_gb": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
-                                 for k, v in times.items()}}
+    result = {
+        "cpu": platform.processor() or platform.machine(),
+        "load_average": os.getloadavg(),
+        "checkpoint_gb": round(size_gb, 3),
+        "rounds": args.rounds,
+        "seconds_per_gb": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in times.items()},
+    }
     for step in ("write", "check"):
         ratios = [s / u for s, u in zip(times[f"signed {step}"], times[f"unsigned {step}"])]
-        result[f"{step}_signed_over_unsigned"] = {"median": statistics.median(ratios), "min": min(ratios),
-                                                  "max": max(ratios)}
+        result[f"{step}_signed_over_unsigned"] = {
+            "median": statistics.median(ratios),
+            "min": min(ratios),
+            "max": max(ratios),
+        }
     with open("/proc/cpuinfo") as f:
-        result["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                             result["cpu"])
+        result["cpu"] = next(
+            (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), result["cpu"]
+        )
     OUT.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

@@ -41,12 +41,14 @@ TINY = {  # the test suite's tiny sweep (tests/test_sweeps.py), one seed per con
 
 def tiny_model(folder: Path) -> Path:
     from hybrid.data import load_corpus
+
     sys.path.insert(0, str(ROOT / "tests"))  # the test suite's fake encoder
     from tiny_encoder import tiny_encoder
 
     corpus = load_corpus("xquad-r", languages=("en", "de", "es"))
-    texts = [q.text for qs in corpus.questions.values() for q in qs] + \
-            [c.sentence for cs in corpus.candidates.values() for c in cs]
+    texts = [q.text for qs in corpus.questions.values() for q in qs] + [
+        c.sentence for cs in corpus.candidates.values() for c in cs
+    ]
     tiny_encoder(texts, hidden=32, layers=2).save(folder)
     return folder
 
@@ -61,14 +63,25 @@ def run_sweep(model: Path, trials: int, concurrent: int = 1, workers: int = 2, c
             raw[section] |= values
         raw["model"]["name"] = str(model)
         raw["trainer"] |= {"workers": workers, "cpus_per_worker": cpus_per_worker, "storage_path": f"{tmp}/train"}
-        raw["sweep"] |= {"name": f"scaling-{trials}", "trials": trials, "max_concurrent": concurrent,
-                         "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "artifact_location": f"{tmp}/mlruns",
-                         "storage_path": f"{tmp}/sweeps"}
+        raw["sweep"] |= {
+            "name": f"scaling-{trials}",
+            "trials": trials,
+            "max_concurrent": concurrent,
+            "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+            "artifact_location": f"{tmp}/mlruns",
+            "storage_path": f"{tmp}/sweeps",
+        }
         (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(raw))
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"RAY_ADDRESS": "local"}
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, str(ROOT / "sweeps/ratio_search.py"), "--config", f"{tmp}/sweep.yaml"],
-                              cwd=tmp, env=env, capture_output=True, text=True, timeout=3600)
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "sweeps/ratio_search.py"), "--config", f"{tmp}/sweep.yaml"],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         wall = time.perf_counter() - start
         if done.returncode:
             raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
@@ -77,12 +90,17 @@ def run_sweep(model: Path, trials: int, concurrent: int = 1, workers: int = 2, c
         runs = client.search_runs([exp], max_results=1000)
         parent = next(r for r in runs if r.data.tags.get("sweep.role") == "parent").data.metrics
         children = [r.data.metrics for r in runs if r.data.tags.get("sweep.role") == "trial"]
-    return {"trials": trials, "max_concurrent": concurrent, "train_workers": workers, "wall_s": wall,
-            "trial_wall_s": [c["trial/wall_s"] for c in children],
-            "trial_startup_s": [c["trial/startup_s"] for c in children],
-            "trial_active_s": [c["trial/active_s"] for c in children],
-            "startup_split_s": {k.split("/")[-1][:-2]: v for k, v in parent.items() if k.startswith("sweep/startup/")},
-            "load_average": os.getloadavg()[0]}
+    return {
+        "trials": trials,
+        "max_concurrent": concurrent,
+        "train_workers": workers,
+        "wall_s": wall,
+        "trial_wall_s": [c["trial/wall_s"] for c in children],
+        "trial_startup_s": [c["trial/startup_s"] for c in children],
+        "trial_active_s": [c["trial/active_s"] for c in children],
+        "startup_split_s": {k.split("/")[-1][:-2]: v for k, v in parent.items() if k.startswith("sweep/startup/")},
+        "load_average": os.getloadavg()[0],
+    }
 
 
 def fit(sweeps: list[dict]) -> dict:
@@ -93,8 +111,13 @@ def fit(sweeps: list[dict]) -> dict:
     trial_walls = [w for s in sweeps for w in s["trial_wall_s"]]
     startup = [w for s in sweeps for w in s["trial_startup_s"]]
     active = [w for s in sweeps for w in s["trial_active_s"]]
-    return {"fixed_s": fixed, "marginal_s": marginal, "trial_wall_mean_s": statistics.mean(trial_walls),
-            "trial_startup_mean_s": statistics.mean(startup), "trial_active_mean_s": statistics.mean(active)}
+    return {
+        "fixed_s": fixed,
+        "marginal_s": marginal,
+        "trial_wall_mean_s": statistics.mean(trial_walls),
+        "trial_startup_mean_s": statistics.mean(startup),
+        "trial_active_mean_s": statistics.mean(active),
+    }
 
 
 def plot(sweeps: list[dict], line: dict, path: Path) -> None:
@@ -105,8 +128,12 @@ def plot(sweeps: list[dict], line: dict, path: Path) -> None:
     n = [s["trials"] for s in sweeps]
     ax.plot(n, [s["wall_s"] / 60 for s in sweeps], "o", label="sweep wall time")
     xs = np.linspace(0, max(n), 20)
-    ax.plot(xs, (line["fixed_s"] + line["marginal_s"] * xs) / 60, "--",
-            label=f"fit: {line['fixed_s']:.0f} s + {line['marginal_s']:.0f} s x trials")
+    ax.plot(
+        xs,
+        (line["fixed_s"] + line["marginal_s"] * xs) / 60,
+        "--",
+        label=f"fit: {line['fixed_s']:.0f} s + {line['marginal_s']:.0f} s x trials",
+    )
     ax.set_xlabel("search trials (max_concurrent 1)")
     ax.set_ylabel("minutes")
     ax.set_title("Tiny sweep: fixed and marginal cost", fontsize=10)
@@ -119,8 +146,12 @@ RESULTS = ROOT / "bench/results"
 
 def save(sweeps: list[dict], concurrency: dict[int, list[float]]) -> dict:
     """Write what is measured so far (after every sweep: a long run cut short keeps its figures)."""
-    out = {"sweeps": sweeps, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
-           "concurrency_wall_s": concurrency}
+    out = {
+        "sweeps": sweeps,
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "concurrency_wall_s": concurrency,
+    }
     if len({s["trials"] for s in sweeps}) >= 2:
         out["fit"] = fit(sweeps)
         plot(sweeps, out["fit"], RESULTS / "sweep_scaling.png")

@@ -33,12 +33,19 @@ if TYPE_CHECKING:  # the heavy modules (torch, FAISS, Ray) load after the flags 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", nargs="+",
-                        help="trainer checkpoint folder(s), encoder folder(s) or model name(s); evaluated concurrently "
-                             "(default: multilingual-e5-small, none with --merge)")
-    parser.add_argument("--merge", nargs=2, metavar=("FIRST", "SECOND"),
-                        help="two local checkpoint or encoder folders of one base model: their weights averaged into "
-                             "an export of its own, evaluated beside them")
+    parser.add_argument(
+        "--checkpoint",
+        nargs="+",
+        help="trainer checkpoint folder(s), encoder folder(s) or model name(s); evaluated concurrently "
+        "(default: multilingual-e5-small, none with --merge)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs=2,
+        metavar=("FIRST", "SECOND"),
+        help="two local checkpoint or encoder folders of one base model: their weights averaged into "
+        "an export of its own, evaluated beside them",
+    )
     parser.add_argument("--weight", type=float, default=0.5, help="the first model's share in --merge, 0 to 1")
     parser.add_argument("--merge-out", help="where --merge writes (default: outputs/merges/<8 hex>-w<weight>)")
     parser.add_argument("--dataset", help="xquad-r, mlqa-r, miracl or a folder of LAReQA-format files")
@@ -46,11 +53,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-questions", type=int, help="proxy evaluation on the first N question ids")
     parser.add_argument("--data-dir", help="local copy of MLQA-R or MIRACL")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="preset YAML (data: and eval: sections)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a value of the preset, e.g. --set eval.ece_bins=10 (repeatable)")
-    parser.add_argument("--cache", help="evaluation cache folder (local or s3://): a checkpoint already evaluated on "
-                                        "the same data and settings is read from it instead (a sweep's: "
-                                        "<sweep.storage_path>/eval-cache)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a value of the preset, e.g. --set eval.ece_bins=10 (repeatable)",
+    )
+    parser.add_argument(
+        "--cache",
+        help="evaluation cache folder (local or s3://): a checkpoint already evaluated on "
+        "the same data and settings is read from it instead (a sweep's: "
+        "<sweep.storage_path>/eval-cache)",
+    )
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
     return parser.parse_args(argv)
 
@@ -62,18 +78,28 @@ def format_result(result: EvalResult) -> str:
     from evaluation.scoring import POOLED_METRICS
 
     header = f"{'':6}" + "".join(f"{m:>15}" for m in POOLED_METRICS)
-    lines = [f"== {result.checkpoint} (step {result.step}) on {result.dataset}/{result.split}, "
-             f"{len(result.languages)} languages, ECE at T={result.temperature:g}", header]
+    lines = [
+        f"== {result.checkpoint} (step {result.step}) on {result.dataset}/{result.split}, "
+        f"{len(result.languages)} languages, ECE at T={result.temperature:g}",
+        header,
+    ]
     for setting in SETTINGS:
         if any(k.startswith(f"{setting}/") for k in result.summary):
             cells = [result.summary.get(f"{setting}/{m}") for m in POOLED_METRICS]
             lines.append(f"{setting:6}" + "".join(f"{'-':>15}" if v is None else f"{v:15.4f}" for v in cells))
-    lines += ["", "mAP (rows: query language, columns: candidate language)",
-              "      " + "".join(f"{lang:>7}" for lang in result.languages)]
+    lines += [
+        "",
+        "mAP (rows: query language, columns: candidate language)",
+        "      " + "".join(f"{lang:>7}" for lang in result.languages),
+    ]
     for lang, row in zip(result.languages, result.matrices["map"]):
         lines.append(f"{lang:6}" + "".join(f"{'-':>7}" if np.isnan(v) else f"{v:7.3f}" for v in row))
-    lines += ["", "from the evaluation cache" if result.cached else
-              f"wall time {result.wall_s:.1f} s, encode tasks {result.encode_tasks} (2 x {len(result.languages)} languages)"]
+    lines += [
+        "",
+        "from the evaluation cache"
+        if result.cached
+        else f"wall time {result.wall_s:.1f} s, encode tasks {result.encode_tasks} (2 x {len(result.languages)} languages)",
+    ]
     return "\n".join(lines)
 
 
@@ -101,8 +127,12 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
         data = from_dict(DataConfig, raw.get("data"), "data")
         model = from_dict(ModelConfig, raw.get("model"), "model")
         config = from_dict(EvalConfig, raw.get("eval"), "eval")
-        flags = {"dataset": args.dataset, "max_questions": args.max_questions, "data_dir": args.data_dir,
-                 "languages": tuple(args.languages) if args.languages else None}
+        flags = {
+            "dataset": args.dataset,
+            "max_questions": args.max_questions,
+            "data_dir": args.data_dir,
+            "languages": tuple(args.languages) if args.languages else None,
+        }
         config = replace(config, **{k: v for k, v in flags.items() if v is not None})  # validated again
         signing.ensure_key()  # checkpoints and cache entries are verified with it
         from evaluation.checkpoints import CheckpointRef, unless_saved

@@ -20,8 +20,17 @@ from hybrid import manifest, storage
 from hybrid.layout import ENCODER_CONFIG, ENCODER_DIR, STATE_FILE
 from hybrid.spec import EncoderSpec
 
-_HASHED = ("*.safetensors", "*.bin", "tokenizer*", "special_tokens_map.json", "vocab.*", "*.model",
-           "merges.txt", "config.json", ENCODER_CONFIG)
+_HASHED = (
+    "*.safetensors",
+    "*.bin",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "vocab.*",
+    "*.model",
+    "merges.txt",
+    "config.json",
+    ENCODER_CONFIG,
+)
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,9 @@ class CheckpointRef:
         / name."""
         if _holds(path_or_name, STATE_FILE):
             state = json.loads(storage.read_text(storage.join(path_or_name, STATE_FILE)))
-            return cls.trained(storage.join(path_or_name, ENCODER_DIR), int(state["step"]), state.get("config", {}),
-                               path_or_name)
+            return cls.trained(
+                storage.join(path_or_name, ENCODER_DIR), int(state["step"]), state.get("config", {}), path_or_name
+            )
         return cls(path_or_name, 0, DEFAULT_TEMPERATURE, label=path_or_name, model=path_or_name)
 
     @classmethod
@@ -56,8 +66,14 @@ class CheckpointRef:
         is `run` (as a dict, as trainer_state.json keeps it): ECE at the run's own tau, lineage to its base
         model, its signed manifest checked. The one way a trial, the early and final evaluations, the merges
         and this CLI name a trained model."""
-        return cls(encoder, step, float(run.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)), label=label,
-                   model=run.get("model", {}).get("name", encoder), signed=True)
+        return cls(
+            encoder,
+            step,
+            float(run.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)),
+            label=label,
+            model=run.get("model", {}).get("name", encoder),
+            signed=True,
+        )
 
 
 def unless_saved(ref: CheckpointRef, spec: EncoderSpec) -> CheckpointRef:
@@ -103,8 +119,10 @@ def resolve_model_dir(name_or_path: str) -> Path:
     try:
         return Path(snapshot_download(name_or_path, local_files_only=True))
     except Exception as e:  # huggingface_hub raises several unrelated types for "not there"
-        raise ValueError(f"checkpoint {name_or_path!r} is not a folder, not {E5_SMALL_NAME!r}, and not in the "
-                         f"local Hugging Face cache ({type(e).__name__}). Pass an encoder folder.") from e
+        raise ValueError(
+            f"checkpoint {name_or_path!r} is not a folder, not {E5_SMALL_NAME!r}, and not in the "
+            f"local Hugging Face cache ({type(e).__name__}). Pass an encoder folder."
+        ) from e
 
 
 def content_hash(name_or_path: str) -> str:

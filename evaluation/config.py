@@ -45,12 +45,16 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.dataset not in NAMED_DATASETS and not Path(self.dataset).is_dir():
-            raise ValueError(f"eval.dataset must be one of {NAMED_DATASETS} or an existing folder of "
-                             f"LAReQA-format {{lang}}.json files, got {self.dataset!r}.")
+            raise ValueError(
+                f"eval.dataset must be one of {NAMED_DATASETS} or an existing folder of "
+                f"LAReQA-format {{lang}}.json files, got {self.dataset!r}."
+            )
         if self.languages is not None:
             if not self.languages:
-                raise ValueError("eval.languages must be null (the data config's eval_languages) or a "
-                                 "non-empty list of language codes.")
+                raise ValueError(
+                    "eval.languages must be null (the data config's eval_languages) or a "
+                    "non-empty list of language codes."
+                )
             for lang in self.languages:
                 check_language_code(lang)
             if len(set(self.languages)) != len(self.languages):
@@ -60,8 +64,10 @@ class EvalConfig:
         if self.batch_size < 1:
             raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}.")
         if not (self.encode_cpus > 0 and self.score_cpus > 0):
-            raise ValueError(f"eval.encode_cpus and eval.score_cpus must be > 0 (Ray num_cpus), got "
-                             f"{self.encode_cpus} and {self.score_cpus}.")
+            raise ValueError(
+                f"eval.encode_cpus and eval.score_cpus must be > 0 (Ray num_cpus), got "
+                f"{self.encode_cpus} and {self.score_cpus}."
+            )
         if self.ece_bins < 1:
             raise ValueError(f"eval.ece_bins must be >= 1, got {self.ece_bins}.")
         if self.miracl_sample < 0:

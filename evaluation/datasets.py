@@ -21,10 +21,14 @@ def load_eval_set(config: EvalConfig, data: DataConfig) -> EvalSet:
         return load_miracl(config.languages, config.data_dir, config.miracl_sample)
     data_dir = Path(config.data_dir) if config.data_dir else None
     if config.dataset == data.dataset:
-        corpus = heldout_corpus(replace(data, eval_languages=config.languages or data.eval_languages,
-                                        data_dir=config.data_dir or data.data_dir))
+        corpus = heldout_corpus(
+            replace(
+                data, eval_languages=config.languages or data.eval_languages, data_dir=config.data_dir or data.data_dir
+            )
+        )
     else:
         corpus = load_corpus(config.dataset, config.languages, data_dir)
-        corpus = corpus.select_languages(config.languages or
-                                         [lang for lang in data.eval_languages if lang in corpus.questions])
+        corpus = corpus.select_languages(
+            config.languages or [lang for lang in data.eval_languages if lang in corpus.questions]
+        )
     return EvalSet.from_corpus(corpus)

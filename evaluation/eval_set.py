@@ -40,8 +40,10 @@ class EvalSet:
     def digest(self) -> str:
         """sha256 of what an evaluation reads (texts and relevance): the dataset's digest in MLflow, and part of
         the evaluation key, so a changed file is a new evaluation even under the same name."""
-        body = json.dumps([self.name, self.split, self.query_ids, self.queries, self.candidates, self.positives,
-                           self.parallel], sort_keys=True)
+        body = json.dumps(
+            [self.name, self.split, self.query_ids, self.queries, self.candidates, self.positives, self.parallel],
+            sort_keys=True,
+        )
         return hashlib.sha256(body.encode()).hexdigest()
 
     @classmethod
@@ -49,12 +51,17 @@ class EvalSet:
         """Questions vs answer *sentences* (not sentence + paragraph: 0.83 vs 0.78 mono mAP for e5-small)."""
         name, _, split = corpus.name.partition("/")
         langs = corpus.languages
-        return cls(name, split or "all",
-                   {lang: [q.id for q in corpus.questions[lang]] for lang in langs},
-                   {lang: [q.text for q in corpus.questions[lang]] for lang in langs},
-                   {lang: [c.sentence for c in corpus.candidates[lang]] for lang in langs},
-                   {lang: [{b: (i,) for b, i in corpus.relevant(q.id, langs)} for q in corpus.questions[lang]]
-                    for lang in langs})
+        return cls(
+            name,
+            split or "all",
+            {lang: [q.id for q in corpus.questions[lang]] for lang in langs},
+            {lang: [q.text for q in corpus.questions[lang]] for lang in langs},
+            {lang: [c.sentence for c in corpus.candidates[lang]] for lang in langs},
+            {
+                lang: [{b: (i,) for b, i in corpus.relevant(q.id, langs)} for q in corpus.questions[lang]]
+                for lang in langs
+            },
+        )
 
     def restrict(self, languages: tuple[str, ...] | None = None, max_questions: int | None = None) -> EvalSet:
         """A subset of languages, and the proxy subset: the first `max_questions` ids by sha256(id), the same
@@ -67,15 +74,24 @@ class EvalSet:
         query_ids, queries, positives = {}, {}, {}
         for lang in langs:
             keep = shared if self.parallel else proxy_ids(self.query_ids[lang], max_questions)
-            rows = [(i, {b: idx for b, idx in self.positives[lang][i].items() if b in langs})
-                    for i, qid in enumerate(self.query_ids[lang]) if keep is None or qid in keep]
+            rows = [
+                (i, {b: idx for b, idx in self.positives[lang][i].items() if b in langs})
+                for i, qid in enumerate(self.query_ids[lang])
+                if keep is None or qid in keep
+            ]
             rows = [(i, pos) for i, pos in rows if pos]
             query_ids[lang] = [self.query_ids[lang][i] for i, _ in rows]
             queries[lang] = [self.queries[lang][i] for i, _ in rows]
             positives[lang] = [pos for _, pos in rows]
         split = self.split if max_questions is None else f"{self.split}-proxy{max_questions}"
-        return replace(self, split=split, query_ids=query_ids, queries=queries,
-                       candidates={lang: self.candidates[lang] for lang in langs}, positives=positives)
+        return replace(
+            self,
+            split=split,
+            query_ids=query_ids,
+            queries=queries,
+            candidates={lang: self.candidates[lang] for lang in langs},
+            positives=positives,
+        )
 
 
 def proxy_ids(ids: list[str], n: int | None) -> set[str] | None:

@@ -23,8 +23,9 @@ _CHUNK_BYTES = 64 * 2**20
 def _check_inputs(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores, relevant = np.asarray(scores), np.asarray(relevant)
     if scores.ndim != 2 or relevant.shape != scores.shape or scores.shape[0] == 0:
-        raise ValueError(f"scores and relevant must be 2-D of one shape (Q, C), Q >= 1, got "
-                         f"{scores.shape} and {relevant.shape}")
+        raise ValueError(
+            f"scores and relevant must be 2-D of one shape (Q, C), Q >= 1, got {scores.shape} and {relevant.shape}"
+        )
     if relevant.dtype != np.bool_:
         raise ValueError(f"relevant must be a boolean array, got dtype {relevant.dtype}")
     if not np.issubdtype(scores.dtype, np.floating):
@@ -32,12 +33,12 @@ def _check_inputs(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray,
     # min/max propagate NaN and reach +-inf: a finiteness check without a (Q, C) temporary.
     if not (np.isfinite(scores.min()) and np.isfinite(scores.max())):
         bad = np.flatnonzero(~(np.isfinite(scores.min(axis=1)) & np.isfinite(scores.max(axis=1))))
-        raise ValueError(f"scores must be finite; query {bad[0]} has NaN or inf "
-                         f"({bad.size} such queries)")
+        raise ValueError(f"scores must be finite; query {bad[0]} has NaN or inf ({bad.size} such queries)")
     empty = np.flatnonzero(~relevant.any(axis=1))
     if empty.size:
-        raise ValueError(f"query {empty[0]} has no relevant candidate ({empty.size} such queries: "
-                         f"{empty[:10].tolist()})")
+        raise ValueError(
+            f"query {empty[0]} has no relevant candidate ({empty.size} such queries: {empty[:10].tolist()})"
+        )
     return scores, relevant
 
 
@@ -185,8 +186,7 @@ def rank_distance(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     return _rank_distance_from_ranks(relevant_ranks(scores, relevant))
 
 
-def softmax_confidence(scores: np.ndarray, relevant: np.ndarray,
-                       temperature: float) -> tuple[np.ndarray, np.ndarray]:
+def softmax_confidence(scores: np.ndarray, relevant: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 confidence of the softmax over candidates, and whether the top-1 is relevant.
 
     p_c = exp(s_c / T) / sum_c' exp(s_c' / T) over all C candidates (T = temperature > 0, the
@@ -243,8 +243,9 @@ def table_ece(count, confidence, accuracy) -> float:
     return float(np.nansum(count * gap) / count.sum()) if count.sum() else float("nan")
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
-                               n_bins: int = 15) -> tuple[float, ReliabilityTable]:
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15
+) -> tuple[float, ReliabilityTable]:
     """Expected calibration error with equal-width bins (Guo et al. 2017).
 
     Bins B_b = ((b-1)/M, b/M], b = 1..M (M = n_bins; a confidence of exactly 0 goes to bin 1);
@@ -253,8 +254,9 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
     """
     confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct)
     if confidence.ndim != 1 or correct.shape != confidence.shape or confidence.size == 0:
-        raise ValueError(f"confidence and correct must be non-empty 1-D of one shape, got "
-                         f"{confidence.shape} and {correct.shape}")
+        raise ValueError(
+            f"confidence and correct must be non-empty 1-D of one shape, got {confidence.shape} and {correct.shape}"
+        )
     if correct.dtype != np.bool_:
         raise ValueError(f"correct must be a boolean array, got dtype {correct.dtype}")
     if n_bins < 1:

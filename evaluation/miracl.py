@@ -28,13 +28,13 @@ from pathlib import Path
 
 from evaluation.eval_set import EvalSet
 
-LANGUAGES = ("ar", "bn", "de", "en", "es", "fa", "fi", "fr", "hi", "id", "ja", "ko", "ru", "sw", "te", "th",
-             "yo", "zh")
+LANGUAGES = ("ar", "bn", "de", "en", "es", "fa", "fi", "fr", "hi", "id", "ja", "ko", "ru", "sw", "te", "th", "yo", "zh")
 SEED = 0
 
 
-def load_miracl(languages: tuple[str, ...] | None, data_dir: str | Path | None, sample: int,
-                seed: int = SEED) -> EvalSet:
+def load_miracl(
+    languages: tuple[str, ...] | None, data_dir: str | Path | None, sample: int, seed: int = SEED
+) -> EvalSet:
     """The MIRACL dev pools of `languages` (None: every language in `data_dir`, or all 18 from the hub)."""
     if data_dir is None:
         return _from_hub(languages or LANGUAGES, sample, seed)
@@ -44,8 +44,10 @@ def load_miracl(languages: tuple[str, ...] | None, data_dir: str | Path | None, 
     available = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name in LANGUAGES)
     unknown = sorted(set(languages or ()) - set(available))
     if unknown or not available:
-        raise ValueError(f"{root}: no MIRACL language folder for {unknown or 'any language'}; available: "
-                         f"{', '.join(available) or 'none'} (MIRACL has {', '.join(LANGUAGES)}).")
+        raise ValueError(
+            f"{root}: no MIRACL language folder for {unknown or 'any language'}; available: "
+            f"{', '.join(available) or 'none'} (MIRACL has {', '.join(LANGUAGES)})."
+        )
     pools = [_local_language(root / lang, lang, sample, seed) for lang in (languages or available)]
     return _eval_set(pools)
 
@@ -55,8 +57,9 @@ def _one_file(folder: Path, pattern: str) -> Path:
     dev = [f for f in files if "dev" in f.name]
     chosen = dev or files
     if len(chosen) != 1:
-        raise FileNotFoundError(f"{folder}: expected one {pattern} file (the dev split), found "
-                                f"{[f.name for f in chosen] or 'none'}.")
+        raise FileNotFoundError(
+            f"{folder}: expected one {pattern} file (the dev split), found {[f.name for f in chosen] or 'none'}."
+        )
     return chosen[0]
 
 
@@ -113,8 +116,10 @@ def _local_language(folder: Path, lang: str, sample: int, seed: int) -> tuple:
             reservoir[j] = (doc["docid"], _text(doc))
     missing = sorted(judged - set(passages))
     if missing:
-        raise ValueError(f"{folder}: {len(missing)} judged passages are not in the corpus (e.g. {missing[:3]}); "
-                         "the corpus files do not match the qrels.")
+        raise ValueError(
+            f"{folder}: {len(missing)} judged passages are not in the corpus (e.g. {missing[:3]}); "
+            "the corpus files do not match the qrels."
+        )
     return lang, topics, qrels, passages | dict(reservoir)
 
 
@@ -142,10 +147,12 @@ def _from_hub(languages: tuple[str, ...], sample: int, seed: int) -> EvalSet:
                 passages.setdefault(doc["docid"], _text(doc))
             pools.append((lang, topics, qrels, passages))
     except OSError as e:  # what the hub raises when unreachable, offline or missing: ConnectionError, HTTP errors
-        raise RuntimeError(f"MIRACL needs the Hugging Face hub (miracl/miracl, miracl/miracl-corpus), which is "
-                           f"unreachable here ({type(e).__name__}: {e}). Offline, pass eval.data_dir / --data-dir: "
-                           "a folder with one sub-folder per language holding topics*.tsv, qrels*.tsv and the "
-                           "corpus *.jsonl[.gz] (MIRACL's own files).") from e
+        raise RuntimeError(
+            f"MIRACL needs the Hugging Face hub (miracl/miracl, miracl/miracl-corpus), which is "
+            f"unreachable here ({type(e).__name__}: {e}). Offline, pass eval.data_dir / --data-dir: "
+            "a folder with one sub-folder per language holding topics*.tsv, qrels*.tsv and the "
+            "corpus *.jsonl[.gz] (MIRACL's own files)."
+        ) from e
     return _eval_set(pools)
 
 
@@ -155,8 +162,7 @@ def _eval_set(pools: list[tuple]) -> EvalSet:
     for lang, topics, qrels, passages in pools:
         docids = sorted(passages)
         index = {docid: i for i, docid in enumerate(docids)}
-        kept = [(qid, tuple(sorted(index[d] for d, rel in qrels.get(qid, {}).items() if rel >= 1)))
-                for qid in topics]
+        kept = [(qid, tuple(sorted(index[d] for d, rel in qrels.get(qid, {}).items() if rel >= 1))) for qid in topics]
         kept = [(qid, pos) for qid, pos in kept if pos]  # no positive judged: not scoreable
         query_ids[lang] = [qid for qid, _ in kept]
         queries[lang] = [topics[qid] for qid, _ in kept]

@@ -14,8 +14,15 @@ from matplotlib.figure import Figure
 from evaluation.results import EvalResult
 
 
-def annotated(ax: Axes, fig: Figure, values: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str,
-              diverging: bool = False) -> None:
+def annotated(
+    ax: Axes,
+    fig: Figure,
+    values: np.ndarray,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    title: str,
+    diverging: bool = False,
+) -> None:
     """An L x L heatmap on `ax`, each cell's value written in it, blank where NaN; rows = query language,
     columns = candidate language. `diverging`: a signed difference, coloured around 0 (red below, blue above)."""
     finite = values[np.isfinite(values)]
@@ -34,8 +41,15 @@ def annotated(ax: Axes, fig: Figure, values: np.ndarray, rows: Sequence[str], co
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):  # white text on the dark ends of the colour map
             dark = abs(norm(v) - 0.5) > 0.3 if diverging else norm(v) < 0.5
-            ax.text(j, i, f"{v:+.2f}" if diverging else f"{v:.2f}", ha="center", va="center",
-                    fontsize=6 if small else 8, color="white" if dark else "black")
+            ax.text(
+                j,
+                i,
+                f"{v:+.2f}" if diverging else f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6 if small else 8,
+                color="white" if dark else "black",
+            )
     fig.colorbar(image, ax=ax, shrink=0.8)
 
 

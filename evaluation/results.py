@@ -52,21 +52,26 @@ class EvalResult:
         """The whole result as JSON (NaN kept): how a trial on a worker node hands an evaluation to the
         sweep driver, the only process that writes it to MLflow."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        fields |= {"matrices": {k: v.tolist() for k, v in self.matrices.items()},
-                   "reliability": {k: v.tolist() for k, v in dataclasses.asdict(self.reliability).items()}}
+        fields |= {
+            "matrices": {k: v.tolist() for k, v in self.matrices.items()},
+            "reliability": {k: v.tolist() for k, v in dataclasses.asdict(self.reliability).items()},
+        }
         return json.dumps(fields)
 
     @classmethod
     def from_json(cls, text: str) -> EvalResult:
         fields = json.loads(text)
-        fields |= {"languages": tuple(fields["languages"]),
-                   "matrices": {k: np.array(v, dtype=np.float64) for k, v in fields["matrices"].items()},
-                   "reliability": M.ReliabilityTable(**{k: np.array(v) for k, v in fields["reliability"].items()})}
+        fields |= {
+            "languages": tuple(fields["languages"]),
+            "matrices": {k: np.array(v, dtype=np.float64) for k, v in fields["matrices"].items()},
+            "reliability": M.ReliabilityTable(**{k: np.array(v) for k, v in fields["reliability"].items()}),
+        }
         return cls(**fields)
 
 
-def evaluation_key(model_hash: str, eval_set: EvalSet, config: EvalConfig, temperature: float,
-                   spec: EncoderSpec | None = None) -> str:
+def evaluation_key(
+    model_hash: str, eval_set: EvalSet, config: EvalConfig, temperature: float, spec: EncoderSpec | None = None
+) -> str:
     """The idempotence key of one evaluation: same model files + same data + same ECE settings (+ the
     embedding spec when one is imposed on the folder) = same key."""
     parts = [model_hash, eval_set.digest, f"{temperature:.6g}", str(config.ece_bins)]
@@ -79,8 +84,15 @@ def _nanmean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def assemble(ref: CheckpointRef, model_hash: str, eval_set: EvalSet, scored: dict[str, dict], encode_tasks: int,
-              wall_s: float, config: EvalConfig) -> EvalResult:
+def assemble(
+    ref: CheckpointRef,
+    model_hash: str,
+    eval_set: EvalSet,
+    scored: dict[str, dict],
+    encode_tasks: int,
+    wall_s: float,
+    config: EvalConfig,
+) -> EvalResult:
     langs = eval_set.languages
     pos = {lang: i for i, lang in enumerate(langs)}
     matrices = {m: np.full((len(langs), len(langs)), np.nan) for m in PAIR_METRICS}
@@ -99,14 +111,31 @@ def assemble(ref: CheckpointRef, model_hash: str, eval_set: EvalSet, scored: dic
     if eval_set.parallel and len(langs) > 1:
         summary |= {f"multi/{m}": float(np.mean([w[m] for w in widest.values()])) for m in POOLED_METRICS}
     per_language = {a: {m: w[m] for m in ("map", "rank_distance", "ece")} for a, w in widest.items()}
-    _, reliability = M.expected_calibration_error(np.concatenate([o["confidence"] for o in scored.values()]),
-                                                  np.concatenate([o["correct"] for o in scored.values()]),
-                                                  config.ece_bins)
+    _, reliability = M.expected_calibration_error(
+        np.concatenate([o["confidence"] for o in scored.values()]),
+        np.concatenate([o["correct"] for o in scored.values()]),
+        config.ece_bins,
+    )
     key = evaluation_key(model_hash, eval_set, config, ref.temperature, ref.spec)
-    return EvalResult(ref.label or ref.path, ref.step, key,
-                      eval_set.name, eval_set.split, langs, matrices, summary, per_language, reliability,
-                      encode_tasks, wall_s, ref.model or ref.path, ref.temperature, ref.path, model_hash,
-                      eval_set.digest)
+    return EvalResult(
+        ref.label or ref.path,
+        ref.step,
+        key,
+        eval_set.name,
+        eval_set.split,
+        langs,
+        matrices,
+        summary,
+        per_language,
+        reliability,
+        encode_tasks,
+        wall_s,
+        ref.model or ref.path,
+        ref.temperature,
+        ref.path,
+        model_hash,
+        eval_set.digest,
+    )
 
 
 CACHE_FORMAT = 2  # raise when a metric's definition changes: older cached results are then not reused (2: signed)
@@ -123,8 +152,9 @@ def _cache_purpose(key: str) -> str:
 def write_cached(cache: str, result: EvalResult) -> None:
     """Keep `result` under its evaluation key, signed (`hybrid.signing`) with that key."""
     entry = {"key": result.content_hash, "result": json.loads(result.to_json())}
-    storage.write_text(cache_file(cache, result.content_hash),
-                       json.dumps(signing.signed(entry, _cache_purpose(result.content_hash))))
+    storage.write_text(
+        cache_file(cache, result.content_hash), json.dumps(signing.signed(entry, _cache_purpose(result.content_hash)))
+    )
 
 
 def cached(cache: str, key: str) -> EvalResult | None:

@@ -45,8 +45,9 @@ def _cached_encoder(model_dir: str, stamp: str, spec: EncoderSpec | None):
 
 
 @ray.remote
-def _encode_task(model: str, signed: bool, texts: list[str], side: str, batch_size: int, threads: int,
-                 spec: EncoderSpec | None) -> np.ndarray:
+def _encode_task(
+    model: str, signed: bool, texts: list[str], side: str, batch_size: int, threads: int, spec: EncoderSpec | None
+) -> np.ndarray:
     """Encode on whichever node runs the task: the model's files are copied to this node first when
     they live in storage (`local_model_dir`), never read from the driver's disk."""
     import torch
@@ -64,11 +65,18 @@ def _hash_task(model: str, signed: bool) -> str:
 
 
 @ray.remote
-def _score_task(queries: np.ndarray, positives: list[dict[str, tuple[int, ...]]], cand_langs: list[str],
-                temperature: float, ece_bins: int, use_gpu: bool, threads: int, *candidates: np.ndarray) -> dict:
+def _score_task(
+    queries: np.ndarray,
+    positives: list[dict[str, tuple[int, ...]]],
+    cand_langs: list[str],
+    temperature: float,
+    ece_bins: int,
+    use_gpu: bool,
+    threads: int,
+    *candidates: np.ndarray,
+) -> dict:
     faiss.omp_set_num_threads(threads)
-    return score_query_language(queries, positives, dict(zip(cand_langs, candidates)), temperature, ece_bins,
-                                use_gpu)
+    return score_query_language(queries, positives, dict(zip(cand_langs, candidates)), temperature, ece_bins, use_gpu)
 
 
 # Outside any placement group: called from a Tune trial (whose group captures child tasks and is full),
@@ -83,9 +91,9 @@ def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[
     score_gpus = 1 if config.use_gpu_index and ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
     def encode(texts: list[str], side: str, lang: str) -> ray.ObjectRef:
-        return _encode_task.options(num_cpus=config.encode_cpus, name=f"encode:{ref.label}:{lang}:{side}",
-                                    scheduling_strategy=OUTSIDE_TRIAL).remote(
-            ref.path, ref.signed, texts, side, config.batch_size, encode_threads, ref.spec)
+        return _encode_task.options(
+            num_cpus=config.encode_cpus, name=f"encode:{ref.label}:{lang}:{side}", scheduling_strategy=OUTSIDE_TRIAL
+        ).remote(ref.path, ref.signed, texts, side, config.batch_size, encode_threads, ref.spec)
 
     # [1] candidates first: every scoring task needs all of them, but only its own queries.
     cands = {lang: encode(eval_set.candidates[lang], "passage", lang) for lang in eval_set.languages}
@@ -94,16 +102,31 @@ def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[
     for lang in eval_set.languages:
         cand_langs = list(eval_set.languages) if eval_set.parallel else [lang]
         # [2] ObjectRefs as top-level arguments: Ray resolves them to (zero-copy) arrays in the task.
-        scoring[lang] = _score_task.options(num_cpus=config.score_cpus, num_gpus=score_gpus,
-                                            name=f"score:{ref.label}:{lang}", scheduling_strategy=OUTSIDE_TRIAL).remote(
-            queries[lang], eval_set.positives[lang], cand_langs, ref.temperature, config.ece_bins,
-            config.use_gpu_index, score_threads, *[cands[b] for b in cand_langs])
+        scoring[lang] = _score_task.options(
+            num_cpus=config.score_cpus,
+            num_gpus=score_gpus,
+            name=f"score:{ref.label}:{lang}",
+            scheduling_strategy=OUTSIDE_TRIAL,
+        ).remote(
+            queries[lang],
+            eval_set.positives[lang],
+            cand_langs,
+            ref.temperature,
+            config.ece_bins,
+            config.use_gpu_index,
+            score_threads,
+            *[cands[b] for b in cand_langs],
+        )
     return scoring, len(cands) + len(queries)
 
 
-def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpus | EvalSet, config: EvalConfig,
-                         cache: str | None = None,
-                         on_done: Callable[[CheckpointRef, float, bool], None] | None = None) -> list[EvalResult]:
+def evaluate_checkpoints(
+    checkpoints: list[CheckpointRef],
+    corpus: ParallelCorpus | EvalSet,
+    config: EvalConfig,
+    cache: str | None = None,
+    on_done: Callable[[CheckpointRef, float, bool], None] | None = None,
+) -> list[EvalResult]:
     """Evaluate every checkpoint on every language pair, concurrently; results in input order.
 
     `config.languages` and `config.max_questions` are applied to `corpus` here. Uses the current Ray
@@ -116,14 +139,23 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
     eval_set = corpus if isinstance(corpus, EvalSet) else EvalSet.from_corpus(corpus)
     eval_set = eval_set.restrict(config.languages, config.max_questions)
     if not any(eval_set.queries.values()):
-        raise ValueError(f"{eval_set.name}/{eval_set.split}: no query with a relevant candidate in {eval_set.languages}.")
+        raise ValueError(
+            f"{eval_set.name}/{eval_set.split}: no query with a relevant candidate in {eval_set.languages}."
+        )
     start = time.perf_counter()
-    digests = [_hash_task.options(num_cpus=config.encode_cpus, name=f"hash:{ref.label}",
-                                  scheduling_strategy=OUTSIDE_TRIAL).remote(ref.path, ref.signed) for ref in checkpoints]
+    digests = [
+        _hash_task.options(
+            num_cpus=config.encode_cpus, name=f"hash:{ref.label}", scheduling_strategy=OUTSIDE_TRIAL
+        ).remote(ref.path, ref.signed)
+        for ref in checkpoints
+    ]
     found = {}  # without a cache, hashing overlaps the encoding it does not feed
     if cache:
-        found = {i: hit for i, (ref, model_hash) in enumerate(zip(checkpoints, ray.get(digests)))
-                 if (hit := cached(cache, evaluation_key(model_hash, eval_set, config, ref.temperature, ref.spec)))}
+        found = {
+            i: hit
+            for i, (ref, model_hash) in enumerate(zip(checkpoints, ray.get(digests)))
+            if (hit := cached(cache, evaluation_key(model_hash, eval_set, config, ref.temperature, ref.spec)))
+        }
     for i in found:
         if on_done:
             on_done(checkpoints[i], time.perf_counter() - start, True)
@@ -143,8 +175,18 @@ def evaluate_checkpoints(checkpoints: list[CheckpointRef], corpus: ParallelCorpu
     results = []
     for i, (ref, model_hash) in enumerate(zip(checkpoints, ray.get(digests))):
         if i in found:  # the same files on the same data: only the labels are this checkpoint's
-            results.append(replace(found[i], checkpoint=ref.label or ref.path, step=ref.step, path=ref.path,
-                                   model=ref.model or ref.path, encode_tasks=0, wall_s=0.0, cached=True))
+            results.append(
+                replace(
+                    found[i],
+                    checkpoint=ref.label or ref.path,
+                    step=ref.step,
+                    path=ref.path,
+                    model=ref.model or ref.path,
+                    encode_tasks=0,
+                    wall_s=0.0,
+                    cached=True,
+                )
+            )
             continue
         scoring, n_encode = submitted[i]
         scored = dict(zip(scoring, ray.get(list(scoring.values()))))

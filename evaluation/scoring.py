@@ -45,23 +45,29 @@ def _sharded_search(queries: np.ndarray, candidates: np.ndarray, place) -> np.nd
     k = its size and scattered back into the shard's columns. `place` moves an index to its device."""
     out = np.empty((queries.shape[0], candidates.shape[0]), dtype=np.float32)
     for start in range(0, candidates.shape[0], GPU_MAX_K):
-        shard = candidates[start:start + GPU_MAX_K]
+        shard = candidates[start : start + GPU_MAX_K]
         dist, ids = place(_flat_index(shard)).search(np.ascontiguousarray(queries), shard.shape[0])
-        np.put_along_axis(out[:, start:start + shard.shape[0]], ids, dist, axis=1)
+        np.put_along_axis(out[:, start : start + shard.shape[0]], ids, dist, axis=1)
     return out
 
 
-def _setting_metrics(scores: np.ndarray, relevant: np.ndarray, temperature: float,
-                     ece_bins: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+def _setting_metrics(
+    scores: np.ndarray, relevant: np.ndarray, temperature: float, ece_bins: int
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     summary = M.summarize(scores, relevant, temperature)
     confidence, correct = M.softmax_confidence(scores, relevant, temperature)
     summary["ece"], _ = M.expected_calibration_error(confidence, correct, ece_bins)  # eval.ece_bins, not 15
     return summary, confidence, correct
 
 
-def score_query_language(queries: np.ndarray, positives: list[dict[str, tuple[int, ...]]],
-                         candidates: dict[str, np.ndarray], temperature: float, ece_bins: int,
-                         use_gpu: bool = False) -> dict:
+def score_query_language(
+    queries: np.ndarray,
+    positives: list[dict[str, tuple[int, ...]]],
+    candidates: dict[str, np.ndarray],
+    temperature: float,
+    ece_bins: int,
+    use_gpu: bool = False,
+) -> dict:
     """Metrics of one query language against each candidate language and against all of them pooled.
 
     `candidates` holds every language for a parallel set, only the query language otherwise. One FAISS call scores
@@ -86,12 +92,14 @@ def score_query_language(queries: np.ndarray, positives: list[dict[str, tuple[in
         block = slice(offsets[b], offsets[b] + size)
         rows = relevant[:, block].any(axis=1)
         if rows.any():
-            out["pairs"][b], conf, correct = _setting_metrics(scores[rows, block], relevant[rows, block],
-                                                              temperature, ece_bins)
+            out["pairs"][b], conf, correct = _setting_metrics(
+                scores[rows, block], relevant[rows, block], temperature, ece_bins
+            )
             if len(langs) == 1:
                 out["widest"], out["confidence"], out["correct"] = out["pairs"][b], conf, correct
     if len(langs) > 1:
         rows = relevant.any(axis=1)
-        out["widest"], out["confidence"], out["correct"] = _setting_metrics(scores[rows], relevant[rows],
-                                                                            temperature, ece_bins)
+        out["widest"], out["confidence"], out["correct"] = _setting_metrics(
+            scores[rows], relevant[rows], temperature, ece_bins
+        )
     return out

@@ -35,8 +35,18 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModel, LoggedModelStatus, Metric, Param, Run
 
-from evaluation.mlflow_layout import (FULL, LOGGED_TAG, MODEL_PARAM, RELIABILITY, artifact_folder, artifact_stem,
-                               language_metric, languages_param, metric_key, source)
+from evaluation.mlflow_layout import (
+    FULL,
+    LOGGED_TAG,
+    MODEL_PARAM,
+    RELIABILITY,
+    artifact_folder,
+    artifact_stem,
+    language_metric,
+    languages_param,
+    metric_key,
+    source,
+)
 from evaluation.plots import heatmap, reliability_diagram
 from evaluation.results import EvalResult
 from hybrid.data.sources import origin
@@ -45,10 +55,19 @@ DIGEST_CHARS = 36  # MLflow's limit for a dataset digest
 
 
 def lineage(result: EvalResult) -> dict:
-    return {"checkpoint": result.checkpoint, "path": result.path, "step": result.step, "model": result.model,
-            "model_hash": result.model_hash, "content_hash": result.content_hash, "data_digest": result.data_digest,
-            "dataset": result.dataset, "split": result.split,
-            "languages": list(result.languages), "temperature": result.temperature}
+    return {
+        "checkpoint": result.checkpoint,
+        "path": result.path,
+        "step": result.step,
+        "model": result.model,
+        "model_hash": result.model_hash,
+        "content_hash": result.content_hash,
+        "data_digest": result.data_digest,
+        "dataset": result.dataset,
+        "split": result.split,
+        "languages": list(result.languages),
+        "temperature": result.temperature,
+    }
 
 
 def dataset_input(name: str, digest: str, source: str, context: str) -> DatasetInput:
@@ -59,8 +78,10 @@ def dataset_input(name: str, digest: str, source: str, context: str) -> DatasetI
     with warnings.catch_warnings():  # a folder "can be interpreted in multiple ways": all of them local
         warnings.simplefilter("ignore", UserWarning)
         where = resolve_dataset_source(source)
-    return DatasetInput(MetaDataset(where, name=name, digest=digest[:DIGEST_CHARS])._to_mlflow_entity(),
-                        tags=[InputTag("mlflow.data.context", context)])
+    return DatasetInput(
+        MetaDataset(where, name=name, digest=digest[:DIGEST_CHARS])._to_mlflow_entity(),
+        tags=[InputTag("mlflow.data.context", context)],
+    )
 
 
 def model_name(result: EvalResult) -> str:
@@ -72,14 +93,26 @@ def checkpoint_model(client: MlflowClient, run: Run, result: EvalResult) -> Logg
     """The evaluated checkpoint as a LoggedModel of `run`, created once. External: MLflow records it (and
     links metrics to it) but its weights stay where the sweep wrote them."""
     name = model_name(result)
-    found = client.search_logged_models([run.info.experiment_id], max_results=1,
-                                        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{name}'")
+    found = client.search_logged_models(
+        [run.info.experiment_id],
+        max_results=1,
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{name}'",
+    )
     if found:
         return found[0]
-    model = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run.info.run_id,
-                                       tags={"mlflow.model.external": "true"}, model_type="encoder",
-                                       params={"path": result.path, "step": str(result.step), "base_model": result.model,
-                                               "content_hash": result.model_hash})
+    model = client.create_logged_model(
+        run.info.experiment_id,
+        name=name,
+        source_run_id=run.info.run_id,
+        tags={"mlflow.model.external": "true"},
+        model_type="encoder",
+        params={
+            "path": result.path,
+            "step": str(result.step),
+            "base_model": result.model,
+            "content_hash": result.model_hash,
+        },
+    )
     return client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
 
@@ -95,10 +128,22 @@ def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = No
     digest = result.data_digest[:DIGEST_CHARS]
     now = int(time.time() * 1000)
     values = dict(result.summary)
-    values |= {language_metric(lang, m): v
-               for lang, by_metric in result.per_language.items() for m, v in by_metric.items()}
-    metrics = [Metric(metric_key(result.dataset, result.split, k), float(v), now, result.step, model_id=model.model_id,
-                      dataset_name=dataset, dataset_digest=digest) for k, v in values.items() if np.isfinite(v)]
+    values |= {
+        language_metric(lang, m): v for lang, by_metric in result.per_language.items() for m, v in by_metric.items()
+    }
+    metrics = [
+        Metric(
+            metric_key(result.dataset, result.split, k),
+            float(v),
+            now,
+            result.step,
+            model_id=model.model_id,
+            dataset_name=dataset,
+            dataset_digest=digest,
+        )
+        for k, v in values.items()
+        if np.isfinite(v)
+    ]
     params = {MODEL_PARAM: result.model, languages_param(result.dataset, result.split): ",".join(result.languages)}
     folder = artifact_folder(result.dataset, result.split, result.step)
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,11 +155,14 @@ def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = No
             path = f"{folder}/{artifact_stem(metric)}.json"
             if path not in logged:  # log_table appends to an existing table: a retry must not double it
                 client.log_table(run_id, matrix_table(matrix, result.languages), path)
-    client.log_inputs(run_id, datasets=[dataset_input(dataset, result.data_digest, origin(result.dataset), "evaluation")])
+    client.log_inputs(
+        run_id, datasets=[dataset_input(dataset, result.data_digest, origin(result.dataset), "evaluation")]
+    )
     if metrics and _logged_already(client, run_id, metrics[0]):  # a writer stopped before the tag below
         metrics = []
-    client.log_batch(run_id, metrics=metrics,
-                     params=[Param(k, v) for k, v in params.items() if k not in run.data.params])
+    client.log_batch(
+        run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items() if k not in run.data.params]
+    )
     client.set_logged_model_tags(model.model_id, {tag: json.dumps(lineage(result))})
     return True
 
@@ -122,8 +170,7 @@ def log_result(result: EvalResult, run_id: str, client: MlflowClient | None = No
 def _logged_already(client: MlflowClient, run_id: str, metric: Metric) -> bool:
     """Whether `metric` (this step, this value) is in the run: its batch was logged but the driver died
     before the idempotence tag (a killed driver, a lost head), and a resumed trial reports it again."""
-    return any(m.step == metric.step and m.value == metric.value
-               for m in client.get_metric_history(run_id, metric.key))
+    return any(m.step == metric.step and m.value == metric.value for m in client.get_metric_history(run_id, metric.key))
 
 
 def matrix_table(matrix: np.ndarray, languages: tuple[str, ...]) -> pd.DataFrame:
@@ -141,13 +188,20 @@ def write_artifacts(result: EvalResult, folder: Path) -> None:
             writer.writerow(["query\\candidate", *result.languages])
             for lang, row in zip(result.languages, matrix):
                 writer.writerow([lang, *("" if np.isnan(v) else f"{v:.6f}" for v in row)])
-        heatmap(matrix, result.languages, f"{metric}, {result.dataset}/{result.split}, step {result.step}",
-                folder / f"{stem}.png")
+        heatmap(
+            matrix,
+            result.languages,
+            f"{metric}, {result.dataset}/{result.split}, step {result.step}",
+            folder / f"{stem}.png",
+        )
     table = result.reliability
     with open(folder / f"{RELIABILITY}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["lower", "upper", "count", "confidence", "accuracy"])
         writer.writerows(zip(table.lower, table.upper, table.count, table.confidence, table.accuracy))
     reliability_diagram(result, folder / f"{RELIABILITY}.png")
-    (folder / "summary.json").write_text(json.dumps(
-        {"summary": result.summary, "per_language": result.per_language, "lineage": lineage(result)}, indent=2))
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {"summary": result.summary, "per_language": result.per_language, "lineage": lineage(result)}, indent=2
+        )
+    )

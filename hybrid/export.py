@@ -23,7 +23,9 @@ def add_tokens_to_config(tokenizer, path: Path) -> None:
     config_file = path / "tokenizer_config.json"
     config = json.loads(config_file.read_text())
     if "added_tokens_decoder" not in config:
-        config["added_tokens_decoder"] = {str(i): t.__getstate__() for i, t in sorted(tokenizer.added_tokens_decoder.items())}
+        config["added_tokens_decoder"] = {
+            str(i): t.__getstate__() for i, t in sorted(tokenizer.added_tokens_decoder.items())
+        }
         config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -35,17 +37,28 @@ def write_sentence_transformers_config(path: Path, spec: EncoderSpec, dimension:
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
     ]
     (path / "modules.json").write_text(json.dumps(modules, indent=2))
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": spec.max_length,
-                                                                "do_lower_case": False}))
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": spec.max_length, "do_lower_case": False})
+    )
     (path / "1_Pooling").mkdir(exist_ok=True)
-    (path / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": dimension,
-        "pooling_mode_cls_token": spec.pooling == "cls",
-        "pooling_mode_mean_tokens": spec.pooling == "mean",
-    }, indent=2))
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": dimension,
+                "pooling_mode_cls_token": spec.pooling == "cls",
+                "pooling_mode_mean_tokens": spec.pooling == "mean",
+            },
+            indent=2,
+        )
+    )
     (path / "2_Normalize").mkdir(exist_ok=True)
-    (path / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": {"query": spec.query_prefix, "passage": spec.passage_prefix},
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine",
-    }, indent=2))
+    (path / "config_sentence_transformers.json").write_text(
+        json.dumps(
+            {
+                "prompts": {"query": spec.query_prefix, "passage": spec.passage_prefix},
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine",
+            },
+            indent=2,
+        )
+    )

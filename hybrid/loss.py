@@ -48,8 +48,9 @@ class InfoNCELoss(nn.Module):
             raise ValueError(f"temperature (tau) must be > 0, got {temperature}.")
         self.temperature, self.symmetric = temperature, symmetric
 
-    def forward(self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None,
-                negative_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None, negative_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """queries, positives: (B, d); negatives: (B, d) aligned with the items, `negative_mask` (B,) bool
         marking the items that have one (rows of items without a negative are ignored, whatever they hold).
         Aligned shapes keep the all-gather legal: every rank contributes the same number of rows."""

@@ -44,8 +44,11 @@ def sha256(path: Path) -> str:
 
 def write(folder: Path, name: str = MANIFEST, **fields: int) -> None:
     """List every file under `folder` (manifests of other writers excepted) in `folder/name`."""
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and not _is_manifest(p.name)}
+    files = {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not _is_manifest(p.name)
+    }
     (folder / name).write_text(json.dumps(signing.signed(fields | {"files": files}, PURPOSE), indent=1))
 
 
@@ -73,7 +76,9 @@ def check(folder: Path) -> None:
         world = listed.get("world_size")
         missing = sorted(set(range(world)) - set(ranks)) if world else []
         if missing:
-            raise IncompleteCheckpoint(f"{folder}: no manifest of rank(s) {missing} of {world} (not completely written).")
+            raise IncompleteCheckpoint(
+                f"{folder}: no manifest of rank(s) {missing} of {world} (not completely written)."
+            )
         for name, expected in listed["files"].items():
             _check_file(folder / name, expected)
 
@@ -86,13 +91,17 @@ def _verified(listed: dict, path: Path) -> dict:
             raise IncompleteCheckpoint(f"{e} Not loaded: its files may have been replaced.") from None
         raise IncompleteCheckpoint(
             f"{e} Written before checkpoints were signed, or by someone without this deployment's key. If "
-            f"you wrote it, accept it once: python -m hybrid.accept {path.parent}") from None
+            f"you wrote it, accept it once: python -m hybrid.accept {path.parent}"
+        ) from None
 
 
 def unsigned(folder: Path) -> list[Path]:
     """The manifests under `folder` without a signature (checkpoints from before signatures)."""
-    return sorted(p for p in folder.rglob("manifest*.json")
-                  if _is_manifest(p.name) and signing.SIGNATURE not in json.loads(p.read_text()))
+    return sorted(
+        p
+        for p in folder.rglob("manifest*.json")
+        if _is_manifest(p.name) and signing.SIGNATURE not in json.loads(p.read_text())
+    )
 
 
 def accept(path: Path) -> None:
@@ -108,6 +117,8 @@ def _check_file(path: Path, expected: dict) -> None:
         raise IncompleteCheckpoint(f"{path}: missing (listed in the checkpoint's manifest).")
     size = path.stat().st_size
     if size != expected["size"]:
-        raise IncompleteCheckpoint(f"{path}: {size} bytes, the manifest says {expected['size']} (cut short or altered).")
+        raise IncompleteCheckpoint(
+            f"{path}: {size} bytes, the manifest says {expected['size']} (cut short or altered)."
+        )
     if sha256(path) != expected["sha256"]:
         raise IncompleteCheckpoint(f"{path}: sha256 differs from the manifest (altered).")

@@ -22,20 +22,24 @@ from hybrid.model import Encoder, load_encoder
 MERGE_FILE = "merge.json"
 
 
-def merge_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
-                  weight: float) -> dict[str, torch.Tensor]:
+def merge_weights(
+    first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], weight: float
+) -> dict[str, torch.Tensor]:
     """`weight * first + (1 - weight) * second` for floating-point tensors (weight 1 or 0 gives a parent's
     tensor bit for bit); other tensors (position ids) must be equal and are kept."""
     if first.keys() != second.keys():
         only = sorted(first.keys() ^ second.keys())[:3]
-        raise ValueError(f"the two models have different weights (e.g. {', '.join(only)}): merge exports of the "
-                         "same base model.")
+        raise ValueError(
+            f"the two models have different weights (e.g. {', '.join(only)}): merge exports of the same base model."
+        )
     merged = {}
     for name, a in first.items():
         b = second[name]
         if a.shape != b.shape:
-            raise ValueError(f"weight {name} has shape {tuple(a.shape)} in one model and {tuple(b.shape)} in the "
-                             "other: merge exports of the same base model.")
+            raise ValueError(
+                f"weight {name} has shape {tuple(a.shape)} in one model and {tuple(b.shape)} in the "
+                "other: merge exports of the same base model."
+            )
         if a.is_floating_point():
             merged[name] = (weight * a.double() + (1 - weight) * b.double()).to(a.dtype)
         elif torch.equal(a, b):
@@ -45,8 +49,9 @@ def merge_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor
     return merged
 
 
-def merge(first: str | Path, second: str | Path, weight: float, out: str | Path,
-          origins: tuple[str, str] | None = None) -> Path:
+def merge(
+    first: str | Path, second: str | Path, weight: float, out: str | Path, origins: tuple[str, str] | None = None
+) -> Path:
     """Write the merge of two local exports to `out`; `weight` is the first's share, in [0, 1]. `origins`:
     where the parents live (their storage locations), recorded instead of the local folders."""
     if not 0 <= weight <= 1:
@@ -60,8 +65,10 @@ def merge(first: str | Path, second: str | Path, weight: float, out: str | Path,
         raise ValueError(f"{first} and {second} have different tokenizers: merge exports of the same base model.")
     a, b = load_encoder(str(first)), load_encoder(str(second))
     if a.spec != b.spec:
-        raise ValueError(f"{first} and {second} embed differently ({a.spec} vs {b.spec}): merge exports with the "
-                         "same pooling, prefixes and max_length.")
+        raise ValueError(
+            f"{first} and {second} embed differently ({a.spec} vs {b.spec}): merge exports with the "
+            "same pooling, prefixes and max_length."
+        )
     a.backbone.load_state_dict(merge_weights(a.backbone.state_dict(), b.backbone.state_dict(), weight))
     merged = Encoder(a.backbone, a.tokenizer, a.spec)
     out.mkdir(parents=True, exist_ok=False)

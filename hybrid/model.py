@@ -41,8 +41,13 @@ class Encoder(nn.Module):
 
     def tokenize(self, texts: list[str], side: str) -> dict[str, Tensor]:
         """Prefix for `side` ("query" / "passage") and tokenize, padded to the longest of `texts`."""
-        return self.tokenizer(self._prefixed(texts, side), padding=True, truncation=True,
-                              max_length=self.spec.max_length, return_tensors="pt")
+        return self.tokenizer(
+            self._prefixed(texts, side),
+            padding=True,
+            truncation=True,
+            max_length=self.spec.max_length,
+            return_tensors="pt",
+        )
 
     def tokenize_groups(self, texts: list[str], side: str, group: int) -> tuple[list[dict[str, Tensor]], list[int]]:
         """Tokenize sorted by token length, padded in groups of `group` texts (0: one group). Returns the
@@ -53,7 +58,7 @@ class Encoder(nn.Module):
         ids = self.tokenizer(self._prefixed(texts, side), truncation=True, max_length=self.spec.max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         size = group or max(1, len(texts))
-        chunks = [order[s:s + size] for s in range(0, len(order), size)]
+        chunks = [order[s : s + size] for s in range(0, len(order), size)]
         return [self.tokenize([texts[i] for i in chunk], side) for chunk in chunks], order
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, *more: Tensor) -> Tensor:
@@ -62,8 +67,12 @@ class Encoder(nn.Module):
         groups (`tokenize_groups`) so: one forward call per step keeps DDP's and ZeRO's hooks simple, while
         short questions are not padded to the length of long passages."""
         groups = [(input_ids, attention_mask), *zip(more[0::2], more[1::2])]
-        return torch.cat([self._pool(self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
-                          for ids, mask in groups])
+        return torch.cat(
+            [
+                self._pool(self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+                for ids, mask in groups
+            ]
+        )
 
     def _pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """(N, T, d) hidden states -> (N, d) unit vectors, by the spec's pooling."""
@@ -91,7 +100,7 @@ class Encoder(nn.Module):
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         show = len(texts) > 1000 if progress is None else progress
         for start in tqdm(range(0, len(texts), batch_size), disable=not show, desc=f"encode {side}s"):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             out[idx] = self.embed([texts[i] for i in idx], side).float().cpu().numpy()
         self.train(was_training)
         return out
@@ -130,10 +139,10 @@ def load_encoder(name_or_path: str, spec: EncoderSpec | None = None) -> Encoder:
     if spec is None:
         spec = EncoderSpec(**json.loads(saved.read_text())) if saved.exists() else EncoderSpec()
     model_type = AutoConfig.from_pretrained(path).model_type
-    backbone, info = AutoModel.from_pretrained(path, output_loading_info=True,
-                                               **({"add_pooling_layer": False} if model_type in POOLER_MODELS else {}))
+    backbone, info = AutoModel.from_pretrained(
+        path, output_loading_info=True, **({"add_pooling_layer": False} if model_type in POOLER_MODELS else {})
+    )
     if getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None
     initialised = tuple(sorted(k for k in info["missing_keys"] if not k.startswith("pooler.")))
     return Encoder(backbone, AutoTokenizer.from_pretrained(path), spec, initialised)
-

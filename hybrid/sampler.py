@@ -67,17 +67,27 @@ def language_probabilities(counts: dict[str, int], temperature: float) -> dict[s
 class HybridBatchSampler:
     """Draws hybrid batches of (query, positive[, negative]) pairs, deterministic from (seed, step)."""
 
-    def __init__(self, pairs: Sequence[TrainingPair], batch_size: int, mono_ratio: float,
-                 lang_temperature: float = math.inf, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 schedule: str = "constant", steps: int = 1):
+    def __init__(
+        self,
+        pairs: Sequence[TrainingPair],
+        batch_size: int,
+        mono_ratio: float,
+        lang_temperature: float = math.inf,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        schedule: str = "constant",
+        steps: int = 1,
+    ):
         if not 0.0 <= mono_ratio <= 1.0:
             raise ValueError(f"mono_ratio (alpha) must be in [0, 1], got {mono_ratio}.")
         scheduled_alpha(mono_ratio, schedule, 0, steps)  # names an unknown schedule
         if lang_temperature <= 0:
             raise ValueError(f"lang_temperature must be > 0 (use inf for uniform), got {lang_temperature}.")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size=}, "
-                             f"{rank=}, {world_size=}.")
+            raise ValueError(
+                f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size=}, {rank=}, {world_size=}."
+            )
         self.batch_size, self.mono_ratio, self.lang_temperature = batch_size, mono_ratio, lang_temperature
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.schedule, self.steps = schedule, steps
@@ -104,19 +114,25 @@ class HybridBatchSampler:
         if self.mono_ratio > 0:
             short = {lang: len(ids) for lang, ids in self._ids_in.items() if len(ids) < need}
             if short:
-                raise ValueError(f"global batch {need} (batch_size x world_size) exceeds the distinct questions "
-                                 f"of language(s) {short}; lower batch_size or drop those languages.")
+                raise ValueError(
+                    f"global batch {need} (batch_size x world_size) exceeds the distinct questions "
+                    f"of language(s) {short}; lower batch_size or drop those languages."
+                )
         if self.mono_ratio < 1 and len(self._multi_ids) < need:
-            raise ValueError(f"global batch {need} exceeds the {len(self._multi_ids)} questions available in "
-                             "two or more languages (needed for X-Y batches); lower batch_size.")
+            raise ValueError(
+                f"global batch {need} exceeds the {len(self._multi_ids)} questions available in "
+                "two or more languages (needed for X-Y batches); lower batch_size."
+            )
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "step": self.step}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["seed"] != self.seed:
-            raise ValueError(f"sampler state has seed {state['seed']}, this sampler {self.seed}: "
-                             "resume with the configuration the checkpoint was trained with.")
+            raise ValueError(
+                f"sampler state has seed {state['seed']}, this sampler {self.seed}: "
+                "resume with the configuration the checkpoint was trained with."
+            )
         self.step = int(state["step"])
 
     def batch(self, step: int) -> HybridBatch:
@@ -140,9 +156,16 @@ class HybridBatchSampler:
         q_pairs = [self._by_id[i][lang] for i, lang in zip(ids, q_langs)]
         p_pairs = [self._by_id[i][lang] for i, lang in zip(ids, p_langs)]
         return HybridBatch(
-            step=step, kind=kind, language=language, ids=ids, query_langs=q_langs, passage_langs=p_langs,
-            queries=[q.query for q in q_pairs], positives=[pp.positive for pp in p_pairs],
-            negatives=[pp.negative for pp in p_pairs])
+            step=step,
+            kind=kind,
+            language=language,
+            ids=ids,
+            query_langs=q_langs,
+            passage_langs=p_langs,
+            queries=[q.query for q in q_pairs],
+            positives=[pp.positive for pp in p_pairs],
+            negatives=[pp.negative for pp in p_pairs],
+        )
 
     def _cross_pair(self, rng: np.random.Generator, qid: str) -> tuple[str, str]:
         """(query language, passage language), different, both available for `qid`, weighted by p."""

@@ -69,12 +69,17 @@ def _key(path: Path | None = None) -> bytes:
         raise SigningKeyError(
             f"no signing key at {path}: make one with `python -m hybrid.signing key` on the machine that starts "
             f"the work; on a cluster every node needs that same file, mode 0600 (cluster.yaml's file_mounts copy "
-            f"it), or {KEY_ENV} set to its path.") from None
+            f"it), or {KEY_ENV} set to its path."
+        ) from None
     if mode & 0o077:
-        raise SigningKeyError(f"signing key {path} is readable by other users (mode {mode & 0o777:o}): chmod 600 {path}.")
+        raise SigningKeyError(
+            f"signing key {path} is readable by other users (mode {mode & 0o777:o}): chmod 600 {path}."
+        )
     if len(key) < 32:
-        raise SigningKeyError(f"signing key {path} is {len(key)} bytes; it needs 32 or more (delete it to make a new one "
-                              f"on the driver, then copy it to every node).")
+        raise SigningKeyError(
+            f"signing key {path} is {len(key)} bytes; it needs 32 or more (delete it to make a new one "
+            f"on the driver, then copy it to every node)."
+        )
     return key
 
 
@@ -114,10 +119,10 @@ def seal(data: bytes, purpose: str) -> bytes:
 def unseal(blob: bytes, purpose: str, where: str) -> bytes:
     """The data of a sealed blob; `BadSignature` naming `where` when it is not sealed or badly signed."""
     head = len(SEAL) + 65
-    if not blob.startswith(SEAL) or blob[head - 1:head] != b"\n":
+    if not blob.startswith(SEAL) or blob[head - 1 : head] != b"\n":
         raise BadSignature(f"{where}: not signed.")
     data = blob[head:]
-    if not _matches(data, purpose, blob[len(SEAL):head - 1].decode("ascii", "replace")):
+    if not _matches(data, purpose, blob[len(SEAL) : head - 1].decode("ascii", "replace")):
         raise BadSignature(f"{where}: bad signature (altered, or signed with another key).")
     return data
 

@@ -26,5 +26,7 @@ class EncoderSpec:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
         if not 8 <= self.max_length <= MAX_TOKENS:
-            raise ValueError(f"max_length must be between 8 and {MAX_TOKENS} tokens (encoders' position limits: e5 "
-                             f"and XLM-R 512, LaBSE 512), got {self.max_length}.")
+            raise ValueError(
+                f"max_length must be between 8 and {MAX_TOKENS} tokens (encoders' position limits: e5 "
+                f"and XLM-R 512, LaBSE 512), got {self.max_length}."
+            )

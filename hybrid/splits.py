@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-
 import logging
 from collections import Counter
 from pathlib import Path
@@ -43,11 +42,17 @@ def select_languages(pairs: list[TrainingPair], languages: tuple[str, ...], sour
     kept = [p for p in pairs if p.lang in languages]
     dropped = Counter(p.lang for p in pairs if p.lang not in languages)
     if dropped:
-        logger.warning("%s: %d rows in languages outside data.train_languages left out: %s", source,
-                       sum(dropped.values()), dict(sorted(dropped.items())))
+        logger.warning(
+            "%s: %d rows in languages outside data.train_languages left out: %s",
+            source,
+            sum(dropped.values()),
+            dict(sorted(dropped.items())),
+        )
     if not kept:
-        raise ValueError(f"{source}: no row in data.train_languages {list(languages)} (the data has "
-                         f"{sorted({p.lang for p in pairs})}); set data.train_languages to languages of the data.")
+        raise ValueError(
+            f"{source}: no row in data.train_languages {list(languages)} (the data has "
+            f"{sorted({p.lang for p in pairs})}); set data.train_languages to languages of the data."
+        )
     return kept
 
 

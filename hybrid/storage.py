@@ -102,8 +102,10 @@ def create_exclusive(location: str, text: str) -> bool:
     try:
         client.put_object(Bucket=bucket, Key=key, Body=text.encode(), IfNoneMatch="*")
     except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or \
-                e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+        if e.response.get("Error", {}).get("Code") in (
+            "PreconditionFailed",
+            "ConditionalRequestConflict",
+        ) or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
             return False
         raise OSError(f"{location}: {e}") from None
     return True
@@ -119,8 +121,9 @@ def _s3(location: str):
     endpoint = options.get("endpoint_override")
     if endpoint and "://" not in endpoint:
         endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
-    credentials = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                                                    "AWS_PROFILE"))
+    credentials = tuple(
+        os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    )
     return _s3_client(endpoint, options.get("region"), credentials), parts.netloc, parts.path.lstrip("/")
 
 
@@ -182,7 +185,7 @@ def _stamp(fs: pafs.FileSystem, path: str, info: pafs.FileInfo) -> str:
     if info.type == pafs.FileType.File:
         return f":{info.size}:{info.mtime_ns}"
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    files = sorted((i.path[len(path):], i.size, i.mtime_ns) for i in infos if i.type == pafs.FileType.File)
+    files = sorted((i.path[len(path) :], i.size, i.mtime_ns) for i in infos if i.type == pafs.FileType.File)
     if not files:
         raise FileNotFoundError(f"{path}: no such folder, or it is empty.")
     return ";".join(f"{name}:{size}:{mtime}" for name, size, mtime in files)
@@ -215,7 +218,7 @@ def local_copy(location: str) -> Path:
 def _evict(root: Path, keep: Path) -> None:
     """Bound the node-local cache to `CACHED_CHECKPOINTS` copies (a large model's checkpoints are GBs)."""
     copies = sorted((p for p in root.iterdir() if p.is_dir() and p != keep), key=lambda p: p.stat().st_mtime)
-    for old in copies[:max(0, len(copies) - (CACHED_CHECKPOINTS - 1))]:
+    for old in copies[: max(0, len(copies) - (CACHED_CHECKPOINTS - 1))]:
         if time.time() - old.stat().st_mtime > 60:  # not one another process of this node just copied
             with FileLock(str(root / f"{old.name}.lock")):
                 shutil.rmtree(old, ignore_errors=True)

@@ -46,17 +46,21 @@ def check_storage(setup: SweepSetup) -> None:
     its checkpoints); and storage that cannot be written fails here, not in every trial."""
     location = setup.sweep.storage_path
     if not storage.is_uri(location) and (alive_nodes() > 1 or autoscaling()):
-        raise ValueError(f"sweep.storage_path={location!r} is a folder on this machine, but this Ray cluster has "
-                         "several nodes, which do not see it. Set sweep.storage_path to storage every node "
-                         "reaches: s3://BUCKET/PREFIX (or gs://...), or file:///PATH for a folder mounted at the "
-                         "same place on every node.")
+        raise ValueError(
+            f"sweep.storage_path={location!r} is a folder on this machine, but this Ray cluster has "
+            "several nodes, which do not see it. Set sweep.storage_path to storage every node "
+            "reaches: s3://BUCKET/PREFIX (or gs://...), or file:///PATH for a folder mounted at the "
+            "same place on every node."
+        )
     probe = setup.sweep.location(f".write-test-{uuid.uuid4().hex[:8]}")
     try:
         storage.write_text(probe, "ok")
         storage.delete(probe)
     except OSError as e:
-        raise ValueError(f"sweep.storage_path={location!r} cannot be written from the driver ({e}). Check the "
-                         "location and the credentials (AWS_* / instance profile for s3://).") from None
+        raise ValueError(
+            f"sweep.storage_path={location!r} cannot be written from the driver ({e}). Check the "
+            "location and the credentials (AWS_* / instance profile for s3://)."
+        ) from None
 
 
 def _key_fingerprint() -> str:
@@ -77,13 +81,19 @@ def check_signing_keys() -> None:
     mine = signing.fingerprint()
     nodes = [node for node in ray.nodes() if node["Alive"]]
     probe = ray.remote(num_cpus=0)(_key_fingerprint)
-    found = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-                     .remote() for node in nodes])
+    found = ray.get(
+        [
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+            for node in nodes
+        ]
+    )
     for node, theirs in zip(nodes, found):
         if theirs != mine:
             problem = theirs if " " in theirs else "has another signing key than the driver's."
-            raise ValueError(f"node {node['NodeManagerAddress']}: {problem} Every node needs the driver's "
-                             f"{signing.key_path()} (cluster.yaml's file_mounts ship it).")
+            raise ValueError(
+                f"node {node['NodeManagerAddress']}: {problem} Every node needs the driver's "
+                f"{signing.key_path()} (cluster.yaml's file_mounts ship it)."
+            )
 
 
 def check_reachable(setup: SweepSetup) -> None:
@@ -93,9 +103,11 @@ def check_reachable(setup: SweepSetup) -> None:
     try:
         storage.exists(setup.sweep.location())
     except OSError as e:
-        raise ValueError(f"sweep.storage_path={location!r} cannot be read from the driver ({str(e).splitlines()[0]}). "
-                         "Check the bucket's name, the endpoint and the credentials (AWS_* / instance profile for "
-                         "s3://).") from None
+        raise ValueError(
+            f"sweep.storage_path={location!r} cannot be read from the driver ({str(e).splitlines()[0]}). "
+            "Check the bucket's name, the endpoint and the credentials (AWS_* / instance profile for "
+            "s3://)."
+        ) from None
 
 
 def check_free_space(setup: SweepSetup) -> str | None:
@@ -109,7 +121,7 @@ def check_free_space(setup: SweepSetup) -> str | None:
     if per is None:
         return None
     s, t = setup.sweep, run.trainer
-    per_trial = (t.keep_checkpoints + 1 if t.keep_checkpoints else -(-run.optim.steps // t.checkpoint_every))
+    per_trial = t.keep_checkpoints + 1 if t.keep_checkpoints else -(-run.optim.steps // t.checkpoint_every)
     running = per * (per_trial + 1) * s.max_concurrent  # + the one being written
     reseeded = s.top_k + (2 if s.reseed_references else 0)
     every = per * per_trial * (s.trials + reseeded * (s.seeds - 1))
@@ -118,14 +130,18 @@ def check_free_space(setup: SweepSetup) -> str | None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < running:
-        raise ValueError(f"sweep.storage_path={location!r} has {_gb(free)} free; the running trials need about "
-                         f"{_gb(running)} ({_gb(per)} a checkpoint: export, model and optimizer state; x {per_trial + 1} "
-                         f"kept or being written per trial, trainer.keep_checkpoints={t.keep_checkpoints}; x "
-                         f"sweep.max_concurrent={s.max_concurrent}). Free space, lower trainer.keep_checkpoints or "
-                         "sweep.max_concurrent, or use s3://BUCKET/PREFIX.")
+        raise ValueError(
+            f"sweep.storage_path={location!r} has {_gb(free)} free; the running trials need about "
+            f"{_gb(running)} ({_gb(per)} a checkpoint: export, model and optimizer state; x {per_trial + 1} "
+            f"kept or being written per trial, trainer.keep_checkpoints={t.keep_checkpoints}; x "
+            f"sweep.max_concurrent={s.max_concurrent}). Free space, lower trainer.keep_checkpoints or "
+            "sweep.max_concurrent, or use s3://BUCKET/PREFIX."
+        )
     if free < every:
-        return (f"warning: sweep.storage_path={location!r} has {_gb(free)} free; the sweep's trials keep up to "
-                f"{_gb(every)} of checkpoints (trainer.keep_checkpoints={t.keep_checkpoints}). It may fill up.")
+        return (
+            f"warning: sweep.storage_path={location!r} has {_gb(free)} free; the sweep's trials keep up to "
+            f"{_gb(every)} of checkpoints (trainer.keep_checkpoints={t.keep_checkpoints}). It may fill up."
+        )
     return None
 
 
@@ -146,9 +162,11 @@ def check_capacity(setup: SweepSetup, cpus: float) -> None:
     or the evaluation waits for CPUs held by the training it is waiting on."""
     s = setup.sweep
     if spare_cpus(setup, cpus) < 0:
-        raise ValueError(f"{s.max_concurrent} concurrent trial(s) use {trials_cpus(setup):g} of {cpus:g} CPUs, "
-                         f"leaving less than sweep.proxy_cpus={s.proxy_cpus:g} for evaluating "
-                         "checkpoints. Lower sweep.max_concurrent, trainer.cpus_per_worker or sweep.proxy_cpus.")
+        raise ValueError(
+            f"{s.max_concurrent} concurrent trial(s) use {trials_cpus(setup):g} of {cpus:g} CPUs, "
+            f"leaving less than sweep.proxy_cpus={s.proxy_cpus:g} for evaluating "
+            "checkpoints. Lower sweep.max_concurrent, trainer.cpus_per_worker or sweep.proxy_cpus."
+        )
 
 
 def _gb(n: float) -> str:
@@ -164,9 +182,11 @@ def shortfall(setup: SweepSetup, resources: dict[str, float]) -> str | None:
         return str(e)
     name, s = setup.sweep.trial_resource, setup.sweep
     if name and resources.get(name, 0) < s.max_concurrent:
-        return (f"sweep.trial_resource={name!r}: the cluster has {resources.get(name, 0):g} of it for "
-                f"sweep.max_concurrent={s.max_concurrent} trials. Declare it on the head node only (cluster.yaml: "
-                f"resources: {{CPU: 0, {name}: 64}}), or set sweep.trial_resource='' to run trials anywhere.")
+        return (
+            f"sweep.trial_resource={name!r}: the cluster has {resources.get(name, 0):g} of it for "
+            f"sweep.max_concurrent={s.max_concurrent} trials. Declare it on the head node only (cluster.yaml: "
+            f"resources: {{CPU: 0, {name}: 64}}), or set sweep.trial_resource='' to run trials anywhere."
+        )
     return None
 
 
@@ -193,13 +213,17 @@ def wait_for_resources(setup: SweepSetup, timeout_s: float, poll_s: float = 5.0)
     while problem is not None:
         if time.monotonic() > deadline:
             release()
-            raise ValueError(f"{problem} The autoscaler added no capacity for it in {timeout_s:g} s "
-                             "(sweep.scale_up_timeout_s): check that a node type of the cluster config can hold "
-                             "a Train worker, and its max_workers.")
+            raise ValueError(
+                f"{problem} The autoscaler added no capacity for it in {timeout_s:g} s "
+                "(sweep.scale_up_timeout_s): check that a node type of the cluster config can hold "
+                "a Train worker, and its max_workers."
+            )
         if time.monotonic() - said >= 30:
             have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
-            print(f"Waiting for the autoscaler to add nodes (up to {timeout_s:g} s): the cluster has {have}; "
-                  f"{problem}", flush=True)
+            print(
+                f"Waiting for the autoscaler to add nodes (up to {timeout_s:g} s): the cluster has {have}; {problem}",
+                flush=True,
+            )
             said = time.monotonic()
         time.sleep(poll_s)
         problem = shortfall(setup, ray.cluster_resources())

@@ -16,7 +16,6 @@ import os
 import re
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from hybrid.config import DEFAULT_CONFIG, read_yaml
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from sweeps.report.findings import Findings
 
 
-
 def default_experiment(config: Path = DEFAULT_CONFIG) -> str:
     """`sweep.name` of the preset, else the sweep section's default (as ratio_search resolves it)."""
     return str((read_yaml(config).get("sweep") or {}).get("name") or SweepConfig().name)
@@ -36,15 +34,28 @@ def default_experiment(config: Path = DEFAULT_CONFIG) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", action="append", metavar="NAME",
-                        help="sweep name = MLflow experiment (repeat to compare sweeps side by side); "
-                             "default: sweep.name of configs/default.yaml")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    parser.add_argument("--out", default="outputs/report", help="folder for report.html and the PNGs (default: %(default)s)")
-    parser.add_argument("--high-resource", nargs="+", default=list(HIGH_RESOURCE), metavar="LANG",
-                        help="high-resource languages for question 2 (default: %(default)s; intersected with "
-                             "the evaluated languages)")
+    parser.add_argument(
+        "--experiment",
+        action="append",
+        metavar="NAME",
+        help="sweep name = MLflow experiment (repeat to compare sweeps side by side); "
+        "default: sweep.name of configs/default.yaml",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--out", default="outputs/report", help="folder for report.html and the PNGs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--high-resource",
+        nargs="+",
+        default=list(HIGH_RESOURCE),
+        metavar="LANG",
+        help="high-resource languages for question 2 (default: %(default)s; intersected with the evaluated languages)",
+    )
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent runs")
     return parser.parse_args(argv)
 
@@ -61,9 +72,11 @@ def print_summary(f: Findings) -> None:
     from sweeps.report.questions import QUESTIONS
 
     s = f.sweep
-    print(f"\n=== Sweep {s.name!r} (experiment {s.experiment_id}): {len(s.runs)} trial runs, objective "
-          f"{f.objective}; metrics: {f.selection.source} evaluation on {f.dataset} "
-          "(full where every compared run has it, else proxy)")
+    print(
+        f"\n=== Sweep {s.name!r} (experiment {s.experiment_id}): {len(s.runs)} trial runs, objective "
+        f"{f.objective}; metrics: {f.selection.source} evaluation on {f.dataset} "
+        "(full where every compared run has it, else proxy)"
+    )
     table = trials_table(f)
     if not table.empty:
         with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 30):
@@ -77,8 +90,9 @@ def print_summary(f: Findings) -> None:
             print(f"  - {line}")
 
 
-def build_report(client, experiments: list[str], out: Path, high_resource: tuple[str, ...], log: bool = True,
-                 tracking_uri: str = "") -> tuple[Path, list[Findings]]:
+def build_report(
+    client, experiments: list[str], out: Path, high_resource: tuple[str, ...], log: bool = True, tracking_uri: str = ""
+) -> tuple[Path, list[Findings]]:
     """Load and analyse each sweep, write `out/report.html` and the PNGs, log them to the parent runs."""
     from sweeps.report import figures
     from sweeps.report.data import load_sweep, log_report_artifacts
@@ -117,12 +131,20 @@ def main(argv: list[str] | None = None) -> Path:
     from sweeps.report.html import overview
 
     uri = absolute_tracking_uri(args.tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise SystemExit(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep first "
-                         "(python sweeps/ratio_search.py) or pass --tracking-uri.")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        raise SystemExit(
+            f"no MLflow store at {uri[len('sqlite:///') :]}: run a sweep first "
+            "(python sweeps/ratio_search.py) or pass --tracking-uri."
+        )
     client = MlflowClient(tracking_uri=uri)
-    report, found = build_report(client, args.experiment or [default_experiment()], Path(args.out),
-                                 tuple(args.high_resource), not args.no_log, uri)
+    report, found = build_report(
+        client,
+        args.experiment or [default_experiment()],
+        Path(args.out),
+        tuple(args.high_resource),
+        not args.no_log,
+        uri,
+    )
     for f in found:
         print_summary(f)
     if len(found) > 1:

@@ -22,8 +22,17 @@ from trainers.config import TrainRunConfig, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
 # Sweep keys that may change on --resume: they act after the search (or only wait), never on its results.
-RESUMABLE_CHANGES = ("scale_up_timeout_s", "final_eval", "final_eval_all", "eval_cache", "zero_shot_datasets",
-                     "trials", "verbose", "lease_heartbeat_s", "log_sync_s")  # trials: only raised
+RESUMABLE_CHANGES = (
+    "scale_up_timeout_s",
+    "final_eval",
+    "final_eval_all",
+    "eval_cache",
+    "zero_shot_datasets",
+    "trials",
+    "verbose",
+    "lease_heartbeat_s",
+    "log_sync_s",
+)  # trials: only raised
 # Keys that only say where the sweep's record is: they may differ on --resume (a new head, a new driver
 # folder) when they lead to the same sweep, which its id then proves (`sweeps.identity`).
 WHERE_KEYS = ("tracking_uri", "study_storage", "artifact_location")
@@ -49,10 +58,17 @@ class _PointMethods:
 
 # A configuration tried before the sampler chooses any (enqueued after the references): a grid of alphas,
 # a num_train_languages arm. A knob left out takes the references' value. One field per searched knob.
-Point = make_dataclass("Point", [*((k.name, k.cast | None, None) for k in KNOBS),
-                                 # re-run with sweep.seeds seeds, like the best configurations (acts after the search)
-                                 ("reseed", bool, False)], bases=(_PointMethods,), frozen=True,
-                       namespace={"__module__": __name__})  # pickled by reference (Tune's state, Ray)
+Point = make_dataclass(
+    "Point",
+    [
+        *((k.name, k.cast | None, None) for k in KNOBS),
+        # re-run with sweep.seeds seeds, like the best configurations (acts after the search)
+        ("reseed", bool, False),
+    ],
+    bases=(_PointMethods,),
+    frozen=True,
+    namespace={"__module__": __name__},
+)  # pickled by reference (Tune's state, Ray)
 
 
 class _SearchChecks:
@@ -62,8 +78,10 @@ class _SearchChecks:
         for knob in KNOBS:
             knob.check(getattr(self, knob.name), f"sweep.search.{knob.name}")
         if not self.mono_ratio:
-            raise ValueError("sweep.search.mono_ratio=[]: alpha is always searched (the references are its two "
-                             "ends); give [low, high], e.g. [0, 1].")
+            raise ValueError(
+                "sweep.search.mono_ratio=[]: alpha is always searched (the references are its two "
+                "ends); give [low, high], e.g. [0, 1]."
+            )
         for i, point in enumerate(self.points):
             self._check_point(point, f"sweep.search.points[{i}]")
 
@@ -74,18 +92,29 @@ class _SearchChecks:
         for name, value in point.given().items():
             knob, values = BY_NAME[name], getattr(self, name)
             if knob.is_range and not (values and values[0] <= value <= values[-1]):
-                raise ValueError(f"{where}.{name}={value} lies outside sweep.search.{name}={list(values)}: "
-                                 f"widen the range or change the point.")
+                raise ValueError(
+                    f"{where}.{name}={value} lies outside sweep.search.{name}={list(values)}: "
+                    f"widen the range or change the point."
+                )
             if not knob.is_range and value not in values:
-                raise ValueError(f"{where}.{name}={value} is not one of sweep.search.{name}={list(values)}: "
-                                 "add it to the choices or change the point.")
+                raise ValueError(
+                    f"{where}.{name}={value} is not one of sweep.search.{name}={list(values)}: "
+                    "add it to the choices or change the point."
+                )
 
 
 # Ranges and choices of the searched knobs (sweeps.knobs: [] = not searched, one value = fixed), and the
 # points enqueued after the references, e.g. [{mono_ratio: 0.5}, ...]. One field per searched knob.
-SearchSpace = make_dataclass("SearchSpace", [*((k.name, tuple[k.cast, ...], field(default=k.default)) for k in KNOBS),
-                                             ("points", tuple[Point, ...], field(default=()))],
-                             bases=(_SearchChecks,), frozen=True, namespace={"__module__": __name__})
+SearchSpace = make_dataclass(
+    "SearchSpace",
+    [
+        *((k.name, tuple[k.cast, ...], field(default=k.default)) for k in KNOBS),
+        ("points", tuple[Point, ...], field(default=())),
+    ],
+    bases=(_SearchChecks,),
+    frozen=True,
+    namespace={"__module__": __name__},
+)
 
 
 @dataclass(frozen=True)
@@ -142,24 +171,31 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if not SAFE_NAME.fullmatch(self.name):
-            raise ValueError(f"sweep.name={self.name!r}: use letters, digits, '.', '_' and '-' (it names an MLflow "
-                             "experiment and a storage folder), e.g. hybrid-sweep-2.")
+            raise ValueError(
+                f"sweep.name={self.name!r}: use letters, digits, '.', '_' and '-' (it names an MLflow "
+                "experiment and a storage folder), e.g. hybrid-sweep-2."
+            )
         if not self.objectives:
             raise ValueError("sweep.objectives is empty: name at least one metric, e.g. [multi/map].")
         if self.trials < 2 + len(self.search.points):
-            raise ValueError(f"sweep.trials={self.trials} leaves no room for the alpha = 0 and alpha = 1 references "
-                             f"and the {len(self.search.points)} sweep.search.points: raise it to at least "
-                             f"{2 + len(self.search.points)}.")
+            raise ValueError(
+                f"sweep.trials={self.trials} leaves no room for the alpha = 0 and alpha = 1 references "
+                f"and the {len(self.search.points)} sweep.search.points: raise it to at least "
+                f"{2 + len(self.search.points)}."
+            )
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"sweep.scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}.")
         for objective in self.objectives:
             setting, _, metric = objective.partition("/")
             if setting not in SETTINGS or not metric:
-                raise ValueError(f"sweep objective {objective!r}: use '{{setting}}/{{metric}}' with setting in "
-                                 f"{SETTINGS}, e.g. multi/map, mono/map, cross/mrr@10.")
+                raise ValueError(
+                    f"sweep objective {objective!r}: use '{{setting}}/{{metric}}' with setting in "
+                    f"{SETTINGS}, e.g. multi/map, mono/map, cross/mrr@10."
+                )
         if len(self.objectives) > 1 and self.scheduler != "none":
-            raise ValueError("multi-objective sweeps cannot prune (ASHA and median need one metric): "
-                             "set sweep.scheduler=none.")
+            raise ValueError(
+                "multi-objective sweeps cannot prune (ASHA and median need one metric): set sweep.scheduler=none."
+            )
         if self.proxy_cpus <= 0 or (self.proxy_max_questions is not None and self.proxy_max_questions < 1):
             raise ValueError("sweep.proxy_cpus must be > 0 and sweep.proxy_max_questions null or >= 1.")
         if self.grace_period < 1:
@@ -171,12 +207,16 @@ class SweepConfig:
         if not self.scale_up_timeout_s > 0:
             raise ValueError(f"sweep.scale_up_timeout_s must be > 0 seconds, got {self.scale_up_timeout_s}.")
         if bad := [w for w in self.merge_references if not 0 < w < 1]:
-            raise ValueError(f"sweep.merge_references={list(self.merge_references)}: {bad[0]} is not strictly between 0 "
-                             "and 1 (the alpha = 1 model's share; 0 and 1 are the references themselves), e.g. "
-                             "[0.25, 0.5, 0.75].")
+            raise ValueError(
+                f"sweep.merge_references={list(self.merge_references)}: {bad[0]} is not strictly between 0 "
+                "and 1 (the alpha = 1 model's share; 0 and 1 are the references themselves), e.g. "
+                "[0.25, 0.5, 0.75]."
+            )
         if self.merge_references and not self.final_eval:
-            raise ValueError("sweep.merge_references needs sweep.final_eval=true: merges are evaluated in the final "
-                             "phase. Set it, or merge_references: [].")
+            raise ValueError(
+                "sweep.merge_references needs sweep.final_eval=true: merges are evaluated in the final "
+                "phase. Set it, or merge_references: []."
+            )
         if self.top_k < 0 or self.seeds < 1 or self.max_concurrent < 1:
             raise ValueError("sweep.top_k must be >= 0, sweep.seeds >= 1, sweep.max_concurrent >= 1.")
         self._check_record()
@@ -185,20 +225,28 @@ class SweepConfig:
         """Where the record goes: no password in a URI (it would be stored, logged and pickled), and no
         artifacts on this machine's disk behind a tracking server that is meant to outlive it."""
         if PASSWORD.search(self.tracking_uri):
-            raise ValueError(f"sweep.tracking_uri={redact(self.tracking_uri)!r} carries a password: remove it and set "
-                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
-                             "environment instead.")
+            raise ValueError(
+                f"sweep.tracking_uri={redact(self.tracking_uri)!r} carries a password: remove it and set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                "environment instead."
+            )
         if PASSWORD.search(self.study_storage):
-            raise ValueError(f"sweep.study_storage={redact(self.study_storage)!r} carries a password: remove it and "
-                             "set PGPASSWORD (or use ~/.pgpass / PGPASSFILE) in the environment instead.")
+            raise ValueError(
+                f"sweep.study_storage={redact(self.study_storage)!r} carries a password: remove it and "
+                "set PGPASSWORD (or use ~/.pgpass / PGPASSFILE) in the environment instead."
+            )
         if is_server(self.tracking_uri) and self.artifact_location and not locations.is_uri(self.artifact_location):
-            raise ValueError(f"sweep.artifact_location={self.artifact_location!r} is a folder on this machine, behind "
-                             f"the tracking server {self.tracking_uri}: artifacts would be lost with this disk. Leave "
-                             "it empty (the server stores them) or give s3://BUCKET/PREFIX.")
+            raise ValueError(
+                f"sweep.artifact_location={self.artifact_location!r} is a folder on this machine, behind "
+                f"the tracking server {self.tracking_uri}: artifacts would be lost with this disk. Leave "
+                "it empty (the server stores them) or give s3://BUCKET/PREFIX."
+            )
         if not (self.lease_heartbeat_s > 0 and self.lease_stale_after >= 2 and self.log_sync_s > 0):
-            raise ValueError(f"sweep.lease_heartbeat_s={self.lease_heartbeat_s}, sweep.lease_stale_after="
-                             f"{self.lease_stale_after}, sweep.log_sync_s={self.log_sync_s}: use seconds > 0 and at "
-                             "least 2 heartbeats, e.g. 30, 4 and 300.")
+            raise ValueError(
+                f"sweep.lease_heartbeat_s={self.lease_heartbeat_s}, sweep.lease_stale_after="
+                f"{self.lease_stale_after}, sweep.log_sync_s={self.log_sync_s}: use seconds > 0 and at "
+                "least 2 heartbeats, e.g. 30, 4 and 300."
+            )
 
     @property
     def eval_cache_location(self) -> str | None:
@@ -237,25 +285,38 @@ class SweepSetup:
     @property
     def proxy_eval(self) -> EvalConfig:
         s = self.sweep
-        return replace(self.eval, languages=s.proxy_languages or None, max_questions=s.proxy_max_questions,
-                       encode_cpus=s.proxy_cpus, score_cpus=s.proxy_cpus)
+        return replace(
+            self.eval,
+            languages=s.proxy_languages or None,
+            max_questions=s.proxy_max_questions,
+            encode_cpus=s.proxy_cpus,
+            score_cpus=s.proxy_cpus,
+        )
 
     def resolved(self) -> SweepSetup:
         """Local paths and SQLite URIs made absolute on the driver: Tune runs trials in other directories.
         A model given as a path must exist (a hub name or the offline e5-small is left as it is)."""
         s, run = self.sweep, self.run
-        sweep = replace(s, tracking_uri=absolute_tracking_uri(s.tracking_uri),
-                        study_storage=absolute_tracking_uri(s.study_storage or study_beside(s.tracking_uri)),
-                        artifact_location=locations.resolve(s.artifact_location or "mlruns")
-                        if s.artifact_location or not is_server(s.tracking_uri) else "",
-                        storage_path=locations.resolve(s.storage_path))
+        sweep = replace(
+            s,
+            tracking_uri=absolute_tracking_uri(s.tracking_uri),
+            study_storage=absolute_tracking_uri(s.study_storage or study_beside(s.tracking_uri)),
+            artifact_location=locations.resolve(s.artifact_location or "mlruns")
+            if s.artifact_location or not is_server(s.tracking_uri)
+            else "",
+            storage_path=locations.resolve(s.storage_path),
+        )
         name = run.model.name
         if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
-            raise ValueError(f"model.name={name!r}: no such folder. Give an encoder folder, an s3:// folder, "
-                             "multilingual-e5-small (offline) or a hub name.")
-        run = replace(run, model=replace(run.model, name=_absolute(name)),
-                      data=replace(run.data, train_data=_absolute(run.data.train_data),
-                                   data_dir=_absolute(run.data.data_dir)))
+            raise ValueError(
+                f"model.name={name!r}: no such folder. Give an encoder folder, an s3:// folder, "
+                "multilingual-e5-small (offline) or a hub name."
+            )
+        run = replace(
+            run,
+            model=replace(run.model, name=_absolute(name)),
+            data=replace(run.data, train_data=_absolute(run.data.train_data), data_dir=_absolute(run.data.data_dir)),
+        )
         return replace(self, run=run, sweep=sweep, eval=replace(self.eval, data_dir=_absolute(self.eval.data_dir)))
 
     def sections(self) -> dict[str, Any]:
@@ -271,8 +332,11 @@ class SweepSetup:
         act after the search and cannot alter its results (RESUMABLE_CHANGES), and those that only say where
         the record is (WHERE_KEYS: the sweep id proves it is the same sweep) or that a sweep does not use."""
         now = json.loads(json.dumps(self.settings()))  # as stored: lists, not tuples; inf as Infinity
-        keys = (set(now) | set(started)) - {f"sweep.{k}" for k in (*RESUMABLE_CHANGES, *WHERE_KEYS)} \
-            - {"trainer.storage_path"}  # unused by a sweep (its checkpoints go under sweep.storage_path)
+        keys = (
+            (set(now) | set(started))
+            - {f"sweep.{k}" for k in (*RESUMABLE_CHANGES, *WHERE_KEYS)}
+            - {"trainer.storage_path"}
+        )  # unused by a sweep (its checkpoints go under sweep.storage_path)
         return sorted(k for k in keys if _searched(now.get(k), k) != _searched(started.get(k), k))
 
 
@@ -297,16 +361,22 @@ def load_sweep_setup(path: Path | str, overrides: list[str] = ()) -> SweepSetup:
     evaluation = from_dict(EvalConfig, raw.get("eval"), "eval")
     sweep = from_dict(SweepConfig, raw.get("sweep"), "sweep")
     if evaluation.dataset in ZERO_SHOT or evaluation.dataset in sweep.zero_shot_datasets:
-        raise ValueError(f"eval.dataset={evaluation.dataset!r} would select on a zero-shot set. Select on the "
-                         f"held-out split (eval.dataset={run.data.dataset!r}) and list zero-shot sets in "
-                         "sweep.zero_shot_datasets: they are evaluated once, after selection.")
+        raise ValueError(
+            f"eval.dataset={evaluation.dataset!r} would select on a zero-shot set. Select on the "
+            f"held-out split (eval.dataset={run.data.dataset!r}) and list zero-shot sets in "
+            "sweep.zero_shot_datasets: they are evaluated once, after selection."
+        )
     for lang in sweep.proxy_languages:
         if lang not in (evaluation.languages or run.data.eval_languages):
-            raise ValueError(f"sweep.proxy_languages: {lang!r} is not an evaluation language "
-                             f"({list(evaluation.languages or run.data.eval_languages)}).")
+            raise ValueError(
+                f"sweep.proxy_languages: {lang!r} is not an evaluation language "
+                f"({list(evaluation.languages or run.data.eval_languages)})."
+            )
     for dataset in sweep.zero_shot_datasets:
         replace(evaluation, dataset=dataset)  # validates the name now, not after the sweep
     if any(k > len(run.data.train_languages) for k in sweep.search.num_train_languages):
-        raise ValueError(f"sweep.search.num_train_languages {sweep.search.num_train_languages} exceeds the "
-                         f"{len(run.data.train_languages)} data.train_languages.")
+        raise ValueError(
+            f"sweep.search.num_train_languages {sweep.search.num_train_languages} exceeds the "
+            f"{len(run.data.train_languages)} data.train_languages."
+        )
     return SweepSetup(run, evaluation, sweep, raw)

@@ -32,23 +32,35 @@ def register(setup: SweepSetup, table, configs, runs: tracking.SweepRuns) -> str
     objective = s.objectives[0]
     knobs = ranking.row_params(trial)
     return registry.register_best(
-        s.tracking_uri, s.name, runs.trial_run(trial["trial"]),
+        s.tracking_uri,
+        s.name,
+        runs.trial_run(trial["trial"]),
         storage.join(trial["checkpoint_path"], ENCODER_DIR),
         tags={"sweep": s.name, "trial": trial["trial"], "config_key": top["config_key"], **knobs},
         description=f"Sweep {s.name}: the best configuration by {objective} (proxy evaluation) "
-                    f"{mean_pm(top[objective], top[objective + ' ±95%'], 4)} over {top['seeds']} seed(s); this is "
-                    f"its seed {knobs.get('seed')} (trial {trial['trial']}, {objective} {trial[objective]:.4f}).")
+        f"{mean_pm(top[objective], top[objective + ' ±95%'], 4)} over {top['seeds']} seed(s); this is "
+        f"its seed {knobs.get('seed')} (trial {trial['trial']}, {objective} {trial[objective]:.4f}).",
+    )
 
 
-def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
-              expected: estimate.Estimate | None = None) -> None:
+def run_sweep(
+    setup: SweepSetup, sweep_id: str, resume: bool, start: float, expected: estimate.Estimate | None = None
+) -> None:
     """The sweep from its MLflow record's opening to its summary; `start` is when the driver started Ray,
     `expected` the time estimated before the search (None on `--resume`: set beside the actual at the end)."""
     s = setup.sweep
     resolved = setup.sections()
-    runs = tracking.SweepRuns.open(s.tracking_uri, s.name, sweep_id, s.artifact_location, flat_params(setup.raw),
-                                   {"preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
-                                    RESOLVED: redact(yaml.safe_dump(resolved, sort_keys=False))})
+    runs = tracking.SweepRuns.open(
+        s.tracking_uri,
+        s.name,
+        sweep_id,
+        s.artifact_location,
+        flat_params(setup.raw),
+        {
+            "preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
+            RESOLVED: redact(yaml.safe_dump(resolved, sort_keys=False)),
+        },
+    )
     early = EarlyEvaluation(setup)  # the references' final evaluation, where the cluster has room
     try:
         table = phases.search(setup, runs, resume, early)  # Tune + Optuna + ASHA
@@ -61,11 +73,18 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
     early.wait()
     configs = ranking.ranked(table, setup)  # best first
     if configs.empty:
-        raise SystemExit(f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "
-                         "pruned: see Tune's table above); fix the cause and continue with --resume.")
+        raise SystemExit(
+            f"No trial of sweep '{s.name}' completed its {setup.run.optim.steps} steps (errored or "
+            "pruned: see Tune's table above); fix the cause and continue with --resume."
+        )
     merged = merges.make(setup, table, runs)
-    heldout = phases.final_evaluation(setup, table, configs.iloc[0]["config_key"], runs,
-                                      list(zip(merged.refs, merged.run_ids))) if s.final_eval else {}
+    heldout = (
+        phases.final_evaluation(
+            setup, table, configs.iloc[0]["config_key"], runs, list(zip(merged.refs, merged.run_ids))
+        )
+        if s.final_eval
+        else {}
+    )
     for run_id in merged.run_ids:
         runs.end(run_id)
     runs.log_metrics(runs.parent_id, {k: v for k, v in heldout.items() if v == v}, step=0)
@@ -75,8 +94,9 @@ def run_sweep(setup: SweepSetup, sweep_id: str, resume: bool, start: float,
     wall = time.perf_counter() - start
     overhead = runs.trial_overhead()
     calibration = {"sweep/estimate_s": expected.total_s} | expected.speed.as_metrics() if expected else {}
-    runs.log_metrics(runs.parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead | calibration,
-                     step=0)
+    runs.log_metrics(
+        runs.parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead | calibration, step=0
+    )
     runs.end(runs.parent_id)
 
     summary.print_tables(setup, table, configs, merged.ranked(s.objectives) if merged.merges else None, heldout)

@@ -19,8 +19,8 @@ from typing import Any
 import ray
 from ray import tune
 
-from evaluation.config import EvalConfig
 from evaluation.checkpoints import CheckpointRef
+from evaluation.config import EvalConfig
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import storage
@@ -42,14 +42,24 @@ def base_ref(setup: SweepSetup) -> CheckpointRef:
     """The base model embedded as the trials embed (`model.*`: max_length, prefixes, pooling), so "against
     the base model" compares training alone: e5-small's export carries no spec, whose defaults read 128
     tokens where the default trains and evaluates at 64 (base mono mAP 0.800 vs 0.790 on XQuAD-R)."""
-    return CheckpointRef(path=setup.run.model.name, step=0, temperature=setup.run.method.temperature,
-                         label="base", model=setup.run.model.name, spec=setup.run.model.spec)
+    return CheckpointRef(
+        path=setup.run.model.name,
+        step=0,
+        temperature=setup.run.method.temperature,
+        label="base",
+        model=setup.run.model.name,
+        spec=setup.run.model.spec,
+    )
 
 
 def final_ref(setup: SweepSetup, checkpoint_path: str, params: dict[str, Any], trial: str) -> CheckpointRef:
     """A trial's final checkpoint (the trial's `params`: its knobs and seed), as the final phase evaluates it."""
-    return CheckpointRef.trained(storage.join(checkpoint_path, ENCODER_DIR), setup.run.optim.steps,
-                                 to_dict(trial_run_config(setup.run, params)), trial)
+    return CheckpointRef.trained(
+        storage.join(checkpoint_path, ENCODER_DIR),
+        setup.run.optim.steps,
+        to_dict(trial_run_config(setup.run, params)),
+        trial,
+    )
 
 
 class EarlyEvaluation(tune.Callback):
@@ -72,16 +82,23 @@ class EarlyEvaluation(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
-        if not (self.active and is_reference(trial.config.get("mono_ratio", 0.5))
-                and result.get("step") == self.sweep_setup.run.optim.steps and result.get(CHECKPOINT)):
+        if not (
+            self.active
+            and is_reference(trial.config.get("mono_ratio", 0.5))
+            and result.get("step") == self.sweep_setup.run.optim.steps
+            and result.get(CHECKPOINT)
+        ):
             return
         room = self.room()
         if room < self.sweep_setup.eval.encode_cpus:
             return
         refs = [] if self.started else [base_ref(self.sweep_setup)]
         refs.append(final_ref(self.sweep_setup, result[CHECKPOINT], trial.config, trial.trial_id))
-        print(f"{time.strftime('%H:%M:%S')} final evaluation of {', '.join(r.label for r in refs)} started now "
-              f"(a reference; {room:g} CPUs free beside the trials)", flush=True)
+        print(
+            f"{time.strftime('%H:%M:%S')} final evaluation of {', '.join(r.label for r in refs)} started now "
+            f"(a reference; {room:g} CPUs free beside the trials)",
+            flush=True,
+        )
         future: Future = Future()
         threading.Thread(target=self._evaluate, args=(refs, future), daemon=True, name="early-evaluation").start()
         self.started.append((trial.trial_id, future))
@@ -104,6 +121,8 @@ class EarlyEvaluation(tune.Callback):
             try:
                 future.result()
             except Exception as e:  # noqa: BLE001 - the final phase recomputes it and raises what it raises
-                print(f"The early final evaluation of trial {trial} failed ({e}); the final phase evaluates it.",
-                      flush=True)
+                print(
+                    f"The early final evaluation of trial {trial} failed ({e}); the final phase evaluates it.",
+                    flush=True,
+                )
         self.started = []

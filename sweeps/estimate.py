@@ -59,9 +59,11 @@ class Estimate:
 
     def line(self) -> str:
         split = ", ".join(f"{name} {s / 60:.1f}" for name, s in self.parts.items())
-        return (f"this machine ({self.speed.cpu}): a training step {self.speed.step_s:.2f} s per worker, "
-                f"{self.speed.encode_s * 1000:.0f} ms per evaluated text; the sweep should take about "
-                f"{self.total_s / 60:.0f} min ({split} min)")
+        return (
+            f"this machine ({self.speed.cpu}): a training step {self.speed.step_s:.2f} s per worker, "
+            f"{self.speed.encode_s * 1000:.0f} ms per evaluated text; the sweep should take about "
+            f"{self.total_s / 60:.0f} min ({split} min)"
+        )
 
 
 def texts(eval_set: EvalSet) -> int:
@@ -84,10 +86,14 @@ def plan(setup: SweepSetup) -> Plan:
     final = trials if s.final_eval_all else references + (s.seeds if others else 0)  # + the best's seeds
     merges = len(s.merge_references) * (1 + (extra_seeds if reseeded_refs == 2 else 0))  # seeds with both
     datasets = (setup.eval.dataset, *s.zero_shot_datasets)
-    return Plan(trials=trials, checkpoints=math.ceil(run.optim.steps / run.trainer.checkpoint_every),
-                proxy_texts=texts(_restricted(setup.proxy_eval, run.data)), merges=merges,
-                final_models=(1 + final + merges) if s.final_eval else 0,
-                final_texts=sum(texts(_restricted(full_eval_config(setup, d), run.data)) for d in datasets))
+    return Plan(
+        trials=trials,
+        checkpoints=math.ceil(run.optim.steps / run.trainer.checkpoint_every),
+        proxy_texts=texts(_restricted(setup.proxy_eval, run.data)),
+        merges=merges,
+        final_models=(1 + final + merges) if s.final_eval else 0,
+        final_texts=sum(texts(_restricted(full_eval_config(setup, d), run.data)) for d in datasets),
+    )
 
 
 def estimate(setup: SweepSetup, speed: Speed, cpus: float, spent_s: float = 0.0) -> Estimate:
@@ -99,23 +105,25 @@ def estimate(setup: SweepSetup, speed: Speed, cpus: float, spent_s: float = 0.0)
     trial = {
         "start-up": RAY_TRIAL_S + speed.import_s + speed.load_s,
         "training": run.optim.steps * speed.step_s * TRAIN_OVERHEAD
-                    + p.checkpoints * (run.trainer.val_batches * VALIDATION_STEPS * speed.step_s + SAVE_S),
+        + p.checkpoints * (run.trainer.val_batches * VALIDATION_STEPS * speed.step_s + SAVE_S),
         "proxy evaluation": proxy * p.checkpoints,  # beside training too: the workers fill the CPUs
     }
     rounds = math.ceil(p.trials / setup.sweep.max_concurrent)
     parts = {name: seconds * rounds for name, seconds in trial.items()}
     parts["start-up"] += BETWEEN_TRIALS_S * rounds + FIXED_S + spent_s
     lanes = max(1, min(p.final_models, int(cpus // setup.eval.encode_cpus)))
-    parts["final evaluation"] = (p.final_models * (p.final_texts * text_s + PER_MODEL_S)
-                                 + p.merges * (MERGE_S + proxy)) / lanes  # + merges' proxy evaluation
+    parts["final evaluation"] = (
+        p.final_models * (p.final_texts * text_s + PER_MODEL_S) + p.merges * (MERGE_S + proxy)
+    ) / lanes  # + merges' proxy evaluation
     return Estimate(total_s=sum(parts.values()), parts=parts, speed=speed)
 
 
 def calibrate(setup: SweepSetup) -> Speed:
     """`trainers.calibrate.measure` in a fresh Ray task with a trial worker's CPUs, on a node where one runs."""
     t = setup.run.trainer
-    task = ray.remote(max_calls=1)(measure).options(num_cpus=t.cpus_per_worker, num_gpus=1 if t.use_gpu else 0,
-                                                    name="calibrate", scheduling_strategy=OUTSIDE_TRIAL)
+    task = ray.remote(max_calls=1)(measure).options(
+        num_cpus=t.cpus_per_worker, num_gpus=1 if t.use_gpu else 0, name="calibrate", scheduling_strategy=OUTSIDE_TRIAL
+    )
     return ray.get(task.remote(setup.run, setup.eval.batch_size))
 
 
@@ -125,8 +133,11 @@ def announce(setup: SweepSetup, start: float) -> Estimate | None:
     if setup.run.trainer.use_gpu:
         return None
     interrupts.enter("calibration")
-    print(f"{time.strftime('%H:%M:%S')} measuring this machine's speed at the sweep's work (a few training steps, "
-          "about 20 s)", flush=True)
+    print(
+        f"{time.strftime('%H:%M:%S')} measuring this machine's speed at the sweep's work (a few training steps, "
+        "about 20 s)",
+        flush=True,
+    )
     speed = calibrate(setup)
     guess = estimate(setup, speed, ray.cluster_resources().get("CPU", 1), time.perf_counter() - start)
     print(f"{time.strftime('%H:%M:%S')} {guess.line()}", flush=True)

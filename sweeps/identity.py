@@ -45,8 +45,11 @@ def claim(setup: SweepSetup, sweep_id: str, search_started: bool) -> None:
     found = _study(store, s.name)
     if found is not None and not search_started:
         optuna.delete_study(study_name=s.name, storage=store)
-        print(f"Optuna study {s.name!r} in {redact(s.study_storage)} was left by this sweep's earlier start, "
-              "which saved no search state: started again.", flush=True)
+        print(
+            f"Optuna study {s.name!r} in {redact(s.study_storage)} was left by this sweep's earlier start, "
+            "which saved no search state: started again.",
+            flush=True,
+        )
         found = None
     if found is None:
         modes = {"max": "maximize", "min": "minimize"}
@@ -63,21 +66,27 @@ def _study(store, name: str):
 def _taken(setup: SweepSetup, where: str, other: str | None, sweep_id: str, resume: bool) -> ValueError:
     name = setup.sweep.name
     whose = f"sweep id {other}" if other else "a sweep made before sweeps had ids"
-    fix = (f"point it at the store this sweep ({sweep_id}) logged to, or start a new sweep with --name NEW" if resume
-           else "choose another name with --name NEW (or delete that sweep's record there)")
-    return ValueError(f"sweep.name={name!r} is taken in {where} by another sweep ({whose}; this one is {sweep_id}): "
-                      f"{fix}.")
+    fix = (
+        f"point it at the store this sweep ({sweep_id}) logged to, or start a new sweep with --name NEW"
+        if resume
+        else "choose another name with --name NEW (or delete that sweep's record there)"
+    )
+    return ValueError(
+        f"sweep.name={name!r} is taken in {where} by another sweep ({whose}; this one is {sweep_id}): {fix}."
+    )
 
 
 def _missing(setup: SweepSetup, where: str, flag: str, sweep_id: str) -> ValueError:
     """--resume against a store that does not hold the sweep: its record would be split in two."""
-    return ValueError(f"--resume of sweep {setup.sweep.name!r} ({sweep_id}): {where} does not hold it. Point {flag} "
-                      "at the one it started with (the same server or database may have another address).")
+    return ValueError(
+        f"--resume of sweep {setup.sweep.name!r} ({sweep_id}): {where} does not hold it. Point {flag} "
+        "at the one it started with (the same server or database may have another address)."
+    )
 
 
 def _no_such_file(uri: str) -> bool:
     """A SQLite store whose file is not there: opening it would create an empty one."""
-    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists()
 
 
 def _check_experiment(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) -> None:
@@ -95,8 +104,10 @@ def _check_experiment(setup: SweepSetup, sweep_id: str, resume: bool, search_sta
     if found is None or found.tags.get(ID_TAG) == sweep_id:
         return
     other = found.tags.get(ID_TAG)
-    if other is None and (resume or not client.search_runs(
-            [found.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT}'", max_results=1)):
+    if other is None and (
+        resume
+        or not client.search_runs([found.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT}'", max_results=1)
+    ):
         return  # an experiment without a sweep's runs, or this sweep's from before ids: adopted by SweepRuns.open
     raise _taken(setup, f"the tracking store {redact(s.tracking_uri)}", other, sweep_id, resume)
 

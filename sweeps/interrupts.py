@@ -29,8 +29,12 @@ _in_fit = False  # Tune's handler has the first Ctrl-C (set by `TuneHandlerSet`)
 def _on_sigint(signum: int, frame: Any) -> None:
     global _stopping
     if _stopping or _in_fit:
-        print(f"\nSecond Ctrl-C: exiting at once, in the {stage} phase. Everything saved so far is kept; continue "
-              "with the same command and --resume.", file=sys.stderr, flush=True)
+        print(
+            f"\nSecond Ctrl-C: exiting at once, in the {stage} phase. Everything saved so far is kept; continue "
+            "with the same command and --resume.",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(130)
     _stopping = True
     raise KeyboardInterrupt
@@ -43,8 +47,12 @@ def install() -> None:
 def stopped(phase: str, args: list[str]) -> NoReturn:
     """The sweep's command (`args`: its flags) stopped by a Ctrl-C in `phase`: say how to continue, exit 130."""
     command = " ".join(["python", "sweeps/ratio_search.py", *args]).replace(" --resume", "")
-    print(f"\nSweep interrupted in its {phase} phase: its trials were stopped and its state saved; nothing "
-          f"finished is lost. Continue with:\n  {command} --resume", file=sys.stderr, flush=True)
+    print(
+        f"\nSweep interrupted in its {phase} phase: its trials were stopped and its state saved; nothing "
+        f"finished is lost. Continue with:\n  {command} --resume",
+        file=sys.stderr,
+        flush=True,
+    )
     raise SystemExit(130)
 
 
@@ -68,8 +76,12 @@ def _tune_handler_set() -> type:
                 return
 
             def stopping(signum: int, frame: Any) -> None:
-                print(f"\nCtrl-C: stopping the {stage} phase (Tune stops its trials and saves its state, a few "
-                      "seconds); Ctrl-C again exits at once.", file=sys.stderr, flush=True)
+                print(
+                    f"\nCtrl-C: stopping the {stage} phase (Tune stops its trials and saves its state, a few "
+                    "seconds); Ctrl-C again exits at once.",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 tunes(signum, frame)
 
             signal.signal(signal.SIGINT, stopping)

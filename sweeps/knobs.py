@@ -63,15 +63,17 @@ class Knob:
         return self.label or self.name
 
     def text(self, value: Any) -> str:
-        """"tau 0.050": the knob's label and value, as progress lines and run names show it."""
+        """ "tau 0.050": the knob's label and value, as progress lines and run names show it."""
         return f"{self.short} {format(value, self.fmt)}"
 
     def check(self, values: tuple, where: str) -> None:
         """`sweep.search.<name>` as given: a range is [] or [low, high]; every value one that the field's own
         config class accepts (its check, on the default training run): the knob restates no rule."""
         if self.is_range and len(values) not in (0, 2):
-            raise ValueError(f"{where}: expected a list of 2 values, got {list(values)!r}: give [low, high], "
-                             "or [] to leave it unsearched.")
+            raise ValueError(
+                f"{where}: expected a list of 2 values, got {list(values)!r}: give [low, high], "
+                "or [] to leave it unsearched."
+            )
         if self.is_range and values and values[0] > values[1]:
             raise ValueError(f"{where}={list(values)}: low must be <= high.")
         for value in values:
@@ -100,8 +102,17 @@ KNOBS: tuple[Knob, ...] = (
     Knob("temperature", "method.temperature", "log", float, (0.01, 0.2), "tau", ".3f", shown_always=True),
     Knob("lang_temperature", "method.lang_temperature", CHOICE, float, (math.inf,), "T", "g"),
     Knob("lr", "optim.lr", "log", float, (), "lr", ".2g"),
-    Knob("num_train_languages", "data.train_languages", CHOICE, int, (), "languages", "d", to_field=_first_k,
-         from_field=len),
+    Knob(
+        "num_train_languages",
+        "data.train_languages",
+        CHOICE,
+        int,
+        (),
+        "languages",
+        "d",
+        to_field=_first_k,
+        from_field=len,
+    ),
     Knob("hard_negatives", "data.hard_negatives", CHOICE, bool, (), "hard negatives"),
     Knob("alpha_schedule", "method.alpha_schedule", CHOICE, str, (), "schedule"),
 )

@@ -39,8 +39,14 @@ class DriverLease:
 
     def __init__(self, location: str, sweep_name: str, heartbeat_s: float, enforced: bool = True):
         self.location, self.sweep_name, self.heartbeat_s, self.enforced = location, sweep_name, heartbeat_s, enforced
-        self.record = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-                       "started": time.time(), "heartbeat": time.time(), "heartbeat_s": heartbeat_s}
+        self.record = {
+            "token": uuid.uuid4().hex,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.time(),
+            "heartbeat": time.time(),
+            "heartbeat_s": heartbeat_s,
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -59,18 +65,25 @@ class DriverLease:
                 storage.delete(lease.location)  # the holder stopped renewing: its driver is gone
                 if not lease._create():
                     raise LeaseHeld(lease._refusal(lease._holder(), 0.0, limit, resume))
-                print(f"Took over sweep {sweep.name!r} from the driver on {held.get('host')} (pid {held.get('pid')}), "
-                      f"whose heartbeat stopped {_age(age)} ago.", flush=True)
+                print(
+                    f"Took over sweep {sweep.name!r} from the driver on {held.get('host')} (pid {held.get('pid')}), "
+                    f"whose heartbeat stopped {_age(age)} ago.",
+                    flush=True,
+                )
         except NotImplementedError:
-            print(f"warning: {redact(sweep.storage_path)} has no atomic create: nothing stops a second driver on "
-                  f"sweep {sweep.name!r} (use s3:// or a folder for sweep.storage_path to have it checked).",
-                  file=sys.stderr)
+            print(
+                f"warning: {redact(sweep.storage_path)} has no atomic create: nothing stops a second driver on "
+                f"sweep {sweep.name!r} (use s3:// or a folder for sweep.storage_path to have it checked).",
+                file=sys.stderr,
+            )
             lease.enforced = False
             return lease
         except OSError as e:
-            raise ValueError(f"sweep.storage_path={redact(sweep.storage_path)!r} cannot be written from the driver "
-                             f"({e}). Check the location and the credentials (AWS_* / instance profile for "
-                             "s3://).") from None
+            raise ValueError(
+                f"sweep.storage_path={redact(sweep.storage_path)!r} cannot be written from the driver "
+                f"({e}). Check the location and the credentials (AWS_* / instance profile for "
+                "s3://)."
+            ) from None
         lease._thread = threading.Thread(target=lease._renew, name="sweep-lease", daemon=True)
         lease._thread.start()
         return lease
@@ -86,11 +99,16 @@ class DriverLease:
 
     def _refusal(self, held: dict[str, Any], age: float, limit: float, resume: bool) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("started", 0)))
-        after = ("--resume takes it over" if not resume or age > limit else
-                 f"--resume takes it over once its heartbeat is older than {limit:g} s")
-        return (f"sweep {self.sweep_name!r} is being run by another driver: {held.get('host')} pid {held.get('pid')}, "
-                f"started {started}, last heartbeat {_age(age)} ago ({redact(self.location)}). Wait for it to end "
-                f"or stop it; if that driver is gone, {after}.")
+        after = (
+            "--resume takes it over"
+            if not resume or age > limit
+            else f"--resume takes it over once its heartbeat is older than {limit:g} s"
+        )
+        return (
+            f"sweep {self.sweep_name!r} is being run by another driver: {held.get('host')} pid {held.get('pid')}, "
+            f"started {started}, last heartbeat {_age(age)} ago ({redact(self.location)}). Wait for it to end "
+            f"or stop it; if that driver is gone, {after}."
+        )
 
     def _renew(self) -> None:
         """Renew the heartbeat until released; a lease taken over meanwhile (this driver was paused past
@@ -98,14 +116,21 @@ class DriverLease:
         while not self._stop.wait(self.heartbeat_s):
             try:
                 if self._holder().get("token") != self.record["token"]:
-                    print(f"warning: the lease of sweep {self.sweep_name!r} was taken over by another driver: this "
-                          "one should stop (Ctrl-C).", file=sys.stderr, flush=True)
+                    print(
+                        f"warning: the lease of sweep {self.sweep_name!r} was taken over by another driver: this "
+                        "one should stop (Ctrl-C).",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return
                 self.record["heartbeat"] = time.time()
                 storage.write_text(self.location, json.dumps(self.record))
             except OSError as e:
-                print(f"warning: renewing the lease of sweep {self.sweep_name!r} failed ({e}); retrying.",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"warning: renewing the lease of sweep {self.sweep_name!r} failed ({e}); retrying.",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still this driver's."""

@@ -36,8 +36,11 @@ class LogSync:
         try:
             storage.upload(self.logs, self.target, PATTERN)
         except OSError as e:
-            print(f"Ray's logs stay in {self.logs}: copying them to {redact(self.target)} failed ({e}).",
-                  file=sys.stderr, flush=True)
+            print(
+                f"Ray's logs stay in {self.logs}: copying them to {redact(self.target)} failed ({e}).",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         """The last copy of this node's logs, then each other live node's (a Ray task pinned to it)."""
@@ -56,9 +59,13 @@ def copy_worker_nodes(target: str, timeout_s: float = 120) -> None:
         return
     here = ray.get_runtime_context().get_node_id()
     copy = ray.remote(num_cpus=0, max_retries=0)(_copy_node_logs)
-    pending = {copy.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-               .remote(storage.join(target, f"node-{node['NodeManagerAddress']}")): node["NodeManagerAddress"]
-               for node in ray.nodes() if node["Alive"] and node["NodeID"] != here}
+    pending = {
+        copy.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+            storage.join(target, f"node-{node['NodeManagerAddress']}")
+        ): node["NodeManagerAddress"]
+        for node in ray.nodes()
+        if node["Alive"] and node["NodeID"] != here
+    }
     done, late = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
     failed = [pending[ref] for ref in late]
     for ref in done:

@@ -32,8 +32,8 @@ from hybrid.layout import ENCODER_DIR
 from sweeps import tracking
 from sweeps.config import SweepSetup
 from sweeps.knobs import BY_NAME, MERGE_WEIGHT, same_value
-from sweeps.records import CONFIG_KEY
 from sweeps.ranking import PARAM_COLUMNS, completed, per_configuration, row_params
+from sweeps.records import CONFIG_KEY
 from sweeps.trial import trial_run_config
 
 
@@ -65,8 +65,10 @@ def planned(table: pd.DataFrame, setup: SweepSetup) -> list[Merge]:
         return []
     done = completed(table, setup)
     base = {k: BY_NAME[k].base_value(setup.run) for k in PARAM_COLUMNS if k in BY_NAME and k in done}
-    ours = [all(pd.isna(row[k]) or same_value(row[k], v) for k, v in base.items() if k != "mono_ratio")
-            for _, row in done.iterrows()]
+    ours = [
+        all(pd.isna(row[k]) or same_value(row[k], v) for k, v in base.items() if k != "mono_ratio")
+        for _, row in done.iterrows()
+    ]
     refs = done[ours]
     alpha = refs["mono_ratio"].astype(float)
     pairs: dict[int, tuple[pd.Series, pd.Series]] = {}
@@ -74,8 +76,9 @@ def planned(table: pd.DataFrame, setup: SweepSetup) -> list[Merge]:
         for _, zero in refs[np.isclose(alpha, 0.0)].iterrows():
             if zero["seed"] == one["seed"]:
                 pairs.setdefault(int(one["seed"]), (one, zero))
-    return [Merge(w, seed, one, zero) for w in setup.sweep.merge_references
-            for seed, (one, zero) in sorted(pairs.items())]
+    return [
+        Merge(w, seed, one, zero) for w in setup.sweep.merge_references for seed, (one, zero) in sorted(pairs.items())
+    ]
 
 
 def _valid(location: str) -> bool:
@@ -96,8 +99,9 @@ def build(setup: SweepSetup, m: Merge) -> str:
         storage.delete(location)  # cut short or altered: made again
     mono, cross = m.parent(1), m.parent(0)
     with tempfile.TemporaryDirectory() as tmp:
-        out = merge.merge(storage.local_copy(mono), storage.local_copy(cross), m.weight, Path(tmp) / "merge",
-                          origins=(mono, cross))
+        out = merge.merge(
+            storage.local_copy(mono), storage.local_copy(cross), m.weight, Path(tmp) / "merge", origins=(mono, cross)
+        )
         storage.upload_tree(out, location, last=manifest.MANIFEST)
     return location
 
@@ -111,8 +115,14 @@ def ref(setup: SweepSetup, m: Merge, location: str) -> CheckpointRef:
 def params(m: Merge) -> dict:
     """The merge run's params: its weight and seed, the knobs its parents share, and the parents."""
     knobs = {k: v for k, v in row_params(m.mono).items() if k not in ("mono_ratio", "seed")}
-    return {MERGE_WEIGHT: m.weight, "seed": m.seed, CONFIG_KEY: m.key, **knobs,
-            "merge.alpha1_trial": m.mono["trial"], "merge.alpha0_trial": m.cross["trial"]}
+    return {
+        MERGE_WEIGHT: m.weight,
+        "seed": m.seed,
+        CONFIG_KEY: m.key,
+        **knobs,
+        "merge.alpha1_trial": m.mono["trial"],
+        "merge.alpha0_trial": m.cross["trial"],
+    }
 
 
 def log_lineage(runs: tracking.SweepRuns, run_id: str, m: Merge, result: EvalResult) -> None:
@@ -121,9 +131,11 @@ def log_lineage(runs: tracking.SweepRuns, run_id: str, m: Merge, result: EvalRes
     model = checkpoint_model(client, client.get_run(run_id), result)
     tags = {"merge.weight": f"{m.weight:g}"}
     for alpha, row in ((1, m.mono), (0, m.cross)):
-        tags |= {f"merge.alpha{alpha}.trial": str(row["trial"]),
-                 f"merge.alpha{alpha}.run_id": runs.trial_run(row["trial"]) or "",
-                 f"merge.alpha{alpha}.checkpoint": m.parent(alpha)}
+        tags |= {
+            f"merge.alpha{alpha}.trial": str(row["trial"]),
+            f"merge.alpha{alpha}.run_id": runs.trial_run(row["trial"]) or "",
+            f"merge.alpha{alpha}.checkpoint": m.parent(alpha),
+        }
     client.set_logged_model_tags(model.model_id, tags)
 
 
@@ -138,9 +150,12 @@ class Merged:
 
     def ranked(self, objectives: tuple[str, ...]) -> pd.DataFrame:
         """One row per weight, as `ranking.ranked` gives the trained configurations: mean ± 95% over seeds."""
-        runs = pd.DataFrame([{"config_key": m.key, MERGE_WEIGHT: m.weight,
-                              **{o: r.summary.get(o, math.nan) for o in objectives}}
-                             for m, r in zip(self.merges, self.results)])
+        runs = pd.DataFrame(
+            [
+                {"config_key": m.key, MERGE_WEIGHT: m.weight, **{o: r.summary.get(o, math.nan) for o in objectives}}
+                for m, r in zip(self.merges, self.results)
+            ]
+        )
         return per_configuration(runs, [MERGE_WEIGHT], objectives)
 
 
@@ -151,9 +166,12 @@ def make(setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns) -> Me
         if setup.sweep.merge_references:
             print("No merge of the references: no seed has both alpha = 0 and alpha = 1 completed.", flush=True)
         return Merged([], [], [], [])
-    print(f"{time.strftime('%H:%M:%S')} merging the references: {len(merges)} merges "
-          f"(w = {', '.join(f'{w:g}' for w in setup.sweep.merge_references)} of alpha = 1; "
-          f"seeds {', '.join(str(s) for s in sorted({m.seed for m in merges}))})", flush=True)
+    print(
+        f"{time.strftime('%H:%M:%S')} merging the references: {len(merges)} merges "
+        f"(w = {', '.join(f'{w:g}' for w in setup.sweep.merge_references)} of alpha = 1; "
+        f"seeds {', '.join(str(s) for s in sorted({m.seed for m in merges}))})",
+        flush=True,
+    )
     refs = [ref(setup, m, build(setup, m)) for m in merges]
     # The proxy's data, at the final phase's CPUs: nothing trains beside it now.
     proxy = replace(setup.proxy_eval, encode_cpus=setup.eval.encode_cpus, score_cpus=setup.eval.score_cpus)

@@ -28,8 +28,16 @@ from sweeps.tracking import TrialLogger
 from sweeps.trial import run_trial
 
 
-def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tune.TuneConfig,
-               runs: tracking.SweepRuns, resume: bool, trials: int, early: EarlyEvaluation) -> tune.ResultGrid:
+def _run_tuner(
+    name: str,
+    setup: SweepSetup,
+    space: dict[str, Any],
+    tune_cfg: tune.TuneConfig,
+    runs: tracking.SweepRuns,
+    resume: bool,
+    trials: int,
+    early: EarlyEvaluation,
+) -> tune.ResultGrid:
     """Fit one Tune experiment of `trials` trials, restoring it when `resume` and it exists (finished
     trials are kept). Its state lives in the sweep's storage (`<storage>/<sweep name>/<phase>`), local or
     s3://. Raises `interrupts.Interrupted` when the experiment returned with trials that did not end (the first
@@ -44,16 +52,19 @@ def _run_tuner(name: str, setup: SweepSetup, space: dict[str, Any], tune_cfg: tu
     restorable = tune.Tuner.can_restore(path)
     if restorable and not resume:
         raise FileExistsError(f"sweep phase {path} exists: pass --resume to continue it, or choose another sweep.name.")
-    logger = TrialLogger(runs, setup.run,
-                         setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose)
+    logger = TrialLogger(
+        runs, setup.run, setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose
+    )
     if restorable and tune_state.restore_verified(path, signed):  # only what this sweep's driver saved
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        run_config = tune.RunConfig(name=name, storage_path=root,
-                                    callbacks=[logger, early, tune_state.SignedState(path, name, signed),
-                                               interrupts.TuneHandlerSet()],
-                                    failure_config=tune.FailureConfig(max_failures=1),  # Tune's tables: --verbose
-                                    verbose=2 if setup.sweep.verbose else 0)  # 0: TrialLogger's lines instead
+        run_config = tune.RunConfig(
+            name=name,
+            storage_path=root,
+            callbacks=[logger, early, tune_state.SignedState(path, name, signed), interrupts.TuneHandlerSet()],
+            failure_config=tune.FailureConfig(max_failures=1),  # Tune's tables: --verbose
+            verbose=2 if setup.sweep.verbose else 0,
+        )  # 0: TrialLogger's lines instead
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config)
     grid, stopped = interrupts.fit(tuner, name)
     runs.flush()  # the phase's MLflow writes, queued by TrialLogger, all done (or their error raised)
@@ -79,24 +90,40 @@ def search(setup: SweepSetup, runs: tracking.SweepRuns, resume: bool, early: Ear
     done = 0
     for total in search_rounds(setup):
         cfg = tune_config(setup.sweep, setup.run, total - done, first_round=done == 0)
-        grid = _run_tuner("search" if done == 0 else f"search-to-{total}", setup,
-                          param_space(setup.sweep, setup.run), cfg, runs, resume, total - done, early)
+        grid = _run_tuner(
+            "search" if done == 0 else f"search-to-{total}",
+            setup,
+            param_space(setup.sweep, setup.run),
+            cfg,
+            runs,
+            resume,
+            total - done,
+            early,
+        )
         tables.append(trials_table(grid, setup.sweep.objectives))
         done = total
     return pd.concat(tables, ignore_index=True)
 
 
-def reseed(setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns, resume: bool,
-           early: EarlyEvaluation) -> pd.DataFrame:
+def reseed(
+    setup: SweepSetup, table: pd.DataFrame, runs: tracking.SweepRuns, resume: bool, early: EarlyEvaluation
+) -> pd.DataFrame:
     """Re-run the `reseeded` configurations with seeds 1..seeds-1 (seed 0 ran in the search)."""
     extra = [table]
     for _, row in reseeded(table, setup).iterrows():
         if setup.sweep.seeds < 2:
             break
         space = row_params(row) | {"seed": tune.grid_search(list(range(1, setup.sweep.seeds)))}
-        grid = _run_tuner(f"seeds-{row['config_key']}", setup, space,
-                          tune.TuneConfig(max_concurrent_trials=setup.sweep.max_concurrent), runs, resume,
-                          setup.sweep.seeds - 1, early)
+        grid = _run_tuner(
+            f"seeds-{row['config_key']}",
+            setup,
+            space,
+            tune.TuneConfig(max_concurrent_trials=setup.sweep.max_concurrent),
+            runs,
+            resume,
+            setup.sweep.seeds - 1,
+            early,
+        )
         extra.append(trials_table(grid, setup.sweep.objectives))
     return pd.concat(extra, ignore_index=True)
 
@@ -109,15 +136,22 @@ def _final_progress(total: int):
     def say(ref, elapsed: float, cached: bool) -> None:
         done.append(elapsed)
         more = "" if cached else progress.pace_left(elapsed, len(done), total)
-        print(f"{time.strftime('%H:%M:%S')} final evaluation: {ref.label} "
-              f"{'from the evaluation cache' if cached else f'done after {elapsed:.0f} s'} ({len(done)}/{total}{more})",
-              flush=True)
+        print(
+            f"{time.strftime('%H:%M:%S')} final evaluation: {ref.label} "
+            f"{'from the evaluation cache' if cached else f'done after {elapsed:.0f} s'} ({len(done)}/{total}{more})",
+            flush=True,
+        )
 
     return say
 
 
-def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, runs: tracking.SweepRuns,
-                     extra: list[tuple[CheckpointRef, str]] = ()) -> dict[str, float]:
+def final_evaluation(
+    setup: SweepSetup,
+    table: pd.DataFrame,
+    best_key: str,
+    runs: tracking.SweepRuns,
+    extra: list[tuple[CheckpointRef, str]] = (),
+) -> dict[str, float]:
     """Full evaluation (all eval languages, all questions) of the final checkpoints of the best
     configuration (one per seed) and of the alpha = 0 / alpha = 1 references (of every completed trial
     with `sweep.final_eval_all`), of the base model (parent run, step 0) and of `extra` models, each
@@ -125,21 +159,35 @@ def final_evaluation(setup: SweepSetup, table: pd.DataFrame, best_key: str, runs
     (`sweep.zero_shot_datasets`), which took no part in selection. Returns the parent's summary: base and
     best (mean, 95% half-width)."""
     final = completed(table, setup)
-    chosen = final if setup.sweep.final_eval_all else \
-        final[(final["config_key"] == best_key) | final["mono_ratio"].map(is_reference)]
+    chosen = (
+        final
+        if setup.sweep.final_eval_all
+        else final[(final["config_key"] == best_key) | final["mono_ratio"].map(is_reference)]
+    )
     chosen = chosen.drop_duplicates("trial")
     refs = [final_ref(setup, row["checkpoint_path"], row_params(row), row["trial"]) for _, row in chosen.iterrows()]
     summary: dict[str, float] = {}
     for dataset in (setup.eval.dataset, *setup.sweep.zero_shot_datasets):
         full = full_eval_config(setup, dataset)
         models = [base_ref(setup), *refs, *(ref for ref, _ in extra)]
-        print(f"{time.strftime('%H:%M:%S')} final evaluation on {dataset} started: {len(models)} models, every "
-              "language pair", flush=True)
-        results = evaluate_checkpoints(models, load_eval_set(full, setup.run.data), full,
-                                       setup.sweep.eval_cache_location, on_done=_final_progress(len(models)))
-        print(f"Final evaluation on {dataset}: {len(results)} models (base + {len(refs)} final checkpoints"
-              f"{f' + {len(extra)} merges' if extra else ''}), {sum(r.cached for r in results)} from the evaluation "
-              "cache.", flush=True)
+        print(
+            f"{time.strftime('%H:%M:%S')} final evaluation on {dataset} started: {len(models)} models, every "
+            "language pair",
+            flush=True,
+        )
+        results = evaluate_checkpoints(
+            models,
+            load_eval_set(full, setup.run.data),
+            full,
+            setup.sweep.eval_cache_location,
+            on_done=_final_progress(len(models)),
+        )
+        print(
+            f"Final evaluation on {dataset}: {len(results)} models (base + {len(refs)} final checkpoints"
+            f"{f' + {len(extra)} merges' if extra else ''}), {sum(r.cached for r in results)} from the evaluation "
+            "cache.",
+            flush=True,
+        )
         runs.log_result(results[0], runs.parent_id)
         run_ids = [runs.trial_run(trial) for trial in chosen["trial"]] + [run_id for _, run_id in extra]
         for result, run_id in zip(results[1:], run_ids):

@@ -31,20 +31,23 @@ class Board:
 
 
 def knob_text(params: dict[str, Any], base: Any) -> str:
-    """"alpha 0.50, tau 0.050, seed 0": the always-shown knobs, the others where they differ from the base
+    """ "alpha 0.50, tau 0.050, seed 0": the always-shown knobs, the others where they differ from the base
     run (`knobs.Knob.text`)."""
-    shown = [k.text(params[k.name]) for k in KNOBS
-             if k.name in params and (k.shown_always or params[k.name] != k.base_value(base))]
+    shown = [
+        k.text(params[k.name])
+        for k in KNOBS
+        if k.name in params and (k.shown_always or params[k.name] != k.base_value(base))
+    ]
     return ", ".join([*shown, f"seed {params.get('seed', 0)}"])
 
 
 def describe(trial_id: str, params: dict[str, Any], base: Any) -> str:
-    """"trial ID (alpha 0.50, tau 0.050, seed 0)": a progress line's trial."""
+    """ "trial ID (alpha 0.50, tau 0.050, seed 0)": a progress line's trial."""
     return f"trial {trial_id} ({knob_text(params, base)})"
 
 
 def time_left(seconds: float) -> str:
-    """", about N min left" (or "N s"); "" when nothing is left."""
+    """ ", about N min left" (or "N s"); "" when nothing is left."""
     if seconds <= 0:
         return ""
     return f", about {seconds / 60:.1f} min left" if seconds >= 60 else f", about {seconds:.0f} s left"

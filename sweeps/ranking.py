@@ -17,13 +17,13 @@ from sweeps.search import filled, is_reference
 from sweeps.stats import seed_summary
 from sweeps.trial import config_key
 
-
 PARAM_COLUMNS = [*knobs.NAMES, "seed"]
 
 
 def row_params(row: pd.Series) -> dict[str, Any]:
     """A trial's params from its table row: the knobs it set and its seed, as the Python values Tune gave
     (a table column of numbers with gaps holds floats; NumPy scalars)."""
+
     def value(k: str) -> Any:
         v = row[k].item() if hasattr(row[k], "item") else row[k]
         return knobs.BY_NAME[k].cast(v) if k in knobs.BY_NAME else int(v)
@@ -39,11 +39,17 @@ def trials_table(grid: tune.ResultGrid, objectives: tuple[str, ...]) -> pd.DataF
         if not result.config:
             continue
         metrics = result.metrics or {}
-        rows.append({"trial": metrics.get("trial_id", result.path.rstrip("/").rsplit("/", 1)[-1]),
-                     **{k: result.config.get(k) for k in PARAM_COLUMNS if k in result.config},
-                     "config_key": config_key(result.config), "step": metrics.get("step"),
-                     **{o: metrics.get(o) for o in objectives},
-                     "checkpoint_path": metrics.get(CHECKPOINT), "error": _last_line(result.error)})
+        rows.append(
+            {
+                "trial": metrics.get("trial_id", result.path.rstrip("/").rsplit("/", 1)[-1]),
+                **{k: result.config.get(k) for k in PARAM_COLUMNS if k in result.config},
+                "config_key": config_key(result.config),
+                "step": metrics.get("step"),
+                **{o: metrics.get(o) for o in objectives},
+                "checkpoint_path": metrics.get(CHECKPOINT),
+                "error": _last_line(result.error),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -72,16 +78,18 @@ def reseeded(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
         top.append(done[done["mono_ratio"].map(is_reference)])
     for point in (p for p in setup.sweep.search.points if p.reseed):
         given = filled(setup.sweep, setup.run, point)
-        top.append(done[[all(k in row and knobs.same_value(row[k], v) for k, v in given.items())
-                         for _, row in done.iterrows()]])
+        top.append(
+            done[
+                [all(k in row and knobs.same_value(row[k], v) for k, v in given.items()) for _, row in done.iterrows()]
+            ]
+        )
     return pd.concat(top).drop_duplicates("config_key")
 
 
 def ranked(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
     """Completed configurations ranked by the mean of the first objective over seeds, with 95% intervals."""
     objective, mode = setup.sweep.objectives[0], setup.sweep.modes[0]
-    rows = per_configuration(completed(table, setup), [k for k in PARAM_COLUMNS if k != "seed"],
-                             setup.sweep.objectives)
+    rows = per_configuration(completed(table, setup), [k for k in PARAM_COLUMNS if k != "seed"], setup.sweep.objectives)
     if rows.empty:
         return pd.DataFrame(columns=["config_key", "seeds", *setup.sweep.objectives])
     return rows.sort_values(objective, ascending=mode == "min").reset_index(drop=True)
@@ -90,8 +98,12 @@ def ranked(table: pd.DataFrame, setup: SweepSetup) -> pd.DataFrame:
 def per_configuration(runs: pd.DataFrame, columns: list[str], objectives: tuple[str, ...]) -> pd.DataFrame:
     """One row per `config_key` of `runs` (one per seed): its `columns` (from its first run), how many
     seeds, and each objective's mean and 95% half-width over them."""
-    return pd.DataFrame([{"config_key": key, **seed_summary(group, columns, list(objectives), " ±95%")}
-                         for key, group in runs.groupby("config_key")])
+    return pd.DataFrame(
+        [
+            {"config_key": key, **seed_summary(group, columns, list(objectives), " ±95%")}
+            for key, group in runs.groupby("config_key")
+        ]
+    )
 
 
 def best_trial(table: pd.DataFrame, setup: SweepSetup, best_key: str) -> pd.Series:

@@ -29,6 +29,7 @@ signal.signal(signal.SIGINT, lambda signum, frame: interrupts.stopped(interrupts
 
 import argparse  # noqa: E402  (after the handler: a Ctrl-C during these imports is a clean stop)
 import contextlib  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -43,7 +44,7 @@ import yaml  # noqa: E402
 # Only what the checks before Ray starts need: a refusal, --show-config and --help never import torch,
 # DeepSpeed, Ray Train, Tune or MLflow (`drive` imports them once the sweep's lease is held).
 from hybrid.config import DEFAULT_CONFIG  # noqa: E402
-from sweeps import cluster, state  # noqa: E402
+from sweeps import cluster, identity, state  # noqa: E402
 from sweeps.config import SweepSetup, load_sweep_setup  # noqa: E402
 from sweeps.lease import DriverLease  # noqa: E402
 from sweeps.uris import record_warning, redact  # noqa: E402
@@ -65,23 +66,40 @@ def user_errors(parser: argparse.ArgumentParser, debug: bool):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="a preset in configs/")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, e.g. --set sweep.trials=8 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set sweep.trials=8 (repeatable)",
+    )
     parser.add_argument("--name", help="sweep name (MLflow experiment, storage folder); default sweep.name")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sweep.tracking_uri, a local "
-                             "SQLite file)")
-    parser.add_argument("--study-storage", default=os.environ.get("HYBRID_SWEEP_STUDY_STORAGE"),
-                        help="the Optuna study's database, e.g. postgresql+psycopg://USER@HOST:5432/optuna (default: "
-                             "$HYBRID_SWEEP_STUDY_STORAGE, else sweep.study_storage; password from PGPASSWORD or "
-                             "~/.pgpass)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sweep.tracking_uri, a local SQLite file)",
+    )
+    parser.add_argument(
+        "--study-storage",
+        default=os.environ.get("HYBRID_SWEEP_STUDY_STORAGE"),
+        help="the Optuna study's database, e.g. postgresql+psycopg://USER@HOST:5432/optuna (default: "
+        "$HYBRID_SWEEP_STUDY_STORAGE, else sweep.study_storage; password from PGPASSWORD or "
+        "~/.pgpass)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a configuration error")
-    parser.add_argument("--show-config", action="store_true",
-                        help="print every setting as this run would use it (the preset over the defaults, --set "
-                             "applied) as YAML, and exit")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also show Ray workers' and tasks' output and every trial result (always in Ray's logs)")
+    parser.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print every setting as this run would use it (the preset over the defaults, --set "
+        "applied) as YAML, and exit",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray workers' and tasks' output and every trial result (always in Ray's logs)",
+    )
     interrupts.install()  # Ctrl-C: stop, say how to continue, exit 130; a second one exits at once
     try:
         args = parser.parse_args(argv)
@@ -112,16 +130,16 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
             done = state.finished(setup)
             raise FileExistsError(
                 f"sweep {setup.sweep.name!r} finished: {done}. Start another with --name NEW, or add trials with "
-                f"--resume --set sweep.trials=N." if done else
-                f"sweep {setup.sweep.name!r} exists in {setup.sweep.storage_path}, unfinished: pass --resume to "
-                "continue it, or --name NEW to start another.")
+                f"--resume --set sweep.trials=N."
+                if done
+                else f"sweep {setup.sweep.name!r} exists in {setup.sweep.storage_path}, unfinished: pass --resume to "
+                "continue it, or --name NEW to start another."
+            )
         preflight(setup.run)  # [2] data present, batch fits the questions, languages known
         check_ray_address()  # an empty RAY_ADDRESS, a head that does not answer
         warning = cluster.check_free_space(setup)  # [3] storage on a disk: room for the checkpoints
         lease = DriverLease.acquire(setup.sweep, args.resume)  # [4] one driver per sweep
     try:
-        from sweeps import identity
-
         with user_errors(parser, args.debug):
             sweep_id = state.sweep_id(setup)
             identity.check(setup, sweep_id, args.resume, started)  # [5] the name is this sweep's
@@ -130,8 +148,14 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
         lease.release()
 
 
-def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namespace, parser: argparse.ArgumentParser,
-          warning: str | None) -> None:
+def drive(
+    setup: SweepSetup,
+    sweep_id: str,
+    started: bool,
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    warning: str | None,
+) -> None:
     """Start (or join) Ray and run the sweep's phases, this driver holding the sweep's lease."""
     import optuna
 
@@ -151,8 +175,10 @@ def drive(setup: SweepSetup, sweep_id: str, started: bool, args: argparse.Namesp
     start = time.perf_counter()
     logs = init_ray(log_to_driver=s.verbose)  # [6] local Ray, or the cluster when RAY_ADDRESS is set
     if not s.verbose:
-        print(f"Ray workers' and tasks' output: {logs} (--verbose shows it here; copied to "
-              f"{redact(s.location('logs'))} every {s.log_sync_s:g} s)")
+        print(
+            f"Ray workers' and tasks' output: {logs} (--verbose shows it here; copied to "
+            f"{redact(s.location('logs'))} every {s.log_sync_s:g} s)"
+        )
         import transformers  # here, not at the top: a config error or --help need not wait for it
 
         transformers.logging.set_verbosity_error()  # its load report of the registered encoder

@@ -60,18 +60,27 @@ class TrialReport:
     def to_tune(self, training: Mapping[str, Any]) -> dict[str, Any]:
         """The flat dict Tune gets, with the checkpoint's own training report (`training`: loss, speed)."""
         summary = self.evaluation.summary if self.evaluation else {}
-        return {**training, **summary, **self.timings, "step": self.step, CHECKPOINT: self.checkpoint,
-                TRAIN_HISTORY: json.dumps(self.history),
-                **({EVAL_RESULT: self.evaluation.to_json()} if self.evaluation else {})}
+        return {
+            **training,
+            **summary,
+            **self.timings,
+            "step": self.step,
+            CHECKPOINT: self.checkpoint,
+            TRAIN_HISTORY: json.dumps(self.history),
+            **({EVAL_RESULT: self.evaluation.to_json()} if self.evaluation else {}),
+        }
 
     @classmethod
     def from_tune(cls, result: Mapping[str, Any]) -> TrialReport:
         """A report back from Tune's result (live, or a row of its record: absent fields may be NaN)."""
         evaluation = result.get(EVAL_RESULT)
-        return cls(step=int(result.get("step", 0)), checkpoint=str(result.get(CHECKPOINT, "")),
-                   history=json.loads(result.get(TRAIN_HISTORY) or "[]"),
-                   timings={k: float(v) for k, v in result.items() if k.startswith(TIMING) and v == v},
-                   evaluation=EvalResult.from_json(evaluation) if isinstance(evaluation, str) else None)
+        return cls(
+            step=int(result.get("step", 0)),
+            checkpoint=str(result.get(CHECKPOINT, "")),
+            history=json.loads(result.get(TRAIN_HISTORY) or "[]"),
+            timings={k: float(v) for k, v in result.items() if k.startswith(TIMING) and v == v},
+            evaluation=EvalResult.from_json(evaluation) if isinstance(evaluation, str) else None,
+        )
 
     @property
     def loss(self) -> float:

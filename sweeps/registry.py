@@ -15,8 +15,9 @@ ALIAS = "best"
 EXAMPLE = ["query: Which team won Super Bowl 50?", "passage: The Denver Broncos defeated the Carolina Panthers."]
 
 
-def register_best(tracking_uri: str, sweep_name: str, run_id: str, encoder_uri: str, tags: dict[str, Any],
-                  description: str) -> str:
+def register_best(
+    tracking_uri: str, sweep_name: str, run_id: str, encoder_uri: str, tags: dict[str, Any], description: str
+) -> str:
     """Log the encoder at `encoder_uri` in run `run_id`, register it as a new version of model
     `sweep_name` with `tags`, point the alias `best` at it; returns the version."""
     import mlflow
@@ -29,9 +30,13 @@ def register_best(tracking_uri: str, sweep_name: str, run_id: str, encoder_uri: 
     model = SentenceTransformer(str(folder), device="cpu")
     with mlflow.start_run(run_id=run_id):
         info = mlflow.sentence_transformers.log_model(
-            model, name="encoder", input_example=EXAMPLE, registered_model_name=sweep_name,
+            model,
+            name="encoder",
+            input_example=EXAMPLE,
+            registered_model_name=sweep_name,
             pip_requirements=["sentence-transformers", "transformers", "torch"],  # no inference from the env
-            tags={k: str(v) for k, v in tags.items()})
+            tags={k: str(v) for k, v in tags.items()},
+        )
     client = MlflowClient(tracking_uri)
     version = str(info.registered_model_version)
     for key, value in tags.items():

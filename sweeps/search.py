@@ -67,8 +67,11 @@ def filled(sweep: SweepConfig, base: TrainRunConfig, point: Any) -> dict[str, An
 def base_point(sweep: SweepConfig, base: TrainRunConfig) -> dict[str, Any]:
     """The searched knobs other than alpha at the base config's values, brought into their ranges or
     choices: the references' configuration."""
-    return {k.name: _nearest(k, values, base) for k in KNOBS
-            if k is not ALPHA and k.searched(values := getattr(sweep.search, k.name))}
+    return {
+        k.name: _nearest(k, values, base)
+        for k in KNOBS
+        if k is not ALPHA and k.searched(values := getattr(sweep.search, k.name))
+    }
 
 
 def _nearest(knob: Knob, values: tuple, base: TrainRunConfig) -> Any:
@@ -87,8 +90,9 @@ def sampler(sweep: SweepConfig, references: int) -> optuna.samplers.BaseSampler:
     startup = max(1, references)
     if len(sweep.objectives) == 1:
         return optuna.samplers.GPSampler(seed=sweep.seed, n_startup_trials=startup)
-    return optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=max(startup, sweep.trials // 4),
-                                      multivariate=True)
+    return optuna.samplers.TPESampler(
+        seed=sweep.seed, n_startup_trials=max(startup, sweep.trials // 4), multivariate=True
+    )
 
 
 _ACTIVE_STUDY_STORAGE: dict[str, str] = {}  # sweep name -> this driver's sweep.study_storage
@@ -118,8 +122,9 @@ def study_storage(sweep: SweepConfig) -> StudyStorage:
     return StudyStorage(sweep.study_storage, sweep.name)
 
 
-def tune_config(sweep: SweepConfig, base: TrainRunConfig, trials: int | None = None,
-                first_round: bool = True) -> tune.TuneConfig:
+def tune_config(
+    sweep: SweepConfig, base: TrainRunConfig, trials: int | None = None, first_round: bool = True
+) -> tune.TuneConfig:
     """The sampler over the space, references first; one objective goes through TuneConfig (so the progress
     table shows it and the scheduler prunes on it), several go to Optuna (a Pareto front, no pruning).
 
@@ -128,9 +133,12 @@ def tune_config(sweep: SweepConfig, base: TrainRunConfig, trials: int | None = N
     starts from every earlier trial, and the references and points are not enqueued again."""
     trials = sweep.trials if trials is None else trials
     points = enqueued_points(sweep, base)
-    study = {"study_name": sweep.name, "storage": study_storage(sweep),
-             "points_to_evaluate": points if first_round and points else None,
-             "sampler": sampler(sweep, len(points))}
+    study = {
+        "study_name": sweep.name,
+        "storage": study_storage(sweep),
+        "points_to_evaluate": points if first_round and points else None,
+        "sampler": sampler(sweep, len(points)),
+    }
     if len(sweep.objectives) > 1:
         searcher = OptunaSearch(metric=list(sweep.objectives), mode=sweep.modes, **study)
         return tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=sweep.max_concurrent)
@@ -142,9 +150,14 @@ def tune_config(sweep: SweepConfig, base: TrainRunConfig, trials: int | None = N
         scheduler = MedianStoppingRule(time_attr="step", grace_period=grace)
     else:
         scheduler = FIFOScheduler()
-    return tune.TuneConfig(metric=sweep.objectives[0], mode=sweep.modes[0], scheduler=scheduler,
-                           search_alg=OptunaSearch(**study), num_samples=trials,
-                           max_concurrent_trials=sweep.max_concurrent)
+    return tune.TuneConfig(
+        metric=sweep.objectives[0],
+        mode=sweep.modes[0],
+        scheduler=scheduler,
+        search_alg=OptunaSearch(**study),
+        num_samples=trials,
+        max_concurrent_trials=sweep.max_concurrent,
+    )
 
 
 def is_reference(mono_ratio: float) -> bool:

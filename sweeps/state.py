@@ -33,11 +33,14 @@ def _stored(setup: SweepSetup) -> dict[str, Any] | None:
     if not storage.exists(location):
         return None
     try:
-        return signing.verified(json.loads(storage.read_text(location)), signing.settings_purpose(setup.sweep.name),
-                                location)
+        return signing.verified(
+            json.loads(storage.read_text(location)), signing.settings_purpose(setup.sweep.name), location
+        )
     except signing.BadSignature as e:
-        raise ValueError(f"{e} The sweep's settings cannot be trusted, so it is not resumed. If you wrote it, "
-                         f"accept it once: python -m hybrid.accept {setup.sweep.location()}") from None
+        raise ValueError(
+            f"{e} The sweep's settings cannot be trusted, so it is not resumed. If you wrote it, "
+            f"accept it once: python -m hybrid.accept {setup.sweep.location()}"
+        ) from None
     except ValueError as e:
         raise ValueError(f"{location}: unreadable ({e}); the sweep is not resumed.") from None
 
@@ -61,9 +64,10 @@ def save_settings(setup: SweepSetup, sweep_id: str, started: bool) -> None:
     elif stored.get("id") == sweep_id:
         return
     stored["id"] = sweep_id
-    storage.write_text(setup.sweep.location(SETTINGS_FILE),
-                       json.dumps(signing.signed(stored, signing.settings_purpose(setup.sweep.name)), indent=1,
-                                  sort_keys=True))
+    storage.write_text(
+        setup.sweep.location(SETTINGS_FILE),
+        json.dumps(signing.signed(stored, signing.settings_purpose(setup.sweep.name)), indent=1, sort_keys=True),
+    )
 
 
 FINISHED_FILE = "finished.txt"  # the summary line of a sweep that ran to its end
@@ -90,20 +94,26 @@ def check_unchanged(setup: SweepSetup) -> None:
     `sweep.trials` may only grow: the new trials run as a search round of their own."""
     stored = _stored(setup)
     if stored is None and exists(setup):  # save_settings runs before any phase: a sweep of an older version
-        raise ValueError(f"--resume of sweep {setup.sweep.name!r}: its phases are in {setup.sweep.location()} but "
-                         f"not the settings it started with ({SETTINGS_FILE}), so nothing proves the same sweep "
-                         "would continue. Start a new sweep with --name NEW.")
+        raise ValueError(
+            f"--resume of sweep {setup.sweep.name!r}: its phases are in {setup.sweep.location()} but "
+            f"not the settings it started with ({SETTINGS_FILE}), so nothing proves the same sweep "
+            "would continue. Start a new sweep with --name NEW."
+        )
     if stored is None:
         return  # a sweep not started yet: --resume starts it
     changed = setup.changed_since(stored["settings"])
     if changed:
-        raise ValueError(f"--resume of sweep {setup.sweep.name!r} with changed settings: {', '.join(changed)}. "
-                         "Resume with the configuration it started with (stored in "
-                         f"{SETTINGS_FILE} beside it), or start a new sweep with --name NEW.")
+        raise ValueError(
+            f"--resume of sweep {setup.sweep.name!r} with changed settings: {', '.join(changed)}. "
+            "Resume with the configuration it started with (stored in "
+            f"{SETTINGS_FILE} beside it), or start a new sweep with --name NEW."
+        )
     ran = stored["search_rounds"][-1]
     if setup.sweep.trials < ran:
-        raise ValueError(f"sweep.trials={setup.sweep.trials}: sweep {setup.sweep.name!r} has {ran} search trials "
-                         f"already; --resume can only raise it (sweep.trials={ran} continues it as it is).")
+        raise ValueError(
+            f"sweep.trials={setup.sweep.trials}: sweep {setup.sweep.name!r} has {ran} search trials "
+            f"already; --resume can only raise it (sweep.trials={ran} continues it as it is)."
+        )
 
 
 def check_state(setup: SweepSetup) -> None:

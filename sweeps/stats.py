@@ -34,6 +34,6 @@ def seed_summary(runs: pd.DataFrame, columns: list[str], values: list[str], suff
 
 
 def mean_pm(mean: float, half: float, digits: int = 3, signed: bool = False) -> str:
-    """"0.512 ± 0.010", or the mean alone when there is no interval (a NaN half-width: one seed)."""
+    """ "0.512 ± 0.010", or the mean alone when there is no interval (a NaN half-width: one seed)."""
     text = f"{mean:{'+' if signed else ''}.{digits}f}"
     return text + (f" ± {half:.{digits}f}" if math.isfinite(half) else "")

@@ -25,17 +25,27 @@ class Times:
 
 
 def finished_line(setup: SweepSetup, table: pd.DataFrame, configs: pd.DataFrame, wall_s: float) -> str:
-    """"4 trials in 16.7 min; best multi/map 0.6047 over 2 seed(s) at mono_ratio=0, ...": kept with the
+    """ "4 trials in 16.7 min; best multi/map 0.6047 over 2 seed(s) at mono_ratio=0, ...": kept with the
     sweep (`state.save_finished`), shown when it is started again."""
     best, objective = configs.iloc[0], setup.sweep.objectives[0]
-    knobs = ", ".join(f"{k}={best[k]}" if isinstance(best[k], str) else f"{k}={best[k]:.4g}"
-                      for k in ranking.PARAM_COLUMNS if k in best and k != "seed")
-    return (f"{len(table)} trials in {wall_s / 60:.1f} min; best {objective} {best[objective]:.4f} over "
-            f"{best['seeds']} seed(s) at {knobs}")
+    knobs = ", ".join(
+        f"{k}={best[k]}" if isinstance(best[k], str) else f"{k}={best[k]:.4g}"
+        for k in ranking.PARAM_COLUMNS
+        if k in best and k != "seed"
+    )
+    return (
+        f"{len(table)} trials in {wall_s / 60:.1f} min; best {objective} {best[objective]:.4f} over "
+        f"{best['seeds']} seed(s) at {knobs}"
+    )
 
 
-def print_tables(setup: SweepSetup, table: pd.DataFrame, configs: pd.DataFrame, merges: pd.DataFrame | None,
-                 summary: dict[str, float]) -> None:
+def print_tables(
+    setup: SweepSetup,
+    table: pd.DataFrame,
+    configs: pd.DataFrame,
+    merges: pd.DataFrame | None,
+    summary: dict[str, float],
+) -> None:
     """The trials (and why any failed), the configurations ranked with the merges beside them, and the
     held-out evaluation of the best against the base model."""
     s = setup.sweep
@@ -44,46 +54,66 @@ def print_tables(setup: SweepSetup, table: pd.DataFrame, configs: pd.DataFrame, 
     for _, row in table[table["error"].notna()].iterrows():
         where = f"after step {row['step']:.0f}" if row["step"] == row["step"] else "before its first checkpoint"
         print(f"  failed: trial {row['trial']} {where}: {row['error']}")
-    print(f"\nConfigurations ranked by {s.objectives[0]} (mean over seeds, ±95% CI"
-          f"{'; merges of the references beside them, never chosen as the best' if merges is not None else ''}):")
-    shown = configs if merges is None else pd.concat([configs, merges], ignore_index=True).sort_values(
-        s.objectives[0], ascending=s.modes[0] == "min", ignore_index=True)
+    print(
+        f"\nConfigurations ranked by {s.objectives[0]} (mean over seeds, ±95% CI"
+        f"{'; merges of the references beside them, never chosen as the best' if merges is not None else ''}):"
+    )
+    shown = (
+        configs
+        if merges is None
+        else pd.concat([configs, merges], ignore_index=True).sort_values(
+            s.objectives[0], ascending=s.modes[0] == "min", ignore_index=True
+        )
+    )
     print(shown.to_string(float_format="%.4f"))
     if summary:
         print("\nFull held-out evaluation, best configuration vs base model:")
         for key in sorted(k for k in summary if k.startswith("best/") and not k.endswith("/ci95")):
-            metric = key[len("best/"):]
-            print(f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   "
-                  f"best {mean_pm(summary[key], summary[key + '/ci95'], 4)}")
+            metric = key[len("best/") :]
+            print(
+                f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   "
+                f"best {mean_pm(summary[key], summary[key + '/ci95'], 4)}"
+            )
 
 
 def print_overhead(overhead: dict[str, float]) -> None:
     """Per trial: its time outside training and evaluation, and the start-up's split (`trial_overhead`)."""
     if not overhead:
         return
-    print(f"\nPer trial: {overhead['sweep/trial_wall_s']:.0f} s, of which {overhead['sweep/trial_overhead_s']:.0f} s "
-          f"({overhead['sweep/trial_overhead_fraction']:.0%}) outside training and evaluation "
-          f"(start-up {overhead['sweep/trial_startup_s']:.0f} s: " + ", ".join(
-              f"{k.split('/')[-1][:-2]} {v:.1f}" for k, v in overhead.items() if k.startswith("sweep/startup/"))
-          + ").")
+    print(
+        f"\nPer trial: {overhead['sweep/trial_wall_s']:.0f} s, of which {overhead['sweep/trial_overhead_s']:.0f} s "
+        f"({overhead['sweep/trial_overhead_fraction']:.0%}) outside training and evaluation "
+        f"(start-up {overhead['sweep/trial_startup_s']:.0f} s: "
+        + ", ".join(f"{k.split('/')[-1][:-2]} {v:.1f}" for k, v in overhead.items() if k.startswith("sweep/startup/"))
+        + ")."
+    )
 
 
-def print_where(setup: SweepSetup, n_trials: int, version: str, times: Times, exp_id: str,
-                expected: estimate.Estimate | None) -> None:
+def print_where(
+    setup: SweepSetup, n_trials: int, version: str, times: Times, exp_id: str, expected: estimate.Estimate | None
+) -> None:
     """The best model's URI, the sweep's time (beside the estimate), and where its runs and study are."""
     s = setup.sweep
-    print(f"\nThe best configuration's encoder: models:/{s.name}@{registry.ALIAS} (version {version}), e.g. "
-          f"mlflow.sentence_transformers.load_model('models:/{s.name}@{registry.ALIAS}').")
-    took = (f"{n_trials} trials in {times.wall_s / 60:.1f} min (trials {times.trials_s / 60:.1f}, final evaluation "
-            f"{times.final_s / 60:.1f})")
+    print(
+        f"\nThe best configuration's encoder: models:/{s.name}@{registry.ALIAS} (version {version}), e.g. "
+        f"mlflow.sentence_transformers.load_model('models:/{s.name}@{registry.ALIAS}')."
+    )
+    took = (
+        f"{n_trials} trials in {times.wall_s / 60:.1f} min (trials {times.trials_s / 60:.1f}, final evaluation "
+        f"{times.final_s / 60:.1f})"
+    )
     if expected:
         final = expected.parts["final evaluation"]
-        took += (f"; estimated {expected.total_s / 60:.1f} ({(expected.total_s - final) / 60:.1f} + {final / 60:.1f}) "
-                 f"on {expected.speed.cpu}: {(expected.total_s - times.wall_s) / times.wall_s:+.0%}")
+        took += (
+            f"; estimated {expected.total_s / 60:.1f} ({(expected.total_s - final) / 60:.1f} + {final / 60:.1f}) "
+            f"on {expected.speed.cpu}: {(expected.total_s - times.wall_s) / times.wall_s:+.0%}"
+        )
     print(f"\nSweep '{s.name}': {took}. Compare the runs in MLflow:")
     if is_server(s.tracking_uri):
         print(f"  {redact(s.tracking_uri).rstrip('/')}/#/experiments/{exp_id}  (the tracking server's UI)")
     else:
         print(f"  mlflow ui --backend-store-uri {redact(s.tracking_uri)} --host 127.0.0.1 --port 5000")
-    print(f"The search's Optuna study {s.name!r}: optuna-dashboard {redact(s.study_storage)} "
-          "(pip install optuna-dashboard), or optuna.load_study.")
+    print(
+        f"The search's Optuna study {s.name!r}: optuna-dashboard {redact(s.study_storage)} "
+        "(pip install optuna-dashboard), or optuna.load_study."
+    )

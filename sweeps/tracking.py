@@ -20,36 +20,59 @@ from typing import Any
 
 from ray import tune
 
-from evaluation.results import EvalResult
 from evaluation.mlflow_layout import mlflow_name
+from evaluation.results import EvalResult
 from evaluation.tracking import dataset_input, log_result
 from hybrid import locations, signing, storage
 from hybrid.config import DataConfig
 from hybrid.data.sources import origin
 from hybrid.splits import training_digest
 from sweeps.progress import describe, knob_text, pace_left
+from sweeps.records import (
+    ACTIVE_S,
+    CONFIG_FOLDER,
+    CONFIG_KEY,
+    ID_TAG,
+    MERGE,
+    MERGE_TAG,
+    NAME_TAG,
+    PARENT,
+    PARENT_RUN,
+    ROLE_TAG,
+    STARTUP_S,
+    STARTUP_STAGE,
+    TIMING,
+    TRIAL,
+    TRIAL_TAG,
+    UNREPORTED,
+    WALL_S,
+    TrialReport,
+    unreported_purpose,
+)
 from sweeps.tracking_queue import TrackingQueue
-from sweeps.records import (ACTIVE_S, CONFIG_FOLDER, CONFIG_KEY, ID_TAG, MERGE, MERGE_TAG, NAME_TAG, PARENT,
-                            PARENT_RUN, ROLE_TAG, STARTUP_S, STARTUP_STAGE, TIMING, TRIAL, TRIAL_TAG, UNREPORTED,
-                            WALL_S, TrialReport, unreported_purpose)
 from sweeps.trial import config_key, trial_run_config
 from trainers.config import TrainRunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3's UI then opens the runs, not GenAI traces
+KIND_TAG, KIND = (
+    "mlflow.experimentKind",
+    "custom_model_development",
+)  # MLflow 3's UI then opens the runs, not GenAI traces
 
 
 @functools.lru_cache(maxsize=1)
 def source_tags() -> dict[str, str]:
     """Where a run came from, in MLflow's own tags (the UI's Source and User columns): the entry point,
     the user, and the git commit when the project is a git checkout."""
-    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "sweeps/ratio_search.py",
-            "mlflow.user": getpass.getuser()}
+    tags = {
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": "sweeps/ratio_search.py",
+        "mlflow.user": getpass.getuser(),
+    }
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return tags
     return tags | ({"mlflow.source.git.commit": head.stdout.strip()} if head.returncode == 0 else {})
@@ -69,8 +92,15 @@ class SweepRuns:
         self.uri, self.exp_id, self.parent_id, self.sweep_id = tracking_uri, exp_id, parent_id, sweep_id
 
     @classmethod
-    def open(cls, tracking_uri: str, name: str, sweep_id: str, artifact_location: str, params: dict[str, Any],
-             configs: dict[str, str]) -> SweepRuns:
+    def open(
+        cls,
+        tracking_uri: str,
+        name: str,
+        sweep_id: str,
+        artifact_location: str,
+        params: dict[str, Any],
+        configs: dict[str, str],
+    ) -> SweepRuns:
         """The sweep `name`'s experiment (artifacts under `artifact_location`, "" for the tracking server's
         own; tagged with the sweep's id and as model development, so MLflow 3's UI opens it on its runs
         table) and its parent run, found or created with the sweep's params and `configs` ({artifact name:
@@ -81,15 +111,16 @@ class SweepRuns:
         if found is None:
             location = None  # "": the tracking server's own artifact store
             if artifact_location:
-                location = artifact_location if locations.is_uri(artifact_location) else Path(artifact_location).as_uri()
+                location = (
+                    artifact_location if locations.is_uri(artifact_location) else Path(artifact_location).as_uri()
+                )
             runs.exp_id = runs.client.create_experiment(name, artifact_location=location, tags=tags)
         else:
             runs.exp_id = found.experiment_id
             for key, value in tags.items():
                 if found.tags.get(key) != value:
                     runs.client.set_experiment_tag(runs.exp_id, key, value)
-        parent, created = runs._find_or_create({NAME_TAG: name, ROLE_TAG: PARENT}, name, params,
-                                               {ID_TAG: sweep_id})
+        parent, created = runs._find_or_create({NAME_TAG: name, ROLE_TAG: PARENT}, name, params, {ID_TAG: sweep_id})
         logged = set() if created else {Path(a.path).name for a in runs.client.list_artifacts(parent, CONFIG_FOLDER)}
         for artifact, text in configs.items():  # all, or those a driver killed right after creating the run missed
             if artifact not in logged:
@@ -121,8 +152,9 @@ class SweepRuns:
         found = self.client.search_runs([self.exp_id], filter_string=query, max_results=1)
         return found[0].info.run_id if found else None
 
-    def _find_or_create(self, tags: dict[str, str], run_name: str, params: dict[str, Any],
-                        more_tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    def _find_or_create(
+        self, tags: dict[str, str], run_name: str, params: dict[str, Any], more_tags: dict[str, str] | None = None
+    ) -> tuple[str, bool]:
         """(run id, created): the run with `tags`, marked RUNNING again, or a new one with them and `params`.
         A found run gets the params it lacks: a driver killed between creating a run and logging its params
         left it without them (and the report without the trial's configuration)."""
@@ -140,18 +172,18 @@ class SweepRuns:
 
     def _log_params(self, run_id: str, params: list) -> None:
         for start in range(0, len(params), 100):  # MLflow's limit per batch
-            self.client.log_batch(run_id, params=params[start:start + 100])
+            self.client.log_batch(run_id, params=params[start : start + 100])
 
     def trial(self, trial_id: str, run_name: str, params: dict[str, Any]) -> str:
         """The trial's child run (nested under the parent), reused when the trial restarts."""
-        run_id, _ = self._find_or_create({TRIAL_TAG: trial_id}, run_name, params,
-                                         {PARENT_RUN: self.parent_id, ROLE_TAG: TRIAL})
+        run_id, _ = self._find_or_create(
+            {TRIAL_TAG: trial_id}, run_name, params, {PARENT_RUN: self.parent_id, ROLE_TAG: TRIAL}
+        )
         return run_id
 
     def merge(self, name: str, params: dict[str, Any]) -> str:
         """A merge's run (`sweeps.merges`), nested under the parent beside the trials, reused on `--resume`."""
-        run_id, _ = self._find_or_create({MERGE_TAG: name}, name, params,
-                                         {PARENT_RUN: self.parent_id, ROLE_TAG: MERGE})
+        run_id, _ = self._find_or_create({MERGE_TAG: name}, name, params, {PARENT_RUN: self.parent_id, ROLE_TAG: MERGE})
         return run_id
 
     def trial_run(self, trial_id: str) -> str | None:
@@ -168,8 +200,11 @@ class SweepRuns:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and math.isfinite(v)]
+        batch = [
+            Metric(mlflow_name(k), float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        ]
         self.client.log_batch(run_id, metrics=batch)
 
     def log_result(self, result: EvalResult, run_id: str) -> None:
@@ -194,17 +229,20 @@ class SweepRuns:
         """Mean per-trial time outside training and evaluation (start-up before the first report plus
         teardown after the last), and the start-up's split by stage (`sweep/startup/{stage}_s`), over the
         sweep's trials that logged a wall time; {} when none did."""
-        timed = [r.data.metrics for r in self._trials()
-                 if {WALL_S, ACTIVE_S, STARTUP_S} <= set(r.data.metrics)]
+        timed = [r.data.metrics for r in self._trials() if {WALL_S, ACTIVE_S, STARTUP_S} <= set(r.data.metrics)]
         if not timed:
             return {}
         wall = sum(m[WALL_S] for m in timed) / len(timed)
         startup = sum(m[STARTUP_S] for m in timed) / len(timed)
         overhead = sum(m[WALL_S] - m[ACTIVE_S] for m in timed) / len(timed)
         stages = sorted({k for m in timed for k in m if k.startswith(STARTUP_STAGE)})
-        split = {f"sweep/{k[len(TIMING):]}": sum(m.get(k, 0.0) for m in timed) / len(timed) for k in stages}
-        return {"sweep/trial_wall_s": wall, "sweep/trial_startup_s": startup, "sweep/trial_overhead_s": overhead,
-                "sweep/trial_overhead_fraction": overhead / wall} | split
+        split = {f"sweep/{k[len(TIMING) :]}": sum(m.get(k, 0.0) for m in timed) / len(timed) for k in stages}
+        return {
+            "sweep/trial_wall_s": wall,
+            "sweep/trial_startup_s": startup,
+            "sweep/trial_overhead_s": overhead,
+            "sweep/trial_overhead_fraction": overhead / wall,
+        } | split
 
 
 def reported(result: tune.Result) -> list[TrialReport]:
@@ -263,9 +301,12 @@ class TrialLogger(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         report = TrialReport.from_tune(result)
         if self.progress:
-            self._say(trial, f"step {report.step}/{self.steps}, loss {report.loss:.4f}, "
-                             f"{self.objective} {result.get(self.objective, float('nan')):.4f}"
-                             f"{pace_left(report.timings.get(ACTIVE_S, 0.0), report.step, self.steps)}")  # start-up excluded
+            self._say(
+                trial,
+                f"step {report.step}/{self.steps}, loss {report.loss:.4f}, "
+                f"{self.objective} {result.get(self.objective, float('nan')):.4f}"
+                f"{pace_left(report.timings.get(ACTIVE_S, 0.0), report.step, self.steps)}",
+            )  # start-up excluded
         self.mlflow.queue.submit(self._log_report, trial.trial_id, dict(trial.config), report)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -283,8 +324,14 @@ class TrialLogger(tune.Callback):
     def _end(self, trial, status: str) -> None:
         started = self.started.pop(trial.trial_id, None)
         wall = {WALL_S: time.time() - started} if started is not None else {}
-        self.mlflow.queue.submit(self._log_end, trial.trial_id, dict(trial.config), wall,
-                                 int((trial.last_result or {}).get("step", 0)), status)
+        self.mlflow.queue.submit(
+            self._log_end,
+            trial.trial_id,
+            dict(trial.config),
+            wall,
+            int((trial.last_result or {}).get("step", 0)),
+            status,
+        )
 
     # The writer thread: MLflow.
     def _log_report(self, trial_id: str, config: dict[str, Any], report: TrialReport) -> None:
@@ -299,8 +346,9 @@ class TrialLogger(tune.Callback):
         if not storage.exists(unreported):
             return
         try:  # the reports since its last checkpoint, up to the failure
-            reports = signing.verified(json.loads(storage.read_text(unreported)), unreported_purpose(trial_id),
-                                       unreported)["reports"]
+            reports = signing.verified(
+                json.loads(storage.read_text(unreported)), unreported_purpose(trial_id), unreported
+            )["reports"]
         except (signing.BadSignature, ValueError, KeyError) as e:
             print(f"[hybrid-sweep] trial {trial_id}: its last training reports not logged: {e}", flush=True)
         else:
@@ -323,8 +371,9 @@ class TrialLogger(tune.Callback):
             metrics = result.metrics or {}
             if metrics.get("trial_id") and "step" in metrics:  # one that never reported has nothing to log
                 status = "FAILED" if result.error else "FINISHED" if metrics["step"] == self.steps else "KILLED"
-                self.mlflow.queue.submit(self._catch_up, metrics["trial_id"], dict(result.config or {}),
-                                         reported(result), status)
+                self.mlflow.queue.submit(
+                    self._catch_up, metrics["trial_id"], dict(result.config or {}), reported(result), status
+                )
 
     def _catch_up(self, trial_id: str, config: dict[str, Any], reports: list[TrialReport], status: str) -> None:
         run_id = self._run_id(trial_id, config)
@@ -336,13 +385,17 @@ class TrialLogger(tune.Callback):
         if ended:
             self.mlflow.end(run_id, status)
         if missing or ended:
-            print(f"[hybrid-sweep] trial {trial_id}: {len(missing)} report(s) a killed driver had not logged"
-                  f"{f', and its end ({status})' if ended else ''}, logged now", flush=True)
+            print(
+                f"[hybrid-sweep] trial {trial_id}: {len(missing)} report(s) a killed driver had not logged"
+                f"{f', and its end ({status})' if ended else ''}, logged now",
+                flush=True,
+            )
 
     def _say(self, trial, what: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {describe(trial.trial_id, trial.config, self.base)}: {what}", flush=True)
 
     def _log_history(self, run_id: str, reports: list[dict[str, Any]]) -> None:
         for report in reports:
-            self.mlflow.log_metrics(run_id, {f"train/{k}": v for k, v in report.items() if k != "step"},
-                                    int(report.get("step", 0)))
+            self.mlflow.log_metrics(
+                run_id, {f"train/{k}": v for k, v in report.items() if k != "step"}, int(report.get("step", 0))
+            )

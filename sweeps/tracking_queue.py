@@ -74,14 +74,20 @@ class TrackingQueue:
                 now = time.monotonic()
                 down_since = down_since or now
                 if now - said >= 300:
-                    print(f"MLflow is unreachable ({str(e).splitlines()[0][:200]}); the trials go on and "
-                          f"{self._queue.qsize() + 1} write(s) wait; retrying every {delay:.0f} s.", file=sys.stderr,
-                          flush=True)
+                    print(
+                        f"MLflow is unreachable ({str(e).splitlines()[0][:200]}); the trials go on and "
+                        f"{self._queue.qsize() + 1} write(s) wait; retrying every {delay:.0f} s.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     said = now
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_delay_s)
                 continue
             if down_since is not None:
-                print(f"MLflow is reachable again after {time.monotonic() - down_since:.0f} s; catching up.",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"MLflow is reachable again after {time.monotonic() - down_since:.0f} s; catching up.",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return

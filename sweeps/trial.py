@@ -28,12 +28,10 @@ from hybrid.layout import ENCODER_DIR
 from sweeps import progress
 from sweeps.config import SweepSetup
 from sweeps.knobs import KNOBS
-from sweeps.records import (ACTIVE_S, CHECKPOINT, STARTUP_S, STARTUP_STAGE, UNREPORTED, TrialReport,
-                            unreported_purpose)
+from sweeps.records import ACTIVE_S, CHECKPOINT, STARTUP_S, STARTUP_STAGE, UNREPORTED, TrialReport, unreported_purpose
 from trainers.config import TrainRunConfig
 from trainers.reports import RESUMED_FROM, pop_startup_marks
 from trainers.train import build_trainer
-
 
 
 def config_key(params: dict[str, Any]) -> str:
@@ -55,8 +53,11 @@ def trial_run_config(base: TrainRunConfig, params: dict[str, Any]) -> TrainRunCo
 STARTUP_STAGES = {  # mark -> the stage that ends there (rank 0's worker), in order
     "process": "workers",  # Tune's trial start -> the Train worker's process: controller, placement group, spawn
     "entry": "imports",  # the worker process -> the training loop: Ray worker, torch/DeepSpeed imports, process group
-    "data": "data", "model": "model", "engine": "engine",  # data + samplers, the encoder's weights, DeepSpeed init
-    "restore": "restore", "validation": "validation",  # the resume check, the step-0 held-out validation
+    "data": "data",
+    "model": "model",
+    "engine": "engine",  # data + samplers, the encoder's weights, DeepSpeed init
+    "restore": "restore",
+    "validation": "validation",  # the resume check, the step-0 held-out validation
 }
 
 
@@ -111,9 +112,13 @@ class EvaluateAndReport(TuneReportCallback):
         if self.first_report_at is None:
             self.first_report_at = time.time()
             self.startup = {STARTUP_S: self.first_report_at - self.started_at} | startup_split(
-                self.started_at, marks, self.first_report_at)
-            split = ", ".join(f"{k[len(STARTUP_STAGE):-2]} {v:.0f} s" for k, v in self.startup.items()
-                              if k.startswith(STARTUP_STAGE))
+                self.started_at, marks, self.first_report_at
+            )
+            split = ", ".join(
+                f"{k[len(STARTUP_STAGE) : -2]} {v:.0f} s"
+                for k, v in self.startup.items()
+                if k.startswith(STARTUP_STAGE)
+            )
             self._post(f"workers up, first report after {self.startup[STARTUP_S]:.0f} s ({split})")
         # A run resumed after its last step reports its final checkpoint's path instead of a checkpoint.
         path = checkpoint.path if checkpoint is not None else train_metrics.pop(CHECKPOINT, None)
@@ -127,8 +132,9 @@ class EvaluateAndReport(TuneReportCallback):
         if self.executor is None:
             self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
         uri = storage.with_path(self.train_storage, path)  # Ray gives `bucket/prefix/...`, no scheme
-        self.evaluations.append(self.executor.submit(self._evaluate_and_report, run_context, uri, train_metrics,
-                                                     self.history, self.startup))
+        self.evaluations.append(
+            self.executor.submit(self._evaluate_and_report, run_context, uri, train_metrics, self.history, self.startup)
+        )
         self.history, self.startup = [], {}
         if int(train_metrics.get("step", 0)) >= self.config.optim.steps:  # the run ends after this report
             for future in self.evaluations:
@@ -151,14 +157,22 @@ class EvaluateAndReport(TuneReportCallback):
         line += progress.pace_left(time.time() - self.first_report_at, step - start, steps - start)
         self._post(line + ("; evaluating its checkpoint" if evaluated else ""))
 
-    def _evaluate_and_report(self, run_context, uri: str, train_metrics: dict[str, Any],
-                             history: list[dict[str, Any]], startup: dict[str, float]) -> None:
+    def _evaluate_and_report(
+        self,
+        run_context,
+        uri: str,
+        train_metrics: dict[str, Any],
+        history: list[dict[str, Any]],
+        startup: dict[str, float],
+    ) -> None:
         step = int(train_metrics.get("step", 0))
         proxy = self.setup.proxy_eval
-        ref = CheckpointRef.trained(storage.join(uri, ENCODER_DIR), step, to_dict(self.config),
-                                    run_context.run_config.name)  # label: the trial id
-        [result] = evaluate_checkpoints([ref], load_eval_set(proxy, self.config.data), proxy,
-                                        self.setup.sweep.eval_cache_location)
+        ref = CheckpointRef.trained(
+            storage.join(uri, ENCODER_DIR), step, to_dict(self.config), run_context.run_config.name
+        )  # label: the trial id
+        [result] = evaluate_checkpoints(
+            [ref], load_eval_set(proxy, self.config.data), proxy, self.setup.sweep.eval_cache_location
+        )
         report = TrialReport(step, uri, history, startup | {ACTIVE_S: time.time() - self.first_report_at}, result)
         super().after_report(run_context, [report.to_tune(train_metrics)], None)
         self.evaluated.append((step, uri, result.summary[self.setup.sweep.objectives[0]]))
@@ -185,11 +199,18 @@ def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
     started_at = time.time()
     trial_id = tune.get_context().get_trial_id()
     config = trial_run_config(setup.run, params)
-    config = replace(config, trainer=replace(config.trainer, validation_cache=setup.sweep.validation_cache_location,
-                                             resumable_final=False))  # a trial is never trained further
+    config = replace(
+        config,
+        trainer=replace(config.trainer, validation_cache=setup.sweep.validation_cache_location, resumable_final=False),
+    )  # a trial is never trained further
     train_storage = setup.sweep.location("train")
     label = progress.describe(trial_id, params, setup.run)
     progress.post(setup.sweep.name, f"{label}: starting on {ray.util.get_node_ip_address()}")
-    trainer = build_trainer(config, name=trial_id, storage_path=train_storage, prune=False,
-                            callbacks=[EvaluateAndReport(setup, config, train_storage, started_at, label)])
+    trainer = build_trainer(
+        config,
+        name=trial_id,
+        storage_path=train_storage,
+        prune=False,
+        callbacks=[EvaluateAndReport(setup, config, train_storage, started_at, label)],
+    )
     trainer.fit()

@@ -25,8 +25,14 @@ from ray import tune
 
 from hybrid import signing, storage
 
-STATE_FILES = ("tuner.pkl", "experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
-               "basic-variant-state-*.json", "callback-states-*.pkl")  # what Tune unpickles on restore
+STATE_FILES = (
+    "tuner.pkl",
+    "experiment_state-*.json",
+    "search_gen_state-*.json",
+    "searcher-state-*.pkl",
+    "basic-variant-state-*.json",
+    "callback-states-*.pkl",
+)  # what Tune unpickles on restore
 SIGNED, INDEX = "signed-state", "index.json"
 
 
@@ -75,8 +81,10 @@ class SignedState(tune.Callback):
         for name, data in files.items():
             if digests[name] not in self._signed.values():
                 storage.write_bytes(self._blob(digests[name]), data)
-        storage.write_text(storage.join(self.location, SIGNED, INDEX),
-                           json.dumps(signing.signed({"files": digests}, self.purpose), indent=1))
+        storage.write_text(
+            storage.join(self.location, SIGNED, INDEX),
+            json.dumps(signing.signed({"files": digests}, self.purpose), indent=1),
+        )
         for stale in set(self._signed.values()) - set(digests.values()):
             storage.delete(self._blob(stale))
         self._signed = digests
@@ -96,8 +104,11 @@ class SignedState(tune.Callback):
 def _present(location: str) -> set[str]:
     """The names of Tune's state files at the top of the phase's folder."""
     fs, path = storage.filesystem(location)
-    return {Path(info.path).name for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-            if info.type == pafs.FileType.File and _is_state(Path(info.path).name)}
+    return {
+        Path(info.path).name
+        for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        if info.type == pafs.FileType.File and _is_state(Path(info.path).name)
+    }
 
 
 def check(location: str, purpose: str) -> dict[str, str]:
@@ -109,8 +120,10 @@ def check(location: str, purpose: str) -> dict[str, str]:
     if not storage.exists(index_location):
         if _present(location) <= {"tuner.pkl"}:
             return {}
-        raise ValueError(f"{location}: Tune's state is not signed (saved before signatures, or by someone without "
-                         f"this deployment's key). {refused}; start it again with --name NEW.")
+        raise ValueError(
+            f"{location}: Tune's state is not signed (saved before signatures, or by someone without "
+            f"this deployment's key). {refused}; start it again with --name NEW."
+        )
     try:
         files = signing.verified(json.loads(storage.read_text(index_location)), purpose, index_location)["files"]
     except signing.BadSignature as e:
@@ -138,8 +151,11 @@ def restore_verified(location: str, purpose: str) -> bool:
         storage.delete(storage.join(location, name))
         changed.append(name)
     if files and changed:
-        print(f"[hybrid-sweep] Tune's state of {location}: {', '.join(sorted(changed))} differed from its signed "
-              "copy (a driver stopped before Tune's upload, or the files were altered): restored from it.", flush=True)
+        print(
+            f"[hybrid-sweep] Tune's state of {location}: {', '.join(sorted(changed))} differed from its signed "
+            "copy (a driver stopped before Tune's upload, or the files were altered): restored from it.",
+            flush=True,
+        )
     return bool(files)
 
 

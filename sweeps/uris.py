@@ -20,7 +20,7 @@ def absolute_tracking_uri(uri: str) -> str:
     """A SQLite URI made absolute, so Ray actors (other working directories) write to the same file."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -37,13 +37,15 @@ def is_local_file(uri: str) -> bool:
 def study_beside(tracking_uri: str) -> str:
     """optuna.db in the folder of a SQLite MLflow store (./optuna.db otherwise): the study lives where the runs do."""
     prefix = "sqlite:///"
-    folder = Path(tracking_uri[len(prefix):]).parent if tracking_uri.startswith(prefix) else Path(".")
+    folder = Path(tracking_uri[len(prefix) :]).parent if tracking_uri.startswith(prefix) else Path(".")
     return prefix + str(folder / "optuna.db")
 
 
 def record_warning(tracking_uri: str, study_storage: str) -> str | None:
     """A tracking server outlives the cluster; a study file beside the driver does not."""
     if is_server(tracking_uri) and is_local_file(study_storage):
-        return (f"warning: the Optuna study is in {redact(study_storage)}, on this machine: it will not survive the "
-                "head. Set sweep.study_storage (or --study-storage) to postgresql+psycopg://USER@HOST:PORT/DB.")
+        return (
+            f"warning: the Optuna study is in {redact(study_storage)}, on this machine: it will not survive the "
+            "head. Set sweep.study_storage (or --study-storage) to postgresql+psycopg://USER@HOST:PORT/DB."
+        )
     return None

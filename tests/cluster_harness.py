@@ -100,13 +100,16 @@ def available() -> str | None:
         (probe / "marker").touch()
         cmd = f"mount -t tmpfs none {probe} && test ! -e {probe}/marker"  # a short path of our own: no quoting
         try:
-            r = subprocess.run(["unshare", "-m", "sh", "-c", cmd], check=False, capture_output=True, text=True,
-                               timeout=20)
+            r = subprocess.run(
+                ["unshare", "-m", "sh", "-c", cmd], check=False, capture_output=True, text=True, timeout=20
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             return f"`unshare -m` failed: {e!r}"
         if r.returncode != 0:
-            return (f"cannot hide a directory from a node: `unshare -m sh -c 'mount -t tmpfs ...'` exited "
-                    f"{r.returncode}: {(r.stderr or r.stdout).strip()[-300:]} (needs root or CAP_SYS_ADMIN)")
+            return (
+                f"cannot hide a directory from a node: `unshare -m sh -c 'mount -t tmpfs ...'` exited "
+                f"{r.returncode}: {(r.stderr or r.stdout).strip()[-300:]} (needs root or CAP_SYS_ADMIN)"
+            )
     finally:
         shutil.rmtree(probe, ignore_errors=True)
     return None
@@ -137,7 +140,8 @@ def run_on_node(node_id: str, fn: Callable, *args, num_cpus: float = 0, timeout:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(fn).options(
-        num_cpus=num_cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+        num_cpus=num_cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+    )
     return ray.get(task.remote(*args, **kwargs), timeout=timeout)
 
 
@@ -205,8 +209,13 @@ class S3Server:
         self.bucket = f"lc-{uuid.uuid4().hex[:10]}"
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [_tool("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], env=env, stdout=log.open("w"),
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            [_tool("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while not _http_ok(f"{self.endpoint}/"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -227,9 +236,13 @@ class S3Server:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=AWS_ENV["AWS_DEFAULT_REGION"],
-                            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def list_keys(self, prefix: str = "") -> list[str]:
         keys = []
@@ -248,11 +261,21 @@ class LocalCluster(ClosedOnExit):
     """A Ray cluster of several nodes on this machine (see the module docstring). Use it as a context
     manager; `close()` stops only what it started, by PID, and checks that nothing survived."""
 
-    def __init__(self, hidden_dir: Path, worker_nodes: int | None = None, cpus_per_node: float = 1,
-                 autoscaling: bool = False, max_autoscaled_nodes: int = 2, health_check_s: float = 5,
-                 object_store_mb: int = 256, idle_timeout_s: float = 30, start_timeout_s: float = 90,
-                 env: dict[str, str] | None = None, head_resources: dict[str, float] | None = None,
-                 s3: S3Server | None = None):
+    def __init__(
+        self,
+        hidden_dir: Path,
+        worker_nodes: int | None = None,
+        cpus_per_node: float = 1,
+        autoscaling: bool = False,
+        max_autoscaled_nodes: int = 2,
+        health_check_s: float = 5,
+        object_store_mb: int = 256,
+        idle_timeout_s: float = 30,
+        start_timeout_s: float = 90,
+        env: dict[str, str] | None = None,
+        head_resources: dict[str, float] | None = None,
+        s3: S3Server | None = None,
+    ):
         """`hidden_dir`: the driver's run directory, an empty tmpfs on static worker nodes (created if
         missing). `worker_nodes`: static nodes started at once (default 2, or 0 with `autoscaling`).
         `health_check_s`: about how long Ray takes to mark a killed node dead (Ray's defaults: 5 checks
@@ -365,20 +388,22 @@ class LocalCluster(ClosedOnExit):
         if self.s3 is not None:
             env["AWS_ENDPOINT_URL"] = self.s3.endpoint  # boto3 / pyarrow given a plain s3:// URI use moto too
         period_ms = 1000
-        env.update({
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": self.token,
-            "RAY_USAGE_STATS_ENABLED": "0",
-            # A killed node is marked dead after ~health_check_s failed checks, one a second (read by the GCS;
-            # Ray's defaults: 5 s initial delay, period 3 s, timeout 10 s, 5 failures).
-            "RAY_health_check_initial_delay_ms": "1000",
-            "RAY_health_check_period_ms": str(period_ms),
-            "RAY_health_check_timeout_ms": "2000",
-            "RAY_health_check_failure_threshold": str(max(2, math.ceil(self.health_check_s * 1000 / period_ms))),
-            # A node joining a head still busy starting (2 loaded cores) gave up after Ray's 5 s default
-            # ("Failed to get cluster ID from GCS server: TimedOut"), once in a full run.
-            "RAY_gcs_rpc_server_connect_timeout_s": "60",
-        })
+        env.update(
+            {
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": self.token,
+                "RAY_USAGE_STATS_ENABLED": "0",
+                # A killed node is marked dead after ~health_check_s failed checks, one a second (read by the GCS;
+                # Ray's defaults: 5 s initial delay, period 3 s, timeout 10 s, 5 failures).
+                "RAY_health_check_initial_delay_ms": "1000",
+                "RAY_health_check_period_ms": str(period_ms),
+                "RAY_health_check_timeout_ms": "2000",
+                "RAY_health_check_failure_threshold": str(max(2, math.ceil(self.health_check_s * 1000 / period_ms))),
+                # A node joining a head still busy starting (2 loaded cores) gave up after Ray's 5 s default
+                # ("Failed to get cluster ID from GCS server: TimedOut"), once in a full run.
+                "RAY_gcs_rpc_server_connect_timeout_s": "60",
+            }
+        )
         env.update(self.extra_env)
         if role == "head" and self.autoscaling:
             env["RAY_FAKE_CLUSTER"] = "1"  # FakeMultiNodeProvider refuses to start without it
@@ -394,13 +419,23 @@ class LocalCluster(ClosedOnExit):
     # -- head and nodes --------------------------------------------------------------------------------
     def _start_head(self) -> None:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
-        cmd = [_tool("ray"), "start", "--head", "--num-cpus=0", f"--port={self.gcs_port}",
-               "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={self.dashboard_port}", f"--temp-dir={self.tmp}",
-               # Free ports, not Ray's fixed defaults (10001, 52365), which a user's Ray may hold.
-               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-               f"--object-store-memory={self.object_store_bytes}", "--node-name=lc-head",
-               "--disable-usage-stats", "--block"]
+        cmd = [
+            _tool("ray"),
+            "start",
+            "--head",
+            "--num-cpus=0",
+            f"--port={self.gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--temp-dir={self.tmp}",
+            # Free ports, not Ray's fixed defaults (10001, 52365), which a user's Ray may hold.
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--object-store-memory={self.object_store_bytes}",
+            "--node-name=lc-head",
+            "--disable-usage-stats",
+            "--block",
+        ]
         if self.head_resources:
             cmd.append(f"--resources={json.dumps(self.head_resources)}")
         if self.autoscaling:
@@ -408,8 +443,9 @@ class LocalCluster(ClosedOnExit):
             config.write_text(json.dumps(self._autoscaling_config(), indent=1))
             cmd.append(f"--autoscaling-config={config}")
         self.head = self._popen_node("lc-head", cmd, self._env("head"))
-        self._wait(lambda: self._find_node("lc-head"), self.start_timeout_s, "the Ray head", self.head.proc,
-                   self.head.log)
+        self._wait(
+            lambda: self._find_node("lc-head"), self.start_timeout_s, "the Ray head", self.head.proc, self.head.log
+        )
         self.head.node_id = self._find_node("lc-head")["node_id"]
 
     def _autoscaling_config(self) -> dict:
@@ -420,23 +456,42 @@ class LocalCluster(ClosedOnExit):
         return {
             "cluster_name": f"lc-{uuid.uuid4().hex[:8]}",
             "max_workers": self.max_autoscaled_nodes,
-            "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{self.gcs_port}",
-                         "use_node_id_as_ip": True, "disable_node_updaters": True,
-                         "disable_launch_config_check": True},
+            "provider": {
+                "type": "fake_multinode",
+                "gcs_address": f"127.0.0.1:{self.gcs_port}",
+                "use_node_id_as_ip": True,
+                "disable_node_updaters": True,
+                "disable_launch_config_check": True,
+            },
             "available_node_types": {
-                "ray.head.default": {"resources": {"CPU": 0, **self.head_resources}, "node_config": {},
-                                     "max_workers": 0},
-                "ray.worker.cpu": {"resources": {"CPU": self.cpus_per_node,
-                                                 "object_store_memory": self.object_store_bytes},
-                                   "node_config": {}, "min_workers": 0, "max_workers": self.max_autoscaled_nodes},
+                "ray.head.default": {
+                    "resources": {"CPU": 0, **self.head_resources},
+                    "node_config": {},
+                    "max_workers": 0,
+                },
+                "ray.worker.cpu": {
+                    "resources": {"CPU": self.cpus_per_node, "object_store_memory": self.object_store_bytes},
+                    "node_config": {},
+                    "min_workers": 0,
+                    "max_workers": self.max_autoscaled_nodes,
+                },
             },
             "head_node_type": "ray.head.default",
             "upscaling_speed": 1.0,
             "idle_timeout_minutes": self.idle_timeout_s / 60,
-            "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
-            "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
-            "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-            "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+            "auth": {},
+            "docker": {},
+            "file_mounts": {},
+            "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False,
+            "rsync_exclude": [],
+            "rsync_filter": [],
+            "initialization_commands": [],
+            "setup_commands": [],
+            "head_setup_commands": [],
+            "worker_setup_commands": [],
+            "head_start_ray_commands": [],
+            "worker_start_ray_commands": [],
         }
 
     def add_node(self) -> Node:
@@ -451,18 +506,31 @@ class LocalCluster(ClosedOnExit):
         for _ in range(count):
             self._n += 1
             name = f"lc-w{self._n}"
-            ray_start = shlex.join([
-                _tool("ray"), "start", f"--address=127.0.0.1:{self.gcs_port}",
-                f"--num-cpus={self.cpus_per_node}", f"--object-store-memory={self.object_store_bytes}",
-                f"--dashboard-agent-listen-port={free_port()}", f"--node-name={name}",
-                "--disable-usage-stats", "--block"])
+            ray_start = shlex.join(
+                [
+                    _tool("ray"),
+                    "start",
+                    f"--address=127.0.0.1:{self.gcs_port}",
+                    f"--num-cpus={self.cpus_per_node}",
+                    f"--object-store-memory={self.object_store_bytes}",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--node-name={name}",
+                    "--disable-usage-stats",
+                    "--block",
+                ]
+            )
             # The node's processes see an empty tmpfs at hidden_dir (they keep the namespace after `sh`
             # execs into `ray start`); everything else (venv, code, temp dir) stays shared.
             script = f"mount -t tmpfs none {shlex.quote(str(self.hidden_dir))} && exec {ray_start}"
             node = self._popen_node(name, ["unshare", "-m", "sh", "-c", script], self._env("worker"))
             self.nodes.append(node)
-            self._wait(lambda name=name: self._find_node(name), self.start_timeout_s, f"worker node {name}",
-                       node.proc, node.log)
+            self._wait(
+                lambda name=name: self._find_node(name),
+                self.start_timeout_s,
+                f"worker node {name}",
+                node.proc,
+                node.log,
+            )
             node.node_id = self._find_node(name)["node_id"]
             new.append(node)
         self._scan()
@@ -482,16 +550,25 @@ class LocalCluster(ClosedOnExit):
 
     def _popen_node(self, name: str, cmd: list[str], env: dict) -> Node:
         log = self.tmp / f"{name}.log"
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=REPO,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         return Node(name, proc, log)
 
     # -- cluster state (the dashboard's state API: no Ray driver in the test process) ---------------------
     def api_nodes(self) -> list[dict]:
         """All nodes the GCS knows (alive and dead), as dicts of the state API (`node_id`, `node_name`,
         `state`, `is_head_node`, `resources_total`, ...)."""
-        req = urllib.request.Request(f"http://127.0.0.1:{self.dashboard_port}/api/v0/nodes?limit=10000&detail=1",
-                                     headers={"Authorization": f"Bearer {self.token}"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.dashboard_port}/api/v0/nodes?limit=10000&detail=1",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)["data"]["result"]["result"]
 
@@ -592,8 +669,14 @@ class LocalCluster(ClosedOnExit):
         except subprocess.TimeoutExpired:
             pass
 
-    def _wait(self, ok: Callable[[], Any], timeout: float, what: str, proc: subprocess.Popen | None = None,
-              log: Path | None = None) -> None:
+    def _wait(
+        self,
+        ok: Callable[[], Any],
+        timeout: float,
+        what: str,
+        proc: subprocess.Popen | None = None,
+        log: Path | None = None,
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not ok():
             if proc is not None and proc.poll() is not None:

@@ -36,8 +36,15 @@ def make_pairs(counts: dict[str, int], n_ids: int | None = None) -> list[Trainin
     pairs = []
     for lang, n in counts.items():
         for i in range(n):
-            pairs.append(TrainingPair(f"q{i}", lang, f"{lang} question {i}", f"{lang} answer {i}",
-                                      f"{lang} negative {i}" if i % 2 else None))
+            pairs.append(
+                TrainingPair(
+                    f"q{i}",
+                    lang,
+                    f"{lang} question {i}",
+                    f"{lang} answer {i}",
+                    f"{lang} negative {i}" if i % 2 else None,
+                )
+            )
     return pairs
 
 
@@ -45,6 +52,7 @@ def make_pairs(counts: dict[str, int], n_ids: int | None = None) -> list[Trainin
 def tiny_model_dir(tmp_path_factory):
     """A tiny random BERT saved like a checkpoint export, trained vocabulary from XQuAD-R en/de/es."""
     from hybrid.data import load_corpus
+
     from tiny_encoder import tiny_encoder
 
     corpus = load_corpus("xquad-r", languages=("en", "de", "es"))
@@ -97,12 +105,23 @@ def chromium(url: str, shot: Path, budget_ms: int = 10000, height: int = 4000) -
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed (Debian: apt-get install -y chromium); CI installs it")
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={shot.parent / ('profile-' + shot.stem)}", f"--virtual-time-budget={budget_ms}"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={shot.parent / ('profile-' + shot.stem)}",
+        f"--virtual-time-budget={budget_ms}",
+    ]
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
-    subprocess.run([*flags, f"--screenshot={shot}", f"--window-size=1400,{height}", url], capture_output=True,
-                   timeout=180)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", f"--window-size=1400,{height}", url], capture_output=True, timeout=180
+    )
     assert shot.exists() and shot.stat().st_size > 10_000, dom.stderr[-2000:]
     return dom.stdout
 

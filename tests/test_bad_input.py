@@ -2,6 +2,7 @@
 a table of config values, `--set` strings and YAML shapes, and the CLI's one-line error (exit status 2)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,11 +47,15 @@ BAD_OVERRIDES = [  # (--set strings, message)
     ("optim.lr=.inf", r"optim needs a finite lr > 0"),
     ("optim.weight_decay=.inf", r"optim needs a finite lr > 0, .* and a finite weight_decay >= 0"),
     # A knob's values are checked by its field's own config class: the same rule, named by the knob's key.
-    ("sweep.search.temperature=[0.01,.inf]",
-     r"sweep.search.temperature=\[0.01, inf\]: inf is refused: method.temperature \(tau\) must be a finite number > 0"),
+    (
+        "sweep.search.temperature=[0.01,.inf]",
+        r"sweep.search.temperature=\[0.01, inf\]: inf is refused: method.temperature \(tau\) must be a finite number > 0",
+    ),
     ("sweep.search.lr=[1e-5,.inf]", r"sweep.search.lr=\[1e-05, inf\]: inf is refused: optim needs a finite lr > 0"),
-    ("sweep.search.num_train_languages=[1, 3]",
-     r"sweep.search.num_train_languages=\[1, 3\]: 1 is refused: data.train_languages needs >= 2 languages"),
+    (
+        "sweep.search.num_train_languages=[1, 3]",
+        r"sweep.search.num_train_languages=\[1, 3\]: 1 is refused: data.train_languages needs >= 2 languages",
+    ),
     ("model.pooling=max", r"model.pooling must be one of \('mean', 'cls'\), got 'max'"),
     ("model.name=/no/such/model", r"model.name='/no/such/model': no such folder"),
     ("method.mono_ratio=1.5", r"method.mono_ratio \(alpha\) must be in \[0, 1\], got 1.5"),
@@ -64,12 +69,19 @@ BAD_OVERRIDES = [  # (--set strings, message)
     ("method.seed.x=1", r"method.seed: expected int, got \{'x': 1\}"),
     ("method.mono_ratio", r"override 'method.mono_ratio': use section.key=value"),
     ("method.mono_ratio=[1,", r"override 'method.mono_ratio=\[1,': the value is not valid YAML"),
-    ("sweep.tracking_uri=https://admin:s3cret@mlflow.example.org", r"sweep.tracking_uri='https://\*\*\*@mlflow\.example\."
-     r"org' carries a password: remove it and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
-    ("sweep.study_storage=postgresql+psycopg://sweeps:s3cret@db:5432/optuna",
-     r"sweep.study_storage='postgresql\+psycopg://\*\*\*@db:5432/optuna' carries a password: .* set PGPASSWORD"),
-    ("sweep.tracking_uri=http://127.0.0.1:5000;sweep.artifact_location=mlruns",
-     r"sweep.artifact_location='mlruns' is a folder on this machine, behind the tracking server http://127.0.0.1:5000"),
+    (
+        "sweep.tracking_uri=https://admin:s3cret@mlflow.example.org",
+        r"sweep.tracking_uri='https://\*\*\*@mlflow\.example\."
+        r"org' carries a password: remove it and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+    ),
+    (
+        "sweep.study_storage=postgresql+psycopg://sweeps:s3cret@db:5432/optuna",
+        r"sweep.study_storage='postgresql\+psycopg://\*\*\*@db:5432/optuna' carries a password: .* set PGPASSWORD",
+    ),
+    (
+        "sweep.tracking_uri=http://127.0.0.1:5000;sweep.artifact_location=mlruns",
+        r"sweep.artifact_location='mlruns' is a folder on this machine, behind the tracking server http://127.0.0.1:5000",
+    ),
     ("sweep.lease_stale_after=1", r"sweep.lease_stale_after=1.*at least 2 heartbeats"),
 ]
 
@@ -80,12 +92,15 @@ def test_a_bad_value_names_the_key_and_the_fix(override, message):
         load_sweep_setup(DEFAULT, override.split(";")).resolved()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("- data\n- model\n", r"the top level must be a mapping of sections .* got a list"),
-    ("data: [\n", r"is not valid YAML"),
-    ("method: 3\n", r"method: expected a mapping, got 3"),
-    ("sweep:\n  search: [0, 1]\n", r"sweep.search: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- data\n- model\n", r"the top level must be a mapping of sections .* got a list"),
+        ("data: [\n", r"is not valid YAML"),
+        ("method: 3\n", r"method: expected a mapping, got 3"),
+        ("sweep:\n  search: [0, 1]\n", r"sweep.search: expected a mapping"),
+    ],
+)
 def test_a_bad_yaml_shape_names_the_problem(tmp_path, text, message):
     path = tmp_path / "preset.yaml"
     path.write_text(text)
@@ -93,14 +108,22 @@ def test_a_bad_yaml_shape_names_the_problem(tmp_path, text, message):
         load_sweep_setup(path)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "optim.steps=0"], "error: optim needs a finite lr > 0, steps >= 1"),
-    (["--config", "no-such.yaml"], "error: config file no-such.yaml not found"),
-    (["--name", "a/b"], "error: sweep.name='a/b': use letters, digits"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "optim.steps=0"], "error: optim needs a finite lr > 0, steps >= 1"),
+        (["--config", "no-such.yaml"], "error: config file no-such.yaml not found"),
+        (["--name", "a/b"], "error: sweep.name='a/b': use letters, digits"),
+    ],
+)
 def test_the_cli_prints_one_line_and_exits_2_before_ray_starts(args, message):
-    done = subprocess.run([sys.executable, str(ROOT / "sweeps/ratio_search.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "sweeps/ratio_search.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Ray" not in done.stdout + done.stderr  # nothing started
@@ -112,25 +135,103 @@ def test_a_finished_sweeps_refusal_imports_nothing_heavy(tmp_path):
     (tmp_path / "done" / "search").mkdir(parents=True)
     (tmp_path / "done" / "search" / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
     (tmp_path / "done" / "finished.txt").write_text("2 trials in 1.0 min")
-    done = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "sweeps/ratio_search.py"), "--name", "done",
-                           "--set", f"sweep.storage_path={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            str(ROOT / "sweeps/ratio_search.py"),
+            "--name",
+            "done",
+            "--set",
+            f"sweep.storage_path={tmp_path}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     said = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
-    assert done.returncode == 2 and said == ["error: sweep 'done' finished: 2 trials in 1.0 min. Start another with "
-                                             "--name NEW, or add trials with --resume --set sweep.trials=N."], said
+    assert done.returncode == 2 and said == [
+        "error: sweep 'done' finished: 2 trials in 1.0 min. Start another with "
+        "--name NEW, or add trials with --resume --set sweep.trials=N."
+    ], said
     loaded = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert not {m for m in loaded if m.split(".")[0] in ("torch", "deepspeed", "mlflow", "transformers")
-                or m.startswith(("ray.train", "ray.tune"))}
+    assert not {
+        m
+        for m in loaded
+        if m.split(".")[0] in ("torch", "deepspeed", "mlflow", "transformers")
+        or m.startswith(("ray.train", "ray.tune"))
+    }
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "eval.ece_bins=0"], "error: eval.ece_bins must be >= 1, got 0."),
-    (["--set", "eval.dataset=squad"], "error: eval.dataset must be one of"),
-    (["--set", "evalbins"], "error: override 'evalbins': use section.key=value"),
-])
+@pytest.mark.parametrize("after", ["argparse", "sweeps.lease", "trainers.train"])
+def test_ctrl_c_while_the_command_starts_is_a_clean_stop(tmp_path, after):
+    """SIGINT once the command has imported `after` (its own imports, its checks, the driver's imports
+    once the lease is held): the stop's lines and exit 130, never a KeyboardInterrupt traceback."""
+    import signal
+    import threading
+
+    command = [
+        sys.executable,
+        "-X",
+        "importtime",
+        str(ROOT / "sweeps/ratio_search.py"),
+        "--name",
+        "early",
+        "--set",
+        f"sweep.storage_path={tmp_path}",
+        "--set",
+        f"sweep.tracking_uri=sqlite:///{tmp_path}/m.db",
+    ]
+    driver = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "RAY_ADDRESS": "local"},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    said: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        for line in driver.stderr:
+            if line.startswith("import time:"):
+                if line.split("|")[-1].strip() == after:
+                    seen.set()
+            else:
+                said.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert seen.wait(120), "".join(said)[-3000:]
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(timeout=120) == 130, "".join(said)[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    reader.join(timeout=10)
+    text = "".join(said)
+    assert "Traceback" not in text and "Sweep interrupted in its start-up phase" in text, text[-3000:]
+    assert re.search(r"Continue with:\n  python sweeps/ratio_search.py .* --resume\n$", text), text[-3000:]
+    assert not (tmp_path / "early" / "driver.lease").exists()  # released
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "eval.ece_bins=0"], "error: eval.ece_bins must be >= 1, got 0."),
+        (["--set", "eval.dataset=squad"], "error: eval.dataset must be one of"),
+        (["--set", "evalbins"], "error: override 'evalbins': use section.key=value"),
+    ],
+)
 def test_the_evaluation_cli_takes_set_and_names_a_bad_value_in_one_line(args, message):
-    done = subprocess.run([sys.executable, "-m", "evaluation", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "evaluation", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
@@ -152,16 +253,25 @@ def test_the_record_goes_where_the_tracking_store_is(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     local = load_sweep_setup(DEFAULT).resolved()
-    assert (local.sweep.artifact_location, local.sweep.study_storage) == (str(tmp_path / "mlruns"),
-                                                                           f"sqlite:///{tmp_path}/optuna.db")
+    assert (local.sweep.artifact_location, local.sweep.study_storage) == (
+        str(tmp_path / "mlruns"),
+        f"sqlite:///{tmp_path}/optuna.db",
+    )
     assert record_warning(local.sweep.tracking_uri, local.sweep.study_storage) is None
     served = load_sweep_setup(DEFAULT, ["sweep.tracking_uri=http://127.0.0.1:5000"]).resolved()
     assert served.sweep.artifact_location == ""
     assert record_warning(served.sweep.tracking_uri, served.sweep.study_storage) == (
         f"warning: the Optuna study is in sqlite:///{tmp_path}/optuna.db, on this machine: it will not survive the "
-        "head. Set sweep.study_storage (or --study-storage) to postgresql+psycopg://USER@HOST:PORT/DB.")
-    study = load_sweep_setup(DEFAULT, ["sweep.tracking_uri=http://127.0.0.1:5000", "sweep.artifact_location=s3://b/a",
-                                       "sweep.study_storage=postgresql+psycopg://sweeps@db:5432/optuna"]).resolved()
+        "head. Set sweep.study_storage (or --study-storage) to postgresql+psycopg://USER@HOST:PORT/DB."
+    )
+    study = load_sweep_setup(
+        DEFAULT,
+        [
+            "sweep.tracking_uri=http://127.0.0.1:5000",
+            "sweep.artifact_location=s3://b/a",
+            "sweep.study_storage=postgresql+psycopg://sweeps@db:5432/optuna",
+        ],
+    ).resolved()
     assert study.sweep.artifact_location == "s3://b/a"
     assert record_warning(study.sweep.tracking_uri, study.sweep.study_storage) is None
 
@@ -180,18 +290,33 @@ def test_an_unusable_ray_address_or_storage_is_one_line_before_ray_starts(tmp_pa
     cases = [
         ({"RAY_ADDRESS": ""}, [], "error: RAY_ADDRESS is set but empty: unset it to start a local Ray"),
         ({"RAY_ADDRESS": dead}, [], f"error: RAY_ADDRESS={dead} does not answer within 5 s: check the address"),
-        ({"RAY_TMPDIR": str(tmp_path / "ray-tmp")}, [],
-         f"error: the Ray cluster recorded on this machine by `ray start` ({dead}) does not answer within 5 s: start "
-         "it again"),
-        (AWS_ENV, ["--set", f"sweep.storage_path=s3://b/p?endpoint_override={dead}&scheme=http"],
-         "error: sweep.storage_path='s3://b/p?endpoint_override=127.0.0.1:"),
-        (AWS_ENV, ["--set", f"sweep.storage_path=s3://no-such-bucket/p?{endpoint}"],
-         "error: sweep.storage_path='s3://no-such-bucket/p?"),
+        (
+            {"RAY_TMPDIR": str(tmp_path / "ray-tmp")},
+            [],
+            f"error: the Ray cluster recorded on this machine by `ray start` ({dead}) does not answer within 5 s: start "
+            "it again",
+        ),
+        (
+            AWS_ENV,
+            ["--set", f"sweep.storage_path=s3://b/p?endpoint_override={dead}&scheme=http"],
+            "error: sweep.storage_path='s3://b/p?endpoint_override=127.0.0.1:",
+        ),
+        (
+            AWS_ENV,
+            ["--set", f"sweep.storage_path=s3://no-such-bucket/p?{endpoint}"],
+            "error: sweep.storage_path='s3://no-such-bucket/p?",
+        ),
     ]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     for env, args, message in cases:
-        done = subprocess.run([sys.executable, str(ROOT / "sweeps/ratio_search.py"), *args], cwd=tmp_path,
-                              env=base | env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "sweeps/ratio_search.py"), *args],
+            cwd=tmp_path,
+            env=base | env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 2 and done.stderr.startswith(message), (env, done.stderr[-2000:])
         assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
         assert "Ray workers' and tasks' output" not in done.stdout  # Ray never started
@@ -206,6 +331,9 @@ def test_resume_of_a_sweep_without_its_stored_settings_is_refused(tmp_path):
     state.check_unchanged(setup)  # not started: --resume starts it
     (tmp_path / "old" / "search").mkdir(parents=True)
     (tmp_path / "old" / "search" / "tuner.pkl").write_bytes(b"")  # what Tune.can_restore looks for
-    with pytest.raises(ValueError, match=rf"--resume of sweep 'old': its phases are in {tmp_path}/old but not the "
-                                         r"settings it started with \(sweep_config.json\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"--resume of sweep 'old': its phases are in {tmp_path}/old but not the "
+        r"settings it started with \(sweep_config.json\)",
+    ):
         state.check_unchanged(setup)

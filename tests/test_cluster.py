@@ -23,17 +23,21 @@ def test_cluster_yaml_validates_with_rays_schema():
     # Every node verifies with the driver's signing key, at the path hybrid.signing reads, private.
     assert config["file_mounts"]["/home/ubuntu/.cache/hybrid-sweep/signing.key"] == "~/.cache/hybrid-sweep/signing.key"
     assert "chmod 600 ~/.cache/hybrid-sweep/signing.key" in config["setup_commands"]
-    head, worker = (config["available_node_types"][n]["node_config"]["IamInstanceProfile"]["Arn"]
-                    for n in ("head", "gpu_worker"))
+    head, worker = (
+        config["available_node_types"][n]["node_config"]["IamInstanceProfile"]["Arn"] for n in ("head", "gpu_worker")
+    )
     assert head.endswith("/hybrid-sweep-head") and head != worker  # not Ray's default head profile
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=9, max_workers=2),
-    lambda c: c.update(head_node_type="nope"),
-    lambda c: c["provider"].update(type="not-a-cloud"),
-    lambda c: c.update(unknown_key=1),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=9, max_workers=2),
+        lambda c: c.update(head_node_type="nope"),
+        lambda c: c["provider"].update(type="not-a-cloud"),
+        lambda c: c.update(unknown_key=1),
+    ],
+)
 def test_broken_cluster_yaml_is_rejected(mutate):
     config = copy.deepcopy(load())
     mutate(config)

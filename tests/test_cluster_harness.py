@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from cluster_harness import REPO, LocalCluster, free_port, is_alive, require_cluster, session_members, short_tmp
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -35,11 +36,18 @@ def done(result):
 
 def run_driver(cluster: LocalCluster, body: str, timeout: float = 120, **args):
     """Run a driver script against `cluster` in a subprocess; return what it passed to done()."""
-    r = subprocess.run([sys.executable, "-c", PRELUDE + body, json.dumps(args)], env=cluster.driver_env(),
-                       cwd=REPO, check=False, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-c", PRELUDE + body, json.dumps(args)],
+        env=cluster.driver_env(),
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     assert r.returncode == 0 and lines, f"driver failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def token_file_state():
@@ -62,7 +70,9 @@ def cluster(tmp_path_factory, token_before):
 def test_worker_nodes_do_not_see_the_drivers_run_directory(cluster):
     marker = cluster.hidden_dir / "marker.txt"
     marker.write_text("only on the driver's machine")
-    seen = run_driver(cluster, """
+    seen = run_driver(
+        cluster,
+        """
 def probe(marker, repo_file):
     return {"marker": os.path.exists(marker), "repo": os.path.exists(repo_file),
             "node": ray.get_runtime_context().get_node_id()}
@@ -70,8 +80,11 @@ out = {"driver": os.path.exists(ARGS["marker"])}
 for node_id in ARGS["nodes"]:
     out[node_id] = run_on_node(node_id, probe, ARGS["marker"], ARGS["repo_file"])
 done(out)
-""", marker=str(marker), repo_file=str(REPO / "pyproject.toml"),
-        nodes=[cluster.head.node_id, *(n.node_id for n in cluster.nodes)])
+""",
+        marker=str(marker),
+        repo_file=str(REPO / "pyproject.toml"),
+        nodes=[cluster.head.node_id, *(n.node_id for n in cluster.nodes)],
+    )
     assert seen["driver"] and seen[cluster.head.node_id]["marker"]  # the head is the driver's machine
     for node in cluster.nodes:
         assert seen[node.node_id]["node"] == node.node_id  # the task did run there
@@ -81,7 +94,9 @@ done(out)
 
 def test_nodes_share_the_s3_store(cluster):
     first, second = cluster.nodes[:2]
-    out = run_driver(cluster, """
+    out = run_driver(
+        cluster,
+        """
 import pyarrow.fs
 def write(uri):
     fs, path = pyarrow.fs.FileSystem.from_uri(uri)
@@ -93,7 +108,11 @@ def read(uri):
         return f.read().decode()
 run_on_node(ARGS["first"], write, ARGS["uri"])
 done(run_on_node(ARGS["second"], read, ARGS["uri"]))
-""", uri=cluster.storage_uri("shared/probe"), first=first.node_id, second=second.node_id)
+""",
+        uri=cluster.storage_uri("shared/probe"),
+        first=first.node_id,
+        second=second.node_id,
+    )
     assert out == f"from {first.node_id}"
     assert cluster.list_keys("shared/") == ["shared/probe/hello.txt"]
 
@@ -107,9 +126,13 @@ def test_a_killed_node_is_marked_dead_and_replaced(cluster):
     assert victim.processes() == []
     replacement = cluster.add_node()
     assert cluster.node_state(replacement.node_id) == "ALIVE"
-    ran_on = run_driver(cluster, """
+    ran_on = run_driver(
+        cluster,
+        """
 done(run_on_node(ARGS["node"], lambda: ray.get_runtime_context().get_node_id(), num_cpus=1))
-""", node=replacement.node_id)
+""",
+        node=replacement.node_id,
+    )
     assert ran_on == replacement.node_id
     alive = {n["node_id"] for n in cluster.alive_worker_nodes()}
     assert alive == {n.node_id for n in cluster.nodes if not n.killed}
@@ -121,8 +144,12 @@ def foreign_ray_processes(cluster: LocalCluster) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["name", "cmdline"]):
         with contextlib.suppress(psutil.Error, OSError):
-            if (p.pid not in ours and os.getsid(p.pid) not in sids and is_alive(p)
-                    and (p.info["name"] in ("raylet", "gcs_server") or "ray::" in " ".join(p.info["cmdline"] or []))):
+            if (
+                p.pid not in ours
+                and os.getsid(p.pid) not in sids
+                and is_alive(p)
+                and (p.info["name"] in ("raylet", "gcs_server") or "ray::" in " ".join(p.info["cmdline"] or []))
+            ):
                 out.append(p)
     return out
 
@@ -133,10 +160,23 @@ def start_bystander_ray():
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--num-cpus=0", f"--port={free_port()}",
-         f"--temp-dir={tmp}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
-         f"--dashboard-agent-listen-port={free_port()}", "--block"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--num-cpus=0",
+            f"--port={free_port()}",
+            f"--temp-dir={tmp}",
+            "--include-dashboard=false",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--block",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while not any(p.name() == "raylet" for p in session_members(proc.pid)):
         assert proc.poll() is None and time.monotonic() < deadline, "the bystander Ray did not start"
@@ -174,7 +214,9 @@ def test_the_fake_autoscaler_adds_a_node_for_a_task(tmp_path, token_before):
     require_cluster()
     with LocalCluster(tmp_path / "run", autoscaling=True, max_autoscaled_nodes=2, idle_timeout_s=5) as c:
         assert c.alive_worker_nodes() == []
-        out = run_driver(c, """
+        out = run_driver(
+            c,
+            """
 import time
 @ray.remote(num_cpus=1)
 def where():
@@ -182,7 +224,8 @@ def where():
 t0 = time.monotonic()
 node = ray.get(where.remote(), timeout=90)
 done({"node": node, "s": time.monotonic() - t0})
-""")
+""",
+        )
         print(f"autoscaled task done after {out['s']:.1f} s")
         assert out["node"] != c.head.node_id
         assert out["node"] in {n["node_id"] for n in c.api_nodes()}

@@ -14,23 +14,52 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import render_in_chromium
 from sweeps.report import analysis as A
 from sweeps.report.data import load_sweep
+
+from conftest import render_in_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGS = ["en", "de", "el"]  # high-resource by default: en, de
 STEPS = 40
 # config -> (alpha, tau, seeds, multi/map per seed, (mono, cross) mAP means, L x L mAP, seed offsets of the matrix)
 CONFIGS = {
-    "cfg-a0": (0.0, 0.05, [0, 1, 2], [0.50, 0.52, 0.54], (0.70, 0.60),
-               [[0.70, 0.60, 0.55], [0.62, 0.72, 0.50], [0.58, 0.52, 0.66]], [0.0, 0.01, 0.02]),
-    "cfg-a05": (0.5, 0.05, [0, 1, 2], [0.60, 0.61, 0.65], (0.75, 0.65),
-                [[0.76, 0.66, 0.60], [0.68, 0.75, 0.57], [0.63, 0.59, 0.70]], [0.0, 0.02, 0.01]),
-    "cfg-a1": (1.0, 0.05, [0, 1, 2], [0.55, 0.53, 0.57], (0.80, 0.50),
-               [[0.80, 0.55, 0.45], [0.56, 0.79, 0.44], [0.50, 0.47, 0.78]], [0.0, -0.01, 0.005]),
-    "cfg-a03": (0.3, 0.10, [0], [0.58], (0.74, 0.67),  # seed 0 logs the means - 0.01: (0.73, 0.66)
-                [[0.74, 0.66, 0.62], [0.67, 0.73, 0.60], [0.64, 0.61, 0.69]], [0.0]),
+    "cfg-a0": (
+        0.0,
+        0.05,
+        [0, 1, 2],
+        [0.50, 0.52, 0.54],
+        (0.70, 0.60),
+        [[0.70, 0.60, 0.55], [0.62, 0.72, 0.50], [0.58, 0.52, 0.66]],
+        [0.0, 0.01, 0.02],
+    ),
+    "cfg-a05": (
+        0.5,
+        0.05,
+        [0, 1, 2],
+        [0.60, 0.61, 0.65],
+        (0.75, 0.65),
+        [[0.76, 0.66, 0.60], [0.68, 0.75, 0.57], [0.63, 0.59, 0.70]],
+        [0.0, 0.02, 0.01],
+    ),
+    "cfg-a1": (
+        1.0,
+        0.05,
+        [0, 1, 2],
+        [0.55, 0.53, 0.57],
+        (0.80, 0.50),
+        [[0.80, 0.55, 0.45], [0.56, 0.79, 0.44], [0.50, 0.47, 0.78]],
+        [0.0, -0.01, 0.005],
+    ),
+    "cfg-a03": (
+        0.3,
+        0.10,
+        [0],
+        [0.58],
+        (0.74, 0.67),  # seed 0 logs the means - 0.01: (0.73, 0.66)
+        [[0.74, 0.66, 0.62], [0.67, 0.73, 0.60], [0.64, 0.61, 0.69]],
+        [0.0],
+    ),
     # pruned at step 20 with the best numbers: must be listed but never compared
     "cfg-pruned": (0.25, 0.02, [0], [0.90], (0.90, 0.90), [[0.9] * 3] * 3, [0.0]),
 }
@@ -54,8 +83,9 @@ def matrix(config: str, i: int) -> np.ndarray:
     return np.array(base) + offsets[i]
 
 
-def log_evaluation(client, run_id: str, dataset: str, split: str, step: int, values: dict[str, float],
-                   mat: np.ndarray, alpha: float) -> None:
+def log_evaluation(
+    client, run_id: str, dataset: str, split: str, step: int, values: dict[str, float], mat: np.ndarray, alpha: float
+) -> None:
     """One evaluation in the evaluation.tracking layout: metrics at the step, CSV artifacts under step_{step}/."""
     from mlflow.entities import Metric
 
@@ -67,10 +97,15 @@ def log_evaluation(client, run_id: str, dataset: str, split: str, step: int, val
             frame = pd.DataFrame(m, index=LANGS, columns=LANGS)
             frame.index.name = "query\\candidate"
             frame.to_csv(f"{tmp}/{name}.csv")
-        pd.DataFrame({"lower": np.arange(5) / 5, "upper": np.arange(1, 6) / 5, "count": [1, 2, 3, 4, 10],
-                      "confidence": [0.1, 0.3, 0.5, 0.7, 0.9],
-                      "accuracy": [0.0, 0.5, 1 / 3, 0.75, min(1.0, 0.8 + 0.1 * alpha)]}).to_csv(
-            f"{tmp}/reliability.csv", index=False)
+        pd.DataFrame(
+            {
+                "lower": np.arange(5) / 5,
+                "upper": np.arange(1, 6) / 5,
+                "count": [1, 2, 3, 4, 10],
+                "confidence": [0.1, 0.3, 0.5, 0.7, 0.9],
+                "accuracy": [0.0, 0.5, 1 / 3, 0.75, min(1.0, 0.8 + 0.1 * alpha)],
+            }
+        ).to_csv(f"{tmp}/reliability.csv", index=False)
         Path(tmp, "summary.json").write_text("{}")
         client.log_artifacts(run_id, tmp, f"eval/{dataset}/{split}/step_{step}")
 
@@ -87,19 +122,34 @@ def build_store(root: Path, name: str = "synthetic", languages: dict[str, int] |
     for key, value in {"eval.dataset": "xquad-r", "sweep.objectives": "['multi/map']", "sweep.name": name}.items():
         client.log_param(parent, key, value)  # the preset's own keys, as strings
     train = ["en", "de", "el"] if languages else ["en", "de"]  # the resolved configuration, read back as YAML
-    client.log_text(parent, yaml.safe_dump({"optim": {"steps": STEPS}, "data": {"train_languages": train},
-                                            "eval": {"dataset": "xquad-r"}, "sweep": {"objectives": ["multi/map"]}}),
-                    "config/resolved.yaml")
+    client.log_text(
+        parent,
+        yaml.safe_dump(
+            {
+                "optim": {"steps": STEPS},
+                "data": {"train_languages": train},
+                "eval": {"dataset": "xquad-r"},
+                "sweep": {"objectives": ["multi/map"]},
+            }
+        ),
+        "config/resolved.yaml",
+    )
     base = {k: v - 0.1 for k, v in settings_values("cfg-a0", 0).items()}
     log_evaluation(client, parent, "xquad-r", "heldout", 0, base, matrix("cfg-a0", 0) - 0.1, 0.0)
     log_evaluation(client, parent, "mlqa-r", "all", 0, base, matrix("cfg-a0", 0) - 0.2, 0.0)
     for config, (alpha, tau, seeds, *_rest) in CONFIGS.items():
         for i, seed in enumerate(seeds):
             trial = f"{config}-s{seed}"
-            run = client.create_run(exp, run_name=trial, tags={"tune.trial_id": trial, "sweep.role": "trial",
-                                                               "mlflow.parentRunId": parent}).info.run_id
-            params = {"mono_ratio": alpha, "temperature": tau, "lang_temperature": math.inf, "seed": seed,
-                      "config_key": config}
+            run = client.create_run(
+                exp, run_name=trial, tags={"tune.trial_id": trial, "sweep.role": "trial", "mlflow.parentRunId": parent}
+            ).info.run_id
+            params = {
+                "mono_ratio": alpha,
+                "temperature": tau,
+                "lang_temperature": math.inf,
+                "seed": seed,
+                "config_key": config,
+            }
             for key, value in (params | ({"num_train_languages": languages[config]} if languages else {})).items():
                 client.log_param(run, key, value)
             values, mat = settings_values(config, i), matrix(config, i)
@@ -112,18 +162,35 @@ def build_store(root: Path, name: str = "synthetic", languages: dict[str, int] |
             if config in FULL:
                 full = {k: v + FULL_SHIFT for k, v in values.items()}
                 log_evaluation(client, run, "xquad-r", "heldout", STEPS, full, mat + FULL_SHIFT, alpha)
-                log_evaluation(client, run, "mlqa-r", "all", STEPS, {k: v - 0.1 for k, v in values.items()},
-                               mat - 0.1, alpha)
+                log_evaluation(
+                    client, run, "mlqa-r", "all", STEPS, {k: v - 0.1 for k, v in values.items()}, mat - 0.1, alpha
+                )
     if not languages:  # merges of the references (sweeps.merges): the hybrid's figures less MERGE_GAP, per seed
         for i, seed in enumerate(CONFIGS["cfg-a05"][2]):
-            run = client.create_run(exp, run_name=f"merge-w0.5-s{seed}", tags={
-                "sweep.merge": f"merge-w0.5-s{seed}", "sweep.role": "merge", "mlflow.parentRunId": parent}).info.run_id
-            for key, value in {"merge_weight": 0.5, "seed": seed, "config_key": "merge w=0.5", "temperature": 0.05}.items():
+            run = client.create_run(
+                exp,
+                run_name=f"merge-w0.5-s{seed}",
+                tags={"sweep.merge": f"merge-w0.5-s{seed}", "sweep.role": "merge", "mlflow.parentRunId": parent},
+            ).info.run_id
+            for key, value in {
+                "merge_weight": 0.5,
+                "seed": seed,
+                "config_key": "merge w=0.5",
+                "temperature": 0.05,
+            }.items():
                 client.log_param(run, key, value)
             values = {k: v - MERGE_GAP for k, v in settings_values("cfg-a05", i).items()}
             for split, shift in (("heldout-proxy50", 0.0), ("heldout", FULL_SHIFT)):
-                log_evaluation(client, run, "xquad-r", split, STEPS, {k: v + shift for k, v in values.items()},
-                               matrix("cfg-a05", i) - MERGE_GAP + shift, 0.5)
+                log_evaluation(
+                    client,
+                    run,
+                    "xquad-r",
+                    split,
+                    STEPS,
+                    {k: v + shift for k, v in values.items()},
+                    matrix("cfg-a05", i) - MERGE_GAP + shift,
+                    0.5,
+                )
     return uri
 
 
@@ -142,8 +209,13 @@ def built(store):
     from sweeps.compare import build_report
 
     root, uri = store
-    return build_report(MlflowClient(tracking_uri=uri), ["synthetic", "synthetic-k"], root / "report",
-                        ("en", "de", "es", "zh"), tracking_uri=uri)
+    return build_report(
+        MlflowClient(tracking_uri=uri),
+        ["synthetic", "synthetic-k"],
+        root / "report",
+        ("en", "de", "es", "zh"),
+        tracking_uri=uri,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +284,7 @@ def test_high_resource_pair_deltas_against_alpha_one(findings):
     assert findings.heatmap_source == "full"  # the three configurations all have the full evaluation
     seed_diffs = np.array(CONFIGS["cfg-a05"][6]) - np.array(CONFIGS["cfg-a1"][6])
     m05, m1 = np.array(CONFIGS["cfg-a05"][5]), np.array(CONFIGS["cfg-a1"][5])
-    for (q, c) in [("en", "en"), ("en", "de"), ("de", "en"), ("de", "de")]:
+    for q, c in [("en", "en"), ("en", "de"), ("de", "en"), ("de", "de")]:
         i, j = LANGS.index(q), LANGS.index(c)
         expected = m05[i, j] - m1[i, j] + seed_diffs
         assert d.loc[f"{q}→{c}", "delta"] == pytest.approx(expected.mean())
@@ -265,7 +337,9 @@ def test_answers_at_a_glance_carry_intervals_and_verdicts(built):
     assert "mAP on pairs with an unseen language (el)" in q1 and "Best by multi mAP: alpha=0.50" in q1
     assert table.iloc[1]["verdict"].startswith(("separated", NOT_SEPARABLE))  # alpha 0.5 vs 1, high-resource pairs
     assert "each k's best configuration" not in table.iloc[2, 0] and table.iloc[2, 1] == "not covered"
-    varied = glance(built[1][1]).set_index("question").iloc[2]  # k = 3 at another alpha and tau: a confounded comparison, said so
+    varied = (
+        glance(built[1][1]).set_index("question").iloc[2]
+    )  # k = 3 at another alpha and tau: a confounded comparison, said so
     assert "each k's best configuration (other knobs differ)" in varied.iloc[0] and "k=3 - k=2 -0.040" in varied.iloc[0]
     assert table.iloc[3, 0].startswith("alpha=0 - alpha=1 (lower ECE is better): mono ECE -0.100 ± 0.000")
     # Beyond the paper: training length (proxy, steps 20 and 40), the merge against the best hybrid (full
@@ -273,8 +347,10 @@ def test_answers_at_a_glance_carry_intervals_and_verdicts(built):
     length, merge, schedule = (table.loc[q] for q in BEYOND.values())
     assert length.iloc[0].startswith(f"multi mAP, proxy evaluation: alpha=0 - alpha=1 at step 20 {multi.mean:+.3f}")
     assert "at step 40" in length.iloc[0] and "hybrid - alpha=1 at step 40" in length.iloc[0]
-    assert merge.iloc[0] == ("merge w=0.5 (the best merge by multi mAP) - alpha=0.50, tau=0.05, full evaluation: "
-                             "mono mAP -0.020 ± 0.000; cross mAP -0.020 ± 0.000; multi mAP -0.020 ± 0.000.")
+    assert merge.iloc[0] == (
+        "merge w=0.5 (the best merge by multi mAP) - alpha=0.50, tau=0.05, full evaluation: "
+        "mono mAP -0.020 ± 0.000; cross mAP -0.020 ± 0.000; multi mAP -0.020 ± 0.000."
+    )
     assert merge.iloc[1] == "separated: mono mAP (-), cross mAP (-), multi mAP (-)"
     assert schedule.tolist() == ["every trial used one alpha schedule (sweep.search.alpha_schedule)", "not covered"]
     assert glance(built[1][1]).set_index("question").loc[BEYOND["merge"], "verdict"] == "not covered"
@@ -284,13 +360,18 @@ def test_the_merges_are_set_against_the_hybrid_and_each_reference(built):
     from sweeps.report.glance import merges_table
 
     f = built[1][0]
-    assert f.sweep.merges["config_key"].tolist() == ["merge w=0.5"] * 3 and f.sweep.runs["config_key"].ne("merge w=0.5").all()
+    assert (
+        f.sweep.merges["config_key"].tolist() == ["merge w=0.5"] * 3
+        and f.sweep.runs["config_key"].ne("merge w=0.5").all()
+    )
     table = merges_table(f).set_index("metric")
     multi = table.loc["multi mAP"]
     values = [v - MERGE_GAP + FULL_SHIFT for v in CONFIGS["cfg-a05"][3]]
     assert multi["value"].startswith(f"{np.mean(values):.3f} ± {t_half(values):.3f}")
-    assert multi["merge - best hybrid"] == A.diff_ci(dict(enumerate(values)), {i: v + MERGE_GAP for i, v in
-                                                                                enumerate(values)}).text()
+    assert (
+        multi["merge - best hybrid"]
+        == A.diff_ci(dict(enumerate(values)), {i: v + MERGE_GAP for i, v in enumerate(values)}).text()
+    )
     for ref in ("cfg-a0", "cfg-a1"):
         theirs = {i: v + FULL_SHIFT for i, v in enumerate(CONFIGS[ref][3])}
         assert multi[f"merge - alpha={CONFIGS[ref][0]:g}"] == A.diff_ci(dict(enumerate(values)), theirs).text()
@@ -317,8 +398,14 @@ def test_the_references_are_compared_at_every_checkpoint(built):
 
 def test_importances_from_a_rebuilt_optuna_study():
     rng = np.random.default_rng(0)
-    summary = pd.DataFrame({"config_key": [f"c{i}" for i in range(8)], "mono_ratio": rng.uniform(0, 1, 8),
-                            "temperature": np.exp(rng.uniform(-4, -1.5, 8)), "complete": True})
+    summary = pd.DataFrame(
+        {
+            "config_key": [f"c{i}" for i in range(8)],
+            "mono_ratio": rng.uniform(0, 1, 8),
+            "temperature": np.exp(rng.uniform(-4, -1.5, 8)),
+            "complete": True,
+        }
+    )
     summary["multi/map"] = 0.5 + 0.3 * summary["mono_ratio"]
     found, note = A.importances(summary, "multi/map", lower_is_better=False)
     assert set(found) == {"mono_ratio", "temperature"} and sum(found.values()) == pytest.approx(1.0)
@@ -350,8 +437,9 @@ def test_an_experiment_that_is_not_a_sweep_is_refused_by_name(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("by-hand", artifact_location=(tmp_path / "mlruns").as_uri())
     client.create_run(exp, run_name="a notebook's run")
-    with pytest.raises(SystemExit, match="experiment 'by-hand' holds no sweep: no run tagged sweep.role=parent and "
-                                         "sweep.name=by-hand"):
+    with pytest.raises(
+        SystemExit, match="experiment 'by-hand' holds no sweep: no run tagged sweep.role=parent and sweep.name=by-hand"
+    ):
         main(["--experiment", "by-hand", "--tracking-uri", uri, "--out", str(tmp_path / "report")])
 
 
@@ -368,8 +456,9 @@ def test_cli_writes_a_self_contained_report_and_logs_the_pngs(report):
     for question in ("1. How does", "2. Does hybrid", "3. How do", "4. How does", "5. How robust"):
         assert question in text
     client = MlflowClient(tracking_uri=uri)
-    parent = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id],
-                                filter_string="tags.`sweep.role` = 'parent'")[0]
+    parent = client.search_runs(
+        [client.get_experiment_by_name("synthetic").experiment_id], filter_string="tags.`sweep.role` = 'parent'"
+    )[0]
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/alpha_curves.png", "report/heatmaps.png", "report/report.html"} <= logged
 
@@ -391,22 +480,39 @@ def test_loader_reads_what_evaluation_tracking_writes(tmp_path, monkeypatch):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.create_experiment("contract", artifact_location=(tmp_path / "mlruns").as_uri())
     parent = client.create_run(exp, tags={"sweep.name": "contract", "sweep.role": "parent"}).info.run_id
-    run = client.create_run(exp, tags={"sweep.role": "trial", "mlflow.parentRunId": parent,
-                                       "tune.trial_id": "t0"}).info.run_id
+    run = client.create_run(
+        exp, tags={"sweep.role": "trial", "mlflow.parentRunId": parent, "tune.trial_id": "t0"}
+    ).info.run_id
     for key, value in {"mono_ratio": 0.5, "temperature": 0.05, "seed": 0, "config_key": "k"}.items():
         client.log_param(run, key, value)
     langs = ("en", "de")
     mat = np.array([[0.8, 0.6], [0.5, 0.7]])
-    table = M.ReliabilityTable(np.array([0.0, 0.5]), np.array([0.5, 1.0]), np.array([3, 7]),
-                               np.array([0.3, 0.8]), np.array([0.33, 0.71]))
+    table = M.ReliabilityTable(
+        np.array([0.0, 0.5]), np.array([0.5, 1.0]), np.array([3, 7]), np.array([0.3, 0.8]), np.array([0.33, 0.71])
+    )
     for split, step, shift in (("heldout-proxy50", 20, -0.1), ("heldout-proxy50", 40, 0.0), ("heldout", 40, 0.01)):
         summary = {"multi/map": 0.6 + shift, "cross/mrr@10": 0.55 + shift, "mono/recall@10": 0.9}
-        result = EvalResult(f"ckpt-{step}", step, f"hash-{split}-{step}", "xquad-r", split, langs,
-                            {"map": mat + shift, "mrr@10": mat}, summary, {"en": {"map": 0.7}}, table, 4, 1.0)
+        result = EvalResult(
+            f"ckpt-{step}",
+            step,
+            f"hash-{split}-{step}",
+            "xquad-r",
+            split,
+            langs,
+            {"map": mat + shift, "mrr@10": mat},
+            summary,
+            {"en": {"map": 0.7}},
+            table,
+            4,
+            1.0,
+        )
         ET.log_result(result, run, client)
     sweep = load_sweep(client, "contract")
     m = sweep.metrics.set_index(["source", "setting", "metric"])
-    assert m.loc[("proxy", "multi", "map"), "value"] == pytest.approx(0.6) and m.loc[("proxy", "multi", "map"), "step"] == 40
+    assert (
+        m.loc[("proxy", "multi", "map"), "value"] == pytest.approx(0.6)
+        and m.loc[("proxy", "multi", "map"), "step"] == 40
+    )
     assert m.loc[("full", "cross", "mrr@10"), "value"] == pytest.approx(0.56)
     assert ("full", "mono", "recall@10") in m.index and set(sweep.per_language["lang"]) == {"en"}
     full = sweep.matrices[(run, "xquad-r", "full", "map")]
@@ -415,8 +521,10 @@ def test_loader_reads_what_evaluation_tracking_writes(tmp_path, monkeypatch):
     assert sweep.reliability[(run, "xquad-r", "full")]["count"].tolist() == [3, 7]
 
 
-@pytest.mark.parametrize("study, section, rows", [("cpu-study", "What the CPU study found", 5),
-                                                    ("cpu-study-long", "What the long CPU study found", 3)])
+@pytest.mark.parametrize(
+    "study, section, rows",
+    [("cpu-study", "What the CPU study found", 5), ("cpu-study-long", "What the long CPU study found", 3)],
+)
 def test_a_committed_study_report_opens_offline_and_backs_the_readme(tmp_path, study, section, rows):
     """docs/<study>/report.html asks for nothing outside itself, every image decodes in headless Chromium,
     and each verdict of the README's table for that study is the report's."""
@@ -433,9 +541,18 @@ def test_a_committed_study_report_opens_offline_and_backs_the_readme(tmp_path, s
 def test_the_references_are_the_pair_equal_in_every_other_knob():
     """The sampler's alpha = 0 at tau 0.01 (better, as many seeds) is not the alpha = 0 reference: the one
     at alpha = 1's tau and k is, so the references differ in alpha alone."""
-    summary = pd.DataFrame({"config_key": ["searched", "ref0", "ref1", "hybrid"], "mono_ratio": [0.0, 0.0, 1.0, 0.5],
-                            "temperature": [0.01, 0.05, 0.05, 0.05], "lang_temperature": math.inf, "lr": np.nan,
-                            "num_train_languages": [5, 9, 9, 9], "seeds": [3, 3, 3, 1], "complete": True})
+    summary = pd.DataFrame(
+        {
+            "config_key": ["searched", "ref0", "ref1", "hybrid"],
+            "mono_ratio": [0.0, 0.0, 1.0, 0.5],
+            "temperature": [0.01, 0.05, 0.05, 0.05],
+            "lang_temperature": math.inf,
+            "lr": np.nan,
+            "num_train_languages": [5, 9, 9, 9],
+            "seeds": [3, 3, 3, 1],
+            "complete": True,
+        }
+    )
     ref0, ref1 = A.reference_pair(summary)
     assert (ref0["config_key"], ref1["config_key"]) == ("ref0", "ref1")
     assert A.reference_config(summary, 0.0)["config_key"] == "searched"  # the rule without a partner

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from hybrid.data import XQUAD_R_LANGUAGES, DataFormatError, load_corpus, load_lareqa, load_training_pairs, split_by_article
-from hybrid.data import sources
+from hybrid.data import (
+    XQUAD_R_LANGUAGES,
+    DataFormatError,
+    load_corpus,
+    load_lareqa,
+    load_training_pairs,
+    sources,
+    split_by_article,
+)
 
 XQUAD = Path(sources.PACKAGED_DATA) / "xquad-r"
 
@@ -66,10 +73,22 @@ def _write(folder: Path, lang: str, doc) -> Path:
 
 
 def _good_doc():
-    return {"version": "1.1", "data": [{"title": "T", "paragraphs": [{
-        "context": "One two. Three four.", "sentences": ["One two.", "Three four."],
-        "sentence_breaks": [[0, 8], [9, 20]],
-        "qas": [{"id": "q1", "question": "What?", "answers": [{"answer_start": 9, "text": "Three"}]}]}]}]}
+    return {
+        "version": "1.1",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "One two. Three four.",
+                        "sentences": ["One two.", "Three four."],
+                        "sentence_breaks": [[0, 8], [9, 20]],
+                        "qas": [{"id": "q1", "question": "What?", "answers": [{"answer_start": 9, "text": "Three"}]}],
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def test_malformed_json_names_the_file(tmp_path):
@@ -175,8 +194,10 @@ def test_unknown_dataset():
 
 
 def test_user_training_data_schema(tmp_path):
-    rows = [{"id": "a", "lang": "en", "query": "q?", "positive": "p.", "negative": "n."},
-            {"id": "a", "lang": "de", "query": "f?", "positive": "a.", "negative": None}]
+    rows = [
+        {"id": "a", "lang": "en", "query": "q?", "positive": "p.", "negative": "n."},
+        {"id": "a", "lang": "de", "query": "f?", "positive": "a.", "negative": None},
+    ]
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     pairs = load_training_pairs(str(path))
@@ -198,14 +219,19 @@ def test_user_data_follows_the_training_languages(tmp_path, caplog):
     from hybrid.config import DataConfig
     from hybrid.splits import training_pairs
 
-    rows = [{"id": str(i), "lang": lang, "query": f"{lang} q{i}", "positive": f"{lang} p{i}"}
-            for i in range(4) for lang in ("en", "de", "el")]
+    rows = [
+        {"id": str(i), "lang": lang, "query": f"{lang} q{i}", "positive": f"{lang} p{i}"}
+        for i in range(4)
+        for lang in ("en", "de", "el")
+    ]
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     train, _ = training_pairs(DataConfig(train_languages=("en", "de"), train_data=str(path)))
     assert sorted({p.lang for p in train}) == ["de", "en"] and len(train) == 8
     assert "4 rows in languages outside data.train_languages left out: {'el': 4}" in caplog.text
-    with pytest.raises(ValueError, match=r"no row in data.train_languages \['ar', 'zh'\] \(the data has \['de', 'el', 'en'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"no row in data.train_languages \['ar', 'zh'\] \(the data has \['de', 'el', 'en'\]\)"
+    ):
         training_pairs(DataConfig(train_languages=("ar", "zh"), train_data=str(path)))
     path.write_text(json.dumps({"id": "a", "lang": "en", "query": "q", "positive": "p", "negative": 3}))
     with pytest.raises(ValueError, match="row 0 has a non-text 'negative' \\(3\\)"):

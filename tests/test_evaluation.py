@@ -50,8 +50,9 @@ def checkpoints(tiny_model_dir, tmp_path_factory):
     base = _spread_copy(tiny_model_dir, root / "base", seed=1)
     folder = root / "checkpoint_000040"
     manifest.write(_spread_copy(tiny_model_dir, folder / "encoder", seed=2))  # signed, as a trainer's export
-    (folder / "trainer_state.json").write_text(json.dumps(
-        {"step": 40, "config": {"model": {"name": "tiny"}, "method": {"temperature": 0.1}}}))
+    (folder / "trainer_state.json").write_text(
+        json.dumps({"step": 40, "config": {"model": {"name": "tiny"}, "method": {"temperature": 0.1}}})
+    )
     return [CheckpointRef.from_path(str(base)), CheckpointRef.from_path(str(folder))]
 
 
@@ -60,7 +61,7 @@ def _encode_events(ray) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for event in ray.timeline():
         if event.get("cat", "").startswith("task::encode:") and "task_id" in event.get("args", {}):
-            label = event["cat"][len("task::encode:"):].rsplit(":", 2)[0]
+            label = event["cat"][len("task::encode:") :].rsplit(":", 2)[0]
             out.setdefault(label, set()).add(event["args"]["task_id"])
     return out
 
@@ -80,8 +81,9 @@ def evaluated(local_ray, heldout, checkpoints):
     return config, results, executed
 
 
-def test_a_cached_result_equals_the_recomputed_one_and_encodes_nothing(local_ray, evaluated, checkpoints, heldout,
-                                                                      tmp_path):
+def test_a_cached_result_equals_the_recomputed_one_and_encodes_nothing(
+    local_ray, evaluated, checkpoints, heldout, tmp_path
+):
     """The evaluation cache (keyed by model files + evaluation set + settings): a second evaluation of the
     same files, even under another label, runs no encoding and gives exactly the stored figures."""
     config, computed, _ = evaluated
@@ -104,16 +106,20 @@ def test_a_cached_result_equals_the_recomputed_one_and_encodes_nothing(local_ray
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_a_forged_cache_entry_is_ignored_and_the_true_figure_recomputed(local_ray, evaluated, checkpoints, heldout,
-                                                                       tmp_path, request, where, capsys):
+def test_a_forged_cache_entry_is_ignored_and_the_true_figure_recomputed(
+    local_ray, evaluated, checkpoints, heldout, tmp_path, request, where, capsys
+):
     """An entry rewritten to favour a checkpoint (its mAP raised, its signature kept or dropped), or another
     checkpoint's signed entry put under this one's key: each said in one line and evaluated again, the
     result the clean run's."""
     from evaluation.results import cache_file
 
     config, computed, _ = evaluated
-    cache = str(tmp_path / "eval-cache") if where == "local" else \
-        storage.join(request.getfixturevalue("s3_bucket"), f"eval-cache-{tmp_path.name}")
+    cache = (
+        str(tmp_path / "eval-cache")
+        if where == "local"
+        else storage.join(request.getfixturevalue("s3_bucket"), f"eval-cache-{tmp_path.name}")
+    )
     ref = checkpoints[1]
     [clean] = evaluate_checkpoints([ref], heldout, config, cache)
     location = cache_file(cache, clean.content_hash)
@@ -121,20 +127,26 @@ def test_a_forged_cache_entry_is_ignored_and_the_true_figure_recomputed(local_ra
     favoured = signed | {"result": signed["result"] | {"summary": clean.summary | {"multi/map": 0.99}}}
     other = evaluate_checkpoints([checkpoints[0]], heldout, config, cache)[0]
     moved = storage.read_text(cache_file(cache, other.content_hash))
-    for forged, said in ((json.dumps(favoured), "bad signature (altered, or signed with another key)"),
-                         (json.dumps({k: v for k, v in favoured.items() if k != "signature"}), "not signed"),
-                         (moved, "bad signature (altered, or signed with another key)")):
+    for forged, said in (
+        (json.dumps(favoured), "bad signature (altered, or signed with another key)"),
+        (json.dumps({k: v for k, v in favoured.items() if k != "signature"}), "not signed"),
+        (moved, "bad signature (altered, or signed with another key)"),
+    ):
         storage.write_text(location, forged)
         capsys.readouterr()
         [again] = evaluate_checkpoints([ref], heldout, config, cache)
-        assert capsys.readouterr().out == f"[hybrid-sweep] evaluation cache: {location}: {said}. Ignored; evaluating again.\n"
+        assert (
+            capsys.readouterr().out
+            == f"[hybrid-sweep] evaluation cache: {location}: {said}. Ignored; evaluating again.\n"
+        )
         assert not again.cached and again.summary == pytest.approx(clean.summary) and again.summary["multi/map"] != 0.99
         assert again.summary == pytest.approx(computed[1].summary)  # as without any cache
     assert evaluate_checkpoints([ref], heldout, config, cache)[0].cached  # the entry written again, signed
 
 
-def test_an_imposed_spec_embeds_as_it_says_and_keys_its_own_evaluation(local_ray, evaluated, checkpoints, heldout,
-                                                                        tmp_path):
+def test_an_imposed_spec_embeds_as_it_says_and_keys_its_own_evaluation(
+    local_ray, evaluated, checkpoints, heldout, tmp_path
+):
     """A base model evaluated as the run trains it (`CheckpointRef.spec`, e.g. max_length 64 where the
     folder says nothing): the texts are cut where the spec says, and the cache never serves it for the
     folder's own spec (or the other way round)."""
@@ -156,9 +168,14 @@ def test_an_imposed_spec_embeds_as_it_says_and_keys_its_own_evaluation(local_ray
 def test_config_validates_and_loads_from_the_preset():
     preset = read_yaml(Path(__file__).parents[1] / "configs" / "default.yaml")
     assert from_dict(EvalConfig, preset.get("eval"), "eval") == EvalConfig()
-    for bad, match in [({"dataset": "squad"}, "xquad-r"), ({"languages": ["en", "xx"]}, "ISO 639-1"),
-                       ({"max_questions": 0}, "max_questions"), ({"encode_cpus": 0}, "num_cpus"),
-                       ({"ece_bins": 0}, "ece_bins"), ({"batchsize": 8}, "valid keys")]:
+    for bad, match in [
+        ({"dataset": "squad"}, "xquad-r"),
+        ({"languages": ["en", "xx"]}, "ISO 639-1"),
+        ({"max_questions": 0}, "max_questions"),
+        ({"encode_cpus": 0}, "num_cpus"),
+        ({"ece_bins": 0}, "ece_bins"),
+        ({"batchsize": 8}, "valid keys"),
+    ]:
         with pytest.raises(ValueError, match=match):
             from_dict(EvalConfig, bad, "eval")
 
@@ -219,7 +236,9 @@ def _reference(ref: CheckpointRef, corpus: ParallelCorpus, temperature: float) -
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the encode tasks (and the same batches): the same floats
     q = {lang: encoder.encode([x.text for x in questions[lang]], "query", batch_size=32) for lang in LANGS}
-    c = {lang: encoder.encode([x.sentence for x in corpus.candidates[lang]], "passage", batch_size=32) for lang in LANGS}
+    c = {
+        lang: encoder.encode([x.sentence for x in corpus.candidates[lang]], "passage", batch_size=32) for lang in LANGS
+    }
     torch.set_num_threads(threads)
     shape = (len(LANGS), len(LANGS))
     matrices, tolerances = {m: np.zeros(shape) for m in PAIR_METRICS}, {m: np.zeros(shape) for m in PAIR_METRICS}
@@ -262,7 +281,10 @@ def test_summary_settings_are_means_of_the_matrix(evaluated):
 @pytest.mark.parametrize("n_candidates", [7, GPU_MAX_K + 300])
 def test_faiss_full_scores_equal_the_inner_products(n_candidates):
     rng = np.random.default_rng(0)
-    queries, candidates = rng.standard_normal((9, 16), dtype=np.float32), rng.standard_normal((n_candidates, 16), dtype=np.float32)
+    queries, candidates = (
+        rng.standard_normal((9, 16), dtype=np.float32),
+        rng.standard_normal((n_candidates, 16), dtype=np.float32),
+    )
     expected = queries @ candidates.T
     np.testing.assert_allclose(full_scores(queries, candidates), expected, atol=1e-5)
     np.testing.assert_allclose(_sharded_search(queries, candidates, lambda index: index), expected, atol=1e-5)
@@ -270,8 +292,10 @@ def test_faiss_full_scores_equal_the_inner_products(n_candidates):
 
 def test_mlqa_style_pairs_use_only_shared_question_ids():
     """MLQA-R: q1 only in en, q2 in en and de. Pair (en, de) scores q2 alone; pooled scores both."""
-    questions = {"en": [Question("q1", "en", "a", "t"), Question("q2", "en", "b", "t")],
-                 "de": [Question("q2", "de", "b", "t")]}
+    questions = {
+        "en": [Question("q1", "en", "a", "t"), Question("q2", "en", "b", "t")],
+        "de": [Question("q2", "de", "b", "t")],
+    }
     candidates = {lang: [Candidate(lang, f"s{i}", "p", "t") for i in range(3)] for lang in ("en", "de")}
     corpus = ParallelCorpus("mlqa-r", questions, candidates, {"q1": {"en": 0}, "q2": {"en": 1, "de": 2}})
     eval_set = EvalSet.from_corpus(corpus)
@@ -317,15 +341,18 @@ def test_logging_twice_keeps_one_set_of_metrics(evaluated, tmp_path):
     [dataset] = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("xquad-r/heldout-proxy30", result.data_digest[:36])
     assert dataset.tags[0].value == "evaluation" and "lareqa" in dataset.dataset.source
-    assert metric_key(result.dataset, result.split, "multi/recall@10") == "eval/xquad-r/heldout-proxy30/multi/recall_at_10"
+    assert (
+        metric_key(result.dataset, result.split, "multi/recall@10") == "eval/xquad-r/heldout-proxy30/multi/recall_at_10"
+    )
     folder = "eval/xquad-r/heldout-proxy30/step_40"
     names = {Path(f.path).name for f in client.list_artifacts(run_id, folder)}
     assert {"map.csv", "map.png", "map_at_20.csv", "reliability.csv", "reliability.png", "summary.json"} <= names
     assert "map.json" not in names  # MLflow tables only for full evaluations, a few per run
     full = dataclasses.replace(result, split="heldout", content_hash="f" * 64)
     assert log_result(full, run_id, client) and len(client.search_logged_models([experiment])) == 1
-    table = json.loads(Path(client.download_artifacts(run_id, "eval/xquad-r/heldout/step_40/map.json",
-                                                      str(tmp_path))).read_text())
+    table = json.loads(
+        Path(client.download_artifacts(run_id, "eval/xquad-r/heldout/step_40/map.json", str(tmp_path))).read_text()
+    )
     assert table["columns"] == ["query", *result.languages] and [r[0] for r in table["data"]] == list(result.languages)
     np.testing.assert_allclose(np.array([r[1:] for r in table["data"]], dtype=float), result.matrices["map"], atol=1e-6)
     assert client.get_run(run_id).data.params["eval.model"] == "tiny"
@@ -405,8 +432,14 @@ def test_result_survives_the_json_hand_off_to_the_driver(evaluated):
 
     result = evaluated[1][1]
     back = EvalResult.from_json(result.to_json())
-    assert (back.checkpoint, back.step, back.content_hash, back.languages, back.summary, back.per_language) == \
-        (result.checkpoint, result.step, result.content_hash, result.languages, result.summary, result.per_language)
+    assert (back.checkpoint, back.step, back.content_hash, back.languages, back.summary, back.per_language) == (
+        result.checkpoint,
+        result.step,
+        result.content_hash,
+        result.languages,
+        result.summary,
+        result.per_language,
+    )
     for metric, matrix in result.matrices.items():
         np.testing.assert_array_equal(back.matrices[metric], matrix)
     for name in ("lower", "upper", "count", "confidence", "accuracy"):

@@ -18,8 +18,12 @@ PACKAGES = ("hybrid", "trainers", "evaluation", "sweeps")
 HEAVY = ("torch", "ray", "mlflow", "faiss", "deepspeed", "transformers")
 CONFIG_MODULES = ("hybrid.config", "trainers.config", "evaluation.config", "sweeps.config")
 # What each package may import of the others.
-ALLOWED = {"hybrid": set(), "trainers": {"hybrid"}, "evaluation": {"hybrid"},
-           "sweeps": {"hybrid", "trainers", "evaluation"}}
+ALLOWED = {
+    "hybrid": set(),
+    "trainers": {"hybrid"},
+    "evaluation": {"hybrid"},
+    "sweeps": {"hybrid", "trainers", "evaluation"},
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -47,8 +51,10 @@ def _imports(path: Path) -> set[str]:
 
 def _loaded_by(module: str) -> list[str]:
     """The heavy libraries that importing `module` loads, in a fresh interpreter."""
-    code = (f"import sys, json, {module}; "
-            f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r}))))")
+    code = (
+        f"import sys, json, {module}; "
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r}))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -67,19 +73,36 @@ def test_a_command_line_loads_none_of_the_heavy_runtime_before_its_checks(module
 
 def test_hybrid_names_none_of_ray_mlflow_deepspeed_faiss():
     cluster = ("ray", "mlflow", "deepspeed", "faiss")
-    named = {name: sorted(m for m in _imports(path) if m.split(".")[0] in cluster)
-             for name, path in MODULES.items() if name.split(".")[0] == "hybrid"}
+    named = {
+        name: sorted(m for m in _imports(path) if m.split(".")[0] in cluster)
+        for name, path in MODULES.items()
+        if name.split(".")[0] == "hybrid"
+    }
     assert {name: found for name, found in named.items() if found} == {}
     code = "; ".join(f"import {name}" for name in MODULES if name.split(".")[0] == "hybrid")
-    out = subprocess.run([sys.executable, "-c", f"{code}; import sys; print(sorted(m for m in sys.modules "
-                          f"if m.split('.')[0] in {cluster!r}))"], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"{code}; import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in {cluster!r}))",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "[]"
 
 
 def test_packages_import_one_way():
-    wrong = [(name, target) for name, path in MODULES.items() for target in _imports(path)
-             if target.split(".")[0] in PACKAGES and target.split(".")[0] != name.split(".")[0]
-             and target.split(".")[0] not in ALLOWED[name.split(".")[0]]]
+    wrong = [
+        (name, target)
+        for name, path in MODULES.items()
+        for target in _imports(path)
+        if target.split(".")[0] in PACKAGES
+        and target.split(".")[0] != name.split(".")[0]
+        and target.split(".")[0] not in ALLOWED[name.split(".")[0]]
+    ]
     assert wrong == []
 
 
@@ -92,7 +115,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2

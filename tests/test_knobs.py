@@ -12,16 +12,19 @@ from ray import tune
 
 from sweeps import knobs
 from sweeps.config import load_sweep_setup
-from sweeps.ranking import PARAM_COLUMNS, row_params
 from sweeps.progress import describe, knob_text
+from sweeps.ranking import PARAM_COLUMNS, row_params
 from sweeps.report import analysis
 from sweeps.report.data import TRIAL_PARAMS, _trial_row
 from sweeps.search import enqueued_points, param_space
 from sweeps.trial import config_key, trial_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SEARCHED = ["sweep.search.hard_negatives=[false, true]", "sweep.trials=4",
-            "sweep.search.points=[{mono_ratio: 0.5, hard_negatives: true}]"]
+SEARCHED = [
+    "sweep.search.hard_negatives=[false, true]",
+    "sweep.trials=4",
+    "sweep.search.points=[{mono_ratio: 0.5, hard_negatives: true}]",
+]
 
 
 def test_a_knob_added_as_one_row_is_searched_applied_logged_and_reported():
@@ -57,9 +60,15 @@ def test_a_knob_added_as_one_row_is_searched_applied_logged_and_reported():
     row = _trial_row(Run)
     assert row["hard_negatives"] is True and math.isnan(row["lr"])  # a knob not searched reads as NaN
 
-    summary = pd.DataFrame({"config_key": list("abcdef"), "mono_ratio": [0.0, 1.0, 0.5, 0.2, 0.8, 0.4],
-                            "hard_negatives": [False, False, True, True, False, True],
-                            "multi/map": [0.5, 0.4, 0.6, 0.62, 0.41, 0.61], "complete": True})
+    summary = pd.DataFrame(
+        {
+            "config_key": list("abcdef"),
+            "mono_ratio": [0.0, 1.0, 0.5, 0.2, 0.8, 0.4],
+            "hard_negatives": [False, False, True, True, False, True],
+            "multi/map": [0.5, 0.4, 0.6, 0.62, 0.41, 0.61],
+            "complete": True,
+        }
+    )
     assert "hard_negatives" in analysis.varying_knobs(summary)
     found, how = analysis.importances(summary, "multi/map", lower_is_better=False)
     assert set(found) == {"mono_ratio", "hard_negatives"}, how
@@ -74,8 +83,15 @@ def test_a_knob_left_unsearched_stays_out_of_the_trials():
 
 def test_every_knob_sets_a_field_of_the_run_and_reads_it_back():
     setup = load_sweep_setup(ROOT / "configs/cpu-study.yaml")
-    values = {"mono_ratio": 0.3, "temperature": 0.02, "lang_temperature": 2.0, "lr": 1e-4,
-              "num_train_languages": 2, "hard_negatives": True, "alpha_schedule": "mono_first"}
+    values = {
+        "mono_ratio": 0.3,
+        "temperature": 0.02,
+        "lang_temperature": 2.0,
+        "lr": 1e-4,
+        "num_train_languages": 2,
+        "hard_negatives": True,
+        "alpha_schedule": "mono_first",
+    }
     assert set(values) == set(knobs.NAMES)
     for knob in knobs.KNOBS:
         assert knob.base_value(knob.apply(setup.run, values[knob.name])) == values[knob.name], knob.name

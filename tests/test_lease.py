@@ -21,9 +21,15 @@ def where(request, tmp_path):
 
 
 def held_by_us(message: str) -> bool:
-    return re.search(rf"sweep 'leased' is being run by another driver: {re.escape(socket.gethostname())} pid \d+, "
-                     r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d, last heartbeat \d+ s ago \(.*driver\.lease[^)]*\)\. Wait for "
-                     r"it to end or stop it; if that driver is gone, --resume takes it over", message) is not None
+    return (
+        re.search(
+            rf"sweep 'leased' is being run by another driver: {re.escape(socket.gethostname())} pid \d+, "
+            r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d, last heartbeat \d+ s ago \(.*driver\.lease[^)]*\)\. Wait for "
+            r"it to end or stop it; if that driver is gone, --resume takes it over",
+            message,
+        )
+        is not None
+    )
 
 
 def test_a_second_driver_is_refused_until_the_first_is_gone(where, capsys):
@@ -52,8 +58,11 @@ def test_a_second_driver_is_refused_until_the_first_is_gone(where, capsys):
     with pytest.raises(LeaseHeld, match="if that driver is gone, --resume takes it over"):
         DriverLease.acquire(sweep, resume=False)
     taker = DriverLease.acquire(sweep, resume=True)
-    assert re.search(r"Took over sweep 'leased' from the driver on \S+ \(pid \d+\), whose heartbeat stopped \d+ s "
-                     r"ago\.", capsys.readouterr().out)
+    assert re.search(
+        r"Took over sweep 'leased' from the driver on \S+ \(pid \d+\), whose heartbeat stopped \d+ s "
+        r"ago\.",
+        capsys.readouterr().out,
+    )
     assert json.loads(storage.read_text(location))["token"] == taker.record["token"]
     dead.release()  # the old driver, back: it deletes nothing that is no longer its own
     assert storage.exists(location)

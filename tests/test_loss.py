@@ -101,10 +101,11 @@ def test_gathered_loss_equals_full_batch_loss_across_two_ranks():
 def test_training_step_loss_does_not_depend_on_padding_groups():
     """The worker loop sorts each side by length and pads it in groups: its loss must be the loss of the
     same batch embedded in input order, with hard negatives aligned to their items."""
-    from tiny_encoder import tiny_encoder
     from hybrid.sampler import HybridBatchSampler
-    from conftest import make_pairs
     from trainers.forward import forward_batch
+
+    from conftest import make_pairs
+    from tiny_encoder import tiny_encoder
 
     class PlainEngine:  # the engines' interface: `encoder` and `__call__(*token_groups)`
         def __init__(self, encoder):

@@ -47,7 +47,9 @@ def test_a_merge_at_the_ends_is_a_parent_and_between_them_the_average(parents, t
     half = load_encoder(str(out)).backbone.state_dict()
     assert half.keys() == a.keys()
     for name, value in half.items():
-        expected = ((a[name].double() + b[name].double()) / 2).to(a[name].dtype) if value.is_floating_point() else a[name]
+        expected = (
+            ((a[name].double() + b[name].double()) / 2).to(a[name].dtype) if value.is_floating_point() else a[name]
+        )
         assert torch.equal(value, expected), name
     manifest.check(out)  # a signed export of its own
     record = json.loads((out / MERGE_FILE).read_text())
@@ -77,9 +79,31 @@ def test_models_that_cannot_be_merged_are_refused_by_name(parents, tmp_path):
 
 def test_the_evaluation_cli_merges_and_evaluates_the_merge_beside_its_parents(parents, tmp_path):
     first, second = parents
-    done = subprocess.run([sys.executable, "-m", "evaluation", "--merge", str(first), str(first), "--weight", "0.25",
-                           "--merge-out", str(tmp_path / "soup"), "--languages", "en", "de", "--max-questions", "5",
-                           "--num-cpus", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evaluation",
+            "--merge",
+            str(first),
+            str(first),
+            "--weight",
+            "0.25",
+            "--merge-out",
+            str(tmp_path / "soup"),
+            "--languages",
+            "en",
+            "de",
+            "--max-questions",
+            "5",
+            "--num-cpus",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"== merge w=0.25 ({tmp_path / 'soup'}) (step 0)" in done.stdout
     assert done.stdout.count("== ") == 3  # both parents and the merge
@@ -96,21 +120,48 @@ def test_a_sweep_merges_each_seeds_references_into_its_storage_once(parents, tmp
     from sweeps import merges
     from sweeps.config import load_sweep_setup
 
-    setup = load_sweep_setup(ROOT / "configs/default.yaml", [
-        f"sweep.storage_path={tmp_path / 'sweeps'}", "sweep.merge_references=[0.25, 0.5]", "optim.steps=6"])
+    setup = load_sweep_setup(
+        ROOT / "configs/default.yaml",
+        [f"sweep.storage_path={tmp_path / 'sweeps'}", "sweep.merge_references=[0.25, 0.5]", "optim.steps=6"],
+    )
     first, second = parents  # as if trained: checkpoint_.../encoder
     for parent, trial in ((first, "t1"), (second, "t0"), (second, "t0b"), (second, "t9")):
         shutil.copytree(parent, tmp_path / trial / "checkpoint_000006" / "encoder")
-    rows = [("t0", 0.0, 0.05, 0), ("t1", 1.0, 0.05, 0), ("t0b", 0.0, 0.05, 1), ("t9", 0.0, 0.02, 2),
-            ("t1b", 1.0, 0.05, 2), ("tx", 0.4, 0.05, 0)]
-    table = pd.DataFrame([{"trial": t, "mono_ratio": a, "temperature": tau, "seed": seed, "step": 6,
-                           "multi/map": 0.5, "checkpoint_path": str(tmp_path / t / "checkpoint_000006")}
-                          for t, a, tau, seed in rows])
+    rows = [
+        ("t0", 0.0, 0.05, 0),
+        ("t1", 1.0, 0.05, 0),
+        ("t0b", 0.0, 0.05, 1),
+        ("t9", 0.0, 0.02, 2),
+        ("t1b", 1.0, 0.05, 2),
+        ("tx", 0.4, 0.05, 0),
+    ]
+    table = pd.DataFrame(
+        [
+            {
+                "trial": t,
+                "mono_ratio": a,
+                "temperature": tau,
+                "seed": seed,
+                "step": 6,
+                "multi/map": 0.5,
+                "checkpoint_path": str(tmp_path / t / "checkpoint_000006"),
+            }
+            for t, a, tau, seed in rows
+        ]
+    )
     planned = merges.planned(table, setup)
     assert [(m.name, m.mono["trial"], m.cross["trial"]) for m in planned] == [
-        ("merge-w0.25-s0", "t1", "t0"), ("merge-w0.5-s0", "t1", "t0")]  # seed 1: no alpha = 1; seed 2: other tau
-    assert merges.params(planned[1]) == {"merge_weight": 0.5, "seed": 0, "config_key": "merge w=0.5",
-                                         "temperature": 0.05, "merge.alpha1_trial": "t1", "merge.alpha0_trial": "t0"}
+        ("merge-w0.25-s0", "t1", "t0"),
+        ("merge-w0.5-s0", "t1", "t0"),
+    ]  # seed 1: no alpha = 1; seed 2: other tau
+    assert merges.params(planned[1]) == {
+        "merge_weight": 0.5,
+        "seed": 0,
+        "config_key": "merge w=0.5",
+        "temperature": 0.05,
+        "merge.alpha1_trial": "t1",
+        "merge.alpha0_trial": "t0",
+    }
 
     location = merges.build(setup, planned[1])
     assert location == str(tmp_path / "sweeps" / setup.sweep.name / "merges" / "merge-w0.5-s0")

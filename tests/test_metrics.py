@@ -23,8 +23,9 @@ def _one_query(scores: list[float], relevant_idx: list[int]) -> tuple[np.ndarray
     return s, r
 
 
-def _random_case(rng: np.random.Generator, n_queries: int, n_cands: int, max_rel: int,
-                 n_levels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _random_case(
+    rng: np.random.Generator, n_queries: int, n_cands: int, max_rel: int, n_levels: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Random scores (integers in [0, n_levels) when given: many ties) and 1..max_rel relevant."""
     if n_levels is None:
         scores = rng.standard_normal((n_queries, n_cands))
@@ -40,10 +41,9 @@ def _reference_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     """The tie rule spelled out: sort by (-score, relevant last, candidate index), row by row."""
     out = np.zeros((scores.shape[0], int(relevant.sum(axis=1).max())), dtype=np.int64)
     for i in range(scores.shape[0]):
-        order = sorted(range(scores.shape[1]),
-                       key=lambda c: (-scores[i, c], bool(relevant[i, c]), c))
+        order = sorted(range(scores.shape[1]), key=lambda c: (-scores[i, c], bool(relevant[i, c]), c))
         ranks = [pos + 1 for pos, c in enumerate(order) if relevant[i, c]]
-        out[i, :len(ranks)] = ranks
+        out[i, : len(ranks)] = ranks
     return out
 
 
@@ -141,8 +141,7 @@ def test_padding_for_unequal_relevant_counts() -> None:
 
 
 @pytest.mark.parametrize("chunk_rows", [None, 1, 7])
-def test_ranks_match_reference_with_ties(monkeypatch: pytest.MonkeyPatch,
-                                         chunk_rows: int | None) -> None:
+def test_ranks_match_reference_with_ties(monkeypatch: pytest.MonkeyPatch, chunk_rows: int | None) -> None:
     # Scores in {0, 1, 2, 3}: almost every relevant candidate is tied with others.
     scores, relevant = _random_case(np.random.default_rng(0), 60, 37, max_rel=6, n_levels=4)
     if chunk_rows is not None:  # force several row chunks; results must not depend on them
@@ -161,7 +160,7 @@ def test_against_sklearn(shape: tuple[int, int]) -> None:
     expected_ap = [average_precision_score(relevant[i], scores[i]) for i in range(shape[0])]
     np.testing.assert_allclose(M.average_precision(scores, relevant), expected_ap, rtol=1e-12)
     # sklearn's nDCG (binary gains, log2 discount, ideal ordering of y_true) at k=10
-    expected_ndcg = [ndcg_score(relevant[i:i + 1], scores[i:i + 1], k=10) for i in range(shape[0])]
+    expected_ndcg = [ndcg_score(relevant[i : i + 1], scores[i : i + 1], k=10) for i in range(shape[0])]
     np.testing.assert_allclose(M.ndcg_at_k(scores, relevant, 10), expected_ndcg, rtol=1e-12)
     # rank distance from a plain argsort
     pos = np.argsort(np.argsort(-scores, axis=1), axis=1) + 1
@@ -176,10 +175,8 @@ def test_against_ranx() -> None:
     # n > 20, where the two map@20 conventions differ.
     n_queries, n_cands, max_rel = 30, 200, 25
     scores, relevant = _random_case(np.random.default_rng(7), n_queries, n_cands, max_rel)
-    qrels = ranx.Qrels({f"q{i}": {f"d{j}": 1 for j in np.flatnonzero(relevant[i])}
-                        for i in range(n_queries)})
-    run = ranx.Run({f"q{i}": {f"d{j}": float(scores[i, j]) for j in range(n_cands)}
-                    for i in range(n_queries)})
+    qrels = ranx.Qrels({f"q{i}": {f"d{j}": 1 for j in np.flatnonzero(relevant[i])} for i in range(n_queries)})
+    run = ranx.Run({f"q{i}": {f"d{j}": float(scores[i, j]) for j in range(n_cands)} for i in range(n_queries)})
     ranx.evaluate(qrels, run, ["mrr@10", "ndcg@10", "recall@10", "map", "map@20"], threads=1)
 
     def per_query(metric: str) -> np.ndarray:  # ranx keeps per-query scores in the run
@@ -188,23 +185,18 @@ def test_against_ranx() -> None:
     # ranx: mrr@k = 1/first hit rank within k; ndcg@k binary-gain Jarvelin with IDCG from
     # qrels; recall@k = hits@k / n; map = AP over the whole run (all C candidates). All match
     # ours. ranx's map@k divides by n, ours (XTREME-R) by min(k, n): equal only where n <= 20.
-    np.testing.assert_allclose(per_query("mrr@10"), M.mrr_at_k(scores, relevant, 10),
-                               rtol=1e-12)
-    np.testing.assert_allclose(per_query("ndcg@10"), M.ndcg_at_k(scores, relevant, 10),
-                               rtol=1e-12)
-    np.testing.assert_allclose(per_query("recall@10"), M.recall_at_k(scores, relevant, 10),
-                               rtol=1e-12)
-    np.testing.assert_allclose(per_query("map"), M.average_precision(scores, relevant),
-                               rtol=1e-12)
+    np.testing.assert_allclose(per_query("mrr@10"), M.mrr_at_k(scores, relevant, 10), rtol=1e-12)
+    np.testing.assert_allclose(per_query("ndcg@10"), M.ndcg_at_k(scores, relevant, 10), rtol=1e-12)
+    np.testing.assert_allclose(per_query("recall@10"), M.recall_at_k(scores, relevant, 10), rtol=1e-12)
+    np.testing.assert_allclose(per_query("map"), M.average_precision(scores, relevant), rtol=1e-12)
     n = relevant.sum(axis=1)
     few = n <= 20
     assert few.any() and (~few).any()
-    np.testing.assert_allclose(per_query("map@20")[few],
-                               M.average_precision(scores, relevant, k=20)[few], rtol=1e-12)
+    np.testing.assert_allclose(per_query("map@20")[few], M.average_precision(scores, relevant, k=20)[few], rtol=1e-12)
     # Where n > 20 they differ exactly by the divisor: ranx = ours * min(20, n) / n.
-    np.testing.assert_allclose(per_query("map@20")[~few],
-                               (M.average_precision(scores, relevant, k=20) * 20 / n)[~few],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        per_query("map@20")[~few], (M.average_precision(scores, relevant, k=20) * 20 / n)[~few], rtol=1e-12
+    )
 
 
 def test_softmax_confidence_hand_values() -> None:
@@ -276,8 +268,17 @@ def test_ece_calibrated_and_miscalibrated() -> None:
 def test_summarize_keys_and_values() -> None:
     scores, relevant = _random_case(np.random.default_rng(5), 50, 150, max_rel=30)
     out = M.summarize(scores, relevant, temperature=0.1)
-    assert list(out) == ["map", "map@20", "mrr@10", "recall@1", "recall@10", "recall@100",
-                         "ndcg@10", "ece", "rank_distance"]
+    assert list(out) == [
+        "map",
+        "map@20",
+        "mrr@10",
+        "recall@1",
+        "recall@10",
+        "recall@100",
+        "ndcg@10",
+        "ece",
+        "rank_distance",
+    ]
     assert all(isinstance(v, float) for v in out.values())
     assert out["map"] == pytest.approx(M.average_precision(scores, relevant).mean())
     assert out["map@20"] == pytest.approx(M.average_precision(scores, relevant, 20).mean())

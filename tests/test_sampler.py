@@ -2,9 +2,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_pairs
 
 from hybrid.sampler import CROSS, MONO, HybridBatchSampler, language_probabilities, scheduled_alpha
+
+from conftest import make_pairs
 
 COUNTS = {"ar": 400, "de": 100, "en": 25}
 
@@ -35,8 +36,9 @@ def test_a_schedule_moves_the_x_x_batches_in_time_and_keeps_their_share(alpha):
     assert scheduled_alpha(alpha, "constant", 123, steps) == alpha
     kinds = {}
     for schedule in ("constant", "mono_first", "cross_first"):
-        sampler = HybridBatchSampler(make_pairs(COUNTS), batch_size=4, mono_ratio=alpha, seed=7, schedule=schedule,
-                                     steps=steps)
+        sampler = HybridBatchSampler(
+            make_pairs(COUNTS), batch_size=4, mono_ratio=alpha, seed=7, schedule=schedule, steps=steps
+        )
         kinds[schedule] = [sampler.batch(t).kind == MONO for t in range(steps)]
         lo, hi = binomial_interval_99(steps, alpha)
         assert lo <= np.mean(kinds[schedule]) <= hi, (schedule, np.mean(kinds[schedule]))
@@ -50,11 +52,10 @@ def test_a_schedule_moves_the_x_x_batches_in_time_and_keeps_their_share(alpha):
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, math.inf])
 def test_language_frequencies_follow_n_to_the_one_over_t(temperature):
-    sampler = HybridBatchSampler(make_pairs(COUNTS), batch_size=4, mono_ratio=1.0,
-                                 lang_temperature=temperature, seed=3)
+    sampler = HybridBatchSampler(make_pairs(COUNTS), batch_size=4, mono_ratio=1.0, lang_temperature=temperature, seed=3)
     n = 6000
     seen = [sampler.batch(t).language for t in range(n)]
-    weights = {l: c ** (0 if math.isinf(temperature) else 1 / temperature) for l, c in COUNTS.items()}
+    weights = {lang: c ** (0 if math.isinf(temperature) else 1 / temperature) for lang, c in COUNTS.items()}
     total = sum(weights.values())
     for lang, w in weights.items():
         lo, hi = binomial_interval_99(n, w / total)
@@ -116,14 +117,17 @@ def test_hard_negatives_are_aligned_with_items():
         assert n is None or (n.split()[0] == p.split()[0] and n.split()[-1] == p.split()[-1])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(mono_ratio=1.2), "mono_ratio"),
-    (dict(mono_ratio=-0.1), "mono_ratio"),
-    (dict(lang_temperature=0.0), "lang_temperature"),
-    (dict(batch_size=30, mono_ratio=1.0), "exceeds the distinct questions"),
-    (dict(batch_size=200, mono_ratio=0.0), "two or more languages"),
-    (dict(schedule="mono_last"), "alpha schedule 'mono_last' is not one of constant, mono_first, cross_first"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(mono_ratio=1.2), "mono_ratio"),
+        (dict(mono_ratio=-0.1), "mono_ratio"),
+        (dict(lang_temperature=0.0), "lang_temperature"),
+        (dict(batch_size=30, mono_ratio=1.0), "exceeds the distinct questions"),
+        (dict(batch_size=200, mono_ratio=0.0), "two or more languages"),
+        (dict(schedule="mono_last"), "alpha schedule 'mono_last' is not one of constant, mono_first, cross_first"),
+    ],
+)
 def test_bad_arguments_fail_clearly(kwargs, message):
     args = dict(batch_size=4, mono_ratio=0.5) | kwargs
     with pytest.raises(ValueError, match=message):

@@ -64,8 +64,9 @@ def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path):
     from sweeps.search import param_space, tune_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    setup = load_sweep_setup(ROOT / "configs/default.yaml",
-                             ["sweep.name=studied", f"sweep.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]).resolved()
+    setup = load_sweep_setup(
+        ROOT / "configs/default.yaml", ["sweep.name=studied", f"sweep.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+    ).resolved()
     assert setup.sweep.study_storage == f"sqlite:///{tmp_path}/optuna.db"
     space, metric = param_space(setup.sweep, setup.run), setup.sweep.objectives[0]
     first = run_round(tune_config(setup.sweep, setup.run, 3).search_alg, space, metric, 3, 0)
@@ -84,8 +85,11 @@ def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path):
 
     # Another sweep of this name (another id) is refused, the study untouched; this sweep's own study with no
     # search phase saved (its first start died before Tune saved its state) starts again, marked with its id.
-    with pytest.raises(ValueError, match=r"sweep.name='studied' is taken in the study storage .* by another sweep "
-                                         r"\(a sweep made before sweeps had ids; this one is new1\): choose another"):
+    with pytest.raises(
+        ValueError,
+        match=r"sweep.name='studied' is taken in the study storage .* by another sweep "
+        r"\(a sweep made before sweeps had ids; this one is new1\): choose another",
+    ):
         identity.check(setup, "new1", resume=False, search_started=False)
     assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
     from mlflow import MlflowClient
@@ -111,8 +115,9 @@ def test_a_restored_searcher_opens_this_drivers_study_storage(tmp_path):
 
     old = StudyStorage(f"sqlite:///{tmp_path}/old.db", "moved")
     blob = pickle.dumps(old)
-    setup = load_sweep_setup(ROOT / "configs/default.yaml", ["sweep.name=moved",
-                                                            f"sweep.study_storage=sqlite:///{tmp_path}/new.db"])
+    setup = load_sweep_setup(
+        ROOT / "configs/default.yaml", ["sweep.name=moved", f"sweep.study_storage=sqlite:///{tmp_path}/new.db"]
+    )
     study_storage(setup.sweep)
     assert pickle.loads(blob).url == f"sqlite:///{tmp_path}/new.db"
     assert pickle.loads(pickle.dumps(StudyStorage(old.url, "other"))).url == old.url  # another sweep: as pickled

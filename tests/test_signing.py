@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_sweeps import ROOT, env, sweep_command, tiny_sweep_config
 
 from hybrid import manifest, signing, storage
 from hybrid.layout import ENCODER_DIR, STATE_FILE
-from test_sweeps import ROOT, env, sweep_command, tiny_sweep_config
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -87,8 +87,9 @@ def _checkpoint(tiny_model_dir: Path, store: str, work: Path, signed: bool = Tru
     return location
 
 
-def test_an_export_altered_with_its_manifest_rewritten_is_neither_evaluated_nor_registered(tiny_model_dir, store,
-                                                                                           tmp_path):
+def test_an_export_altered_with_its_manifest_rewritten_is_neither_evaluated_nor_registered(
+    tiny_model_dir, store, tmp_path
+):
     """Row 6: the export's weights changed and its manifest's sha256 recomputed (its signature cannot be)."""
     from evaluation.checkpoints import local_model_dir
     from sweeps.registry import register_best
@@ -119,9 +120,11 @@ def test_a_checkpoint_from_before_signatures_is_refused_until_accepted(tiny_mode
 
     location = _checkpoint(tiny_model_dir, store, tmp_path, signed=False)
     export = storage.join(location, ENCODER_DIR)
-    with pytest.raises(manifest.IncompleteCheckpoint,
-                       match=r"manifest.json: not signed\. Written before checkpoints were signed, or by someone without "
-                             r"this deployment's key\. If you wrote it, accept it once: python -m hybrid\.accept "):
+    with pytest.raises(
+        manifest.IncompleteCheckpoint,
+        match=r"manifest.json: not signed\. Written before checkpoints were signed, or by someone without "
+        r"this deployment's key\. If you wrote it, accept it once: python -m hybrid\.accept ",
+    ):
         local_model_dir(export)
 
     accept = [sys.executable, "-m", "hybrid.accept", location]
@@ -131,8 +134,9 @@ def test_a_checkpoint_from_before_signatures_is_refused_until_accepted(tiny_mode
     with pytest.raises(manifest.IncompleteCheckpoint, match="not signed"):
         local_model_dir(export)
     accepted = subprocess.run(accept, cwd=ROOT, input="yes\n", capture_output=True, text=True, timeout=120)
-    assert accepted.returncode == 0 and accepted.stdout.endswith("signed 1 file(s); they are read again.\n"), \
+    assert accepted.returncode == 0 and accepted.stdout.endswith("signed 1 file(s); they are read again.\n"), (
         accepted.stdout + accepted.stderr
+    )
     assert (local_model_dir(export) / "model.safetensors").is_file()
     again = subprocess.run([*accept, "--yes"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.startswith("nothing to accept"), again.stdout
@@ -151,12 +155,14 @@ def test_an_edited_sweep_config_refuses_resume_before_ray_starts(tmp_path, store
     assert state.search_rounds(setup) == [3]  # signed and read back
     stored["search_rounds"] = [1]
     storage.write_text(location, json.dumps(stored))  # its signature kept, no longer matching
-    done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2 and done.stderr == (
         f"error: {location}: bad signature (altered, or signed with another key). The sweep's settings cannot be "
         f"trusted, so it is not resumed. If you wrote it, accept it once: python -m hybrid.accept "
-        f"{setup.sweep.location()}\n"), done.stderr
+        f"{setup.sweep.location()}\n"
+    ), done.stderr
     assert not (tmp_path / "mlflow.db").exists()  # before Ray and MLflow
 
 
@@ -183,8 +189,9 @@ def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, 
             tune.report({"value": config["a"] * step})
 
     location, purpose = storage.join(store, "phase"), tune_state.purpose("sweep", "phase")
-    run_config = tune.RunConfig(name="phase", storage_path=store, verbose=0,
-                                callbacks=[tune_state.SignedState(location, "phase", purpose)])
+    run_config = tune.RunConfig(
+        name="phase", storage_path=store, verbose=0, callbacks=[tune_state.SignedState(location, "phase", purpose)]
+    )
     grid = tune.Tuner(_count_to, param_space={"a": tune.grid_search([1, 2])}, run_config=run_config).fit()
     assert sorted(r.metrics["value"] for r in grid) == [2, 4]
     signed = tune_state.check(location, purpose)
@@ -203,7 +210,8 @@ def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, 
     assert tune_state.restore_verified(location, purpose)
     assert capsys.readouterr().out == (
         f"[hybrid-sweep] Tune's state of {location}: basic-variant-state-9999-12-31_23-59-59.json, tuner.pkl differed "
-        "from its signed copy (a driver stopped before Tune's upload, or the files were altered): restored from it.\n")
+        "from its signed copy (a driver stopped before Tune's upload, or the files were altered): restored from it.\n"
+    )
     assert storage.read_bytes(storage.join(location, "tuner.pkl")) == original and not storage.exists(stranger)
     again = tune.Tuner.restore(location, trainable=_count_to).fit()
     assert sorted(r.metrics["value"] for r in again) == [2, 4] and not canary.exists()
@@ -212,16 +220,20 @@ def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, 
     forged = json.loads(storage.read_text(index))
     forged["files"]["tuner.pkl"] = hashlib.sha256(pickle.dumps(Canary(canary))).hexdigest()
     storage.write_text(index, json.dumps(forged))
-    with pytest.raises(ValueError, match=r"index.json\S*: bad signature \(altered, or signed with another key\)\. Tune's "
-                                         r"state cannot be trusted, so the sweep is not resumed \(nothing of it was "
-                                         r"unpickled\)\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"index.json\S*: bad signature \(altered, or signed with another key\)\. Tune's "
+        r"state cannot be trusted, so the sweep is not resumed \(nothing of it was "
+        r"unpickled\)\.$",
+    ):
         tune_state.check(location, purpose)
     assert not canary.exists()
 
 
 @pytest.mark.parametrize("forgery", ["unsigned", "bad index"])
-def test_resume_with_unsigned_or_forged_tune_state_is_refused_before_ray_starts(tmp_path, store, tiny_model_dir,
-                                                                                forgery):
+def test_resume_with_unsigned_or_forged_tune_state_is_refused_before_ray_starts(
+    tmp_path, store, tiny_model_dir, forgery
+):
     """Row 5, as a user meets it: `--resume` of a sweep whose search phase holds a canary `tuner.pkl`, its
     state unsigned (saved before signatures) or its index forged: one line, exit 2, the canary never run."""
     from sweeps import state, tune_state
@@ -234,15 +246,25 @@ def test_resume_with_unsigned_or_forged_tune_state_is_refused_before_ray_starts(
     storage.write_bytes(storage.join(search, "tuner.pkl"), pickle.dumps(Canary(canary)))
     storage.write_text(storage.join(search, "experiment_state-2026-12-02_10-00-00.json"), "{}")
     if forgery == "bad index":
-        storage.write_text(storage.join(search, tune_state.SIGNED, tune_state.INDEX),
-                           json.dumps({"files": {"tuner.pkl": "0" * 64}, "signature": "0" * 64}))
-    done = subprocess.run(sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True,
-                          timeout=300)
-    said = (f"{search}: Tune's state is not signed (saved before signatures, or by someone without this deployment's "
+        storage.write_text(
+            storage.join(search, tune_state.SIGNED, tune_state.INDEX),
+            json.dumps({"files": {"tuner.pkl": "0" * 64}, "signature": "0" * 64}),
+        )
+    done = subprocess.run(
+        sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+    )
+    said = (
+        (
+            f"{search}: Tune's state is not signed (saved before signatures, or by someone without this deployment's "
             "key). Tune's state cannot be trusted, so the sweep is not resumed (nothing of it was unpickled); start "
-            "it again with --name NEW.") if forgery == "unsigned" else (
-        f"{storage.join(search, tune_state.SIGNED, tune_state.INDEX)}: bad signature (altered, or signed with another "
-        "key). Tune's state cannot be trusted, so the sweep is not resumed (nothing of it was unpickled).")
+            "it again with --name NEW."
+        )
+        if forgery == "unsigned"
+        else (
+            f"{storage.join(search, tune_state.SIGNED, tune_state.INDEX)}: bad signature (altered, or signed with another "
+            "key). Tune's state cannot be trusted, so the sweep is not resumed (nothing of it was unpickled)."
+        )
+    )
     assert done.returncode == 2 and done.stderr == f"error: {said}\n", done.stderr
     assert not canary.exists() and not (tmp_path / "mlflow.db").exists()
 
@@ -289,23 +311,32 @@ def test_deepspeed_state_is_unpickled_weights_only(tmp_path):
     plain-data DeepSpeed classes allowed by name), so even a forged file that matched a manifest could not
     run code. A real checkpoint loads bit for bit; a canary in the optimizer state is refused unrun."""
     canary = tmp_path / "canary"
-    done = subprocess.run([sys.executable, "-c", WEIGHTS_ONLY, str(tmp_path / "ckpt"), str(ROOT / "tests"), str(canary)],
-                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", WEIGHTS_ONLY, str(tmp_path / "ckpt"), str(ROOT / "tests"), str(canary)],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "REFUSED UnpicklingError Weights only load failed." in done.stdout, done.stdout + done.stderr[-2000:]
     assert not canary.exists()
 
 
-def test_a_forged_optimizer_state_is_skipped_for_the_previous_checkpoint(s3_bucket, local_ray, store, tiny_model_dir,
-                                                                         tmp_path):
+def test_a_forged_optimizer_state_is_skipped_for_the_previous_checkpoint(
+    s3_bucket, local_ray, store, tiny_model_dir, tmp_path
+):
     """Row 1: the last checkpoint's optimizer state replaced by a canary pickle, its rank manifest's size and
     sha256 recomputed to match: the restart refuses it by its signature, says so, resumes from the checkpoint
     before, and the canary never runs."""
     from test_trainers import tiny_config, with_steps
+
     from trainers.train import build_trainer
 
-    config = tiny_config(tiny_model_dir, tmp_path, workers=1, checkpoint_every=2, log_every=2, val_batches=2,
-                         storage_path=store)
+    config = tiny_config(
+        tiny_model_dir, tmp_path, workers=1, checkpoint_every=2, log_every=2, val_batches=2, storage_path=store
+    )
     build_trainer(with_steps(config, 4), "forged").fit()
     last = storage.join(store, "forged", "checkpoint_000004")
     listed_at = storage.join(last, manifest.rank_manifest(0))
@@ -322,8 +353,11 @@ def test_a_forged_optimizer_state_is_skipped_for_the_previous_checkpoint(s3_buck
     assert not canary.exists()
     logs = Path(local_ray._private.worker._global_node.get_logs_dir_path())
     said = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.out"))
-    assert re.search(r"resume: \S*checkpoint_000004/manifest.rank0.json\S*: bad signature \(altered, or signed with another "
-                     r"key\)\. Not loaded: its files may have been replaced\. Falling back to the previous checkpoint\.", said)
+    assert re.search(
+        r"resume: \S*checkpoint_000004/manifest.rank0.json\S*: bad signature \(altered, or signed with another "
+        r"key\)\. Not loaded: its files may have been replaced\. Falling back to the previous checkpoint\.",
+        said,
+    )
 
 
 def test_a_node_with_another_key_is_refused_before_any_trial(s3_bucket, local_ray, tmp_path, monkeypatch):
@@ -335,6 +369,9 @@ def test_a_node_with_another_key_is_refused_before_any_trial(s3_bucket, local_ra
     other.write_text("e" * 64)
     other.chmod(0o600)
     monkeypatch.setenv(signing.KEY_ENV, str(other))
-    with pytest.raises(ValueError, match=r"^node [\d.]+: has another signing key than the driver's\. Every node needs "
-                                         r"the driver's \S+other.key \(cluster.yaml's file_mounts ship it\)\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^node [\d.]+: has another signing key than the driver's\. Every node needs "
+        r"the driver's \S+other.key \(cluster.yaml's file_mounts ship it\)\.$",
+    ):
         check_signing_keys()

@@ -1,8 +1,6 @@
 """Storage locations: URIs keep their scheme and query options through every join; Ray's scheme-less
 checkpoint paths become URIs again; a node copies a folder from storage once."""
 
-from pathlib import Path
-
 import pyarrow.fs as pafs
 import pytest
 
@@ -12,7 +10,9 @@ S3 = "s3://sweeps/cl1?endpoint_override=127.0.0.1:9000&scheme=http"
 
 
 def test_join_keeps_the_query_at_the_end():
-    assert storage.join(S3, "name", "train") == "s3://sweeps/cl1/name/train?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert (
+        storage.join(S3, "name", "train") == "s3://sweeps/cl1/name/train?endpoint_override=127.0.0.1:9000&scheme=http"
+    )
     assert storage.join("s3://b", "x/") == "s3://b/x"
     assert storage.join("/tmp/a", "b", "c") == "/tmp/a/b/c"
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from cluster_harness import AWS_ENV, LocalCluster, require_cluster
 from test_sweeps import PROXY_MAP, ROOT, mlflow_runs, sweep_command, tiny_sweep_config
+
+from cluster_harness import AWS_ENV, LocalCluster, require_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 STEPS = 12  # long enough for a node to be killed between two checkpoints of a trial
@@ -32,9 +33,9 @@ def checkpoint_steps(cluster: LocalCluster, prefix: str) -> dict[str, list[int]]
     """{Train run (trial id): steps of its checkpoints in the bucket (those with their trainer state)}."""
     out: dict[str, list[int]] = {}
     for key in cluster.list_keys(prefix):
-        parts = key[len(prefix):].split("/")
+        parts = key[len(prefix) :].split("/")
         if len(parts) == 3 and parts[1].startswith("checkpoint_") and parts[2] == "trainer_state.json":
-            out.setdefault(parts[0], []).append(int(parts[1][len("checkpoint_"):]))
+            out.setdefault(parts[0], []).append(int(parts[1][len("checkpoint_") :]))
     return {run: sorted(steps) for run, steps in out.items()}
 
 
@@ -47,7 +48,7 @@ def registered_steps(cluster: LocalCluster, prefix: str) -> dict[str, int]:
             body = cluster.s3_client().get_object(Bucket=cluster.s3.bucket, Key=key)["Body"].read()
             latest = json.loads(body).get("latest_checkpoint_result")
             if latest:
-                out[key[len(prefix):].split("/")[0]] = int(latest["checkpoint_dir_name"][len("checkpoint_"):])
+                out[key[len(prefix) :].split("/")[0]] = int(latest["checkpoint_dir_name"][len("checkpoint_") :])
     return out
 
 
@@ -81,13 +82,28 @@ def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, mo
     with LocalCluster(run, worker_nodes=2, cpus_per_node=1, env=NODE_ENV, head_resources={"sweep_trial": 8}) as cluster:
         model = cluster.storage_uri("models/tiny")
         upload(tiny_model_dir, model)
-        config = tiny_sweep_config(run, model, "cl", optim={"steps": STEPS, "warmup_steps": 1},
-                                   trainer={"cpus_per_worker": 0.45}, eval={"encode_cpus": 0.5, "score_cpus": 0.5},
-                                   sweep={"trials": 2, "seeds": 2, "storage_path": cluster.storage_uri("sweeps"),
-                                          "trial_resource": "sweep_trial"})
+        config = tiny_sweep_config(
+            run,
+            model,
+            "cl",
+            optim={"steps": STEPS, "warmup_steps": 1},
+            trainer={"cpus_per_worker": 0.45},
+            eval={"encode_cpus": 0.5, "score_cpus": 0.5},
+            sweep={
+                "trials": 2,
+                "seeds": 2,
+                "storage_path": cluster.storage_uri("sweeps"),
+                "trial_resource": "sweep_trial",
+            },
+        )
         started = time.time()
-        driver = subprocess.Popen(sweep_command(config), cwd=run, env=cluster.driver_env() | NODE_ENV,
-                                  stdout=open(run / "driver.log", "w"), stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(
+            sweep_command(config),
+            cwd=run,
+            env=cluster.driver_env() | NODE_ENV,
+            stdout=open(run / "driver.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
         train_prefix = "sweeps/cl/train/"
         deadline = time.time() + 600
         while time.time() < deadline and driver.poll() is None and not registered_steps(cluster, train_prefix):
@@ -98,7 +114,7 @@ def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, mo
         cluster.kill_node(killed, wait_dead=False)  # its raylet and workers, by PID: a Train worker
         steps_at_kill = checkpoint_steps(cluster, train_prefix)[hit_trial]
         assert max(steps_at_kill) < STEPS, "the trial finished before its node was killed"
-        replacement = cluster.add_node()
+        cluster.add_node()  # the trial's replacement node
         assert driver.wait(timeout=900) == 0, (run / "driver.log").read_text()[-5000:]
         wall = time.time() - started
         log = (run / "driver.log").read_text()
@@ -121,7 +137,9 @@ def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, mo
         assert sorted(m.step for m in client.get_metric_history(run_id, PROXY_MAP)) == every_checkpoint, trial
         assert client.get_metric_history(run_id, "train/loss")
         for step in every_checkpoint:
-            names = {Path(a.path).name for a in client.list_artifacts(run_id, f"eval/xquad-r/heldout-proxy20/step_{step}")}
+            names = {
+                Path(a.path).name for a in client.list_artifacts(run_id, f"eval/xquad-r/heldout-proxy20/step_{step}")
+            }
             assert {"map.csv", "map.png", "reliability.csv", "summary.json"} <= names, (trial, step, names)
         proxy = {m.step: m.value for m in client.get_metric_history(run_id, PROXY_MAP)}
         best = max(proxy, key=lambda step: (proxy[step], step))
@@ -144,13 +162,31 @@ def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, mo
     assert max(resumed) in steps_at_kill and max(resumed) >= registered, (resumed, registered, steps_at_kill)
     assert max(m.step for m in client.get_metric_history(hit.info.run_id, "train/loss")) == STEPS
 
-    report = subprocess.run([os.sys.executable, str(ROOT / "sweeps/compare.py"), "--experiment", "cl",
-                             "--tracking-uri", f"sqlite:///{run}/mlflow.db", "--out", str(tmp_path / "report"),
-                             "--high-resource", "en", "de"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    report = subprocess.run(
+        [
+            os.sys.executable,
+            str(ROOT / "sweeps/compare.py"),
+            "--experiment",
+            "cl",
+            "--tracking-uri",
+            f"sqlite:///{run}/mlflow.db",
+            "--out",
+            str(tmp_path / "report"),
+            "--high-resource",
+            "en",
+            "de",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
-    print(f"\ncluster sweep: {wall:.0f} s; checkpoints in the bucket: {checkpoints}; node killed when "
-          f"{hit_trial} had checkpoints {steps_at_kill} ({registered} registered), resumed from {max(resumed)}")
+    print(
+        f"\ncluster sweep: {wall:.0f} s; checkpoints in the bucket: {checkpoints}; node killed when "
+        f"{hit_trial} had checkpoints {steps_at_kill} ({registered} registered), resumed from {max(resumed)}"
+    )
 
 
 def test_sweep_waits_for_the_autoscaler(tmp_path, tiny_model_dir, monkeypatch):
@@ -165,13 +201,25 @@ def test_sweep_waits_for_the_autoscaler(tmp_path, tiny_model_dir, monkeypatch):
         assert cluster.alive_worker_nodes() == []
         model = cluster.storage_uri("models/tiny")
         upload(tiny_model_dir, model)
-        config = tiny_sweep_config(run, model, "auto", sweep={"trials": 2, "seeds": 1, "final_eval": False,
-                                                              "storage_path": cluster.storage_uri("sweeps")})
+        config = tiny_sweep_config(
+            run,
+            model,
+            "auto",
+            sweep={"trials": 2, "seeds": 1, "final_eval": False, "storage_path": cluster.storage_uri("sweeps")},
+        )
         env = cluster.driver_env() | NODE_ENV
-        local = subprocess.run(sweep_command(config, "--set", f"sweep.storage_path={run / 'sweeps'}"), cwd=run,
-                               env=env, capture_output=True, text=True, timeout=300)
-        assert local.returncode == 2 and "is a folder on this machine, but this Ray cluster has several nodes" \
-            in local.stderr, local.stderr[-2000:]  # refused before any node was asked for
+        local = subprocess.run(
+            sweep_command(config, "--set", f"sweep.storage_path={run / 'sweeps'}"),
+            cwd=run,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert (
+            local.returncode == 2
+            and "is a folder on this machine, but this Ray cluster has several nodes" in local.stderr
+        ), local.stderr[-2000:]  # refused before any node was asked for
         done = subprocess.run(sweep_command(config), cwd=run, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "Waiting for the autoscaler to add nodes" in done.stdout + done.stderr  # it ran on added nodes

@@ -11,8 +11,15 @@ from sweeps.tracking_queue import TrackingQueue
 
 
 def test_writes_run_in_order_and_wait_out_an_unreachable_server(capsys):
-    done, failures = [], iter([MlflowException("API request to http://127.0.0.1:1/api failed: connection refused"),
-                               ConnectionRefusedError(111, "refused")])
+    done, failures = (
+        [],
+        iter(
+            [
+                MlflowException("API request to http://127.0.0.1:1/api failed: connection refused"),
+                ConnectionRefusedError(111, "refused"),
+            ]
+        ),
+    )
 
     def write(i: int) -> None:
         if i == 1 and (error := next(failures, None)) is not None:
@@ -27,8 +34,12 @@ def test_writes_run_in_order_and_wait_out_an_unreachable_server(capsys):
     writes.flush()
     assert done == [0, 1, 2, 3]
     err = capsys.readouterr().err
-    assert "MLflow is unreachable (API request to http://127.0.0.1:1/api failed: connection refused); the trials go " \
-           "on and 3 write(s) wait" in err and "MLflow is reachable again after 0 s; catching up." in err
+    assert (
+        "MLflow is unreachable (API request to http://127.0.0.1:1/api failed: connection refused); the trials go "
+        "on and 3 write(s) wait"
+        in err
+        and "MLflow is reachable again after 0 s; catching up." in err
+    )
 
 
 def test_a_lasting_error_is_raised_at_flush_and_later_writes_are_skipped():

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_harness import AWS_ENV, S3Server, available
 from test_sweeps import PROXY_MAP, sweep_command, tiny_sweep_config
+
+from cluster_harness import AWS_ENV, S3Server, available
 from tracking_server import MlflowServer, Postgres, require_postgres
 
 pytestmark = pytest.mark.slow
@@ -51,9 +52,18 @@ def record(tmp_path_factory):
 def driver_env(pg: Postgres, server: MlflowServer) -> dict[str, str]:
     """The driver's environment, as on a head node: where the record is and its credentials, nothing else."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG", "AWS_"))}
-    return env | AWS_ENV | pg.env | server.client_env | {
-        "MLFLOW_TRACKING_URI": server.url, "HYBRID_SWEEP_STUDY_STORAGE": pg.url("optuna"),
-        "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
+    return (
+        env
+        | AWS_ENV
+        | pg.env
+        | server.client_env
+        | {
+            "MLFLOW_TRACKING_URI": server.url,
+            "HYBRID_SWEEP_STUDY_STORAGE": pg.url("optuna"),
+            "RAY_ADDRESS": "local",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
 
 
 def client(server: MlflowServer, monkeypatch):
@@ -97,42 +107,69 @@ def state(mlflow, pg: Postgres, name: str) -> dict:
     exp = mlflow.get_experiment_by_name(name)
     runs = mlflow.search_runs([exp.experiment_id], max_results=1000)
     study = optuna.load_study(study_name=name, storage=pg.url("optuna"))
-    return {"runs": sorted((r.info.run_id, r.info.status, tuple(sorted(r.data.metrics))) for r in runs),
-            "best": mlflow.get_model_version_by_alias(name, "best").version,
-            "study": [(t.number, t.state.name, t.value) for t in study.trials], "study_id": study.user_attrs}
+    return {
+        "runs": sorted((r.info.run_id, r.info.status, tuple(sorted(r.data.metrics))) for r in runs),
+        "best": mlflow.get_model_version_by_alias(name, "best").version,
+        "study": [(t.number, t.state.name, t.value) for t in study.trials],
+        "study_id": study.user_attrs,
+    }
 
 
-def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(tmp_path, tiny_model_dir, record,
-                                                                        monkeypatch, signing_key):
+def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(
+    tmp_path, tiny_model_dir, record, monkeypatch, signing_key
+):
     import optuna
 
     s3, pg, server = record
     monkeypatch.setenv("PGPASSWORD", pg.password)
     mlflow = client(server, monkeypatch)
-    config = tiny_sweep_config(tmp_path, tiny_model_dir, "served", sweep={
-        "storage_path": s3.uri("sweeps"), "tracking_uri": "sqlite:///unused.db", "artifact_location": "",
-        "lease_heartbeat_s": HEARTBEAT_S, "lease_stale_after": STALE_AFTER, "log_sync_s": 5,
-        "seeds": 1, "final_eval": False})  # the final phase on a server: the cluster-loss test below
+    config = tiny_sweep_config(
+        tmp_path,
+        tiny_model_dir,
+        "served",
+        sweep={
+            "storage_path": s3.uri("sweeps"),
+            "tracking_uri": "sqlite:///unused.db",
+            "artifact_location": "",
+            "lease_heartbeat_s": HEARTBEAT_S,
+            "lease_stale_after": STALE_AFTER,
+            "log_sync_s": 5,
+            "seeds": 1,
+            "final_eval": False,
+        },
+    )  # the final phase on a server: the cluster-loss test below
     env = driver_env(pg, server)
     run = tmp_path / "driver"  # the driver's folder: nothing of the record may be needed from it
     run.mkdir()
 
     # -- a second driver while the first runs -------------------------------------------------------------
-    first = subprocess.Popen(sweep_command(config), cwd=run, env=env, start_new_session=True, text=True,
-                             stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT)
+    first = subprocess.Popen(
+        sweep_command(config),
+        cwd=run,
+        env=env,
+        start_new_session=True,
+        text=True,
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
 
     def training():
         """a trial reporting its first checkpoint"""
-        return any(mlflow.get_metric_history(r.info.run_id, "train/loss") for r in trial_runs(mlflow, "served").values())
+        return any(
+            mlflow.get_metric_history(r.info.run_id, "train/loss") for r in trial_runs(mlflow, "served").values()
+        )
 
     wait_for(training, 600, first)
-    second = subprocess.run(sweep_command(config, "--resume"), cwd=run, env=env, capture_output=True, text=True,
-                            timeout=300)
+    second = subprocess.run(
+        sweep_command(config, "--resume"), cwd=run, env=env, capture_output=True, text=True, timeout=300
+    )
     assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
-    assert re.fullmatch(rf"error: sweep 'served' is being run by another driver: \S+ pid {first.pid}, started [\d :-]+, "
-                        r"last heartbeat \d+ s ago \(s3://.*driver\.lease.*\)\. Wait for it to end or stop it; if that "
-                        r"driver is gone, --resume takes it over once its heartbeat is older than 90 s\.\n",
-                        second.stderr), second.stderr
+    assert re.fullmatch(
+        rf"error: sweep 'served' is being run by another driver: \S+ pid {first.pid}, started [\d :-]+, "
+        r"last heartbeat \d+ s ago \(s3://.*driver\.lease.*\)\. Wait for it to end or stop it; if that "
+        r"driver is gone, --resume takes it over once its heartbeat is older than 90 s\.\n",
+        second.stderr,
+    ), second.stderr
 
     # -- the tracking server down for 30 s during a trial -----------------------------------------------
     server.stop()
@@ -144,10 +181,14 @@ def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(tmp_path
     trials = trial_runs(mlflow, "served")
     assert len(trials) == 3 and all(r.info.status == "FINISHED" for r in trials.values())
     for trial, r in trials.items():  # every report: training at steps 3 and 6, validation at 0, 3, 6, proxy at 3, 6
-        steps = {m: sorted(h.step for h in mlflow.get_metric_history(r.info.run_id, m))
-                 for m in ("train/loss", "train/lr", "train/val_loss", PROXY_MAP)}
-        assert steps == {"train/loss": [3, 6], "train/lr": [3, 6], "train/val_loss": [0, 3, 6], PROXY_MAP: [3, 6]}, \
-            (trial, steps)
+        steps = {
+            m: sorted(h.step for h in mlflow.get_metric_history(r.info.run_id, m))
+            for m in ("train/loss", "train/lr", "train/val_loss", PROXY_MAP)
+        }
+        assert steps == {"train/loss": [3, 6], "train/lr": [3, 6], "train/val_loss": [0, 3, 6], PROXY_MAP: [3, 6]}, (
+            trial,
+            steps,
+        )
         assert r.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: nothing on the driver's disk
     assert not (run / "mlruns").exists() and not (run / "mlflow.db").exists() and not (run / "optuna.db").exists()
     assert any(k.startswith("mlflow-artifacts/") and k.endswith(".csv") for k in s3.list_keys())  # matrices
@@ -159,32 +200,53 @@ def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(tmp_path
 
     # -- the same name, another sweep (another storage, so another id), the same server and database ----
     (tmp_path / "other").mkdir()
-    other = tiny_sweep_config(tmp_path / "other", tiny_model_dir, "served", sweep={
-        "storage_path": s3.uri("elsewhere"), "artifact_location": ""})
+    other = tiny_sweep_config(
+        tmp_path / "other",
+        tiny_model_dir,
+        "served",
+        sweep={"storage_path": s3.uri("elsewhere"), "artifact_location": ""},
+    )
     taken = subprocess.run(sweep_command(other), cwd=run, env=env, capture_output=True, text=True, timeout=300)
     assert taken.returncode == 2 and "Traceback" not in taken.stderr, taken.stderr[-3000:]
-    assert re.fullmatch(rf"error: sweep.name='served' is taken in the tracking store {re.escape(server.url)} by another "
-                        rf"sweep \(sweep id {sweep_id}; this one is [0-9a-f]{{12}}\): choose another name with --name "
-                        r"NEW \(or delete that sweep's record there\)\.\n", taken.stderr), taken.stderr
+    assert re.fullmatch(
+        rf"error: sweep.name='served' is taken in the tracking store {re.escape(server.url)} by another "
+        rf"sweep \(sweep id {sweep_id}; this one is [0-9a-f]{{12}}\): choose another name with --name "
+        r"NEW \(or delete that sweep's record there\)\.\n",
+        taken.stderr,
+    ), taken.stderr
     # --resume may name the record by another address, not another record: an empty store is refused.
     for flag in (f"--tracking-uri=sqlite:///{tmp_path}/empty.db", f"--study-storage={pg.url('postgres')}"):
-        elsewhere = subprocess.run(sweep_command(config, "--resume", flag), cwd=run, env=env, capture_output=True,
-                                   text=True, timeout=300)
+        elsewhere = subprocess.run(
+            sweep_command(config, "--resume", flag), cwd=run, env=env, capture_output=True, text=True, timeout=300
+        )
         assert elsewhere.returncode == 2 and re.fullmatch(
             rf"error: --resume of sweep 'served' \({sweep_id}\): the (tracking store|study storage) \S+ does not hold "
-            rf"it\. Point {flag.split('=')[0]} at the one it started with .*\n", elsewhere.stderr), elsewhere.stderr
+            rf"it\. Point {flag.split('=')[0]} at the one it started with .*\n",
+            elsewhere.stderr,
+        ), elsewhere.stderr
     assert state(mlflow, pg, "served") == before
 
     # -- a driver SIGKILLed in a later round: refused while its heartbeat is fresh, taken over after ------
     more = sweep_command(config, "--resume", "--set", "sweep.trials=4")
-    third = subprocess.Popen(more, cwd=run, env=env, start_new_session=True, text=True,
-                             stdout=open(tmp_path / "third.log", "w"), stderr=subprocess.STDOUT)
-    proxy = {t: len(mlflow.get_metric_history(r.info.run_id, PROXY_MAP)) for t, r in trial_runs(mlflow, "served").items()}
+    third = subprocess.Popen(
+        more,
+        cwd=run,
+        env=env,
+        start_new_session=True,
+        text=True,
+        stdout=open(tmp_path / "third.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    proxy = {
+        t: len(mlflow.get_metric_history(r.info.run_id, PROXY_MAP)) for t, r in trial_runs(mlflow, "served").items()
+    }
 
     def new_trial_training():
         """a trial of the new round reporting"""
-        return any(t not in proxy and mlflow.get_metric_history(r.info.run_id, "train/loss")
-                   for t, r in trial_runs(mlflow, "served").items())
+        return any(
+            t not in proxy and mlflow.get_metric_history(r.info.run_id, "train/loss")
+            for t, r in trial_runs(mlflow, "served").items()
+        )
 
     wait_for(new_trial_training, 600, third)
     stop_group(third)
@@ -195,8 +257,9 @@ def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(tmp_path
     time.sleep(HEARTBEAT_S * STALE_AFTER + 1)
     done = subprocess.run(more, cwd=run, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert re.search(rf"Took over sweep 'served' from the driver on \S+ \(pid {third.pid}\), whose heartbeat stopped",
-                     done.stdout), done.stdout[-3000:]
+    assert re.search(
+        rf"Took over sweep 'served' from the driver on \S+ \(pid {third.pid}\), whose heartbeat stopped", done.stdout
+    ), done.stdout[-3000:]
     trials = trial_runs(mlflow, "served")
     names = [r.data.tags["tune.trial_id"] for r in trials.values()]
     assert len(names) == len(set(names)) == 4 and all(r.info.status == "FINISHED" for r in trials.values())
@@ -204,11 +267,13 @@ def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(tmp_path
     study = optuna.load_study(study_name="served", storage=pg.url("optuna"))
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # each search trial once
     assert not s3.list_keys("sweeps/served/driver.lease")  # released at the end
-    fewer = subprocess.run(sweep_command(config, "--resume"), cwd=run, env=env, capture_output=True, text=True,
-                           timeout=300)
+    fewer = subprocess.run(
+        sweep_command(config, "--resume"), cwd=run, env=env, capture_output=True, text=True, timeout=300
+    )
     assert fewer.returncode == 2 and fewer.stderr == (
         "error: sweep.trials=3: sweep 'served' has 4 search trials already; --resume can only raise it "
-        "(sweep.trials=4 continues it as it is).\n"), fewer.stderr
+        "(sweep.trials=4 continues it as it is).\n"
+    ), fewer.stderr
 
     # -- no credential, and not the signing key, in anything the sweep wrote (bucket, driver folder, logs, MLflow)
     secrets = {"database": pg.password, "mlflow": server.password, "signing key": signing_key.read_text().strip()}
@@ -224,17 +289,19 @@ def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(tmp_path
         dump = pg.dump(db)
         assert "served" in dump and not any(s in dump for s in secrets.values()), db
     # A password in a URI: refused in one line naming the variable to use, before anything starts.
-    for flag, variable in (("--tracking-uri=http://admin:hunter2@127.0.0.1:1", "MLFLOW_TRACKING_PASSWORD"),
-                           ("--study-storage=postgresql+psycopg://sweeps:hunter2@127.0.0.1:1/optuna", "PGPASSWORD")):
-        bad = subprocess.run(sweep_command(config, flag), cwd=run, env=env, capture_output=True, text=True,
-                             timeout=120)
+    for flag, variable in (
+        ("--tracking-uri=http://admin:hunter2@127.0.0.1:1", "MLFLOW_TRACKING_PASSWORD"),
+        ("--study-storage=postgresql+psycopg://sweeps:hunter2@127.0.0.1:1/optuna", "PGPASSWORD"),
+    ):
+        bad = subprocess.run(sweep_command(config, flag), cwd=run, env=env, capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and variable in bad.stderr, bad.stderr
         assert "hunter2" not in bad.stderr
 
 
 @pytest.mark.cluster
-def test_a_sweep_continues_on_a_new_cluster_from_the_bucket_the_server_and_the_study(tmp_path, tiny_model_dir,
-                                                                                     record, monkeypatch):
+def test_a_sweep_continues_on_a_new_cluster_from_the_bucket_the_server_and_the_study(
+    tmp_path, tiny_model_dir, record, monkeypatch
+):
     """(a) The whole cluster lost mid-sweep: once one trial has finished and another is running, every
     process of the Ray cluster (head included) and the driver are killed by PID, and the driver's folder is
     deleted; a new cluster (new head, new worker nodes, an empty driver folder) continues with `--resume`
@@ -244,9 +311,10 @@ def test_a_sweep_continues_on_a_new_cluster_from_the_bucket_the_server_and_the_s
     import shutil
 
     import optuna
-    from cluster_harness import LocalCluster, require_cluster
     from test_sweeps import ROOT
     from test_sweeps_cluster import NODE_ENV, upload
+
+    from cluster_harness import LocalCluster, require_cluster
 
     require_cluster()
     s3, pg, server = record
@@ -256,43 +324,76 @@ def test_a_sweep_continues_on_a_new_cluster_from_the_bucket_the_server_and_the_s
     mlflow = client(server, monkeypatch)
     model = s3.uri("models/tiny")
     upload(tiny_model_dir, model)
-    sweep = {"trials": 2, "seeds": 1, "storage_path": s3.uri("lost"), "trial_resource": "sweep_trial",
-             "artifact_location": "", "lease_heartbeat_s": 2, "lease_stale_after": 3, "log_sync_s": 10}
+    sweep = {
+        "trials": 2,
+        "seeds": 1,
+        "storage_path": s3.uri("lost"),
+        "trial_resource": "sweep_trial",
+        "artifact_location": "",
+        "lease_heartbeat_s": 2,
+        "lease_stale_after": 3,
+        "log_sync_s": 10,
+    }
 
     def cluster(folder: Path) -> LocalCluster:
-        return LocalCluster(folder, worker_nodes=2, cpus_per_node=1, env=NODE_ENV, head_resources={"sweep_trial": 8},
-                            s3=s3)
+        return LocalCluster(
+            folder, worker_nodes=2, cpus_per_node=1, env=NODE_ENV, head_resources={"sweep_trial": 8}, s3=s3
+        )
 
     def env(c: LocalCluster) -> dict[str, str]:
         return driver_env(pg, server) | c.driver_env() | NODE_ENV
 
     first = tmp_path / "head-1"
     with cluster(first) as lost:
-        config = tiny_sweep_config(first, model, "lost", trainer={"cpus_per_worker": 0.45},
-                                   eval={"encode_cpus": 0.5, "score_cpus": 0.5}, sweep=sweep)
-        driver = subprocess.Popen(sweep_command(config), cwd=first, env=env(lost), start_new_session=True,
-                                  stdout=open(tmp_path / "driver-1.log", "w"), stderr=subprocess.STDOUT)
+        config = tiny_sweep_config(
+            first,
+            model,
+            "lost",
+            trainer={"cpus_per_worker": 0.45},
+            eval={"encode_cpus": 0.5, "score_cpus": 0.5},
+            sweep=sweep,
+        )
+        driver = subprocess.Popen(
+            sweep_command(config),
+            cwd=first,
+            env=env(lost),
+            start_new_session=True,
+            stdout=open(tmp_path / "driver-1.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
 
         def one_finished_one_running():
             """one trial finished and another training"""
-            steps = {t: [m.step for m in mlflow.get_metric_history(r.info.run_id, PROXY_MAP)]
-                     for t, r in trial_runs(mlflow, "lost").items()}
+            steps = {
+                t: [m.step for m in mlflow.get_metric_history(r.info.run_id, PROXY_MAP)]
+                for t, r in trial_runs(mlflow, "lost").items()
+            }
             done = [t for t, s in steps.items() if 6 in s]
             return done if done and len(steps) > len(done) else None
 
         finished = wait_for(one_finished_one_running, 900, driver)
         stop_group(driver)
     # Leaving the block SIGKILLed every process of that cluster by PID, head included (close() checks none survived).
-    before = {t: {m: len(mlflow.get_metric_history(r.info.run_id, m)) for m in ("train/loss", PROXY_MAP)}
-              for t, r in trial_runs(mlflow, "lost").items() if t in finished}
+    before = {
+        t: {m: len(mlflow.get_metric_history(r.info.run_id, m)) for m in ("train/loss", PROXY_MAP)}
+        for t, r in trial_runs(mlflow, "lost").items()
+        if t in finished
+    }
     shutil.rmtree(first)
 
     second = tmp_path / "head-2"
     with cluster(second) as new:
-        config = tiny_sweep_config(second, model, "lost", trainer={"cpus_per_worker": 0.45},
-                                   eval={"encode_cpus": 0.5, "score_cpus": 0.5}, sweep=sweep)
-        done = subprocess.run(sweep_command(config, "--resume"), cwd=second, env=env(new), capture_output=True,
-                              text=True, timeout=1500)
+        config = tiny_sweep_config(
+            second,
+            model,
+            "lost",
+            trainer={"cpus_per_worker": 0.45},
+            eval={"encode_cpus": 0.5, "score_cpus": 0.5},
+            sweep=sweep,
+        )
+        done = subprocess.run(
+            sweep_command(config, "--resume"), cwd=second, env=env(new), capture_output=True, text=True, timeout=1500
+        )
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "Took over sweep 'lost' from the driver on" in done.stdout, done.stdout[-3000:]
     logs = [k for k in s3.list_keys("lost/lost/logs/")]  # both heads' logs, and the worker nodes' at the end
@@ -308,9 +409,25 @@ def test_a_sweep_continues_on_a_new_cluster_from_the_bucket_the_server_and_the_s
     study = optuna.load_study(study_name="lost", storage=pg.url("optuna"))
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
 
-    report = subprocess.run([os.sys.executable, str(ROOT / "sweeps/compare.py"), "--experiment", "lost",
-                             "--tracking-uri", server.url, "--out", str(tmp_path / "report"),
-                             "--high-resource", "en", "de"], cwd=tmp_path, env=driver_env(pg, server),
-                            capture_output=True, text=True, timeout=300)
+    report = subprocess.run(
+        [
+            os.sys.executable,
+            str(ROOT / "sweeps/compare.py"),
+            "--experiment",
+            "lost",
+            "--tracking-uri",
+            server.url,
+            "--out",
+            str(tmp_path / "report"),
+            "--high-resource",
+            "en",
+            "de",
+        ],
+        cwd=tmp_path,
+        env=driver_env(pg, server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000

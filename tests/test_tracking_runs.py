@@ -14,10 +14,12 @@ def test_a_run_created_by_a_killed_driver_gets_its_params_and_configs_when_found
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("killed", artifact_location=(tmp_path / "artifacts").as_uri())
     # What a driver killed right after `create_run` left: the runs, tagged, with nothing logged.
-    parent = client.create_run(exp, run_name="killed", tags={NAME_TAG: "killed", "sweep.role": "parent",
-                                                            ID_TAG: "id-1"}).info.run_id
-    trial = client.create_run(exp, run_name="t1", tags={TRIAL_TAG: "t1", "mlflow.parentRunId": parent,
-                                                       "sweep.role": "trial"}).info.run_id
+    parent = client.create_run(
+        exp, run_name="killed", tags={NAME_TAG: "killed", "sweep.role": "parent", ID_TAG: "id-1"}
+    ).info.run_id
+    trial = client.create_run(
+        exp, run_name="t1", tags={TRIAL_TAG: "t1", "mlflow.parentRunId": parent, "sweep.role": "trial"}
+    ).info.run_id
 
     runs = SweepRuns.open(uri, "killed", "id-1", "", params, configs)
     assert runs.parent_id == parent

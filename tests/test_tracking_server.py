@@ -10,6 +10,7 @@ import urllib.request
 
 import psutil
 import pytest
+
 from cluster_harness import AWS_ENV, S3Server, available, is_alive, session_members
 from tracking_server import MlflowServer, Postgres, require_postgres
 
@@ -34,8 +35,10 @@ def test_tracking_server_postgres_s3_auth_restart(tmp_path, monkeypatch):
         with Postgres() as pg, MlflowServer(pg, s3, prefix="tracking", auth=True) as server:
             pg.create_database("optuna")
             assert {"mlflow", "optuna"} <= set(pg.databases())
-            print(f"\npostgres: initdb {pg.initdb_s:.1f} s, start {pg.start_s:.1f} s; "
-                  f"mlflow server: first start {server.start_times[0]:.1f} s")
+            print(
+                f"\npostgres: initdb {pg.initdb_s:.1f} s, start {pg.start_s:.1f} s; "
+                f"mlflow server: first start {server.start_times[0]:.1f} s"
+            )
             assert pg.password not in pg.url("mlflow") and pg.password not in " ".join(server.cmd)
 
             # -- MLflow through the server, credentials from the environment only ------------------------

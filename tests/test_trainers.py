@@ -3,8 +3,8 @@
 import json
 import re
 import threading
-from dataclasses import replace
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,8 @@ import torch
 
 from hybrid import manifest
 from hybrid.config import from_dict
-from hybrid.manifest import IncompleteCheckpoint
 from hybrid.loss import InfoNCELoss
+from hybrid.manifest import IncompleteCheckpoint
 from hybrid.model import load_encoder
 from hybrid.sampler import MONO, HybridBatchSampler
 from hybrid.splits import training_pairs
@@ -30,14 +30,23 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_config(model_dir, tmp_path, **trainer) -> TrainRunConfig:
-    return from_dict(TrainRunConfig, {
-        "data": {"train_languages": ["en", "de", "es"], "eval_languages": ["en", "de", "es"]},
-        "model": {"name": str(model_dir), "max_length": 32, "freeze_embeddings": False},
-        "method": {"batch_size": 16, "mono_ratio": 0.5, "temperature": 0.1, "seed": 3},
-        "optim": {"lr": 3e-3, "steps": 40, "warmup_steps": 4},
-        "trainer": {"workers": 2, "checkpoint_every": 20, "log_every": 10, "val_batches": 4,
-                    "storage_path": str(tmp_path / "ray")} | trainer,
-    })
+    return from_dict(
+        TrainRunConfig,
+        {
+            "data": {"train_languages": ["en", "de", "es"], "eval_languages": ["en", "de", "es"]},
+            "model": {"name": str(model_dir), "max_length": 32, "freeze_embeddings": False},
+            "method": {"batch_size": 16, "mono_ratio": 0.5, "temperature": 0.1, "seed": 3},
+            "optim": {"lr": 3e-3, "steps": 40, "warmup_steps": 4},
+            "trainer": {
+                "workers": 2,
+                "checkpoint_every": 20,
+                "log_every": 10,
+                "val_batches": 4,
+                "storage_path": str(tmp_path / "ray"),
+            }
+            | trainer,
+        },
+    )
 
 
 def with_steps(config: TrainRunConfig, steps: int) -> TrainRunConfig:
@@ -112,22 +121,29 @@ def test_zero2_zero3_and_ddp_follow_the_same_loss_trajectory(tiny_model_dir, tmp
     """The same batches (sampler seed, dropout seed, 2 ranks) through DDP, ZeRO-2 and ZeRO-3: the loss of
     every one of 8 steps agrees within LOSS_TOLERANCE, as do the gradient norms (before clipping). Each
     step's update feeds the next, so a difference in averaging, clipping or the schedule would compound."""
-    base = replace(with_steps(tiny_config(tiny_model_dir, tmp_path), 8), trainer=replace(
-        tiny_config(tiny_model_dir, tmp_path).trainer, log_every=1, checkpoint_every=8, val_batches=2))
+    base = replace(
+        with_steps(tiny_config(tiny_model_dir, tmp_path), 8),
+        trainer=replace(tiny_config(tiny_model_dir, tmp_path).trainer, log_every=1, checkpoint_every=8, val_batches=2),
+    )
     runs = {}
-    for name, trainer in {"ddp": {"strategy": "ddp"}, "zero2": {"strategy": "deepspeed", "zero_stage": 2},
-                          "zero3": {"strategy": "deepspeed", "zero_stage": 3}}.items():
+    for name, trainer in {
+        "ddp": {"strategy": "ddp"},
+        "zero2": {"strategy": "deepspeed", "zero_stage": 2},
+        "zero3": {"strategy": "deepspeed", "zero_stage": 3},
+    }.items():
         reports = reports_to_file(tmp_path / f"{name}.jsonl")
-        build_trainer(replace(base, trainer=replace(base.trainer, **trainer)), f"same-{name}",
-                      callbacks=[reports]).fit()
+        build_trainer(
+            replace(base, trainer=replace(base.trainer, **trainer)), f"same-{name}", callbacks=[reports]
+        ).fit()
         runs[name] = [m for m, _ in reports.reports() if m["step"] > 0]
     ddp = runs["ddp"]
     assert [m["step"] for m in ddp] == list(range(1, 9))
     assert np.ptp([m["loss"] for m in ddp]) > 100 * LOSS_TOLERANCE  # batches differ: agreement is not by chance
     for name in ("zero2", "zero3"):
         assert [m["step"] for m in runs[name]] == list(range(1, 9)), name
-        np.testing.assert_allclose([m["loss"] for m in runs[name]], [m["loss"] for m in ddp], rtol=0,
-                                   atol=LOSS_TOLERANCE, err_msg=name)
+        np.testing.assert_allclose(
+            [m["loss"] for m in runs[name]], [m["loss"] for m in ddp], rtol=0, atol=LOSS_TOLERANCE, err_msg=name
+        )
         np.testing.assert_allclose([m["lr"] for m in runs[name]], [m["lr"] for m in ddp], rtol=1e-9, err_msg=name)
     norms = [m["grad_norm"] for m in runs["zero2"]]  # ZeRO-3 on CPU reports no norm
     np.testing.assert_allclose(norms, [m["grad_norm"] for m in ddp], rtol=1e-3)
@@ -152,8 +168,10 @@ def test_resume_continues_the_sampler_sequence(tiny_model_dir, tmp_path, local_r
     assert (metrics["step"], metrics["resumed_from_step"], with_checkpoint) == (40, 40, False)
     assert metrics["checkpoint_path"] == result.checkpoint.path == again.checkpoint.path
     assert metrics["val_loss"] == result.metrics["val_loss"]  # the final checkpoint's own figures
-    assert sorted(p.name for p in (tmp_path / "ray" / "resume").glob("checkpoint_0*")) == \
-        ["checkpoint_000020", "checkpoint_000040"]
+    assert sorted(p.name for p in (tmp_path / "ray" / "resume").glob("checkpoint_0*")) == [
+        "checkpoint_000020",
+        "checkpoint_000040",
+    ]
 
     # The final checkpoint cut short (a node lost while uploading, a full disk): the next start finds it
     # against its manifest, says so, and resumes from the one before, rewriting the final one whole.
@@ -168,8 +186,11 @@ def test_resume_continues_the_sampler_sequence(tiny_model_dir, tmp_path, local_r
     manifest.check(Path(repaired.checkpoint.path) / "encoder")  # the export carries its own
     logs = Path(local_ray._private.worker._global_node.get_logs_dir_path())
     said = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.out"))
-    assert re.search(r"resume: \S+checkpoint_000040/encoder/model.safetensors: \d+ bytes, the manifest says \d+ "
-                     r"\(cut short or altered\). Falling back to the previous checkpoint.", said)
+    assert re.search(
+        r"resume: \S+checkpoint_000040/encoder/model.safetensors: \d+ bytes, the manifest says \d+ "
+        r"\(cut short or altered\). Falling back to the previous checkpoint.",
+        said,
+    )
 
 
 def _kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, killed: list) -> None:
@@ -189,8 +210,9 @@ def _kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, killed: list) 
 def test_killed_worker_resumes_from_the_last_checkpoint(tiny_model_dir, tmp_path, local_ray):
     config = with_steps(tiny_config(tiny_model_dir, tmp_path, checkpoint_every=20, max_failures=2), 160)
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_a_worker_once_a_checkpoint_is_registered,
-                              args=(tmp_path / "ray" / "faulty", killed), daemon=True)
+    killer = threading.Thread(
+        target=_kill_a_worker_once_a_checkpoint_is_registered, args=(tmp_path / "ray" / "faulty", killed), daemon=True
+    )
     killer.start()
     result = build_trainer(config, "faulty").fit()
     killer.join(timeout=1)
@@ -231,13 +253,22 @@ def test_deepspeed_config_follows_ours():
     assert cpu["bf16"]["enabled"] is False
 
 
-def test_a_last_checkpoint_without_optimizer_state_is_reported_again_but_not_trained_further(tiny_model_dir, tmp_path,
-                                                                                              local_ray):
+def test_a_last_checkpoint_without_optimizer_state_is_reported_again_but_not_trained_further(
+    tiny_model_dir, tmp_path, local_ray
+):
     """`trainer.resumable_final: false` (a sweep's trials): the last checkpoint holds the export and the
     run's state, no optimizer state. Started again, the finished run reports it again without loading
     anything; with more steps it is refused by name instead of training on from a fresh optimizer."""
-    config = tiny_config(tiny_model_dir, tmp_path, checkpoint_every=2, log_every=2, max_failures=0,
-                         strategy="ddp", workers=1, resumable_final=False)
+    config = tiny_config(
+        tiny_model_dir,
+        tmp_path,
+        checkpoint_every=2,
+        log_every=2,
+        max_failures=0,
+        strategy="ddp",
+        workers=1,
+        resumable_final=False,
+    )
     first = build_trainer(with_steps(config, 4), "final").fit()
     folder = tmp_path / "ray" / "final"
     assert [(folder / c / "ddp").is_dir() for c in ("checkpoint_000002", "checkpoint_000004")] == [True, False]
@@ -247,26 +278,35 @@ def test_a_last_checkpoint_without_optimizer_state_is_reported_again_but_not_tra
     [(metrics, with_checkpoint)] = reports.reports()
     assert (metrics["step"], metrics["resumed_from_step"], with_checkpoint) == (4, 4, False)
     assert metrics["checkpoint_path"] == first.checkpoint.path
-    with pytest.raises(Exception, match=r"checkpoint_000004 holds no optimizer state \(written as a run's last "
-                                        r"checkpoint with trainer.resumable_final=false\): it cannot be trained further"):
+    with pytest.raises(
+        Exception,
+        match=r"checkpoint_000004 holds no optimizer state \(written as a run's last "
+        r"checkpoint with trainer.resumable_final=false\): it cannot be trained further",
+    ):
         build_trainer(with_steps(config, 6), "final").fit()
 
 
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_model_dir, tmp_path, local_ray):
     """lr 1e30 blows the weights up after one update: the run fails at step 2 with a named error (step,
     lr, batch), before that step's update, and no checkpoint after step 1 is ever written."""
-    config = tiny_config(tiny_model_dir, tmp_path, checkpoint_every=1, log_every=1, max_failures=2,
-                         strategy="ddp", workers=1)
+    config = tiny_config(
+        tiny_model_dir, tmp_path, checkpoint_every=1, log_every=1, max_failures=2, strategy="ddp", workers=1
+    )
     config = replace(config, optim=replace(config.optim, lr=1e30, warmup_steps=0, steps=4))
-    with pytest.raises(ray.train.ControllerError,  # raised by StopOnDivergence: no retry
-                       match=r"controller error:\nnon-finite training loss \(nan\) at step 2, lr [0-9.e+]+, a "
-                             r"(mono|cross) batch of [a-z, -]+: lower optim.lr"):
+    with pytest.raises(
+        ray.train.ControllerError,  # raised by StopOnDivergence: no retry
+        match=r"controller error:\nnon-finite training loss \(nan\) at step 2, lr [0-9.e+]+, a "
+        r"(mono|cross) batch of [a-z, -]+: lower optim.lr",
+    ):
         build_trainer(config, "diverges").fit()
     checkpoints = sorted(p.name for p in (tmp_path / "ray" / "diverges").glob("checkpoint_0*"))
     assert checkpoints == ["checkpoint_000001"]
     # Not retried (max_failures=2 would resume it, to diverge again), and not started again under its name.
-    with pytest.raises(NonFiniteLoss, match=r"^non-finite training loss \(nan\) at step 2, .* \(run 'diverges' diverged "
-                                            r"before: not started again\)$"):
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"^non-finite training loss \(nan\) at step 2, .* \(run 'diverges' diverged "
+        r"before: not started again\)$",
+    ):
         build_trainer(config, "diverges")
 
 
@@ -274,7 +314,9 @@ def test_check_finite_names_the_step_and_the_pairs():
     from hybrid.sampler import HybridBatch
     from trainers.loop import check_finite
 
-    batch = HybridBatch(6, "cross", None, ["q1", "q2"], ["en", "de"], ["de", "en"], ["a", "b"], ["c", "d"], [None, None])
+    batch = HybridBatch(
+        6, "cross", None, ["q1", "q2"], ["en", "de"], ["de", "en"], ["a", "b"], ["c", "d"], [None, None]
+    )
     check_finite(batch, 1e-3, loss=torch.tensor(1.5), gradient_norm=None)  # finite or unknown: nothing happens
     with pytest.raises(NonFiniteLoss, match=r"loss \(inf\) at step 7, lr 0.001, a cross batch of de-en, en-de"):
         check_finite(batch, 1e-3, loss=torch.tensor(float("inf")))

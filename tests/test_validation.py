@@ -10,15 +10,16 @@ import pytest
 import safetensors.torch
 import torch
 
-from conftest import make_pairs
 from hybrid import signing, storage
 from hybrid.config import from_dict
 from hybrid.loss import InfoNCELoss
-from tiny_encoder import tiny_encoder
 from hybrid.sampler import HybridBatchSampler
-from trainers.config import TrainRunConfig
 from trainers.batches import VAL_SEED
+from trainers.config import TrainRunConfig
 from trainers.validation import cache_key, validate, validate_base
+
+from conftest import make_pairs
+from tiny_encoder import tiny_encoder
 
 
 class CountingEngine:
@@ -35,12 +36,17 @@ class CountingEngine:
 @pytest.fixture
 def setup(tmp_path):
     pairs = make_pairs({"en": 40, "de": 40, "es": 40})
-    encoder = tiny_encoder([p.query for p in pairs] + [p.positive for p in pairs] +
-                           [p.negative for p in pairs if p.negative])
-    config = from_dict(TrainRunConfig, {
-        "method": {"batch_size": 8, "temperature": 0.1},
-        "data": {"hard_negatives": True},
-        "trainer": {"workers": 1, "val_batches": 3, "validation_cache": str(tmp_path / "cache")}})
+    encoder = tiny_encoder(
+        [p.query for p in pairs] + [p.positive for p in pairs] + [p.negative for p in pairs if p.negative]
+    )
+    config = from_dict(
+        TrainRunConfig,
+        {
+            "method": {"batch_size": 8, "temperature": 0.1},
+            "data": {"hard_negatives": True},
+            "trainer": {"workers": 1, "val_batches": 3, "validation_cache": str(tmp_path / "cache")},
+        },
+    )
     return config, CountingEngine(encoder), HybridBatchSampler(pairs, 8, 0.5, seed=VAL_SEED)
 
 
@@ -64,14 +70,17 @@ def test_a_later_run_reads_the_embeddings_and_gets_the_figures_it_would_compute(
     assert cached["val_loss"] != first["val_loss"]  # its own tau
 
 
-@pytest.mark.parametrize("change", [
-    lambda c: retuned(c, batch_size=4),
-    lambda c: retuned(c, lang_temperature=2.0),
-    lambda c: replace(c, model=replace(c.model, max_length=16)),
-    lambda c: replace(c, data=replace(c.data, train_languages=("en", "de"))),
-    lambda c: replace(c, trainer=replace(c.trainer, val_batches=2)),
-    lambda c: replace(c, trainer=replace(c.trainer, pad_group=0)),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: retuned(c, batch_size=4),
+        lambda c: retuned(c, lang_temperature=2.0),
+        lambda c: replace(c, model=replace(c.model, max_length=16)),
+        lambda c: replace(c, data=replace(c.data, train_languages=("en", "de"))),
+        lambda c: replace(c, trainer=replace(c.trainer, val_batches=2)),
+        lambda c: replace(c, trainer=replace(c.trainer, pad_group=0)),
+    ],
+)
 def test_what_the_embeddings_depend_on_is_in_the_key(setup, change):
     config = setup[0]
     assert cache_key(change(config), 1, ()) != cache_key(config, 1, ())
@@ -126,5 +135,7 @@ def test_an_entry_this_deployment_did_not_seal_is_embedded_again(setup, tmp_path
     assert validate_base(engine, InfoNCELoss(0.1), sampler, config, rank=0, world=1) == expected
     assert engine.calls == 3  # embedded again
     said = "bad signature (altered, or signed with another key)" if forgery == "altered" else "not signed"
-    assert capsys.readouterr().out == f"[hybrid-sweep] validation cache: {location}: {said}. Ignored; embedding again.\n"
+    assert (
+        capsys.readouterr().out == f"[hybrid-sweep] validation cache: {location}: {said}. Ignored; embedding again.\n"
+    )
     assert storage.read_bytes(location) == sealed  # rewritten, sealed

@@ -56,8 +56,17 @@ from pathlib import Path
 
 import psutil
 
-from cluster_harness import (AWS_ENV, ClosedOnExit, S3Server, _ignore_gone, _tail, free_port, is_alive, require,
-                             session_members)
+from cluster_harness import (
+    AWS_ENV,
+    ClosedOnExit,
+    S3Server,
+    _ignore_gone,
+    _tail,
+    free_port,
+    is_alive,
+    require,
+    session_members,
+)
 
 BIN = Path(sys.executable).parent  # the venv's `mlflow`
 _HUEY_STORAGE_PATH = "_MLFLOW_HUEY_STORAGE_PATH"  # mlflow.server.constants.HUEY_STORAGE_PATH_ENV_VAR
@@ -115,8 +124,9 @@ class Postgres(ClosedOnExit):
     `durable=False` (default) runs with fsync and synchronous commit off: faster, and a crash of the
     machine may lose the last commits, which a test never needs. A killed server process loses nothing."""
 
-    def __init__(self, *, user: str = "sweeps", base: str | Path = "/tmp", durable: bool = False,
-                 start_timeout: float = 60):
+    def __init__(
+        self, *, user: str = "sweeps", base: str | Path = "/tmp", durable: bool = False, start_timeout: float = 60
+    ):
         reason = postgres_available()
         if reason is not None:
             raise RuntimeError(f"Postgres cannot run here: {reason}")
@@ -149,8 +159,16 @@ class Postgres(ClosedOnExit):
 
     def _run_pg(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         # cwd: a folder the postgres user can enter (initdb complains about an unreadable one).
-        return subprocess.run(self._pg_cmd(*args), cwd=self.dir, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=self._server_env(), start_new_session=True)
+        return subprocess.run(
+            self._pg_cmd(*args),
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=self._server_env(),
+            start_new_session=True,
+        )
 
     def _server_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -167,8 +185,10 @@ class Postgres(ClosedOnExit):
         # Every parent must be traversable by the postgres user (base=/tmp is); say so plainly if not.
         probe = self._run_pg("test", "-w", str(self.dir), "-a", "-x", str(self.dir), timeout=20)
         if probe.returncode != 0:
-            raise RuntimeError(f"the postgres user cannot use {self.dir}: a parent folder is not traversable "
-                               f"by it (pass base= a folder it can reach, such as /tmp)")
+            raise RuntimeError(
+                f"the postgres user cannot use {self.dir}: a parent folder is not traversable "
+                f"by it (pass base= a folder it can reach, such as /tmp)"
+            )
 
     def _initdb(self) -> None:
         t0 = time.monotonic()
@@ -179,9 +199,21 @@ class Postgres(ClosedOnExit):
         try:
             if self._as_postgres:
                 shutil.chown(pwfile, "postgres")
-            r = self._run_pg(str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", self.user,
-                             f"--pwfile={pwfile}", "-A", "scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync",
-                             timeout=120)
+            r = self._run_pg(
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.dir / "data"),
+                "-U",
+                self.user,
+                f"--pwfile={pwfile}",
+                "-A",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                timeout=120,
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         if r.returncode != 0:
@@ -194,12 +226,25 @@ class Postgres(ClosedOnExit):
         opts = f"-c listen_addresses={self.host} -p {self.port} -k {self.dir}"
         if not durable:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        r = self._run_pg(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-o", opts,
-                         "-l", str(self.log), "-w", "-t", str(int(timeout)), "start", timeout=timeout + 30)
+        r = self._run_pg(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.dir / "data"),
+            "-o",
+            opts,
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+            timeout=timeout + 30,
+        )
         self._find_postmaster()  # even after a failure: close() must stop what did start
         if r.returncode != 0:
-            raise RuntimeError(f"pg_ctl start failed ({r.returncode}): {(r.stderr or r.stdout)[-1000:]}\n"
-                               f"{_tail(self.log)}")
+            raise RuntimeError(
+                f"pg_ctl start failed ({r.returncode}): {(r.stderr or r.stdout)[-1000:]}\n{_tail(self.log)}"
+            )
         if self.postmaster is None:
             raise RuntimeError(f"PostgreSQL started but left no postmaster.pid:\n{_tail(self.log)}")
         self.start_s = time.monotonic() - t0
@@ -231,8 +276,18 @@ class Postgres(ClosedOnExit):
             if self.postmaster is not None and is_alive(self.postmaster):
                 self._scan()
                 try:
-                    self._run_pg(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "stop", "-m", "fast",
-                                 "-w", "-t", "20", timeout=40)
+                    self._run_pg(
+                        str(self.bin / "pg_ctl"),
+                        "-D",
+                        str(self.dir / "data"),
+                        "stop",
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-t",
+                        "20",
+                        timeout=40,
+                    )
                 except subprocess.TimeoutExpired:
                     pass
                 survivors = self._wait_gone(10)
@@ -291,14 +346,21 @@ class Postgres(ClosedOnExit):
 
     def _client_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env.update(PGPASSWORD=self.password, PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user,
-                   PGCONNECT_TIMEOUT="10")
+        env.update(
+            PGPASSWORD=self.password, PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user, PGCONNECT_TIMEOUT="10"
+        )
         return env
 
     def psql(self, sql: str, db: str = "postgres", timeout: float = 60) -> str:
         """Run SQL with psql (no ~/.psqlrc, stop at the first error); its output, unaligned, tuples only."""
-        r = subprocess.run([str(self.bin / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db],
-                           input=sql, env=self._client_env(), capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [str(self.bin / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db],
+            input=sql,
+            env=self._client_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"psql failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
         return r.stdout
@@ -316,8 +378,13 @@ class Postgres(ClosedOnExit):
 
     def dump(self, db: str, timeout: float = 120) -> str:
         """pg_dump's plain-text SQL of database `db` (schema and data)."""
-        r = subprocess.run([str(self.bin / "pg_dump"), "--no-owner", "-d", db], env=self._client_env(),
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [str(self.bin / "pg_dump"), "--no-owner", "-d", db],
+            env=self._client_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"pg_dump failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
         return r.stdout
@@ -333,9 +400,19 @@ class MlflowServer(ClosedOnExit):
     `client_env` for a client's environment). `workers`: uvicorn workers (1: no supervisor process).
     `job_execution=False`: no huey job consumers (MLflow's async jobs: judges, trace archival)."""
 
-    def __init__(self, pg: Postgres, s3: S3Server, *, database: str = "mlflow", prefix: str = "mlflow",
-                 auth: bool = False, workers: int = 1, job_execution: bool = False, port: int | None = None,
-                 start_timeout: float = 180):
+    def __init__(
+        self,
+        pg: Postgres,
+        s3: S3Server,
+        *,
+        database: str = "mlflow",
+        prefix: str = "mlflow",
+        auth: bool = False,
+        workers: int = 1,
+        job_execution: bool = False,
+        port: int | None = None,
+        start_timeout: float = 180,
+    ):
         self.pg, self.s3 = pg, s3
         self.auth = auth
         self.workers = workers
@@ -357,24 +434,42 @@ class MlflowServer(ClosedOnExit):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG", "AWS_"))}
         env.update(AWS_ENV)
         env.update(pg.env)
-        env.update(MLFLOW_S3_ENDPOINT_URL=s3.endpoint, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true",
-                   MLFLOW_SERVER_ENABLE_JOB_EXECUTION="true" if job_execution else "false")
+        env.update(
+            MLFLOW_S3_ENDPOINT_URL=s3.endpoint,
+            MLFLOW_DISABLE_TELEMETRY="true",
+            DO_NOT_TRACK="true",
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="true" if job_execution else "false",
+        )
         if auth:
             self.username, self.password = "admin", secrets.token_urlsafe(24)
             ini = self.dir / "basic_auth.ini"
             fd = os.open(ini, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write("[mlflow]\n"
-                        "default_permission = READ\n"
-                        f"database_uri = sqlite:///{self.dir / 'basic_auth.db'}\n"
-                        f"admin_username = {self.username}\n"
-                        f"admin_password = {self.password}\n"
-                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                f.write(
+                    "[mlflow]\n"
+                    "default_permission = READ\n"
+                    f"database_uri = sqlite:///{self.dir / 'basic_auth.db'}\n"
+                    f"admin_username = {self.username}\n"
+                    f"admin_password = {self.password}\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                )
             env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32))
         self.env = env
-        self.cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend_store_uri,
-                    "--serve-artifacts", "--artifacts-destination", self.artifacts_destination,
-                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
+        self.cmd = [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            self.backend_store_uri,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            self.artifacts_destination,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+        ]
         if auth:
             self.cmd += ["--app-name", "basic-auth"]
         try:
@@ -411,8 +506,15 @@ class MlflowServer(ClosedOnExit):
         with self.log.open("a") as log:
             log.write(f"\n==== start {time.strftime('%H:%M:%S')}: port {self.port}\n")
             log.flush()
-            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                env=self.env,
+                cwd=self.dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._scan()
         try:
             self.wait_ready(self.start_timeout)

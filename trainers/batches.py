@@ -16,11 +16,16 @@ def samplers(config: TrainRunConfig, rank: int, world: int) -> tuple[HybridBatch
     train, val = training_pairs(config.data)
     m = config.method
     built = []
-    for pairs, alpha, schedule, seed, what in ((train, m.mono_ratio, m.alpha_schedule, m.seed, "training"),
-                                               (val, VAL_MONO_RATIO, "constant", VAL_SEED, "held-out validation")):
+    for pairs, alpha, schedule, seed, what in (
+        (train, m.mono_ratio, m.alpha_schedule, m.seed, "training"),
+        (val, VAL_MONO_RATIO, "constant", VAL_SEED, "held-out validation"),
+    ):
         try:
-            built.append(HybridBatchSampler(pairs, m.batch_size, alpha, m.lang_temperature, seed, rank, world,
-                                            schedule, config.optim.steps))
+            built.append(
+                HybridBatchSampler(
+                    pairs, m.batch_size, alpha, m.lang_temperature, seed, rank, world, schedule, config.optim.steps
+                )
+            )
         except ValueError as e:
             raise ValueError(f"{what} data: {e}") from None
     return built[0], built[1]

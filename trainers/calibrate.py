@@ -35,8 +35,9 @@ def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
         return platform.processor() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in cpuinfo.read_text(errors="replace").split("\n\n")[0].splitlines()
-                  if ":" in line)
+    fields = dict(
+        line.split(":", 1) for line in cpuinfo.read_text(errors="replace").split("\n\n")[0].splitlines() if ":" in line
+    )
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = fields.get("flags", "").split()
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
@@ -86,11 +87,16 @@ def measure(config, eval_batch_size: int, texts: int = 32) -> Speed:
     torch.set_num_threads(1)
     batches = [sampler.batch(i) for i in range(STEPS + 1)]
     encoder.encode(batches[0].positives, "passage", batch_size=eval_batch_size, progress=False)  # warm-up, untimed
-    queries = [t for b in batches[1:] for t in b.queries][:texts // 2]  # an evaluation's mix: questions, passages
-    passages = [t for b in batches[1:] for t in b.positives][:texts // 2]
+    queries = [t for b in batches[1:] for t in b.queries][: texts // 2]  # an evaluation's mix: questions, passages
+    passages = [t for b in batches[1:] for t in b.positives][: texts // 2]
     tic = time.perf_counter()
     encoder.encode(queries, "query", batch_size=eval_batch_size, progress=False)
     encoder.encode(passages, "passage", batch_size=eval_batch_size, progress=False)
     encode_s = (time.perf_counter() - tic) / (len(queries) + len(passages))
-    return Speed(import_s=imported - started, load_s=loaded - imported, step_s=statistics.median(times[1:]),
-                 encode_s=encode_s, cpu=cpu_name())
+    return Speed(
+        import_s=imported - started,
+        load_s=loaded - imported,
+        step_s=statistics.median(times[1:]),
+        encode_s=encode_s,
+        cpu=cpu_name(),
+    )

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 from trainers.config import TrainRunConfig
 
-DATA_LICENCES = {"xquad-r": "CC BY-SA 4.0 (XQuAD-R, google-research-datasets/lareqa)",
-                 "mlqa-r": "CC BY-NC 4.0, non-commercial (MLQA-R, google-research-datasets/lareqa)"}
+DATA_LICENCES = {
+    "xquad-r": "CC BY-SA 4.0 (XQuAD-R, google-research-datasets/lareqa)",
+    "mlqa-r": "CC BY-NC 4.0, non-commercial (MLQA-R, google-research-datasets/lareqa)",
+}
 
 
 def model_card(config: TrainRunConfig, step: int) -> str:
     m, o, d = config.method, config.optim, config.data
     data = d.train_data or d.dataset
     licence = "that of your data" if d.train_data else DATA_LICENCES.get(d.dataset, "that of the dataset folder")
-    usage = (f'SentenceTransformer(FOLDER).encode(["{config.model.query_prefix}..."])' if config.model.query_prefix
-             else "SentenceTransformer(FOLDER).encode([...])")
+    usage = (
+        f'SentenceTransformer(FOLDER).encode(["{config.model.query_prefix}..."])'
+        if config.model.query_prefix
+        else "SentenceTransformer(FOLDER).encode([...])"
+    )
     return f"""---
 library_name: sentence-transformers
 base_model: {config.model.name}

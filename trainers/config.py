@@ -56,8 +56,10 @@ class TrainerConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}.")
         if self.workers < 1 or self.cpus_per_worker <= 0:
-            raise ValueError(f"trainer.workers must be >= 1 and cpus_per_worker > 0 (Ray refuses 0), got "
-                             f"{self.workers} and {self.cpus_per_worker}.")
+            raise ValueError(
+                f"trainer.workers must be >= 1 and cpus_per_worker > 0 (Ray refuses 0), got "
+                f"{self.workers} and {self.cpus_per_worker}."
+            )
         if self.checkpoint_every < 1 or self.log_every < 1 or self.max_failures < 0 or self.pad_group < 0:
             raise ValueError("trainer.checkpoint_every and log_every must be >= 1, max_failures and pad_group >= 0.")
         if not 0 < self.grad_clip < math.inf:
@@ -95,15 +97,19 @@ def check_resources(config: TrainRunConfig, available: dict[str, float]) -> None
     """Fail before any worker starts when the request cannot be met by `available` (ray.cluster_resources())."""
     t = config.trainer
     if t.use_gpu and available.get("GPU", 0) < 1:
-        raise ValueError("trainer.use_gpu is true but this Ray cluster has no GPU. Use a CPU preset "
-                         "(configs/default.yaml) or set trainer.use_gpu=false.")
+        raise ValueError(
+            "trainer.use_gpu is true but this Ray cluster has no GPU. Use a CPU preset "
+            "(configs/default.yaml) or set trainer.use_gpu=false."
+        )
     if t.use_gpu and available.get("GPU", 0) < t.workers:
-        raise ValueError(f"{t.workers} GPU workers asked, the cluster has {available.get('GPU', 0):g} GPUs; "
-                         "lower trainer.workers.")
+        raise ValueError(
+            f"{t.workers} GPU workers asked, the cluster has {available.get('GPU', 0):g} GPUs; lower trainer.workers."
+        )
     need = t.workers * t.cpus_per_worker
     if need > available.get("CPU", 0):
-        raise ValueError(f"{t.workers} workers x {t.cpus_per_worker} CPUs = {need:g} CPUs, the cluster has "
-                         f"{available.get('CPU', 0):g}; lower trainer.workers or trainer.cpus_per_worker.")
+        raise ValueError(
+            f"{t.workers} workers x {t.cpus_per_worker} CPUs = {need:g} CPUs, the cluster has "
+            f"{available.get('CPU', 0):g}; lower trainer.workers or trainer.cpus_per_worker."
+        )
     if t.dtype_name == "bf16" and not t.use_gpu and t.strategy == "ddp":
         raise ValueError("bf16 with DDP needs a GPU here; use precision=fp32 on CPU.")
-

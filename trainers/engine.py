@@ -150,8 +150,12 @@ class DeepSpeedEngine:
         opt, sched = make_optimizer(encoder, config)
         self.encoder, self.stage = encoder, config.trainer.zero_stage
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=encoder, optimizer=opt, lr_scheduler=sched,
-            config=deepspeed_config(config, world_size), dist_init_required=False)
+            model=encoder,
+            optimizer=opt,
+            lr_scheduler=sched,
+            config=deepspeed_config(config, world_size),
+            dist_init_required=False,
+        )
 
     def __call__(self, *groups: dict[str, Tensor]) -> Tensor:
         return self.engine(*forward_args(groups, self.engine.device))

@@ -26,16 +26,17 @@ def embed_batch(engine, batch: HybridBatch, hard_negatives: bool, pad_group: int
 def batch_loss(loss_fn: InfoNCELoss, batch: HybridBatch, emb: Tensor, hard_negatives: bool) -> tuple[Tensor, Tensor]:
     """(loss, accuracy) of a batch from its `embed_batch` rows."""
     b = len(batch.queries)
-    q, p = emb[:b], emb[b:2 * b]
+    q, p = emb[:b], emb[b : 2 * b]
     if not hard_negatives:
         return loss_fn(q, p)
     mask = torch.tensor([n is not None for n in batch.negatives], device=emb.device)
     negatives = torch.zeros_like(q)
-    negatives[mask] = emb[2 * b:]  # aligned (B, d): the all-gather needs equal shapes on every rank
+    negatives[mask] = emb[2 * b :]  # aligned (B, d): the all-gather needs equal shapes on every rank
     return loss_fn(q, p, negatives, mask)
 
 
-def forward_batch(engine, loss_fn: InfoNCELoss, batch: HybridBatch, hard_negatives: bool,
-                  pad_group: int) -> tuple[Tensor, Tensor]:
+def forward_batch(
+    engine, loss_fn: InfoNCELoss, batch: HybridBatch, hard_negatives: bool, pad_group: int
+) -> tuple[Tensor, Tensor]:
     """(loss, accuracy) of one training batch."""
     return batch_loss(loss_fn, batch, embed_batch(engine, batch, hard_negatives, pad_group), hard_negatives)

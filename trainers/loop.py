@@ -40,6 +40,7 @@ from trainers.forward import forward_batch
 from trainers.reports import CHECKPOINT, RESUMED_FROM, with_startup_marks
 from trainers.validation import validate, validate_base
 
+
 class NonFiniteLoss(FloatingPointError):
     """Training diverged (a non-finite loss or gradient norm): raised before any checkpoint after that
     step is written, so a resumed run starts from the last finite state."""
@@ -51,9 +52,11 @@ def check_finite(batch: HybridBatch, lr: float, **values: float | torch.Tensor |
     for name, value in values.items():
         if value is not None and not math.isfinite(float(value)):
             pairs = sorted({f"{q}-{p}" for q, p in zip(batch.query_langs, batch.passage_langs)})
-            raise NonFiniteLoss(f"non-finite training {name.replace('_', ' ')} ({float(value)}) at step "
-                                f"{batch.step + 1}, lr {lr:g}, a {batch.kind} batch of {', '.join(pairs)}: lower "
-                                "optim.lr or raise method.temperature. The checkpoints before this step are kept.")
+            raise NonFiniteLoss(
+                f"non-finite training {name.replace('_', ' ')} ({float(value)}) at step "
+                f"{batch.step + 1}, lr {lr:g}, a {batch.kind} batch of {', '.join(pairs)}: lower "
+                "optim.lr or raise method.temperature. The checkpoints before this step are kept."
+            )
 
 
 @dataclass
@@ -73,12 +76,17 @@ class Meter:
 
     def averages(self, global_batch_size: int) -> dict[str, float]:
         n = max(1, self.steps)
-        return {"loss": self.loss / n, "accuracy": self.accuracy / n, "grad_norm": self.grad_norm / n,
-                "samples_per_s": self.steps * global_batch_size / (time.perf_counter() - self.started)}
+        return {
+            "loss": self.loss / n,
+            "accuracy": self.accuracy / n,
+            "grad_norm": self.grad_norm / n,
+            "samples_per_s": self.steps * global_batch_size / (time.perf_counter() - self.started),
+        }
 
 
-def save_checkpoint(engine: Engine, directory: Path, rank: int, world: int, state: dict[str, Any], card: str,
-                    resumable: bool) -> None:
+def save_checkpoint(
+    engine: Engine, directory: Path, rank: int, world: int, state: dict[str, Any], card: str, resumable: bool
+) -> None:
     """This rank's part of a checkpoint, its manifest last (Ray merges the ranks' folders); the export
     gets its model `card` (README.md). `resumable`: with the engine's optimizer state (`state["resumable"]`
     says which), needed only to train on from it."""
@@ -94,8 +102,9 @@ def save_checkpoint(engine: Engine, directory: Path, rank: int, world: int, stat
     manifest.write(directory, manifest.rank_manifest(rank), world_size=world)
 
 
-def restore(checkpoint: ray.train.Checkpoint | None, engine: Engine,
-            steps: int) -> tuple[dict[str, Any] | None, str | None]:
+def restore(
+    checkpoint: ray.train.Checkpoint | None, engine: Engine, steps: int
+) -> tuple[dict[str, Any] | None, str | None]:
     """Load the latest complete checkpoint at or before `checkpoint` into `engine`: (its state, its path).
     One at `steps` or beyond (the run finished) is not loaded: the run only reports it again.
 
@@ -111,9 +120,11 @@ def restore(checkpoint: ray.train.Checkpoint | None, engine: Engine,
             state = json.loads((Path(d) / STATE_FILE).read_text())
             if state["step"] < steps:
                 if not state.get("resumable", True):
-                    raise ValueError(f"{candidate.path} holds no optimizer state (written as a run's last checkpoint "
-                                     "with trainer.resumable_final=false): it cannot be trained further. Start a new "
-                                     "run from its encoder/ (model.name).")
+                    raise ValueError(
+                        f"{candidate.path} holds no optimizer state (written as a run's last checkpoint "
+                        "with trainer.resumable_final=false): it cannot be trained further. Start a new "
+                        "run from its encoder/ (model.name)."
+                    )
                 engine.load(Path(d))
             return state, candidate.path
     if checkpoint is not None:
@@ -128,8 +139,14 @@ def _this_and_earlier(checkpoint: ray.train.Checkpoint | None) -> list[ray.train
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
     parent, name = path.rsplit("/", 1)
     siblings = fs.get_file_info(pafs.FileSelector(parent))
-    earlier = sorted((i.path for i in siblings if i.type == pafs.FileType.Directory
-                      and i.base_name.startswith("checkpoint_") and i.base_name < name), reverse=True)
+    earlier = sorted(
+        (
+            i.path
+            for i in siblings
+            if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_") and i.base_name < name
+        ),
+        reverse=True,
+    )
     return [checkpoint, *(ray.train.Checkpoint(p, filesystem=fs) for p in earlier)]
 
 
@@ -182,20 +199,34 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         checkpoint_now = last or step % t.checkpoint_every == 0
         if not checkpoint_now and step % t.log_every:
             continue
-        metrics = {"step": step, **meter.averages(sampler.global_batch_size), "lr": engine.lr,
-                   "mono_fraction": mono_steps / step, RESUMED_FROM: start}
+        metrics = {
+            "step": step,
+            **meter.averages(sampler.global_batch_size),
+            "lr": engine.lr,
+            "mono_fraction": mono_steps / step,
+            RESUMED_FROM: start,
+        }
         if not checkpoint_now:
             ray.train.report(metrics)
             meter = Meter()
             continue
         metrics |= validate(engine, loss_fn, val_sampler, config)
         resumable = not last or t.resumable_final
-        state = {"step": step, "sampler": sampler.state_dict(), "mono_steps": mono_steps,
-                 "metrics": metrics, "config": to_dict(config), "resumable": resumable}
+        state = {
+            "step": step,
+            "sampler": sampler.state_dict(),
+            "mono_steps": mono_steps,
+            "metrics": metrics,
+            "config": to_dict(config),
+            "resumable": resumable,
+        }
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(engine, Path(tmp), rank, world, state, model_card(config, step), resumable)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_{step:06d}")
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint_{step:06d}",
+            )
         meter = Meter()  # started after validation and saving: they are not training throughput
         if last:
             break

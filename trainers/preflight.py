@@ -31,17 +31,23 @@ def check_ray_address(timeout_s: float = 5) -> None:
 
     address = os.environ.get("RAY_ADDRESS")
     if address is not None and not address.strip():
-        raise ValueError("RAY_ADDRESS is set but empty: unset it to start a local Ray, or set it to the cluster "
-                         "head's HOST:PORT (ray start --head prints it).")
+        raise ValueError(
+            "RAY_ADDRESS is set but empty: unset it to start a local Ray, or set it to the cluster "
+            "head's HOST:PORT (ray start --head prints it)."
+        )
     target = address or read_ray_address()
-    where = f"RAY_ADDRESS={address}" if address else \
-        f"the Ray cluster recorded on this machine by `ray start` ({target})"
+    where = (
+        f"RAY_ADDRESS={address}" if address else f"the Ray cluster recorded on this machine by `ray start` ({target})"
+    )
     if not target or target in ("local", "auto") or "://" in target:
         return  # a new local Ray; `auto` and ray:// are Ray's to resolve
     host, _, port = target.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except (OSError, ValueError):
-        fix = "check the address and that the head runs" if address else \
-            "start it again (ray start --head), or run with RAY_ADDRESS=local for a local Ray of this sweep"
+        fix = (
+            "check the address and that the head runs"
+            if address
+            else "start it again (ray start --head), or run with RAY_ADDRESS=local for a local Ray of this sweep"
+        )
         raise ValueError(f"{where} does not answer within {timeout_s:g} s: {fix}.") from None

@@ -29,8 +29,10 @@ def pending() -> list[str]:
     lines = []
     op = _cpu_comm_op()
     if op is not None and not any(op.glob("*.so")):
-        lines.append("first run on this machine: DeepSpeed compiles its CPU communication op once, in the first "
-                     "trial (about a minute on 2 cores; `make install` does it ahead)")
+        lines.append(
+            "first run on this machine: DeepSpeed compiles its CPU communication op once, in the first "
+            "trial (about a minute on 2 cores; `make install` does it ahead)"
+        )
     if not (cache_dir() / "models" / E5_SMALL_NAME).is_dir():
         lines.append(f"first run on this machine: {E5_SMALL_NAME} is converted once from the packaged copy (10-20 s)")
     return lines

@@ -24,4 +24,4 @@ def with_startup_marks(report: dict[str, Any], marks: dict[str, float]) -> dict[
 
 def pop_startup_marks(report: dict[str, Any]) -> dict[str, float]:
     """The start-up marks of a report, taken out of it ({} for any report but step 0's)."""
-    return {k[len(_STARTUP_MARK):]: report.pop(k) for k in list(report) if k.startswith(_STARTUP_MARK)}
+    return {k[len(_STARTUP_MARK) :]: report.pop(k) for k in list(report) if k.startswith(_STARTUP_MARK)}

@@ -40,8 +40,13 @@ def init_ray(log_to_driver: bool = True) -> str:
     if not ray.is_initialized():
         # The dashboard serves Ray's state API, which Train's placement-group cleaner needs to free a
         # trial's workers when Tune stops it (ASHA); it binds to 127.0.0.1 only.
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": WORKER_ENV}, log_to_driver=log_to_driver)
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            runtime_env={"env_vars": WORKER_ENV},
+            log_to_driver=log_to_driver,
+        )
     return ray._private.worker._global_node.get_logs_dir_path()
 
 
@@ -60,8 +65,13 @@ class StopOnDivergence(ray.train.UserCallback):
                 raise error
 
 
-def build_trainer(config: TrainRunConfig, name: str, storage_path: str | None = None,
-                  callbacks: list | None = None, prune: bool = True) -> TorchTrainer:
+def build_trainer(
+    config: TrainRunConfig,
+    name: str,
+    storage_path: str | None = None,
+    callbacks: list | None = None,
+    prune: bool = True,
+) -> TorchTrainer:
     """The run's `TorchTrainer`; the same name and storage resume it. A run that diverged before fails here.
     `prune`: Ray keeps the latest `trainer.keep_checkpoints`; False keeps every checkpoint (a sweep prunes
     each only once it is evaluated, `sweeps.trial.EvaluateAndReport`)."""
@@ -74,8 +84,9 @@ def build_trainer(config: TrainRunConfig, name: str, storage_path: str | None = 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=to_dict(config),
-        scaling_config=ray.train.ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=root,

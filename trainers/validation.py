@@ -31,8 +31,17 @@ NOT_EMBEDDED = {  # run settings the base model's validation embeddings cannot d
     # training batches and the loss (seed: see key)
     "method": ("mono_ratio", "alpha_schedule", "temperature", "symmetric", "seed"),
     "optim": ("lr", "weight_decay", "warmup_steps", "steps"),
-    "trainer": ("grad_clip", "checkpoint_every", "keep_checkpoints", "resumable_final", "max_failures", "log_every",
-                "cpus_per_worker", "storage_path", "validation_cache"),
+    "trainer": (
+        "grad_clip",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "resumable_final",
+        "max_failures",
+        "log_every",
+        "cpus_per_worker",
+        "storage_path",
+        "validation_cache",
+    ),
 }
 
 
@@ -51,19 +60,24 @@ def _all_reduce(values: list[float], device: torch.device, op=None) -> list[floa
 def embeddings(engine, sampler: HybridBatchSampler, config: TrainRunConfig) -> list[Tensor]:
     """Each validation batch's `embed_batch` rows, in eval mode."""
     engine.encoder.eval()
-    out = [embed_batch(engine, sampler.batch(i), config.data.hard_negatives, config.trainer.pad_group)
-           for i in range(config.trainer.val_batches)]
+    out = [
+        embed_batch(engine, sampler.batch(i), config.data.hard_negatives, config.trainer.pad_group)
+        for i in range(config.trainer.val_batches)
+    ]
     engine.encoder.train()
     return out
 
 
-def figures(loss_fn: InfoNCELoss, sampler: HybridBatchSampler, config: TrainRunConfig,
-            embedded: list[Tensor]) -> dict[str, float]:
+def figures(
+    loss_fn: InfoNCELoss, sampler: HybridBatchSampler, config: TrainRunConfig, embedded: list[Tensor]
+) -> dict[str, float]:
     """Loss and accuracy from the batches' embeddings, averaged over the batches and the ranks."""
     results = [batch_loss(loss_fn, sampler.batch(i), emb, config.data.hard_negatives) for i, emb in enumerate(embedded)]
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    loss, acc = (v / world for v in _all_reduce([sum(float(r[k]) for r in results) / len(results) for k in (0, 1)],
-                                                embedded[0].device))
+    loss, acc = (
+        v / world
+        for v in _all_reduce([sum(float(r[k]) for r in results) / len(results) for k in (0, 1)], embedded[0].device)
+    )
     return {"val_loss": loss, "val_accuracy": acc}
 
 
@@ -102,8 +116,9 @@ def _read(location: str, purpose: str, n_batches: int, device: torch.device) -> 
 
 
 @torch.no_grad()
-def validate_base(engine, loss_fn: InfoNCELoss, sampler: HybridBatchSampler, config: TrainRunConfig,
-                  rank: int, world: int) -> dict[str, float]:
+def validate_base(
+    engine, loss_fn: InfoNCELoss, sampler: HybridBatchSampler, config: TrainRunConfig, rank: int, world: int
+) -> dict[str, float]:
     """Step 0: `validate`, its embeddings read from (or else written to) `trainer.validation_cache`. The
     ranks agree first: a rank that embeds makes the engine's collective calls (ZeRO-3), so all or none do."""
     if not config.trainer.validation_cache:

@@ -57,22 +57,27 @@ class ParallelCorpus:
 
     def relevant(self, question_id: str, langs: tuple[str, ...] | None = None) -> list[tuple[str, int]]:
         """(language, candidate index) of every relevant candidate, optionally restricted to `langs`."""
-        return [(lang, idx) for lang, idx in sorted(self.answers[question_id].items())
-                if langs is None or lang in langs]
+        return [
+            (lang, idx) for lang, idx in sorted(self.answers[question_id].items()) if langs is None or lang in langs
+        ]
 
     def select_languages(self, langs: tuple[str, ...] | list[str]) -> ParallelCorpus:
         unknown = sorted(set(langs) - set(self.questions))
         if unknown:
-            raise ValueError(f"{self.name}: unknown language(s) {unknown}; available: "
-                             f"{', '.join(self.languages)}. Fix the `languages` list in your config.")
+            raise ValueError(
+                f"{self.name}: unknown language(s) {unknown}; available: "
+                f"{', '.join(self.languages)}. Fix the `languages` list in your config."
+            )
         keep = set(langs)
         return ParallelCorpus(
             name=self.name,
             questions={lang: self.questions[lang] for lang in langs},
             candidates={lang: self.candidates[lang] for lang in langs},
-            answers={qid: {lang: i for lang, i in by_lang.items() if lang in keep}
-                     for qid, by_lang in self.answers.items()
-                     if any(lang in keep for lang in by_lang)},
+            answers={
+                qid: {lang: i for lang, i in by_lang.items() if lang in keep}
+                for qid, by_lang in self.answers.items()
+                if any(lang in keep for lang in by_lang)
+            },
         )
 
     def select_articles(self, articles: set[str], name: str) -> ParallelCorpus:
@@ -109,7 +114,9 @@ class ParallelCorpus:
         return pairs
 
 
-def split_by_article(corpus: ParallelCorpus, heldout_fraction: float, seed: int) -> tuple[ParallelCorpus, ParallelCorpus]:
+def split_by_article(
+    corpus: ParallelCorpus, heldout_fraction: float, seed: int
+) -> tuple[ParallelCorpus, ParallelCorpus]:
     """Deterministic article-level split into (train, held-out): no text is shared between the two.
 
     Articles are ordered by a hash of (seed, title), so the split depends only on the seed and the
@@ -117,10 +124,11 @@ def split_by_article(corpus: ParallelCorpus, heldout_fraction: float, seed: int)
     """
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}.")
-    articles = sorted(corpus.articles,
-                      key=lambda a: hashlib.sha256(f"{seed}:{a}".encode()).hexdigest())
+    articles = sorted(corpus.articles, key=lambda a: hashlib.sha256(f"{seed}:{a}".encode()).hexdigest())
     n_heldout = max(1, round(len(articles) * heldout_fraction))
     heldout = set(articles[:n_heldout])
     train = set(articles[n_heldout:])
-    return (corpus.select_articles(train, f"{corpus.name}/train"),
-            corpus.select_articles(heldout, f"{corpus.name}/heldout"))
+    return (
+        corpus.select_articles(train, f"{corpus.name}/train"),
+        corpus.select_articles(heldout, f"{corpus.name}/heldout"),
+    )

@@ -36,21 +36,27 @@ def _read_json(path: Path) -> dict[str, Any]:
         with opener(path, "rt", encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
-        raise DataFormatError(f"{path}: not valid (gzipped) JSON ({e}). Re-download or re-export the file "
-                              "as SQuAD v1.1 JSON with `sentences` and `sentence_breaks`.") from e
+        raise DataFormatError(
+            f"{path}: not valid (gzipped) JSON ({e}). Re-download or re-export the file "
+            "as SQuAD v1.1 JSON with `sentences` and `sentence_breaks`."
+        ) from e
 
 
 def _answer_sentence(path: Path, qa: dict[str, Any], breaks: list[list[int]]) -> int:
     answers = qa.get("answers") or []
     if len(answers) != 1:
-        raise DataFormatError(f"{path}: question {qa.get('id')!r} has {len(answers)} answers; LAReQA "
-                              "format needs exactly one. Keep one answer per question.")
+        raise DataFormatError(
+            f"{path}: question {qa.get('id')!r} has {len(answers)} answers; LAReQA "
+            "format needs exactly one. Keep one answer per question."
+        )
     start = answers[0]["answer_start"]
     for i, (lo, hi) in enumerate(breaks):
         if lo <= start < hi:
             return i
-    raise DataFormatError(f"{path}: question {qa.get('id')!r}: answer_start {start} lies outside every "
-                          f"sentence span {breaks}. Fix `answer_start` or the paragraph's `sentence_breaks`.")
+    raise DataFormatError(
+        f"{path}: question {qa.get('id')!r}: answer_start {start} lies outside every "
+        f"sentence span {breaks}. Fix `answer_start` or the paragraph's `sentence_breaks`."
+    )
 
 
 def load_language(path: Path, lang: str) -> tuple[list[Question], list[Candidate], dict[str, int]]:
@@ -68,24 +74,31 @@ def load_language(path: Path, lang: str) -> tuple[list[Question], list[Candidate
                 where = f"article {title!r} paragraph {p_idx}"
                 sentences, breaks = para.get("sentences"), para.get("sentence_breaks")
                 if not sentences or not breaks or len(sentences) != len(breaks):
-                    raise DataFormatError(f"{path}: {where}: needs non-empty `sentences` and `sentence_breaks` "
-                                          "of equal length (LAReQA format). Run the LAReQA sentence splitter.")
+                    raise DataFormatError(
+                        f"{path}: {where}: needs non-empty `sentences` and `sentence_breaks` "
+                        "of equal length (LAReQA format). Run the LAReQA sentence splitter."
+                    )
                 offset = len(candidates)
                 candidates.extend(Candidate(lang, s, para["context"], title) for s in sentences)
                 for qa in para["qas"]:
                     where = f"article {title!r} paragraph {p_idx} question {qa.get('id')!r}"
                     if qa["id"] in answer_of:
-                        raise DataFormatError(f"{path}: {where}: question id {qa['id']!r} occurs twice. "
-                                              "Ids must be unique within a language.")
+                        raise DataFormatError(
+                            f"{path}: {where}: question id {qa['id']!r} occurs twice. "
+                            "Ids must be unique within a language."
+                        )
                     answer_of[qa["id"]] = offset + _answer_sentence(path, qa, breaks)
                     questions.append(Question(qa["id"], lang, qa["question"], title))
     except (KeyError, TypeError) as e:
-        raise DataFormatError(f"{path}: {where}: missing or malformed field {e}. Expected SQuAD v1.1: "
-                              "data[].paragraphs[].{context, qas[].{id, question, answers}, sentences, "
-                              "sentence_breaks}.") from e
+        raise DataFormatError(
+            f"{path}: {where}: missing or malformed field {e}. Expected SQuAD v1.1: "
+            "data[].paragraphs[].{context, qas[].{id, question, answers}, sentences, "
+            "sentence_breaks}."
+        ) from e
     if not questions:
-        raise DataFormatError(f"{path}: language {lang!r} has no questions. Remove the file or the "
-                              "language from your selection.")
+        raise DataFormatError(
+            f"{path}: language {lang!r} has no questions. Remove the file or the language from your selection."
+        )
     return questions, candidates, answer_of
 
 
@@ -93,15 +106,19 @@ def load_lareqa(folder: Path, name: str, languages: tuple[str, ...] | None = Non
     """Load the `{lang}.json[.gz]` files of `folder` (all, or `languages`) into one parallel corpus."""
     files = find_language_files(folder)
     if not files:
-        raise FileNotFoundError(f"{folder}: no {{lang}}.json or {{lang}}.json.gz files. Point the data "
-                                "directory at a folder of LAReQA-format files.")
+        raise FileNotFoundError(
+            f"{folder}: no {{lang}}.json or {{lang}}.json.gz files. Point the data "
+            "directory at a folder of LAReQA-format files."
+        )
     wanted = languages or tuple(files)
     for lang in wanted:
         check_language_code(lang)
     missing = [lang for lang in wanted if lang not in files]
     if missing:
-        raise ValueError(f"{name}: no file for language(s) {missing} in {folder}; available: "
-                         f"{', '.join(sorted(files))}. Fix the language list.")
+        raise ValueError(
+            f"{name}: no file for language(s) {missing} in {folder}; available: "
+            f"{', '.join(sorted(files))}. Fix the language list."
+        )
     questions, candidates, answers = {}, {}, {}
     for lang in wanted:
         questions[lang], candidates[lang], answer_of = load_language(files[lang], lang)

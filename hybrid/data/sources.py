@@ -49,18 +49,24 @@ def download_mlqa_r(dest: Path, base_url: str = MLQA_R_URL, timeout_s: float = 6
             raise ConnectionError(
                 f"could not download MLQA-R file {url} ({e}). On an offline machine, copy the lareqa "
                 f"repository's mlqa-r/*.json (commit {MLQA_R_COMMIT[:7]}) into a folder and pass it with "
-                f"--data-dir or the {MLQA_R_ENV} environment variable.") from e
+                f"--data-dir or the {MLQA_R_ENV} environment variable."
+            ) from e
         if hashlib.sha256(payload).hexdigest() != digest:
-            raise ValueError(f"{url}: sha256 mismatch (expected {digest}); the download is corrupt or the "
-                             "mirror serves other files. Nothing was kept; retry or fix the mirror.")
+            raise ValueError(
+                f"{url}: sha256 mismatch (expected {digest}); the download is corrupt or the "
+                "mirror serves other files. Nothing was kept; retry or fix the mirror."
+            )
         with tempfile.NamedTemporaryFile(dir=dest, delete=False) as tmp:
             tmp.write(payload)
         os.replace(tmp.name, target)  # atomic: a crash never leaves a half-written file under the real name
     return dest
 
 
-ORIGINS = {"xquad-r": "https://github.com/google-research-datasets/lareqa/tree/master/xquad-r",
-           "mlqa-r": MLQA_R_URL, "miracl": "https://huggingface.co/datasets/miracl/miracl"}
+ORIGINS = {
+    "xquad-r": "https://github.com/google-research-datasets/lareqa/tree/master/xquad-r",
+    "mlqa-r": MLQA_R_URL,
+    "miracl": "https://huggingface.co/datasets/miracl/miracl",
+}
 
 
 def origin(name: str) -> str:
@@ -73,8 +79,10 @@ def mlqa_r_dir(data_dir: Path | None = None, base_url: str = MLQA_R_URL) -> Path
     local = data_dir or (Path(os.environ[MLQA_R_ENV]) if os.environ.get(MLQA_R_ENV) else None)
     if local is not None:
         if not find_language_files(local):
-            raise FileNotFoundError(f"{local}: no MLQA-R {{lang}}.json files there. Point --data-dir / "
-                                    f"{MLQA_R_ENV} at a copy of the lareqa repository's mlqa-r/ folder.")
+            raise FileNotFoundError(
+                f"{local}: no MLQA-R {{lang}}.json files there. Point --data-dir / "
+                f"{MLQA_R_ENV} at a copy of the lareqa repository's mlqa-r/ folder."
+            )
         return local
     return download_mlqa_r(cache_dir() / "data" / "mlqa-r", base_url)
 
@@ -87,5 +95,7 @@ def load_corpus(name: str, languages: tuple[str, ...] | None = None, data_dir: P
         return load_lareqa(mlqa_r_dir(data_dir), name, languages)
     if Path(name).is_dir():
         return load_lareqa(Path(name), Path(name).name, languages)
-    raise ValueError(f"unknown dataset {name!r}: use 'xquad-r' (packaged), 'mlqa-r' (downloaded on demand) "
-                     "or the path of a folder of LAReQA-format {lang}.json files.")
+    raise ValueError(
+        f"unknown dataset {name!r}: use 'xquad-r' (packaged), 'mlqa-r' (downloaded on demand) "
+        "or the path of a folder of LAReQA-format {lang}.json files."
+    )

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from evaluation.mlflow_layout import FULL, PROXY
 from evaluation.metrics import table_ece
+from evaluation.mlflow_layout import FULL, PROXY
 from sweeps.knobs import BY_NAME, NAMES
 from sweeps.stats import mean_ci, mean_pm, seed_summary
 
@@ -40,8 +40,13 @@ def rank_trend(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     rho = float(stats.spearmanr(x, y).statistic)
     if len(x) > EXACT_TREND_MAX_N:
         return rho, float(stats.spearmanr(x, y).pvalue)
-    test = stats.permutation_test((x,), lambda a: stats.spearmanr(a, y).statistic, permutation_type="pairings",
-                                  n_resamples=np.inf, alternative="two-sided")
+    test = stats.permutation_test(
+        (x,),
+        lambda a: stats.spearmanr(a, y).statistic,
+        permutation_type="pairings",
+        n_resamples=np.inf,
+        alternative="two-sided",
+    )
     return rho, float(test.pvalue)
 
 
@@ -61,8 +66,9 @@ def _pick_source(available: dict[str, set[str]]) -> tuple[dict[str, str], str]:
     return {r: FULL if FULL in s else PROXY for r, s in available.items()}, "mixed"
 
 
-def run_table(metrics: pd.DataFrame, runs: pd.DataFrame, dataset: str, final_step: int | None,
-              run_ids: list[str] | None = None) -> Selection:
+def run_table(
+    metrics: pd.DataFrame, runs: pd.DataFrame, dataset: str, final_step: int | None, run_ids: list[str] | None = None
+) -> Selection:
     """Each run's metrics on `dataset` at its last evaluated step, wide ("multi/map", ...), with its params."""
     wanted = runs if run_ids is None else runs[runs["run_id"].isin(run_ids)]
     rows = metrics[(metrics["dataset"] == dataset) & metrics["run_id"].isin(wanted["run_id"])]
@@ -73,7 +79,8 @@ def run_table(metrics: pd.DataFrame, runs: pd.DataFrame, dataset: str, final_ste
     chosen, label = _pick_source(rows.groupby("run_id")["source"].agg(set).to_dict())
     rows = rows[rows["source"] == rows["run_id"].map(chosen)]
     wide = rows.assign(column=rows["setting"] + "/" + rows["metric"]).pivot_table(
-        index="run_id", columns="column", values="value", aggfunc="last")
+        index="run_id", columns="column", values="value", aggfunc="last"
+    )
     info = rows.groupby("run_id").agg(step=("step", "max"), source=("source", "first"))
     table = wanted.merge(info, left_on="run_id", right_index=True).merge(wide, left_on="run_id", right_index=True)
     table["complete"] = table["step"] >= (final_step if final_step is not None else table["step"].max())
@@ -87,9 +94,16 @@ def config_summary(table: pd.DataFrame, columns: list[str], objective: str, lowe
     for key, group in table.groupby("config_key", dropna=False):
         done = group[group["complete"]]
         use = done if len(done) else group
-        out.append({"config_key": key, **seed_summary(use, KNOBS, columns, " ±"),
-                    "seed_list": sorted(int(s) for s in use["seed"] if pd.notna(s)), "step": int(use["step"].max()),
-                    "complete": bool(len(done)), "source": ",".join(sorted(set(use["source"])))})
+        out.append(
+            {
+                "config_key": key,
+                **seed_summary(use, KNOBS, columns, " ±"),
+                "seed_list": sorted(int(s) for s in use["seed"] if pd.notna(s)),
+                "step": int(use["step"].max()),
+                "complete": bool(len(done)),
+                "source": ",".join(sorted(set(use["source"]))),
+            }
+        )
     frame = pd.DataFrame(out)
     if frame.empty:
         return frame
@@ -127,8 +141,12 @@ def reference_pair(summary: pd.DataFrame) -> tuple[pd.Series | None, pd.Series |
     done = summary[summary["complete"]]
     same = same_knobs(done, [k for k in KNOBS if k != "mono_ratio" and k in done])
     alpha = done["mono_ratio"].astype(float)
-    pairs = [(done.loc[i], done.loc[j]) for i in done.index[np.isclose(alpha, 0.0)]
-             for j in done.index[np.isclose(alpha, 1.0)] if same[i] == same[j]]
+    pairs = [
+        (done.loc[i], done.loc[j])
+        for i in done.index[np.isclose(alpha, 0.0)]
+        for j in done.index[np.isclose(alpha, 1.0)]
+        if same[i] == same[j]
+    ]
     if not pairs:
         return ref0, ref1
     return max(pairs, key=lambda p: min(p[0]["seeds"], p[1]["seeds"]))  # first (best objective) among equals
@@ -154,8 +172,10 @@ class Diff:
         if self.kind == "paired":
             return f"{mean_pm(self.mean, self.half, digits, signed=True)} (95% CI, paired over {self.n} seeds)"
         if self.kind == "one-run":
-            return (f"{mean_pm(self.mean, self.half, digits, signed=True)} (95% CI over {self.n} seeds of one side "
-                    "against a single run of the other; that run's seed noise is not in the interval)")
+            return (
+                f"{mean_pm(self.mean, self.half, digits, signed=True)} (95% CI over {self.n} seeds of one side "
+                "against a single run of the other; that run's seed noise is not in the interval)"
+            )
         value = f"{self.mean:+.{digits}f}"
         if self.kind == "unpaired":
             return f"{value} (CI unavailable: no seeds in common, {self.n_a} vs {self.n_b} runs)"
@@ -209,12 +229,25 @@ def pair_stats(matrix: pd.DataFrame) -> dict[str, float | str]:
     cells = off_diagonal(matrix)
     languages = ",".join(matrix.index)
     if cells.empty:
-        return {"worst": math.nan, "worst_pair": "", "std": math.nan, "range": math.nan, "mean": math.nan,
-                "pairs": 0, "languages": languages}
+        return {
+            "worst": math.nan,
+            "worst_pair": "",
+            "std": math.nan,
+            "range": math.nan,
+            "mean": math.nan,
+            "pairs": 0,
+            "languages": languages,
+        }
     q, c = cells.idxmin()
-    return {"worst": float(cells.min()), "worst_pair": f"{q}→{c}", "std": float(cells.std(ddof=0)),
-            "range": float(cells.max() - cells.min()), "mean": float(cells.mean()), "pairs": len(cells),
-            "languages": languages}
+    return {
+        "worst": float(cells.min()),
+        "worst_pair": f"{q}→{c}",
+        "std": float(cells.std(ddof=0)),
+        "range": float(cells.max() - cells.min()),
+        "mean": float(cells.mean()),
+        "pairs": len(cells),
+        "languages": languages,
+    }
 
 
 def choose(store: dict, run_ids: list[str], dataset: str, *rest: str) -> tuple[dict[str, object], str]:
@@ -250,12 +283,26 @@ def pair_deltas(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame], language
     rows = []
     for q in languages:
         for c in languages:
-            va = {s: float(m.loc[q, c]) for s, m in a.items() if q in m.index and c in m.columns and pd.notna(m.loc[q, c])}
-            vb = {s: float(m.loc[q, c]) for s, m in b.items() if q in m.index and c in m.columns and pd.notna(m.loc[q, c])}
+            va = {
+                s: float(m.loc[q, c]) for s, m in a.items() if q in m.index and c in m.columns and pd.notna(m.loc[q, c])
+            }
+            vb = {
+                s: float(m.loc[q, c]) for s, m in b.items() if q in m.index and c in m.columns and pd.notna(m.loc[q, c])
+            }
             if va and vb:
                 d = diff_ci(va, vb)
-                rows.append({"pair": f"{q}→{c}", "query": q, "candidate": c, "a": np.mean(list(va.values())),
-                             "b": np.mean(list(vb.values())), "delta": d.mean, "half": d.half, "diff": d})
+                rows.append(
+                    {
+                        "pair": f"{q}→{c}",
+                        "query": q,
+                        "candidate": c,
+                        "a": np.mean(list(va.values())),
+                        "b": np.mean(list(vb.values())),
+                        "delta": d.mean,
+                        "half": d.half,
+                        "diff": d,
+                    }
+                )
     return pd.DataFrame(rows, columns=["pair", "query", "candidate", "a", "b", "delta", "half", "diff"])
 
 
@@ -304,8 +351,10 @@ def importances(summary: pd.DataFrame, objective: str, lower_is_better: bool) ->
     if not knobs:
         return None, "no searched parameter varied across the completed configurations"
     if len(done) < MIN_IMPORTANCE_CONFIGS:
-        return None, (f"too few completed configurations ({len(done)} < {MIN_IMPORTANCE_CONFIGS}) for parameter "
-                      "importances; run more trials, e.g. --set sweep.trials=20")
+        return None, (
+            f"too few completed configurations ({len(done)} < {MIN_IMPORTANCE_CONFIGS}) for parameter "
+            "importances; run more trials, e.g. --set sweep.trials=20"
+        )
     dists = {}
     for k in knobs:
         values = done[k].dropna()
@@ -318,8 +367,11 @@ def importances(summary: pd.DataFrame, objective: str, lower_is_better: bool) ->
     study = optuna.create_study(direction="minimize" if lower_is_better else "maximize")
     for _, row in done.iterrows():
         params = {k: row[k] for k in knobs if pd.notna(row[k])}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                  value=float(row[objective])))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions={k: dists[k] for k in params}, value=float(row[objective])
+            )
+        )
     if len(knobs) == 1:
         return {knobs[0]: 1.0}, f"only {knobs[0]} varied: its importance is 1 by construction"
     try:  # fANOVA (a random forest; scikit-learn comes with mlflow) is steadier than Optuna's default PED-ANOVA

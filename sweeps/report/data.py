@@ -24,8 +24,18 @@ import yaml
 from evaluation.mlflow_layout import parse_artifact_path, parse_metric_key
 from sweeps.config import LOWER_IS_BETTER, SweepConfig, flatten
 from sweeps.knobs import KNOBS, MERGE_WEIGHT
-from sweeps.records import (CONFIG_FOLDER, CONFIG_KEY, MERGE, NAME_TAG, PARENT, PARENT_RUN, RESOLVED, ROLE_TAG,
-                            TRIAL, TRIAL_TAG)
+from sweeps.records import (
+    CONFIG_FOLDER,
+    CONFIG_KEY,
+    MERGE,
+    NAME_TAG,
+    PARENT,
+    PARENT_RUN,
+    RESOLVED,
+    ROLE_TAG,
+    TRIAL,
+    TRIAL_TAG,
+)
 
 MATRIX_METRICS = ("map", "mrr@10")  # L x L matrices downloaded (at each run's last evaluated step)
 
@@ -57,7 +67,9 @@ class Sweep:
     runs: pd.DataFrame  # run_id, trial_id, run_name, status, config_key, mono_ratio, temperature, ...
     metrics: pd.DataFrame  # run_id, source, dataset, split, setting, metric, value, step
     per_language: pd.DataFrame  # run_id, source, dataset, split, lang, metric, value, step
-    matrices: dict[tuple[str, str, str, str], pd.DataFrame] = field(default_factory=dict)  # run, dataset, source, metric
+    matrices: dict[tuple[str, str, str, str], pd.DataFrame] = field(
+        default_factory=dict
+    )  # run, dataset, source, metric
     reliability: dict[tuple[str, str, str], pd.DataFrame] = field(default_factory=dict)  # run, dataset, source
     # The objective at every step it was logged (metrics holds the last): run_id, source, dataset, step, value
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -129,8 +141,15 @@ def _evaluations(client, run) -> tuple[list[dict], list[dict]]:
         group = (p.source, p.dataset, p.split)
         if group not in steps:  # run.data.metrics holds the value at the largest step: find that step
             steps[group] = max(m.step for m in client.get_metric_history(run.info.run_id, key))
-        row = {"run_id": run.info.run_id, "source": p.source, "dataset": p.dataset, "split": p.split,
-               "metric": p.metric, "value": float(value), "step": steps[group]}
+        row = {
+            "run_id": run.info.run_id,
+            "source": p.source,
+            "dataset": p.dataset,
+            "split": p.split,
+            "metric": p.metric,
+            "value": float(value),
+            "step": steps[group],
+        }
         if p.scope == "setting":
             settings.append(row | {"setting": p.group})
         else:
@@ -165,8 +184,13 @@ def _artifacts(client, run_id: str, tmp: Path) -> tuple[dict, dict]:
 
 def _trial_row(run) -> dict:
     p = run.data.params
-    row = {"run_id": run.info.run_id, "trial_id": run.data.tags.get(TRIAL_TAG, run.info.run_name),
-           "run_name": run.info.run_name, "status": run.info.status, "config_key": p.get(CONFIG_KEY)}
+    row = {
+        "run_id": run.info.run_id,
+        "trial_id": run.data.tags.get(TRIAL_TAG, run.info.run_name),
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "config_key": p.get(CONFIG_KEY),
+    }
     for name, cast in TRIAL_PARAMS.items():
         if cast is str:
             row[name] = p.get(name, math.nan)
@@ -186,8 +210,10 @@ def load_sweep(client, experiment: str) -> Sweep:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise ValueError(f"no MLflow experiment {experiment!r}; the store has: {', '.join(names) or 'none'}. "
-                         "Pass --experiment NAME (the sweep.name) and --tracking-uri.")
+        raise ValueError(
+            f"no MLflow experiment {experiment!r}; the store has: {', '.join(names) or 'none'}. "
+            "Pass --experiment NAME (the sweep.name) and --tracking-uri."
+        )
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per CSV otherwise
     runs, token = [], None
     while True:
@@ -196,12 +222,15 @@ def load_sweep(client, experiment: str) -> Sweep:
         token = page.token
         if not token:
             break
-    parent = next((r for r in runs if r.data.tags.get(ROLE_TAG) == PARENT and r.data.tags.get(NAME_TAG) == experiment),
-                  None)
+    parent = next(
+        (r for r in runs if r.data.tags.get(ROLE_TAG) == PARENT and r.data.tags.get(NAME_TAG) == experiment), None
+    )
     if parent is None:
-        raise ValueError(f"MLflow experiment {experiment!r} holds no sweep: no run tagged {ROLE_TAG}={PARENT} and "
-                         f"{NAME_TAG}={experiment}, as `python sweeps/ratio_search.py` logs one. Pass --experiment "
-                         "the sweep.name of a sweep.")
+        raise ValueError(
+            f"MLflow experiment {experiment!r} holds no sweep: no run tagged {ROLE_TAG}={PARENT} and "
+            f"{NAME_TAG}={experiment}, as `python sweeps/ratio_search.py` logs one. Pass --experiment "
+            "the sweep.name of a sweep."
+        )
     ours = [r for r in runs if r.data.tags.get(PARENT_RUN) == parent.info.run_id]
     trials = [r for r in ours if r.data.tags.get(ROLE_TAG) == TRIAL]
     merged = [r for r in ours if r.data.tags.get(ROLE_TAG) == MERGE]
@@ -220,12 +249,23 @@ def load_sweep(client, experiment: str) -> Sweep:
     lang_cols = ["run_id", "source", "dataset", "split", "lang", "metric", "value", "step"]
     columns = ["run_id", "trial_id", "run_name", "status", "config_key", *TRIAL_PARAMS]
     trial_frame = pd.DataFrame([_trial_row(r) for r in trials], columns=columns)
-    merge_frame = pd.DataFrame([_trial_row(r) | {MERGE_WEIGHT: float(r.data.params[MERGE_WEIGHT])} for r in merged],
-                               columns=[*columns, MERGE_WEIGHT])
-    sweep = Sweep(experiment, exp.experiment_id, parent.info.run_id, params, config, dict(parent.data.metrics),
-                  trial_frame,
-                  pd.DataFrame(settings, columns=metric_cols), pd.DataFrame(languages, columns=lang_cols),
-                  matrices, reliability)
+    merge_frame = pd.DataFrame(
+        [_trial_row(r) | {MERGE_WEIGHT: float(r.data.params[MERGE_WEIGHT])} for r in merged],
+        columns=[*columns, MERGE_WEIGHT],
+    )
+    sweep = Sweep(
+        experiment,
+        exp.experiment_id,
+        parent.info.run_id,
+        params,
+        config,
+        dict(parent.data.metrics),
+        trial_frame,
+        pd.DataFrame(settings, columns=metric_cols),
+        pd.DataFrame(languages, columns=lang_cols),
+        matrices,
+        reliability,
+    )
     sweep.history = _history(client, trials, sweep.objective)
     sweep.merges = merge_frame
     return sweep
@@ -238,8 +278,16 @@ def _history(client, trials: list, objective: str) -> pd.DataFrame:
         for key in run.data.metrics:
             p = parse_metric_key(key)
             if p is not None and p.scope == "setting" and f"{p.group}/{p.metric}" == objective:
-                rows += [{"run_id": run.info.run_id, "source": p.source, "dataset": p.dataset, "step": m.step,
-                          "value": m.value} for m in client.get_metric_history(run.info.run_id, key)]
+                rows += [
+                    {
+                        "run_id": run.info.run_id,
+                        "source": p.source,
+                        "dataset": p.dataset,
+                        "step": m.step,
+                        "value": m.value,
+                    }
+                    for m in client.get_metric_history(run.info.run_id, key)
+                ]
     return pd.DataFrame(rows, columns=["run_id", "source", "dataset", "step", "value"])
 
 

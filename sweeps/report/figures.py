@@ -79,8 +79,12 @@ def heatmaps(f: Findings) -> Figure | None:
     axes = np.atleast_1d(fig.subplots(1, n))
     for i, (ax, (title, matrix)) in enumerate(zip(axes, f.heatmaps.items())):
         annotated(ax, fig, matrix.to_numpy(float), list(matrix.index), list(matrix.columns), title, diverging=i > 0)
-    fig.suptitle(f"mAP, rows = query language, columns = candidate language ({f.heatmap_source} evaluation; "
-                 "differences of seed means)", fontsize=10, y=1.04)
+    fig.suptitle(
+        f"mAP, rows = query language, columns = candidate language ({f.heatmap_source} evaluation; "
+        "differences of seed means)",
+        fontsize=10,
+        y=1.04,
+    )
     return fig
 
 
@@ -92,13 +96,26 @@ def pareto(f: Findings) -> Figure | None:
     ax = fig.subplots()
     for front, color, label in ((False, "tab:gray", "dominated"), (True, "tab:red", "Pareto front")):
         part = p[p["front"] == front]
-        ax.errorbar(part["mono/map"], part["cross/map"], xerr=part["mono/map ±"].fillna(0),
-                    yerr=part["cross/map ±"].fillna(0), fmt="o", color=color, label=label, capsize=3)
+        ax.errorbar(
+            part["mono/map"],
+            part["cross/map"],
+            xerr=part["mono/map ±"].fillna(0),
+            yerr=part["cross/map ±"].fillna(0),
+            fmt="o",
+            color=color,
+            label=label,
+            capsize=3,
+        )
     front = p[p["front"]].sort_values("mono/map")
     ax.plot(front["mono/map"], front["cross/map"], "--", color="tab:red", lw=1)
     for _, row in p.iterrows():
-        ax.annotate(f"a={row['mono_ratio']:.2f}", (row["mono/map"], row["cross/map"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            f"a={row['mono_ratio']:.2f}",
+            (row["mono/map"], row["cross/map"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_xlabel("mono mAP")
     ax.set_ylabel("cross mAP")
     ax.set_title("mono vs cross mAP per configuration (seed means ± 95% CI)", fontsize=9)
@@ -124,12 +141,24 @@ def search(f: Findings) -> Figure | None:
     data = done.dropna(subset=["temperature", f.objective])
     if len(data) >= 6 and data["mono_ratio"].nunique() > 2 and data["temperature"].nunique() > 2:
         try:  # a contour needs non-collinear points; fall back to the scatter alone
-            right.tricontourf(data["mono_ratio"], np.log10(data["temperature"]), data[f.objective], levels=12,
-                              cmap="viridis", alpha=0.35)
+            right.tricontourf(
+                data["mono_ratio"],
+                np.log10(data["temperature"]),
+                data[f.objective],
+                levels=12,
+                cmap="viridis",
+                alpha=0.35,
+            )
         except (ValueError, RuntimeError):
             pass
-    points = right.scatter(data["mono_ratio"], np.log10(data["temperature"]), c=data[f.objective], cmap="viridis",
-                           s=30 + 15 * data["seeds"], edgecolors="black")
+    points = right.scatter(
+        data["mono_ratio"],
+        np.log10(data["temperature"]),
+        c=data[f.objective],
+        cmap="viridis",
+        s=30 + 15 * data["seeds"],
+        edgecolors="black",
+    )
     fig.colorbar(points, ax=right, label=name(f.objective))
     right.set_xlabel(ALPHA)
     right.set_ylabel(f"log10 {TAU}")
@@ -179,8 +208,9 @@ def robustness(f: Findings) -> Figure | None:
         ax.set_xlabel("alpha")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"robustness across cross-lingual pairs ({f.robust_source} evaluation, mean ± 95% CI over seeds)",
-                 fontsize=10)
+    fig.suptitle(
+        f"robustness across cross-lingual pairs ({f.robust_source} evaluation, mean ± 95% CI over seeds)", fontsize=10
+    )
     return fig
 
 
@@ -192,10 +222,16 @@ def hr_deltas(f: Findings) -> Figure | None:
     fig = Figure(figsize=(7, 1.2 + 0.3 * len(d)))
     ax = fig.subplots()
     half = d["half"].to_numpy(float)
-    colors = ["tab:red" if x.significant and x.mean < 0 else "tab:green" if x.significant else "tab:gray"
-              for x in d["diff"]]
-    ax.barh(d["pair"], d["delta"], color=colors,
-            xerr=np.where(np.isfinite(half), half, 0) if np.isfinite(half).any() else None, capsize=3)
+    colors = [
+        "tab:red" if x.significant and x.mean < 0 else "tab:green" if x.significant else "tab:gray" for x in d["diff"]
+    ]
+    ax.barh(
+        d["pair"],
+        d["delta"],
+        color=colors,
+        xerr=np.where(np.isfinite(half), half, 0) if np.isfinite(half).any() else None,
+        capsize=3,
+    )
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"mAP delta, {alpha_label(f.hybrid)} minus alpha=1 (95% CI)")
     ax.set_title("high-resource pairs (red: CI below 0, green: above 0)", fontsize=9)
@@ -262,8 +298,17 @@ def gap_curves(f: Findings) -> Figure | None:
     return fig
 
 
-FIGURES = {"alpha_curves": alpha_curves, "gaps_by_step": gap_curves, "heatmaps": heatmaps, "pareto": pareto,
-           "search": search, "calibration": calibration, "robustness": robustness, "hr_deltas": hr_deltas, "languages": languages}
+FIGURES = {
+    "alpha_curves": alpha_curves,
+    "gaps_by_step": gap_curves,
+    "heatmaps": heatmaps,
+    "pareto": pareto,
+    "search": search,
+    "calibration": calibration,
+    "robustness": robustness,
+    "hr_deltas": hr_deltas,
+    "languages": languages,
+}
 
 
 def render(f: Findings) -> dict[str, bytes]:

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 
 from evaluation.mlflow_layout import FULL, PROXY, SETTINGS
-from sweeps.report import analysis as A
-from sweeps.stats import mean_pm
+from hybrid.languages import HIGH_RESOURCE
 from sweeps.knobs import BY_NAME
 from sweeps.knobs import NAMES as KNOBS
-from hybrid.languages import HIGH_RESOURCE
+from sweeps.report import analysis as A
 from sweeps.report.data import Sweep
 from sweeps.report.questions import SOURCES
+from sweeps.stats import mean_pm
 
 RETRIEVAL = [f"{s}/{m}" for m in ("map", "mrr@10") for s in SETTINGS]
 TABLED = ("mono_ratio", "temperature", "lang_temperature", "num_train_languages", "lr")  # own columns below
@@ -60,9 +60,11 @@ def spearman_line(frame: pd.DataFrame, column: str, what: str) -> str | None:
     if len(data) < 3 or data["mono_ratio"].nunique() < 2 or data[column].nunique() < 2:
         return None
     rho, p = A.rank_trend(data["mono_ratio"], data[column])
-    return (f"Trend over the {len(data)} completed configurations (seed means): Spearman rho(alpha, {what}) = "
-            f"{rho:+.2f} ({'p < 0.001' if p < 1e-3 else f'p = {p:.2g}'}); a rank trend without an interval; tau "
-            "can differ between configurations (see the table).")
+    return (
+        f"Trend over the {len(data)} completed configurations (seed means): Spearman rho(alpha, {what}) = "
+        f"{rho:+.2f} ({'p < 0.001' if p < 1e-3 else f'p = {p:.2g}'}); a rank trend without an interval; tau "
+        "can differ between configurations (see the table)."
+    )
 
 
 @dataclass
@@ -99,8 +101,13 @@ class Findings:
     @functools.cached_property
     def answers(self) -> dict[str, list[str]]:
         """Per research question (`questions.QUESTIONS`), the lines that answer it."""
-        return {"q1": answer_q1(self), "q2": answer_q2(self), "q3": answer_q3(self), "q4": answer_q4(self),
-                "q5": answer_q5(self)}
+        return {
+            "q1": answer_q1(self),
+            "q2": answer_q2(self),
+            "q3": answer_q3(self),
+            "q4": answer_q4(self),
+            "q5": answer_q5(self),
+        }
 
 
 def _value(summary_row: pd.Series | None, column: str) -> str:
@@ -124,11 +131,14 @@ class Comparison:
         ra, rb = self.rows.get(a), self.rows.get(b)
         if ra is None or rb is None or ra["config_key"] == rb["config_key"]:
             return None
-        return A.diff_ci(A.by_seed(self.table, ra["config_key"], column), A.by_seed(self.table, rb["config_key"], column))
+        return A.diff_ci(
+            A.by_seed(self.table, ra["config_key"], column), A.by_seed(self.table, rb["config_key"], column)
+        )
 
 
-def compare_on(sweep: Sweep, dataset: str, configs: dict[str, pd.Series | None], columns: list[str],
-               base: dict[str, float]) -> Comparison | None:
+def compare_on(
+    sweep: Sweep, dataset: str, configs: dict[str, pd.Series | None], columns: list[str], base: dict[str, float]
+) -> Comparison | None:
     keys = {r["config_key"] for r in configs.values() if r is not None}
     ids = list(sweep.runs[sweep.runs["config_key"].isin(keys)]["run_id"])
     sel = A.run_table(sweep.metrics, sweep.runs, dataset, sweep.final_step, ids)
@@ -136,8 +146,10 @@ def compare_on(sweep: Sweep, dataset: str, configs: dict[str, pd.Series | None],
     if sel.table.empty or not cols:
         return None
     summary = A.config_summary(sel.table, cols, cols[0], False).set_index("config_key", drop=False)
-    rows = {label: summary.loc[r["config_key"]] if r is not None and r["config_key"] in summary.index else None
-            for label, r in configs.items()}
+    rows = {
+        label: summary.loc[r["config_key"]] if r is not None and r["config_key"] in summary.index else None
+        for label, r in configs.items()
+    }
     comp = Comparison(dataset, sel.source, sel.table, rows, pd.DataFrame())
     out = []
     for col in cols:
@@ -175,17 +187,22 @@ def analyse(sweep: Sweep, high_resource: tuple[str, ...] = HIGH_RESOURCE) -> Fin
     configs = _configurations(sel.table, sweep)
     focus = configs["hybrid"] if configs["hybrid"] is not None else configs["best"]
     ref0, ref1 = configs["ref0"], configs["ref1"]
-    return Findings(sweep=sweep, dataset=dataset, selection=sel, **configs,
-                    pruned=int((~sel.table["complete"]).sum()) if len(sel.table) else 0,
-                    **_robustness(sel.table, sweep, dataset),
-                    pareto=_pareto(configs["summary"]),
-                    **_importance(configs["summary"], sweep),
-                    lang_effect=A.languages_effect(configs["summary"], sweep.objective, len(sweep.train_languages))
-                    if len(configs["summary"]) else pd.DataFrame(),
-                    **_pair_matrices(sel.table, sweep, dataset, focus, ref0, ref1, configs["hybrid"] is not None,
-                                     high_resource),
-                    reliability=_reliability(sel.table, sweep, dataset, focus, ref0, ref1),
-                    compare=_comparisons(sweep, dataset, {"alpha=0": ref0, "best": configs["best"], "alpha=1": ref1}))
+    return Findings(
+        sweep=sweep,
+        dataset=dataset,
+        selection=sel,
+        **configs,
+        pruned=int((~sel.table["complete"]).sum()) if len(sel.table) else 0,
+        **_robustness(sel.table, sweep, dataset),
+        pareto=_pareto(configs["summary"]),
+        **_importance(configs["summary"], sweep),
+        lang_effect=A.languages_effect(configs["summary"], sweep.objective, len(sweep.train_languages))
+        if len(configs["summary"])
+        else pd.DataFrame(),
+        **_pair_matrices(sel.table, sweep, dataset, focus, ref0, ref1, configs["hybrid"] is not None, high_resource),
+        reliability=_reliability(sel.table, sweep, dataset, focus, ref0, ref1),
+        compare=_comparisons(sweep, dataset, {"alpha=0": ref0, "best": configs["best"], "alpha=1": ref1}),
+    )
 
 
 def _configurations(table: pd.DataFrame, sweep: Sweep) -> dict:
@@ -195,19 +212,31 @@ def _configurations(table: pd.DataFrame, sweep: Sweep) -> dict:
     done = summary[summary["complete"]] if len(summary) else summary
     hybrids = done[(done["mono_ratio"] > 0) & (done["mono_ratio"] < 1)] if len(done) else done
     ref0, ref1 = A.reference_pair(summary)
-    return {"summary": summary, "best": A.best_config(summary), "hybrid": hybrids.iloc[0] if len(hybrids) else None,
-            "ref0": ref0, "ref1": ref1}
+    return {
+        "summary": summary,
+        "best": A.best_config(summary),
+        "hybrid": hybrids.iloc[0] if len(hybrids) else None,
+        "ref0": ref0,
+        "ref1": ref1,
+    }
 
 
 def _robustness(table: pd.DataFrame, sweep: Sweep, dataset: str) -> dict:
     """Worst cross-lingual pair and spread per run, per configuration, and each configuration's worst pair."""
     per_run, source = A.robustness(table, sweep.matrices, dataset) if len(table) else (pd.DataFrame(), "none")
     if per_run.empty:
-        return {"robust": pd.DataFrame(), "robust_runs": per_run, "worst_pair": pd.Series(dtype=str),
-                "robust_source": source}
-    return {"robust": A.config_summary(per_run, ["worst", "std", "range", "mean"], "worst", False),
-            "robust_runs": per_run, "robust_source": source,
-            "worst_pair": per_run.groupby("config_key", dropna=False)["worst_pair"].agg(lambda s: s.mode().iloc[0])}
+        return {
+            "robust": pd.DataFrame(),
+            "robust_runs": per_run,
+            "worst_pair": pd.Series(dtype=str),
+            "robust_source": source,
+        }
+    return {
+        "robust": A.config_summary(per_run, ["worst", "std", "range", "mean"], "worst", False),
+        "robust_runs": per_run,
+        "robust_source": source,
+        "worst_pair": per_run.groupby("config_key", dropna=False)["worst_pair"].agg(lambda s: s.mode().iloc[0]),
+    }
 
 
 def _pareto(summary: pd.DataFrame) -> pd.DataFrame:
@@ -218,13 +247,17 @@ def _pareto(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _importance(summary: pd.DataFrame, sweep: Sweep) -> dict:
-    importance, note = A.importances(summary, sweep.objective, sweep.lower_is_better) if len(summary) \
+    importance, note = (
+        A.importances(summary, sweep.objective, sweep.lower_is_better)
+        if len(summary)
         else (None, "no completed trials")
+    )
     return {"importance": importance, "importance_note": note}
 
 
-def _pair_matrices(table: pd.DataFrame, sweep: Sweep, dataset: str, focus, ref0, ref1, hybrid: bool,
-                   high_resource: tuple[str, ...]) -> dict:
+def _pair_matrices(
+    table: pd.DataFrame, sweep: Sweep, dataset: str, focus, ref0, ref1, hybrid: bool, high_resource: tuple[str, ...]
+) -> dict:
     """L x L mAP of the focus configuration (the best hybrid, else the best) and the references: the heatmaps
     and the high-resource pairs against alpha = 1."""
     ids = _runs(table, focus) + _runs(table, ref0) + _runs(table, ref1)
@@ -243,8 +276,13 @@ def _pair_matrices(table: pd.DataFrame, sweep: Sweep, dataset: str, focus, ref0,
     for part, keep in (("all", lambda q, c: True), ("mono", lambda q, c: q == c), ("cross", lambda q, c: q != c)):
         pairs = [(q, c) for q in hr for c in hr if keep(q, c)]
         hr_summary[part] = A.diff_ci(A.cells_mean(focus_m, pairs), A.cells_mean(m1, pairs))
-    return {"high_resource": hr, "hr_summary": hr_summary, "heatmaps": heatmaps, "heatmap_source": source,
-            "hr_deltas": A.pair_deltas(focus_m, m1, hr) if hybrid and focus_m and m1 else pd.DataFrame()}
+    return {
+        "high_resource": hr,
+        "hr_summary": hr_summary,
+        "heatmaps": heatmaps,
+        "heatmap_source": source,
+        "hr_deltas": A.pair_deltas(focus_m, m1, hr) if hybrid and focus_m and m1 else pd.DataFrame(),
+    }
 
 
 def _reliability(table: pd.DataFrame, sweep: Sweep, dataset: str, focus, ref0, ref1) -> dict[str, pd.DataFrame]:
@@ -252,7 +290,9 @@ def _reliability(table: pd.DataFrame, sweep: Sweep, dataset: str, focus, ref0, r
     out = {}
     for label, row in (("alpha=0", ref0), (alpha_label(focus), focus), ("alpha=1", ref1)):
         found, _ = A.choose(sweep.reliability, _runs(table, row), dataset)
-        if found and not any(row["config_key"] == r["config_key"] for r in (ref0, ref1) if r is not None and r is not row):
+        if found and not any(
+            row["config_key"] == r["config_key"] for r in (ref0, ref1) if r is not None and r is not row
+        ):
             out[label] = A.pooled_reliability(list(found.values()))
     return out
 
@@ -291,8 +331,14 @@ def missing_references(f: Findings) -> list[str]:
             continue
         runs = f.selection.table
         hit = runs[np.isclose(runs["mono_ratio"].astype(float), alpha)] if len(runs) else runs
-        why = (f"it was pruned at step {int(hit['step'].max())} of {f.sweep.final_step} (the scheduler stops "
-               "references too; --set sweep.scheduler=none keeps them)") if len(hit) else "no evaluated trial at it"
+        why = (
+            (
+                f"it was pruned at step {int(hit['step'].max())} of {f.sweep.final_step} (the scheduler stops "
+                "references too; --set sweep.scheduler=none keeps them)"
+            )
+            if len(hit)
+            else "no evaluated trial at it"
+        )
         lines.append(f"No completed alpha = {alpha:g} reference to compare with: {why}.")
     return lines
 
@@ -305,15 +351,21 @@ def unevaluated(f: Findings) -> list[str]:
 def answer_q1(f: Findings) -> list[str]:
     if f.best is None:
         return [f"Not answerable: no trial completed on {f.dataset}."]
-    lines = [f"Held-out {f.dataset}: {int(f.summary['complete'].sum())} completed configurations ranked on the "
-             f"{SOURCES.get(f.selection.source, f.selection.source)}"
-             + (f"; {f.pruned} pruned trial(s) listed, not compared" if f.pruned else "") + ".",
-             f"Best by {f.objective}: {alpha_label(f.best)} ({f.best['config_key']}): {name(f.objective)} "
-             f"{ci_text(f.best[f.objective], f.best[f.objective + ' ±'], int(f.best['seeds']))}."]
+    lines = [
+        f"Held-out {f.dataset}: {int(f.summary['complete'].sum())} completed configurations ranked on the "
+        f"{SOURCES.get(f.selection.source, f.selection.source)}"
+        + (f"; {f.pruned} pruned trial(s) listed, not compared" if f.pruned else "")
+        + ".",
+        f"Best by {f.objective}: {alpha_label(f.best)} ({f.best['config_key']}): {name(f.objective)} "
+        f"{ci_text(f.best[f.objective], f.best[f.objective + ' ±'], int(f.best['seeds']))}.",
+    ]
     lines += unevaluated(f) + missing_references(f)
     comp = f.compare.get(f.dataset)
-    versus = [line for column in ("multi/map", "multi/mrr@10", "mono/map", "cross/map", "mono/mrr@10", "cross/mrr@10")
-              for line in _versus(f, column)]
+    versus = [
+        line
+        for column in ("multi/map", "multi/mrr@10", "mono/map", "cross/map", "mono/mrr@10", "cross/mrr@10")
+        for line in _versus(f, column)
+    ]
     if versus:
         lines += [f"Best vs the references on the {SOURCES.get(comp.source, comp.source)}:", *versus]
     if trend := spearman_line(f.summary[f.summary["complete"]], "multi/map", "multi mAP"):
@@ -325,13 +377,17 @@ def answer_q1(f: Findings) -> list[str]:
             row = comp.frame[comp.frame["metric"] == name(column)]
             if len(row):
                 r = row.iloc[0]
-                lines.append(f"Out-of-domain {zs} ({SOURCES.get(comp.source, comp.source)}, never selected on): "
-                             f"{name(column)} best {r['best']}; best - alpha=0 {r['best - alpha=0']}; best - alpha=1 "
-                             f"{r['best - alpha=1']}; base model {r['base model']}.")
+                lines.append(
+                    f"Out-of-domain {zs} ({SOURCES.get(comp.source, comp.source)}, never selected on): "
+                    f"{name(column)} best {r['best']}; best - alpha=0 {r['best - alpha=0']}; best - alpha=1 "
+                    f"{r['best - alpha=1']}; base model {r['base model']}."
+                )
     if not f.sweep.zero_shot_datasets:
-        lines.append("Out-of-domain: not covered by this sweep (no zero-shot evaluation logged). Cover it with "
-                     "--set sweep.zero_shot_datasets=[mlqa-r] (MLQA-R, CC BY-NC 4.0; evaluated once after "
-                     "selection, on the best configuration and the alpha = 0 / 1 references).")
+        lines.append(
+            "Out-of-domain: not covered by this sweep (no zero-shot evaluation logged). Cover it with "
+            "--set sweep.zero_shot_datasets=[mlqa-r] (MLQA-R, CC BY-NC 4.0; evaluated once after "
+            "selection, on the best configuration and the alpha = 0 / 1 references)."
+        )
     return lines
 
 
@@ -341,26 +397,35 @@ def answer_q2(f: Findings) -> list[str]:
     if f.ref1 is None:
         return ["Not covered by this sweep: no completed alpha = 1 reference trial."]
     if f.hr_deltas.empty:
-        return ["Not answerable: no L x L mAP matrices for the high-resource languages among the evaluated ones "
-                "(set them with --high-resource)."]
+        return [
+            "Not answerable: no L x L mAP matrices for the high-resource languages among the evaluated ones "
+            "(set them with --high-resource)."
+        ]
     d = f.hr_deltas
     lower = d[[x.significant and x.mean < 0 for x in d["diff"]]]
     higher = d[[x.significant and x.mean > 0 for x in d["diff"]]]
     worst = d.sort_values("delta").iloc[0]
-    lines = [f"{alpha_label(f.hybrid)} vs alpha=1, mAP on the {len(d)} ordered pairs of high-resource languages "
-             f"({', '.join(f.high_resource)}), {SOURCES.get(f.heatmap_source, f.heatmap_source)}, "
-             f"{f.hybrid['seeds']} vs {f.ref1['seeds']} seeds.",
-             f"Mean over these pairs: {f.hr_summary['all'].text()}; monolingual pairs only: "
-             f"{f.hr_summary['mono'].text()}; cross-lingual pairs only: {f.hr_summary['cross'].text()}.",
-             f"Largest loss: {worst['pair']} {worst['diff'].text()} (pairs range {d['delta'].min():+.3f} to "
-             f"{d['delta'].max():+.3f})."]
+    lines = [
+        f"{alpha_label(f.hybrid)} vs alpha=1, mAP on the {len(d)} ordered pairs of high-resource languages "
+        f"({', '.join(f.high_resource)}), {SOURCES.get(f.heatmap_source, f.heatmap_source)}, "
+        f"{f.hybrid['seeds']} vs {f.ref1['seeds']} seeds.",
+        f"Mean over these pairs: {f.hr_summary['all'].text()}; monolingual pairs only: "
+        f"{f.hr_summary['mono'].text()}; cross-lingual pairs only: {f.hr_summary['cross'].text()}.",
+        f"Largest loss: {worst['pair']} {worst['diff'].text()} (pairs range {d['delta'].min():+.3f} to "
+        f"{d['delta'].max():+.3f}).",
+    ]
     if math.isfinite(d["diff"].iloc[0].half):
-        lines.append(f"Pairs whose 95% CI lies below 0 (hybrid loses): {len(lower)} of {len(d)}"
-                     + (f" ({', '.join(lower['pair'])})" if len(lower) else "") + f"; above 0 (hybrid gains): "
-                     f"{len(higher)}" + (f" ({', '.join(higher['pair'])})" if len(higher) else "") + ".")
+        lines.append(
+            f"Pairs whose 95% CI lies below 0 (hybrid loses): {len(lower)} of {len(d)}"
+            + (f" ({', '.join(lower['pair'])})" if len(lower) else "")
+            + f"; above 0 (hybrid gains): "
+            f"{len(higher)}" + (f" ({', '.join(higher['pair'])})" if len(higher) else "") + "."
+        )
     else:
-        lines.append("Per-pair CIs unavailable (one seed on both sides): more seeds with --set sweep.seeds=3, and "
-                     "the references re-seeded too with --set sweep.reseed_references=true.")
+        lines.append(
+            "Per-pair CIs unavailable (one seed on both sides): more seeds with --set sweep.seeds=3, and "
+            "the references re-seeded too with --set sweep.reseed_references=true."
+        )
     return lines
 
 
@@ -369,17 +434,25 @@ def answer_q3(f: Findings) -> list[str]:
     if f.best is None:
         return [f"Not answerable: no trial completed on {f.dataset}."]
     if f.lang_effect.empty:
-        return [f"Not covered by this sweep: every trial trained on the same {k or 'set of'} languages "
-                f"({', '.join(f.sweep.train_languages) or 'unknown'}). Cover it with "
-                "--set sweep.search.num_train_languages=[2,5,9] (the first k of data.train_languages)."]
-    lines = [f"Best configuration per number of training languages ({name(f.objective)}, "
-             f"{SOURCES.get(f.selection.source, f.selection.source)}):"]
+        return [
+            f"Not covered by this sweep: every trial trained on the same {k or 'set of'} languages "
+            f"({', '.join(f.sweep.train_languages) or 'unknown'}). Cover it with "
+            "--set sweep.search.num_train_languages=[2,5,9] (the first k of data.train_languages)."
+        ]
+    lines = [
+        f"Best configuration per number of training languages ({name(f.objective)}, "
+        f"{SOURCES.get(f.selection.source, f.selection.source)}):"
+    ]
     for _, row in f.lang_effect.iterrows():
-        lines.append(f"k={int(row['k'])}: {alpha_label(row)}: "
-                     f"{ci_text(row[f.objective], row[f.objective + ' ±'], int(row['seeds']))}")
+        lines.append(
+            f"k={int(row['k'])}: {alpha_label(row)}: "
+            f"{ci_text(row[f.objective], row[f.objective + ' ±'], int(row['seeds']))}"
+        )
     lo, hi = f.lang_effect.iloc[0], f.lang_effect.iloc[-1]
-    lines.append(f"k={int(hi['k'])} vs k={int(lo['k'])} (their best configurations): {name(f.objective)} "
-                 f"{_diff(f.selection.table, hi, lo, f.objective)}.")
+    lines.append(
+        f"k={int(hi['k'])} vs k={int(lo['k'])} (their best configurations): {name(f.objective)} "
+        f"{_diff(f.selection.table, hi, lo, f.objective)}."
+    )
     return lines
 
 
@@ -388,8 +461,10 @@ def answer_q4(f: Findings) -> list[str]:
     if comp is None or comp.rows.get("best") is None or "multi/ece" not in comp.table:
         return ["Not answerable: no ECE logged for completed trials."]
     best = comp.rows["best"]
-    lines = [f"ECE (lower is better; {SOURCES.get(comp.source, comp.source)}) is computed at each trial's own tau "
-             "(softmax temperature = trained tau), so tau moves it as well as alpha."]
+    lines = [
+        f"ECE (lower is better; {SOURCES.get(comp.source, comp.source)}) is computed at each trial's own tau "
+        "(softmax temperature = trained tau), so tau moves it as well as alpha."
+    ]
     lines += missing_references(f)
     for column in ("multi/ece", "mono/ece", "cross/ece"):
         if column in best:
@@ -398,9 +473,10 @@ def answer_q4(f: Findings) -> list[str]:
     if trend := spearman_line(f.summary[f.summary["complete"]], "multi/ece", "multi ECE"):
         lines.append(trend)
     if f.reliability:
-        lines.append("Reliability diagram (all queries, seeds pooled; micro ECE, which can differ slightly from the "
-                     "macro ECE above): " + "; ".join(f"{label} {A.ece_of(t):.3f}" for label, t in f.reliability.items())
-                     + ".")
+        lines.append(
+            "Reliability diagram (all queries, seeds pooled; micro ECE, which can differ slightly from the "
+            "macro ECE above): " + "; ".join(f"{label} {A.ece_of(t):.3f}" for label, t in f.reliability.items()) + "."
+        )
     return lines
 
 
@@ -410,23 +486,29 @@ def answer_q5(f: Findings) -> list[str]:
     r = f.robust.set_index("config_key")
     runs = f.robust_runs
     langs = runs["languages"].mode().iloc[0]
-    lines = [f"Off-diagonal (cross-lingual) mAP pairs, {SOURCES.get(f.robust_source, f.robust_source)}: "
-             f"{int(runs['pairs'].max())} ordered pairs of {langs.replace(',', ', ')}; spread = std (population) "
-             "and max - min across the pairs of a run, then mean over seeds."]
+    lines = [
+        f"Off-diagonal (cross-lingual) mAP pairs, {SOURCES.get(f.robust_source, f.robust_source)}: "
+        f"{int(runs['pairs'].max())} ordered pairs of {langs.replace(',', ', ')}; spread = std (population) "
+        "and max - min across the pairs of a run, then mean over seeds."
+    ]
     shown = set()
     for label, row in (("alpha=0", f.ref0), (alpha_label(f.best) + " (best)", f.best), ("alpha=1", f.ref1)):
         if row is not None and row["config_key"] in r.index and row["config_key"] not in shown:
             shown.add(row["config_key"])
             x = r.loc[row["config_key"]]
-            lines.append(f"{label}: worst pair ({f.worst_pair[row['config_key']]}) "
-                         f"{ci_text(x['worst'], x['worst ±'], int(x['seeds']))}; std "
-                         f"{ci_text(x['std'], x['std ±'], int(x['seeds']))}; max - min "
-                         f"{ci_text(x['range'], x['range ±'], int(x['seeds']))}.")
+            lines.append(
+                f"{label}: worst pair ({f.worst_pair[row['config_key']]}) "
+                f"{ci_text(x['worst'], x['worst ±'], int(x['seeds']))}; std "
+                f"{ci_text(x['std'], x['std ±'], int(x['seeds']))}; max - min "
+                f"{ci_text(x['range'], x['range ±'], int(x['seeds']))}."
+            )
     for ref, label in ((f.ref0, "alpha=0"), (f.ref1, "alpha=1")):
         if f.best is not None and ref is not None and ref["config_key"] != f.best["config_key"]:
             t = f.robust_runs
-            lines.append(f"{alpha_label(f.best)} vs {label}: worst pair {_diff(t, f.best, ref, 'worst')}; "
-                         f"std {_diff(t, f.best, ref, 'std')}")
+            lines.append(
+                f"{alpha_label(f.best)} vs {label}: worst pair {_diff(t, f.best, ref, 'worst')}; "
+                f"std {_diff(t, f.best, ref, 'std')}"
+            )
     if trend := spearman_line(f.robust, "worst", "worst-pair mAP"):
         lines.append(trend)
     return lines
@@ -439,10 +521,15 @@ def trials_table(f: Findings) -> pd.DataFrame:
     k = len(f.sweep.train_languages)
     rows = []
     for _, row in f.summary.iterrows():
-        out = {"config_key": row["config_key"], ALPHA: f"{row['mono_ratio']:.3f}",
-               TAU: f"{row['temperature']:.4g}", LANG_T: f"{row.get('lang_temperature', np.nan):g}",
-               LANGUAGES: int(row["num_train_languages"]) if pd.notna(row.get("num_train_languages", np.nan)) else k,
-               "seeds": int(row["seeds"]), "step": f"{row['step']}" + ("" if row["complete"] else " (pruned)")}
+        out = {
+            "config_key": row["config_key"],
+            ALPHA: f"{row['mono_ratio']:.3f}",
+            TAU: f"{row['temperature']:.4g}",
+            LANG_T: f"{row.get('lang_temperature', np.nan):g}",
+            LANGUAGES: int(row["num_train_languages"]) if pd.notna(row.get("num_train_languages", np.nan)) else k,
+            "seeds": int(row["seeds"]),
+            "step": f"{row['step']}" + ("" if row["complete"] else " (pruned)"),
+        }
         if "lr" in row and pd.notna(row["lr"]):
             out[LR] = f"{row['lr']:.2g}"
         out |= {k: str(row[k]) for k in KNOBS if k not in TABLED and k in row and pd.notna(row[k])}

@@ -16,9 +16,9 @@ import pandas as pd
 from evaluation.mlflow_layout import PROXY
 from sweeps.knobs import MERGE_WEIGHT
 from sweeps.report import analysis as A
-from sweeps.stats import mean_ci, mean_pm
 from sweeps.report.findings import Findings, _seed_mats, alpha_label, ci_text, name
 from sweeps.report.questions import BEYOND, QUESTIONS, SOURCES
+from sweeps.stats import mean_ci, mean_pm
 
 NOT_SEPARABLE = "not separable at this budget"
 
@@ -38,8 +38,11 @@ def verdict(diffs: dict[str, A.Diff]) -> str:
 
 
 def finding(diffs: dict[str, A.Diff], head: str) -> str:
-    parts = [f"{k} {mean_pm(d.mean, d.half, signed=True)}" + ("" if math.isfinite(d.half) else " (no CI)")
-             for k, d in diffs.items() if d is not None and math.isfinite(d.mean)]
+    parts = [
+        f"{k} {mean_pm(d.mean, d.half, signed=True)}" + ("" if math.isfinite(d.half) else " (no CI)")
+        for k, d in diffs.items()
+        if d is not None and math.isfinite(d.mean)
+    ]
     return head + "; ".join(parts) if parts else head + "no comparison available"
 
 
@@ -68,16 +71,21 @@ def _unseen_diff(f: Findings) -> tuple[dict[str, A.Diff], list[str]]:
         return {}, []
     pairs_unseen = [(q, c) for q in langs for c in langs if q in unseen or c in unseen]
     pairs_seen = [(q, c) for q in langs for c in langs if q in trained and c in trained]
-    return {"mAP on trained-language pairs": A.diff_ci(A.cells_mean(m0, pairs_seen), A.cells_mean(m1, pairs_seen)),
-            f"mAP on pairs with an unseen language ({', '.join(unseen)})":
-                A.diff_ci(A.cells_mean(m0, pairs_unseen), A.cells_mean(m1, pairs_unseen))}, unseen
+    return {
+        "mAP on trained-language pairs": A.diff_ci(A.cells_mean(m0, pairs_seen), A.cells_mean(m1, pairs_seen)),
+        f"mAP on pairs with an unseen language ({', '.join(unseen)})": A.diff_ci(
+            A.cells_mean(m0, pairs_unseen), A.cells_mean(m1, pairs_unseen)
+        ),
+    }, unseen
 
 
 def _best_text(f: Findings) -> str:
     if f.best is None:
         return ""
-    return (f" Best by {name(f.objective)}: {alpha_label(f.best)} "
-            f"({ci_text(f.best[f.objective], f.best[f.objective + ' ±'], int(f.best['seeds']))}).")
+    return (
+        f" Best by {name(f.objective)}: {alpha_label(f.best)} "
+        f"({ci_text(f.best[f.objective], f.best[f.objective + ' ±'], int(f.best['seeds']))})."
+    )
 
 
 def q1(f: Findings) -> tuple[str, str]:
@@ -113,13 +121,20 @@ def q3(f: Findings) -> tuple[str, str]:
     if group.empty:
         return "every trial trained on the same languages", "not covered"
     lo, hi = group.iloc[0], group.iloc[-1]
-    values = ", ".join(f"k={int(r['k'])} {ci_text(r[f.objective], r[f.objective + ' ±'], int(r['seeds']))}"
-                       for _, r in group.iterrows())
-    d = A.diff_ci(A.by_seed(f.selection.table, hi["config_key"], f.objective),
-                  A.by_seed(f.selection.table, lo["config_key"], f.objective))
+    values = ", ".join(
+        f"k={int(r['k'])} {ci_text(r[f.objective], r[f.objective + ' ±'], int(r['seeds']))}"
+        for _, r in group.iterrows()
+    )
+    d = A.diff_ci(
+        A.by_seed(f.selection.table, hi["config_key"], f.objective),
+        A.by_seed(f.selection.table, lo["config_key"], f.objective),
+    )
     diffs = {f"k={int(hi['k'])} - k={int(lo['k'])}": d}
-    head = f"{alpha_label(lo.drop('num_train_languages'))}, {name(f.objective)}: " if same else \
-        f"each k's best configuration (other knobs differ), {name(f.objective)}: "
+    head = (
+        f"{alpha_label(lo.drop('num_train_languages'))}, {name(f.objective)}: "
+        if same
+        else f"each k's best configuration (other knobs differ), {name(f.objective)}: "
+    )
     return head + values + "; " + finding(diffs, "") + ".", verdict(diffs)
 
 
@@ -132,10 +147,17 @@ def q5(f: Findings) -> tuple[str, str]:
     if f.ref0 is None or f.ref1 is None or f.robust_runs.empty:
         return "no L x L matrices of both references", "not covered"
     t = f.robust_runs
-    diffs = {"worst-pair mAP": A.diff_ci(A.by_seed(t, f.ref0["config_key"], "worst"), A.by_seed(t, f.ref1["config_key"], "worst")),
-             "std of pair mAP": A.diff_ci(A.by_seed(t, f.ref0["config_key"], "std"), A.by_seed(t, f.ref1["config_key"], "std"))}
-    return finding(diffs, f"alpha=0 - alpha=1 across the {int(t['pairs'].max())} cross-lingual pairs: ") + ".", \
-        verdict(diffs)
+    diffs = {
+        "worst-pair mAP": A.diff_ci(
+            A.by_seed(t, f.ref0["config_key"], "worst"), A.by_seed(t, f.ref1["config_key"], "worst")
+        ),
+        "std of pair mAP": A.diff_ci(
+            A.by_seed(t, f.ref0["config_key"], "std"), A.by_seed(t, f.ref1["config_key"], "std")
+        ),
+    }
+    return finding(diffs, f"alpha=0 - alpha=1 across the {int(t['pairs'].max())} cross-lingual pairs: ") + ".", verdict(
+        diffs
+    )
 
 
 def gaps_by_step(f: Findings) -> dict[str, dict[int, tuple[A.Diff, list[float], list[float]]]]:
@@ -158,8 +180,11 @@ def gaps_by_step(f: Findings) -> dict[str, dict[int, tuple[A.Diff, list[float], 
             at = m[m["step"] == step]
             values = [{int(seeds[r]): v for r, v in zip(at["run_id"], at["value"]) if r in ids} for ids in sides]
             if values[0] and values[1]:
-                gaps.setdefault(label, {})[int(step)] = (A.diff_ci(*values), list(values[0].values()),
-                                                         list(values[1].values()))
+                gaps.setdefault(label, {})[int(step)] = (
+                    A.diff_ci(*values),
+                    list(values[0].values()),
+                    list(values[1].values()),
+                )
     return gaps
 
 
@@ -169,10 +194,17 @@ def references_by_step(f: Findings) -> pd.DataFrame:
     gaps = gaps_by_step(f)
     rows = []
     for step, (d, ref0, ref1) in gaps.get("alpha=0 - alpha=1", {}).items():
-        row = {"step": step, "alpha=0": ci_text(*mean_ci(ref0), len(ref0)), "alpha=1": ci_text(*mean_ci(ref1), len(ref1)),
-               "alpha=0 - alpha=1": d.text()}
-        row |= {label: by[step][0].text() if step in by else "-" for label, by in gaps.items()
-                if label != "alpha=0 - alpha=1"}
+        row = {
+            "step": step,
+            "alpha=0": ci_text(*mean_ci(ref0), len(ref0)),
+            "alpha=1": ci_text(*mean_ci(ref1), len(ref1)),
+            "alpha=0 - alpha=1": d.text(),
+        }
+        row |= {
+            label: by[step][0].text() if step in by else "-"
+            for label, by in gaps.items()
+            if label != "alpha=0 - alpha=1"
+        }
         rows.append(row | {"verdict (alpha=0 - alpha=1)": verdict({name(f.objective): d})})
     return pd.DataFrame(rows)
 
@@ -186,8 +218,11 @@ def length(f: Findings) -> tuple[str, str]:
         return "the references were not evaluated at two or more checkpoints", "not covered"
     first, last = min(refs), max(refs)
     diffs = {f"alpha=0 - alpha=1 at step {first}": refs[first][0], f"at step {last}": refs[last][0]}
-    diffs |= {f"{label} at step {last}": by[last][0] for label, by in gaps.items()
-              if label != "alpha=0 - alpha=1" and last in by}
+    diffs |= {
+        f"{label} at step {last}": by[last][0]
+        for label, by in gaps.items()
+        if label != "alpha=0 - alpha=1" and last in by
+    }
     return finding(diffs, f"{name(f.objective)}, proxy evaluation: ") + ".", verdict(diffs)
 
 
@@ -217,8 +252,9 @@ def merges_table(f: Findings) -> pd.DataFrame:
             mine = A.by_seed(table, key, column)
             row = {"merge": key, "metric": name(column), "value": ci_text(*mean_ci(list(mine.values())), len(mine))}
             for label, other in (("best hybrid", f.hybrid), ("alpha=0", f.ref0), ("alpha=1", f.ref1)):
-                row[f"merge - {label}"] = "-" if other is None else \
-                    A.diff_ci(mine, A.by_seed(table, other["config_key"], column)).text()
+                row[f"merge - {label}"] = (
+                    "-" if other is None else A.diff_ci(mine, A.by_seed(table, other["config_key"], column)).text()
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -230,13 +266,17 @@ def merge(f: Findings) -> tuple[str, str]:
         return "no merges of the references (sweep.merge_references, e.g. [0.25, 0.5, 0.75])", "not covered"
     if f.hybrid is None:
         return "no hybrid (0 < alpha < 1) completed to set the merges against", "not covered"
-    score = {k: float(np.mean(list(values.values()))) for k in _merge_keys(f)
-             if (values := A.by_seed(table, k, f.objective))}
+    score = {
+        k: float(np.mean(list(values.values()))) for k in _merge_keys(f) if (values := A.by_seed(table, k, f.objective))
+    }
     if not score:
         return f"no merge evaluated on {name(f.objective)}", "not covered"
     best = (min if f.sweep.lower_is_better else max)(score, key=score.get)
-    diffs = {name(c): A.diff_ci(A.by_seed(table, best, c), A.by_seed(table, f.hybrid["config_key"], c))
-             for c in ("mono/map", "cross/map", "multi/map") if c in table}
+    diffs = {
+        name(c): A.diff_ci(A.by_seed(table, best, c), A.by_seed(table, f.hybrid["config_key"], c))
+        for c in ("mono/map", "cross/map", "multi/map")
+        if c in table
+    }
     head = f"{best} (the best merge by {name(f.objective)}) - {alpha_label(f.hybrid)}, {SOURCES.get(source, source)}: "
     return finding(diffs, head) + ".", verdict(diffs)
 
@@ -256,7 +296,8 @@ def schedule(f: Findings) -> tuple[str, str]:
                 head = head or f"{alpha_label(constant.iloc[0])}, {name(f.objective)}: "
                 diffs[f"{row['alpha_schedule']} - constant"] = A.diff_ci(
                     A.by_seed(f.selection.table, row["config_key"], f.objective),
-                    A.by_seed(f.selection.table, constant.iloc[0]["config_key"], f.objective))
+                    A.by_seed(f.selection.table, constant.iloc[0]["config_key"], f.objective),
+                )
     if not diffs:
         return "no scheduled configuration with a constant one at the same knobs", "not covered"
     return finding(diffs, head) + ".", verdict(diffs)

@@ -69,20 +69,31 @@ def _hr_table(f: Findings) -> pd.DataFrame:
     d = f.hr_deltas
     if d.empty:
         return d
-    return pd.DataFrame({"pair": d["pair"], F.alpha_label(f.hybrid): d["a"].map("{:.3f}".format),
-                         "alpha=1": d["b"].map("{:.3f}".format), "delta (95% CI)": [x.text() for x in d["diff"]]})
+    return pd.DataFrame(
+        {
+            "pair": d["pair"],
+            F.alpha_label(f.hybrid): d["a"].map("{:.3f}".format),
+            "alpha=1": d["b"].map("{:.3f}".format),
+            "delta (95% CI)": [x.text() for x in d["diff"]],
+        }
+    )
 
 
 def _robust_table(f: Findings) -> pd.DataFrame:
     r = f.robust
     if r.empty:
         return r
-    return pd.DataFrame({
-        F.ALPHA: r["mono_ratio"].map("{:.2f}".format), F.TAU: r["temperature"].map("{:.3g}".format),
-        "seeds": r["seeds"], "worst pair (most often)": r["config_key"].map(f.worst_pair),
-        "worst mAP": [F.ci_text(m, h, n) for m, h, n in zip(r["worst"], r["worst ±"], r["seeds"])],
-        "std": [F.ci_text(m, h, n) for m, h, n in zip(r["std"], r["std ±"], r["seeds"])],
-        "max - min": [F.ci_text(m, h, n) for m, h, n in zip(r["range"], r["range ±"], r["seeds"])]})
+    return pd.DataFrame(
+        {
+            F.ALPHA: r["mono_ratio"].map("{:.2f}".format),
+            F.TAU: r["temperature"].map("{:.3g}".format),
+            "seeds": r["seeds"],
+            "worst pair (most often)": r["config_key"].map(f.worst_pair),
+            "worst mAP": [F.ci_text(m, h, n) for m, h, n in zip(r["worst"], r["worst ±"], r["seeds"])],
+            "std": [F.ci_text(m, h, n) for m, h, n in zip(r["std"], r["std ±"], r["seeds"])],
+            "max - min": [F.ci_text(m, h, n) for m, h, n in zip(r["range"], r["range ±"], r["seeds"])],
+        }
+    )
 
 
 def _sweep_block(f: Findings, body: str) -> str:
@@ -93,35 +104,52 @@ def overview(findings: list[Findings]) -> pd.DataFrame:
     rows = []
     for f in findings:
         best = f.best
-        rows.append({"sweep": f.sweep.name, "training languages": len(f.sweep.train_languages),
-                     "trials": len(f.sweep.runs), "configurations": len(f.summary), "pruned trials": f.pruned,
-                     "wall (min)": f"{f.sweep.parent_metrics['sweep/wall_s'] / 60:.1f}"
-                     if "sweep/wall_s" in f.sweep.parent_metrics else "-",
-                     "evaluation": f.selection.source, "best": F.alpha_label(best),
-                     "objective": f.objective,
-                     "best value": "-" if best is None else F.ci_text(best[f.objective], best[f.objective + " ±"],
-                                                                       int(best["seeds"]))})
+        rows.append(
+            {
+                "sweep": f.sweep.name,
+                "training languages": len(f.sweep.train_languages),
+                "trials": len(f.sweep.runs),
+                "configurations": len(f.summary),
+                "pruned trials": f.pruned,
+                "wall (min)": f"{f.sweep.parent_metrics['sweep/wall_s'] / 60:.1f}"
+                if "sweep/wall_s" in f.sweep.parent_metrics
+                else "-",
+                "evaluation": f.selection.source,
+                "best": F.alpha_label(best),
+                "objective": f.objective,
+                "best value": "-"
+                if best is None
+                else F.ci_text(best[f.objective], best[f.objective + " ±"], int(best["seeds"])),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 # A section of each sweep's block: its findings and figures (`images[sweep name]`) -> HTML.
 def _trials(f: Findings, im: dict[str, bytes]) -> str:
-    return (f'<p class="note">Seed means ± 95% Student-t CI over seeds, grouped by config_key; evaluation: '
-            f'{escape(f.selection.source)} on {escape(f.dataset)}; ranked by {escape(f.objective)}. Pruned '
-            f'configurations (stopped early by the scheduler) are listed, never compared.</p>'
-            + table(F.trials_table(f)))
+    return (
+        f'<p class="note">Seed means ± 95% Student-t CI over seeds, grouped by config_key; evaluation: '
+        f"{escape(f.selection.source)} on {escape(f.dataset)}; ranked by {escape(f.objective)}. Pruned "
+        f"configurations (stopped early by the scheduler) are listed, never compared.</p>" + table(F.trials_table(f))
+    )
 
 
 def _q1(f: Findings, im: dict[str, bytes]) -> str:
-    tables = "".join(f"<h4>{escape(ds)}{' (held-out)' if ds == f.dataset else ' (out-of-domain, zero-shot)'}: "
-                     f"best vs references, {escape(SOURCES.get(c.source, c.source))}</h4>{table(c.frame)}"
-                     for ds, c in f.compare.items())
+    tables = "".join(
+        f"<h4>{escape(ds)}{' (held-out)' if ds == f.dataset else ' (out-of-domain, zero-shot)'}: "
+        f"best vs references, {escape(SOURCES.get(c.source, c.source))}</h4>{table(c.frame)}"
+        for ds, c in f.compare.items()
+    )
     return answer(f.answers["q1"]) + img(im.get("alpha_curves"), "metrics vs alpha") + tables
 
 
 def _q2(f: Findings, im: dict[str, bytes]) -> str:
-    return (answer(f.answers["q2"]) + img(im.get("heatmaps"), "L x L heatmaps")
-            + img(im.get("hr_deltas"), "high-resource pair deltas") + table(_hr_table(f)))
+    return (
+        answer(f.answers["q2"])
+        + img(im.get("heatmaps"), "L x L heatmaps")
+        + img(im.get("hr_deltas"), "high-resource pair deltas")
+        + table(_hr_table(f))
+    )
 
 
 def _q3(f: Findings, im: dict[str, bytes]) -> str:
@@ -138,52 +166,84 @@ def _q5(f: Findings, im: dict[str, bytes]) -> str:
 
 def _search(f: Findings, im: dict[str, bytes]) -> str:
     front = f.pareto[f.pareto["front"]] if "front" in f.pareto else f.pareto.iloc[0:0]
-    text = ("Pareto front (mono mAP vs cross mAP, seed means): "
+    text = (
+        (
+            "Pareto front (mono mAP vs cross mAP, seed means): "
             + ", ".join(f"{F.alpha_label(r)} ({r['mono/map']:.3f}, {r['cross/map']:.3f})" for _, r in front.iterrows())
-            ) if len(front) else "No Pareto front: no completed configuration with mono and cross mAP."
-    return answer([text, "Parameter importances: " + (", ".join(f"{k} {v:.2f}" for k, v in f.importance.items())
-                                                       if f.importance else "none") + f" ({f.importance_note})."]) \
-        + img(im.get("pareto"), "Pareto front") + img(im.get("search"), f"importances and {F.ALPHA} x {F.TAU}")
+        )
+        if len(front)
+        else "No Pareto front: no completed configuration with mono and cross mAP."
+    )
+    return (
+        answer(
+            [
+                text,
+                "Parameter importances: "
+                + (", ".join(f"{k} {v:.2f}" for k, v in f.importance.items()) if f.importance else "none")
+                + f" ({f.importance_note}).",
+            ]
+        )
+        + img(im.get("pareto"), "Pareto front")
+        + img(im.get("search"), f"importances and {F.ALPHA} x {F.TAU}")
+    )
 
 
-def build_html(findings: list[Findings], images: dict[str, dict[str, bytes]], compare_png: bytes | None,
-               tracking_uri: str) -> str:
+def build_html(
+    findings: list[Findings], images: dict[str, dict[str, bytes]], compare_png: bytes | None, tracking_uri: str
+) -> str:
     """The whole report. `images[sweep name][figure name]` are PNG bytes from `figures.render`."""
+
     def per_sweep(section) -> str:
-        return '<div class="sweeps">' + "".join(_sweep_block(f, section(f, images.get(f.sweep.name, {})))
-                                                 for f in findings) + "</div>"
+        return (
+            '<div class="sweeps">'
+            + "".join(_sweep_block(f, section(f, images.get(f.sweep.name, {}))) for f in findings)
+            + "</div>"
+        )
 
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     names = ", ".join(f.sweep.name for f in findings)
-    parts = [f"<h1>Hybrid batch sweep report: {escape(names)}</h1>",
-             f'<p class="note">Generated {now} from MLflow {escape(tracking_uri)}. alpha = mono_ratio = P(batch is '
-             "monolingual X-X) vs cross-lingual X-Y (arXiv 2408.10536); tau = InfoNCE temperature; T = language-"
-             "sampling temperature. Every number carries a 95% Student-t interval over seeds, or says why it cannot."
-             "</p>", table(overview(findings))]
+    parts = [
+        f"<h1>Hybrid batch sweep report: {escape(names)}</h1>",
+        f'<p class="note">Generated {now} from MLflow {escape(tracking_uri)}. alpha = mono_ratio = P(batch is '
+        "monolingual X-X) vs cross-lingual X-Y (arXiv 2408.10536); tau = InfoNCE temperature; T = language-"
+        "sampling temperature. Every number carries a 95% Student-t interval over seeds, or says why it cannot."
+        "</p>",
+        table(overview(findings)),
+    ]
     if compare_png:
         parts += ["<h2>Sweeps side by side</h2>", img(compare_png, "sweeps side by side")]
-    parts += ['<h2 id="answers">Answers at a glance</h2>',
-              '<p class="note">Each question\'s deciding comparison: alpha = 0 against alpha = 1 at the same tau (the '
-              "references), unless the question names another; a difference is separated when its 95% interval "
-              "over seeds excludes 0, else not separable at this budget. The sections below hold the detail.</p>",
-              per_sweep(lambda f, im: wrapped(glance(f))),
-              "<h3>Training length: when do the references part?</h3>",
-              '<p class="note">alpha = 0 against alpha = 1 on the objective at every checkpoint, and the best hybrid '
-              "(0 < alpha < 1) against each, proxy evaluation (the languages and questions of the sweep's proxy), "
-              "paired over seeds.</p>",
-              per_sweep(lambda f, im: img(im.get("gaps_by_step"), "differences by training step")
-                        + table(references_by_step(f))),
-              "<h3>Merging the references: weight averages of alpha = 1 and alpha = 0</h3>",
-              '<p class="note">Per seed, the two references\' final weights averaged, w the alpha = 1 model\'s share '
-              "(sweep.merge_references), set against the best hybrid and each reference on the held-out set (the "
-              "full evaluation where all of them have it), paired over seeds.</p>",
-              per_sweep(lambda f, im: table(merges_table(f)) if len(f.sweep.merges) else
-                        '<p class="note">No merges in this sweep: set sweep.merge_references, e.g. '
-                        "[0.25, 0.5, 0.75].</p>")]
+    parts += [
+        '<h2 id="answers">Answers at a glance</h2>',
+        '<p class="note">Each question\'s deciding comparison: alpha = 0 against alpha = 1 at the same tau (the '
+        "references), unless the question names another; a difference is separated when its 95% interval "
+        "over seeds excludes 0, else not separable at this budget. The sections below hold the detail.</p>",
+        per_sweep(lambda f, im: wrapped(glance(f))),
+        "<h3>Training length: when do the references part?</h3>",
+        '<p class="note">alpha = 0 against alpha = 1 on the objective at every checkpoint, and the best hybrid '
+        "(0 < alpha < 1) against each, proxy evaluation (the languages and questions of the sweep's proxy), "
+        "paired over seeds.</p>",
+        per_sweep(
+            lambda f, im: img(im.get("gaps_by_step"), "differences by training step") + table(references_by_step(f))
+        ),
+        "<h3>Merging the references: weight averages of alpha = 1 and alpha = 0</h3>",
+        "<p class=\"note\">Per seed, the two references' final weights averaged, w the alpha = 1 model's share "
+        "(sweep.merge_references), set against the best hybrid and each reference on the held-out set (the "
+        "full evaluation where all of them have it), paired over seeds.</p>",
+        per_sweep(
+            lambda f, im: (
+                table(merges_table(f))
+                if len(f.sweep.merges)
+                else '<p class="note">No merges in this sweep: set sweep.merge_references, e.g. [0.25, 0.5, 0.75].</p>'
+            )
+        ),
+    ]
     parts += ["<h2>Trials</h2>", per_sweep(_trials)]
     for key, section in (("q1", _q1), ("q2", _q2), ("q3", _q3), ("q4", _q4), ("q5", _q5)):
         parts += [f'<h2 id="{key}">{escape(QUESTIONS[key])}</h2>', per_sweep(section)]
     parts += ["<h2>Search: Pareto front and parameter importances</h2>", per_sweep(_search)]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Sweep report: {escape(names)}</title><style>{CSS}</style></head>\n<body>\n"
-            + "\n".join(parts) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>Sweep report: {escape(names)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(parts)
+        + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
+    )

@@ -15,5 +15,8 @@ BEYOND = {
     "merge": "Does merging the two references (weight averaging) do as well as hybrid batching?",
     "schedule": "Does an alpha schedule (X-X first or X-Y first) beat a constant alpha?",
 }
-SOURCES = {PROXY: "proxy (sweep-time) evaluation", FULL: "full evaluation",
-           "mixed": "full evaluation where present, else proxy (mixed)"}
+SOURCES = {
+    PROXY: "proxy (sweep-time) evaluation",
+    FULL: "full evaluation",
+    "mixed": "full evaluation where present, else proxy (mixed)",
+}
