@@ -3,13 +3,12 @@ encoder, a per-module local Ray; and the headless-Chromium check of an HTML repo
 
 import os
 import secrets
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from hybrid.data import TrainingPair, load_corpus
+from hybrid.data import load_corpus
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,23 +30,6 @@ def xquad():
     return load_corpus("xquad-r")
 
 
-def make_pairs(counts: dict[str, int], n_ids: int | None = None) -> list[TrainingPair]:
-    """Pairs where language `l` covers the first `counts[l]` ids (so ids overlap across languages)."""
-    pairs = []
-    for lang, n in counts.items():
-        for i in range(n):
-            pairs.append(
-                TrainingPair(
-                    f"q{i}",
-                    lang,
-                    f"{lang} question {i}",
-                    f"{lang} answer {i}",
-                    f"{lang} negative {i}" if i % 2 else None,
-                )
-            )
-    return pairs
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random BERT saved like a checkpoint export, trained vocabulary from XQuAD-R en/de/es."""
@@ -61,6 +43,23 @@ def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "encoder"
     tiny_encoder(texts, hidden=32, layers=2).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_sweep(tmp_path_factory, tiny_model_dir):
+    """A tiny sweep (3 searched trials + 1 more seed, a merge of the references) run once to its end through
+    the CLI, for the tests that only read what it leaves: (its folder, the finished command)."""
+    from types import SimpleNamespace
+
+    from support import driver_env, sweep_command, tiny_sweep_config
+
+    folder = tmp_path_factory.mktemp("finished")
+    config = tiny_sweep_config(folder, tiny_model_dir, "tiny", sweep={"merge_references": [0.5]})
+    done = subprocess.run(
+        sweep_command(config), cwd=folder, env=driver_env(), capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return SimpleNamespace(folder=folder, done=done)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +77,9 @@ def local_ray():
 
 
 @pytest.fixture(scope="session")
-def s3_bucket(tmp_path_factory):
-    """An S3 bucket on moto_server (127.0.0.1): its URI with endpoint options (`S3Server.uri`), and the
-    dummy AWS credentials pyarrow needs in this process's environment."""
-    import os
-
+def s3_server(tmp_path_factory):
+    """One moto_server (127.0.0.1) for the session: its bucket holds every S3 test's and the record stack's
+    prefixes. The dummy AWS credentials pyarrow needs are in this process's environment while it runs."""
     from cluster_harness import AWS_ENV, S3Server, available
 
     if available() is not None and "moto_server" in available():
@@ -90,7 +87,7 @@ def s3_bucket(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in AWS_ENV}
     os.environ.update(AWS_ENV)
     server = S3Server(tmp_path_factory.mktemp("moto") / "moto.log", os.environ.copy())
-    yield server.uri("storage-test")
+    yield server
     server.close()
     for key, value in saved.items():
         if value is None:
@@ -99,36 +96,21 @@ def s3_bucket(tmp_path_factory):
             os.environ[key] = value
 
 
-def chromium(url: str, shot: Path, budget_ms: int = 10000, height: int = 4000) -> str:
-    """Open `url` in headless Chromium (Debian's, which CI installs): the DOM once scripts ran for
-    `budget_ms` of virtual time, and a screenshot at `shot` (a fresh profile beside it)."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium); CI installs it")
-    flags = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={shot.parent / ('profile-' + shot.stem)}",
-        f"--virtual-time-budget={budget_ms}",
-    ]
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
-    subprocess.run(
-        [*flags, f"--screenshot={shot}", f"--window-size=1400,{height}", url], capture_output=True, timeout=180
-    )
-    assert shot.exists() and shot.stat().st_size > 10_000, dom.stderr[-2000:]
-    return dom.stdout
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server) -> str:
+    """An S3 location on the session's moto_server: its URI with endpoint options (`S3Server.uri`)."""
+    return s3_server.uri("storage-test")
 
 
-def render_in_chromium(report: Path, tmp_path: Path) -> Path:
-    """Open an HTML report in headless Chromium: assert that the page's own check saw every image load,
-    and take a screenshot (returned)."""
-    shot = tmp_path / "report.png"
-    assert 'data-images-ok="true"' in chromium(report.as_uri(), shot)
-    return shot
+@pytest.fixture(scope="session")
+def record_stack(s3_server):
+    """The record's stack, started once for every test that needs it (`tracking_server.RecordStack`):
+    PostgreSQL with databases mlflow and optuna, `mlflow server` with basic auth, artifacts in the session's
+    bucket; stopped by PID / process group at the end."""
+    from tracking_server import MlflowServer, Postgres, RecordStack, require_postgres
+
+    require_postgres()
+    with Postgres() as pg:
+        pg.create_database("optuna")
+        with MlflowServer(pg, s3_server, prefix="mlflow-artifacts", auth=True) as server:
+            yield RecordStack(s3_server, pg, server)

@@ -17,7 +17,7 @@ from scipy import stats
 from sweeps.report import analysis as A
 from sweeps.report.data import load_sweep
 
-from conftest import render_in_chromium
+from support import render_in_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGS = ["en", "de", "el"]  # high-resource by default: en, de

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from hybrid.loss import InfoNCELoss
 
+from support import make_pairs
+
 
 def unit(*shape, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
@@ -104,7 +106,6 @@ def test_training_step_loss_does_not_depend_on_padding_groups():
     from hybrid.sampler import HybridBatchSampler
     from trainers.forward import forward_batch
 
-    from conftest import make_pairs
     from tiny_encoder import tiny_encoder
 
     class PlainEngine:  # the engines' interface: `encoder` and `__call__(*token_groups)`

@@ -5,7 +5,7 @@ import pytest
 
 from hybrid.sampler import CROSS, MONO, HybridBatchSampler, language_probabilities, scheduled_alpha
 
-from conftest import make_pairs
+from support import make_pairs
 
 COUNTS = {"ar": 400, "de": 100, "en": 25}
 

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_sweeps import ROOT, env, sweep_command, tiny_sweep_config
 
 from hybrid import manifest, signing, storage
 from hybrid.layout import ENCODER_DIR, STATE_FILE
+
+from support import ROOT, driver_env, sweep_command, tiny_config, tiny_sweep_config, with_steps
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -156,7 +157,7 @@ def test_an_edited_sweep_config_refuses_resume_before_ray_starts(tmp_path, store
     stored["search_rounds"] = [1]
     storage.write_text(location, json.dumps(stored))  # its signature kept, no longer matching
     done = subprocess.run(
-        sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+        sweep_command(config, "--resume"), cwd=tmp_path, env=driver_env(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 2 and done.stderr == (
         f"error: {location}: bad signature (altered, or signed with another key). The sweep's settings cannot be "
@@ -251,7 +252,7 @@ def test_resume_with_unsigned_or_forged_tune_state_is_refused_before_ray_starts(
             json.dumps({"files": {"tuner.pkl": "0" * 64}, "signature": "0" * 64}),
         )
     done = subprocess.run(
-        sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+        sweep_command(config, "--resume"), cwd=tmp_path, env=driver_env(), capture_output=True, text=True, timeout=300
     )
     said = (
         (
@@ -314,7 +315,7 @@ def test_deepspeed_state_is_unpickled_weights_only(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", WEIGHTS_ONLY, str(tmp_path / "ckpt"), str(ROOT / "tests"), str(canary)],
         cwd=ROOT,
-        env=env(),
+        env=driver_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -330,7 +331,6 @@ def test_a_forged_optimizer_state_is_skipped_for_the_previous_checkpoint(
     """Row 1: the last checkpoint's optimizer state replaced by a canary pickle, its rank manifest's size and
     sha256 recomputed to match: the restart refuses it by its signature, says so, resumes from the checkpoint
     before, and the canary never runs."""
-    from test_trainers import tiny_config, with_steps
 
     from trainers.train import build_trainer
 

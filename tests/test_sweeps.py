@@ -1,15 +1,11 @@
 """The sweep: config validation, search construction, statistics, and tiny end-to-end sweeps through
 the real CLI (Ray Tune + Optuna + Ray Train + evaluation + MLflow), including a killed driver."""
 
-import contextlib
 import json
 import math
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +19,14 @@ from sweeps.search import param_space, reference_points
 from sweeps.stats import mean_ci, mean_pm, seed_summary
 from sweeps.trial import config_key, trial_run_config
 
-from conftest import chromium, render_in_chromium
-
-ROOT = Path(__file__).resolve().parents[1]
-PROXY_MAP = "eval/xquad-r/heldout-proxy20/multi/map"  # evaluation.tracking's name for the proxy mAP
+from support import (
+    PROXY_MAP,
+    ROOT,
+    driver_env,
+    mlflow_runs,
+    sweep_command,
+    tiny_sweep_config,
+)
 
 
 def test_mean_ci_matches_the_t_interval():
@@ -333,369 +333,6 @@ def test_bad_sweeps_fail_before_ray_starts(override, message):
         load_sweep_setup(ROOT / "configs/default.yaml", override.split(";"))
 
 
-def tiny_sweep_config(tmp_path: Path, model: Path | str, name: str, **sections: dict) -> Path:
-    """The default preset shrunk to seconds: 2 languages, the tiny model, 6 steps; `sections` update
-    it (e.g. sweep={"storage_path": "s3://..."}). Everything the driver writes lands under `tmp_path`."""
-    raw = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
-    for section in ("data", "model", "method", "optim", "trainer", "sweep", *sections):
-        raw.setdefault(section, {})
-    raw["data"] |= {"train_languages": ["en", "de"], "eval_languages": ["en", "de"]}
-    raw["model"] |= {"name": str(model), "max_length": 32, "freeze_embeddings": False}
-    raw["method"] |= {"batch_size": 8}
-    raw["optim"] |= {"lr": 1e-3, "steps": 6, "warmup_steps": 1}
-    raw["trainer"] |= {"checkpoint_every": 3, "log_every": 3, "val_batches": 2, "storage_path": str(tmp_path / "train")}
-    raw["sweep"] |= {
-        "name": name,
-        "trials": 3,
-        "top_k": 1,
-        "seeds": 2,
-        "grace_period": 1,
-        "proxy_languages": ["en", "de"],
-        "proxy_max_questions": 20,
-        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-        "artifact_location": str(tmp_path / "mlruns"),
-        "storage_path": str(tmp_path / "sweeps"),
-        "lease_heartbeat_s": 1,
-        "lease_stale_after": 2,
-    }  # a killed driver's lease: stale in 2 s
-    for section, values in sections.items():
-        raw[section] |= values
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def sweep_command(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "sweeps/ratio_search.py"), "--config", str(config), *extra]
-
-
-def mlflow_runs(tmp_path: Path, name: str):
-    """(client, every run of sweep `name`) from the SQLite store under `tmp_path`."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name(name)
-    return client, client.search_runs([exp.experiment_id], max_results=1000)
-
-
-@contextlib.contextmanager
-def mlflow_ui(store: str, log: Path):
-    """`mlflow ui` on 127.0.0.1 and a free port over `store`, ready (GET /health); stopped (its own process
-    group) on exit. Yields its base URL."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "ui",
-            "--backend-store-uri",
-            store,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-        env=env(),
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=5)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, log.read_text()[-2000:]
-                time.sleep(1)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-
-
-def env() -> dict[str, str]:
-    """RAY_ADDRESS=local: the sweep starts its own Ray (never joins one this pytest process started),
-    so killing the driver's process group takes that Ray down with it. MLFLOW_TRACKING_URI left out: the
-    sweep honours it, and `mlflow.set_tracking_uri` in an earlier test sets it in this process."""
-    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {
-        "RAY_ADDRESS": "local",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def assert_mlflow_ui(folder: Path, run, trial: str) -> None:
-    """`mlflow ui` on 127.0.0.1 over the sweep's store, pages opened in headless Chromium: the experiment on
-    its training runs with their dataset, a trial's run with its inputs and registered model, the
-    registered model with alias best. Screenshots stay in `folder/mlflow-ui/`."""
-    shots = folder / "mlflow-ui"
-    shots.mkdir(exist_ok=True)
-    exp = run.info.experiment_id
-    with mlflow_ui(f"sqlite:///{folder}/mlflow.db", folder / "mlflow-ui.log") as ui:
-        page = chromium(f"{ui}/#/experiments/{exp}/runs", shots / "experiment.png", 20000, 1000)
-        assert "Training runs" in page and "<strong>6</strong> matching runs" in page, page[-3000:]
-        assert "xquad-r/heldout (" in page  # the parent's dataset column
-        page = chromium(f"{ui}/#/experiments/{exp}/runs/{run.info.run_id}", shots / "trial.png", 20000, 1400)
-        assert run.info.run_name in page and "Registered models" in page, page[-3000:]
-        assert "xquad-r/train/en+de" in page and "Training" in page  # its training set, an input
-        page = chromium(f"{ui}/#/models/tiny", shots / "model.png", 20000, 800)
-        assert "Version 1" in page and "@&nbsp;best" in page and trial in page, page[-3000:]  # tags name the trial
-
-
-@pytest.mark.slow
-def test_tiny_sweep_end_to_end(tmp_path, tiny_model_dir):
-    config = tiny_sweep_config(tmp_path, tiny_model_dir, "tiny", sweep={"merge_references": [0.5]})
-    done = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Configurations ranked by multi/map" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
-    # The references merged (w = 0.5 of alpha = 1; seed 0, the one both have), ranked beside the trials.
-    assert re.search(
-        r"^\d\d:\d\d:\d\d merging the references: 1 merges \(w = 0.5 of alpha = 1; seeds 0\)$", done.stdout, re.M
-    ), done.stdout[-3000:]
-    ranked = done.stdout[done.stdout.index("Configurations ranked by") :]
-    assert re.search(r"^\s*\d+\s+merge w=0.5\s+1 ", ranked, re.M), ranked[:2000]
-    assert "+ 1 merges)" in done.stdout
-    # The estimate from this machine's measured speed, before the search, and beside the actual at the end.
-    estimated = re.search(
-        r"^\d\d:\d\d:\d\d this machine \((.+)\): a training step [\d.]+ s per worker, \d+ ms per "
-        r"evaluated text; the sweep should take about (\d+) min \(start-up [\d.]+, training [\d.]+, "
-        r"proxy evaluation [\d.]+, final evaluation [\d.]+ min\)$",
-        done.stdout,
-        re.M,
-    )
-    assert estimated and done.stdout.index(estimated.group(0)) < done.stdout.index("== search"), done.stdout[:3000]
-    assert re.search(
-        r"^Sweep 'tiny': 4 trials in [\d.]+ min \(trials [\d.]+, final evaluation [\d.]+\); estimated "
-        rf"[\d.]+ \([\d.]+ \+ [\d.]+\) on {re.escape(estimated.group(1))}: [+-]\d+%\. Compare",
-        done.stdout,
-        re.M,
-    ), done.stdout[-2000:]
-    # The quiet terminal: phase headers and a line per trial result, not Tune's tables or workers' chatter;
-    # the workers' output is in the Ray log folder it names.
-    assert len((done.stdout + done.stderr).splitlines()) < 200, done.stdout
-    assert (
-        len(
-            re.findall(
-                r"^\d\d:\d\d:\d\d trial \S+ \(alpha [\d.]+, tau [\d.]+, seed \d\): step 6/6, loss [\d.]+, "
-                r"multi/map [\d.]+$",
-                done.stdout,
-                re.M,
-            )
-        )
-        == 4
-    )
-    assert "== search: 3 trial(s) ==" in done.stdout and "Reporting training result" not in done.stdout
-    assert " started now (a reference; " not in done.stdout  # 2 cores: no room for the final evaluation beside trials
-    assert re.search(r"step 3/6, loss [\d.]+, multi/map [\d.]+, about \d+ s left$", done.stdout, re.M), done.stdout
-    logs = Path(re.search(r"Ray workers' and tasks' output: (\S+) \(--verbose", done.stdout).group(1))
-    assert any("Reporting training result" in p.read_text(errors="replace") for p in logs.glob("worker-*"))
-    [saved] = (tmp_path / "sweeps" / "tiny" / "logs").iterdir()  # and in the sweep's storage: logs/<Ray session>
-    assert saved.name == logs.parent.name
-    assert any("Reporting training result" in p.read_text(errors="replace") for p in saved.glob("worker-*"))
-    client, runs = mlflow_runs(tmp_path, "tiny")
-    assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
-    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
-    children = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
-    assert len(parents) == 1 and len(children) == 4  # 3 searched + 1 extra seed of the best
-    [merged] = [r for r in runs if r.data.tags.get("sweep.role") == "merge"]
-    for r in runs:  # lineage: who ran it, from which commit of which entry point
-        assert r.data.tags["mlflow.source.name"] == "sweeps/ratio_search.py" and r.data.tags["mlflow.user"]
-        if (ROOT / ".git").exists():  # a git checkout (CI's clean clone is one)
-            assert re.fullmatch(r"[0-9a-f]{40}", r.data.tags["mlflow.source.git.commit"])
-    resolved = yaml.safe_load(
-        Path(client.download_artifacts(parents[0].info.run_id, "config/resolved.yaml", str(tmp_path))).read_text()
-    )
-    assert (
-        resolved["sweep"]["name"] == "tiny"
-        and resolved["optim"]["steps"] == 6
-        and resolved["method"]["batch_size"] == 8
-    )
-    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
-    alphas = sorted(float(c.data.params["mono_ratio"]) for c in children)
-    assert alphas[0] == 0.0 and alphas[-1] == 1.0  # both references ran
-    for child in children:  # evaluation metrics per checkpoint (steps 3 and 6), training metrics per step
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, PROXY_MAP)]
-        assert sorted(steps) == [3, 6], steps
-        assert client.get_metric_history(child.info.run_id, "train/loss")
-    assert {
-        "base/multi/map",
-        "best/multi/map",
-        "eval/xquad-r/heldout/multi/map",
-        "sweep/estimate_s",
-        "calibration/step_s",
-        "calibration/encode_s",
-    } <= set(parents[0].data.metrics)
-    assert [r.info.status for r in runs] == ["FINISHED"] * 6  # closed, not left "running" in MLflow's UI
-    # The merge: a run of its own under the parent, evaluated like a trial's final checkpoint (proxy and
-    # full), its model naming both parents: their trials, runs and checkpoints.
-    assert merged.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-    assert merged.data.params["merge_weight"] == "0.5" and merged.data.params["config_key"] == "merge w=0.5"
-    assert {PROXY_MAP, "eval/xquad-r/heldout/multi/map"} <= set(merged.data.metrics)
-    by_alpha = {float(c.data.params["mono_ratio"]): c for c in children if c.data.params["seed"] == "0"}
-    [model] = client.search_logged_models(
-        [merged.info.experiment_id], filter_string=f"source_run_id = '{merged.info.run_id}'"
-    )
-    for alpha in (0, 1):
-        parent = by_alpha[float(alpha)]
-        assert model.tags[f"merge.alpha{alpha}.run_id"] == parent.info.run_id
-        assert model.tags[f"merge.alpha{alpha}.trial"] == parent.data.tags["tune.trial_id"]
-        assert model.tags[f"merge.alpha{alpha}.checkpoint"].endswith("checkpoint_000006/encoder")
-    assert model.tags["merge.weight"] == "0.5" and model.params["path"].endswith("merges/merge-w0.5-s0")
-
-    # The best configuration's encoder, registered as models:/tiny@best: it loads with MLflow's
-    # sentence-transformers flavour and gives the checkpoint's embeddings; its export carries a model card.
-    import mlflow
-
-    from hybrid.model import load_encoder
-
-    version = client.get_model_version_by_alias("tiny", "best")
-    trial = version.tags["trial"]
-    [child] = [c for c in children if c.data.tags["tune.trial_id"] == trial]
-    assert version.run_id == child.info.run_id and float(version.tags["mono_ratio"]) == float(
-        child.data.params["mono_ratio"]
-    )
-    # mean ± 95% half-width over the best configuration's seeds; with one seed, the mean alone (not "± nan")
-    assert (
-        re.search(r"by multi/map \(proxy evaluation\) \d\.\d{4}( ± \d\.\d{4})? over \d+ seed", version.description)
-        and "nan" not in version.description
-    ), version.description
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    registered = mlflow.sentence_transformers.load_model("models:/tiny@best")
-    [export] = (tmp_path / "sweeps" / "tiny" / "train" / trial).glob("checkpoint_000006/encoder")
-    texts = ["Who won the game?", "Wer hat das Spiel gewonnen?"]
-    np.testing.assert_allclose(
-        registered.encode(texts, prompt_name="query"), load_encoder(str(export)).encode(texts, "query"), atol=1e-5
-    )
-    card = (export / "README.md").read_text()
-    alpha = float(child.data.params["mono_ratio"])
-    assert "base_model: " in card and f"| alpha (mono ratio) | {alpha:g} (constant schedule) |" in card
-    assert "CC BY-SA 4.0" in card
-    for child in children:  # the trial's time split: start-up, then training + evaluation, then teardown
-        m = child.data.metrics
-        assert 0 < m["trial/startup_s"] < m["trial/wall_s"] - m["trial/active_s"] < m["trial/wall_s"], m
-        split = {k: v for k, v in m.items() if k.startswith("trial/startup/")}
-        assert len(split) == 8 and sum(split.values()) == pytest.approx(m["trial/startup_s"], abs=0.01), split
-    assert 0 < parents[0].data.metrics["sweep/trial_overhead_fraction"] < 1 and "Per trial:" in done.stdout
-    # The step-0 validation: embedded once (one key: same model, data and batch layout; the tiny model has
-    # no randomly initialised weights, so the extra seed shares it), the same accuracy in every trial.
-    [key] = (tmp_path / "sweeps" / "tiny" / "validation-cache").iterdir()
-    assert sorted(f.name for f in key.iterdir()) == ["rank0-of-2.safetensors", "rank1-of-2.safetensors"]
-    step0 = {
-        [m.value for m in client.get_metric_history(c.info.run_id, "train/val_accuracy") if m.step == 0][0]
-        for c in children
-    }
-    assert len(step0) == 1, step0
-
-    # The comparison report of this real (tiny) sweep: every question answered or marked, images load.
-    report = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "sweeps/compare.py"),
-            "--experiment",
-            "tiny",
-            "--tracking-uri",
-            f"sqlite:///{tmp_path}/mlflow.db",
-            "--out",
-            str(tmp_path / "report"),
-            "--high-resource",
-            "en",
-            "de",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
-    assert all(
-        q in report.stdout for q in ("1. How does", "2. Does hybrid", "3. How do", "4. How does", "5. How robust")
-    )
-    render_in_chromium(tmp_path / "report" / "report.html", tmp_path)
-
-    # MLflow 3's lineage: each evaluated checkpoint a LoggedModel with its metrics linked to it and to the
-    # evaluation set; training and evaluation sets as run inputs; the study stored for optuna-dashboard.
-    best_run = next(c for c in children if c.data.tags["tune.trial_id"] == trial)
-    models = client.search_logged_models(
-        [best_run.info.experiment_id], filter_string=f"source_run_id = '{best_run.info.run_id}'"
-    )
-    assert {m.name for m in models} >= {f"{trial}-step-3", f"{trial}-step-6"}
-    final = next(m for m in models if m.name == f"{trial}-step-6")
-    assert final.params["path"].endswith("checkpoint_000006/encoder")
-    assert {(m.key, m.dataset_name) for m in final.metrics} >= {
-        (PROXY_MAP, "xquad-r/heldout-proxy20"),
-        ("eval/xquad-r/heldout/multi/map", "xquad-r/heldout"),
-    }
-    inputs = {(d.dataset.name, d.tags[0].value) for d in client.get_run(best_run.info.run_id).inputs.dataset_inputs}
-    assert inputs == {
-        ("xquad-r/train/en+de", "training"),
-        ("xquad-r/heldout-proxy20", "evaluation"),
-        ("xquad-r/heldout", "evaluation"),
-    }
-    assert not [t for r in runs for t in r.data.tags if t.startswith("eval.")]  # idempotence keys: on the models
-    import optuna
-
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/optuna.db")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    assert f"optuna-dashboard sqlite:///{tmp_path}/optuna.db" in done.stdout
-
-    # The MLflow UI, as a user opens it: the runs, the registered model with alias best, the dataset inputs.
-    assert_mlflow_ui(tmp_path, best_run, trial)
-
-
-def proxy_steps(tmp_path: Path, name: str) -> dict[str, list[int]]:
-    """{trial id: the steps of its proxy evaluations in MLflow}, read while a sweep may be writing.
-
-    The store is opened through MLflow only once the driver has made the sweep's experiment: an MlflowClient
-    on a store still being created runs MLflow's schema migration beside the driver's, and the driver then
-    dies with "table ... already exists"."""
-    import sqlite3
-
-    from mlflow import MlflowClient
-
-    db = tmp_path / "mlflow.db"
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
-            if not con.execute("SELECT 1 FROM experiments WHERE name = ?", (name,)).fetchone():
-                return {}
-    except sqlite3.Error:  # no store yet, or its tables are being created
-        return {}
-    try:
-        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-        exp = client.get_experiment_by_name(name)
-        runs = client.search_runs([exp.experiment_id]) if exp else []
-        return {
-            run.data.tags["tune.trial_id"]: [m.step for m in client.get_metric_history(run.info.run_id, PROXY_MAP)]
-            for run in runs
-            if run.data.tags.get("sweep.role") == "trial"
-        }
-    except Exception:  # the driver is creating the store right now
-        return {}
-
-
-def finished_trials(tmp_path: Path, name: str, steps: int = 6) -> dict[str, int]:
-    """{trial id: number of proxy mAP points} of trials whose final checkpoint (`steps`) was evaluated."""
-    return {trial: len(done) for trial, done in proxy_steps(tmp_path, name).items() if steps in done}
-
-
-def assert_resumed_cleanly(folder: Path, name: str, before: dict[str, int], trials: int) -> None:
-    """After a killed driver and `--resume`: one parent, `trials` trial runs (no duplicate), every trial
-    finished, and the trials finished `before` the kill neither trained nor logged again."""
-    _, runs = mlflow_runs(folder, name)
-    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
-    trial_ids = [r.data.tags["tune.trial_id"] for r in runs if r.data.tags.get("sweep.role") == "trial"]
-    assert len(parents) == 1 and len(trial_ids) == len(set(trial_ids)) == trials  # no duplicate runs
-    after = finished_trials(folder, name)
-    assert set(after) == set(trial_ids)  # every trial finished
-    assert all(after[t] == before[t] for t in before), (before, proxy_steps(folder, name))  # not run or logged again
-    assert all(r.info.status == "FINISHED" for r in runs)
-
-
 @pytest.mark.slow
 def test_concurrent_trials_log_every_report_and_a_diverging_trial_fails_alone(tmp_path, tiny_model_dir):
     """Two trials at once (`max_concurrent=2`), a training report every step (`log_every=1`), a checkpoint
@@ -712,7 +349,9 @@ def test_concurrent_trials_log_every_report_and_a_diverging_trial_fails_alone(tm
         trainer={"workers": 1, "cpus_per_worker": 0.5, "log_every": 1, "checkpoint_every": 2, "keep_checkpoints": 1},
         sweep={"max_concurrent": 2, "search": {"lr": [1e-3, 1e30]}, "final_eval": False, "seeds": 1},
     )
-    done = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        sweep_command(config), cwd=tmp_path, env=driver_env(), capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     client, runs = mlflow_runs(tmp_path, "busy")
     trials = {r.data.tags["tune.trial_id"]: r for r in runs if r.data.tags.get("sweep.role") == "trial"}
@@ -827,7 +466,7 @@ def test_a_trial_and_its_train_controller_never_touch_mlflow(tmp_path, tiny_mode
     done = subprocess.run(
         [sys.executable, "-c", TRIAL_WITHOUT_MLFLOW, str(config), str(tmp_path / "poison")],
         cwd=ROOT,
-        env=env(),
+        env=driver_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -841,224 +480,8 @@ def test_a_trial_and_its_train_controller_never_touch_mlflow(tmp_path, tiny_mode
     assert [h["step"] for h in out["history"]] == [0, 3] and out["eval"] == 3
     assert not Path("/nonexistent").exists()
 
-
-@pytest.mark.slow
-def test_a_killed_then_interrupted_sweep_resumes_without_rerunning_or_duplicating(tmp_path, tiny_model_dir):
-    """A killed driver (SIGKILL to it and its local Ray) once a trial finished; `--resume`, then a Ctrl-C
-    (SIGINT) once another finished: Tune stops the trials and saves its state, the command exits 130 with
-    the command that continues it, no later phase starts; `--resume` finishes the sweep without running
-    finished trials again or duplicating runs. Then: the finished sweep started again is refused with its
-    summary, a changed setting by name."""
-    config = tiny_sweep_config(tmp_path, tiny_model_dir, "resumable")
-
-    def run_until(extra: list[str], finished: int, **output) -> subprocess.Popen:
-        """The sweep, left running until more than `finished` trials finished (it must still run then)."""
-        driver = subprocess.Popen(
-            sweep_command(config, *extra), cwd=tmp_path, env=env(), start_new_session=True, text=True, **output
-        )
-        deadline = time.time() + 600
-        while (
-            time.time() < deadline and driver.poll() is None and len(finished_trials(tmp_path, "resumable")) <= finished
-        ):
-            time.sleep(1)
-        if driver.poll() is not None:  # say why: its output, where the test took it
-            said = (
-                "".join(p.read()[-4000:] for p in (driver.stdout, driver.stderr) if p and not p.closed)
-                if "stdout" in output and output["stdout"] == subprocess.PIPE
-                else ""
-            )
-            raise AssertionError(f"the sweep ended (exit {driver.returncode}) before it could be interrupted\n{said}")
-        return driver
-
-    driver = run_until([], 0, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
-    time.sleep(3)  # its lease goes stale (2 heartbeats of 1 s): --resume takes it over
-    before = finished_trials(tmp_path, "resumable")
-    assert before
-
-    driver = run_until(["--resume"], len(before), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    driver.send_signal(signal.SIGINT)
-    out, err = driver.communicate(timeout=300)
-    assert driver.returncode == 130, err[-3000:]
-    phase = re.search(r"interrupted in its (\S+) phase", err)
-    assert phase, err[-2000:]
-    assert re.search(r"Continue with:\n  python sweeps/ratio_search.py --config \S+ --resume\n", err), err[-2000:]
-    if phase.group(1) == "search":
-        assert not list((tmp_path / "sweeps" / "resumable").glob("seeds-*"))  # no next phase started
-    after = finished_trials(tmp_path, "resumable")
-    assert all(before[t] == n for t, n in after.items() if t in before), (before, proxy_steps(tmp_path, "resumable"))
-    before = after
-    _, runs = mlflow_runs(tmp_path, "resumable")
-    assert all(r.info.status != "RUNNING" for r in runs if r.data.tags.get("sweep.role") == "trial")
-
-    done = subprocess.run(
-        sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert_resumed_cleanly(tmp_path, "resumable", before, trials=4)
-
-    # The same command again, without --resume: refused before Ray starts, the finished sweep untouched.
-    again = subprocess.run(sweep_command(config), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
-    assert re.fullmatch(
-        r"error: sweep 'resumable' finished: 4 trials in [\d.]+ min; best multi/map \d\.\d{4} over [12] "
-        r"seed\(s\) at mono_ratio=[\d.e-]+, temperature=[\d.e-]+, lang_temperature=inf\. Start another "
-        r"with --name NEW, or add trials with --resume --set sweep.trials=N\.\n",
-        again.stderr,
-    ), again.stderr
-    # --resume with a setting that changes results: refused by name, before Ray starts.
-    changed = subprocess.run(
-        sweep_command(config, "--resume", "--set", "method.batch_size=4"),
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert changed.returncode == 2 and "with changed settings: method.batch_size." in changed.stderr, changed.stderr
-
-    # A driver killed after Tune saved a trial's last report and its end, before its queued MLflow writes
-    # (seen on a tracking server): the run RUNNING, without what that report logs. `--resume` logs it from
-    # Tune's record, once, and ends the run.
-    client, runs = mlflow_runs(tmp_path, "resumable")
-    victim = next(r for r in runs if r.data.tags.get("sweep.role") == "trial")
-    counts = finished_trials(tmp_path, "resumable")
-    keys = [k for k in victim.data.metrics if k.startswith(("train/", PROXY_MAP.rsplit("/", 2)[0], "trial/active_s"))]
-    history = {k: [(m.step, m.value) for m in client.get_metric_history(victim.info.run_id, k)] for k in keys}
-    forget_after(tmp_path / "mlflow.db", victim.info.run_id, step=3)  # its step-6 report: checkpoint_every 3
-    assert (
-        len(client.get_metric_history(victim.info.run_id, PROXY_MAP)) == counts[victim.data.tags["tune.trial_id"]] - 1
-    )
-    caught = subprocess.run(
-        sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900
-    )
-    assert caught.returncode == 0, caught.stdout[-3000:] + caught.stderr[-3000:]
-    assert (
-        f"trial {victim.data.tags['tune.trial_id']}: 1 report(s) a killed driver had not logged, and its end "
-        "(FINISHED), logged now"
-    ) in caught.stdout, caught.stdout[-3000:]
-    assert {k: [(m.step, m.value) for m in client.get_metric_history(victim.info.run_id, k)] for k in keys} == history
-    assert_resumed_cleanly(tmp_path, "resumable", counts, trials=4)
-
     # More trials for a finished sweep (a round of its own), and sweep.trials only growing: in
     # test_tracking_record.py, on a tracking server, with a driver killed in that round.
-
-
-def forget_after(db: Path, run_id: str, step: int) -> None:
-    """What a driver killed before its last MLflow writes leaves: the run RUNNING, no metric after `step`, and
-    the later checkpoints' evaluations not marked logged (`evaluation.tracking.log_result` tags it last)."""
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(db)) as con, con:
-        later = "SELECT model_id FROM logged_model_params WHERE param_key = 'step' AND CAST(param_value AS INTEGER) > ?"
-        con.execute(
-            f"DELETE FROM logged_model_tags WHERE tag_key LIKE 'eval.%' AND model_id IN ({later}) AND model_id IN "
-            "(SELECT model_id FROM logged_models WHERE source_run_id = ?)",
-            (step, run_id),
-        )
-        con.execute("DELETE FROM metrics WHERE run_uuid = ? AND step > ?", (run_id, step))
-        con.execute("DELETE FROM latest_metrics WHERE run_uuid = ? AND step > ?", (run_id, step))
-        con.execute("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?", (run_id,))
-
-
-def interrupt_at(
-    config: Path,
-    cwd: Path,
-    line: str,
-    extra: tuple[str, ...] = (),
-    second_after_s: float | None = None,
-    timeout_s: float = 900,
-) -> tuple[int, str, str]:
-    """Run the sweep and send SIGINT when its terminal shows a line with `line` (a second one
-    `second_after_s` later): (exit status, stdout, stderr)."""
-    import threading
-
-    driver = subprocess.Popen(
-        sweep_command(config, *extra),
-        cwd=cwd,
-        env=env(),
-        start_new_session=True,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out: list[str] = []
-    err: list[str] = []
-    seen = threading.Event()
-
-    def read_out() -> None:
-        for text in driver.stdout:
-            out.append(text)
-            if line in text:
-                seen.set()
-
-    readers = [
-        threading.Thread(target=read_out, daemon=True),
-        threading.Thread(target=lambda: err.extend(driver.stderr), daemon=True),
-    ]
-    for reader in readers:
-        reader.start()
-    assert seen.wait(timeout_s), f"no line with {line!r}:\n" + "".join(out)[-3000:] + "".join(err)[-3000:]
-    driver.send_signal(signal.SIGINT)
-    if second_after_s is not None:
-        time.sleep(second_after_s)
-        driver.send_signal(signal.SIGINT)
-    try:
-        driver.wait(timeout=300)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    for reader in readers:
-        reader.join(timeout=10)
-    return driver.returncode, "".join(out), "".join(err)
-
-
-@pytest.mark.slow
-def test_ctrl_c_at_any_moment_stops_says_how_to_continue_and_loses_nothing(tmp_path, tiny_model_dir):
-    """SIGINT while the machine's speed is measured, while the first trial is starting (before its first
-    report), during a proxy evaluation,
-    between phases, during the final evaluation, and twice in a row: each exits 130 with the command that
-    continues it, no traceback and no later phase started; then `--resume` completes the sweep with every
-    trial run once and logged once. (During training: the killed-then-interrupted test.)"""
-    config = tiny_sweep_config(tmp_path, tiny_model_dir, "ctrl-c")
-    folder = tmp_path / "sweeps" / "ctrl-c"
-    continued = re.compile(r"Continue with:\n  python sweeps/ratio_search.py --config \S+ --resume\n")
-
-    def stopped(status: int, err: str, phase: str) -> None:
-        assert status == 130 and "Traceback" not in err, err[-3000:]
-        assert f"Sweep interrupted in its {phase} phase" in err and continued.search(err), err[-3000:]
-        assert not (folder / "finished.txt").exists()
-
-    status, out, err = interrupt_at(config, tmp_path, "measuring this machine's speed")  # (0) the calibration
-    stopped(status, err, "calibration")
-    assert not list(folder.glob("search")) and "== search" not in out
-    status, out, err = interrupt_at(config, tmp_path, ": starting on ", ("--resume",))  # (1) a trial starting
-    stopped(status, err, "search")
-    assert not list(folder.glob("seeds-*")) and "step 3/6" not in out  # before its first report
-    status, out, err = interrupt_at(config, tmp_path, "evaluating its checkpoint", ("--resume",))  # (3)
-    stopped(status, err, "search")
-    assert not list(folder.glob("seeds-*"))
-    status, out, err = interrupt_at(config, tmp_path, "== seeds-", ("--resume",))  # (4) between phases
-    assert re.search(r"Sweep interrupted in its seeds-\S+ phase", err) and status == 130, err[-3000:]
-    assert "Traceback" not in err and "final evaluation" not in out
-    status, out, err = interrupt_at(config, tmp_path, "final evaluation on xquad-r started", ("--resume",))  # (5)
-    stopped(status, err, "final evaluation")
-    status, out, err = interrupt_at(
-        config, tmp_path, "final evaluation on xquad-r started", ("--resume",), second_after_s=0.05
-    )  # (6) twice in a row
-    assert status == 130 and "Traceback" not in err, err[-3000:]
-    assert "Second Ctrl-C: exiting at once, in the final evaluation phase." in err or continued.search(err), err[-3000:]
-
-    done = subprocess.run(
-        sweep_command(config, "--resume"), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    _, runs = mlflow_runs(tmp_path, "ctrl-c")
-    trial_ids = [r.data.tags["tune.trial_id"] for r in runs if r.data.tags.get("sweep.role") == "trial"]
-    assert len(trial_ids) == len(set(trial_ids)) == 4  # 3 searched + 1 more seed, each run once in MLflow
-    assert set(finished_trials(tmp_path, "ctrl-c")) == set(trial_ids)
-    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_storage_too_small_for_the_checkpoints_is_refused_before_ray_starts(tmp_path):
@@ -1083,7 +506,12 @@ def test_storage_too_small_for_the_checkpoints_is_refused_before_ray_starts(tmp_
         f"{command}; echo rc=$?; cat {small}/earlier.txt; ls {small}"
     )
     done = subprocess.run(
-        ["unshare", "-m", "sh", "-c", script], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+        ["unshare", "-m", "sh", "-c", script],
+        cwd=tmp_path,
+        env=driver_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert re.fullmatch(
         r"error: sweep.storage_path='\S+/small' has 1\.1 GB free; the running trials need about "

@@ -10,23 +10,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
-from test_sweeps import PROXY_MAP, ROOT, mlflow_runs, sweep_command, tiny_sweep_config
 
 from cluster_harness import AWS_ENV, LocalCluster, require_cluster
+from support import NODE_ENV, PROXY_MAP, ROOT, mlflow_runs, sweep_command, tiny_sweep_config, upload
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-STEPS = 12  # long enough for a node to be killed between two checkpoints of a trial
-NODE_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONUNBUFFERED": "1"}
-
-
-def upload(folder: Path, uri: str) -> None:
-    """Put a model folder in the bucket: on a cluster the model is read from storage, not a head's disk."""
-    from hybrid import storage
-
-    fs, path = storage.filesystem(uri)
-    pafs.copy_files(str(folder), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+STEPS = 9  # three checkpoints: the kill lands after the first is registered, before the last
 
 
 def checkpoint_steps(cluster: LocalCluster, prefix: str) -> dict[str, list[int]]:

@@ -14,43 +14,20 @@ import ray.train
 import torch
 
 from hybrid import manifest
-from hybrid.config import from_dict
 from hybrid.loss import InfoNCELoss
 from hybrid.manifest import IncompleteCheckpoint
 from hybrid.model import load_encoder
 from hybrid.sampler import MONO, HybridBatchSampler
 from hybrid.splits import training_pairs
-from trainers.config import TrainRunConfig, check_resources, load_run_config
+from trainers.config import check_resources, load_run_config
 from trainers.engine import deepspeed_config
 from trainers.loop import STATE_FILE, NonFiniteLoss
 from trainers.preflight import preflight
 from trainers.train import build_trainer
 
+from support import tiny_config, with_steps
+
 pytestmark = pytest.mark.slow
-
-
-def tiny_config(model_dir, tmp_path, **trainer) -> TrainRunConfig:
-    return from_dict(
-        TrainRunConfig,
-        {
-            "data": {"train_languages": ["en", "de", "es"], "eval_languages": ["en", "de", "es"]},
-            "model": {"name": str(model_dir), "max_length": 32, "freeze_embeddings": False},
-            "method": {"batch_size": 16, "mono_ratio": 0.5, "temperature": 0.1, "seed": 3},
-            "optim": {"lr": 3e-3, "steps": 40, "warmup_steps": 4},
-            "trainer": {
-                "workers": 2,
-                "checkpoint_every": 20,
-                "log_every": 10,
-                "val_batches": 4,
-                "storage_path": str(tmp_path / "ray"),
-            }
-            | trainer,
-        },
-    )
-
-
-def with_steps(config: TrainRunConfig, steps: int) -> TrainRunConfig:
-    return replace(config, optim=replace(config.optim, steps=steps))
 
 
 @torch.no_grad()
@@ -208,7 +185,8 @@ def _kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, killed: list) 
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(tiny_model_dir, tmp_path, local_ray):
-    config = with_steps(tiny_config(tiny_model_dir, tmp_path, checkpoint_every=20, max_failures=2), 160)
+    # 60 steps: the kill comes once step 20 is registered, 40 steps before the end
+    config = with_steps(tiny_config(tiny_model_dir, tmp_path, checkpoint_every=20, max_failures=2), 60)
     killed: list[int] = []
     killer = threading.Thread(
         target=_kill_a_worker_once_a_checkpoint_is_registered, args=(tmp_path / "ray" / "faulty", killed), daemon=True
@@ -219,9 +197,9 @@ def test_killed_worker_resumes_from_the_last_checkpoint(tiny_model_dir, tmp_path
     assert killed, "no Ray Train worker process was found to kill"
     resumed = result.metrics["resumed_from_step"]
     assert resumed > 0 and resumed % 20 == 0, resumed  # restarted from a checkpoint, not from scratch
-    assert result.metrics["step"] == 160
+    assert result.metrics["step"] == 60
     state = json.loads((Path(result.checkpoint.path) / STATE_FILE).read_text())
-    assert state["sampler"]["step"] == 160
+    assert state["sampler"]["step"] == 60
 
 
 def test_bad_configs_fail_before_workers_start(tmp_path):

@@ -18,7 +18,7 @@ from trainers.batches import VAL_SEED
 from trainers.config import TrainRunConfig
 from trainers.validation import cache_key, validate, validate_base
 
-from conftest import make_pairs
+from support import make_pairs
 from tiny_encoder import tiny_encoder
 
 

@@ -608,3 +608,22 @@ class MlflowServer(ClosedOnExit):
         """Every process of the server seen so far (all starts), alive or not."""
         self._scan()
         return list(self._seen.values())
+
+
+class RecordStack:
+    """A team's record on one machine, shared by the tests that need it (conftest's session fixture
+    `record_stack`): moto's S3, PostgreSQL with databases `mlflow` and `optuna`, and `mlflow server` with basic
+    auth over them, its artifacts in the bucket. Each test uses experiments, study names and bucket prefixes
+    of its own."""
+
+    def __init__(self, s3: S3Server, pg: Postgres, server: MlflowServer):
+        self.s3, self.pg, self.server = s3, pg, server
+
+    @property
+    def driver_env(self) -> dict[str, str]:
+        """What a sweep driver needs of the record: where it is and its credentials (nothing else)."""
+        return (
+            self.pg.env
+            | self.server.client_env
+            | {"MLFLOW_TRACKING_URI": self.server.url, "HYBRID_SWEEP_STUDY_STORAGE": self.pg.url("optuna")}
+        )
