@@ -18,6 +18,7 @@ nested under the parent. An evaluation's keys and artifacts: `evaluation.mlflow_
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,13 +50,16 @@ def unreported_purpose(trial_id: str) -> str:
 @dataclass(frozen=True)
 class TrialReport:
     """One checkpoint's report: its step and URI, the training reports since the previous one (`history`,
-    each a dict with `step`), the timings so far, and the proxy evaluation of the checkpoint."""
+    each a dict with `step`), the timings so far, the proxy evaluation of the checkpoint, and when Tune took
+    it (`time_ms`: the MLflow timestamp of its metrics, the same however often it is logged, so that MLflow
+    keeps one point where a write is retried or caught up again)."""
 
     step: int
     checkpoint: str
     history: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     evaluation: EvalResult | None = None
+    time_ms: int = 0
 
     def to_tune(self, training: Mapping[str, Any]) -> dict[str, Any]:
         """The flat dict Tune gets, with the checkpoint's own training report (`training`: loss, speed)."""
@@ -74,12 +78,16 @@ class TrialReport:
     def from_tune(cls, result: Mapping[str, Any]) -> TrialReport:
         """A report back from Tune's result (live, or a row of its record: absent fields may be NaN)."""
         evaluation = result.get(EVAL_RESULT)
+        stamp = result.get("timestamp")  # Tune's, in seconds: in the live result and in its record alike
         return cls(
             step=int(result.get("step", 0)),
             checkpoint=str(result.get(CHECKPOINT, "")),
             history=json.loads(result.get(TRAIN_HISTORY) or "[]"),
             timings={k: float(v) for k, v in result.items() if k.startswith(TIMING) and v == v},
             evaluation=EvalResult.from_json(evaluation) if isinstance(evaluation, str) else None,
+            time_ms=int(stamp * 1000)
+            if isinstance(stamp, (int, float)) and stamp == stamp
+            else int(time.time() * 1000),
         )
 
     @property

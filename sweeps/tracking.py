@@ -196,10 +196,12 @@ class SweepRuns:
         source = data.train_data or data.data_dir or origin(data.dataset)
         self.client.log_inputs(run_id, datasets=[dataset_input(name, training_digest(data), source, "training")])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """A batch of metrics at `step`. With `timestamp_ms` fixed by the caller a retried write is idempotent:
+        MLflow keeps one point per (key, step, value, timestamp)."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         batch = [
             Metric(mlflow_name(k), float(v), now, step)
             for k, v in metrics.items()
@@ -316,7 +318,7 @@ class TrialLogger(tune.Callback):
             self._say(trial, "finished" if done else "stopped early (pruned)")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.mlflow.queue.submit(self._log_unreported, trial.trial_id, dict(trial.config))
+        self.mlflow.queue.submit(self._log_unreported, trial.trial_id, dict(trial.config), int(time.time() * 1000))
         self._end(trial, "FAILED")
         if self.progress:
             self._say(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
@@ -331,17 +333,18 @@ class TrialLogger(tune.Callback):
             wall,
             int((trial.last_result or {}).get("step", 0)),
             status,
+            int(time.time() * 1000),
         )
 
     # The writer thread: MLflow.
     def _log_report(self, trial_id: str, config: dict[str, Any], report: TrialReport) -> None:
         run_id = self._run_id(trial_id, config)
-        self._log_history(run_id, report.history)
-        self.mlflow.log_metrics(run_id, report.timings, report.step)
+        self._log_history(run_id, report.history, report.time_ms)
+        self.mlflow.log_metrics(run_id, report.timings, report.step, report.time_ms)
         if report.evaluation is not None:
             self.mlflow.log_result(report.evaluation, run_id)
 
-    def _log_unreported(self, trial_id: str, config: dict[str, Any]) -> None:
+    def _log_unreported(self, trial_id: str, config: dict[str, Any], at_ms: int) -> None:
         unreported = storage.join(self.train_storage, trial_id, UNREPORTED)
         if not storage.exists(unreported):
             return
@@ -352,12 +355,14 @@ class TrialLogger(tune.Callback):
         except (signing.BadSignature, ValueError, KeyError) as e:
             print(f"[hybrid-sweep] trial {trial_id}: its last training reports not logged: {e}", flush=True)
         else:
-            self._log_history(self._run_id(trial_id, config), reports)
+            self._log_history(self._run_id(trial_id, config), reports, at_ms)
         storage.delete(unreported)
 
-    def _log_end(self, trial_id: str, config: dict[str, Any], wall: dict[str, float], step: int, status: str) -> None:
+    def _log_end(
+        self, trial_id: str, config: dict[str, Any], wall: dict[str, float], step: int, status: str, at_ms: int
+    ) -> None:
         run_id = self._run_id(trial_id, config)
-        self.mlflow.log_metrics(run_id, wall, step)
+        self.mlflow.log_metrics(run_id, wall, step, at_ms)
         self.mlflow.end(run_id, status)
 
     def catch_up(self, grid: tune.ResultGrid) -> None:
@@ -394,8 +399,10 @@ class TrialLogger(tune.Callback):
     def _say(self, trial, what: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {describe(trial.trial_id, trial.config, self.base)}: {what}", flush=True)
 
-    def _log_history(self, run_id: str, reports: list[dict[str, Any]]) -> None:
+    def _log_history(self, run_id: str, reports: list[dict[str, Any]], at_ms: int) -> None:
+        """Each training report at its step, all at `at_ms` (when the trial's report reached Tune): logged again
+        after a retry or a catch-up, MLflow keeps one point each."""
         for report in reports:
             self.mlflow.log_metrics(
-                run_id, {f"train/{k}": v for k, v in report.items() if k != "step"}, int(report.get("step", 0))
+                run_id, {f"train/{k}": v for k, v in report.items() if k != "step"}, int(report.get("step", 0)), at_ms
             )

@@ -14,7 +14,8 @@ import yaml
 
 from support import PROXY_MAP, ROOT, chromium, mlflow_runs, mlflow_ui, render_in_chromium
 
-pytestmark = pytest.mark.slow
+# 600 s: the first test's set-up runs the sweep (about 200 s), 3x that; the others take seconds
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_the_terminal_shows_the_estimate_the_progress_and_the_ranked_table(finished_tiny_sweep):

@@ -325,6 +325,7 @@ def test_deepspeed_state_is_unpickled_weights_only(tmp_path):
     assert not canary.exists()
 
 
+@pytest.mark.timeout(150)  # about 3x its measured time (tests/README.md)
 def test_a_forged_optimizer_state_is_skipped_for_the_previous_checkpoint(
     s3_bucket, local_ray, store, tiny_model_dir, tmp_path
 ):

@@ -57,6 +57,7 @@ def train_worker_node(cluster: LocalCluster):
     raise AssertionError("no node runs a Train worker")
 
 
+@pytest.mark.timeout(850)  # about 3x its measured time (tests/README.md)
 def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, monkeypatch):
     """(a) search, extra seeds, final evaluation and compare.py with S3 storage and the SQLite store in the
     driver's hidden directory; (b) a worker node killed mid-trial and replaced: the trial resumes from its
@@ -179,6 +180,7 @@ def test_sweep_with_s3_storage_survives_a_lost_node(tmp_path, tiny_model_dir, mo
     )
 
 
+@pytest.mark.timeout(400)  # about 3x its measured time (tests/README.md)
 def test_sweep_waits_for_the_autoscaler(tmp_path, tiny_model_dir, monkeypatch):
     """(d) autoscaling from zero: a 0-CPU head and no worker node, Ray's fake multi-node autoscaler adds
     nodes when the sweep asks for its trials' resources. (A driver killed mid-sweep and continued, there on a

@@ -75,6 +75,7 @@ def state(mlflow, pg: Postgres, name: str) -> dict:
     }
 
 
+@pytest.mark.timeout(1300)  # about 3x its measured time (tests/README.md)
 def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(
     tmp_path, tiny_model_dir, record_stack, monkeypatch, signing_key
 ):
@@ -98,7 +99,12 @@ def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(
             "final_eval": False,
         },
     )  # the final phase on a server: the cluster-loss test below
-    env = driver_env(record=record_stack)
+    # MLflow's client retries a refused request for about 4 minutes before the driver's write queue sees the
+    # outage; 2 quick retries let the outage below be as short as the queue's own retry needs.
+    env = driver_env(record=record_stack) | {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
     run = tmp_path / "driver"  # the driver's folder: nothing of the record may be needed from it
     run.mkdir()
 
@@ -266,6 +272,7 @@ def test_a_sweep_keeps_its_record_on_the_tracking_server_through_faults(
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(1400)  # about 3x its measured time (tests/README.md)
 def test_a_sweep_continues_on_a_new_cluster_from_the_bucket_the_server_and_the_study(
     tmp_path, tiny_model_dir, record_stack, monkeypatch
 ):

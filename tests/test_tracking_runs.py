@@ -33,3 +33,28 @@ def test_a_run_created_by_a_killed_driver_gets_its_params_and_configs_when_found
     fresh = runs.trial("t2", "t2", trial_params | {"seed": 1})
     assert fresh != trial and client.get_run(fresh).data.params["seed"] == "1"
     assert client.get_run(fresh).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_a_report_logged_again_keeps_one_point_per_step(tmp_path):
+    """A write retried after a partial failure (its evaluation's upload met a server outage) or a report
+    caught up after a killed driver logs the report's training history and timings again: they carry the
+    time Tune took the report, so MLflow keeps one point per step (seen on the tracking server before:
+    duplicated train/* points)."""
+    import time
+
+    from sweeps.records import TrialReport
+    from sweeps.tracking import TrialLogger
+    from trainers.config import TrainRunConfig
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = SweepRuns.open(uri, "retried", "id-1", str(tmp_path / "artifacts"), {}, {})
+    logger = TrialLogger(runs, TrainRunConfig(), str(tmp_path / "train"), "multi/map", progress=False)
+    history = '[{"step": 1, "loss": 2.0}, {"step": 3, "loss": 1.5}]'
+    tune_result = {"step": 3, "timestamp": 1_765_000_000, "train_history": history, "trial/active_s": 12.5}
+    for _ in range(2):  # the first write, then its retry (or the catch-up of the same report from Tune's record)
+        logger._log_report("t1", {"mono_ratio": 0.5, "seed": 0}, TrialReport.from_tune(tune_result))
+        time.sleep(0.05)  # a retry comes later
+    client = MlflowClient(tracking_uri=uri)
+    run = logger.runs["t1"]
+    assert [(m.step, m.value) for m in client.get_metric_history(run, "train/loss")] == [(1, 2.0), (3, 1.5)]
+    assert [m.step for m in client.get_metric_history(run, "trial/active_s")] == [3]

@@ -94,6 +94,7 @@ def reports_to_file(path: Path):
 LOSS_TOLERANCE = 1e-5
 
 
+@pytest.mark.timeout(320)  # about 3x its measured time (tests/README.md)
 def test_zero2_zero3_and_ddp_follow_the_same_loss_trajectory(tiny_model_dir, tmp_path, local_ray):
     """The same batches (sampler seed, dropout seed, 2 ranks) through DDP, ZeRO-2 and ZeRO-3: the loss of
     every one of 8 steps agrees within LOSS_TOLERANCE, as do the gradient norms (before clipping). Each
@@ -126,6 +127,7 @@ def test_zero2_zero3_and_ddp_follow_the_same_loss_trajectory(tiny_model_dir, tmp
     np.testing.assert_allclose(norms, [m["grad_norm"] for m in ddp], rtol=1e-3)
 
 
+@pytest.mark.timeout(240)  # about 3x its measured time (tests/README.md)
 def test_resume_continues_the_sampler_sequence(tiny_model_dir, tmp_path, local_ray):
     full = tiny_config(tiny_model_dir, tmp_path, strategy="ddp")
     build_trainer(with_steps(full, 20), "resume").fit()
@@ -184,6 +186,7 @@ def _kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, killed: list) 
             return
 
 
+@pytest.mark.timeout(150)  # about 3x its measured time (tests/README.md)
 def test_killed_worker_resumes_from_the_last_checkpoint(tiny_model_dir, tmp_path, local_ray):
     # 60 steps: the kill comes once step 20 is registered, 40 steps before the end
     config = with_steps(tiny_config(tiny_model_dir, tmp_path, checkpoint_every=20, max_failures=2), 60)
@@ -231,6 +234,7 @@ def test_deepspeed_config_follows_ours():
     assert cpu["bf16"]["enabled"] is False
 
 
+@pytest.mark.timeout(150)  # about 3x its measured time (tests/README.md)
 def test_a_last_checkpoint_without_optimizer_state_is_reported_again_but_not_trained_further(
     tiny_model_dir, tmp_path, local_ray
 ):
