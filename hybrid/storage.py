@@ -81,18 +81,22 @@ def write_text(location: str, text: str) -> None:
 
 def create_exclusive(location: str, text: str) -> bool:
     """Write `text` at `location` only if nothing is there, atomically: two writers racing, one wins.
-    False when something already is. A local or mounted folder (file://) uses O_EXCL; s3:// a
+    False when something already is. A local or mounted folder (file://) links a written temporary file
+    into place (as O_EXCL, but never seen empty); s3:// a
     conditional put (`If-None-Match: *`, boto3; query options as pyarrow's: endpoint_override, scheme,
     region). Other schemes have no such operation here: NotImplementedError."""
     if not is_uri(location) or location.startswith("file://"):
         path = Path(filesystem(location)[1])
         path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+        with open(temporary, "w") as f:
+            f.write(text)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(temporary, path)  # atomic, whole: a reader never sees it empty or half-written
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        finally:
+            os.unlink(temporary)
         return True
     if not location.startswith("s3://"):
         raise NotImplementedError(f"{location}: no atomic create on this storage (local folders, file:// and s3://)")
@@ -102,13 +106,108 @@ def create_exclusive(location: str, text: str) -> bool:
     try:
         client.put_object(Bucket=bucket, Key=key, Body=text.encode(), IfNoneMatch="*")
     except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in (
-            "PreconditionFailed",
-            "ConditionalRequestConflict",
-        ) or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+        if _precondition_failed(e):
             return False
         raise OSError(f"{location}: {e}") from None
     return True
+
+
+def read_versioned(location: str) -> tuple[bytes, str]:
+    """A whole file and its version, for `replace_if`: the object's ETag on s3://; on a local or mounted
+    folder its inode and modification time (`write_bytes` and `replace_if` write a new inode each time).
+    FileNotFoundError when nothing is there; OSError when the read failed."""
+    if location.startswith("s3://"):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client, bucket, key = _s3(location)
+        try:
+            got = client.get_object(Bucket=bucket, Key=key)
+            return got["Body"].read(), got["ETag"]
+        except client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"{location}: no such object") from None
+        except (BotoCoreError, ClientError) as e:
+            raise OSError(f"{location}: {e}") from None
+    path = _local_path(location)
+    with open(path, "rb") as f:
+        return f.read(), _file_version(os.fstat(f.fileno()))
+
+
+def replace_if(location: str, data: bytes, version: str) -> str | None:
+    """Write `data` at `location` only if the file there is still at `version` (from `read_versioned` or
+    an earlier `replace_if`): a compare-and-swap, so a writer that lost the file to another since it last
+    looked never overwrites the other's bytes. Returns the new version, or None when the file changed or is
+    gone. s3:// uses a conditional put (`If-Match` on the ETag); a local or mounted folder an exclusive lock
+    beside the file around the check and the rename. Other schemes: NotImplementedError."""
+    if location.startswith("s3://"):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client, bucket, key = _s3(location)
+        try:
+            return client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=version)["ETag"]
+        except ClientError as e:
+            if _precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise OSError(f"{location}: {e}") from None
+        except BotoCoreError as e:
+            raise OSError(f"{location}: {e}") from None
+    path = _local_path(location)
+    with FileLock(f"{path}.lock", timeout=60):
+        try:
+            if _file_version(os.stat(path)) != version:
+                return None
+        except FileNotFoundError:
+            return None
+        temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+        return _file_version(os.stat(path))
+
+
+def delete_if(location: str, version: str) -> bool:
+    """Delete the file at `location` only if it is still at `version`; whether it was deleted."""
+    if location.startswith("s3://"):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client, bucket, key = _s3(location)
+        try:
+            client.delete_object(Bucket=bucket, Key=key, IfMatch=version)
+        except ClientError as e:
+            if _precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return False
+            raise OSError(f"{location}: {e}") from None
+        except BotoCoreError as e:
+            raise OSError(f"{location}: {e}") from None
+        return True
+    path = _local_path(location)
+    with FileLock(f"{path}.lock", timeout=60):
+        try:
+            if _file_version(os.stat(path)) != version:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _local_path(location: str) -> Path:
+    """The path of a local or mounted folder's file; other schemes have no conditional writes here."""
+    if is_uri(location) and not location.startswith("file://"):
+        raise NotImplementedError(
+            f"{location}: no conditional write on this storage (local folders, file:// and s3://)"
+        )
+    return Path(filesystem(location)[1])
+
+
+def _file_version(st: os.stat_result) -> str:
+    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+
+def _precondition_failed(e) -> bool:
+    return e.response.get("Error", {}).get("Code") in (
+        "PreconditionFailed",
+        "ConditionalRequestConflict",
+    ) or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412)
 
 
 def _s3(location: str):

@@ -1,5 +1,6 @@
 """Ctrl-C in the sweep driver, at any moment: the first stops the work and the sweep says how to continue
-(exit 130, no later stage started); the second exits at once.
+(exit 130, no later stage started); the second exits at once, its lease released. SIGTERM and SIGHUP
+are taken as a Ctrl-C.
 
 Tune installs a SIGINT handler of its own at the start of each `fit`: on a Ctrl-C its loop stops the
 trials and saves its state, and it puts back the handler that was there before. When no Ctrl-C comes,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 stage = "start-up"  # what the driver is doing, for "interrupted in its ... phase"
@@ -26,9 +28,14 @@ _stopping = False  # a Ctrl-C was taken: the next one exits at once
 _in_fit = False  # Tune's handler has the first Ctrl-C (set by `TuneHandlerSet`); one that reaches ours is the second
 
 
+_before_exit: list[Callable[[], None]] = []  # run before a second Ctrl-C exits at once (the lease's release)
+
+
 def _on_sigint(signum: int, frame: Any) -> None:
     global _stopping
     if _stopping or _in_fit:
+        for callback in _before_exit:
+            callback()
         print(
             f"\nSecond Ctrl-C: exiting at once, in the {stage} phase. Everything saved so far is kept; continue "
             "with the same command and --resume.",
@@ -40,8 +47,23 @@ def _on_sigint(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM (`kill`, a scheduler) and SIGHUP (a dropped SSH session) stop the sweep as a Ctrl-C does: the
+    same stop, the same line on how to continue, the lease released."""
+    signal.raise_signal(signal.SIGINT)
+
+
 def install() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP handled by the sweep (again after `ray.init`, whose core worker installs a
+    SIGTERM handler that dumps a stack and exits 134)."""
     signal.signal(signal.SIGINT, _on_sigint)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _as_ctrl_c)
+
+
+def before_exit(callback: Callable[[], None]) -> None:
+    """Run `callback` before a second Ctrl-C exits at once (it must be quick: the user asked to go)."""
+    _before_exit.append(callback)
 
 
 def stopped(phase: str, args: list[str]) -> NoReturn:

@@ -23,9 +23,10 @@ import sys
 
 from sweeps import interrupts
 
-# Ctrl-C from the first moment (the imports below take a second): the stop's lines and exit 130, never a
-# traceback; `main` installs the driver's own handler.
-signal.signal(signal.SIGINT, lambda signum, frame: interrupts.stopped(interrupts.stage, sys.argv[1:]))
+# Ctrl-C (and SIGTERM, SIGHUP) from the first moment (the imports below take a second): the stop's lines and
+# exit 130, never a traceback; `main` installs the driver's own handlers.
+for _signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_signal, lambda signum, frame: interrupts.stopped(interrupts.stage, sys.argv[1:]))
 
 import argparse  # noqa: E402  (after the handler: a Ctrl-C during these imports is a clean stop)
 import contextlib  # noqa: E402
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
         check_ray_address()  # an empty RAY_ADDRESS, a head that does not answer
         warning = cluster.check_free_space(setup)  # [3] storage on a disk: room for the checkpoints
         lease = DriverLease.acquire(setup.sweep, args.resume)  # [4] one driver per sweep
+    interrupts.before_exit(lambda: lease.release(wait=False))  # the printed --resume works at once
     try:
         with user_errors(parser, args.debug):
             sweep_id = state.sweep_id(setup)
@@ -174,6 +176,7 @@ def drive(
         print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
     start = time.perf_counter()
     logs = init_ray(log_to_driver=s.verbose)  # [6] local Ray, or the cluster when RAY_ADDRESS is set
+    interrupts.install()  # SIGTERM again ours: Ray's core worker installed its own
     if not s.verbose:
         print(
             f"Ray workers' and tasks' output: {logs} (--verbose shows it here; copied to "

@@ -195,9 +195,10 @@ def interrupt_at(
     extra: tuple[str, ...] = (),
     second_after_s: float | None = None,
     timeout_s: float = 900,
+    sig: signal.Signals = signal.SIGINT,
 ) -> tuple[int, str, str]:
-    """Run the sweep and send SIGINT when its terminal shows a line with `line` (a second one
-    `second_after_s` later): (exit status, stdout, stderr)."""
+    """Run the sweep and send `sig` (a Ctrl-C's SIGINT by default) when its terminal shows a line with
+    `line` (a second one `second_after_s` later): (exit status, stdout, stderr)."""
     import threading
 
     driver = subprocess.Popen(
@@ -226,10 +227,10 @@ def interrupt_at(
     for reader in readers:
         reader.start()
     assert seen.wait(timeout_s), f"no line with {line!r}:\n" + "".join(out)[-3000:] + "".join(err)[-3000:]
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(sig)
     if second_after_s is not None:
         time.sleep(second_after_s)
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(sig)
     try:
         driver.wait(timeout=300)
     finally:

@@ -5,6 +5,7 @@ over by --resume only once stale, deleted on release. Fast: no Ray."""
 import json
 import re
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -82,3 +83,87 @@ def test_unwritable_storage_is_a_one_line_error(tmp_path):
     blocked.write_text("not a folder")
     with pytest.raises(ValueError, match=r"sweep.storage_path='.*file/x' cannot be written from the driver"):
         DriverLease.acquire(SweepConfig(name="x", storage_path=str(blocked / "x")), resume=False)
+
+
+def test_a_failed_read_or_write_of_the_lease_is_retried_never_taken_for_a_takeover(where, monkeypatch, capsys):
+    """Issue 33: one failed read (an S3 503, a dropped connection) ended the lease for good, read as "taken
+    over". Now the storage failing for a few heartbeats leaves the lease renewed once it answers again."""
+    sweep = SweepConfig(name="flaky", storage_path=where, lease_heartbeat_s=0.1, lease_stale_after=3)
+    lost = threading.Event()
+    lease = DriverLease.acquire(sweep, resume=False, on_lost=lost.set)
+    location = sweep.location(LEASE_FILE)
+    failures = iter(range(4))  # the next 4 reads or writes of the lease fail
+
+    def flaky(call):
+        def wrapper(*args, **kwargs):
+            if threading.current_thread() is lease._thread and next(failures, None) is not None:
+                raise OSError("503 Slow Down")
+            return call(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("read_versioned", "replace_if"):
+        monkeypatch.setattr(storage, name, flaky(getattr(storage, name)))
+    time.sleep(1.2)  # the failures, then renewals
+    beat = json.loads(storage.read_text(location))["heartbeat"]
+    time.sleep(0.5)
+    assert json.loads(storage.read_text(location))["heartbeat"] > beat  # still renewed
+    assert not lost.is_set() and lease._thread.is_alive()
+    assert "failed (503 Slow Down); retrying." in capsys.readouterr().err
+    lease.release()
+    assert not storage.exists(location)
+
+
+def test_a_paused_driver_never_overwrites_its_successors_lease_and_stops(where, monkeypatch):
+    """Issue 33: renewal was a read then an unconditional write, so a driver paused in between (past its
+    staleness, taken over meanwhile) overwrote its successor's lease and both ran the sweep. Now the renewal
+    is a compare-and-swap: the paused driver's write is refused, it learns it lost the lease within the
+    heartbeat and stops, and the successor's lease stands."""
+    sweep = SweepConfig(name="fenced", storage_path=where, lease_heartbeat_s=0.2, lease_stale_after=2)
+    location = sweep.location(LEASE_FILE)
+    lost = threading.Event()
+    paused, go = threading.Event(), threading.Event()
+    first: DriverLease | None = None
+
+    def pausing(write):
+        def wrapper(*args, **kwargs):
+            if first is not None and threading.current_thread() is first._thread and not go.is_set():
+                paused.set()
+                go.wait(30)
+            return write(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(storage, "replace_if", pausing(storage.replace_if))
+    first = DriverLease.acquire(sweep, resume=False, on_lost=lost.set)
+    assert paused.wait(10)  # the first driver stopped just before its renewal's write
+    time.sleep(0.2 * 2 + 0.3)  # its heartbeat now stale
+    second = DriverLease.acquire(sweep, resume=True, on_lost=lambda: None)
+    go.set()  # the first driver goes on with the write it was about to make
+    assert lost.wait(2)
+    first._thread.join(2)
+    assert not first._thread.is_alive()  # it renews no more
+    time.sleep(0.5)
+    assert json.loads(storage.read_text(location))["token"] == second.record["token"]
+    first.release()  # deletes nothing of the successor's
+    assert json.loads(storage.read_text(location))["token"] == second.record["token"]
+    second.release()
+
+
+def test_a_lease_that_cannot_be_read_or_comes_from_the_future_blocks_nothing_forever(where, capsys):
+    sweep = SweepConfig(name="odd", storage_path=where, lease_heartbeat_s=0.3, lease_stale_after=3)
+    location = sweep.location(LEASE_FILE)
+    storage.write_text(location, "{not json")
+    with pytest.raises(LeaseHeld, match=r"has a lease that cannot be read .* --resume takes it over"):
+        DriverLease.acquire(sweep, resume=False)
+    DriverLease.acquire(sweep, resume=True).release()
+    assert "whose lease could not be read." in capsys.readouterr().out
+    future = {"token": "x", "host": "h", "pid": 1, "started": 0, "heartbeat": time.time() + 3600, "heartbeat_s": 0.3}
+    storage.write_text(location, json.dumps(future))
+    with pytest.raises(LeaseHeld):
+        DriverLease.acquire(sweep, resume=False)
+    DriverLease.acquire(sweep, resume=True).release()
+    assert re.search(
+        r"whose heartbeat is 60\.0 min in the future \(are the machines' clocks in sync\?\)\.", capsys.readouterr().out
+    )
+    assert not storage.exists(location)
