@@ -17,7 +17,7 @@ from evaluation.mlflow_layout import SETTINGS
 from hybrid import locations
 from hybrid.config import apply_overrides, from_dict, read_yaml, to_dict
 from sweeps.knobs import BY_NAME, KNOBS
-from sweeps.uris import PASSWORD, absolute_tracking_uri, is_server, redact, study_beside
+from sweeps.uris import absolute_tracking_uri, carries_secret, is_server, redact, study_beside
 from trainers.config import TrainRunConfig, run_config_from_raw
 
 SCHEDULERS = ("asha", "median", "none")
@@ -224,13 +224,20 @@ class SweepConfig:
     def _check_record(self) -> None:
         """Where the record goes: no password in a URI (it would be stored, logged and pickled), and no
         artifacts on this machine's disk behind a tracking server that is meant to outlive it."""
-        if PASSWORD.search(self.tracking_uri):
+        if carries_secret(self.storage_path) or carries_secret(self.artifact_location):
+            key = "storage_path" if carries_secret(self.storage_path) else "artifact_location"
+            raise ValueError(
+                f"sweep.{key}={redact(getattr(self, key))!r} carries credentials: remove them and give the "
+                "bucket's credentials as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance profile) "
+                "in the environment instead."
+            )
+        if carries_secret(self.tracking_uri):
             raise ValueError(
                 f"sweep.tracking_uri={redact(self.tracking_uri)!r} carries a password: remove it and set "
                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
                 "environment instead."
             )
-        if PASSWORD.search(self.study_storage):
+        if carries_secret(self.study_storage):
             raise ValueError(
                 f"sweep.study_storage={redact(self.study_storage)!r} carries a password: remove it and "
                 "set PGPASSWORD (or use ~/.pgpass / PGPASSFILE) in the environment instead."

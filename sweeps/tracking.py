@@ -340,9 +340,11 @@ class TrialLogger(tune.Callback):
     def _log_report(self, trial_id: str, config: dict[str, Any], report: TrialReport) -> None:
         run_id = self._run_id(trial_id, config)
         self._log_history(run_id, report.history, report.time_ms)
-        self.mlflow.log_metrics(run_id, report.timings, report.step, report.time_ms)
         if report.evaluation is not None:
             self.mlflow.log_result(report.evaluation, run_id)
+        # Last: `catch_up` reads a step's timings (trial/active_s) as "this report is logged whole", so a driver
+        # killed before them has the whole report logged again (each write lands once: fixed timestamps).
+        self.mlflow.log_metrics(run_id, report.timings, report.step, report.time_ms)
 
     def _log_unreported(self, trial_id: str, config: dict[str, Any], at_ms: int) -> None:
         unreported = storage.join(self.train_storage, trial_id, UNREPORTED)
@@ -389,10 +391,11 @@ class TrialLogger(tune.Callback):
         ended = self.mlflow.client.get_run(run_id).info.status != status
         if ended:
             self.mlflow.end(run_id, status)
-        if missing or ended:
+        said = [f"{len(missing)} report(s)"] if missing else []
+        said += [f"its end ({status})"] if ended else []
+        if said:
             print(
-                f"[hybrid-sweep] trial {trial_id}: {len(missing)} report(s) a killed driver had not logged"
-                f"{f', and its end ({status})' if ended else ''}, logged now",
+                f"[hybrid-sweep] trial {trial_id}: {' and '.join(said)}, which a killed driver had not logged, logged now",
                 flush=True,
             )
 

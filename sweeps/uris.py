@@ -7,13 +7,23 @@ import re
 from pathlib import Path
 
 CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
+# A secret in a query string (`?password=x`, `&aws_secret_access_key=...`, `&token=...`).
+SECRET_PARAMETER = re.compile(
+    r"([?&;](?:password|passwd|pwd|secret|secret_key|access_key|aws_secret_access_key|session_token|token)=)[^&;#\s'\"]*",
+    re.IGNORECASE,
+)
 PASSWORD = re.compile(r"://[^/@:\s]*:[^/@\s]*@")  # scheme://user:password@host
 
 
+def carries_secret(uri: str) -> bool:
+    """A password or key in a URI: `user:password@`, or a secret in its query string."""
+    return bool(PASSWORD.search(uri) or SECRET_PARAMETER.search(uri))
+
+
 def redact(text: str) -> str:
-    """`scheme://user:secret@host` -> `scheme://***@host`: credentials in a URI are never logged, printed
-    or put in a report."""
-    return CREDENTIALS.sub(r"\1***@", text)
+    """`scheme://user:secret@host` -> `scheme://***@host`, `?password=x` -> `?password=***`: credentials in a
+    URI are never logged, printed or put in a report."""
+    return SECRET_PARAMETER.sub(r"\1***", CREDENTIALS.sub(r"\1***@", text))
 
 
 def absolute_tracking_uri(uri: str) -> str:

@@ -78,6 +78,14 @@ BAD_OVERRIDES = [  # (--set strings, message)
         "sweep.study_storage=postgresql+psycopg://sweeps:s3cret@db:5432/optuna",
         r"sweep.study_storage='postgresql\+psycopg://\*\*\*@db:5432/optuna' carries a password: .* set PGPASSWORD",
     ),
+    (  # issue 33: a password in the query string, keys in a bucket's URI
+        "sweep.study_storage=postgresql+psycopg://sweeps@db/optuna?password=s3cret",
+        r"sweep.study_storage='postgresql\+psycopg://\*\*\*@db/optuna\?password=\*\*\*' carries a password: .* PGPASSWORD",
+    ),
+    (
+        "sweep.storage_path=s3://AKIAEXAMPLE:s3cret@bucket/sweeps",
+        r"sweep.storage_path='s3://\*\*\*@bucket/sweeps' carries credentials: .* AWS_ACCESS_KEY_ID",
+    ),
     (
         "sweep.tracking_uri=http://127.0.0.1:5000;sweep.artifact_location=mlruns",
         r"sweep.artifact_location='mlruns' is a folder on this machine, behind the tracking server http://127.0.0.1:5000",
@@ -243,6 +251,10 @@ def test_credentials_in_uris_are_masked_wherever_they_are_shown():
     uri = "https://alice:s3cr3t@mlflow.example.org/api"
     assert redact(uri) == "https://***@mlflow.example.org/api"
     assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert redact("postgresql+psycopg://u@db/optuna?password=x&sslmode=require") == (
+        "postgresql+psycopg://***@db/optuna?password=***&sslmode=require"
+    )
+    assert redact("s3://bucket/p?endpoint_override=h&Token=abc") == "s3://bucket/p?endpoint_override=h&Token=***"
     assert flat_params({"sweep": {"tracking_uri": uri}}) == {"sweep.tracking_uri": "https://***@mlflow.example.org/api"}
 
 

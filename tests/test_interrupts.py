@@ -162,7 +162,7 @@ def test_a_sweep_stopped_at_every_moment_resumes_without_rerunning_or_duplicatin
     )
     assert caught.returncode == 0, ("11 catch-up", caught.stdout[-3000:] + caught.stderr[-3000:])
     assert (
-        f"trial {trial}: 1 report(s) a killed driver had not logged, and its end (FINISHED), logged now"
+        f"trial {trial}: 1 report(s) and its end (FINISHED), which a killed driver had not logged, logged now"
     ) in caught.stdout, caught.stdout[-3000:]
     assert {k: [(m.step, m.value) for m in client.get_metric_history(victim.info.run_id, k)] for k in keys} == history
     assert_resumed_cleanly(tmp_path, "life", counts, trials=4)
