@@ -125,7 +125,7 @@ def steps_of(mlflow, run_id: str, metrics: tuple[str, ...]) -> dict[str, list[in
     return {m: sorted(h.step for h in mlflow.get_metric_history(run_id, m)) for m in metrics}
 
 
-@pytest.mark.timeout(1800)  # about 3x its measured time (tests/README.md)
+@pytest.mark.timeout(1700)  # about 3x its measured time (tests/README.md)
 def test_a_sweep_on_a_cluster_keeps_its_record_through_a_lost_node_an_outage_and_a_lost_cluster(
     tmp_path, tiny_model_dir, record_stack, monkeypatch, signing_key
 ):
