@@ -67,7 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the same data and settings is read from it instead (a sweep's: "
         "<sweep.storage_path>/eval-cache)",
     )
-    parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
+    parser.add_argument(
+        "--num-cpus", type=int, help="CPUs of the local Ray this command starts (default: all of this machine's)"
+    )
     return parser.parse_args(argv)
 
 
@@ -134,6 +136,12 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
             "languages": tuple(args.languages) if args.languages else None,
         }
         config = replace(config, **{k: v for k, v in flags.items() if v is not None})  # validated again
+        address = os.environ.get("RAY_ADDRESS", "")
+        if args.num_cpus is not None and address not in ("", "local"):
+            raise ValueError(
+                f"--num-cpus={args.num_cpus}: this command joins the Ray at RAY_ADDRESS={address}, whose CPUs are its "
+                "own. Leave --num-cpus out to use them, or set RAY_ADDRESS=local for a Ray of this command's own."
+            )
         signing.ensure_key()  # checkpoints and cache entries are verified with it
         from evaluation.checkpoints import CheckpointRef, unless_saved
         from hybrid.e5_offline import E5_SMALL_NAME
@@ -153,7 +161,17 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        except ValueError as e:  # a Ray runs already (this machine's, or RAY_ADDRESS): its CPUs are its own
+            if args.num_cpus is None:
+                raise
+            print(
+                f"error: --num-cpus={args.num_cpus}: this command joins a running Ray ({e}). Leave --num-cpus out "
+                "to use its CPUs, or set RAY_ADDRESS=local for a Ray of this command's own.",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
     results = evaluate_checkpoints(refs, eval_set, config, args.cache)
     for result in results:
         print(format_result(result), end="\n\n")

@@ -50,13 +50,19 @@ def ensure_key() -> Path:
     path = key_path()
     if not path.exists() and KEY_ENV not in os.environ:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return path
+        # Written whole beside it, then linked into place: a process reading it in between never sees it
+        # empty (and told to delete it, would fork the key); two makers racing end with one key.
+        temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_hex(32).encode())
-    _key(path)  # readable and private, or a clear error now
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process made it first: theirs is the key
+            pass
+        finally:
+            temporary.unlink()
+    _key(path)  # readable, private and ours, or a clear error now
     return path
 
 
@@ -74,6 +80,12 @@ def _key(path: Path | None = None) -> bytes:
     if mode & 0o077:
         raise SigningKeyError(
             f"signing key {path} is readable by other users (mode {mode & 0o777:o}): chmod 600 {path}."
+        )
+    owner = path.stat().st_uid
+    if owner != os.getuid():
+        raise SigningKeyError(
+            f"signing key {path} belongs to another user (uid {owner}, this process runs as {os.getuid()}): "
+            f"whoever owns it can sign anything. Use a key of this user's (chown, or {KEY_ENV})."
         )
     if len(key) < 32:
         raise SigningKeyError(

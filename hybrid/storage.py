@@ -8,12 +8,15 @@ Train checkpoints) lives there, and a process that needs a checkpoint's files co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 from filelock import FileLock
@@ -139,23 +142,13 @@ def replace_if(location: str, data: bytes, version: str) -> str | None:
     gone. s3:// uses a conditional put (`If-Match` on the ETag); a local or mounted folder an exclusive lock
     beside the file around the check and the rename. Other schemes: NotImplementedError."""
     if location.startswith("s3://"):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        client, bucket, key = _s3(location)
-        try:
-            return client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=version)["ETag"]
-        except ClientError as e:
-            if _precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise OSError(f"{location}: {e}") from None
-        except BotoCoreError as e:
-            raise OSError(f"{location}: {e}") from None
+        return _s3_if_unchanged(
+            location,
+            lambda client, bucket, key: client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=version)["ETag"],
+        )
     path = _local_path(location)
-    with FileLock(f"{path}.lock", timeout=60):
-        try:
-            if _file_version(os.stat(path)) != version:
-                return None
-        except FileNotFoundError:
+    with _locked_at(path, version) as unchanged:
+        if not unchanged:
             return None
         temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
         with open(temporary, "wb") as f:
@@ -167,27 +160,42 @@ def replace_if(location: str, data: bytes, version: str) -> str | None:
 def delete_if(location: str, version: str) -> bool:
     """Delete the file at `location` only if it is still at `version`; whether it was deleted."""
     if location.startswith("s3://"):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        client, bucket, key = _s3(location)
-        try:
-            client.delete_object(Bucket=bucket, Key=key, IfMatch=version)
-        except ClientError as e:
-            if _precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return False
-            raise OSError(f"{location}: {e}") from None
-        except BotoCoreError as e:
-            raise OSError(f"{location}: {e}") from None
-        return True
+        deleted = _s3_if_unchanged(
+            location, lambda client, bucket, key: client.delete_object(Bucket=bucket, Key=key, IfMatch=version)
+        )
+        return deleted is not None
     path = _local_path(location)
+    with _locked_at(path, version) as unchanged:
+        if unchanged:
+            path.unlink()
+        return unchanged
+
+
+def _s3_if_unchanged(location: str, call: Callable[[Any, str, str], Any]) -> Any:
+    """`call(client, bucket, key)`, a conditional request on s3://: its response, or None when its condition
+    failed or the object is gone; OSError when the request did not get through."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client, bucket, key = _s3(location)
+    try:
+        return call(client, bucket, key)
+    except ClientError as e:
+        if _precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise OSError(f"{location}: {e}") from None
+    except BotoCoreError as e:
+        raise OSError(f"{location}: {e}") from None
+
+
+@contextlib.contextmanager
+def _locked_at(path: Path, version: str) -> Iterator[bool]:
+    """The lock beside a local file held: whether the file is still at `version`."""
     with FileLock(f"{path}.lock", timeout=60):
         try:
-            if _file_version(os.stat(path)) != version:
-                return False
-            path.unlink()
+            unchanged = _file_version(os.stat(path)) == version
         except FileNotFoundError:
-            return False
-        return True
+            unchanged = False
+        yield unchanged
 
 
 def _local_path(location: str) -> Path:

@@ -405,6 +405,24 @@ def test_cli_prints_the_tables(local_ray, tiny_model_dir, capsys):
         assert row in out
 
 
+def test_num_cpus_beside_a_running_ray_is_one_line(local_ray, tiny_model_dir):
+    """Issue 33: `--num-cpus` with a Ray to join (RAY_ADDRESS) ended in Ray's ValueError traceback; now one
+    line before Ray starts."""
+    import subprocess
+    import sys
+
+    from support import ROOT, driver_env
+
+    env = driver_env() | {"RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
+    done = subprocess.run(
+        [sys.executable, "-m", "evaluation", "--checkpoint", str(tiny_model_dir), "--num-cpus", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.startswith("error: --num-cpus=1: this command joins the Ray at RAY_ADDRESS=")
+    assert done.stderr.count("\n") == 1 and "RAY_ADDRESS=local" in done.stderr
+
+
 def test_a_folder_without_a_spec_is_read_as_the_preset_says(checkpoints, tmp_path):
     """The CLI reads a base model (no hybrid_encoder.json) with the preset's model.*, our exports as saved."""
     from evaluation.checkpoints import unless_saved

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,32 @@ def test_the_key_is_made_once_private_and_never_by_a_worker(tmp_path, monkeypatc
     with pytest.raises(signing.SigningKeyError, match=r"no signing key at \S+shipped.key: make one with "):
         signing.ensure_key()
     assert not (tmp_path / "shipped.key").exists()
+
+
+def test_two_processes_making_the_key_at_once_end_with_one_and_a_key_of_another_user_is_refused(tmp_path, monkeypatch):
+    """Issue 33: the key was created empty, then written: a reader in between was told to delete it (and
+    would fork the key). Now it is written whole and linked into place: 6 processes racing, each reading the
+    key right after, all read the one key. A key owned by another user is refused."""
+    monkeypatch.delenv(signing.KEY_ENV)
+    monkeypatch.setenv("HYBRID_SWEEP_CACHE", str(tmp_path / "cache"))
+    race = (
+        "import sys, time; from hybrid import signing\n"
+        "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+        "print(signing._key(signing.ensure_key()).decode())"
+    )
+    at = str(time.time() + 3)  # every process past its imports, then all at once
+    makers = [
+        subprocess.Popen([sys.executable, "-c", race, at], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    keys = [m.communicate(timeout=60) for m in makers]
+    assert all(m.returncode == 0 for m in makers), [err for _, err in keys]
+    assert len({out.strip() for out, _ in keys}) == 1 and len(keys[0][0].strip()) == 64
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["signing.key"]  # no temporary file left
+    if os.getuid() == 0:  # only root can give the file away
+        os.chown(tmp_path / "cache" / "signing.key", 12345, -1)
+        with pytest.raises(signing.SigningKeyError, match=r"belongs to another user \(uid 12345"):
+            signing.sign(b"data", "purpose")
 
 
 def test_signed_documents_and_sealed_blobs_verify_only_unchanged_and_for_their_purpose(tmp_path, monkeypatch):
