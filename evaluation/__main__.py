@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING
 from evaluation.config import EvalConfig
 from evaluation.mlflow_layout import SETTINGS
 from hybrid import signing, storage
-from hybrid.config import DEFAULT_CONFIG, DataConfig, ModelConfig, apply_overrides, from_dict, read_yaml
+from hybrid.config import (
+    DEFAULT_CONFIG,
+    DataConfig,
+    ModelConfig,
+    add_overrides_flag,
+    apply_overrides,
+    from_dict,
+    read_yaml,
+)
 
 if TYPE_CHECKING:  # the heavy modules (torch, FAISS, Ray) load after the flags and the config are checked
     from evaluation.checkpoints import CheckpointRef
@@ -53,14 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-questions", type=int, help="proxy evaluation on the first N question ids")
     parser.add_argument("--data-dir", help="local copy of MLQA-R or MIRACL")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="preset YAML (data: and eval: sections)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a value of the preset, e.g. --set eval.ece_bins=10 (repeatable)",
-    )
+    add_overrides_flag(parser, "eval.ece_bins=10")
     parser.add_argument(
         "--cache",
         help="evaluation cache folder (local or s3://): a checkpoint already evaluated on "

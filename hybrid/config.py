@@ -7,6 +7,7 @@ sweep) with the same `from_dict`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import types
@@ -99,6 +100,18 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
             f"method:, ...), got a {type(raw).__name__}."
         )
     return raw
+
+
+def add_overrides_flag(parser: argparse.ArgumentParser, example: str) -> None:
+    """The command lines' `--set SECTION.KEY=VALUE` (repeatable), read by `apply_overrides`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override a value of the preset, e.g. --set {example} (repeatable)",
+    )
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

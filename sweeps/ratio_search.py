@@ -44,7 +44,7 @@ import yaml  # noqa: E402
 
 # Only what the checks before Ray starts need: a refusal, --show-config and --help never import torch,
 # DeepSpeed, Ray Train, Tune or MLflow (`drive` imports them once the sweep's lease is held).
-from hybrid.config import DEFAULT_CONFIG  # noqa: E402
+from hybrid.config import DEFAULT_CONFIG, add_overrides_flag  # noqa: E402
 from sweeps import cluster, identity, state  # noqa: E402
 from sweeps.config import SweepSetup, load_sweep_setup  # noqa: E402
 from sweeps.lease import DriverLease  # noqa: E402
@@ -67,14 +67,7 @@ def user_errors(parser: argparse.ArgumentParser, debug: bool):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="a preset in configs/")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set sweep.trials=8 (repeatable)",
-    )
+    add_overrides_flag(parser, "sweep.trials=8")
     parser.add_argument("--name", help="sweep name (MLflow experiment, storage folder); default sweep.name")
     parser.add_argument(
         "--tracking-uri",

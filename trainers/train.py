@@ -17,7 +17,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from hybrid import storage
-from hybrid.config import DEFAULT_CONFIG, to_dict
+from hybrid.config import DEFAULT_CONFIG, add_overrides_flag, to_dict
 from trainers.config import TrainRunConfig, check_resources, load_run_config
 from trainers.loop import NonFiniteLoss, train_loop_per_worker
 from trainers.preflight import preflight
@@ -101,7 +101,7 @@ def build_trainer(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_overrides_flag(parser, "optim.steps=100")
     parser.add_argument("--name", default="train", help="run name; the same name resumes that run")
     args = parser.parse_args(argv)
     config = load_run_config(args.config, args.overrides)
