@@ -24,6 +24,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from hybrid import storage
 from hybrid.cache import cache_dir
 
 KEY_ENV = "HYBRID_SWEEP_SIGNING_KEY"
@@ -49,19 +50,9 @@ def ensure_key() -> Path:
     work, never on a worker node, whose key must be the driver's."""
     path = key_path()
     if not path.exists() and KEY_ENV not in os.environ:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole beside it, then linked into place: a process reading it in between never sees it
-        # empty (and told to delete it, would fork the key); two makers racing end with one key.
-        temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_hex(32).encode())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:  # another process made it first: theirs is the key
-            pass
-        finally:
-            temporary.unlink()
+        # Written whole, then linked into place: a process reading it in between never sees it empty (and,
+        # told to delete it, would fork the key); two makers racing end with one key (the first's).
+        storage.create_exclusive(str(path), secrets.token_hex(32), mode=0o600)
     _key(path)  # readable, private and ours, or a clear error now
     return path
 

@@ -45,15 +45,7 @@ def read_bytes(location: str) -> bytes:
     then reads that many bytes, so an object overwritten in between (the lease's heartbeat) came back torn,
     the new bytes with a tail that was never written."""
     if location.startswith("s3://"):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        client, bucket, key = _s3(location)
-        try:
-            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except client.exceptions.NoSuchKey:
-            raise FileNotFoundError(f"{location}: no such object") from None
-        except (BotoCoreError, ClientError) as e:  # as pyarrow raised them: OSError
-            raise OSError(f"{location}: {e}") from None
+        return _s3_get(location)[0]
     fs, path = filesystem(location)
     with fs.open_input_stream(path) as f:
         return f.read()
@@ -69,10 +61,7 @@ def write_bytes(location: str, data: bytes) -> None:
     fs, path = filesystem(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
-        temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
-        with open(temporary, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
+        os.replace(_written_beside(Path(path), data), path)
         return
     with fs.open_output_stream(path) as f:
         f.write(data)
@@ -82,18 +71,17 @@ def write_text(location: str, text: str) -> None:
     write_bytes(location, text.encode())
 
 
-def create_exclusive(location: str, text: str) -> bool:
+def create_exclusive(location: str, text: str, mode: int = 0o644) -> bool:
     """Write `text` at `location` only if nothing is there, atomically: two writers racing, one wins.
     False when something already is. A local or mounted folder (file://) links a written temporary file
     into place (as O_EXCL, but never seen empty); s3:// a
     conditional put (`If-None-Match: *`, boto3; query options as pyarrow's: endpoint_override, scheme,
-    region). Other schemes have no such operation here: NotImplementedError."""
+    region). `mode`: a local file's permissions. Other schemes have no such operation here:
+    NotImplementedError."""
     if not is_uri(location) or location.startswith("file://"):
         path = Path(filesystem(location)[1])
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
-        with open(temporary, "w") as f:
-            f.write(text)
+        temporary = _written_beside(path, text.encode(), mode)
         try:
             os.link(temporary, path)  # atomic, whole: a reader never sees it empty or half-written
         except FileExistsError:
@@ -120,16 +108,7 @@ def read_versioned(location: str) -> tuple[bytes, str]:
     folder its inode and modification time (`write_bytes` and `replace_if` write a new inode each time).
     FileNotFoundError when nothing is there; OSError when the read failed."""
     if location.startswith("s3://"):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        client, bucket, key = _s3(location)
-        try:
-            got = client.get_object(Bucket=bucket, Key=key)
-            return got["Body"].read(), got["ETag"]
-        except client.exceptions.NoSuchKey:
-            raise FileNotFoundError(f"{location}: no such object") from None
-        except (BotoCoreError, ClientError) as e:
-            raise OSError(f"{location}: {e}") from None
+        return _s3_get(location)
     path = _local_path(location)
     with open(path, "rb") as f:
         return f.read(), _file_version(os.fstat(f.fileno()))
@@ -150,10 +129,7 @@ def replace_if(location: str, data: bytes, version: str) -> str | None:
     with _locked_at(path, version) as unchanged:
         if not unchanged:
             return None
-        temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
-        with open(temporary, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
+        os.replace(_written_beside(path, data), path)
         return _file_version(os.stat(path))
 
 
@@ -169,6 +145,31 @@ def delete_if(location: str, version: str) -> bool:
         if unchanged:
             path.unlink()
         return unchanged
+
+
+def _s3_get(location: str) -> tuple[bytes, str]:
+    """An object's bytes and ETag in one GET (boto3): pyarrow asks for the size first and then reads that
+    many bytes, so an object overwritten in between (the lease's heartbeat) came back torn. FileNotFoundError
+    when it is not there, OSError (as pyarrow raises) when the request failed."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client, bucket, key = _s3(location)
+    try:
+        got = client.get_object(Bucket=bucket, Key=key)
+        return got["Body"].read(), got["ETag"]
+    except client.exceptions.NoSuchKey:
+        raise FileNotFoundError(f"{location}: no such object") from None
+    except (BotoCoreError, ClientError) as e:
+        raise OSError(f"{location}: {e}") from None
+
+
+def _written_beside(path: Path, data: bytes, mode: int = 0o666) -> str:
+    """`data` written whole to a temporary file beside `path` (its permissions `mode`, less the umask), to be renamed or
+    linked into place: a reader of `path` never sees part of it."""
+    temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
+        f.write(data)
+    return temporary
 
 
 def _s3_if_unchanged(location: str, call: Callable[[Any, str, str], Any]) -> Any:

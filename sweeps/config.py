@@ -224,13 +224,13 @@ class SweepConfig:
     def _check_record(self) -> None:
         """Where the record goes: no password in a URI (it would be stored, logged and pickled), and no
         artifacts on this machine's disk behind a tracking server that is meant to outlive it."""
-        if carries_secret(self.storage_path) or carries_secret(self.artifact_location):
-            key = "storage_path" if carries_secret(self.storage_path) else "artifact_location"
-            raise ValueError(
-                f"sweep.{key}={redact(getattr(self, key))!r} carries credentials: remove them and give the "
-                "bucket's credentials as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance profile) "
-                "in the environment instead."
-            )
+        for key in ("storage_path", "artifact_location"):
+            if carries_secret(getattr(self, key)):
+                raise ValueError(
+                    f"sweep.{key}={redact(getattr(self, key))!r} carries credentials: remove them and give the "
+                    "bucket's credentials as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance profile) "
+                    "in the environment instead."
+                )
         if carries_secret(self.tracking_uri):
             raise ValueError(
                 f"sweep.tracking_uri={redact(self.tracking_uri)!r} carries a password: remove it and set "

@@ -110,9 +110,16 @@ class DriverLease:
     def _create(self) -> bool:
         if not storage.create_exclusive(self.location, self._bytes().decode()):
             return False
-        data, version = storage.read_versioned(self.location)
-        self.version = version if (_parse(data) or {}).get("token") == self.record["token"] else None
+        self.version = self._ours()
         return self.version is not None
+
+    def _ours(self) -> str | None:
+        """The lease's version if it is this driver's; None when it is another's or gone."""
+        try:
+            data, version = storage.read_versioned(self.location)
+        except FileNotFoundError:
+            return None
+        return version if (_parse(data) or {}).get("token") == self.record["token"] else None
 
     def _take_over(self, held: dict[str, Any] | None, version: str, stale_after: int, resume: bool) -> None:
         """Replace `held` (the lease at `version`) with this driver's if it is stale, unreadable, or from the
@@ -177,13 +184,9 @@ class DriverLease:
         """One renewal, a compare-and-swap on the version this driver last saw: whether the lease is still
         this driver's."""
         if self.version is None:  # the last renewal failed: did it land, and is the lease still ours?
-            try:
-                data, version = storage.read_versioned(self.location)
-            except FileNotFoundError:
+            self.version = self._ours()
+            if self.version is None:
                 return False
-            if (_parse(data) or {}).get("token") != self.record["token"]:
-                return False
-            self.version = version
         self.record["heartbeat"] = time.time()
         version = storage.replace_if(self.location, self._bytes(), self.version)
         if version is None:
@@ -215,12 +218,9 @@ class DriverLease:
         if not self.enforced:
             return
         try:
-            version = self.version
-            if version is None:
-                data, version = storage.read_versioned(self.location)
-                if (_parse(data) or {}).get("token") != self.record["token"]:
-                    return
-            storage.delete_if(self.location, version)
+            version = self.version or self._ours()
+            if version is not None:
+                storage.delete_if(self.location, version)
         except OSError:
             pass  # the storage is unreachable: the lease goes stale and --resume takes it over
 
