@@ -118,7 +118,7 @@ def merged(parents: list[str], weight: float, out: str | None) -> list[Checkpoin
             raise ValueError(f"--merge {ref.path}: not a local folder (a checkpoint or an encoder export).")
     digest = hashlib.sha256(f"{Path(first.path).resolve()}|{Path(second.path).resolve()}".encode()).hexdigest()[:8]
     path = merge(first.path, second.path, weight, out or Path("outputs") / "merges" / f"{digest}-w{weight:g}")
-    ref = replace(first, path=str(path), step=0, label=f"merge w={weight:g} ({path})", signed=True)
+    ref = replace(first, path=str(path), step=0, label=f"merge w={weight:g} ({path})", signed=True, run="")
     return [replace(first, signed=True), replace(second, signed=True), ref]
 
 

@@ -48,32 +48,55 @@ class CheckpointRef:
     # Written by a training run of this deployment (a sweep's trial, a trainer checkpoint): evaluated only
     # once its signed manifest matches its files, wherever it is read from (`local_model_dir`).
     signed: bool = False
+    # The training run that wrote it (in a sweep, the trial id): its signed manifest must name this run
+    # and `step`, so another trial's or step's checkpoint in its place is refused. "": not checked (a merge).
+    run: str = ""
+
+    @property
+    def bound(self) -> dict[str, int | str]:
+        """What its manifest must say it was written for (`manifest.check`)."""
+        return {"run": self.run, "step": self.step} if self.run else {}
 
     @classmethod
     def from_path(cls, path_or_name: str) -> CheckpointRef:
         """A trainer checkpoint folder or URI (encoder/ + trainer_state.json) or, as step 0, a model folder
-        / name."""
+        / name. A checkpoint's state is read only once its export's signed manifest pins it (the state sets
+        the step and the temperature), and the ref is bound to the run and step that manifest names."""
         if _holds(path_or_name, STATE_FILE):
-            state = json.loads(storage.read_text(storage.join(path_or_name, STATE_FILE)))
-            return cls.trained(
-                storage.join(path_or_name, ENCODER_DIR), int(state["step"]), state.get("config", {}), path_or_name
-            )
+            encoder = storage.join(path_or_name, ENCODER_DIR)
+            listed = export_manifest(encoder)
+            state_text = storage.read_text(storage.join(path_or_name, STATE_FILE))
+            manifest.state_matches(listed, state_text.encode(), storage.join(path_or_name, STATE_FILE))
+            state = json.loads(state_text)
+            return cls.trained(encoder, int(state["step"]), state.get("config", {}), path_or_name, str(listed["run"]))
         return cls(path_or_name, 0, DEFAULT_TEMPERATURE, label=path_or_name, model=path_or_name)
 
     @classmethod
-    def trained(cls, encoder: str, step: int, run: dict[str, Any], label: str) -> CheckpointRef:
+    def trained(cls, encoder: str, step: int, run_config: dict[str, Any], label: str, run: str = "") -> CheckpointRef:
         """A trained encoder folder or URI (a checkpoint's `encoder/`, a merge's export) of a run whose config
-        is `run` (as a dict, as trainer_state.json keeps it): ECE at the run's own tau, lineage to its base
-        model, its signed manifest checked. The one way a trial, the early and final evaluations, the merges
-        and this CLI name a trained model."""
+        is `run_config` (as a dict, as trainer_state.json keeps it): ECE at the run's own tau, lineage to its
+        base model, its signed manifest checked (bound to the training `run` and `step` when `run` is given).
+        The one way a trial, the early and final evaluations, the merges and this CLI name a trained model."""
         return cls(
             encoder,
             step,
-            float(run.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)),
+            float(run_config.get("method", {}).get("temperature", DEFAULT_TEMPERATURE)),
             label=label,
-            model=run.get("model", {}).get("name", encoder),
+            model=run_config.get("model", {}).get("name", encoder),
             signed=True,
+            run=run,
         )
+
+
+def export_manifest(encoder: str) -> dict:
+    """The signed fields of an export's manifest (a local folder or a URI), read alone: its files are
+    checked where they are used (`local_model_dir`)."""
+    where = storage.join(encoder, manifest.MANIFEST)
+    try:
+        listed = json.loads(storage.read_text(where))
+    except (OSError, ValueError) as e:
+        raise manifest.IncompleteCheckpoint(f"{where}: unreadable manifest ({e}).") from None
+    return manifest.verified(listed, where)
 
 
 def unless_saved(ref: CheckpointRef, spec: EncoderSpec) -> CheckpointRef:
@@ -87,23 +110,24 @@ def _holds(location: str, name: str) -> bool:
     return (storage.is_uri(location) or Path(location).is_dir()) and storage.exists(storage.join(location, name))
 
 
-def local_model_dir(model: str, signed: bool = False) -> Path:
+def local_model_dir(model: str, signed: bool = False, bound: dict[str, int | str] | None = None) -> Path:
     """A folder on this node with `model`'s files: a copy of a checkpoint in storage (once per node), else
     `resolve_model_dir`; checked against its signed manifest (`IncompleteCheckpoint` names the file) when
     it is `signed` (a run's export: see `CheckpointRef.signed`), sits in a trainer checkpoint, or has a
-    manifest, so a cut-short, altered or forged export is never evaluated. A model of the user's own (a
+    manifest, so a cut-short, altered or forged export is never evaluated, nor one of another run or step
+    than `bound` (`CheckpointRef.bound`). A model of the user's own (a
     folder or a bucket prefix without a manifest, a model name) is taken as it is. Called where the files
     are used, never on the driver for a cluster's checkpoints."""
     folder = storage.local_copy(model) if storage.is_uri(model) else resolve_model_dir(model)
     if signed or (folder.parent / STATE_FILE).is_file() or (folder / manifest.MANIFEST).is_file():
-        _checked(str(folder), storage.stamp(str(folder)))
+        _checked(str(folder), storage.stamp(str(folder)), tuple(sorted((bound or {}).items())))
     return folder
 
 
 @functools.lru_cache(maxsize=16)
-def _checked(folder: str, stamp: str) -> None:
+def _checked(folder: str, stamp: str, bound: tuple[tuple[str, int | str], ...]) -> None:
     """Hash a folder once per process and version of its files (an evaluation opens it once per task)."""
-    manifest.check(Path(folder))
+    manifest.check(Path(folder), **dict(bound))
 
 
 def resolve_model_dir(name_or_path: str) -> Path:

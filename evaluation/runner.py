@@ -46,22 +46,29 @@ def _cached_encoder(model_dir: str, stamp: str, spec: EncoderSpec | None):
 
 @ray.remote
 def _encode_task(
-    model: str, signed: bool, texts: list[str], side: str, batch_size: int, threads: int, spec: EncoderSpec | None
+    model: str,
+    signed: bool,
+    bound: dict[str, int | str],
+    texts: list[str],
+    side: str,
+    batch_size: int,
+    threads: int,
+    spec: EncoderSpec | None,
 ) -> np.ndarray:
     """Encode on whichever node runs the task: the model's files are copied to this node first when
     they live in storage (`local_model_dir`), never read from the driver's disk."""
     import torch
 
     torch.set_num_threads(threads)
-    folder = str(local_model_dir(model, signed))
+    folder = str(local_model_dir(model, signed, bound))
     encoder = _cached_encoder(folder, storage.stamp(folder), spec)
     return encoder.encode(texts, side, batch_size=batch_size, progress=False)
 
 
 @ray.remote
-def _hash_task(model: str, signed: bool) -> str:
+def _hash_task(model: str, signed: bool, bound: dict[str, int | str]) -> str:
     """The model's content hash, computed on the node that holds (a copy of) its files."""
-    return content_hash(str(local_model_dir(model, signed)))
+    return content_hash(str(local_model_dir(model, signed, bound)))
 
 
 @ray.remote
@@ -93,7 +100,7 @@ def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[
     def encode(texts: list[str], side: str, lang: str) -> ray.ObjectRef:
         return _encode_task.options(
             num_cpus=config.encode_cpus, name=f"encode:{ref.label}:{lang}:{side}", scheduling_strategy=OUTSIDE_TRIAL
-        ).remote(ref.path, ref.signed, texts, side, config.batch_size, encode_threads, ref.spec)
+        ).remote(ref.path, ref.signed, ref.bound, texts, side, config.batch_size, encode_threads, ref.spec)
 
     # [1] candidates first: every scoring task needs all of them, but only its own queries.
     cands = {lang: encode(eval_set.candidates[lang], "passage", lang) for lang in eval_set.languages}
@@ -146,7 +153,7 @@ def evaluate_checkpoints(
     digests = [
         _hash_task.options(
             num_cpus=config.encode_cpus, name=f"hash:{ref.label}", scheduling_strategy=OUTSIDE_TRIAL
-        ).remote(ref.path, ref.signed)
+        ).remote(ref.path, ref.signed, ref.bound)
         for ref in checkpoints
     ]
     found = {}  # without a cache, hashing overlaps the encoding it does not feed

@@ -9,6 +9,12 @@ Each manifest is signed with the deployment's key (`hybrid.signing`): a writer w
 recompute its sha256 cannot sign the manifest, so a forged file (a pickle in the optimizer state) is
 refused before anything is loaded. Checkpoints from before signatures are refused with the command that
 accepts them once (`python -m hybrid.accept`).
+
+A training checkpoint's manifests are bound to what wrote them: the run (in a sweep, the trial id) and the
+step, signed with the files, and its export's manifest pins `trainer_state.json` (`state_sha256`), the file
+that sets the step and the temperature it is evaluated at. Whoever knows which run and step a checkpoint
+must be checks them (`check(folder, run=..., step=...)`), so a signed checkpoint of another trial or step,
+copied in its place, is refused like a forged one.
 """
 
 from __future__ import annotations
@@ -42,14 +48,21 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write(folder: Path, name: str = MANIFEST, **fields: int) -> None:
-    """List every file under `folder` (manifests of other writers excepted) in `folder/name`."""
+def write(folder: Path, name: str = MANIFEST, **fields: int | str) -> None:
+    """List every file under `folder` (manifests of other writers excepted) in `folder/name`, with `fields`
+    (a checkpoint's `run` and `step`, ...) signed beside them."""
     files = {
         str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256(p)}
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not _is_manifest(p.name)
     }
     (folder / name).write_text(json.dumps(signing.signed(fields | {"files": files}, PURPOSE), indent=1))
+
+
+def write_export(folder: Path, run: str, step: int, state: str) -> None:
+    """A training checkpoint's export manifest: bound to the `run` and `step` that wrote it, pinning the
+    run's state (the text of trainer_state.json beside it)."""
+    write(folder, run=run, step=step, state_sha256=hashlib.sha256(state.encode()).hexdigest())
 
 
 def rank_manifest(rank: int) -> str:
@@ -60,9 +73,10 @@ def _is_manifest(name: str) -> bool:
     return name == MANIFEST or RANK_MANIFEST.fullmatch(name) is not None
 
 
-def check(folder: Path) -> None:
+def check(folder: Path, **bound: int | str) -> None:
     """Raise `IncompleteCheckpoint`, naming the first problem, unless every manifest's files are present
-    with their sizes and hashes, and a training checkpoint has the manifest of every rank."""
+    with their sizes and hashes, a training checkpoint has the manifest of every rank, and each manifest
+    was written for the `bound` run and step (when given)."""
     ranks = {int(m.group(1)): p for p in folder.glob("manifest.rank*.json") if (m := RANK_MANIFEST.fullmatch(p.name))}
     manifests = [*ranks.values(), *([folder / MANIFEST] if (folder / MANIFEST).is_file() else [])]
     if not manifests:
@@ -72,7 +86,8 @@ def check(folder: Path) -> None:
             listed = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise IncompleteCheckpoint(f"{path}: unreadable manifest ({e}).") from None
-        listed = _verified(listed, path)
+        listed = verified(listed, str(path))
+        _check_bound(listed, bound, path)
         world = listed.get("world_size")
         missing = sorted(set(range(world)) - set(ranks)) if world else []
         if missing:
@@ -83,15 +98,37 @@ def check(folder: Path) -> None:
             _check_file(folder / name, expected)
 
 
-def _verified(listed: dict, path: Path) -> dict:
+def _check_bound(listed: dict, bound: dict[str, int | str], path: Path) -> None:
+    """A checkpoint of another run or step (copied over this one, or written before checkpoints were
+    bound) is refused, naming both."""
+    found = {key: listed.get(key) for key in bound}
+    if found != bound:
+        said = ", ".join(f"{k} {v}" for k, v in found.items() if v is not None) or "no run or step (an older version)"
+        raise IncompleteCheckpoint(
+            f"{path}: written for {said}, not for {', '.join(f'{k} {v}' for k, v in bound.items())}: a checkpoint "
+            "of another trial or step in this one's place. Not loaded; delete it to train or evaluate again."
+        )
+
+
+def state_matches(listed: dict, state: bytes, where: str) -> None:
+    """The run's state (trainer_state.json's bytes) is the one the export's signed manifest pins."""
+    if listed.get("state_sha256") != hashlib.sha256(state).hexdigest():
+        raise IncompleteCheckpoint(
+            f"{where}: not the state its export was written with (altered, or of another checkpoint; "
+            "checkpoints written before the state was pinned are refused too). Not loaded."
+        )
+
+
+def verified(listed: dict, where: str) -> dict:
+    """The manifest read from `where` less its signature, once this deployment's key signed it."""
     try:
-        return signing.verified(listed, PURPOSE, str(path))
+        return signing.verified(listed, PURPOSE, where)
     except signing.BadSignature as e:
         if signing.SIGNATURE in listed:
             raise IncompleteCheckpoint(f"{e} Not loaded: its files may have been replaced.") from None
         raise IncompleteCheckpoint(
             f"{e} Written before checkpoints were signed, or by someone without this deployment's key. If "
-            f"you wrote it, accept it once: python -m hybrid.accept {path.parent}"
+            f"you wrote it, accept it once: python -m hybrid.accept {where.rsplit('/', 1)[0]}"
         ) from None
 
 

@@ -36,6 +36,7 @@ def register(setup: SweepSetup, table, configs, runs: tracking.SweepRuns) -> str
         s.name,
         runs.trial_run(trial["trial"]),
         storage.join(trial["checkpoint_path"], ENCODER_DIR),
+        {"run": trial["trial"], "step": setup.run.optim.steps},
         tags={"sweep": s.name, "trial": trial["trial"], "config_key": top["config_key"], **knobs},
         description=f"Sweep {s.name}: the best configuration by {objective} (proxy evaluation) "
         f"{mean_pm(top[objective], top[objective + ' ±95%'], 4)} over {top['seeds']} seed(s); this is "

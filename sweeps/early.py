@@ -59,6 +59,7 @@ def final_ref(setup: SweepSetup, checkpoint_path: str, params: dict[str, Any], t
         setup.run.optim.steps,
         to_dict(trial_run_config(setup.run, params)),
         trial,
+        run=trial,
     )
 
 

@@ -16,16 +16,23 @@ EXAMPLE = ["query: Which team won Super Bowl 50?", "passage: The Denver Broncos 
 
 
 def register_best(
-    tracking_uri: str, sweep_name: str, run_id: str, encoder_uri: str, tags: dict[str, Any], description: str
+    tracking_uri: str,
+    sweep_name: str,
+    run_id: str,
+    encoder_uri: str,
+    bound: dict[str, int | str],
+    tags: dict[str, Any],
+    description: str,
 ) -> str:
-    """Log the encoder at `encoder_uri` in run `run_id`, register it as a new version of model
-    `sweep_name` with `tags`, point the alias `best` at it; returns the version."""
+    """Log the encoder at `encoder_uri` (written by the training run and step `bound` names) in run
+    `run_id`, register it as a new version of model `sweep_name` with `tags`, point the alias `best` at it;
+    returns the version."""
     import mlflow
     from mlflow import MlflowClient
     from sentence_transformers import SentenceTransformer
 
     folder = storage.local_copy(encoder_uri)
-    manifest.check(folder)  # signed by this deployment, every file as written: never a forged export
+    manifest.check(folder, **bound)  # signed by this deployment for this trial and step, every file as written
     mlflow.set_tracking_uri(tracking_uri)
     model = SentenceTransformer(str(folder), device="cpu")
     with mlflow.start_run(run_id=run_id):

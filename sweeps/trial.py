@@ -167,9 +167,8 @@ class EvaluateAndReport(TuneReportCallback):
     ) -> None:
         step = int(train_metrics.get("step", 0))
         proxy = self.setup.proxy_eval
-        ref = CheckpointRef.trained(
-            storage.join(uri, ENCODER_DIR), step, to_dict(self.config), run_context.run_config.name
-        )  # label: the trial id
+        trial = run_context.run_config.name  # the trial id: the label, and the run its checkpoints are bound to
+        ref = CheckpointRef.trained(storage.join(uri, ENCODER_DIR), step, to_dict(self.config), trial, run=trial)
         [result] = evaluate_checkpoints(
             [ref], load_eval_set(proxy, self.config.data), proxy, self.setup.sweep.eval_cache_location
         )

@@ -49,10 +49,10 @@ def checkpoints(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     base = _spread_copy(tiny_model_dir, root / "base", seed=1)
     folder = root / "checkpoint_000040"
-    manifest.write(_spread_copy(tiny_model_dir, folder / "encoder", seed=2))  # signed, as a trainer's export
-    (folder / "trainer_state.json").write_text(
-        json.dumps({"step": 40, "config": {"model": {"name": "tiny"}, "method": {"temperature": 0.1}}})
-    )
+    encoder = _spread_copy(tiny_model_dir, folder / "encoder", seed=2)
+    state = json.dumps({"step": 40, "config": {"model": {"name": "tiny"}, "method": {"temperature": 0.1}}})
+    (folder / "trainer_state.json").write_text(state)
+    manifest.write_export(encoder, "run0", 40, state)  # signed, as a trainer's export
     return [CheckpointRef.from_path(str(base)), CheckpointRef.from_path(str(folder))]
 
 
@@ -432,9 +432,12 @@ def test_a_folder_without_a_spec_is_read_as_the_preset_says(checkpoints, tmp_pat
     plain = tmp_path / "plain"
     shutil.copytree(checkpoints[0].path, plain)
     (plain / "hybrid_encoder.json").unlink()
-    assert unless_saved(CheckpointRef.from_path(str(plain)), spec).spec == spec
-    assert unless_saved(CheckpointRef.from_path("multilingual-e5-small"), spec).spec == spec
-    assert unless_saved(checkpoints[0], spec).spec is None and unless_saved(checkpoints[1], spec).spec is None
+    asked = []
+    spec_of = lambda path: asked.append(path) or spec  # noqa: E731
+    assert unless_saved(CheckpointRef.from_path(str(plain)), spec_of).spec == spec
+    assert unless_saved(CheckpointRef.from_path("multilingual-e5-small"), spec_of).spec == spec
+    assert unless_saved(checkpoints[0], spec_of).spec is None and unless_saved(checkpoints[1], spec_of).spec is None
+    assert asked == [str(plain), "multilingual-e5-small"]  # a saved export's own files are not read again
 
 
 def test_content_hash_depends_on_the_files_not_their_location(checkpoints, tmp_path):

@@ -99,17 +99,21 @@ def test_signed_documents_and_sealed_blobs_verify_only_unchanged_and_for_their_p
         signing.verified(document, "p", "doc")
 
 
-def _checkpoint(tiny_model_dir: Path, store: str, work: Path, signed: bool = True) -> str:
-    """A trainer checkpoint in `store` holding an export (the tiny encoder) with its manifest."""
+def _checkpoint(tiny_model_dir: Path, store: str, work: Path, signed: bool = True, run: str = "trial_a") -> str:
+    """A trainer checkpoint of `run` at step 6 in `store` (`<run>/checkpoint_000006`), as
+    `trainers.loop.save_checkpoint` writes one: an export (the tiny encoder) whose manifest pins the state,
+    and rank 0's manifest, both bound to the run and step."""
     local = work / "written"
     shutil.copytree(tiny_model_dir, local / ENCODER_DIR)
-    (local / STATE_FILE).write_text(json.dumps({"step": 6, "config": {}}))
-    manifest.write(local / ENCODER_DIR)
+    state = json.dumps({"step": 6, "config": {"method": {"temperature": 0.05}}})
+    (local / STATE_FILE).write_text(state)
+    manifest.write_export(local / ENCODER_DIR, run, 6, state)
+    manifest.write(local, manifest.rank_manifest(0), world_size=1, run=run, step=6)
     if not signed:  # as written before signatures
         listed = json.loads((local / ENCODER_DIR / manifest.MANIFEST).read_text())
         listed.pop(signing.SIGNATURE)
         (local / ENCODER_DIR / manifest.MANIFEST).write_text(json.dumps(listed))
-    location = storage.join(store, "checkpoint_000006")
+    location = storage.join(store, run, "checkpoint_000006")
     for path in [p for p in local.rglob("*") if p.is_file()]:
         storage.write_bytes(storage.join(location, str(path.relative_to(local))), path.read_bytes())
     shutil.rmtree(local)
@@ -138,8 +142,77 @@ def test_an_export_altered_with_its_manifest_rewritten_is_neither_evaluated_nor_
     with pytest.raises(manifest.IncompleteCheckpoint, match=refused):
         local_model_dir(export)  # its manifest is there: checked all the same
     with pytest.raises(manifest.IncompleteCheckpoint, match=refused):
-        register_best(f"sqlite:///{tmp_path}/mlflow.db", "forged", "run", export, {}, "")
+        register_best(f"sqlite:///{tmp_path}/mlflow.db", "forged", "run", export, {}, {}, "")
     assert not (tmp_path / "mlflow.db").exists()  # refused before MLflow was touched
+
+
+def test_a_checkpoint_of_another_trial_or_step_or_with_an_edited_state_is_refused(
+    tiny_model_dir, store, tmp_path, capsys
+):
+    """Issue 33, item 3: trial A's signed checkpoint copied over trial B's, or over a later step of A's, and a
+    checkpoint whose trainer_state.json was edited (the step and the temperature ECE is read at): the
+    evaluation's tasks, the registration, the CLI's reading of the state and a resume refuse each, naming
+    the run and step, or the state. (On 29bd854 each was loaded as B's, or at step 9999.)"""
+    import ray.train
+
+    from evaluation.checkpoints import CheckpointRef, local_model_dir
+    from sweeps.registry import register_best
+    from trainers.loop import restore
+
+    a = _checkpoint(tiny_model_dir, store, tmp_path, run="trial_a")
+    b = storage.join(store, "trial_b", "checkpoint_000006")
+    later = storage.join(store, "trial_a", "checkpoint_000012")
+    for copy in (b, later):
+        storage.upload_tree(storage.local_copy(a), copy)
+    assert CheckpointRef.from_path(a).bound == {"run": "trial_a", "step": 6}
+    assert CheckpointRef.from_path(b).bound == {"run": "trial_a", "step": 6}  # the CLI names what it is
+
+    another = r"written for run trial_a, step 6, not for run trial_b, step 6: a checkpoint of another trial or step"
+    with pytest.raises(manifest.IncompleteCheckpoint, match=another):
+        local_model_dir(storage.join(b, ENCODER_DIR), signed=True, bound={"run": "trial_b", "step": 6})
+    with pytest.raises(manifest.IncompleteCheckpoint, match=another):
+        register_best(
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "s",
+            "run",
+            storage.join(b, ENCODER_DIR),
+            {"run": "trial_b", "step": 6},
+            {},
+            "",
+        )
+    assert not (tmp_path / "mlflow.db").exists()  # refused before MLflow was touched
+
+    def resumed(location: str, run: str):
+        fs, path = storage.filesystem(location)
+        return restore(ray.train.Checkpoint(path, filesystem=fs), None, 6, run)  # type: ignore[arg-type]
+
+    state, path = resumed(later, "trial_a")  # step 12's folder holding step 6: the earlier one is taken
+    assert state["step"] == 6 and path.endswith("trial_a/checkpoint_000006")
+    assert resumed(b, "trial_b") == (None, None)  # trial A's only: none of B's own, step 0
+    said = capsys.readouterr().out
+    assert "written for run trial_a, step 6, not for run trial_a, step 12" in said
+    assert "written for run trial_a, step 6, not for run trial_b, step 6" in said
+    assert said.count("Falling back to the previous checkpoint.") == 2 and "training starts from step 0" in said
+
+    edited = json.loads(storage.read_text(storage.join(a, STATE_FILE)))
+    edited["step"], edited["config"]["method"]["temperature"] = 9999, 1.0
+    storage.write_text(storage.join(a, STATE_FILE), json.dumps(edited))
+    with pytest.raises(
+        manifest.IncompleteCheckpoint, match=r"trainer_state.json\S*: not the state its export was written with"
+    ):
+        CheckpointRef.from_path(a)
+    cli = subprocess.run(
+        [sys.executable, "-m", "evaluation", "--checkpoint", a],
+        cwd=ROOT,
+        env=driver_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+    assert cli.stderr.startswith("error: ") and re.search(
+        r"trainer_state.json\S*: not the state its export was written with", cli.stderr
+    )
 
 
 def test_a_checkpoint_from_before_signatures_is_refused_until_accepted(tiny_model_dir, store, tmp_path):

@@ -85,35 +85,37 @@ class Meter:
 
 
 def save_checkpoint(
-    engine: Engine, directory: Path, rank: int, world: int, state: dict[str, Any], card: str, resumable: bool
+    engine: Engine, directory: Path, run: str, rank: int, world: int, state: dict[str, Any], card: str, resumable: bool
 ) -> None:
-    """This rank's part of a checkpoint, its manifest last (Ray merges the ranks' folders); the export
-    gets its model `card` (README.md). `resumable`: with the engine's optimizer state (`state["resumable"]`
+    """This rank's part of a checkpoint of `run` at `state["step"]`, its manifest last (Ray merges the
+    ranks' folders), every manifest bound to the run and step; the export gets its model `card`
+    (README.md) and pins the state. `resumable`: with the engine's optimizer state (`state["resumable"]`
     says which), needed only to train on from it."""
     if resumable:
         engine.save(directory)
+    text = json.dumps(state, indent=2)
     with engine.gathered_params():  # ZeRO-3: full weights on every rank while inside
         if rank == 0:
+            (directory / STATE_FILE).write_text(text)
             engine.encoder.save(directory / ENCODER_DIR)
             (directory / ENCODER_DIR / "README.md").write_text(card)
-            manifest.write(directory / ENCODER_DIR)
-    if rank == 0:
-        (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
-    manifest.write(directory, manifest.rank_manifest(rank), world_size=world)
+            manifest.write_export(directory / ENCODER_DIR, run, state["step"], text)
+    manifest.write(directory, manifest.rank_manifest(rank), world_size=world, run=run, step=state["step"])
 
 
 def restore(
-    checkpoint: ray.train.Checkpoint | None, engine: Engine, steps: int
+    checkpoint: ray.train.Checkpoint | None, engine: Engine, steps: int, run: str
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """Load the latest complete checkpoint at or before `checkpoint` into `engine`: (its state, its path).
-    One at `steps` or beyond (the run finished) is not loaded: the run only reports it again.
+    """Load the latest complete checkpoint of `run` at or before `checkpoint` into `engine`: (its state,
+    its path). One at `steps` or beyond (the run finished) is not loaded: the run only reports it again.
 
     A checkpoint whose files do not match its manifests (a node lost while uploading, a full disk, a
-    file altered) is skipped with a message, for the one before it; none complete: (None, None), step 0."""
+    file altered), or written by another run or at another step than its folder's name says (copied in
+    its place), is skipped with a message, for the one before it; none complete: (None, None), step 0."""
     for candidate in _this_and_earlier(checkpoint):
         with candidate.as_directory() as d:
             try:
-                manifest.check(Path(d))
+                manifest.check(Path(d), run=run, step=checkpoint_step(candidate.path))
             except manifest.IncompleteCheckpoint as e:
                 print(f"[hybrid-sweep] resume: {e} Falling back to the previous checkpoint.", flush=True)
                 continue
@@ -130,6 +132,15 @@ def restore(
     if checkpoint is not None:
         print("[hybrid-sweep] resume: no complete checkpoint; training starts from step 0.", flush=True)
     return None, None
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint_{step:06d}"
+
+
+def checkpoint_step(path: str) -> int:
+    """The step a checkpoint folder's name says (`checkpoint_000016`: 16, `checkpoint_name`)."""
+    return int(path.rstrip("/").rsplit("_", 1)[-1])
 
 
 def _this_and_earlier(checkpoint: ray.train.Checkpoint | None) -> list[ray.train.Checkpoint]:
@@ -169,7 +180,8 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     loss_fn = InfoNCELoss(config.method.temperature, config.method.symmetric)
     marks["engine"] = time.time()
 
-    state, restored_path = restore(ray.train.get_checkpoint(), engine, config.optim.steps)
+    run = ctx.get_experiment_name()  # in a sweep, the trial id: what its checkpoints are bound to
+    state, restored_path = restore(ray.train.get_checkpoint(), engine, config.optim.steps, run)
     marks["restore"] = time.time()
     mono_steps = 0
     if state:
@@ -221,11 +233,11 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             "resumable": resumable,
         }
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(engine, Path(tmp), rank, world, state, model_card(config, step), resumable)
+            save_checkpoint(engine, Path(tmp), run, rank, world, state, model_card(config, step), resumable)
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint_{step:06d}",
+                checkpoint_dir_name=checkpoint_name(step),
             )
         meter = Meter()  # started after validation and saving: they are not training throughput
         if last:
