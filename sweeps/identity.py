@@ -35,7 +35,8 @@ def check(setup: SweepSetup, sweep_id: str, resume: bool, search_started: bool) 
 def claim(setup: SweepSetup, sweep_id: str, search_started: bool) -> None:
     """Once the sweep is sure to run (after `check` and the cluster's checks): mark its study with its id
     (the experiment and parent run get it when `SweepRuns` opens them). A study of this sweep left without
-    a search phase (its first start died before Tune saved its state) starts again empty."""
+    a search phase (its first start died before Tune saved its state) starts again empty (`check` refused
+    one that holds trials)."""
     import optuna
 
     from sweeps.search import study_storage
@@ -118,9 +119,17 @@ def _check_study(setup: SweepSetup, sweep_id: str, resume: bool, search_started:
     s = setup.sweep
     if resume and search_started and _no_such_file(s.study_storage):
         raise _missing(setup, f"the study storage {redact(s.study_storage)}", "--study-storage", sweep_id)
-    found = _study(study_storage(s), s.name)
+    store = study_storage(s)
+    found = _study(store, s.name)
     if found is None and resume and search_started:
         raise _missing(setup, f"the study storage {redact(s.study_storage)}", "--study-storage", sweep_id)
     other = found.user_attrs.get(STUDY_ATTR) if found is not None else sweep_id
     if other not in (sweep_id, None) or (other is None and not resume):
         raise _taken(setup, f"the study storage {redact(s.study_storage)}", other, sweep_id, resume)
+    trials = store.get_n_trials(store.get_study_id_from_name(s.name)) if found and not search_started else 0
+    if trials:  # never deleted by `claim`: its trials would be lost with it
+        raise ValueError(
+            f"sweep.name={s.name!r}: its Optuna study in {redact(s.study_storage)} holds {trials} trial(s), but "
+            "the sweep's search state in storage is gone (search/tuner.pkl): the study is kept. Continue from "
+            "the storage the sweep saved to (--storage-path), or start a new sweep with --name NEW."
+        )

@@ -57,7 +57,7 @@ def run_round(searcher, space: dict, metric: str, trials: int, first_id: int) ->
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::optuna.exceptions.ExperimentalWarning")
-def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path):
+def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path, capsys):
     """`optuna.load_study` opens the sweep's study by name beside the MLflow store; a later round (more
     trials on --resume) starts from every earlier trial instead of enqueuing the references again."""
     from sweeps import identity
@@ -100,8 +100,22 @@ def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path):
     assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
     with pytest.raises(ValueError, match=r"by another sweep \(sweep id ours; this one is new2\)"):
         identity.check(setup, "new2", resume=False, search_started=False)
-    identity.check(setup, "ours", resume=False, search_started=False)
+    # Issue 33: this sweep's study holding trials, its search state gone (search/tuner.pkl deleted): a plain
+    # start is refused and the study kept (on 29bd854 `claim` deleted it, 5 trials with it).
+    with pytest.raises(
+        ValueError,
+        match=r"sweep.name='studied': its Optuna study in \S+ holds 5 trial\(s\), but the sweep's search state "
+        r"in storage is gone \(search/tuner.pkl\): the study is kept\. Continue from",
+    ):
+        identity.check(setup, "ours", resume=False, search_started=False)
+    assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
+    optuna.delete_study(study_name="studied", storage=setup.sweep.study_storage)  # a first start that died
+    optuna.create_study(study_name="studied", storage=setup.sweep.study_storage).set_user_attr("sweep_id", "ours")
+    identity.check(setup, "ours", resume=False, search_started=False)  # empty: nothing to lose
     identity.claim(setup, "ours", search_started=False)
+    assert "was left by this sweep's earlier start, which saved no search state: started again." in (
+        capsys.readouterr().out
+    )
     study = optuna.load_study(study_name="studied", storage=setup.sweep.study_storage)
     assert not study.trials and study.user_attrs == {"sweep_id": "ours"}
 
