@@ -161,6 +161,23 @@ def test_the_best_encoder_is_registered_and_loads_as_the_checkpoint_embeds(finis
     assert "base_model: " in card and f"| alpha (mono ratio) | {alpha:g} (constant schedule) |" in card
     assert "CC BY-SA 4.0" in card
 
+    # Issue 33, item 6: a driver killed between the registration and the alias registers again on --resume:
+    # the version its run holds is found again (29bd854: a second version).
+    from sweeps.registry import register_best
+
+    client.delete_registered_model_alias("tiny", "best")
+    again = register_best(
+        f"sqlite:///{folder}/mlflow.db",
+        "tiny",
+        version.run_id,
+        str(export),
+        {"run": trial, "step": 6},
+        {},
+        version.description,
+    )
+    assert again == version.version and client.get_model_version_by_alias("tiny", "best").version == again
+    assert len(client.search_model_versions("name = 'tiny'")) == 1
+
 
 def test_the_report_of_the_real_sweep_answers_every_question(finished_tiny_sweep, tmp_path):
     """compare.py on the sweep's store: every question answered or marked; the page's images load in Chromium."""
