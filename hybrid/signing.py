@@ -21,6 +21,7 @@ import hmac
 import json
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,20 @@ def settings_purpose(sweep_name: str) -> str:
 def fingerprint() -> str:
     """A short id of the key (an HMAC of a fixed text, not the key): nodes compare it to find a wrong key."""
     return sign(b"fingerprint", "fingerprint")[:16]
+
+
+DRIVER_KEY_ENV = "HYBRID_SWEEP_DRIVER_KEY"  # the driver's fingerprint, in the environment of its workers
+
+
+def check_same_key(driver: str) -> None:
+    """This process verifies with the key of the driver whose `fingerprint` is `driver`: a node added after
+    the sweep's start (the autoscaler) with another key would take every checkpoint for a forgery and
+    train from step 0. `SigningKeyError` naming the node and the fix; "" checks nothing."""
+    if driver and fingerprint() != driver:
+        raise SigningKeyError(
+            f"node {socket.gethostname()} has another signing key than the driver's ({key_path()}, fingerprint "
+            f"{fingerprint()}, the driver's {driver}): copy the driver's key to it (cluster.yaml's file_mounts)."
+        )
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from ray import tune
 from evaluation.checkpoints import CheckpointRef
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
+from hybrid import signing
 from sweeps import interrupts, progress, tracking, tune_state
 from sweeps.config import SweepSetup
 from sweeps.early import EarlyEvaluation, base_ref, final_ref, full_eval_config
@@ -44,7 +45,9 @@ def _run_tuner(
     Ctrl-C: Tune stops the trials and saves its state), so no later phase starts on a partial table.
     `early` starts the references' final evaluation when they finish (`sweeps.early`)."""
     root, path = setup.sweep.location(), setup.sweep.location(name)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), setup.sweep.trial_bundle)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, setup=setup, driver_key=signing.fingerprint()), setup.sweep.trial_bundle
+    )
     interrupts.enter(name)  # a Ctrl-C from here on names this phase
     print(f"\n== {name}: {trials} trial(s) ==", flush=True)
     tune_state.never_unpickle_trial_errors()

@@ -192,9 +192,11 @@ class EvaluateAndReport(TuneReportCallback):
             self.evaluated.remove(entry)
 
 
-def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
+def run_trial(params: dict[str, Any], setup: SweepSetup, driver_key: str) -> None:
     """The Tune trainable. Its Train run is named after the trial, so a restarted trial resumes its own
-    run from the latest checkpoint in storage (on whichever node it restarts)."""
+    run from the latest checkpoint in storage (on whichever node it restarts). `driver_key`: the driver's
+    key fingerprint, which its node and every worker must hold (a node that joined after the start)."""
+    signing.check_same_key(driver_key)
     started_at = time.time()
     trial_id = tune.get_context().get_trial_id()
     config = trial_run_config(setup.run, params)
@@ -211,5 +213,6 @@ def run_trial(params: dict[str, Any], setup: SweepSetup) -> None:
         storage_path=train_storage,
         prune=False,
         callbacks=[EvaluateAndReport(setup, config, train_storage, started_at, label)],
+        driver_key=driver_key,
     )
     trainer.fit()

@@ -462,9 +462,25 @@ def test_a_forged_optimizer_state_is_skipped_for_the_previous_checkpoint(
     )
 
 
-def test_a_node_with_another_key_is_refused_before_any_trial(s3_bucket, local_ray, tmp_path, monkeypatch):
-    """Every node must verify with the driver's key: here the driver's is another than the (one) node's."""
+def test_a_node_with_another_key_is_refused_before_any_trial(
+    s3_bucket, local_ray, tmp_path, monkeypatch, tiny_model_dir
+):
+    """Every node must verify with the driver's key: here the driver's is another than the (one) node's.
+    Issue 33: a node that joins after the start (the autoscaler's) is checked too, by the trial and by every
+    Train worker, before a step: refused in one line, not retried (on 29bd854 it trained from step 0)."""
+    import ray.train
+
     from sweeps.cluster import check_signing_keys
+    from sweeps.trial import run_trial
+    from trainers.train import build_trainer
+
+    late = r"node \S+ has another signing key than the driver's \(\S+, fingerprint [0-9a-f]{16}, the driver's 0{16}\)"
+    with pytest.raises(signing.SigningKeyError, match=f"^{late}: copy the driver's key to it"):
+        run_trial({}, None, "0" * 16)  # type: ignore[arg-type]  (refused before it reads anything)
+    config = tiny_config(tiny_model_dir, tmp_path, workers=1, checkpoint_every=2, log_every=2, val_batches=2)
+    with pytest.raises(ray.train.ControllerError, match=f"controller error:\n{late}"):  # not retried
+        build_trainer(with_steps(config, 2), "late", driver_key="0" * 16).fit()
+    assert not list((tmp_path / "ray" / "late").glob("checkpoint_*"))
 
     check_signing_keys()  # the same key everywhere
     other = tmp_path / "other.key"

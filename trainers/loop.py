@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import pyarrow.fs as pafs
 import ray.train
 import torch
 
-from hybrid import manifest
+from hybrid import manifest, signing
 from hybrid.config import from_dict, to_dict
 from hybrid.layout import ENCODER_DIR, STATE_FILE
 from hybrid.loss import InfoNCELoss
@@ -165,6 +166,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     # The start-up split (seconds since the epoch, reported with step 0): when this worker's process was
     # created and when each stage ended. `sweeps.trial` turns them into durations.
     marks = {"process": psutil.Process().create_time(), "entry": time.time()}
+    signing.check_same_key(os.environ.get(signing.DRIVER_KEY_ENV, ""))  # a node that joined late, another key
     config = from_dict(TrainRunConfig, config_dict)  # rebuilt and re-validated inside the worker
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

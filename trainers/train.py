@@ -16,7 +16,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from hybrid import storage
+from hybrid import signing, storage
 from hybrid.config import DEFAULT_CONFIG, add_overrides_flag, to_dict
 from trainers.config import TrainRunConfig, check_resources, load_run_config
 from trainers.loop import NonFiniteLoss, train_loop_per_worker
@@ -63,6 +63,8 @@ class StopOnDivergence(ray.train.UserCallback):
             if isinstance(error, NonFiniteLoss):  # the worker's own exception, unpickled
                 storage.write_text(storage.join(self.run_dir, DIVERGED), str(error))
                 raise error
+            if isinstance(error, signing.SigningKeyError):  # a node's setup: a retry would meet it again
+                raise error
 
 
 def build_trainer(
@@ -71,10 +73,12 @@ def build_trainer(
     storage_path: str | None = None,
     callbacks: list | None = None,
     prune: bool = True,
+    driver_key: str | None = None,
 ) -> TorchTrainer:
     """The run's `TorchTrainer`; the same name and storage resume it. A run that diverged before fails here.
     `prune`: Ray keeps the latest `trainer.keep_checkpoints`; False keeps every checkpoint (a sweep prunes
-    each only once it is evaluated, `sweeps.trial.EvaluateAndReport`)."""
+    each only once it is evaluated, `sweeps.trial.EvaluateAndReport`). `driver_key`: the fingerprint of
+    the key every worker must hold (`signing.check_same_key`); None: this process's (the driver's)."""
     t = config.trainer
     root = storage.resolve(storage_path or t.storage_path)
     diverged = storage.join(root, name, DIVERGED)
@@ -92,7 +96,7 @@ def build_trainer(
             storage_path=root,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints if prune else None),
-            worker_runtime_env={"env_vars": WORKER_ENV},
+            worker_runtime_env={"env_vars": WORKER_ENV | {signing.DRIVER_KEY_ENV: driver_key or signing.fingerprint()}},
             callbacks=[*(callbacks or []), StopOnDivergence(storage.join(root, name))],  # last: it raises
         ),
     )
