@@ -58,7 +58,8 @@ def _run_tuner(
     logger = TrialLogger(
         runs, setup.run, setup.sweep.location("train"), setup.sweep.objectives[0], not setup.sweep.verbose
     )
-    if restorable and tune_state.restore_verified(path, signed):  # only what this sweep's driver saved
+    verified = tune_state.restore_verified(path, signed) if restorable else None  # only what this driver saved
+    if verified is not None:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         run_config = tune.RunConfig(
@@ -69,6 +70,7 @@ def _run_tuner(
             verbose=2 if setup.sweep.verbose else 0,
         )  # 0: TrialLogger's lines instead
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config)
+    tune_state.sign_tuner(tuner, verified)  # its tuner.pkl as written or verified here, never as read back
     grid, stopped = interrupts.fit(tuner, name)
     runs.flush()  # the phase's MLflow writes, queued by TrialLogger, all done (or their error raised)
     if stopped or not all_ended(grid, trials):

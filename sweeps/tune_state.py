@@ -4,7 +4,10 @@ Tune keeps a phase's state in storage as pickles (`tuner.pkl`, the searcher's st
 inside `experiment_state-*.json`) and unpickles them on restore, so anyone who can write to the bucket
 could run code in the driver. Tune calls every callback's `get_state` right after it writes those files
 to its local staging folder and before it uploads them: there `SignedState` copies them into
-`<phase>/signed-state/` in storage, as content-addressed blobs and a signed index written last.
+`<phase>/signed-state/` in storage, as content-addressed blobs and a signed index written last. Nothing
+it signs is read back from storage: the state files from this experiment's own staging folder (named by
+its trials, never the newest of the Ray session, which another sweep's driver may share), `tuner.pkl`
+from the bytes this driver pickled or verified (`sign_tuner`).
 `restore_verified` puts exactly those bytes back before `Tuner.restore`, and deletes any other file of
 those kinds (Tune takes the highest name), so nothing unsigned is ever unpickled. A phase whose index is
 missing or badly signed is refused before Ray starts (`check`).
@@ -55,10 +58,16 @@ class SignedState(tune.Callback):
     def __init__(self, location: str, phase: str, purpose: str):
         self.location, self.phase, self.purpose = location, phase, purpose
         self._signed: dict[str, str] = {}  # name -> sha256 in the index last written
-        self._tuner: bytes | None = None
+        self._tuner: bytes | None = None  # tuner.pkl as this driver wrote or verified it (`sign_tuner`)
+        self._trial: str | None = None  # a trial id of this experiment: finds its staging folder
+        self._staging: Path | None = None
 
     def __getstate__(self) -> dict:
-        return self.__dict__ | {"_signed": {}, "_tuner": None}
+        return self.__dict__ | {"_signed": {}, "_tuner": None, "_trial": None, "_staging": None}
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self._trial is None and trials:
+            self._trial = trials[0].trial_id
 
     def get_state(self) -> None:
         """Tune's hook after each save (None: no state of this callback's own)."""
@@ -68,13 +77,11 @@ class SignedState(tune.Callback):
             print(f"[hybrid-sweep] could not sign Tune's state of {self.phase}: {e}", flush=True)
 
     def _sign(self) -> None:
-        staging = self._staging()
-        if staging is None:
+        staging = self._find_staging()
+        if staging is None or self._tuner is None:  # a save before the first trial: nothing to resume
             return
         files = {p.name: p.read_bytes() for p in staging.iterdir() if p.is_file() and _is_state(p.name)}
-        if "tuner.pkl" not in files:  # written straight to storage when the Tuner was made, never again
-            self._tuner = self._tuner or storage.read_bytes(storage.join(self.location, "tuner.pkl"))
-            files["tuner.pkl"] = self._tuner
+        files["tuner.pkl"] = self._tuner  # written straight to storage when the Tuner was made, never again
         digests = {name: _sha256(data) for name, data in files.items()}
         if digests == self._signed:
             return
@@ -92,13 +99,34 @@ class SignedState(tune.Callback):
     def _blob(self, digest: str) -> str:
         return storage.join(self.location, SIGNED, f"{digest}.blob")
 
-    def _staging(self) -> Path | None:
-        """Tune's local staging folder of this phase: `<Ray session>/artifacts/<start>/<phase>/driver_artifacts`
-        (the newest, should this Ray session have run the phase twice)."""
+    def _find_staging(self) -> Path | None:
+        """This experiment's local staging folder, `<Ray session>/artifacts/<start>/<phase>/driver_artifacts`:
+        of the phase's folders in this Ray session (another sweep's driver on the cluster, or this sweep's
+        earlier start, may have one), the newest whose experiment state names this experiment's trial.
+        Tune gives a callback no path, and a restored trial keeps the start time of its first run."""
         from ray.train.constants import _get_ray_train_session_dir
 
-        found = list(Path(_get_ray_train_session_dir()).glob(f"*/{self.phase}/driver_artifacts"))
-        return max(found, key=lambda p: p.stat().st_mtime) if found else None
+        if self._staging is None and self._trial is not None:
+            ours = [
+                folder
+                for folder in Path(_get_ray_train_session_dir()).glob(f"*/{self.phase}/driver_artifacts")
+                if any(self._trial in p.read_text() for p in folder.glob("experiment_state-*.json"))
+            ]
+            self._staging = max(ours, key=lambda p: p.stat().st_mtime, default=None)
+        return self._staging
+
+
+def sign_tuner(tuner: tune.Tuner, verified: bytes | None = None) -> None:
+    """Give the phase's `SignedState` the bytes of `tuner.pkl` to sign: the `verified` ones of a restored
+    phase (`restore_verified`), else a new Tuner's state pickled as Tune pickled it into storage a moment
+    ago, so a file replaced there in between is never signed."""
+    import ray.cloudpickle  # how Tune pickles it (`ray.tune.impl.tuner_internal`)
+
+    local = tuner._local_tuner
+    data = verified if verified is not None else ray.cloudpickle.dumps(local.__getstate__())
+    for callback in local.get_run_config().callbacks or []:
+        if isinstance(callback, SignedState):
+            callback._tuner = data
 
 
 def _present(location: str) -> set[str]:
@@ -137,16 +165,19 @@ def check(location: str, purpose: str) -> dict[str, str]:
     return files
 
 
-def restore_verified(location: str, purpose: str) -> bool:
+def restore_verified(location: str, purpose: str) -> bytes | None:
     """Make the phase's state files in storage exactly the signed ones (`check`) before `Tuner.restore`:
-    True. False (its files deleted) for a phase Tune never saved: it starts afresh."""
+    the signed `tuner.pkl` (for `sign_tuner`). None (its files deleted) for a phase Tune never saved: it
+    starts afresh."""
     files = check(location, purpose)
-    present, changed = _present(location), []
+    present, changed, tuner = _present(location), [], None
     for name, digest in files.items():
         current = storage.join(location, name)
         if name not in present or _sha256(storage.read_bytes(current)) != digest:
             storage.write_bytes(current, storage.read_bytes(storage.join(location, SIGNED, f"{digest}.blob")))
             changed.append(name)
+        if name == "tuner.pkl":
+            tuner = storage.read_bytes(storage.join(location, SIGNED, f"{digest}.blob"))
     for name in sorted(present - set(files)):
         storage.delete(storage.join(location, name))
         changed.append(name)
@@ -156,7 +187,7 @@ def restore_verified(location: str, purpose: str) -> bool:
             "copy (a driver stopped before Tune's upload, or the files were altered): restored from it.",
             flush=True,
         )
-    return bool(files)
+    return tuner
 
 
 def never_unpickle_trial_errors() -> None:

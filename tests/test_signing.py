@@ -281,8 +281,12 @@ class Canary:
 def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, store, tmp_path, capsys):
     """Row 5: Tune's pickles in storage replaced by a canary (`tuner.pkl`) and a newer-named state file
     added: unverified, `Tuner.restore` runs the canary; `restore_verified` puts the signed bytes back and
-    deletes the stranger first, and the phase restores with no canary. A forged index refuses."""
+    deletes the stranger first, and the phase restores with no canary. A forged index refuses.
+    Issue 33: `tuner.pkl` replaced before Tune's first save, and another sweep's newer staging folder of the
+    same phase in this Ray session (a canary in its searcher state): neither is signed (on 29bd854 both were:
+    the first read back from storage, the second taken as the newest)."""
     from ray import tune
+    from ray.train.constants import _get_ray_train_session_dir
 
     from sweeps import tune_state
 
@@ -290,18 +294,28 @@ def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, 
         for step in range(1, 3):
             tune.report({"value": config["a"] * step})
 
+    canary = tmp_path / "canary"
     location, purpose = storage.join(store, "phase"), tune_state.purpose("sweep", "phase")
     run_config = tune.RunConfig(
         name="phase", storage_path=store, verbose=0, callbacks=[tune_state.SignedState(location, "phase", purpose)]
     )
-    grid = tune.Tuner(_count_to, param_space={"a": tune.grid_search([1, 2])}, run_config=run_config).fit()
+    tuner = tune.Tuner(_count_to, param_space={"a": tune.grid_search([1, 2])}, run_config=run_config)
+    tune_state.sign_tuner(tuner)
+    original = storage.read_bytes(storage.join(location, "tuner.pkl"))
+    storage.write_bytes(storage.join(location, "tuner.pkl"), pickle.dumps(Canary(canary)))  # before the first save
+    other = Path(_get_ray_train_session_dir()) / "9999-12-31_23-59-59" / "phase" / "driver_artifacts"
+    other.mkdir(parents=True, exist_ok=True)
+    (other / "experiment_state-9999-12-31_23-59-59.json").write_text('{"trial_data": []}')
+    (other / "searcher-state-9999-12-31_23-59-59.pkl").write_bytes(pickle.dumps(Canary(canary)))
+    os.utime(other, (time.time() + 3600,) * 2)  # the newest of the session's, as a later sweep's would be
+    grid = tuner.fit()
+    shutil.rmtree(other.parents[1])
     assert sorted(r.metrics["value"] for r in grid) == [2, 4]
     signed = tune_state.check(location, purpose)
-    assert "tuner.pkl" in signed and any(n.startswith("experiment_state-") for n in signed)
+    assert signed["tuner.pkl"] == hashlib.sha256(original).hexdigest()  # the driver's bytes, not the canary
+    assert any(n.startswith("experiment_state-") for n in signed) and not any("9999" in n for n in signed)
+    assert not canary.exists()
 
-    canary = tmp_path / "canary"
-    original = storage.read_bytes(storage.join(location, "tuner.pkl"))
-    storage.write_bytes(storage.join(location, "tuner.pkl"), pickle.dumps(Canary(canary)))
     with pytest.raises(Exception):  # the threat, unverified: Tune unpickles the forgery
         tune.Tuner.restore(location, trainable=_count_to)
     assert canary.exists()
@@ -309,7 +323,7 @@ def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, 
     stranger = storage.join(location, "basic-variant-state-9999-12-31_23-59-59.json")  # Tune takes the highest name
     storage.write_bytes(stranger, pickle.dumps(Canary(canary)))
     capsys.readouterr()
-    assert tune_state.restore_verified(location, purpose)
+    assert tune_state.restore_verified(location, purpose) == original
     assert capsys.readouterr().out == (
         f"[hybrid-sweep] Tune's state of {location}: basic-variant-state-9999-12-31_23-59-59.json, tuner.pkl differed "
         "from its signed copy (a driver stopped before Tune's upload, or the files were altered): restored from it.\n"
