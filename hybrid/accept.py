@@ -1,9 +1,9 @@
 """Accept what was written before signatures, once: `python -m hybrid.accept LOCATION [--yes]`.
 
-Lists the unsigned manifests under LOCATION (a checkpoint or a sweep's folder, local or s3://) and a
-sweep's unsigned `sweep_config.json`, checks each manifest's files (sizes and sha256), asks, and signs
-them with the deployment's key (`hybrid.signing`). Only for files you wrote: signing is what makes the
-sweep trust them.
+One checkpoint at a time (or a sweep's unsigned `sweep_config.json`): lists the unsigned manifests of the
+checkpoint at LOCATION (local or s3://) with each file's size and sha256, checked against them, asks, and
+signs them with the deployment's key (`hybrid.signing`). Only for files you wrote: signing is what makes
+the sweep trust them. A manifest whose signature was stripped (it names the key that signed it) is refused.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from hybrid import manifest, signing, storage
+from hybrid.layout import ENCODER_DIR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +35,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nothing to accept: every manifest under {args.location} is signed (or there is none).")
             return 0
         names = [str(p.relative_to(folder)) for p in found]
-        print(f"{len(found)} unsigned file(s) under {args.location}:", *names, sep="\n  ")
+        checkpoints = sorted({_checkpoint_of(Path(n)) for n, p in zip(names, found) if p != settings})
+        if len(checkpoints) > 1:
+            raise manifest.IncompleteCheckpoint(
+                f"{len(checkpoints)} checkpoints under {args.location} hold unsigned manifests "
+                f"({', '.join(map(str, checkpoints[:3]))}{', ...' if len(checkpoints) > 3 else ''}): accept them "
+                f"one at a time, each after reading its files: python -m hybrid.accept {storage.join(args.location, str(checkpoints[0]))}"
+            )
+        print(f"{len(found)} unsigned file(s) under {args.location}:")
+        for path, name in zip(found, names):
+            print(f"  {name}")
+            for file, entry in ({} if path == settings else manifest.acceptable(path)["files"]).items():
+                print(f"    {entry['size']:>12} bytes  sha256 {entry['sha256']}  {file}")
         if not args.yes and input("Sign them with this deployment's key? Only if you wrote them. [yes/no] ") != "yes":
             print("nothing signed.")
             return 1
@@ -56,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     except (signing.SigningKeyError, manifest.IncompleteCheckpoint, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _checkpoint_of(manifest_name: Path) -> Path:
+    """The checkpoint a manifest belongs to: its folder, or the checkpoint around an export (`encoder/`)."""
+    folder = manifest_name.parent
+    return folder.parent if folder.name == ENCODER_DIR else folder
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def write(folder: Path, name: str = MANIFEST, **fields: int | str) -> None:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not _is_manifest(p.name)
     }
-    (folder / name).write_text(json.dumps(signing.signed(fields | {"files": files}, PURPOSE), indent=1))
+    listed = fields | {"files": files, "key": signing.fingerprint()}  # "key": a stripped signature shows
+    (folder / name).write_text(json.dumps(signing.signed(listed, PURPOSE), indent=1))
 
 
 def write_export(folder: Path, run: str, step: int, state: str) -> None:
@@ -141,12 +142,24 @@ def unsigned(folder: Path) -> list[Path]:
     )
 
 
-def accept(path: Path) -> None:
-    """Sign the unsigned manifest at `path` once its files match it (sizes and sha256)."""
+def acceptable(path: Path) -> dict:
+    """The unsigned manifest at `path`, once its files match it (sizes and sha256). One that names the key
+    it was signed with (or a run and step: only signed manifests do) lost its signature since: refused."""
     listed = json.loads(path.read_text())
+    if {"key", "run", "state_sha256"} & listed.keys():
+        said = f"key {listed['key']}" if "key" in listed else "its run and step"
+        raise IncompleteCheckpoint(
+            f"{path}: written signed (it names {said}) but its signature is gone: stripped, so its files may "
+            "have been replaced. Not accepted."
+        )
     for name, expected in listed["files"].items():
         _check_file(path.parent / name, expected)
-    path.write_text(json.dumps(signing.signed(listed, PURPOSE), indent=1))
+    return listed
+
+
+def accept(path: Path) -> None:
+    """Sign the unsigned manifest at `path` (`acceptable`)."""
+    path.write_text(json.dumps(signing.signed(acceptable(path), PURPOSE), indent=1))
 
 
 def _check_file(path: Path, expected: dict) -> None:

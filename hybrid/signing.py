@@ -11,7 +11,10 @@ the way it ships Ray's token; a node without it fails with a message naming the 
 of its own. The key is never logged, never written to storage, never sent to MLflow.
 
 Each signature covers a purpose ("checkpoint-manifest", "eval-cache:<key>", ...) with the bytes, so a
-signed file moved to another role or key does not verify.
+signed file moved to another role or key does not verify, and names the key that made it (its id, the
+`fingerprint`: `<key id>:<hmac>`). `python -m hybrid.signing rotate` makes a new key and keeps the old one
+in `<key>.retired/`, where it still verifies what it signed (ship that folder with the key); what is signed
+from then on uses the new one.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from hybrid.cache import cache_dir
 
 KEY_ENV = "HYBRID_SWEEP_SIGNING_KEY"
 SIGNATURE = "signature"  # the field a signed JSON document carries
-SEAL = b"hybrid-sweep-sealed/1 "  # the first bytes of a sealed blob, then 64 hex characters and a newline
+SEAL = b"hybrid-sweep-sealed/2 "  # the first bytes of a sealed blob, then its signature and a newline
+SEAL_V1 = b"hybrid-sweep-sealed/1 "  # blobs sealed before key ids: 64 hex characters, no key id
 
 
 class BadSignature(ValueError):
@@ -44,6 +48,12 @@ class SigningKeyError(ValueError):
 def key_path() -> Path:
     env = os.environ.get(KEY_ENV)
     return Path(env).expanduser() if env else cache_dir() / "signing.key"
+
+
+def retired_dir() -> Path:
+    """Keys replaced by `rotate`, kept to verify what they signed (`<key id>.key`, mode 0600 each)."""
+    path = key_path()
+    return path.with_name(path.name + ".retired")
 
 
 def ensure_key() -> Path:
@@ -87,12 +97,35 @@ def _key(path: Path | None = None) -> bytes:
     return key
 
 
+def _mac(key: bytes, data: bytes, purpose: str) -> str:
+    return hmac.new(key, purpose.encode() + b"\0" + data, hashlib.sha256).hexdigest()
+
+
+def key_id(key: bytes) -> str:
+    """A short id of a key (an HMAC of a fixed text, not the key)."""
+    return _mac(key, b"fingerprint", "fingerprint")[:16]
+
+
 def sign(data: bytes, purpose: str) -> str:
-    return hmac.new(_key(), purpose.encode() + b"\0" + data, hashlib.sha256).hexdigest()
+    """`<key id>:<hmac>` of `data` for `purpose`, by the current key."""
+    key = _key()
+    return f"{key_id(key)}:{_mac(key, data, purpose)}"
+
+
+def _known_keys() -> dict[str, bytes]:
+    """The current key and the retired ones, by id: each checked as the current one is."""
+    keys = [_key(), *(_key(p) for p in sorted(retired_dir().glob("*.key")))]
+    return {key_id(key): key for key in keys}
 
 
 def _matches(data: bytes, purpose: str, signature: Any) -> bool:
-    return isinstance(signature, str) and hmac.compare_digest(sign(data, purpose), signature)
+    """A signature by a key this deployment holds (by its id; one from before key ids: by any of them)."""
+    if not isinstance(signature, str):
+        return False
+    kid, _, mac = signature.rpartition(":")
+    keys = _known_keys()
+    candidates = ([keys[kid]] if kid in keys else []) if kid else keys.values()
+    return any(hmac.compare_digest(_mac(key, data, purpose), mac) for key in candidates)
 
 
 def _canonical(document: dict[str, Any]) -> bytes:
@@ -122,11 +155,12 @@ def seal(data: bytes, purpose: str) -> bytes:
 
 def unseal(blob: bytes, purpose: str, where: str) -> bytes:
     """The data of a sealed blob; `BadSignature` naming `where` when it is not sealed or badly signed."""
-    head = len(SEAL) + 65
-    if not blob.startswith(SEAL) or blob[head - 1 : head] != b"\n":
+    header = next((h for h in (SEAL, SEAL_V1) if blob.startswith(h)), None)
+    end = blob.find(b"\n", 0, 128) if header else -1
+    if end < 0:
         raise BadSignature(f"{where}: not signed.")
-    data = blob[head:]
-    if not _matches(data, purpose, blob[len(SEAL) : head - 1].decode("ascii", "replace")):
+    data = blob[end + 1 :]
+    if not _matches(data, purpose, blob[len(header) : end].decode("ascii", "replace")):
         raise BadSignature(f"{where}: bad signature (altered, or signed with another key).")
     return data
 
@@ -139,8 +173,8 @@ def settings_purpose(sweep_name: str) -> str:
 
 
 def fingerprint() -> str:
-    """A short id of the key (an HMAC of a fixed text, not the key): nodes compare it to find a wrong key."""
-    return sign(b"fingerprint", "fingerprint")[:16]
+    """The current key's id: nodes compare it to find a wrong key."""
+    return key_id(_key())
 
 
 DRIVER_KEY_ENV = "HYBRID_SWEEP_DRIVER_KEY"  # the driver's fingerprint, in the environment of its workers
@@ -157,15 +191,37 @@ def check_same_key(driver: str) -> None:
         )
 
 
+def rotate() -> tuple[str, str]:
+    """A new current key; the old one kept in `retired_dir()` to verify what it signed: (old id, new id)."""
+    path = ensure_key()
+    old = _key(path)
+    retired = retired_dir()
+    retired.mkdir(mode=0o700, exist_ok=True)
+    storage.create_exclusive(str(retired / f"{key_id(old)}.key"), old.decode(), mode=0o600)
+    storage.write_bytes(str(path), secrets.token_hex(32).encode(), mode=0o600)  # whole, then moved into place
+    return key_id(old), fingerprint()
+
+
 def main() -> None:
     """`python -m hybrid.signing key`: make this machine's key if there is none (before `ray up`, which ships
-    it to every node) and print its path, never the key."""
+    it to every node) and print its path, never the key. `rotate`: a new key, the old one kept to verify."""
     import sys
 
-    if sys.argv[1:] != ["key"]:
-        raise SystemExit("usage: python -m hybrid.signing key   (accept old checkpoints: python -m hybrid.accept)")
+    usage = "usage: python -m hybrid.signing key|rotate   (accept old checkpoints: python -m hybrid.accept)"
+    if sys.argv[1:] not in (["key"], ["rotate"]):
+        raise SystemExit(usage)
     try:
-        print(ensure_key())
+        if sys.argv[1] == "key":
+            print(ensure_key())
+            retired_dir().mkdir(
+                mode=0o700, exist_ok=True
+            )  # shipped beside the key (cluster.yaml), empty until a rotation
+            return
+        old, new = rotate()
+        print(
+            f"signing key {key_path()} rotated: key {new} signs from now on; key {old}, kept in {retired_dir()}, "
+            "still verifies what it signed. Ship both to every node (cluster.yaml's file_mounts) before the next sweep."
+        )
     except SigningKeyError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -55,13 +55,13 @@ def read_text(location: str) -> str:
     return read_bytes(location).decode()
 
 
-def write_bytes(location: str, data: bytes) -> None:
+def write_bytes(location: str, data: bytes, mode: int = 0o666) -> None:
     """Write a whole file: a reader sees the old bytes or the new, never part (an object store's put; a
-    local or mounted folder writes a temporary file beside it and renames it)."""
+    local or mounted folder writes a temporary file beside it, with `mode` less the umask, and renames it)."""
     fs, path = filesystem(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
-        os.replace(_written_beside(Path(path), data), path)
+        os.replace(_written_beside(Path(path), data, mode), path)
         return
     with fs.open_output_stream(path) as f:
         f.write(data)

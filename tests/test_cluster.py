@@ -22,7 +22,10 @@ def test_cluster_yaml_validates_with_rays_schema():
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
     # Every node verifies with the driver's signing key, at the path hybrid.signing reads, private.
     assert config["file_mounts"]["/home/ubuntu/.cache/hybrid-sweep/signing.key"] == "~/.cache/hybrid-sweep/signing.key"
-    assert "chmod 600 ~/.cache/hybrid-sweep/signing.key" in config["setup_commands"]
+    assert "chmod 600 ~/.cache/hybrid-sweep/signing.key" in config["setup_commands"][1]
+    # Issue 33: the record's credentials reach the head alone (`ray rsync-up`), never a worker node.
+    everywhere = yaml.safe_dump([config["file_mounts"], config["setup_commands"], config["worker_setup_commands"]])
+    assert "hybrid-sweep.env" not in everywhere and "hybrid-sweep.env" in " ".join(config["head_setup_commands"])
     head, worker = (
         config["available_node_types"][n]["node_config"]["IamInstanceProfile"]["Arn"] for n in ("head", "gpu_worker")
     )

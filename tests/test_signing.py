@@ -109,10 +109,9 @@ def _checkpoint(tiny_model_dir: Path, store: str, work: Path, signed: bool = Tru
     (local / STATE_FILE).write_text(state)
     manifest.write_export(local / ENCODER_DIR, run, 6, state)
     manifest.write(local, manifest.rank_manifest(0), world_size=1, run=run, step=6)
-    if not signed:  # as written before signatures
+    if not signed:  # as written before signatures (and so before key ids and bound runs)
         listed = json.loads((local / ENCODER_DIR / manifest.MANIFEST).read_text())
-        listed.pop(signing.SIGNATURE)
-        (local / ENCODER_DIR / manifest.MANIFEST).write_text(json.dumps(listed))
+        (local / ENCODER_DIR / manifest.MANIFEST).write_text(json.dumps({"files": listed["files"]}))
     location = storage.join(store, run, "checkpoint_000006")
     for path in [p for p in local.rglob("*") if p.is_file()]:
         storage.write_bytes(storage.join(location, str(path.relative_to(local))), path.read_bytes())
@@ -242,6 +241,69 @@ def test_a_checkpoint_from_before_signatures_is_refused_until_accepted(tiny_mode
     assert (local_model_dir(export) / "model.safetensors").is_file()
     again = subprocess.run([*accept, "--yes"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.startswith("nothing to accept"), again.stdout
+
+
+def test_a_rotated_key_still_verifies_what_it_signed_and_accept_takes_one_checkpoint_at_a_time(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Issue 33, item 7: every signature names its key; `python -m hybrid.signing rotate` makes a new key and
+    keeps the old one, which still verifies its checkpoints, sealed blobs and documents (and one signed
+    before key ids), until it is removed. `hybrid.accept` shows each file's size and sha256, takes one
+    checkpoint at a time, and refuses a manifest whose signature was stripped (29bd854 signed it again)."""
+    key = tmp_path / "deploy.key"
+    shutil.copy(signing.key_path(), key)
+    monkeypatch.setenv(signing.KEY_ENV, str(key))
+    old = signing.fingerprint()
+    location = _checkpoint(tiny_model_dir, str(tmp_path / "store"), tmp_path, run="trial_a")
+    sealed, document = signing.seal(b"tensors", "cache"), signing.signed({"a": 1}, "doc")
+    assert document[signing.SIGNATURE].startswith(f"{old}:") and sealed.startswith(signing.SEAL + old.encode())
+    before_ids = {"a": 1, signing.SIGNATURE: document[signing.SIGNATURE].split(":")[1]}  # signed before key ids
+
+    env = os.environ | {signing.KEY_ENV: str(key)}
+    rotated = subprocess.run(
+        [sys.executable, "-m", "hybrid.signing", "rotate"], env=env, capture_output=True, text=True
+    )
+    new = signing.fingerprint()
+    assert rotated.returncode == 0 and new != old, rotated.stderr
+    assert rotated.stdout.startswith(f"signing key {key} rotated: key {new} signs from now on; key {old}, kept in ")
+    assert (tmp_path / "deploy.key.retired" / f"{old}.key").stat().st_mode & 0o777 == 0o600
+    assert key.stat().st_mode & 0o777 == 0o600 and old not in key.read_text()
+
+    from evaluation.checkpoints import local_model_dir
+
+    assert local_model_dir(str(Path(location) / ENCODER_DIR), signed=True, bound={"run": "trial_a", "step": 6})
+    assert signing.unseal(sealed, "cache", "blob") == b"tensors"
+    assert signing.verified(document, "doc", "doc") == signing.verified(before_ids, "doc", "doc") == {"a": 1}
+    assert signing.signed({"a": 1}, "doc")[signing.SIGNATURE].startswith(f"{new}:")
+    shutil.rmtree(tmp_path / "deploy.key.retired")  # the old key gone: what it signed is not trusted
+    with pytest.raises(manifest.IncompleteCheckpoint, match=r"bad signature \(altered, or signed with another key\)"):
+        manifest.check(Path(location) / ENCODER_DIR)
+    with pytest.raises(signing.BadSignature, match="bad signature"):
+        signing.unseal(sealed, "cache", "blob")
+
+    store = tmp_path / "unsigned"
+    for run in ("trial_a", "trial_b"):
+        shutil.rmtree(tmp_path / "written", ignore_errors=True)
+        _checkpoint(tiny_model_dir, str(store), tmp_path, signed=False, run=run)
+    accept = [sys.executable, "-m", "hybrid.accept", "--yes"]
+    both = subprocess.run([*accept, str(store)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and both.stderr == (
+        f"error: 2 checkpoints under {store} hold unsigned manifests (trial_a/checkpoint_000006, "
+        "trial_b/checkpoint_000006): accept them one at a time, each after reading its files: python -m "
+        f"hybrid.accept {store}/trial_a/checkpoint_000006\n"
+    ), both.stderr
+    one = store / "trial_a" / "checkpoint_000006"
+    done = subprocess.run([*accept, str(one)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    weights = hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert done.returncode == 0 and f"bytes  sha256 {weights}  model.safetensors\n" in done.stdout, done.stdout
+
+    stripped = store / "trial_b" / "checkpoint_000006" / manifest.rank_manifest(0)
+    listed = json.loads(stripped.read_text())
+    stripped.write_text(json.dumps({k: v for k, v in listed.items() if k != signing.SIGNATURE}))
+    refused = subprocess.run([*accept, str(stripped.parent)], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"written signed (it names key {new}) but its signature is gone: stripped" in refused.stderr
+    assert signing.SIGNATURE not in json.loads(stripped.read_text())
 
 
 def test_an_edited_sweep_config_refuses_resume_before_ray_starts(tmp_path, store, tiny_model_dir):
