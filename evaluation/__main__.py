@@ -5,15 +5,19 @@
     python -m evaluation --merge A B --weight 0.5    # A and B's weights averaged (hybrid.merge), all three evaluated
 
 The `eval:` and `data:` sections of --config (with --set applied) set the defaults; the flags override
-them (re-validated). A model whose folder does not say how it embeds (a base model) is read as the
-preset's `model:` section says (max_length, prefixes, pooling), as a sweep reads it. A bad value stops
-with one line naming it, before Ray starts.
+them (re-validated). A model that is not one of our exports (a base model) is read as the preset's
+`model:` section says (max_length, prefixes, pooling), else as its own files say (`hybrid.model_settings`),
+said in one line, as a sweep reads it; a model that says neither is refused. A bad value stops
+with one line naming it, before Ray starts. While it runs, a line per model as its figures are in, with
+the time left (`evaluation.progress`, as the sweep's final evaluation); Ray's start-up lines and its tasks'
+output only with --verbose (always in Ray's logs).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import sys
 import time
@@ -33,6 +37,8 @@ from hybrid.config import (
     from_dict,
     read_yaml,
 )
+from hybrid.model_settings import settle
+from hybrid.spec import E5_SMALL_NAME, EncoderSpec
 
 if TYPE_CHECKING:  # the heavy modules (torch, FAISS, Ray) load after the flags and the config are checked
     from evaluation.checkpoints import CheckpointRef
@@ -71,6 +77,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--num-cpus", type=int, help="CPUs of the local Ray this command starts (default: all of this machine's)"
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's start-up lines and its tasks' output (always in Ray's logs)",
+    )
     return parser.parse_args(argv)
 
 
@@ -104,6 +115,14 @@ def format_result(result: EvalResult) -> str:
         else f"wall time {result.wall_s:.1f} s, encode tasks {result.encode_tasks} (2 x {len(result.languages)} languages)",
     ]
     return "\n".join(lines)
+
+
+def settled_spec(model: ModelConfig, path: str) -> EncoderSpec:
+    """How the model at `path` embeds when its folder does not say: `model.*` given, else its own files
+    (`hybrid.model_settings`), said in one line."""
+    settled = settle(replace(model, name=path), named_by="--checkpoint")
+    print(settled.line(training=False), flush=True)
+    return settled.config.spec
 
 
 def merged(parents: list[str], weight: float, out: str | None) -> list[CheckpointRef]:
@@ -145,25 +164,31 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
             )
         signing.ensure_key()  # checkpoints and cache entries are verified with it
         from evaluation.checkpoints import CheckpointRef, unless_saved
-        from hybrid.e5_offline import E5_SMALL_NAME
 
         checkpoints = args.checkpoint or ([] if args.merge else [E5_SMALL_NAME])
-        refs = [unless_saved(CheckpointRef.from_path(c), model.spec) for c in checkpoints]
+        refs = [unless_saved(CheckpointRef.from_path(c), lambda path: settled_spec(model, path)) for c in checkpoints]
         if args.merge:
             refs += merged(args.merge, args.weight, args.merge_out)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     from evaluation.datasets import load_eval_set
+    from evaluation.progress import model_lines
     from evaluation.runner import evaluate_checkpoints
 
+    on_done = model_lines(f"evaluation on {config.dataset}", len(refs))  # said before the data and Ray start
     eval_set = load_eval_set(config, data)
 
     import ray
 
     if not ray.is_initialized():
         try:
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=args.num_cpus,
+                include_dashboard=False,
+                log_to_driver=args.verbose,
+                logging_level=logging.INFO if args.verbose else logging.ERROR,  # its start-up lines, unless asked
+            )
         except ValueError as e:  # a Ray runs already (this machine's, or RAY_ADDRESS): its CPUs are its own
             if args.num_cpus is None:
                 raise
@@ -173,7 +198,7 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
                 file=sys.stderr,
             )
             raise SystemExit(2) from None
-    results = evaluate_checkpoints(refs, eval_set, config, args.cache)
+    results = evaluate_checkpoints(refs, eval_set, config, args.cache, on_done)
     for result in results:
         print(format_result(result), end="\n\n")
     print(f"total {time.perf_counter() - started:.1f} s (Ray start, data loading and model hashing included)")

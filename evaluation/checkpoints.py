@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,11 @@ def export_manifest(encoder: str) -> dict:
     return manifest.verified(listed, where)
 
 
-def unless_saved(ref: CheckpointRef, spec: EncoderSpec) -> CheckpointRef:
-    """`ref` embedding with `spec` unless its folder says how (`hybrid_encoder.json`: our exports): a base
-    model then reads texts as the preset's runs do (`model.*`), as a sweep evaluates it."""
-    return ref if _holds(ref.path, ENCODER_CONFIG) else dataclasses.replace(ref, spec=spec)
+def unless_saved(ref: CheckpointRef, spec_of: Callable[[str], EncoderSpec]) -> CheckpointRef:
+    """`ref` embedding with `spec_of(ref.path)` unless its folder says how (`hybrid_encoder.json`: our
+    exports): a base model then reads texts as the preset's runs do (`model.*`, else its own files), as a
+    sweep evaluates it. `spec_of` is asked only then."""
+    return ref if _holds(ref.path, ENCODER_CONFIG) else dataclasses.replace(ref, spec=spec_of(ref.path))
 
 
 def _holds(location: str, name: str) -> bool:

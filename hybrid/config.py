@@ -20,7 +20,7 @@ import yaml
 
 from hybrid.languages import PAPER_TRAIN_LANGUAGES, XQUAD_R_LANGUAGES, check_language_code
 from hybrid.sampler import SCHEDULES
-from hybrid.spec import EncoderSpec
+from hybrid.spec import E5_SMALL_NAME, SETTINGS, EncoderSpec
 
 T = TypeVar("T")
 
@@ -165,25 +165,34 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """The encoder to fine-tune, and how it encodes: `pooling` .. `max_length` are its `EncoderSpec`, flat
-    under `model.` in a preset and checked by the spec itself."""
+    under `model.` in a preset and checked by the spec itself. Left out (null), each is read from the
+    model's own files, or is e5-small's for e5-small (`hybrid.model_settings.settle`, before Ray starts):
+    another model is never silently given e5's prefixes, pooling or length."""
 
-    name: str = "multilingual-e5-small"  # a local path, a hub name, or the offline e5-small
-    pooling: str = "mean"
-    query_prefix: str = "query: "
-    passage_prefix: str = "passage: "
-    max_length: int = 64
+    name: str = E5_SMALL_NAME  # a local path, an s3:// folder, a hub name, or the offline e5-small
+    pooling: str | None = None  # mean | cls
+    query_prefix: str | None = None  # e.g. "query: " (E5); "" for none
+    passage_prefix: str | None = None
+    max_length: int | None = None  # tokens per text
     freeze_embeddings: bool = True  # the 96 M-row table: ~30% faster on CPU, ~1.6 GB less memory
 
     def __post_init__(self) -> None:
         try:
-            self.spec  # the encoder's own checks: one place says what a valid pooling and length are
+            EncoderSpec(**self.given)  # the encoder's own checks: one place says what a valid pooling and length are
         except ValueError as e:
             raise ValueError(f"model.{e}") from None
 
     @property
+    def given(self) -> dict[str, Any]:
+        """The encoder settings this config sets (the others are read from the model when it is settled)."""
+        return {k: getattr(self, k) for k in SETTINGS if getattr(self, k) is not None}
+
+    @property
     def spec(self) -> EncoderSpec:
         """How this model turns texts into vectors, as the trained encoder saves it beside its weights."""
-        return EncoderSpec(self.pooling, self.query_prefix, self.passage_prefix, self.max_length)
+        if len(self.given) < len(SETTINGS):  # a caller that skipped `settle`: never fill in E5's defaults
+            raise RuntimeError(f"model {self.name}: settings not settled ({self}); call hybrid.model_settings.settle.")
+        return EncoderSpec(**self.given)
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,7 @@ from transformers import BertConfig, PreTrainedTokenizerFast
 
 from hybrid.cache import cache_dir as user_cache_dir
 from hybrid.export import add_tokens_to_config, save_tokenizer
-
-E5_SMALL_NAME = "multilingual-e5-small"
+from hybrid.spec import E5_SMALL_NAME
 
 _MAGIC = b"E5S1"
 _VERSION = 1

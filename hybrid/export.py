@@ -1,12 +1,41 @@
 """What an exported encoder folder holds beside its weights, so that it loads without this project: the
-tokenizer (fast to load), and the sentence-transformers description (pooling, normalisation, E5 prompts)."""
+tokenizer (fast to load), the sentence-transformers description (pooling, normalisation, E5 prompts), and
+a pooler head, so that plain `transformers` finds every weight it builds."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
+
 from hybrid.spec import EncoderSpec
+
+POOLER_WEIGHT, POOLER_BIAS = "pooler.dense.weight", "pooler.dense.bias"
+
+
+def holds_pooler(folder: str | Path) -> bool:
+    """Whether a local folder's safetensors weights (one file or shards) hold a pooler head. False for a hub
+    name or `.bin` weights: such a base loads without one, as before."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
+    if index.is_file():
+        names = json.loads(index.read_text())["weight_map"]
+    elif single.is_file():
+        with safe_open(single, "pt") as weights:
+            names = weights.keys()
+    else:
+        return False
+    return any(name.endswith(POOLER_WEIGHT) for name in names)
+
+
+def neutral_pooler(hidden: int) -> dict[str, torch.Tensor]:
+    """A pooler head for an export whose base had none (e5's conversion, xlm-roberta-base): identity weight
+    and zero bias, so `pooler_output` is tanh of the [CLS] state, the same on every load, where transformers
+    would draw a random head and print a load report. Mean and CLS pooling never read it."""
+    return {POOLER_WEIGHT: torch.eye(hidden), POOLER_BIAS: torch.zeros(hidden)}
 
 
 def save_tokenizer(tokenizer, path: Path) -> None:
@@ -30,7 +59,9 @@ def add_tokens_to_config(tokenizer, path: Path) -> None:
 
 
 def write_sentence_transformers_config(path: Path, spec: EncoderSpec, dimension: int) -> None:
-    """modules.json (Transformer -> Pooling -> Normalize), pooling config and prompts for E5 prefixes."""
+    """modules.json (Transformer -> Pooling -> Normalize), pooling config and prompts for E5 prefixes: the
+    passages' under "document" too, the prompt `encode_document` takes first (sentence-transformers 6 fills
+    in an empty one otherwise, and passages were embedded without their prefix)."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -55,7 +86,11 @@ def write_sentence_transformers_config(path: Path, spec: EncoderSpec, dimension:
     (path / "config_sentence_transformers.json").write_text(
         json.dumps(
             {
-                "prompts": {"query": spec.query_prefix, "passage": spec.passage_prefix},
+                "prompts": {
+                    "query": spec.query_prefix,
+                    "document": spec.passage_prefix,
+                    "passage": spec.passage_prefix,
+                },
                 "default_prompt_name": None,
                 "similarity_fn_name": "cosine",
             },

@@ -70,7 +70,7 @@ def merge(
             "same pooling, prefixes and max_length."
         )
     a.backbone.load_state_dict(merge_weights(a.backbone.state_dict(), b.backbone.state_dict(), weight))
-    merged = Encoder(a.backbone, a.tokenizer, a.spec)
+    merged = Encoder(a.backbone, a.tokenizer, a.spec, pooler_head=a.pooler_head)
     out.mkdir(parents=True, exist_ok=False)
     merged.save(out)
     (out / MERGE_FILE).write_text(json.dumps({"weight": weight, "parents": parents}, indent=2))

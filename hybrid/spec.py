@@ -6,10 +6,11 @@ and the encoder (`hybrid.model`) saves it beside the weights, so a checkpoint sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 POOLINGS = ("mean", "cls")
 MAX_TOKENS = 8192  # no supported encoder reads more (e5, XLM-R, LaBSE: 512)
+E5_SMALL_NAME = "multilingual-e5-small"  # the packaged default, built offline by hybrid.e5_offline
 
 
 @dataclass(frozen=True)
@@ -30,3 +31,6 @@ class EncoderSpec:
                 f"max_length must be between 8 and {MAX_TOKENS} tokens (encoders' position limits: e5 "
                 f"and XLM-R 512, LaBSE 512), got {self.max_length}."
             )
+
+
+SETTINGS = tuple(f.name for f in fields(EncoderSpec))  # flat under `model.` in a preset (hybrid.config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -301,8 +302,8 @@ class SweepSetup:
         )
 
     def resolved(self) -> SweepSetup:
-        """Local paths and SQLite URIs made absolute on the driver: Tune runs trials in other directories.
-        A model given as a path must exist (a hub name or the offline e5-small is left as it is)."""
+        """Local paths and SQLite URIs made absolute on the driver: Tune runs trials in other directories
+        (a hub name or the offline e5-small is left as it is)."""
         s, run = self.sweep, self.run
         sweep = replace(
             s,
@@ -313,15 +314,9 @@ class SweepSetup:
             else "",
             storage_path=locations.resolve(s.storage_path),
         )
-        name = run.model.name
-        if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
-            raise ValueError(
-                f"model.name={name!r}: no such folder. Give an encoder folder, an s3:// folder, "
-                "multilingual-e5-small (offline) or a hub name."
-            )
         run = replace(
             run,
-            model=replace(run.model, name=_absolute(name)),
+            model=replace(run.model, name=_absolute(run.model.name)),
             data=replace(run.data, train_data=_absolute(run.data.train_data), data_dir=_absolute(run.data.data_dir)),
         )
         return replace(self, run=run, sweep=sweep, eval=replace(self.eval, data_dir=_absolute(self.eval.data_dir)))
@@ -362,9 +357,12 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve())
 
 
-def load_sweep_setup(path: Path | str, overrides: list[str] = ()) -> SweepSetup:
+def load_sweep_setup(
+    path: Path | str, overrides: list[str] = (), say: Callable[[str], object] | None = None
+) -> SweepSetup:
+    """The preset at `path` with `overrides`, validated; the model's settings as read go to `say`."""
     raw = apply_overrides(read_yaml(path), list(overrides))
-    run = run_config_from_raw(raw)
+    run = run_config_from_raw(raw, say)
     evaluation = from_dict(EvalConfig, raw.get("eval"), "eval")
     sweep = from_dict(SweepConfig, raw.get("sweep"), "sweep")
     if evaluation.dataset in ZERO_SHOT or evaluation.dataset in sweep.zero_shot_datasets:

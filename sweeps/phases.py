@@ -8,7 +8,6 @@ Each phase is its own Tune experiment under `<storage>/<sweep name>/` (a local f
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pandas as pd
@@ -16,9 +15,10 @@ from ray import tune
 
 from evaluation.checkpoints import CheckpointRef
 from evaluation.datasets import load_eval_set
+from evaluation.progress import model_lines
 from evaluation.runner import evaluate_checkpoints
 from hybrid import signing
-from sweeps import interrupts, progress, tracking, tune_state
+from sweeps import interrupts, tracking, tune_state
 from sweeps.config import SweepSetup
 from sweeps.early import EarlyEvaluation, base_ref, final_ref, full_eval_config
 from sweeps.ranking import completed, reseeded, row_params, trials_table
@@ -133,23 +133,6 @@ def reseed(
     return pd.concat(extra, ignore_index=True)
 
 
-def _final_progress(total: int):
-    """A line per model of the final evaluation as its figures are in, with the time left at this pace
-    (the models run concurrently, so the first lines come late and the pace firms up)."""
-    done: list[float] = []
-
-    def say(ref, elapsed: float, cached: bool) -> None:
-        done.append(elapsed)
-        more = "" if cached else progress.pace_left(elapsed, len(done), total)
-        print(
-            f"{time.strftime('%H:%M:%S')} final evaluation: {ref.label} "
-            f"{'from the evaluation cache' if cached else f'done after {elapsed:.0f} s'} ({len(done)}/{total}{more})",
-            flush=True,
-        )
-
-    return say
-
-
 def final_evaluation(
     setup: SweepSetup,
     table: pd.DataFrame,
@@ -175,17 +158,9 @@ def final_evaluation(
     for dataset in (setup.eval.dataset, *setup.sweep.zero_shot_datasets):
         full = full_eval_config(setup, dataset)
         models = [base_ref(setup), *refs, *(ref for ref, _ in extra)]
-        print(
-            f"{time.strftime('%H:%M:%S')} final evaluation on {dataset} started: {len(models)} models, every "
-            "language pair",
-            flush=True,
-        )
+        on_done = model_lines(f"final evaluation on {dataset}", len(models))  # said before its data loads
         results = evaluate_checkpoints(
-            models,
-            load_eval_set(full, setup.run.data),
-            full,
-            setup.sweep.eval_cache_location,
-            on_done=_final_progress(len(models)),
+            models, load_eval_set(full, setup.run.data), full, setup.sweep.eval_cache_location, on_done=on_done
         )
         print(
             f"Final evaluation on {dataset}: {len(results)} models (base + {len(refs)} final checkpoints"

@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from evaluation.progress import pace_left as pace_left  # re-exported: the trials' lines time their steps by it
 from sweeps.knobs import KNOBS
 
 NAME = "hybrid-sweep-progress:{}"  # the board of sweep NAME, found by its name from any node
@@ -44,18 +45,6 @@ def knob_text(params: dict[str, Any], base: Any) -> str:
 def describe(trial_id: str, params: dict[str, Any], base: Any) -> str:
     """ "trial ID (alpha 0.50, tau 0.050, seed 0)": a progress line's trial."""
     return f"trial {trial_id} ({knob_text(params, base)})"
-
-
-def time_left(seconds: float) -> str:
-    """ ", about N min left" (or "N s"); "" when nothing is left."""
-    if seconds <= 0:
-        return ""
-    return f", about {seconds / 60:.1f} min left" if seconds >= 60 else f", about {seconds:.0f} s left"
-
-
-def pace_left(elapsed_s: float, done: int, total: int) -> str:
-    """`time_left` at the pace so far: `done` of `total` units took `elapsed_s`."""
-    return time_left(elapsed_s / done * (total - done)) if 0 < done < total and elapsed_s > 0 else ""
 
 
 def post(sweep: str, line: str) -> None:

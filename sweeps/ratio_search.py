@@ -111,7 +111,9 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
     overrides += [f"sweep.study_storage={args.study_storage}"] if args.study_storage else []
     overrides += ["sweep.verbose=true"] if args.verbose else []
     with user_errors(parser, args.debug):
-        setup = load_sweep_setup(args.config, overrides).resolved()  # [1] validated before Ray starts
+        # [1] validated before Ray starts; the model's settings as read said first (a comment in --show-config)
+        said = (lambda line: print(f"# {line}")) if args.show_config else print
+        setup = load_sweep_setup(args.config, overrides, said).resolved()
         if args.show_config:
             print(redact(yaml.safe_dump(setup.sections(), sort_keys=False, default_flow_style=None)), end="")
             return

@@ -22,9 +22,8 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 
-from hybrid.config import from_dict
 from hybrid.data import TrainingPair
-from trainers.config import TrainRunConfig
+from trainers.config import TrainRunConfig, run_config_from_raw
 
 from cluster_harness import AWS_ENV, free_port
 
@@ -304,8 +303,8 @@ def upload(folder: Path, uri: str) -> None:
 
 
 def tiny_config(model_dir, tmp_path, **trainer) -> TrainRunConfig:
-    return from_dict(
-        TrainRunConfig,
+    """A run of the tiny model, settled as a command line's is (`hybrid.model_settings`)."""
+    return run_config_from_raw(
         {
             "data": {"train_languages": ["en", "de", "es"], "eval_languages": ["en", "de", "es"]},
             "model": {"name": str(model_dir), "max_length": 32, "freeze_embeddings": False},

@@ -1,12 +1,16 @@
 """cluster.yaml and the GPU presets are checked offline, with Ray's own cluster-config schema."""
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from sweeps.config import load_sweep_setup
+from sweeps.knobs import BY_NAME
+from sweeps.search import enqueued_points
 
 
 def load():
@@ -52,3 +56,30 @@ def test_broken_cluster_yaml_is_rejected(mutate):
 def test_presets_load_and_validate(preset):
     setup = load_sweep_setup(preset)
     assert setup.sweep.trials >= 2 and setup.run.method.batch_size >= 2
+
+
+@pytest.mark.parametrize("preset", ["configs/xlmr-base-gpu.yaml", "configs/labse-gpu.yaml"])
+def test_a_gpu_preset_runs_the_study_as_shipped(preset):
+    """Issue 34: a GPU preset carries what the README says a study needs (the references and points at 3
+    seeds, every trial evaluated, MLQA-R zero-shot), runs its references and arm whole (no pruning), trains a
+    k arm on the first k languages high-resource first, and says what each searched list is, the units, the
+    GPUs it needs and an estimate of its GPU hours."""
+    setup = load_sweep_setup(preset)
+    sweep, run = setup.sweep, setup.run
+    assert sweep.reseed_references and sweep.final_eval_all and "mlqa-r" in sweep.zero_shot_datasets
+    assert sweep.scheduler == "none" and sum(p.reseed for p in sweep.search.points) >= 3
+    points = {(p["mono_ratio"], p["num_train_languages"]) for p in enqueued_points(sweep, run)}
+    assert {(0.0, 9), (1.0, 9), (0.25, 9), (0.5, 9), (0.75, 9), (0.5, 2), (0.5, 5)} <= points
+    assert run.data.train_languages == load_sweep_setup("configs/cpu-study.yaml").run.data.train_languages
+    assert run.data.train_languages[:2] == ("en", "de")  # not ar, de: the alphabet's first two
+
+    text = Path(preset).read_text()
+    assert f"GPUs: {sweep.max_concurrent * run.trainer.workers} at once" in text
+    assert "ESTIMATE" in text and re.search(r"about \d+ GPU hours", text)
+    assert re.search(r"grace_period: \d+ +#.*checkpoints", text) and re.search(r"checkpoint_every: \d+ +# steps", text)
+    searched = dict(re.findall(r"^ {4}(\w+): \[.*\] +# (.*)$", text, re.MULTILINE))
+    assert {name for name in BY_NAME if getattr(sweep.search, name)} <= set(searched)  # each one given is said
+    for name, comment in searched.items():
+        values = getattr(sweep.search, name)
+        said = "not searched" if not values else "range" if BY_NAME[name].is_range else "choices"
+        assert said in comment, f"{preset}: sweep.search.{name}'s comment does not say it is {said}"

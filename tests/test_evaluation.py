@@ -489,3 +489,30 @@ def test_a_cut_short_or_altered_export_is_never_evaluated(tiny_model_dir, tmp_pa
         f.truncate(100)
     with pytest.raises(manifest.IncompleteCheckpoint, match=r"model.safetensors: 100 bytes, the manifest says"):
         local_model_dir(str(export))
+
+
+@pytest.mark.timeout(180)  # 60 s on 2 busy cores (Ray's start, 2 models' tasks)
+def test_the_cli_says_each_models_progress_and_keeps_rays_start_up_lines_out(tiny_model_dir, tmp_path):
+    """Issue 34: three models on MLQA-R printed nothing but Ray's start-up lines for 9.6 minutes, then
+    everything at once. Now a line as it starts and one per model as its figures are in, with the time left
+    (the sweep's final evaluation's lines), before the tables; Ray's start-up lines only with --verbose."""
+    import re
+    import subprocess
+    import sys
+
+    from support import ROOT, driver_env
+
+    models = [str(tiny_model_dir), str(shutil.copytree(tiny_model_dir, tmp_path / "second"))]
+    done = subprocess.run(
+        [sys.executable, "-m", "evaluation", "--checkpoint", *models, "--languages", "en", "de",
+         "--max-questions", "5", "--num-cpus", "2"],
+        cwd=ROOT, env=driver_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert re.search(r"^\d\d:\d\d:\d\d evaluation on xquad-r started: 2 models", out, re.MULTILINE), out[:2000]
+    for model in models:
+        assert re.search(rf"evaluation on xquad-r: {re.escape(model)} done after \d+ s \([12]/2", out), out[:2000]
+    assert "(1/2, about " in out and out.index("(2/2)") < out.index("== ")  # the time left; before the tables
+    for start_up in ("Started a local Ray instance", "Token authentication", "INFO worker.py"):
+        assert start_up not in out + done.stderr, done.stderr[-3000:]

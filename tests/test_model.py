@@ -79,6 +79,9 @@ def test_saved_encoder_loads_with_transformers_and_sentence_transformers(encoder
 
     st = SentenceTransformer(str(tmp_path / "export"), device="cpu")
     np.testing.assert_allclose(st.encode(TEXTS[:5], prompt_name="query"), expected, atol=1e-5)
+    np.testing.assert_allclose(st.encode_query(TEXTS[:5]), expected, atol=1e-5)
+    passages = encoder.encode(TEXTS[:5], "passage")  # with its prefix (an empty default prompt once took it)
+    np.testing.assert_allclose(st.encode_document(TEXTS[:5]), passages, atol=1e-5)
 
     reloaded = load_encoder(str(tmp_path / "export"))
     assert reloaded.spec == encoder.spec
@@ -88,3 +91,44 @@ def test_saved_encoder_loads_with_transformers_and_sentence_transformers(encoder
     assert reloaded.tokenizer.added_tokens_decoder == encoder.tokenizer.added_tokens_decoder
     assert reloaded.tokenizer(TEXTS)["input_ids"] == encoder.tokenizer(TEXTS)["input_ids"]
     np.testing.assert_allclose(reloaded.encode(TEXTS[:5], "query"), expected, atol=1e-5)
+
+
+def test_an_export_loads_without_a_load_report_and_keeps_its_bases_pooler(
+    encoder, tmp_path, capfd, caplog, monkeypatch
+):
+    """Issue 34: an export printed transformers' LOAD REPORT (a missing pooler) in every plain load. Now it
+    holds a pooler head, the base's when the base had one, else a neutral one, and loads silently in
+    transformers, sentence-transformers and here; exported again, the head is the same."""
+    import logging
+
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, BertModel
+
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)  # caplog sees its warnings too
+    base = tmp_path / "base"  # a base that has a trained pooler (as LaBSE has), e5's encoder inside it
+    with_pooler = BertModel(encoder.backbone.config)
+    with_pooler.load_state_dict(encoder.backbone.state_dict(), strict=False)
+    with_pooler.save_pretrained(base)
+    encoder.tokenizer.save_pretrained(base)
+
+    with caplog.at_level(logging.INFO):
+        plain = encoder.save(tmp_path / "plain")  # its base had no pooler (e5's conversion)
+        tuned = load_encoder(str(base)).save(tmp_path / "tuned")
+        for export in (plain, tuned):
+            AutoModel.from_pretrained(export)
+            SentenceTransformer(str(export), device="cpu")
+            load_encoder(str(export)).save(tmp_path / f"{export.name}-again")
+    captured = capfd.readouterr()
+    shown = captured.out + captured.err + caplog.text
+    for noise in ("LOAD REPORT", "MISSING", "UNEXPECTED", "Consider training", "newly initialized"):
+        assert noise not in shown, shown[-2000:]
+
+    heads = {
+        name: {k: v for k, v in load_file(tmp_path / name / "model.safetensors").items() if k.startswith("pooler.")}
+        for name in ("plain", "plain-again", "tuned", "tuned-again")
+    }
+    torch.testing.assert_close(heads["plain"]["pooler.dense.weight"], torch.eye(encoder.dimension))
+    torch.testing.assert_close(heads["tuned"], {k: v for k, v in with_pooler.state_dict().items() if "pooler" in k})
+    torch.testing.assert_close(heads["plain-again"], heads["plain"])
+    torch.testing.assert_close(heads["tuned-again"], heads["tuned"])

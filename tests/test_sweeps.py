@@ -523,7 +523,8 @@ def test_storage_too_small_for_the_checkpoints_is_refused_before_ray_starts(tmp_
         r"lower trainer.keep_checkpoints or sweep.max_concurrent, or use s3://BUCKET/PREFIX\.\n",
         done.stderr,
     ), done.stderr[-3000:]
-    assert done.stdout.split() == ["rc=2", "earlier", "earlier.txt"]  # nothing written, nothing lost
+    said, *after = done.stdout.splitlines()  # the model's settings first, as every sweep says them
+    assert said.startswith("model multilingual-e5-small: ") and after == ["rc=2", "earlier", "earlier.txt"]
     assert not (tmp_path / "mlflow.db").exists()  # Ray never started, no MLflow run touched
 
 

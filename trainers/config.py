@@ -8,11 +8,13 @@ nothing; `check_resources` then compares the request with the machine or cluster
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hybrid.config import DataConfig, MethodConfig, ModelConfig, OptimConfig, apply_overrides, from_dict, read_yaml
+from hybrid.model_settings import settle
 
 STRATEGIES = ("deepspeed", "ddp")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -85,12 +87,20 @@ class TrainRunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def run_config_from_raw(raw: dict[str, Any]) -> TrainRunConfig:
-    return from_dict(TrainRunConfig, {k: v for k, v in raw.items() if k not in OTHER_SECTIONS})
+def run_config_from_raw(raw: dict[str, Any], say: Callable[[str], object] | None = None) -> TrainRunConfig:
+    """The run's config with the model's encoder settings settled (`hybrid.model_settings`): what was read
+    and from where goes to `say` (a command line prints it at the start of the run)."""
+    config = from_dict(TrainRunConfig, {k: v for k, v in raw.items() if k not in OTHER_SECTIONS})
+    settled = settle(config.model)
+    if say:
+        say(settled.line())
+    return replace(config, model=settled.config)
 
 
-def load_run_config(path: Path | str, overrides: list[str] = ()) -> TrainRunConfig:
-    return run_config_from_raw(apply_overrides(read_yaml(path), list(overrides)))
+def load_run_config(
+    path: Path | str, overrides: list[str] = (), say: Callable[[str], object] | None = None
+) -> TrainRunConfig:
+    return run_config_from_raw(apply_overrides(read_yaml(path), list(overrides)), say)
 
 
 def check_resources(config: TrainRunConfig, available: dict[str, float]) -> None:

@@ -108,8 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     add_overrides_flag(parser, "optim.steps=100")
     parser.add_argument("--name", default="train", help="run name; the same name resumes that run")
     args = parser.parse_args(argv)
-    config = load_run_config(args.config, args.overrides)
-    preflight(config)
+    try:  # a user's error is one line naming the key and the fix, before Ray starts
+        config = load_run_config(args.config, args.overrides, say=print)
+        preflight(config)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"error: {e}\n")
     init_ray()
     check_resources(config, ray.cluster_resources())
     result = build_trainer(config, args.name).fit()
