@@ -10,54 +10,54 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from evaluation.results import EvalResult
 
 
 def annotated(
     ax: Axes,
-    fig: Figure,
     values: np.ndarray,
     rows: Sequence[str],
     columns: Sequence[str],
     title: str,
     diverging: bool = False,
-) -> None:
-    """An L x L heatmap on `ax`, each cell's value written in it, blank where NaN; rows = query language,
-    columns = candidate language. `diverging`: a signed difference, coloured around 0 (red below, blue above)."""
+    limit: float | None = None,
+    written: bool = True,
+    fontsize: float | None = None,
+) -> AxesImage:
+    """An L x L heatmap on `ax`, blank where NaN; rows = query language, columns = candidate language.
+    `diverging`: a signed difference, coloured around 0 (red below, blue above) up to +/- `limit` (shared
+    by the panels of one kind; default: this matrix's largest). `written`: each cell's value in it (off
+    where cells are too small to read). Returns the image, for the caller's colour bar."""
     finite = values[np.isfinite(values)]
     if diverging:
-        limit = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-6)
+        limit = limit or max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-6)
         image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu", vmin=-limit, vmax=limit)
     else:
         image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis")
-    ax.set_xticks(range(len(columns)), columns)
+    ax.set_xticks(range(len(columns)), columns, rotation=90 if len(columns) > 8 else 0)
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("candidate language")
     ax.set_ylabel("query language")
-    ax.set_title(title, fontsize=9)
-    small = len(rows) > 8
+    ax.set_title(title)
+    ax.grid(False)
+    size = fontsize or (6 if len(rows) > 8 else 8)
     norm = image.norm
     for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v):  # white text on the dark ends of the colour map
+        if written and np.isfinite(v):  # white text on the dark ends of the colour map
             dark = abs(norm(v) - 0.5) > 0.3 if diverging else norm(v) < 0.5
-            ax.text(
-                j,
-                i,
-                f"{v:+.2f}" if diverging else f"{v:.2f}",
-                ha="center",
-                va="center",
-                fontsize=6 if small else 8,
-                color="white" if dark else "black",
-            )
-    fig.colorbar(image, ax=ax, shrink=0.8)
+            text = f"{v:+.2f}" if diverging else f"{v:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=size, color="white" if dark else "black")
+    return image
 
 
 def heatmap(matrix: np.ndarray, languages: tuple[str, ...], title: str, path: Path) -> None:
     """One evaluation's metric matrix as an annotated heatmap PNG at `path`."""
     side = 1.5 + 0.5 * len(languages)
     fig = Figure(figsize=(side + 1.2, side))
-    annotated(fig.subplots(), fig, matrix, languages, languages, title)
+    ax = fig.subplots()
+    fig.colorbar(annotated(ax, matrix, languages, languages, title), ax=ax, shrink=0.8)
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 

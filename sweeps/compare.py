@@ -6,7 +6,8 @@ questions (ratio vs retrieval, high-resource pairs, number of languages, calibra
     python sweeps/compare.py --tracking-uri http://127.0.0.1:5000 --high-resource en de zh
 
 Reads runs only through the MLflow API; writes `<out>/report.html` (images embedded, opens offline) and
-`<out>/<sweep>/*.png`, and logs the PNGs and the HTML to each sweep's parent run under `report/`.
+each figure as `<out>/<sweep>/<figure>.png` and `.pdf` (vector, at a paper's column width), and logs them
+and the HTML to each sweep's parent run under `report/`.
 """
 
 from __future__ import annotations
@@ -105,23 +106,34 @@ def build_report(
         raise SystemExit(str(e)) from None
     found = [analyse(s, high_resource) for s in sweeps]
     images: dict[str, dict[str, bytes]] = {}
+    files: dict[str, list[Path]] = {}
     for f in found:
-        images[f.sweep.name] = figures.render(f)
-        folder = out / safe_name(f.sweep.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        for key, png in images[f.sweep.name].items():
-            (folder / f"{key}.png").write_bytes(png)
-    compare_fig = figures.compare_sweeps(found)
-    compare_png = figures.to_png(compare_fig) if compare_fig is not None else None
-    if compare_png:
-        (out / "compare.png").write_bytes(compare_png)
+        drawn = figures.render(f)
+        images[f.sweep.name] = {key: formats["png"] for key, formats in drawn.items()}
+        files[f.sweep.name] = [
+            path
+            for key, formats in drawn.items()
+            for path in write_formats(out / safe_name(f.sweep.name) / key, formats)
+        ]
+    comparison = figures.render_comparison(found)
+    shared = write_formats(out / "compare", comparison) if comparison else []
     report = out / "report.html"
-    report.write_text(build_html(found, images, compare_png, redact(tracking_uri)), encoding="utf-8")
+    report.write_text(
+        build_html(found, images, comparison["png"] if comparison else None, redact(tracking_uri)), encoding="utf-8"
+    )
     if log:
         for f in found:
-            files = [out / safe_name(f.sweep.name) / f"{k}.png" for k in images[f.sweep.name]]
-            log_report_artifacts(client, f.sweep, files + [report] + ([out / "compare.png"] if compare_png else []))
+            log_report_artifacts(client, f.sweep, files[f.sweep.name] + [report] + shared)
     return report, found
+
+
+def write_formats(stem: Path, formats: dict[str, bytes]) -> list[Path]:
+    """`stem.png`, `stem.pdf`, ... from a figure's bytes by format; the paths written."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(f".{fmt}") for fmt in formats]
+    for path, data in zip(paths, formats.values()):
+        path.write_bytes(data)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -150,7 +162,7 @@ def main(argv: list[str] | None = None) -> Path:
     if len(found) > 1:
         print("\nSweeps side by side:")
         print(overview(found).to_string(index=False))
-    logged = "" if args.no_log else " (PNGs and HTML also logged to each sweep's parent run under report/)"
+    logged = "" if args.no_log else " (figures and HTML also logged to each sweep's parent run under report/)"
     print(f"\nReport: {report.resolve()}{logged}")
     return report
 

@@ -92,15 +92,16 @@ def run_sweep(
     final_s = time.perf_counter() - start - trials_s
     interrupts.enter("registration")
     version = register(setup, table, configs, runs)
-    wall = time.perf_counter() - start
+    earlier = state.run_times(setup)  # the driver runs before this one (`--resume`s)
+    this_run = time.perf_counter() - start
+    wall = sum(earlier) + this_run
     overhead = runs.trial_overhead()
     calibration = {"sweep/estimate_s": expected.total_s} | expected.speed.as_metrics() if expected else {}
-    runs.log_metrics(
-        runs.parent_id, {"sweep/wall_s": wall, "sweep/trials": len(table)} | overhead | calibration, step=0
-    )
+    times = {"sweep/wall_s": wall, "sweep/driver_runs": len(earlier) + 1, "sweep/trials": len(table)}
+    runs.log_metrics(runs.parent_id, times | overhead | calibration, step=0)
     runs.end(runs.parent_id)
 
     summary.print_tables(setup, table, configs, merged.ranked(s.objectives) if merged.merges else None, heldout)
     summary.print_overhead(overhead)
     state.save_finished(setup, summary.finished_line(setup, table, configs, wall))
-    summary.print_where(setup, len(table), version, summary.Times(trials_s, wall, final_s), runs.exp_id, expected)
+    summary.print_where(setup, len(table), version, summary.Times(trials_s, this_run, final_s), runs.exp_id, expected)

@@ -198,6 +198,7 @@ def drive(
         expected = None if args.resume else estimate.announce(setup, start)
         driver.run_sweep(setup, sweep_id, args.resume, start, expected)
     finally:
+        state.add_run_time(setup, time.perf_counter() - start)  # the wall time of a resumed sweep sums its runs
         board.close()
         if requested:
             cluster.release()

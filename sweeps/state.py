@@ -6,6 +6,7 @@ the summary line of a finished sweep, and the signed Tune state of every phase.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -81,6 +82,39 @@ def finished(setup: SweepSetup) -> str | None:
     """The summary line of this sweep when it finished (read before Ray starts), else None."""
     location = setup.sweep.location(FINISHED_FILE)
     return storage.read_text(location) if storage.exists(location) else None
+
+
+RUN_TIMES_FILE = "run_times.json"  # each driver run's seconds: a sweep's wall time sums its --resumes
+
+
+def run_times(setup: SweepSetup) -> list[float]:
+    """The seconds of every earlier driver run of this sweep (a run killed with SIGKILL is not in it), as
+    signed by those runs: a file not signed by this deployment counts for nothing (it would go to MLflow)."""
+    location = setup.sweep.location(RUN_TIMES_FILE)
+    if not storage.exists(location):
+        return []
+    try:
+        document = json.loads(storage.read_text(location))
+        return [float(x) for x in signing.verified(document, _run_times_purpose(setup), location)["runs"]]
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"[hybrid-sweep] earlier runs' times not counted: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+        return []
+
+
+def _run_times_purpose(setup: SweepSetup) -> str:
+    return f"run-times:{setup.sweep.name}"
+
+
+def add_run_time(setup: SweepSetup, seconds: float) -> None:
+    """Keep this driver run's seconds, at its end however it ends (finished, failed, Ctrl-C, SIGTERM). Storage
+    that fails now (perhaps why the run ends) costs only this figure, never the error that ended the run."""
+    try:
+        runs = {"runs": [*run_times(setup), round(seconds, 1)]}
+        storage.write_text(
+            setup.sweep.location(RUN_TIMES_FILE), json.dumps(signing.signed(runs, _run_times_purpose(setup)))
+        )
+    except (OSError, ValueError) as e:
+        print(f"[hybrid-sweep] this run's time was not kept ({str(e).splitlines()[0][:200]}).", file=sys.stderr)
 
 
 def search_rounds(setup: SweepSetup) -> list[int]:

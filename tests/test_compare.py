@@ -16,6 +16,7 @@ from scipy import stats
 
 from sweeps.report import analysis as A
 from sweeps.report.data import load_sweep
+from sweeps.report.findings import PICKED
 
 from support import render_in_chromium
 
@@ -317,41 +318,48 @@ def test_number_of_training_languages_when_the_sweep_varied_it(built):
     assert f.lang_effect["k"].tolist() == [2, 3] and f.lang_effect["config_key"].tolist() == ["cfg-a05", "cfg-a03"]
     q3 = " ".join(f.answers["q3"])
     expected = A.diff_ci({0: 0.58}, dict(enumerate(CONFIGS["cfg-a05"][3])))  # k=3 (1 seed) - k=2 (3 seeds)
-    assert f"k=3 vs k=2 (their best configurations): multi mAP {expected.text()}" in q3
+    assert f"k=3 vs k=2 (their best configurations, each {PICKED}): multi mAP {expected.text()}" in q3
     assert expected.kind == "one-run" and expected.mean == pytest.approx(0.58 - 0.62)
 
 
 def test_answers_at_a_glance_carry_intervals_and_verdicts(built):
     """alpha = 0 - alpha = 1 on the full evaluation, paired over 3 seeds: mono and cross mAP differ by a
     constant 0.1 (separated), multi mAP by -0.03 ± 0.050 (not separable); el is never trained on."""
-    from sweeps.report.glance import NOT_SEPARABLE, glance
+    from sweeps.report.glance import glance
     from sweeps.report.questions import BEYOND
+    from sweeps.report.verdicts import NOT_SEPARABLE
 
     table = glance(built[1][0]).set_index("question")
     q1, verdict1 = table.iloc[0]
-    assert verdict1 == "separated: mono mAP (-), cross mAP (+), mAP on pairs with an unseen language (el) (+)"
+    assert verdict1 == (
+        "alpha=0 worse than alpha=1: mono mAP; alpha=0 better than alpha=1: cross mAP, mAP on pairs with an "
+        "unseen language (el); alpha=0 vs alpha=1 not separable: multi mAP, mAP on trained-language pairs"
+    )
     unseen = np.mean([0.55, 0.50, 0.58, 0.52, 0.66]) - np.mean([0.45, 0.44, 0.50, 0.47, 0.78])  # pairs with el
     assert f"(el) {unseen + np.mean([0, 0.02, 0.015]):+.3f} ±" in q1  # + the seeds' matrix offsets, paired
     multi = A.diff_ci(dict(enumerate(CONFIGS["cfg-a0"][3])), dict(enumerate(CONFIGS["cfg-a1"][3])))
     assert f"multi mAP {multi.mean:+.3f} ± {multi.half:.3f}" in q1 and not multi.significant
     assert "mAP on pairs with an unseen language (el)" in q1 and "Best by multi mAP: alpha=0.50" in q1
-    assert table.iloc[1]["verdict"].startswith(("separated", NOT_SEPARABLE))  # alpha 0.5 vs 1, high-resource pairs
+    assert table.iloc[1]["verdict"].startswith(("hybrid", NOT_SEPARABLE))  # alpha 0.5 vs 1, high-resource pairs
+    assert "Selection: the hybrid (the best of 2) was picked on this held-out set" in table.iloc[1, 0]
     assert "each k's best configuration" not in table.iloc[2, 0] and table.iloc[2, 1] == "not covered"
     varied = (
         glance(built[1][1]).set_index("question").iloc[2]
     )  # k = 3 at another alpha and tau: a confounded comparison, said so
     assert "each k's best configuration (other knobs differ)" in varied.iloc[0] and "k=3 - k=2 -0.040" in varied.iloc[0]
     assert table.iloc[3, 0].startswith("alpha=0 - alpha=1 (lower ECE is better): mono ECE -0.100 ± 0.000")
+    assert table.iloc[3, 1] == "alpha=0 better than alpha=1: mono ECE, cross ECE, multi ECE"  # lower ECE: better
     # Beyond the paper: training length (proxy, steps 20 and 40), the merge against the best hybrid (full
     # evaluation, paired: -0.02 on every seed), no schedule in this sweep.
     length, merge, schedule = (table.loc[q] for q in BEYOND.values())
     assert length.iloc[0].startswith(f"multi mAP, proxy evaluation: alpha=0 - alpha=1 at step 20 {multi.mean:+.3f}")
     assert "at step 40" in length.iloc[0] and "hybrid - alpha=1 at step 40" in length.iloc[0]
     assert merge.iloc[0] == (
-        "merge w=0.5 (the best merge by multi mAP) - alpha=0.50, tau=0.05, full evaluation: "
-        "mono mAP -0.020 ± 0.000; cross mAP -0.020 ± 0.000; multi mAP -0.020 ± 0.000."
-    )
-    assert merge.iloc[1] == "separated: mono mAP (-), cross mAP (-), multi mAP (-)"
+        "merge w=0.5 (the best merge by multi mAP) - alpha=0.50, tau=0.05 (hybrid), full evaluation: "
+        "mono mAP -0.020 ± 0.000; cross mAP -0.020 ± 0.000; multi mAP -0.020 ± 0.000. Selection: the hybrid (the "
+        "best of 2) was picked on this held-out set (xquad-r), so its value there is optimistic."
+    )  # one merge weight: no selection among merges
+    assert merge.iloc[1] == "merge w=0.5 worse than hybrid: mono mAP, cross mAP, multi mAP"
     assert schedule.tolist() == ["every trial used one alpha schedule (sweep.search.alpha_schedule)", "not covered"]
     assert glance(built[1][1]).set_index("question").loc[BEYOND["merge"], "verdict"] == "not covered"
 
@@ -397,12 +405,14 @@ def test_the_references_are_compared_at_every_checkpoint(built):
 
 
 def test_importances_from_a_rebuilt_optuna_study():
+    """Importances from 20 configurations (`MIN_IMPORTANCE_CONFIGS`); none, and why, from fewer."""
+    n = A.MIN_IMPORTANCE_CONFIGS
     rng = np.random.default_rng(0)
     summary = pd.DataFrame(
         {
-            "config_key": [f"c{i}" for i in range(8)],
-            "mono_ratio": rng.uniform(0, 1, 8),
-            "temperature": np.exp(rng.uniform(-4, -1.5, 8)),
+            "config_key": [f"c{i}" for i in range(n)],
+            "mono_ratio": rng.uniform(0, 1, n),
+            "temperature": np.exp(rng.uniform(-4, -1.5, n)),
             "complete": True,
         }
     )
@@ -410,6 +420,8 @@ def test_importances_from_a_rebuilt_optuna_study():
     found, note = A.importances(summary, "multi/map", lower_is_better=False)
     assert set(found) == {"mono_ratio", "temperature"} and sum(found.values()) == pytest.approx(1.0)
     assert found["mono_ratio"] > found["temperature"]
+    fewer, why = A.importances(summary.iloc[1:], "multi/map", lower_is_better=False)
+    assert fewer is None and f"({n - 1} < {n})" in why
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,9 @@ from sweeps.knobs import BY_NAME, NAMES
 from sweeps.stats import mean_ci, mean_pm, seed_summary
 
 KNOBS = NAMES
-MIN_IMPORTANCE_CONFIGS = 5  # fewer configurations than this: importances would be noise
+# Fewer completed configurations than this: parameter importances (a random forest over them) and an
+# interpolated alpha x tau surface would be noise, so the report draws the points and says so instead.
+MIN_IMPORTANCE_CONFIGS = 20
 
 
 EXACT_TREND_MAX_N = 8  # up to 8! = 40,320 orderings: the exact test is instant

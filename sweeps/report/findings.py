@@ -26,6 +26,8 @@ RETRIEVAL = [f"{s}/{m}" for m in ("map", "mrr@10") for s in SETTINGS]
 TABLED = ("mono_ratio", "temperature", "lang_temperature", "num_train_languages", "lr")  # own columns below
 ALPHA, TAU, LANG_T, LANGUAGES, LR = (BY_NAME[k].short for k in TABLED)  # the knobs' labels (`sweeps.knobs`)
 COLUMNS = RETRIEVAL + ["multi/rank_distance"] + [f"{s}/ece" for s in SETTINGS]
+# Where a side of a comparison was chosen as the best on the data it is then judged on (winner's curse).
+PICKED = "picked as the best on this held-out set, so differences lean in its favour"
 NAMES = {"map": "mAP", "mrr@10": "MRR@10", "rank_distance": "rank distance", "ece": "ECE", "map@20": "mAP@20"}
 
 
@@ -45,14 +47,19 @@ def ci_text(mean: float, half: float, n: int, digits: int = 3) -> str:
 def alpha_label(row: pd.Series | None) -> str:
     if row is None:
         return "-"
-    text = f"{ALPHA}={row['mono_ratio']:.2f}"
-    if pd.notna(row.get("temperature")):
-        text += f", {TAU}={row['temperature']:.3g}"
+    rest = stratum_label(row)
+    return f"{ALPHA}={row['mono_ratio']:.2f}" + (f", {rest}" if rest else "")
+
+
+def stratum_label(row: pd.Series) -> str:
+    """What a configuration fixes besides alpha ("tau=0.01, k=5, cross_first"): the ratio curves join only
+    configurations that agree on it."""
+    parts = [f"{TAU}={row['temperature']:.3g}"] if pd.notna(row.get("temperature")) else []
     if pd.notna(row.get("num_train_languages", np.nan)):
-        text += f", k={int(row['num_train_languages'])}"
+        parts.append(f"k={int(row['num_train_languages'])}")
     if isinstance(row.get("alpha_schedule"), str) and row["alpha_schedule"] != "constant":
-        text += f", {row['alpha_schedule']}"
-    return text
+        parts.append(row["alpha_schedule"])
+    return ", ".join(parts)
 
 
 def spearman_line(frame: pd.DataFrame, column: str, what: str) -> str | None:
@@ -93,6 +100,7 @@ class Findings:
     heatmap_source: str
     reliability: dict[str, pd.DataFrame]  # label -> pooled reliability table
     compare: dict[str, Comparison] = field(default_factory=dict)  # eval set -> best vs the references
+    base: dict[str, float] = field(default_factory=dict)  # the base model on the held-out set, "multi/map" -> value
 
     @property
     def objective(self) -> str:
@@ -163,9 +171,11 @@ def compare_on(
     return comp
 
 
-def _base(sweep: Sweep, dataset: str) -> dict[str, float]:
+def _base(sweep: Sweep, dataset: str, source: str = FULL) -> dict[str, float]:
+    """The base model's figures on `dataset`, from `source` (FULL or PROXY) where it has them, else the other."""
     rows = sweep.metrics[(sweep.metrics["run_id"] == sweep.parent_id) & (sweep.metrics["dataset"] == dataset)]
-    rows = rows[rows["source"] == (FULL if (rows["source"] == FULL).any() else PROXY)]
+    wanted = source if source in (FULL, PROXY) else FULL
+    rows = rows[rows["source"] == (wanted if (rows["source"] == wanted).any() else ({FULL, PROXY} - {wanted}).pop())]
     return {f"{s}/{m}": v for s, m, v in zip(rows["setting"], rows["metric"], rows["value"])}
 
 
@@ -202,6 +212,7 @@ def analyse(sweep: Sweep, high_resource: tuple[str, ...] = HIGH_RESOURCE) -> Fin
         **_pair_matrices(sel.table, sweep, dataset, focus, ref0, ref1, configs["hybrid"] is not None, high_resource),
         reliability=_reliability(sel.table, sweep, dataset, focus, ref0, ref1),
         compare=_comparisons(sweep, dataset, {"alpha=0": ref0, "best": configs["best"], "alpha=1": ref1}),
+        base=_base(sweep, dataset, sel.source),
     )
 
 
@@ -367,7 +378,10 @@ def answer_q1(f: Findings) -> list[str]:
         for line in _versus(f, column)
     ]
     if versus:
-        lines += [f"Best vs the references on the {SOURCES.get(comp.source, comp.source)}:", *versus]
+        lines += [
+            f"Best vs the references on the {SOURCES.get(comp.source, comp.source)} (the best {PICKED}):",
+            *versus,
+        ]
     if trend := spearman_line(f.summary[f.summary["complete"]], "multi/map", "multi mAP"):
         lines.append(trend)
     for zs, comp in f.compare.items():
@@ -450,7 +464,7 @@ def answer_q3(f: Findings) -> list[str]:
         )
     lo, hi = f.lang_effect.iloc[0], f.lang_effect.iloc[-1]
     lines.append(
-        f"k={int(hi['k'])} vs k={int(lo['k'])} (their best configurations): {name(f.objective)} "
+        f"k={int(hi['k'])} vs k={int(lo['k'])} (their best configurations, each {PICKED}): {name(f.objective)} "
         f"{_diff(f.selection.table, hi, lo, f.objective)}."
     )
     return lines
@@ -468,7 +482,9 @@ def answer_q4(f: Findings) -> list[str]:
     lines += missing_references(f)
     for column in ("multi/ece", "mono/ece", "cross/ece"):
         if column in best:
-            lines.append(f"{alpha_label(best)}: {name(column)} {_value(best, column)}")
+            lines.append(
+                f"{alpha_label(best)} (best by {name(f.objective)}, {PICKED}): {name(column)} {_value(best, column)}"
+            )
             lines += _versus(f, column)
     if trend := spearman_line(f.summary[f.summary["complete"]], "multi/ece", "multi ECE"):
         lines.append(trend)
@@ -506,7 +522,7 @@ def answer_q5(f: Findings) -> list[str]:
         if f.best is not None and ref is not None and ref["config_key"] != f.best["config_key"]:
             t = f.robust_runs
             lines.append(
-                f"{alpha_label(f.best)} vs {label}: worst pair {_diff(t, f.best, ref, 'worst')}; "
+                f"{alpha_label(f.best)} (best, {PICKED}) vs {label}: worst pair {_diff(t, f.best, ref, 'worst')}; "
                 f"std {_diff(t, f.best, ref, 'std')}"
             )
     if trend := spearman_line(f.robust, "worst", "worst-pair mAP"):

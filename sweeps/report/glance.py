@@ -1,5 +1,7 @@
 """Answers at a glance: one row per research question, the comparison that answers it, its 95% interval,
-and a verdict (separated, or not separable at this budget). The README's study table is copied from it.
+and a verdict worded by `verdicts` (better / worse in the metric's direction, equivalent inside the margin
+stated in advance, or not separable at this budget), with a caveat where a side was picked as the best on
+the same held-out data. The README's study table is copied from it.
 
 The ratio's effect is read as alpha = 0 against alpha = 1 at the same tau (the references), where the
 sweep's interval rests on their shared seeds; the best configuration is named beside it. Pure: reads
@@ -18,65 +20,87 @@ from sweeps.knobs import MERGE_WEIGHT
 from sweeps.report import analysis as A
 from sweeps.report.findings import Findings, _seed_mats, alpha_label, ci_text, name
 from sweeps.report.questions import BEYOND, QUESTIONS, SOURCES
+from sweeps.report.verdicts import Contrast, lower_is_better, margin_for, verdict
 from sweeps.stats import mean_ci, mean_pm
 
-NOT_SEPARABLE = "not separable at this budget"
 
-
-def verdict(diffs: dict[str, A.Diff]) -> str:
-    """'separated: ...' listing the comparisons whose 95% interval excludes 0, else NOT_SEPARABLE (or why
-    no interval exists)."""
-    found = {k: d for k, d in diffs.items() if d is not None and math.isfinite(d.mean)}
-    if not found:
-        return "not covered"
-    hits = [f"{k} ({'+' if d.mean > 0 else '-'})" for k, d in found.items() if d.significant]
-    if hits:
-        return "separated: " + ", ".join(hits)
-    if not any(math.isfinite(d.half) for d in found.values()):
-        return NOT_SEPARABLE + " (no interval: one seed a side)"
-    return NOT_SEPARABLE
-
-
-def finding(diffs: dict[str, A.Diff], head: str) -> str:
+def finding(contrasts: dict[str, Contrast], head: str) -> str:
     parts = [
-        f"{k} {mean_pm(d.mean, d.half, signed=True)}" + ("" if math.isfinite(d.half) else " (no CI)")
-        for k, d in diffs.items()
-        if d is not None and math.isfinite(d.mean)
+        f"{k} {mean_pm(c.diff.mean, c.diff.half, signed=True)}" + ("" if math.isfinite(c.diff.half) else " (no CI)")
+        for k, c in contrasts.items()
+        if c is not None and math.isfinite(c.diff.mean)
     ]
     return head + "; ".join(parts) if parts else head + "no comparison available"
 
 
-def _ref_diffs(f: Findings, columns: list[str]) -> dict[str, A.Diff]:
+def answer(contrasts: dict[str, Contrast], head: str, note: str = "") -> tuple[str, str]:
+    """(finding, verdict) of one row: the differences under `head`, then `note` (a selection caveat)."""
+    return finding(contrasts, head) + "." + note, verdict(list(contrasts.values()))
+
+
+def picked(f: Findings, *sides: tuple[str, int]) -> str:
+    """The caveat of a comparison whose sides (who, out of how many) were chosen as the best on the data
+    they are judged on: their values there are optimistic (the winner's curse)."""
+    chosen = [(who, n) for who, n in sides if n >= 2]
+    if not chosen:
+        return ""
+    whom = " and ".join(f"{who} (the best of {n})" for who, n in chosen)
+    verb, its, be = ("was", "its value", "is") if len(chosen) == 1 else ("were", "their values", "are")
+    return f" Selection: {whom} {verb} picked on this held-out set ({f.dataset}), so {its} there {be} optimistic."
+
+
+def _completed(f: Findings) -> pd.DataFrame:
+    return f.summary[f.summary["complete"]] if len(f.summary) else f.summary
+
+
+def hybrids(f: Findings) -> int:
+    """How many completed configurations the best hybrid (0 < alpha < 1) was picked from."""
+    done = _completed(f)
+    return int(((done["mono_ratio"] > 0) & (done["mono_ratio"] < 1)).sum()) if len(done) else 0
+
+
+def contrast(a: str, b: str, what: str, diff: A.Diff, column: str) -> Contrast:
+    """`a - b` on `what`, judged in `column`'s direction and margin (`verdicts`)."""
+    return Contrast(a, b, what, diff, lower_is_better(column), margin_for(column))
+
+
+def _ref_diffs(f: Findings, columns: list[str]) -> dict[str, Contrast]:
     comp = f.compare.get(f.dataset)
     if comp is None or comp.rows.get("alpha=0") is None or comp.rows.get("alpha=1") is None:
         return {}
-    return {name(c): comp.diff("alpha=0", "alpha=1", c) for c in columns if c in comp.table}
+    return {
+        name(c): contrast("alpha=0", "alpha=1", name(c), comp.diff("alpha=0", "alpha=1", c), c)
+        for c in columns
+        if c in comp.table
+    }
 
 
-def _unseen_diff(f: Findings) -> tuple[dict[str, A.Diff], list[str]]:
+def _unseen_diff(f: Findings) -> dict[str, Contrast]:
     """alpha = 0 - alpha = 1 on the mean mAP of the L x L pairs that involve a language never trained on,
     and on the pairs among trained languages."""
     table = f.selection.table
     if f.ref0 is None or f.ref1 is None or table.empty:
-        return {}, []
+        return {}
     ids = list(table[table["config_key"].isin([f.ref0["config_key"], f.ref1["config_key"]])]["run_id"])
     mats, _ = A.matrices_for(f.sweep.matrices, ids, f.dataset, "map")
     m0, m1 = _seed_mats(table, mats, f.ref0), _seed_mats(table, mats, f.ref1)
     if not m0 or not m1:
-        return {}, []
+        return {}
     langs = list(next(iter(m0.values())).index)
     trained = set(f.sweep.train_languages)
     unseen = [x for x in langs if x not in trained]
     if not unseen:
-        return {}, []
-    pairs_unseen = [(q, c) for q in langs for c in langs if q in unseen or c in unseen]
-    pairs_seen = [(q, c) for q in langs for c in langs if q in trained and c in trained]
+        return {}
+    parts = {
+        "mAP on trained-language pairs": [(q, c) for q in langs for c in langs if q in trained and c in trained],
+        f"mAP on pairs with an unseen language ({', '.join(unseen)})": [
+            (q, c) for q in langs for c in langs if q in unseen or c in unseen
+        ],
+    }
     return {
-        "mAP on trained-language pairs": A.diff_ci(A.cells_mean(m0, pairs_seen), A.cells_mean(m1, pairs_seen)),
-        f"mAP on pairs with an unseen language ({', '.join(unseen)})": A.diff_ci(
-            A.cells_mean(m0, pairs_unseen), A.cells_mean(m1, pairs_unseen)
-        ),
-    }, unseen
+        what: contrast("alpha=0", "alpha=1", what, A.diff_ci(A.cells_mean(m0, pairs), A.cells_mean(m1, pairs)), "map")
+        for what, pairs in parts.items()
+    }
 
 
 def _best_text(f: Findings) -> str:
@@ -84,21 +108,25 @@ def _best_text(f: Findings) -> str:
         return ""
     return (
         f" Best by {name(f.objective)}: {alpha_label(f.best)} "
-        f"({ci_text(f.best[f.objective], f.best[f.objective + ' ±'], int(f.best['seeds']))})."
+        f"({ci_text(f.best[f.objective], f.best[f.objective + ' ±'], int(f.best['seeds']))}; picked on this "
+        "held-out set, so its value is optimistic)."
     )
 
 
 def q1(f: Findings) -> tuple[str, str]:
-    diffs = _ref_diffs(f, ["mono/map", "cross/map", "multi/map"]) | _unseen_diff(f)[0]
-    return finding(diffs, "alpha=0 - alpha=1: ") + "." + _best_text(f), verdict(diffs)
+    contrasts = _ref_diffs(f, ["mono/map", "cross/map", "multi/map"]) | _unseen_diff(f)
+    return answer(contrasts, "alpha=0 - alpha=1: ", _best_text(f))
 
 
 def q2(f: Findings) -> tuple[str, str]:
     if f.hybrid is None or f.ref1 is None or not f.hr_summary:
         return "no hybrid (0 < alpha < 1) and alpha = 1 pair to compare", "not covered"
-    diffs = {f"{part} pairs": f.hr_summary[part] for part in ("mono", "cross", "all")}
-    head = f"{alpha_label(f.hybrid)} - alpha=1, mAP over the pairs of {', '.join(f.high_resource)}: "
-    return finding(diffs, head) + ".", verdict(diffs)
+    contrasts = {
+        f"{part} pairs": contrast("hybrid", "alpha=1", f"{part} pairs", f.hr_summary[part], "map")
+        for part in ("mono", "cross", "all")
+    }
+    head = f"{alpha_label(f.hybrid)} (hybrid) - alpha=1, mAP over the pairs of {', '.join(f.high_resource)}: "
+    return answer(contrasts, head, picked(f, ("the hybrid", hybrids(f))))
 
 
 def arm(f: Findings) -> pd.DataFrame:
@@ -111,6 +139,12 @@ def arm(f: Findings) -> pd.DataFrame:
     knobs = [k for k in A.KNOBS if k != "num_train_languages" and k in done]
     groups = [g for _, g in done.groupby(A.same_knobs(done, knobs)) if g["k"].nunique() > 1]
     return max(groups, key=lambda g: g["k"].nunique()).sort_values("k") if groups else done.iloc[0:0]
+
+
+def _largest_k_group(f: Findings, *rows: pd.Series) -> int:
+    """The most configurations any of `rows`' numbers of training languages had to pick its best from."""
+    k = _completed(f)["num_train_languages"].fillna(len(f.sweep.train_languages))
+    return max(int((k == row["k"]).sum()) for row in rows)
 
 
 def q3(f: Findings) -> tuple[str, str]:
@@ -129,35 +163,37 @@ def q3(f: Findings) -> tuple[str, str]:
         A.by_seed(f.selection.table, hi["config_key"], f.objective),
         A.by_seed(f.selection.table, lo["config_key"], f.objective),
     )
-    diffs = {f"k={int(hi['k'])} - k={int(lo['k'])}": d}
+    high, low = f"k={int(hi['k'])}", f"k={int(lo['k'])}"
+    contrasts = {f"{high} - {low}": contrast(high, low, name(f.objective), d, f.objective)}
     head = (
         f"{alpha_label(lo.drop('num_train_languages'))}, {name(f.objective)}: "
         if same
         else f"each k's best configuration (other knobs differ), {name(f.objective)}: "
     )
-    return head + values + "; " + finding(diffs, "") + ".", verdict(diffs)
+    note = "" if same else picked(f, (f"each k's configuration ({high}, {low})", _largest_k_group(f, hi, lo)))
+    return answer(contrasts, head + values + "; ", note)
 
 
 def q4(f: Findings) -> tuple[str, str]:
-    diffs = _ref_diffs(f, ["mono/ece", "cross/ece", "multi/ece"])
-    return finding(diffs, "alpha=0 - alpha=1 (lower ECE is better): ") + ".", verdict(diffs)
+    return answer(_ref_diffs(f, ["mono/ece", "cross/ece", "multi/ece"]), "alpha=0 - alpha=1 (lower ECE is better): ")
 
 
 def q5(f: Findings) -> tuple[str, str]:
     if f.ref0 is None or f.ref1 is None or f.robust_runs.empty:
         return "no L x L matrices of both references", "not covered"
     t = f.robust_runs
-    diffs = {
-        "worst-pair mAP": A.diff_ci(
-            A.by_seed(t, f.ref0["config_key"], "worst"), A.by_seed(t, f.ref1["config_key"], "worst")
-        ),
-        "std of pair mAP": A.diff_ci(
-            A.by_seed(t, f.ref0["config_key"], "std"), A.by_seed(t, f.ref1["config_key"], "std")
-        ),
+    contrasts = {
+        what: contrast(
+            "alpha=0",
+            "alpha=1",
+            what,
+            A.diff_ci(A.by_seed(t, f.ref0["config_key"], column), A.by_seed(t, f.ref1["config_key"], column)),
+            column,
+        )
+        for what, column in (("worst-pair mAP", "worst"), ("std of pair mAP", "std"))
     }
-    return finding(diffs, f"alpha=0 - alpha=1 across the {int(t['pairs'].max())} cross-lingual pairs: ") + ".", verdict(
-        diffs
-    )
+    head = f"alpha=0 - alpha=1 across the {int(t['pairs'].max())} cross-lingual pairs (lower std is better): "
+    return answer(contrasts, head)
 
 
 def gaps_by_step(f: Findings) -> dict[str, dict[int, tuple[A.Diff, list[float], list[float]]]]:
@@ -205,7 +241,8 @@ def references_by_step(f: Findings) -> pd.DataFrame:
             for label, by in gaps.items()
             if label != "alpha=0 - alpha=1"
         }
-        rows.append(row | {"verdict (alpha=0 - alpha=1)": verdict({name(f.objective): d})})
+        judged = contrast("alpha=0", "alpha=1", name(f.objective), d, f.objective)
+        rows.append(row | {"verdict (alpha=0 - alpha=1)": verdict([judged])})
     return pd.DataFrame(rows)
 
 
@@ -217,13 +254,21 @@ def length(f: Findings) -> tuple[str, str]:
     if len(refs) < 2:
         return "the references were not evaluated at two or more checkpoints", "not covered"
     first, last = min(refs), max(refs)
-    diffs = {f"alpha=0 - alpha=1 at step {first}": refs[first][0], f"at step {last}": refs[last][0]}
-    diffs |= {
-        f"{label} at step {last}": by[last][0]
+    steps = {
+        f"alpha=0 - alpha=1 at step {first}": ("alpha=0 - alpha=1", first),
+        f"at step {last}": ("alpha=0 - alpha=1", last),
+    }
+    steps |= {
+        f"{label} at step {last}": (label, last)
         for label, by in gaps.items()
         if label != "alpha=0 - alpha=1" and last in by
     }
-    return finding(diffs, f"{name(f.objective)}, proxy evaluation: ") + ".", verdict(diffs)
+    contrasts = {
+        key: contrast(*label.split(" - "), f"at step {step}", gaps[label][step][0], f.objective)
+        for key, (label, step) in steps.items()
+    }
+    note = picked(f, ("the hybrid", hybrids(f))) if len(contrasts) > 2 else ""
+    return answer(contrasts, f"{name(f.objective)}, proxy evaluation: ", note)
 
 
 def _merge_runs(f: Findings) -> tuple[pd.DataFrame, str]:
@@ -272,13 +317,23 @@ def merge(f: Findings) -> tuple[str, str]:
     if not score:
         return f"no merge evaluated on {name(f.objective)}", "not covered"
     best = (min if f.sweep.lower_is_better else max)(score, key=score.get)
-    diffs = {
-        name(c): A.diff_ci(A.by_seed(table, best, c), A.by_seed(table, f.hybrid["config_key"], c))
+    contrasts = {
+        name(c): contrast(
+            best,
+            "hybrid",
+            name(c),
+            A.diff_ci(A.by_seed(table, best, c), A.by_seed(table, f.hybrid["config_key"], c)),
+            c,
+        )
         for c in ("mono/map", "cross/map", "multi/map")
         if c in table
     }
-    head = f"{best} (the best merge by {name(f.objective)}) - {alpha_label(f.hybrid)}, {SOURCES.get(source, source)}: "
-    return finding(diffs, head) + ".", verdict(diffs)
+    head = (
+        f"{best} (the best merge by {name(f.objective)}) - {alpha_label(f.hybrid)} (hybrid), "
+        f"{SOURCES.get(source, source)}: "
+    )
+    note = picked(f, ("the merge", len(score)), ("the hybrid", hybrids(f)))
+    return answer(contrasts, head, note)
 
 
 def schedule(f: Findings) -> tuple[str, str]:
@@ -288,27 +343,28 @@ def schedule(f: Findings) -> tuple[str, str]:
         return "every trial used one alpha schedule (sweep.search.alpha_schedule)", "not covered"
     done = s[s["complete"]]
     same = A.same_knobs(done, [k for k in A.KNOBS if k != "alpha_schedule" and k in done])
-    diffs, head = {}, ""
+    contrasts, head = {}, ""
     for _, group in done.groupby(same):
         constant = group[group["alpha_schedule"] == "constant"]
         for _, row in group[group["alpha_schedule"].notna() & (group["alpha_schedule"] != "constant")].iterrows():
             if len(constant):
                 head = head or f"{alpha_label(constant.iloc[0])}, {name(f.objective)}: "
-                diffs[f"{row['alpha_schedule']} - constant"] = A.diff_ci(
+                d = A.diff_ci(
                     A.by_seed(f.selection.table, row["config_key"], f.objective),
                     A.by_seed(f.selection.table, constant.iloc[0]["config_key"], f.objective),
                 )
-    if not diffs:
+                label = f"{row['alpha_schedule']} - constant"
+                contrasts[label] = contrast(row["alpha_schedule"], "constant", name(f.objective), d, f.objective)
+    if not contrasts:
         return "no scheduled configuration with a constant one at the same knobs", "not covered"
-    return finding(diffs, head) + ".", verdict(diffs)
+    return answer(contrasts, head)
 
 
 def glance(f: Findings) -> pd.DataFrame:
     rows = []
-    for key, answer in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5)):
-        text, call = answer(f)
-        rows.append({"question": QUESTIONS[key], "finding (95% CI over seeds)": text, "verdict": call})
-    for key, answer in (("length", length), ("merge", merge), ("schedule", schedule)):
-        text, call = answer(f)
-        rows.append({"question": BEYOND[key], "finding (95% CI over seeds)": text, "verdict": call})
+    questions = [(QUESTIONS[k], q) for k, q in (("q1", q1), ("q2", q2), ("q3", q3), ("q4", q4), ("q5", q5))]
+    questions += [(BEYOND[k], q) for k, q in (("length", length), ("merge", merge), ("schedule", schedule))]
+    for question, row in questions:
+        text, call = row(f)
+        rows.append({"question": question, "finding (95% CI over seeds)": text, "verdict": call})
     return pd.DataFrame(rows)

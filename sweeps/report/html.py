@@ -16,6 +16,7 @@ from sweeps.report import findings as F
 from sweeps.report.findings import Findings
 from sweeps.report.glance import glance, merges_table, references_by_step
 from sweeps.report.questions import QUESTIONS, SOURCES
+from sweeps.report.verdicts import EQUIVALENCE_MARGIN
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -100,6 +101,18 @@ def _sweep_block(f: Findings, body: str) -> str:
     return f'<div class="sweep"><h3>{escape(f.sweep.name)}</h3>{body}</div>'
 
 
+def wall_text(parent_metrics: dict[str, float]) -> str:
+    """The sweep's wall time summed over its driver runs (`--resume`s); a sweep recorded before the sum was
+    kept logged its last run's time only, and says so."""
+    if "sweep/wall_s" not in parent_metrics:
+        return "-"
+    minutes = f"{parent_metrics['sweep/wall_s'] / 60:.1f}"
+    runs = parent_metrics.get("sweep/driver_runs")
+    if runs is None:
+        return f"{minutes} (the last run only, if it was resumed)"
+    return minutes if runs == 1 else f"{minutes} ({int(runs)} runs)"
+
+
 def overview(findings: list[Findings]) -> pd.DataFrame:
     rows = []
     for f in findings:
@@ -111,9 +124,7 @@ def overview(findings: list[Findings]) -> pd.DataFrame:
                 "trials": len(f.sweep.runs),
                 "configurations": len(f.summary),
                 "pruned trials": f.pruned,
-                "wall (min)": f"{f.sweep.parent_metrics['sweep/wall_s'] / 60:.1f}"
-                if "sweep/wall_s" in f.sweep.parent_metrics
-                else "-",
+                "wall (min, all driver runs)": wall_text(f.sweep.parent_metrics),
                 "evaluation": f.selection.source,
                 "best": F.alpha_label(best),
                 "objective": f.objective,
@@ -215,8 +226,12 @@ def build_html(
     parts += [
         '<h2 id="answers">Answers at a glance</h2>',
         '<p class="note">Each question\'s deciding comparison: alpha = 0 against alpha = 1 at the same tau (the '
-        "references), unless the question names another; a difference is separated when its 95% interval "
-        "over seeds excludes 0, else not separable at this budget. The sections below hold the detail.</p>",
+        "references), unless the question names another. A side is better or worse (in the metric's own "
+        "direction: higher mAP, lower ECE, rank distance and spread) when the 95% interval of the difference "
+        f"over seeds excludes 0; two are equivalent only when that whole interval lies within ±{EQUIVALENCE_MARGIN:g} "
+        "(a margin fixed before the studies ran); otherwise they are not separable at this budget. A "
+        "comparison whose side was picked as the best on the same held-out data says so: its difference "
+        "leans in that side's favour. The sections below hold the detail.</p>",
         per_sweep(lambda f, im: wrapped(glance(f))),
         "<h3>Training length: when do the references part?</h3>",
         '<p class="note">alpha = 0 against alpha = 1 on the objective at every checkpoint, and the best hybrid '
