@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -31,8 +33,18 @@ _in_fit = False  # Tune's handler has the first Ctrl-C (set by `TuneHandlerSet`)
 _before_exit: list[Callable[[], None]] = []  # run before a second Ctrl-C exits at once (the lease's release)
 
 
+def _unraisable_here(frame: Any) -> bool:
+    """A frame where a raised KeyboardInterrupt would be "ignored": printed as a traceback, and lost (a
+    weakref callback, such as a WeakKeyDictionary's, or a finalizer, run wherever the driver was)."""
+    return frame is not None and (frame.f_code.co_name == "__del__" or frame.f_code.co_filename == weakref.__file__)
+
+
 def _on_sigint(signum: int, frame: Any) -> None:
     global _stopping
+    if not (_stopping or _in_fit) and _unraisable_here(frame):
+        again = threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+        again.start()  # the same Ctrl-C, once that frame has returned (a signal: it wakes a blocking call)
+        return
     if _stopping or _in_fit:
         for callback in _before_exit:
             callback()

@@ -167,3 +167,23 @@ def test_a_sweep_stopped_at_every_moment_resumes_without_rerunning_or_duplicatin
     assert {k: [(m.step, m.value) for m in client.get_metric_history(victim.info.run_id, k)] for k in keys} == history
     assert_resumed_cleanly(tmp_path, "life", counts, trials=4)
     # More trials for a finished sweep (a round of its own), sweep.trials only growing: test_tracking_record.py.
+
+
+def test_a_ctrl_c_inside_a_weakref_callback_is_delivered_after_it_not_printed_and_lost():
+    """Issue 33 (met by step 7 of the life above on a loaded machine, and at the registration): a Ctrl-C
+    arriving while a WeakKeyDictionary's callback ran raised KeyboardInterrupt there, where Python prints
+    "Exception ignored in ..." with a traceback and drops it. Now that Ctrl-C is delivered again once the
+    callback's frame has returned."""
+    import weakref
+
+    from sweeps import interrupts
+
+    namespace: dict = {}
+    exec(compile("import sys\nframe = sys._getframe()", weakref.__file__, "exec"), namespace)  # a frame of weakref.py
+    returned = False
+    with pytest.raises(KeyboardInterrupt):
+        interrupts._on_sigint(signal.SIGINT, namespace["frame"])
+        returned, stopping = True, interrupts._stopping
+        time.sleep(10)  # the same Ctrl-C, delivered again to the main thread once that frame returned
+    assert returned and not stopping  # not raised in that frame (29bd854: raised there, printed and lost)
+    interrupts._stopping = False  # this process's own state, as it was
