@@ -83,32 +83,30 @@ def test_the_study_is_stored_and_a_later_round_continues_it(tmp_path, capsys):
     pick = control.ask(fixed_distributions=study.trials[0].distributions).params
     assert later[0] == pytest.approx(pick) and later[0]["temperature"] != first[0]["temperature"], (later, pick)
 
+    def refused(sweep_id: str, match: str) -> None:
+        """A plain start of `sweep_id` refused before Ray starts, the study and its 5 trials untouched."""
+        with pytest.raises(ValueError, match=match):
+            identity.check(setup, sweep_id, resume=False, search_started=False)
+        assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
+
     # Another sweep of this name (another id) is refused, the study untouched; this sweep's own study with no
     # search phase saved (its first start died before Tune saved its state) starts again, marked with its id.
-    with pytest.raises(
-        ValueError,
-        match=r"sweep.name='studied' is taken in the study storage .* by another sweep "
-        r"\(a sweep made before sweeps had ids; this one is new1\): choose another",
-    ):
-        identity.check(setup, "new1", resume=False, search_started=False)
-    assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
+    taken = r"sweep.name='studied' is taken in the study storage .* by another sweep "
+    refused("new1", taken + r"\(a sweep made before sweeps had ids; this one is new1\): choose another")
     from mlflow import MlflowClient
 
     MlflowClient(setup.sweep.tracking_uri).create_experiment("studied")  # a sweep from before ids: adopted
     identity.check(setup, "ours", resume=True, search_started=True)
     identity.claim(setup, "ours", search_started=True)
     assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
-    with pytest.raises(ValueError, match=r"by another sweep \(sweep id ours; this one is new2\)"):
-        identity.check(setup, "new2", resume=False, search_started=False)
+    refused("new2", r"by another sweep \(sweep id ours; this one is new2\)")
     # Issue 33: this sweep's study holding trials, its search state gone (search/tuner.pkl deleted): a plain
     # start is refused and the study kept (on 29bd854 `claim` deleted it, 5 trials with it).
-    with pytest.raises(
-        ValueError,
-        match=r"sweep.name='studied': its Optuna study in \S+ holds 5 trial\(s\), but the sweep's search state "
+    refused(
+        "ours",
+        r"sweep.name='studied': its Optuna study in \S+ holds 5 trial\(s\), but the sweep's search state "
         r"in storage is gone \(search/tuner.pkl\): the study is kept\. Continue from",
-    ):
-        identity.check(setup, "ours", resume=False, search_started=False)
-    assert len(optuna.load_study(study_name="studied", storage=setup.sweep.study_storage).trials) == 5
+    )
     optuna.delete_study(study_name="studied", storage=setup.sweep.study_storage)  # a first start that died
     optuna.create_study(study_name="studied", storage=setup.sweep.study_storage).set_user_attr("sweep_id", "ours")
     identity.check(setup, "ours", resume=False, search_started=False)  # empty: nothing to lose
