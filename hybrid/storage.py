@@ -251,6 +251,13 @@ def _s3_client(endpoint: str | None, region: str | None, credentials: tuple):
         return _clients[key]
 
 
+def names(location: str) -> list[str]:
+    """The names of the files directly in the folder at `location`, sorted ([] when there is none)."""
+    fs, path = filesystem(location)
+    found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in found if info.type == pafs.FileType.File)
+
+
 def upload(folder: Path, location: str, pattern: str = "*") -> int:
     """Copy the non-empty files of a local `folder` matching `pattern` into the folder `location` (local or
     in a bucket); returns how many."""

@@ -7,7 +7,9 @@ killed driver) or from the file a failed trial leaves.
 A trial reports to Tune once per checkpoint. Tune wants flat numbers (the objective and `step` for the
 scheduler), so the report is a flat dict: the checkpoint's training report, the proxy evaluation's
 summary, the timings (`trial/*`), and two JSON texts, the training reports since the previous checkpoint
-and the whole evaluation (`evaluation.results.EvalResult`).
+and the whole evaluation (`evaluation.results.EvalResult`). The trial also keeps each report, signed, in
+its Train run's folder (`report_file`): what the driver logs when it catches up after a killed driver,
+never Tune's `result.json` rows, which anyone who can write to the bucket could change.
 
 How the sweep's MLflow runs are found: written by `sweeps.tracking`, read by the report
 (`sweeps.report.data`). One experiment per sweep; its runs carry ROLE_TAG: the parent (NAME_TAG, ID_TAG,
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evaluation.results import EvalResult
+from hybrid import storage
 from trainers import reports
 
 TRAIN_HISTORY, EVAL_RESULT = "train_history", "eval_result"  # the two JSON texts of a report
@@ -33,6 +36,8 @@ ACTIVE_S = "trial/active_s"  # in every report: which steps a trial's run has lo
 STARTUP_S, WALL_S = "trial/startup_s", "trial/wall_s"  # the first report's; the driver's, at the trial's end
 STARTUP_STAGE = "trial/startup/"  # `trial/startup/<stage>_s`: the start-up's split (`sweeps.trial.startup_split`)
 UNREPORTED = "unreported_history.json"  # in a Train run's folder: training reports its failure left unsent
+REPORTS = "reports"  # in a Train run's folder: each checkpoint's report as passed to Tune, signed
+REPORT_TIME_MS = "report_time_ms"  # when the trial made the report: the MLflow time of its metrics
 
 ROLE_TAG, PARENT, TRIAL, MERGE = "sweep.role", "parent", "trial", "merge"
 NAME_TAG, ID_TAG = "sweep.name", "sweep.id"  # the parent's: the sweep's name and id (`sweeps.identity`)
@@ -47,12 +52,22 @@ def unreported_purpose(trial_id: str) -> str:
     return f"unreported:{trial_id}"
 
 
+def report_purpose(trial_id: str) -> str:
+    """The signing purpose of a trial's kept reports (`report_file`)."""
+    return f"trial-report:{trial_id}"
+
+
+def report_file(train_storage: str, trial_id: str, step: int) -> str:
+    return storage.join(train_storage, trial_id, REPORTS, f"step_{step:06d}.json")
+
+
 @dataclass(frozen=True)
 class TrialReport:
     """One checkpoint's report: its step and URI, the training reports since the previous one (`history`,
     each a dict with `step`), the timings so far, the proxy evaluation of the checkpoint, and when Tune took
     it (`time_ms`: the MLflow timestamp of its metrics, the same however often it is logged, so that MLflow
-    keeps one point where a write is retried or caught up again)."""
+    keeps one point where a write is retried or caught up again; the trial sets it when it makes the
+    report, so its kept copy carries the same)."""
 
     step: int
     checkpoint: str
@@ -70,6 +85,7 @@ class TrialReport:
             **self.timings,
             "step": self.step,
             CHECKPOINT: self.checkpoint,
+            REPORT_TIME_MS: self.time_ms,
             TRAIN_HISTORY: json.dumps(self.history),
             **({EVAL_RESULT: self.evaluation.to_json()} if self.evaluation else {}),
         }
@@ -78,14 +94,16 @@ class TrialReport:
     def from_tune(cls, result: Mapping[str, Any]) -> TrialReport:
         """A report back from Tune's result (live, or a row of its record: absent fields may be NaN)."""
         evaluation = result.get(EVAL_RESULT)
-        stamp = result.get("timestamp")  # Tune's, in seconds: in the live result and in its record alike
+        made, stamp = result.get(REPORT_TIME_MS), result.get("timestamp")  # the trial's; Tune's, in seconds
         return cls(
             step=int(result.get("step", 0)),
             checkpoint=str(result.get(CHECKPOINT, "")),
             history=json.loads(result.get(TRAIN_HISTORY) or "[]"),
             timings={k: float(v) for k, v in result.items() if k.startswith(TIMING) and v == v},
             evaluation=EvalResult.from_json(evaluation) if isinstance(evaluation, str) else None,
-            time_ms=int(stamp * 1000)
+            time_ms=int(made)
+            if isinstance(made, (int, float)) and made == made
+            else int(stamp * 1000)
             if isinstance(stamp, (int, float)) and stamp == stamp
             else int(time.time() * 1000),
         )

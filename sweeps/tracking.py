@@ -38,6 +38,7 @@ from sweeps.records import (
     NAME_TAG,
     PARENT,
     PARENT_RUN,
+    REPORTS,
     ROLE_TAG,
     STARTUP_S,
     STARTUP_STAGE,
@@ -47,6 +48,7 @@ from sweeps.records import (
     UNREPORTED,
     WALL_S,
     TrialReport,
+    report_purpose,
     unreported_purpose,
 )
 from sweeps.tracking_queue import TrackingQueue
@@ -247,12 +249,23 @@ class SweepRuns:
         } | split
 
 
-def reported(result: tune.Result) -> list[TrialReport]:
-    """Every report of a trial, in order, from Tune's record of it (its `result.json` in storage: numbers
-    and JSON text, nothing unpickled), ending with its last as the signed experiment state keeps it."""
+def reported(result: tune.Result, train_storage: str) -> list[TrialReport]:
+    """Every report of a trial, in order: those it signed into its Train run's folder (`report_file`;
+    never Tune's `result.json`, which anyone who can write to the bucket could change), ending with its
+    last as the signed experiment state keeps it. A kept report not signed for this trial is skipped, said."""
     last = TrialReport.from_tune(result.metrics or {})
-    rows = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
-    return [r for r in map(TrialReport.from_tune, rows) if r.step < last.step] + [last]
+    trial = str((result.metrics or {}).get("trial_id"))
+    folder = storage.join(train_storage, trial, REPORTS)
+    earlier = []
+    for name in storage.names(folder):
+        location = storage.join(folder, name)
+        try:
+            kept = signing.verified(json.loads(storage.read_text(location)), report_purpose(trial), location)
+        except (ValueError, OSError) as e:  # BadSignature among them
+            print(f"[hybrid-sweep] trial {trial}: a kept report not logged: {e}", flush=True)
+            continue
+        earlier.append(TrialReport.from_tune(kept))
+    return sorted((r for r in earlier if r.step < last.step), key=lambda r: r.step) + [last]
 
 
 def _reopened(uri: str, exp_id: str, parent_id: str, sweep_id: str) -> SweepRuns:
@@ -379,7 +392,11 @@ class TrialLogger(tune.Callback):
             if metrics.get("trial_id") and "step" in metrics:  # one that never reported has nothing to log
                 status = "FAILED" if result.error else "FINISHED" if metrics["step"] == self.steps else "KILLED"
                 self.mlflow.queue.submit(
-                    self._catch_up, metrics["trial_id"], dict(result.config or {}), reported(result), status
+                    self._catch_up,
+                    metrics["trial_id"],
+                    dict(result.config or {}),
+                    reported(result, self.train_storage),
+                    status,
                 )
 
     def _catch_up(self, trial_id: str, config: dict[str, Any], reports: list[TrialReport], status: str) -> None:

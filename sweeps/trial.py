@@ -28,7 +28,17 @@ from hybrid.layout import ENCODER_DIR
 from sweeps import progress
 from sweeps.config import SweepSetup
 from sweeps.knobs import KNOBS
-from sweeps.records import ACTIVE_S, CHECKPOINT, STARTUP_S, STARTUP_STAGE, UNREPORTED, TrialReport, unreported_purpose
+from sweeps.records import (
+    ACTIVE_S,
+    CHECKPOINT,
+    STARTUP_S,
+    STARTUP_STAGE,
+    UNREPORTED,
+    TrialReport,
+    report_file,
+    report_purpose,
+    unreported_purpose,
+)
 from trainers.config import TrainRunConfig
 from trainers.reports import RESUMED_FROM, pop_startup_marks
 from trainers.train import build_trainer
@@ -172,8 +182,12 @@ class EvaluateAndReport(TuneReportCallback):
         [result] = evaluate_checkpoints(
             [ref], load_eval_set(proxy, self.config.data), proxy, self.setup.sweep.eval_cache_location
         )
-        report = TrialReport(step, uri, history, startup | {ACTIVE_S: time.time() - self.first_report_at}, result)
-        super().after_report(run_context, [report.to_tune(train_metrics)], None)
+        timings = startup | {ACTIVE_S: time.time() - self.first_report_at}
+        report = TrialReport(step, uri, history, timings, result, time_ms=int(time.time() * 1000))
+        tuned = json.loads(json.dumps(report.to_tune(train_metrics), default=float))  # numbers as JSON has them
+        kept = signing.signed(tuned, report_purpose(trial))  # what a catching-up driver logs, signed
+        storage.write_text(report_file(self.train_storage, trial, step), json.dumps(kept))
+        super().after_report(run_context, [tuned], None)
         self.evaluated.append((step, uri, result.summary[self.setup.sweep.objectives[0]]))
         self._prune()
 

@@ -23,7 +23,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import pyarrow.fs as pafs
 from ray import tune
 
 from hybrid import signing, storage
@@ -131,12 +130,7 @@ def sign_tuner(tuner: tune.Tuner, verified: bytes | None = None) -> None:
 
 def _present(location: str) -> set[str]:
     """The names of Tune's state files at the top of the phase's folder."""
-    fs, path = storage.filesystem(location)
-    return {
-        Path(info.path).name
-        for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        if info.type == pafs.FileType.File and _is_state(Path(info.path).name)
-    }
+    return {name for name in storage.names(location) if _is_state(name)}
 
 
 def check(location: str, purpose: str) -> dict[str, str]:

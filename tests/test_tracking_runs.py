@@ -58,3 +58,37 @@ def test_a_report_logged_again_keeps_one_point_per_step(tmp_path):
     run = logger.runs["t1"]
     assert [(m.step, m.value) for m in client.get_metric_history(run, "train/loss")] == [(1, 2.0), (3, 1.5)]
     assert [m.step for m in client.get_metric_history(run, "trial/active_s")] == [3]
+
+
+def test_a_catch_up_logs_only_the_reports_the_trial_signed(tmp_path, capsys):
+    """Issue 33, item 4: after a killed driver, `catch_up` logged every row of the trial's `result.json` in
+    the bucket, so a forged row reached MLflow. Now only the reports the trial kept signed in its Train
+    run's folder (a forged one, or another trial's copied in, is skipped and said), ending with the last
+    from Tune's signed state; each at the time the trial made it."""
+    import json
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from hybrid import signing, storage
+    from sweeps.records import TrialReport, report_file, report_purpose
+    from sweeps.tracking import reported
+
+    train = str(tmp_path / "train")
+
+    def report(step: int, loss: float) -> dict:
+        history = [{"step": step, "loss": loss}]
+        return TrialReport(step, f"ckpt{step}", history, {"trial/active_s": float(step)}, None, 1000 + step).to_tune({})
+
+    for step, loss, signer in ((2, 1.5, "t1"), (4, 1.2, "t1"), (6, 0.1, "t2")):  # t2's: another trial's, copied in
+        kept = signing.signed(report(step, loss), report_purpose(signer))
+        storage.write_text(report_file(train, "t1", step), json.dumps(kept))
+    altered = json.loads(storage.read_text(report_file(train, "t1", 4))) | {"step": 5}
+    storage.write_text(report_file(train, "t1", 5), json.dumps(altered))
+    forged = pd.DataFrame([{"step": 3, "train_history": json.dumps([{"step": 3, "loss": 0.0001}])}])
+    result = SimpleNamespace(metrics=report(8, 1.0) | {"trial_id": "t1"}, metrics_dataframe=forged)
+
+    reports = reported(result, train)
+    assert [(r.step, r.loss, r.time_ms) for r in reports] == [(2, 1.5, 1002), (4, 1.2, 1004), (8, 1.0, 1008)]
+    said = capsys.readouterr().out
+    assert said.count("[hybrid-sweep] trial t1: a kept report not logged: ") == 2 and "bad signature" in said

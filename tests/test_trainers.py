@@ -268,7 +268,7 @@ def test_a_last_checkpoint_without_optimizer_state_is_reported_again_but_not_tra
         build_trainer(with_steps(config, 6), "final").fit()
 
 
-def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_model_dir, tmp_path, local_ray):
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_model_dir, tmp_path, local_ray, capsys):
     """lr 1e30 blows the weights up after one update: the run fails at step 2 with a named error (step,
     lr, batch), before that step's update, and no checkpoint after step 1 is ever written."""
     config = tiny_config(
@@ -290,6 +290,15 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_model_dir, tmp_
         r"before: not started again\)$",
     ):
         build_trainer(config, "diverges")
+    # Issue 33, item 4: a planted record of a divergence, or another run's copied in, fails nothing (was: any
+    # text in diverged.txt failed the run).
+    runs = tmp_path / "ray"
+    for planted, text in (("planted", "non-finite training loss (a forgery)"), ("copied", None)):
+        (runs / planted).mkdir()
+        (runs / planted / "diverged.txt").write_text(text or (runs / "diverges" / "diverged.txt").read_text())
+        build_trainer(config, planted)  # not refused
+    said = capsys.readouterr().out
+    assert said.count("Not this deployment's record of a divergence: ignored.") == 2, said
 
 
 def test_check_finite_names_the_step_and_the_pairs():

@@ -10,6 +10,7 @@ cluster first, so a bad request fails before a worker is scheduled.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import ray
@@ -22,7 +23,7 @@ from trainers.config import TrainRunConfig, check_resources, load_run_config
 from trainers.loop import NonFiniteLoss, train_loop_per_worker
 from trainers.preflight import preflight
 
-DIVERGED = "diverged.txt"  # in a Train run's folder: why it stopped (it is not started again)
+DIVERGED = "diverged.txt"  # in a Train run's folder: why it stopped (it is not started again), signed
 
 WORKER_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # no bytecode dumps in worker logs
@@ -61,10 +62,16 @@ class StopOnDivergence(ray.train.UserCallback):
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
         for error in worker_exceptions.values():
             if isinstance(error, NonFiniteLoss):  # the worker's own exception, unpickled
-                storage.write_text(storage.join(self.run_dir, DIVERGED), str(error))
+                why = signing.signed({"error": str(error)}, _diverged_purpose(self.run_dir))
+                storage.write_text(storage.join(self.run_dir, DIVERGED), json.dumps(why))
                 raise error
             if isinstance(error, signing.SigningKeyError):  # a node's setup: a retry would meet it again
                 raise error
+
+
+def _diverged_purpose(run: str) -> str:
+    """The signing purpose of a run's `DIVERGED` file (`run`: its name, or its folder)."""
+    return f"diverged:{run.rstrip('/').rsplit('/', 1)[-1]}"
 
 
 def build_trainer(
@@ -82,8 +89,13 @@ def build_trainer(
     t = config.trainer
     root = storage.resolve(storage_path or t.storage_path)
     diverged = storage.join(root, name, DIVERGED)
-    if storage.exists(diverged):
-        raise NonFiniteLoss(f"{storage.read_text(diverged)} (run {name!r} diverged before: not started again)")
+    if storage.exists(diverged):  # only as this deployment wrote it: a planted file must not fail a run
+        try:
+            why = signing.verified(json.loads(storage.read_text(diverged)), _diverged_purpose(name), diverged)["error"]
+        except (ValueError, KeyError) as e:  # BadSignature among them
+            print(f"[hybrid-sweep] {e} Not this deployment's record of a divergence: ignored.", flush=True)
+        else:
+            raise NonFiniteLoss(f"{why} (run {name!r} diverged before: not started again)")
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
