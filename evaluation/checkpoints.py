@@ -64,12 +64,9 @@ class CheckpointRef:
         / name. A checkpoint's state is read only once its export's signed manifest pins it (the state sets
         the step and the temperature), and the ref is bound to the run and step that manifest names."""
         if _holds(path_or_name, STATE_FILE):
+            state, run = verified_state(path_or_name)
             encoder = storage.join(path_or_name, ENCODER_DIR)
-            listed = export_manifest(encoder)
-            state_text = storage.read_text(storage.join(path_or_name, STATE_FILE))
-            manifest.state_matches(listed, state_text.encode(), storage.join(path_or_name, STATE_FILE))
-            state = json.loads(state_text)
-            return cls.trained(encoder, int(state["step"]), state.get("config", {}), path_or_name, str(listed["run"]))
+            return cls.trained(encoder, int(state["step"]), state.get("config", {}), path_or_name, run)
         return cls(path_or_name, 0, DEFAULT_TEMPERATURE, label=path_or_name, model=path_or_name)
 
     @classmethod
@@ -87,6 +84,15 @@ class CheckpointRef:
             signed=True,
             run=run,
         )
+
+
+def verified_state(checkpoint: str) -> tuple[dict[str, Any], str]:
+    """A trainer checkpoint's state (trainer_state.json: step, config, metrics), read only once its export's
+    signed manifest pins it, and the run that manifest binds it to."""
+    listed = export_manifest(storage.join(checkpoint, ENCODER_DIR))
+    text = storage.read_text(storage.join(checkpoint, STATE_FILE))
+    manifest.state_matches(listed, text.encode(), storage.join(checkpoint, STATE_FILE))
+    return json.loads(text), str(listed["run"])
 
 
 def export_manifest(encoder: str) -> dict:

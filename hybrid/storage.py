@@ -251,11 +251,13 @@ def _s3_client(endpoint: str | None, region: str | None, credentials: tuple):
         return _clients[key]
 
 
-def names(location: str) -> list[str]:
-    """The names of the files directly in the folder at `location`, sorted ([] when there is none)."""
+def names(location: str, folders: bool = False) -> list[str]:
+    """The names of the files (or the `folders`) directly in the folder at `location`, sorted ([] when there
+    is none)."""
     fs, path = filesystem(location)
     found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(info.base_name for info in found if info.type == pafs.FileType.File)
+    kind = pafs.FileType.Directory if folders else pafs.FileType.File
+    return sorted(info.base_name for info in found if info.type == kind)
 
 
 def upload(folder: Path, location: str, pattern: str = "*") -> int:

@@ -19,7 +19,7 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from evaluation.checkpoints import CheckpointRef
+from evaluation.checkpoints import CheckpointRef, verified_state
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
 from hybrid import signing, storage
@@ -31,6 +31,7 @@ from sweeps.knobs import KNOBS
 from sweeps.records import (
     ACTIVE_S,
     CHECKPOINT,
+    REPORTS,
     STARTUP_S,
     STARTUP_STAGE,
     UNREPORTED,
@@ -40,6 +41,7 @@ from sweeps.records import (
     unreported_purpose,
 )
 from trainers.config import TrainRunConfig
+from trainers.loop import checkpoint_step
 from trainers.reports import RESUMED_FROM, pop_startup_marks
 from trainers.train import build_trainer
 
@@ -175,21 +177,54 @@ class EvaluateAndReport(TuneReportCallback):
         history: list[dict[str, Any]],
         startup: dict[str, float],
     ) -> None:
+        timings = startup | {ACTIVE_S: time.time() - self.first_report_at}
+        trial = run_context.run_config.name  # the trial id: the run its checkpoints are bound to
+        tuned = self._evaluated(trial, uri, train_metrics, history, timings)
+        super().after_report(run_context, [tuned], None)
+        self._prune()
+
+    def _evaluated(
+        self, trial: str, uri: str, train_metrics: dict[str, Any], history: list[dict[str, Any]], timings: dict
+    ) -> dict[str, Any]:
+        """The checkpoint at `uri` evaluated (proxy): its report for Tune, kept first, signed, in the Train run's
+        folder (what a driver catching up logs, and how a restarted trial knows it was reported)."""
         step = int(train_metrics.get("step", 0))
         proxy = self.setup.proxy_eval
-        trial = run_context.run_config.name  # the trial id: the label, and the run its checkpoints are bound to
         ref = CheckpointRef.trained(storage.join(uri, ENCODER_DIR), step, to_dict(self.config), trial, run=trial)
         [result] = evaluate_checkpoints(
             [ref], load_eval_set(proxy, self.config.data), proxy, self.setup.sweep.eval_cache_location
         )
-        timings = startup | {ACTIVE_S: time.time() - self.first_report_at}
         report = TrialReport(step, uri, history, timings, result, time_ms=int(time.time() * 1000))
         tuned = json.loads(json.dumps(report.to_tune(train_metrics), default=float))  # numbers as JSON has them
-        kept = signing.signed(tuned, report_purpose(trial))  # what a catching-up driver logs, signed
+        kept = signing.signed(tuned, report_purpose(trial))
         storage.write_text(report_file(self.train_storage, trial, step), json.dumps(kept))
-        super().after_report(run_context, [tuned], None)
         self.evaluated.append((step, uri, result.summary[self.setup.sweep.objectives[0]]))
-        self._prune()
+        return tuned
+
+    def report_unreported(self, trial: str) -> None:
+        """Before a restarted trial trains on: each checkpoint of its run in storage whose report never reached
+        the record (its evaluation was in flight when the cluster was lost) is evaluated and reported to Tune,
+        oldest first, with the training figures its state keeps (the reports between checkpoints went with
+        the cluster). The run's last step is not: Train reports its final checkpoint again itself."""
+        run = storage.join(self.train_storage, trial)
+        reported = {
+            name.removeprefix("step_").removesuffix(".json") for name in storage.names(storage.join(run, REPORTS))
+        }
+        for name in storage.names(run, folders=True):
+            if not name.startswith("checkpoint_") or f"{checkpoint_step(name):06d}" in reported:
+                continue
+            location = storage.join(run, name)
+            try:
+                state, bound_to = verified_state(location)
+            except (OSError, ValueError) as e:  # cut short, altered, or never finished: training goes on without it
+                self._post(f"{name} not reported again ({e})")
+                continue
+            step = int(state["step"])
+            if bound_to != trial or step != checkpoint_step(name) or step >= self.config.optim.steps:
+                continue
+            self._post(f"{name}: its report never reached the record (a cluster lost); evaluating it now")
+            train_metrics = dict(state["metrics"])
+            tune.report(self._evaluated(trial, location, train_metrics, [train_metrics], {ACTIVE_S: 0.0}))
 
     def _prune(self) -> None:
         """Retention (`trainer.keep_checkpoints`: the last N and the best by the first objective): applied
@@ -221,12 +256,9 @@ def run_trial(params: dict[str, Any], setup: SweepSetup, driver_key: str) -> Non
     train_storage = setup.sweep.location("train")
     label = progress.describe(trial_id, params, setup.run)
     progress.post(setup.sweep.name, f"{label}: starting on {ray.util.get_node_ip_address()}")
+    reporter = EvaluateAndReport(setup, config, train_storage, started_at, label)
+    reporter.report_unreported(trial_id)
     trainer = build_trainer(
-        config,
-        name=trial_id,
-        storage_path=train_storage,
-        prune=False,
-        callbacks=[EvaluateAndReport(setup, config, train_storage, started_at, label)],
-        driver_key=driver_key,
+        config, name=trial_id, storage_path=train_storage, prune=False, callbacks=[reporter], driver_key=driver_key
     )
     trainer.fit()
