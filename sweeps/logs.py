@@ -8,6 +8,8 @@ effort: a failed copy is said in one line and never hides the sweep's own outcom
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -16,6 +18,16 @@ from hybrid import storage
 from sweeps.uris import redact
 
 PATTERN = "worker-*"  # every Ray worker's and task's output (stdout / stderr), the trials' included
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' start-up lines out of the terminal (`--verbose` shows them): MLflow's INFO lines
+    (its database tables created, "View run ... at" with a server), the database migrations', DeepSpeed's
+    "Setting accelerator to CPU" on a driver without one (Ray's: `init_ray(quiet=True)`). Called before any
+    of them is imported; a user's own MLFLOW_LOGGING_LEVEL wins."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
 
 
 class LogSync:

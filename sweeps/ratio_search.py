@@ -48,6 +48,7 @@ from hybrid.config import DEFAULT_CONFIG, add_overrides_flag  # noqa: E402
 from sweeps import cluster, identity, state  # noqa: E402
 from sweeps.config import SweepSetup, load_sweep_setup  # noqa: E402
 from sweeps.lease import DriverLease  # noqa: E402
+from sweeps.logs import quiet_libraries  # noqa: E402
 from sweeps.uris import record_warning, redact  # noqa: E402
 from trainers.preflight import check_ray_address, preflight  # noqa: E402
 
@@ -117,6 +118,8 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
         if args.show_config:
             print(redact(yaml.safe_dump(setup.sections(), sort_keys=False, default_flow_style=None)), end="")
             return
+        if not setup.sweep.verbose:
+            quiet_libraries()  # before MLflow, Ray or DeepSpeed is imported
         cluster.check_reachable(setup)  # storage that answers (a misspelt bucket, an endpoint down)
         started = state.exists(setup)  # its search phase is in storage (Tune's state; read once)
         if args.resume:
@@ -170,7 +173,7 @@ def drive(
     for line in prepare.pending():  # a first run's one-time work, said before it makes a silence
         print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
     start = time.perf_counter()
-    logs = init_ray(log_to_driver=s.verbose)  # [6] local Ray, or the cluster when RAY_ADDRESS is set
+    logs = init_ray(log_to_driver=s.verbose, quiet=not s.verbose)  # [6] local Ray, or the cluster (RAY_ADDRESS)
     interrupts.install()  # SIGTERM again ours: Ray's core worker installed its own
     if not s.verbose:
         print(

@@ -55,6 +55,14 @@ def test_the_terminal_shows_the_estimate_the_progress_and_the_ranked_table(finis
     assert " started now (a reference; " not in out  # 2 cores: no room for the final evaluation beside trials
     assert re.search(r"step 3/6, loss [\d.]+, multi/map [\d.]+, about \d+ s left$", out, re.M), out
     assert "Per trial:" in out
+    # Issue 34: the libraries' start-up lines stay out unless --verbose.
+    for noise in (
+        "Creating initial MLflow database tables",
+        "Started a local Ray instance",
+        "Token authentication is enabled",
+        "Setting accelerator to CPU",
+    ):
+        assert noise not in out + done.stderr, (noise, (out + done.stderr)[:3000])
     logs = Path(re.search(r"Ray workers' and tasks' output: (\S+) \(--verbose", out).group(1))
     assert any("Reporting training result" in p.read_text(errors="replace") for p in logs.glob("worker-*"))
     [saved] = (finished_tiny_sweep.folder / "sweeps" / "tiny" / "logs").iterdir()  # logs/<Ray session>

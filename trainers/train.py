@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 
 import ray
@@ -35,9 +36,10 @@ WORKER_ENV = {
 }
 
 
-def init_ray(log_to_driver: bool = True) -> str:
+def init_ray(log_to_driver: bool = True, quiet: bool = False) -> str:
     """Join a running cluster when there is one (`ray up`, `ray submit`), else start a local Ray; returns
-    the folder of Ray's logs on this node (every worker's and task's output, shown here when `log_to_driver`)."""
+    the folder of Ray's logs on this node (every worker's and task's output, shown here when `log_to_driver`).
+    `quiet`: Ray's own start-up lines (its token warning, "Started a local Ray instance") kept out, errors shown."""
     if not ray.is_initialized():
         # The dashboard serves Ray's state API, which Train's placement-group cleaner needs to free a
         # trial's workers when Tune stops it (ASHA); it binds to 127.0.0.1 only.
@@ -47,6 +49,7 @@ def init_ray(log_to_driver: bool = True) -> str:
             dashboard_host="127.0.0.1",
             runtime_env={"env_vars": WORKER_ENV},
             log_to_driver=log_to_driver,
+            logging_level=logging.ERROR if quiet else logging.INFO,
         )
     return ray._private.worker._global_node.get_logs_dir_path()
 
