@@ -50,7 +50,7 @@ def print_tables(
     held-out evaluation of the best against the base model."""
     s = setup.sweep
     print("\nTrials (proxy evaluation, last checkpoint):")
-    print(table.drop(columns=["checkpoint_path", "error"]).to_string(index=False, float_format="%.4f"))
+    print(table.drop(columns=["checkpoint_path", "error"]).to_string(index=False, float_format="%.4f", na_rep="-"))
     for _, row in table[table["error"].notna()].iterrows():
         where = f"after step {row['step']:.0f}" if row["step"] == row["step"] else "before its first checkpoint"
         print(f"  failed: trial {row['trial']} {where}: {row['error']}")
@@ -65,7 +65,7 @@ def print_tables(
             s.objectives[0], ascending=s.modes[0] == "min", ignore_index=True
         )
     )
-    print(shown.to_string(float_format="%.4f"))
+    print(shown.to_string(float_format="%.4f", na_rep="-"))  # "-": no interval from one seed, not NaN
     if summary:
         print("\nFull held-out evaluation, best configuration vs base model:")
         for key in sorted(k for k in summary if k.startswith("best/") and not k.endswith("/ci95")):

@@ -26,6 +26,7 @@ def test_the_terminal_shows_the_estimate_the_progress_and_the_ranked_table(finis
     assert re.search(r"^\d\d:\d\d:\d\d merging the references: 1 merges \(w = 0.5 of alpha = 1; seeds 0\)$", out, re.M)
     ranked = out[out.index("Configurations ranked by") :]
     assert re.search(r"^\s*\d+\s+merge w=0.5\s+1 ", ranked, re.M), ranked[:2000]
+    assert "NaN" not in ranked[: ranked.index("\n\n")], ranked[:2000]  # a one-seed row's interval: "-" (issue 34)
     assert "+ 1 merges)" in out
     # The estimate from this machine's measured speed, before the search, and beside the actual at the end.
     estimated = re.search(
