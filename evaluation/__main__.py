@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,6 +126,23 @@ def settled_spec(model: ModelConfig, path: str) -> EncoderSpec:
     return settled.config.spec
 
 
+def usable(checkpoint: str, spec_of: Callable[[str], EncoderSpec]) -> CheckpointRef | None:
+    """`--checkpoint`'s model to evaluate, or None once said in one line: a local export cut short, altered,
+    forged or bound to another run is refused here, so the other checkpoints are still evaluated (one in
+    storage is checked where its task reads it)."""
+    from evaluation.checkpoints import CheckpointRef, local_model_dir, unless_saved
+    from hybrid.manifest import IncompleteCheckpoint
+
+    try:
+        ref = unless_saved(CheckpointRef.from_path(checkpoint), spec_of)
+        if not storage.is_uri(ref.path) and Path(ref.path).is_dir():
+            local_model_dir(ref.path, ref.signed, ref.bound)
+        return ref
+    except IncompleteCheckpoint as e:
+        print(f"error: {e} Not evaluated.", file=sys.stderr)
+        return None
+
+
 def merged(parents: list[str], weight: float, out: str | None) -> list[CheckpointRef]:
     """The two parents and their merge (`hybrid.merge`), as checkpoints to evaluate; the merge's ECE at the
     first parent's temperature."""
@@ -163,10 +181,11 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
                 "own. Leave --num-cpus out to use them, or set RAY_ADDRESS=local for a Ray of this command's own."
             )
         signing.ensure_key()  # checkpoints and cache entries are verified with it
-        from evaluation.checkpoints import CheckpointRef, unless_saved
-
         checkpoints = args.checkpoint or ([] if args.merge else [E5_SMALL_NAME])
-        refs = [unless_saved(CheckpointRef.from_path(c), lambda path: settled_spec(model, path)) for c in checkpoints]
+        refs = [ref for c in checkpoints if (ref := usable(c, lambda path: settled_spec(model, path)))]
+        refused = len(checkpoints) - len(refs)
+        if refused and not (refs or args.merge):
+            raise SystemExit(2)
         if args.merge:
             refs += merged(args.merge, args.weight, args.merge_out)
     except (ValueError, FileNotFoundError) as e:
@@ -202,6 +221,8 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
     for result in results:
         print(format_result(result), end="\n\n")
     print(f"total {time.perf_counter() - started:.1f} s (Ray start, data loading and model hashing included)")
+    if refused:  # said above, each in its line; the others are evaluated all the same
+        raise SystemExit(2)
     return results
 
 

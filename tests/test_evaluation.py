@@ -500,15 +500,21 @@ def test_the_cli_says_each_models_progress_and_keeps_rays_start_up_lines_out(tin
     import subprocess
     import sys
 
+    from hybrid import manifest
+
     from support import ROOT, driver_env
 
     models = [str(tiny_model_dir), str(shutil.copytree(tiny_model_dir, tmp_path / "second"))]
+    altered = shutil.copytree(tiny_model_dir, tmp_path / "altered")  # issue 33: one line, the others evaluated
+    manifest.write(altered)
+    (altered / "config.json").write_text((altered / "config.json").read_text().replace('"', "'", 1))
     done = subprocess.run(
-        [sys.executable, "-m", "evaluation", "--checkpoint", *models, "--languages", "en", "de",
-         "--max-questions", "5", "--num-cpus", "2"],
+        [sys.executable, "-m", "evaluation", "--checkpoint", models[0], str(altered), models[1],
+         "--languages", "en", "de", "--max-questions", "5", "--num-cpus", "2"],
         cwd=ROOT, env=driver_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"error: {altered}/config.json: sha256 differs from the manifest (altered). Not evaluated.\n" in done.stderr
     out = done.stdout
     assert re.search(r"^\d\d:\d\d:\d\d evaluation on xquad-r started: 2 models", out, re.MULTILINE), out[:2000]
     for model in models:
