@@ -8,6 +8,8 @@ Each phase is its own Tune experiment under `<storage>/<sweep name>/` (a local f
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -51,6 +53,7 @@ def _run_tuner(
     interrupts.enter(name)  # a Ctrl-C from here on names this phase
     print(f"\n== {name}: {trials} trial(s) ==", flush=True)
     tune_state.never_unpickle_trial_errors()
+    tune_state.guard_tune_reads()
     signed = tune_state.purpose(setup.sweep.name, name)
     restorable = tune.Tuner.can_restore(path)
     if restorable and not resume:
@@ -60,7 +63,7 @@ def _run_tuner(
     )
     verified = tune_state.restore_verified(path, signed) if restorable else None  # only what this driver saved
     if verified is not None:
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        tuner = _refusing_unsigned(lambda: tune.Tuner.restore(path, trainable=trainable, resume_errored=True))
     else:
         run_config = tune.RunConfig(
             name=name,
@@ -71,13 +74,23 @@ def _run_tuner(
         )  # 0: TrialLogger's lines instead
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_cfg, run_config=run_config)
     tune_state.sign_tuner(tuner, verified)  # its tuner.pkl as written or verified here, never as read back
-    grid, stopped = interrupts.fit(tuner, name)
+    grid, stopped = _refusing_unsigned(lambda: interrupts.fit(tuner, name))
     runs.flush()  # the phase's MLflow writes, queued by TrialLogger, all done (or their error raised)
     if stopped or not all_ended(grid, trials):
         raise interrupts.Interrupted(name)
     logger.catch_up(grid)  # what a killed driver of this phase had not logged
     runs.flush()
     return grid
+
+
+def _refusing_unsigned(read: Callable[[], Any]) -> Any:
+    """`read()`, where Tune reads a restored phase's state: a file put there after it was verified stops
+    the sweep in one line (exit 2), nothing unpickled (`tune_state.guard_tune_reads`)."""
+    try:
+        return read()
+    except tune_state.UnsignedState as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def all_ended(grid: tune.ResultGrid, trials: int) -> bool:

@@ -9,8 +9,10 @@ it signs is read back from storage: the state files from this experiment's own s
 its trials, never the newest of the Ray session, which another sweep's driver may share), `tuner.pkl`
 from the bytes this driver pickled or verified (`sign_tuner`).
 `restore_verified` puts exactly those bytes back before `Tuner.restore`, and deletes any other file of
-those kinds (Tune takes the highest name), so nothing unsigned is ever unpickled. A phase whose index is
-missing or badly signed is refused before Ray starts (`check`).
+those kinds (Tune takes the highest name), so nothing unsigned is ever unpickled. And where Tune reads
+them (`guard_tune_reads`), each file is checked again, so one dropped in after `restore_verified` returned
+is refused, never unpickled. A phase whose index is missing or badly signed is refused before Ray starts
+(`check`).
 
 Tune also unpickles a failed trial's `error.pkl` from storage when it builds a phase's results;
 `never_unpickle_trial_errors` makes it read the error's text (`error.txt`) instead.
@@ -36,6 +38,9 @@ STATE_FILES = (
     "callback-states-*.pkl",
 )  # what Tune unpickles on restore
 SIGNED, INDEX = "signed-state", "index.json"
+# sha256 of the state files `restore_verified` verified last: all Tune may read in this process from then on
+# (None: no phase restored here, nothing read)
+_trusted: set[str] | None = None
 
 
 def purpose(sweep: str, phase: str) -> str:
@@ -163,7 +168,9 @@ def restore_verified(location: str, purpose: str) -> bytes | None:
     """Make the phase's state files in storage exactly the signed ones (`check`) before `Tuner.restore`:
     the signed `tuner.pkl` (for `sign_tuner`). None (its files deleted) for a phase Tune never saved: it
     starts afresh."""
+    global _trusted
     files = check(location, purpose)
+    _trusted = set(files.values())
     present, changed, tuner = _present(location), [], None
     for name, digest in files.items():
         current = storage.join(location, name)
@@ -182,6 +189,53 @@ def restore_verified(location: str, purpose: str) -> bytes | None:
             flush=True,
         )
     return tuner
+
+
+class UnsignedState(BaseException):
+    """A state file Tune was about to read that is not in the phase's signed index. Not an `Exception`: Tune
+    takes any of those from its resume for "start the experiment afresh", which would run every trial
+    again; this one stops the phase (`sweeps.phases`)."""
+
+
+def _trusted_bytes(data: bytes | str, where: str) -> bytes | str:
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if _trusted is not None and _sha256(raw) not in _trusted:
+        raise UnsignedState(
+            f"{where}: a file of Tune's state that is not in its signed index (put there after it was "
+            "verified): not unpickled, the sweep stops. Run the same command again."
+        )
+    return data
+
+
+def guard_tune_reads() -> None:
+    """Check each state file of a restored phase where Tune reads it: the experiment state, read from storage
+    (by `Tuner.restore`'s ExperimentAnalysis and by `TuneController.resume`), and the searcher's and
+    callbacks' states, downloaded to its staging folder (an unsigned one there is deleted before Tune
+    looks). Once per process; a phase that is not restored reads none."""
+    from ray.tune.analysis import experiment_analysis
+    from ray.tune.execution import experiment_state, tune_controller
+
+    if getattr(tune_controller, "_hybrid_sweep_guarded", False):
+        return
+    for module in (experiment_analysis, tune_controller):
+        loads = module._loads_with_cloudpickle
+        module._loads_with_cloudpickle = lambda data, loads=loads: loads(_trusted_bytes(data, "experiment state"))
+    manager = experiment_state._ExperimentCheckpointManager
+    sync_down = manager.sync_down_experiment_state
+
+    def verified_sync_down(self) -> None:
+        sync_down(self)
+        for path in Path(self._storage.experiment_driver_staging_path).iterdir():
+            if (
+                path.is_file()
+                and _is_state(path.name)
+                and _trusted is not None
+                and _sha256(path.read_bytes()) not in _trusted
+            ):
+                path.unlink()
+
+    manager.sync_down_experiment_state = verified_sync_down
+    tune_controller._hybrid_sweep_guarded = True
 
 
 def never_unpickle_trial_errors() -> None:

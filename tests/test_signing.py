@@ -394,6 +394,19 @@ def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, 
     again = tune.Tuner.restore(location, trainable=_count_to).fit()
     assert sorted(r.metrics["value"] for r in again) == [2, 4] and not canary.exists()
 
+    # Issue 33: a canary state file dropped in after `restore_verified` returned, where Tune reads it (the
+    # highest name wins): checked at the read, refused, never unpickled (29bd854 unpickled it).
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    assert tune_state.restore_verified(location, purpose) == original
+    late = storage.join(location, "experiment_state-9999-12-31_23-59-59.json")
+    storage.write_text(late, json.dumps({"runner_data": Canary(canary)}, cls=TuneFunctionEncoder))
+    tune_state.guard_tune_reads()
+    with pytest.raises(tune_state.UnsignedState, match="experiment state: a file of Tune's state that is not in"):
+        tune.Tuner.restore(location, trainable=_count_to).fit()
+    assert not canary.exists()
+    storage.delete(late)
+
     index = storage.join(location, tune_state.SIGNED, tune_state.INDEX)
     forged = json.loads(storage.read_text(index))
     forged["files"]["tuner.pkl"] = hashlib.sha256(pickle.dumps(Canary(canary))).hexdigest()
