@@ -209,6 +209,17 @@ class DriverLease:
         )
         self.on_lost()
 
+    def held(self) -> bool:
+        """Whether the lease is still this driver's, read now (a failed read: not known to be, so False): asked
+        before each signed write of Tune's state, so a driver that lost it writes nothing more even in the
+        heartbeat before it stops."""
+        if not self.enforced:
+            return True
+        try:
+            return self._ours() is not None
+        except OSError:
+            return False
+
     def release(self, wait: bool = True) -> None:
         """Stop renewing and delete the lease if it is still this driver's. `wait=False` (a second Ctrl-C,
         exiting at once) does not wait for a renewal under way."""

@@ -140,6 +140,9 @@ def run(args: argparse.Namespace, argv: list[str] | None, parser: argparse.Argum
         lease = DriverLease.acquire(setup.sweep, args.resume)  # [4] one driver per sweep
     interrupts.before_exit(lambda: lease.release(wait=False))  # the printed --resume works at once
     try:
+        from sweeps import tune_state  # here: Tune is a heavy import, and a refusal above needs none
+
+        tune_state.write_only_while(lease.held)  # no signed write of Tune's state once the lease is another's
         with user_errors(parser, args.debug):
             sweep_id = state.sweep_id(setup)
             identity.check(setup, sweep_id, args.resume, started)  # [5] the name is this sweep's

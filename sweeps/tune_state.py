@@ -23,6 +23,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ray import tune
@@ -38,9 +39,17 @@ STATE_FILES = (
     "callback-states-*.pkl",
 )  # what Tune unpickles on restore
 SIGNED, INDEX = "signed-state", "index.json"
+# Whether this driver still holds the sweep's lease (`DriverLease.held`), asked before each signed write
+_lease_held: Callable[[], bool] | None = None
 # sha256 of the state files `restore_verified` verified last: all Tune may read in this process from then on
 # (None: no phase restored here, nothing read)
 _trusted: set[str] | None = None
+
+
+def write_only_while(held: Callable[[], bool]) -> None:
+    """Sign Tune's state (and delete its old blobs) only while `held()`: the driver's lease is its own."""
+    global _lease_held
+    _lease_held = held
 
 
 def purpose(sweep: str, phase: str) -> str:
@@ -87,7 +96,7 @@ class SignedState(tune.Callback):
         files = {p.name: p.read_bytes() for p in staging.iterdir() if p.is_file() and _is_state(p.name)}
         files["tuner.pkl"] = self._tuner  # written straight to storage when the Tuner was made, never again
         digests = {name: _sha256(data) for name, data in files.items()}
-        if digests == self._signed:
+        if digests == self._signed or (_lease_held is not None and not _lease_held()):  # lost: writes nothing more
             return
         for name, data in files.items():
             if digests[name] not in self._signed.values():

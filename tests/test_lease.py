@@ -139,6 +139,7 @@ def test_a_paused_driver_never_overwrites_its_successors_lease_and_stops(where, 
     assert paused.wait(10)  # the first driver stopped just before its renewal's write
     time.sleep(0.2 * 2 + 0.3)  # its heartbeat now stale
     second = DriverLease.acquire(sweep, resume=True, on_lost=lambda: None)
+    assert second.held() and not first.held()  # asked before each signed write of Tune's state
     go.set()  # the first driver goes on with the write it was about to make
     assert lost.wait(2)
     first._thread.join(2)
