@@ -23,6 +23,7 @@ from support import render_in_chromium
 ROOT = Path(__file__).resolve().parents[1]
 LANGS = ["en", "de", "el"]  # high-resource by default: en, de
 STEPS = 40
+PLANTED = "cfg-a05-s1"  # its artifacts get a planted step_999999 folder (issue 33)
 # config -> (alpha, tau, seeds, multi/map per seed, (mono, cross) mAP means, L x L mAP, seed offsets of the matrix)
 CONFIGS = {
     "cfg-a0": (
@@ -160,6 +161,10 @@ def build_store(root: Path, name: str = "synthetic", languages: dict[str, int] |
                 continue
             log_evaluation(client, run, "xquad-r", "heldout-proxy50", 20, early, mat - 0.2, alpha)
             log_evaluation(client, run, "xquad-r", "heldout-proxy50", STEPS, values, mat, alpha)
+            if trial == PLANTED:  # a folder put in the artifact store under a later step, no metric logged
+                with tempfile.TemporaryDirectory() as tmp:
+                    pd.DataFrame(np.zeros((len(LANGS),) * 2), index=LANGS, columns=LANGS).to_csv(f"{tmp}/map.csv")
+                    client.log_artifacts(run, tmp, "eval/xquad-r/heldout-proxy50/step_999999")
             if config in FULL:
                 full = {k: v + FULL_SHIFT for k, v in values.items()}
                 log_evaluation(client, run, "xquad-r", "heldout", STEPS, full, mat + FULL_SHIFT, alpha)
@@ -234,6 +239,11 @@ def row(summary: pd.DataFrame, key: str) -> pd.Series:
 
 
 def test_loader_reads_the_last_step_and_flags_pruned_trials(findings):
+    """The last step each evaluation was logged at; issue 33, item 4: a planted step_999999 artifact folder
+    is not read (the loader took the highest step found among the folders)."""
+    runs = findings.sweep.runs.set_index("trial_id")["run_id"]
+    planted = findings.sweep.matrices[(runs[PLANTED], "xquad-r", "proxy", "map")]
+    assert planted.to_numpy() == pytest.approx(matrix("cfg-a05", 1))
     table = findings.selection.table.set_index("trial_id")
     assert findings.selection.source == "proxy"  # cfg-a03 has no full evaluation: proxy for every trial
     assert table.loc["cfg-a05-s1", "multi/map"] == pytest.approx(0.61)  # step 40, not step 20 (0.51)

@@ -131,8 +131,9 @@ def _list_files(client, run_id: str, path: str | None = None) -> list[str]:
     return files
 
 
-def _evaluations(client, run) -> tuple[list[dict], list[dict]]:
-    """(setting rows, per-language rows) of one run; the step is read once per evaluation (source, dataset)."""
+def _evaluations(client, run) -> tuple[list[dict], list[dict], dict[tuple, int]]:
+    """(setting rows, per-language rows, the step of each evaluation (source, dataset, split)) of one run, as
+    the driver logged them; the step is read once per evaluation."""
     parsed = [(k, v, parse_metric_key(k)) for k, v in run.data.metrics.items()]
     parsed = [(k, v, p) for k, v, p in parsed if p is not None]
     steps: dict[tuple, int] = {}
@@ -154,7 +155,7 @@ def _evaluations(client, run) -> tuple[list[dict], list[dict]]:
             settings.append(row | {"setting": p.group})
         else:
             languages.append(row | {"lang": p.group})
-    return settings, languages
+    return settings, languages, steps
 
 
 def _read_matrix(path: str) -> pd.DataFrame:
@@ -164,15 +165,16 @@ def _read_matrix(path: str) -> pd.DataFrame:
     return frame.astype(float)
 
 
-def _artifacts(client, run_id: str, tmp: Path) -> tuple[dict, dict]:
-    """The matrices (MATRIX_METRICS) and reliability table of each evaluation's last step."""
+def _artifacts(client, run_id: str, tmp: Path, logged: dict[tuple, int]) -> tuple[dict, dict]:
+    """The matrices (MATRIX_METRICS) and reliability table of each evaluation at the step its metrics were
+    logged at (`logged`, from `_evaluations`), never the highest step found among the artifact folders: a
+    folder planted in the artifact store under another step is not read."""
     found = [(p, a) for p in _list_files(client, run_id) if (a := parse_artifact_path(p)) is not None]
-    last: dict[tuple[str, str], int] = {}
-    for _, a in found:
-        last[(a.dataset, a.source)] = max(last.get((a.dataset, a.source), -1), a.step)
     matrices, reliability = {}, {}
     for path, a in found:
-        if a.step != last[(a.dataset, a.source)] or (a.kind == "matrix" and a.metric not in MATRIX_METRICS):
+        if a.step != logged.get((a.source, a.dataset, a.split)) or (
+            a.kind == "matrix" and a.metric not in MATRIX_METRICS
+        ):
             continue
         local = client.download_artifacts(run_id, path, str(tmp))
         if a.kind == "matrix":
@@ -239,10 +241,10 @@ def load_sweep(client, experiment: str) -> Sweep:
     with tempfile.TemporaryDirectory() as tmp:
         config = _resolved_config(client, parent.info.run_id, Path(tmp))
         for run in [parent] + trials + merged:
-            s, lang = _evaluations(client, run)
+            s, lang, logged = _evaluations(client, run)
             settings += s
             languages += lang
-            m, r = _artifacts(client, run.info.run_id, Path(tmp))
+            m, r = _artifacts(client, run.info.run_id, Path(tmp), logged)
             matrices |= m
             reliability |= r
     metric_cols = ["run_id", "source", "dataset", "split", "setting", "metric", "value", "step"]
