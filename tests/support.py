@@ -225,7 +225,17 @@ def interrupt_at(
     ]
     for reader in readers:
         reader.start()
-    assert seen.wait(timeout_s), f"no line with {line!r}:\n" + "".join(out)[-3000:] + "".join(err)[-3000:]
+    deadline = time.time() + timeout_s
+    while not seen.wait(1) and driver.poll() is None and time.time() < deadline:
+        pass  # a driver that ended without the line fails here at once, not at the timeout
+    if not seen.is_set():
+        for reader in readers:
+            reader.join(timeout=10)
+        raise AssertionError(
+            f"no line with {line!r} (the driver {'exited ' + str(driver.poll()) if driver.poll() is not None else 'ran on'}):\n"
+            + "".join(out)[-3000:]
+            + "".join(err)[-3000:]
+        )
     driver.send_signal(sig)
     if second_after_s is not None:
         time.sleep(second_after_s)
