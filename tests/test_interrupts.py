@@ -101,9 +101,8 @@ def test_a_sweep_stopped_at_every_moment_resumes_without_rerunning_or_duplicatin
     assert phase and CONTINUED.search(err), ("5 training", err[-2000:])
     if phase.group(1) == "search":
         assert not list(folder.glob("seeds-*")), "5 training: a later phase started"
-    after = finished_trials(tmp_path, "life")
-    assert all(before[t] == n for t, n in after.items() if t in before), (before, proxy_steps(tmp_path, "life"))
-    before = after
+    logged = proxy_steps(tmp_path, "life")  # the trials finished before: nothing trained or logged again
+    assert all(len(s) == len(set(s)) >= before[t] for t, s in logged.items() if t in before), (before, logged)
     _, runs = mlflow_runs(tmp_path, "life")
     assert all(r.info.status != "RUNNING" for r in runs if r.data.tags.get("sweep.role") == "trial"), "5 training"
 
@@ -127,7 +126,7 @@ def test_a_sweep_stopped_at_every_moment_resumes_without_rerunning_or_duplicatin
         sweep_command(config, "--resume"), cwd=tmp_path, env=driver_env(), capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, ("9 resume", done.stdout[-3000:] + done.stderr[-3000:])
-    assert_resumed_cleanly(tmp_path, "life", before, trials=4)
+    assert_resumed_cleanly(tmp_path, "life", trials=4)
 
     # 10. The same command again, without --resume: refused before Ray starts, the finished sweep untouched;
     # --resume with a setting that changes results: refused by name.
@@ -148,7 +147,7 @@ def test_a_sweep_stopped_at_every_moment_resumes_without_rerunning_or_duplicatin
 
     # 11. A driver killed after Tune saved a trial's last report and its end, before its queued MLflow writes
     # (seen on a tracking server): the run RUNNING, without what that report logs. `--resume` logs it from
-    # Tune's record, once, and ends the run.
+    # the report its trial kept (signed), once, and ends the run.
     client, runs = mlflow_runs(tmp_path, "life")
     victim = next(r for r in runs if r.data.tags.get("sweep.role") == "trial")
     counts = finished_trials(tmp_path, "life")
@@ -165,7 +164,7 @@ def test_a_sweep_stopped_at_every_moment_resumes_without_rerunning_or_duplicatin
         f"trial {trial}: 1 report(s) and its end (FINISHED), which a killed driver had not logged, logged now"
     ) in caught.stdout, caught.stdout[-3000:]
     assert {k: [(m.step, m.value) for m in client.get_metric_history(victim.info.run_id, k)] for k in keys} == history
-    assert_resumed_cleanly(tmp_path, "life", counts, trials=4)
+    assert_resumed_cleanly(tmp_path, "life", trials=4)
     # More trials for a finished sweep (a round of its own), sweep.trials only growing: test_tracking_record.py.
 
 

@@ -278,8 +278,10 @@ def test_a_sweep_on_a_cluster_keeps_its_record_through_a_lost_node_an_outage_and
     trials = trial_runs(mlflow, "served")
     names = [r.data.tags["tune.trial_id"] for r in trials.values()]
     assert len(names) == len(set(names)) == 3 and all(r.info.status == "FINISHED" for r in trials.values())
-    for trial, steps in before.items():  # finished before the cluster was lost: not trained or logged again
-        assert steps_of(mlflow, trials[trial].info.run_id, tuple(steps)) == steps, f"step 4: {trial}"
+    for trial, steps in before.items():  # finished before the cluster was lost: what it logged is kept (each
+        # report once, not trained again: asserted with every trial's below; one the kill overtook is caught up)
+        now = steps_of(mlflow, trials[trial].info.run_id, tuple(steps))
+        assert all(set(got) <= set(now[m]) for m, got in steps.items()), ("step 4", trial, steps, now)
     every = list(range(3, STEPS + 1, 3))
     for trial, r in trials.items():  # every report once, the outage's and the lost node's included
         steps = steps_of(mlflow, r.info.run_id, ("train/loss", "train/lr", "train/val_loss", PROXY_MAP))
