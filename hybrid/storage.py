@@ -107,11 +107,19 @@ def read_versioned(location: str) -> tuple[bytes, str]:
     """A whole file and its version, for `replace_if`: the object's ETag on s3://; on a local or mounted
     folder its inode and modification time (`write_bytes` and `replace_if` write a new inode each time).
     FileNotFoundError when nothing is there; OSError when the read failed."""
+    return read_aged(location)[:2]
+
+
+def read_aged(location: str) -> tuple[bytes, str, float]:
+    """`read_versioned`, and how many seconds ago the file was written by the store's own clock, never the
+    writer's or this reader's: on s3:// the response's Date less the object's LastModified (both rounded to
+    the second: less one second, so never more than it is); on a folder now less its modification time."""
     if location.startswith("s3://"):
         return _s3_get(location)
     path = _local_path(location)
     with open(path, "rb") as f:
-        return f.read(), _file_version(os.fstat(f.fileno()))
+        st = os.fstat(f.fileno())
+        return f.read(), _file_version(st), time.time() - st.st_mtime
 
 
 def replace_if(location: str, data: bytes, version: str) -> str | None:
@@ -147,16 +155,19 @@ def delete_if(location: str, version: str) -> bool:
         return unchanged
 
 
-def _s3_get(location: str) -> tuple[bytes, str]:
-    """An object's bytes and ETag in one GET (boto3): pyarrow asks for the size first and then reads that
-    many bytes, so an object overwritten in between (the lease's heartbeat) came back torn. FileNotFoundError
-    when it is not there, OSError (as pyarrow raises) when the request failed."""
+def _s3_get(location: str) -> tuple[bytes, str, float]:
+    """An object's bytes, ETag and age by the store's clock (`read_aged`) in one GET (boto3): pyarrow asks for
+    the size first and then reads that many bytes, so an object overwritten in between (the lease's heartbeat)
+    came back torn. FileNotFoundError when it is not there, OSError (as pyarrow raises) when the request failed."""
+    from email.utils import parsedate_to_datetime
+
     from botocore.exceptions import BotoCoreError, ClientError
 
     client, bucket, key = _s3(location)
     try:
         got = client.get_object(Bucket=bucket, Key=key)
-        return got["Body"].read(), got["ETag"]
+        now = parsedate_to_datetime(got["ResponseMetadata"]["HTTPHeaders"]["date"])
+        return got["Body"].read(), got["ETag"], max(0.0, (now - got["LastModified"]).total_seconds() - 1.0)
     except client.exceptions.NoSuchKey:
         raise FileNotFoundError(f"{location}: no such object") from None
     except (BotoCoreError, ClientError) as e:

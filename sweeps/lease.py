@@ -7,15 +7,16 @@ lease atomically before anything starts (O_EXCL on a local or mounted folder, a 
 `sweep.lease_heartbeat_s` seconds, and deletes it when it ends, however it ends (short of SIGKILL).
 A second driver is refused in one line naming the holder and the heartbeat's age. A lease whose heartbeat
 is older than `sweep.lease_stale_after` of the holder's intervals is a dead driver's: `--resume` takes it
-over, and says so. A lease that cannot be read as one, or whose heartbeat lies in the future beyond that
-window (clocks out of sync), blocks nothing forever: `--resume` takes it over too.
+over, and says so. Ages are the store's: the lease's last write by the bucket's clock (its Date less the
+object's LastModified) or the folder's (its modification time), never a comparison of the holder's clock
+with the reader's, so machines whose clocks disagree neither take a live lease nor wait on a dead one. A
+lease that cannot be read as one blocks nothing forever: `--resume` takes it over too.
 
 The lease fences: every renewal and the takeover are compare-and-swap writes on the version last seen
 (`storage.replace_if`: S3 `If-Match` on the ETag, a lock beside the file on a folder), so a driver paused
 past its staleness never overwrites its successor's lease. A renewal that fails to read or write is
 retried (never read as a takeover); a driver that finds its lease another's stops at once, in one line,
-exit status 3, writing nothing more. Ages are read against this machine's clock: keep the clocks of the
-machines that drive a sweep in sync (NTP), as any cluster does.
+exit status 3, writing nothing more.
 """
 
 from __future__ import annotations
@@ -79,10 +80,10 @@ class DriverLease:
                 if lease._create():
                     break
                 try:
-                    data, version = storage.read_versioned(lease.location)
+                    data, version, age = storage.read_aged(lease.location)
                 except FileNotFoundError:
                     continue
-                lease._take_over(_parse(data), version, sweep.lease_stale_after, resume)
+                lease._take_over(_parse(data), version, age, sweep.lease_stale_after, resume)
                 break
             else:
                 raise LeaseHeld(f"sweep {sweep.name!r}: its lease {redact(lease.location)} kept changing; try again.")
@@ -121,9 +122,10 @@ class DriverLease:
             return None
         return version if (_parse(data) or {}).get("token") == self.record["token"] else None
 
-    def _take_over(self, held: dict[str, Any] | None, version: str, stale_after: int, resume: bool) -> None:
-        """Replace `held` (the lease at `version`) with this driver's if it is stale, unreadable, or from the
-        future, and `resume` allows it; else raise `LeaseHeld`."""
+    def _take_over(self, held: dict[str, Any] | None, version: str, age: float, stale_after: int, resume: bool) -> None:
+        """Replace `held` (the lease at `version`, last written `age` seconds ago by the store's clock: the
+        holder's and this machine's clocks may disagree) with this driver's if it is stale or unreadable and
+        `resume` allows it; else raise `LeaseHeld`."""
         if held is None:
             if not resume:
                 raise LeaseHeld(
@@ -132,15 +134,10 @@ class DriverLease:
                 )
             why = "whose lease could not be read"
         else:
-            age = time.time() - float(held.get("heartbeat", 0))
             limit = stale_after * float(held.get("heartbeat_s", self.heartbeat_s))
-            if -limit <= age <= limit or not resume:
+            if age <= limit or not resume:
                 raise LeaseHeld(self._refusal(held, age, limit, resume))
-            why = (
-                f"whose heartbeat stopped {_age(age)} ago"
-                if age > 0
-                else f"whose heartbeat is {_age(-age)} in the future (are the machines' clocks in sync?)"
-            )
+            why = f"whose heartbeat stopped {_age(age)} ago"
         self.record["heartbeat"] = time.time()
         self.version = storage.replace_if(self.location, self._bytes(), version)
         if self.version is None:  # another driver took it over first

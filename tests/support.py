@@ -383,8 +383,9 @@ def wait_for_stale_lease(location: Path | str, stale_after: float, timeout: floa
 
     deadline = time.time() + timeout
     while storage.exists(str(location)):
-        held = json.loads(storage.read_text(str(location)))
-        if time.time() - held["heartbeat"] > stale_after * held["heartbeat_s"]:
+        data, _, age = storage.read_aged(str(location))  # by the store's clock, as `sweeps.lease` reads it
+        held = json.loads(data)
+        if age > stale_after * held["heartbeat_s"]:
             return
         assert time.time() < deadline, f"the lease {location} was still renewed after {timeout} s: {held}"
         time.sleep(0.2)
