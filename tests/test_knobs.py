@@ -60,18 +60,22 @@ def test_a_knob_added_as_one_row_is_searched_applied_logged_and_reported():
     row = _trial_row(Run)
     assert row["hard_negatives"] is True and math.isnan(row["lr"])  # a knob not searched reads as NaN
 
+    n = analysis.MIN_IMPORTANCE_CONFIGS  # importances from this many configurations up (issue 34)
+    alpha, negatives = [i / (n - 1) for i in range(n)], [i % 2 == 0 for i in range(n)]
     summary = pd.DataFrame(
         {
-            "config_key": list("abcdef"),
-            "mono_ratio": [0.0, 1.0, 0.5, 0.2, 0.8, 0.4],
-            "hard_negatives": [False, False, True, True, False, True],
-            "multi/map": [0.5, 0.4, 0.6, 0.62, 0.41, 0.61],
+            "config_key": [f"c{i}" for i in range(n)],
+            "mono_ratio": alpha,
+            "hard_negatives": negatives,
+            "multi/map": [0.6 - 0.2 * a + 0.05 * h for a, h in zip(alpha, negatives)],
             "complete": True,
         }
     )
     assert "hard_negatives" in analysis.varying_knobs(summary)
     found, how = analysis.importances(summary, "multi/map", lower_is_better=False)
     assert set(found) == {"mono_ratio", "hard_negatives"}, how
+    found, how = analysis.importances(summary.head(6), "multi/map", lower_is_better=False)
+    assert found is None and how.startswith(f"too few completed configurations (6 < {n})"), how
 
 
 def test_a_knob_left_unsearched_stays_out_of_the_trials():
