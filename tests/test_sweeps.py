@@ -425,6 +425,7 @@ import json, sys
 sys.modules["mlflow"] = None  # this driver cannot import MLflow; neither can any Ray worker (PYTHONPATH)
 import ray
 from ray import tune
+from hybrid import signing
 from sweeps.config import load_sweep_setup
 from sweeps.records import EVAL_RESULT, TRAIN_HISTORY
 from sweeps.trial import run_trial
@@ -440,7 +441,8 @@ def probe():
         return str(e)
 
 setup = load_sweep_setup(sys.argv[1]).resolved()
-grid = tune.Tuner(tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": 0.1}),
+trainable = tune.with_parameters(run_trial, setup=setup, driver_key=signing.fingerprint())
+grid = tune.Tuner(tune.with_resources(trainable, {"CPU": 0.1}),
                   param_space={"mono_ratio": 0.5, "temperature": 0.05, "seed": 0},
                   run_config=tune.RunConfig(storage_path=setup.sweep.storage_path, name="no-mlflow")).fit()
 result = grid[0]
