@@ -57,8 +57,18 @@ def report_purpose(trial_id: str) -> str:
     return f"trial-report:{trial_id}"
 
 
+REPORT_NAME = "step_{:06d}.json"  # a kept report's file name, by its step
+
+
 def report_file(train_storage: str, trial_id: str, step: int) -> str:
-    return storage.join(train_storage, trial_id, REPORTS, f"step_{step:06d}.json")
+    return storage.join(train_storage, trial_id, REPORTS, REPORT_NAME.format(step))
+
+
+def reported_steps(train_storage: str, trial_id: str) -> set[int]:
+    """The steps whose reports the trial kept (`report_file`)."""
+    prefix, suffix = REPORT_NAME.split("{:06d}")
+    names = storage.names(storage.join(train_storage, trial_id, REPORTS))
+    return {int(name.removeprefix(prefix).removesuffix(suffix)) for name in names}
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,13 @@ from sweeps.knobs import KNOBS
 from sweeps.records import (
     ACTIVE_S,
     CHECKPOINT,
-    REPORTS,
     STARTUP_S,
     STARTUP_STAGE,
     UNREPORTED,
     TrialReport,
     report_file,
     report_purpose,
+    reported_steps,
     unreported_purpose,
 )
 from trainers.config import TrainRunConfig
@@ -207,11 +207,9 @@ class EvaluateAndReport(TuneReportCallback):
         oldest first, with the training figures its state keeps (the reports between checkpoints went with
         the cluster). The run's last step is not: Train reports its final checkpoint again itself."""
         run = storage.join(self.train_storage, trial)
-        reported = {
-            name.removeprefix("step_").removesuffix(".json") for name in storage.names(storage.join(run, REPORTS))
-        }
+        reported = reported_steps(self.train_storage, trial)
         for name in storage.names(run, folders=True):
-            if not name.startswith("checkpoint_") or f"{checkpoint_step(name):06d}" in reported:
+            if not name.startswith("checkpoint_") or checkpoint_step(name) in reported:
                 continue
             location = storage.join(run, name)
             try:
