@@ -206,9 +206,13 @@ class UnsignedState(BaseException):
     again; this one stops the phase (`sweeps.phases`)."""
 
 
+def _untrusted(raw: bytes) -> bool:
+    """Bytes of a state file that a phase restored in this process did not verify (`restore_verified`)."""
+    return _trusted is not None and _sha256(raw) not in _trusted
+
+
 def _trusted_bytes(data: bytes | str, where: str) -> bytes | str:
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    if _trusted is not None and _sha256(raw) not in _trusted:
+    if _untrusted(data.encode() if isinstance(data, str) else bytes(data)):
         raise UnsignedState(
             f"{where}: a file of Tune's state that is not in its signed index (put there after it was "
             "verified): not unpickled, the sweep stops. Run the same command again."
@@ -235,12 +239,7 @@ def guard_tune_reads() -> None:
     def verified_sync_down(self) -> None:
         sync_down(self)
         for path in Path(self._storage.experiment_driver_staging_path).iterdir():
-            if (
-                path.is_file()
-                and _is_state(path.name)
-                and _trusted is not None
-                and _sha256(path.read_bytes()) not in _trusted
-            ):
+            if path.is_file() and _is_state(path.name) and _untrusted(path.read_bytes()):
                 path.unlink()
 
     manager.sync_down_experiment_state = verified_sync_down
