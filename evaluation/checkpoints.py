@@ -89,21 +89,10 @@ class CheckpointRef:
 def verified_state(checkpoint: str) -> tuple[dict[str, Any], str]:
     """A trainer checkpoint's state (trainer_state.json: step, config, metrics), read only once its export's
     signed manifest pins it, and the run that manifest binds it to."""
-    listed = export_manifest(storage.join(checkpoint, ENCODER_DIR))
+    listed = manifest.read_verified(storage.join(checkpoint, ENCODER_DIR, manifest.MANIFEST))
     text = storage.read_text(storage.join(checkpoint, STATE_FILE))
     manifest.state_matches(listed, text.encode(), storage.join(checkpoint, STATE_FILE))
     return json.loads(text), str(listed["run"])
-
-
-def export_manifest(encoder: str) -> dict:
-    """The signed fields of an export's manifest (a local folder or a URI), read alone: its files are
-    checked where they are used (`local_model_dir`)."""
-    where = storage.join(encoder, manifest.MANIFEST)
-    try:
-        listed = json.loads(storage.read_text(where))
-    except (OSError, ValueError) as e:
-        raise manifest.IncompleteCheckpoint(f"{where}: unreadable manifest ({e}).") from None
-    return manifest.verified(listed, where)
 
 
 def unless_saved(ref: CheckpointRef, spec_of: Callable[[str], EncoderSpec]) -> CheckpointRef:

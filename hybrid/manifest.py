@@ -24,7 +24,7 @@ import json
 import re
 from pathlib import Path
 
-from hybrid import signing
+from hybrid import signing, storage
 
 MANIFEST = "manifest.json"
 PURPOSE = "checkpoint-manifest"
@@ -83,11 +83,7 @@ def check(folder: Path, **bound: int | str) -> None:
     if not manifests:
         raise IncompleteCheckpoint(f"{folder}: no manifest (the checkpoint was not completely written).")
     for path in manifests:
-        try:
-            listed = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise IncompleteCheckpoint(f"{path}: unreadable manifest ({e}).") from None
-        listed = verified(listed, str(path))
+        listed = read_verified(str(path))
         _check_bound(listed, bound, path)
         world = listed.get("world_size")
         missing = sorted(set(range(world)) - set(ranks)) if world else []
@@ -120,7 +116,16 @@ def state_matches(listed: dict, state: bytes, where: str) -> None:
         )
 
 
-def verified(listed: dict, where: str) -> dict:
+def read_verified(where: str) -> dict:
+    """The manifest at `where` (a local path or a URI in storage), read and verified (`_verified`)."""
+    try:
+        listed = json.loads(storage.read_text(where))
+    except (OSError, ValueError) as e:
+        raise IncompleteCheckpoint(f"{where}: unreadable manifest ({e}).") from None
+    return _verified(listed, where)
+
+
+def _verified(listed: dict, where: str) -> dict:
     """The manifest read from `where` less its signature, once this deployment's key signed it."""
     try:
         return signing.verified(listed, PURPOSE, where)
