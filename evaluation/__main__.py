@@ -111,9 +111,13 @@ def format_result(result: EvalResult) -> str:
         lines.append(f"{lang:6}" + "".join(f"{'-':>7}" if np.isnan(v) else f"{v:7.3f}" for v in row))
     lines += [
         "",
-        "from the evaluation cache"
-        if result.cached
-        else f"wall time {result.wall_s:.1f} s, encode tasks {result.encode_tasks} (2 x {len(result.languages)} languages)",
+        (
+            "from the evaluation cache"
+            if result.cached
+            else f"wall time {result.wall_s:.1f} s, encode tasks "
+            f"{result.encode_tasks} (2 x {len(result.languages)} languages)"
+        )
+        + f", encoded in {result.precision}",
     ]
     return "\n".join(lines)
 
@@ -157,6 +161,22 @@ def merged(parents: list[str], weight: float, out: str | None) -> list[Checkpoin
     path = merge(first.path, second.path, weight, out or Path("outputs") / "merges" / f"{digest}-w{weight:g}")
     ref = replace(first, path=str(path), step=0, label=f"merge w={weight:g} ({path})", signed=True, run="")
     return [replace(first, signed=True), replace(second, signed=True), ref]
+
+
+def settled_precision(config: EvalConfig, data: DataConfig, model: ModelConfig, cache: str | None) -> EvalConfig:
+    """`eval.precision: auto` decided by its check (`evaluation.precision`) on the configured base model and the
+    training corpus's held-out set, said in one line; fp32 or bf16 as they are."""
+    if config.precision != "auto":
+        return config
+    from evaluation.checkpoints import CheckpointRef
+    from evaluation.datasets import load_eval_set
+    from evaluation.precision import settle as check_precision
+
+    base = CheckpointRef(path=model.name, label="base", model=model.name, spec=model.spec)
+    held_out = replace(config, dataset=data.dataset, languages=None, max_questions=None)
+    check = check_precision(held_out, base, load_eval_set(held_out, data), cache)
+    print(check.line(), flush=True)
+    return replace(config, precision=check.precision)
 
 
 def main(argv: list[str] | None = None) -> list[EvalResult]:
@@ -217,6 +237,7 @@ def main(argv: list[str] | None = None) -> list[EvalResult]:
                 file=sys.stderr,
             )
             raise SystemExit(2) from None
+    config = settled_precision(config, data, model, args.cache)
     results = evaluate_checkpoints(refs, eval_set, config, args.cache, on_done)
     for result in results:
         print(format_result(result), end="\n\n")

@@ -47,6 +47,7 @@ class EvalResult:
     model_hash: str = ""  # sha256 of the files that decide the embeddings (evaluation.checkpoints.content_hash)
     data_digest: str = ""  # EvalSet.digest
     cached: bool = False  # taken from the evaluation cache, not computed in this call
+    precision: str = "fp32"  # how the texts were encoded (eval.precision, "auto" settled)
 
     def to_json(self) -> str:
         """The whole result as JSON (NaN kept): how a trial on a worker node hands an evaluation to the
@@ -73,9 +74,10 @@ def evaluation_key(
     model_hash: str, eval_set: EvalSet, config: EvalConfig, temperature: float, spec: EncoderSpec | None = None
 ) -> str:
     """The idempotence key of one evaluation: same model files + same data + same ECE settings (+ the
-    embedding spec when one is imposed on the folder) = same key."""
+    embedding spec when one is imposed on the folder, + the precision when it is not fp32) = same key."""
     parts = [model_hash, eval_set.digest, f"{temperature:.6g}", str(config.ece_bins)]
     parts += [json.dumps(dataclasses.asdict(spec), sort_keys=True)] if spec else []
+    parts += [config.precision] if config.precision != "fp32" else []
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -135,6 +137,7 @@ def assemble(
         ref.path,
         model_hash,
         eval_set.digest,
+        precision=config.precision,
     )
 
 

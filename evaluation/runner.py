@@ -54,6 +54,7 @@ def _encode_task(
     batch_size: int,
     threads: int,
     spec: EncoderSpec | None,
+    precision: str,
 ) -> np.ndarray:
     """Encode on whichever node runs the task: the model's files are copied to this node first when
     they live in storage (`local_model_dir`), never read from the driver's disk."""
@@ -62,7 +63,7 @@ def _encode_task(
     torch.set_num_threads(threads)
     folder = str(local_model_dir(model, signed, bound))
     encoder = _cached_encoder(folder, storage.stamp(folder), spec)
-    return encoder.encode(texts, side, batch_size=batch_size, progress=False)
+    return encoder.encode(texts, side, batch_size=batch_size, progress=False, precision=precision)
 
 
 @ray.remote
@@ -100,7 +101,9 @@ def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[
     def encode(texts: list[str], side: str, lang: str) -> ray.ObjectRef:
         return _encode_task.options(
             num_cpus=config.encode_cpus, name=f"encode:{ref.label}:{lang}:{side}", scheduling_strategy=OUTSIDE_TRIAL
-        ).remote(ref.path, ref.signed, ref.bound, texts, side, config.batch_size, encode_threads, ref.spec)
+        ).remote(
+            ref.path, ref.signed, ref.bound, texts, side, config.batch_size, encode_threads, ref.spec, config.precision
+        )
 
     # [1] candidates first: every scoring task needs all of them, but only its own queries.
     cands = {lang: encode(eval_set.candidates[lang], "passage", lang) for lang in eval_set.languages}
@@ -143,6 +146,8 @@ def evaluate_checkpoints(
     settings), and a checkpoint whose key is there is not evaluated again (`cached` True, `wall_s` 0).
     `on_done(ref, seconds since the start, cached)` is called as each checkpoint's figures are in (progress).
     """
+    if config.precision not in ("fp32", "bf16"):
+        raise ValueError(f"eval.precision {config.precision!r}: settle it first (evaluation.precision.settle).")
     eval_set = corpus if isinstance(corpus, EvalSet) else EvalSet.from_corpus(corpus)
     eval_set = eval_set.restrict(config.languages, config.max_questions)
     if not any(eval_set.queries.values()):

@@ -67,6 +67,7 @@ def lineage(result: EvalResult) -> dict:
         "split": result.split,
         "languages": list(result.languages),
         "temperature": result.temperature,
+        "precision": result.precision,
     }
 
 

@@ -37,6 +37,9 @@ RESUMABLE_CHANGES = (
 # Keys that only say where the sweep's record is: they may differ on --resume (a new head, a new driver
 # folder) when they lead to the same sweep, which its id then proves (`sweeps.identity`).
 WHERE_KEYS = ("tracking_uri", "study_storage", "artifact_location")
+# Settings added after sweeps were started, with the value that reads as the behaviour before them: a sweep
+# stored without the key resumes as long as the key keeps that value.
+ADDED_SINCE = {"eval.precision": "fp32"}
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
 # Metrics where lower is better; every other objective is maximised.
@@ -339,6 +342,7 @@ class SweepSetup:
             - {f"sweep.{k}" for k in (*RESUMABLE_CHANGES, *WHERE_KEYS)}
             - {"trainer.storage_path"}
         )  # unused by a sweep (its checkpoints go under sweep.storage_path)
+        started = ADDED_SINCE | started
         return sorted(k for k in keys if _searched(now.get(k), k) != _searched(started.get(k), k))
 
 

@@ -9,6 +9,7 @@ import time
 
 import yaml
 
+from evaluation.precision import PrecisionCheck
 from hybrid import storage
 from hybrid.layout import ENCODER_DIR
 from sweeps import estimate, interrupts, merges, phases, ranking, registry, state, summary, tracking
@@ -45,10 +46,16 @@ def register(setup: SweepSetup, table, configs, runs: tracking.SweepRuns) -> str
 
 
 def run_sweep(
-    setup: SweepSetup, sweep_id: str, resume: bool, start: float, expected: estimate.Estimate | None = None
+    setup: SweepSetup,
+    sweep_id: str,
+    resume: bool,
+    start: float,
+    expected: estimate.Estimate | None = None,
+    check: PrecisionCheck | None = None,
 ) -> None:
     """The sweep from its MLflow record's opening to its summary; `start` is when the driver started Ray,
-    `expected` the time estimated before the search (None on `--resume`: set beside the actual at the end)."""
+    `expected` the time estimated before the search (None on `--resume`: set beside the actual at the end),
+    `check` how the evaluation's precision was settled (a parameter of the sweep's run)."""
     s = setup.sweep
     resolved = setup.sections()
     runs = tracking.SweepRuns.open(
@@ -56,7 +63,7 @@ def run_sweep(
         s.name,
         sweep_id,
         s.artifact_location,
-        flat_params(setup.raw),
+        flat_params(setup.raw) | (check.as_params() if check else {}),
         {
             "preset.yaml": redact(yaml.safe_dump(setup.raw, sort_keys=False)),
             RESOLVED: redact(yaml.safe_dump(resolved, sort_keys=False)),

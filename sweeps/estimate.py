@@ -96,11 +96,15 @@ def plan(setup: SweepSetup) -> Plan:
     )
 
 
-def estimate(setup: SweepSetup, speed: Speed, cpus: float, spent_s: float = 0.0) -> Estimate:
+def estimate(
+    setup: SweepSetup, speed: Speed, cpus: float, spent_s: float = 0.0, bf16_speedup: float | None = None
+) -> Estimate:
     """Seconds by stage for `setup` on a cluster of `cpus` CPUs measured at `speed`, `spent_s` already
-    spent (Ray's start, the calibration) counted in start-up."""
+    spent (Ray's start, the calibration) counted in start-up; `bf16_speedup` (measured by
+    `evaluation.precision`) divides an evaluated text's time where the evaluation encodes in bf16."""
     p, run = plan(setup), setup.run
-    text_s = speed.encode_s * EVAL_TEXT
+    faster = bf16_speedup if setup.eval.precision == "bf16" and bf16_speedup else 1.0
+    text_s = speed.encode_s * EVAL_TEXT / faster
     proxy = p.proxy_texts * text_s + PER_MODEL_S
     trial = {
         "start-up": RAY_TRIAL_S + speed.import_s + speed.load_s,
@@ -127,7 +131,7 @@ def calibrate(setup: SweepSetup) -> Speed:
     return ray.get(task.remote(setup.run, setup.eval.batch_size))
 
 
-def announce(setup: SweepSetup, start: float) -> Estimate | None:
+def announce(setup: SweepSetup, start: float, bf16_speedup: float | None = None) -> Estimate | None:
     """This machine's speed measured and the sweep's time estimated from it, printed before the search
     (a CPU training only: the calibration times CPU steps)."""
     if setup.run.trainer.use_gpu:
@@ -139,6 +143,7 @@ def announce(setup: SweepSetup, start: float) -> Estimate | None:
         flush=True,
     )
     speed = calibrate(setup)
-    guess = estimate(setup, speed, ray.cluster_resources().get("CPU", 1), time.perf_counter() - start)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    guess = estimate(setup, speed, cpus, time.perf_counter() - start, bf16_speedup)
     print(f"{time.strftime('%H:%M:%S')} {guess.line()}", flush=True)
     return guess

@@ -162,7 +162,7 @@ def drive(
     """Start (or join) Ray and run the sweep's phases, this driver holding the sweep's lease."""
     import optuna
 
-    from sweeps import driver, estimate, progress
+    from sweeps import driver, estimate, precision, progress
     from sweeps.logs import LogSync
     from trainers import prepare
     from trainers.train import init_ray
@@ -201,8 +201,9 @@ def drive(
         requested = cluster.wait_for_resources(setup, s.scale_up_timeout_s)  # [9] resources now or after scaling up
     board = progress.Printer(s.name)  # trials' lines from the nodes they run on
     try:
-        expected = None if args.resume else estimate.announce(setup, start)
-        driver.run_sweep(setup, sweep_id, args.resume, start, expected)
+        setup, check = precision.settled(setup)  # eval.precision auto: bf16 where it is as good and faster
+        expected = None if args.resume else estimate.announce(setup, start, check.speedup)
+        driver.run_sweep(setup, sweep_id, args.resume, start, expected, check)
     finally:
         state.add_run_time(setup, time.perf_counter() - start)  # the wall time of a resumed sweep sums its runs
         board.close()

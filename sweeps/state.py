@@ -65,10 +65,28 @@ def save_settings(setup: SweepSetup, sweep_id: str, started: bool) -> None:
     elif stored.get("id") == sweep_id:
         return
     stored["id"] = sweep_id
+    _write_settings(setup, stored)
+
+
+def _write_settings(setup: SweepSetup, stored: dict[str, Any]) -> None:
     storage.write_text(
         setup.sweep.location(SETTINGS_FILE),
         json.dumps(signing.signed(stored, signing.settings_purpose(setup.sweep.name)), indent=1, sort_keys=True),
     )
+
+
+def settled_precision(setup: SweepSetup) -> dict[str, Any] | None:
+    """The encoding precision this sweep settled at its first start (`sweeps.precision`), or None."""
+    return (_stored(setup) or {}).get("precision")
+
+
+def save_precision(setup: SweepSetup, check: dict[str, Any]) -> None:
+    """Keep the settled precision with the signed settings: every `--resume` encodes as the first run did."""
+    stored = _stored(setup)
+    if stored is None:
+        raise ValueError(f"{setup.sweep.location(SETTINGS_FILE)}: the settings are saved before the precision.")
+    stored["precision"] = check
+    _write_settings(setup, stored)
 
 
 FINISHED_FILE = "finished.txt"  # the summary line of a sweep that ran to its end

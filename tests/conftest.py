@@ -31,6 +31,18 @@ def xquad():
 
 
 @pytest.fixture(scope="session")
+def mlqa_r_dir() -> Path:
+    """The real MLQA-R files: `$HYBRID_SWEEP_MLQA_R_DIR`, else the developers' copy in ../shared/data/mlqa-r
+    (CC BY-NC 4.0: never copied into the project). Skipped, with the way to provide it, where neither is."""
+    from hybrid.data.sources import MLQA_R_ENV
+
+    folder = Path(os.environ.get(MLQA_R_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data" / "mlqa-r")
+    if not (folder / "en.json").is_file():
+        pytest.skip(f"no MLQA-R at {folder}: point {MLQA_R_ENV} at a copy of the lareqa repository's mlqa-r/")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random BERT saved like a checkpoint export, trained vocabulary from XQuAD-R en/de/es."""
     from hybrid.data import load_corpus

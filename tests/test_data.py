@@ -236,3 +236,20 @@ def test_user_data_follows_the_training_languages(tmp_path, caplog):
     path.write_text(json.dumps({"id": "a", "lang": "en", "query": "q", "positive": "p", "negative": 3}))
     with pytest.raises(ValueError, match="row 0 has a non-text 'negative' \\(3\\)"):
         load_training_pairs(str(path))
+
+
+def test_mlqa_r_loads_from_the_real_files(mlqa_r_dir):
+    """The pinned files themselves: 7 languages, 4,199 questions, 20,534 candidate sentences, each question
+    with a correct sentence in each of its 2-4 languages (MLQA's questions exist in 2-4 languages)."""
+    from collections import Counter
+
+    from evaluation.eval_set import EvalSet
+
+    for lang, digest in sources.MLQA_R_SHA256.items():
+        assert hashlib.sha256((mlqa_r_dir / f"{lang}.json").read_bytes()).hexdigest() == digest, lang
+    eval_set = EvalSet.from_corpus(load_corpus("mlqa-r", data_dir=mlqa_r_dir))
+    assert eval_set.languages == ("ar", "de", "en", "es", "hi", "vi", "zh")
+    assert sum(map(len, eval_set.queries.values())) == 4199
+    assert sum(map(len, eval_set.candidates.values())) == 20534
+    correct = Counter(sum(map(len, pos.values())) for lang in eval_set.languages for pos in eval_set.positives[lang])
+    assert sorted(correct) == [2, 3, 4] and correct.total() == 4199

@@ -522,3 +522,34 @@ def test_the_cli_says_each_models_progress_and_keeps_rays_start_up_lines_out(tin
     assert "(1/2, about " in out and out.index("(2/2)") < out.index("== ")  # the time left; before the tables
     for start_up in ("Started a local Ray instance", "Token authentication", "INFO worker.py"):
         assert start_up not in out + done.stderr, done.stderr[-3000:]
+
+
+def test_bf16_encoding_is_recorded_and_keyed_apart_and_auto_is_settled_by_its_check(
+    local_ray, evaluated, checkpoints, heldout
+):
+    """eval.precision: bf16 figures carry their precision (result, lineage) and their own cache key; the runner
+    refuses an unsettled `auto`; `auto` becomes bf16 only on the check's measured evidence (`evaluation.precision`)."""
+    from evaluation import precision
+    from evaluation.tracking import lineage
+
+    config, fp32, _ = evaluated
+    bf16 = evaluate_checkpoints(checkpoints, heldout, dataclasses.replace(config, precision="bf16"))
+    for low, full in zip(bf16, fp32):
+        assert (low.precision, full.precision, lineage(low)["precision"]) == ("bf16", "fp32", "bf16")
+        assert low.content_hash != full.content_hash and low.model_hash == full.model_hash
+        assert max(precision.deltas(full, low, pooled=100).values()) < 0.05  # the same model, to bf16's precision
+    with pytest.raises(ValueError, match="settle it first"):
+        evaluate_checkpoints(checkpoints, heldout, dataclasses.replace(config, precision="auto"))
+    with pytest.raises(ValueError, match=r"eval.precision must be one of \('fp32', 'bf16', 'auto'\)"):
+        EvalConfig(precision="fp16")
+
+    check = precision.settle(
+        dataclasses.replace(config, precision="auto"), checkpoints[1], EvalSet.from_corpus(heldout)
+    )
+    if not precision.cpu_has_bf16():
+        assert (check.precision, check.speedup) == ("fp32", None) and "AVX-512 BF16" in check.reason
+    elif check.speedup < precision.MIN_SPEEDUP:
+        assert check.precision == "fp32" and check.max_delta is None and "as fast here" in check.reason
+    else:
+        assert (check.precision == "bf16") == (check.max_delta <= precision.TOLERANCE), check
+    assert precision.settle(config, checkpoints[1], None).precision == "fp32"  # set, not checked

@@ -567,3 +567,36 @@ def test_the_base_model_is_evaluated_as_the_trials_embed():
     setup = load_sweep_setup(ROOT / "configs/default.yaml")
     ref = base_ref(setup)
     assert ref.spec == setup.run.model.spec and ref.spec.max_length == 64 and ref.step == 0
+
+
+def test_a_settled_precision_is_kept_signed_and_every_resume_encodes_as_the_first_run(tmp_path, capsys):
+    """`eval.precision: auto` is checked once: the decision and its figures live in the sweep's signed
+    settings, so a `--resume` (on any machine) reuses it without measuring again."""
+    from dataclasses import asdict
+
+    from evaluation.precision import PrecisionCheck
+    from sweeps import precision, state
+
+    setup = load_sweep_setup(
+        ROOT / "configs/default.yaml", ["eval.precision=auto", f"sweep.storage_path={tmp_path}"]
+    ).resolved()
+    state.save_settings(setup, "an-id", started=False)
+    check = PrecisionCheck("bf16", "1.83x as fast here; ...", 1.83, 0.0006, "multi/recall@100")
+    state.save_precision(setup, asdict(check))
+    settled, kept = precision.settled(setup)  # no Ray here: a check would need one
+    assert kept == check and settled.eval.precision == "bf16" and settled.proxy_eval.precision == "bf16"
+    assert "encoding in bf16: 1.83x as fast here" in capsys.readouterr().out
+    assert state.search_rounds(setup) == [setup.sweep.trials]  # the settings still verify
+    state.check_unchanged(setup)  # `auto` is what the sweep was started with
+    fixed = load_sweep_setup(ROOT / "configs/default.yaml")
+    assert precision.settled(fixed) == (fixed, PrecisionCheck("fp32", "set in eval.precision"))
+
+
+def test_a_sweep_started_before_eval_precision_existed_resumes_in_fp32_only():
+    """A setting added later (`ADDED_SINCE`) reads as the old behaviour in a sweep stored without it."""
+    setup = load_sweep_setup(ROOT / "configs/default.yaml")
+    started = json.loads(json.dumps(setup.settings()))
+    del started["eval.precision"]
+    assert setup.changed_since(started) == []
+    bf16 = load_sweep_setup(ROOT / "configs/default.yaml", ["eval.precision=bf16"])
+    assert bf16.changed_since(started) == ["eval.precision"]
