@@ -68,7 +68,7 @@ def safe_name(name: str) -> str:
 def print_summary(f: Findings) -> None:
     import pandas as pd
 
-    from sweeps.report.findings import trials_table
+    from sweeps.report.findings import best_alpha_lines, trials_table
     from sweeps.report.glance import glance
     from sweeps.report.questions import QUESTIONS
 
@@ -82,6 +82,8 @@ def print_summary(f: Findings) -> None:
     if not table.empty:
         with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 30):
             print(table.to_string(index=False))
+    if lines := best_alpha_lines(f.best_alpha, f.dataset):
+        print("\n" + "\n".join(lines))
     print("\nAnswers at a glance (95% CI over seeds):")
     for _, row in glance(f).iterrows():
         print(f"  {row['question']}\n    {row['finding (95% CI over seeds)']}\n    -> {row['verdict']}")

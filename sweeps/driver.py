@@ -111,4 +111,5 @@ def run_sweep(
     summary.print_tables(setup, table, configs, merged.ranked(s.objectives) if merged.merges else None, heldout)
     summary.print_overhead(overhead)
     state.save_finished(setup, summary.finished_line(setup, table, configs, wall))
+    summary.print_best_alpha(setup)  # after the sweep is kept as finished: it reads the MLflow record back
     summary.print_where(setup, len(table), version, summary.Times(trials_s, this_run, final_s), runs.exp_id, expected)

@@ -1,6 +1,7 @@
 """What a finished sweep prints: its trials, its configurations ranked, the held-out evaluation of the
-best against the base model, the time per trial, where its model and its record are, and its time set
-beside the estimate. Printing only: `sweeps.driver` runs the sweep and hands the figures here.
+best against the base model, the best alpha with its interval, the time per trial, where its model and its
+record are, and its time set beside the estimate. Printing only: `sweeps.driver` runs the sweep and hands the
+figures here (the best alpha is read back from its MLflow record, as the report reads it).
 """
 
 from __future__ import annotations
@@ -74,6 +75,19 @@ def print_tables(
                 f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   "
                 f"best {mean_pm(summary[key], summary[key + '/ci95'], 4)}"
             )
+
+
+def print_best_alpha(setup: SweepSetup) -> None:
+    """Which alpha to use, per objective and evaluation set, with its 95% interval: the report's estimate
+    (`sweeps.report.best_alpha`) from the sweep's MLflow record, its final evaluation just logged."""
+    from mlflow import MlflowClient
+
+    from sweeps.report.best_alpha import estimates
+    from sweeps.report.data import load_sweep
+    from sweeps.report.findings import best_alpha_lines
+
+    sweep = load_sweep(MlflowClient(tracking_uri=setup.sweep.tracking_uri), setup.sweep.name, tables=False)
+    print("\n" + "\n".join(best_alpha_lines(estimates(sweep), sweep.main_dataset)))
 
 
 def print_overhead(overhead: dict[str, float]) -> None:

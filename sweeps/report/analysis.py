@@ -133,6 +133,22 @@ def same_knobs(frame: pd.DataFrame, knobs: list[str]) -> pd.Series:
     return frame[knobs].map(repr).agg("|".join, axis=1)
 
 
+def stratum_key(frame: pd.DataFrame) -> pd.Series:
+    """A key per row, equal where the rows agree on every knob but alpha: a ratio curve joins only rows of
+    one stratum, or it would draw tau's (or k's) effect as alpha's."""
+    return same_knobs(frame, [k for k in KNOBS if k != "mono_ratio" and k in frame])
+
+
+def stratum_label(row: pd.Series) -> str:
+    """What a configuration fixes besides alpha ("tau=0.01, k=5, cross_first"), for a stratum's name."""
+    parts = [f"{BY_NAME['temperature'].short}={row['temperature']:.3g}"] if pd.notna(row.get("temperature")) else []
+    if pd.notna(row.get("num_train_languages", np.nan)):
+        parts.append(f"k={int(row['num_train_languages'])}")
+    if isinstance(row.get("alpha_schedule"), str) and row["alpha_schedule"] != "constant":
+        parts.append(row["alpha_schedule"])
+    return ", ".join(parts)
+
+
 def reference_pair(summary: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
     """(alpha = 0, alpha = 1): the pair the sweep enqueued, equal in every other knob (tau, T, lr, k), so
     their difference is alpha's alone; the best-seeded such pair. A searched alpha = 0 at another tau (the

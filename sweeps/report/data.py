@@ -88,9 +88,13 @@ class Sweep:
         return default
 
     @property
-    def objective(self) -> str:
+    def objectives(self) -> list[str]:
         objectives = self.param("sweep.objectives", default=None) or SweepConfig().objectives
-        return objectives if isinstance(objectives, str) else list(objectives)[0]
+        return [objectives] if isinstance(objectives, str) else list(objectives)
+
+    @property
+    def objective(self) -> str:
+        return self.objectives[0]
 
     @property
     def lower_is_better(self) -> bool:
@@ -207,8 +211,10 @@ def _trial_row(run) -> dict:
     return row
 
 
-def load_sweep(client, experiment: str) -> Sweep:
-    """Read the sweep `experiment` (its name in MLflow) through `client` (an MlflowClient)."""
+def load_sweep(client, experiment: str, tables: bool = True) -> Sweep:
+    """Read the sweep `experiment` (its name in MLflow) through `client` (an MlflowClient). `tables=False`
+    reads the metrics only, without the matrices, reliability tables and the objective's history (the
+    figures'): what the driver's end-of-sweep lines need."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -244,9 +250,10 @@ def load_sweep(client, experiment: str) -> Sweep:
             s, lang, logged = _evaluations(client, run)
             settings += s
             languages += lang
-            m, r = _artifacts(client, run.info.run_id, Path(tmp), logged)
-            matrices |= m
-            reliability |= r
+            if tables:
+                m, r = _artifacts(client, run.info.run_id, Path(tmp), logged)
+                matrices |= m
+                reliability |= r
     metric_cols = ["run_id", "source", "dataset", "split", "setting", "metric", "value", "step"]
     lang_cols = ["run_id", "source", "dataset", "split", "lang", "metric", "value", "step"]
     columns = ["run_id", "trial_id", "run_name", "status", "config_key", *TRIAL_PARAMS]
@@ -268,7 +275,7 @@ def load_sweep(client, experiment: str) -> Sweep:
         matrices,
         reliability,
     )
-    sweep.history = _history(client, trials, sweep.objective)
+    sweep.history = _history(client, trials if tables else [], sweep.objective)
     sweep.merges = merge_frame
     return sweep
 

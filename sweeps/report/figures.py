@@ -20,9 +20,11 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, NullLocator
 
+from evaluation.mlflow_layout import SETTINGS
 from evaluation.plots import annotated
 from sweeps.report import analysis as A
-from sweeps.report.findings import ALPHA, TAU, Findings, alpha_label, name, stratum_label
+from sweeps.report.best_alpha import GRID, BestAlpha
+from sweeps.report.findings import ALPHA, TAU, Findings, alpha_label, name
 from sweeps.report.glance import gaps_by_step
 
 SINGLE, DOUBLE = 3.3, 7.0  # a paper's column and page widths, inches
@@ -83,8 +85,7 @@ def strata(frame: pd.DataFrame, first: pd.Series | None = None) -> list[tuple[st
     (the references) first, then groups of several alphas, largest first, then configurations alone."""
     if frame.empty:
         return []
-    knobs = [k for k in A.KNOBS if k != "mono_ratio" and k in frame]
-    key = A.same_knobs(frame, knobs)
+    key = A.stratum_key(frame)
     home = (
         key[frame["config_key"] == first["config_key"]].iloc[0]
         if first is not None and (frame["config_key"] == first["config_key"]).any()
@@ -92,7 +93,7 @@ def strata(frame: pd.DataFrame, first: pd.Series | None = None) -> list[tuple[st
     )
     groups = [(k, g.sort_values("mono_ratio")) for k, g in frame.groupby(key, sort=False)]
     groups.sort(key=lambda kg: (kg[0] != home, -kg[1]["mono_ratio"].nunique()))
-    return [(stratum_label(g.iloc[0]) or "all", g) for _, g in groups]
+    return [(A.stratum_label(g.iloc[0]) or "all", g) for _, g in groups]
 
 
 def _curve(ax: Axes, data: pd.DataFrame, column: str, color: str, label: str | None, x: str = "mono_ratio") -> None:
@@ -174,6 +175,46 @@ def alpha_curves(f: Findings) -> Figure | None:
     _outside_legend(fig, axes)
     fig.suptitle(
         f"{f.sweep.name}: retrieval against {ALPHA} ({f.dataset}, {f.selection.source} evaluation; mean ± 95% CI over seeds)"
+    )
+    return fig
+
+
+def _fitted(ax: Axes, b: BestAlpha, color: str, label: str) -> None:
+    """One evaluation set's trials on `ax`: each seed a dot, the mean per alpha a square, the fitted
+    quadratic with its pointwise 95% band, and the best alpha with its 95% interval as a bar at the curve."""
+    p = b.points
+    ax.plot(p["mono_ratio"], p["value"], "o", color=color, ms=2, alpha=0.5, mew=0)
+    means = p.groupby("mono_ratio")["value"].mean()
+    ax.plot(means.index, means.to_numpy(), "s", color=color, mfc="white", label=label)
+    if b.fit is None:
+        return
+    ax.plot(GRID, b.fit.curve, "-", color=color)
+    ax.fill_between(GRID, b.fit.band_low, b.fit.band_high, color=color, alpha=0.18, lw=0)
+    best = b.fit.best
+    ax.errorbar(best, b.fit.at(best), xerr=[[best - b.fit.low], [b.fit.high - best]], fmt="D", color=color, capsize=2.5)
+
+
+def best_alpha(f: Findings) -> Figure | None:
+    """The best alpha per setting (`best_alpha`): mono, cross and multi mAP against alpha on the full
+    evaluation, a colour per evaluation set (held-out, then each zero-shot set)."""
+    panels = [c for c in (f"{s}/map" for s in SETTINGS) if any(b.objective == c and b.trials for b in f.best_alpha)]
+    if not panels:
+        return None
+    datasets = list(dict.fromkeys(b.dataset for b in f.best_alpha))
+    fig = figure(DOUBLE, 2.9)
+    axes = list(np.atleast_1d(fig.subplots(1, len(panels))))
+    for ax, column in zip(axes, panels):
+        for b in (b for b in f.best_alpha if b.objective == column and b.trials):
+            where = "held-out" if b.dataset == f.dataset else "out-of-domain"
+            label = f"{b.dataset} ({where}; {b.stratum or 'all'})" + ("" if b.fit else f": no fit, {b.levels} levels")
+            _fitted(ax, b, f"C{datasets.index(b.dataset)}", label)
+        _alpha_axis(ax)
+        ax.set_title(name(column))
+        ax.set_ylabel("mAP")
+    _outside_legend(fig, axes)
+    fig.suptitle(
+        f"{f.sweep.name}: the best {ALPHA} per setting (full evaluation). Dots: seeds; squares: mean per {ALPHA};\n"
+        f"line and band: quadratic fit, pointwise 95%; diamond and bar: the best {ALPHA} and its 95% interval"
     )
     return fig
 
@@ -475,6 +516,7 @@ def gap_curves(f: Findings) -> Figure | None:
 
 FIGURES = {
     "alpha_curves": alpha_curves,
+    "best_alpha": best_alpha,
     "gaps_by_step": gap_curves,
     "heatmaps": heatmaps,
     "pareto": pareto,

@@ -18,6 +18,7 @@ from hybrid.languages import HIGH_RESOURCE
 from sweeps.knobs import BY_NAME
 from sweeps.knobs import NAMES as KNOBS
 from sweeps.report import analysis as A
+from sweeps.report import best_alpha as B
 from sweeps.report.data import Sweep
 from sweeps.report.questions import SOURCES
 from sweeps.stats import mean_pm
@@ -47,19 +48,8 @@ def ci_text(mean: float, half: float, n: int, digits: int = 3) -> str:
 def alpha_label(row: pd.Series | None) -> str:
     if row is None:
         return "-"
-    rest = stratum_label(row)
+    rest = A.stratum_label(row)
     return f"{ALPHA}={row['mono_ratio']:.2f}" + (f", {rest}" if rest else "")
-
-
-def stratum_label(row: pd.Series) -> str:
-    """What a configuration fixes besides alpha ("tau=0.01, k=5, cross_first"): the ratio curves join only
-    configurations that agree on it."""
-    parts = [f"{TAU}={row['temperature']:.3g}"] if pd.notna(row.get("temperature")) else []
-    if pd.notna(row.get("num_train_languages", np.nan)):
-        parts.append(f"k={int(row['num_train_languages'])}")
-    if isinstance(row.get("alpha_schedule"), str) and row["alpha_schedule"] != "constant":
-        parts.append(row["alpha_schedule"])
-    return ", ".join(parts)
 
 
 def spearman_line(frame: pd.DataFrame, column: str, what: str) -> str | None:
@@ -101,6 +91,7 @@ class Findings:
     reliability: dict[str, pd.DataFrame]  # label -> pooled reliability table
     compare: dict[str, Comparison] = field(default_factory=dict)  # eval set -> best vs the references
     base: dict[str, float] = field(default_factory=dict)  # the base model on the held-out set, "multi/map" -> value
+    best_alpha: list[B.BestAlpha] = field(default_factory=list)  # per evaluation set and objective (`best_alpha`)
 
     @property
     def objective(self) -> str:
@@ -213,6 +204,7 @@ def analyse(sweep: Sweep, high_resource: tuple[str, ...] = HIGH_RESOURCE) -> Fin
         reliability=_reliability(sel.table, sweep, dataset, focus, ref0, ref1),
         compare=_comparisons(sweep, dataset, {"alpha=0": ref0, "best": configs["best"], "alpha=1": ref1}),
         base=_base(sweep, dataset, sel.source),
+        best_alpha=B.estimates(sweep),
     )
 
 
@@ -555,3 +547,32 @@ def trials_table(f: Findings) -> pd.DataFrame:
             out[name(col)] = mean_pm(mean, half, digits) if math.isfinite(mean) else "n/a"
         rows.append(out)
     return pd.DataFrame(rows)
+
+
+def best_alpha_table(found: list[B.BestAlpha], held_out: str) -> pd.DataFrame:
+    """Objectives as rows, evaluation sets as columns, each cell the best alpha [95% interval] with its
+    caveats or why there is none; a last row says what each column's estimates rest on."""
+
+    def column(dataset: str) -> str:
+        return f"{dataset} ({'held-out' if dataset == held_out else 'out-of-domain'})"
+
+    cells: dict[str, dict[str, str]] = {}
+    for b in found:
+        cells.setdefault(column(b.dataset), {})[name(b.objective)] = b.text()
+    for dataset in dict.fromkeys(b.dataset for b in found):
+        bases = dict.fromkeys(b.basis() for b in found if b.dataset == dataset and b.trials)
+        cells[column(dataset)]["fitted on"] = " / ".join(bases) or "-"
+    return pd.DataFrame(cells).rename_axis("best alpha (95% interval)").reset_index()
+
+
+def best_alpha_lines(found: list[B.BestAlpha], held_out: str) -> list[str]:
+    """`best_alpha_table` as terminal lines, left-aligned, under the method in one sentence; one line when no
+    evaluation set has an estimate (the first reason)."""
+    if not found:
+        return []
+    if all(b.fit is None for b in found):
+        return [f"Best alpha with a 95% interval: no estimate ({found[0].reason})."]
+    frame = best_alpha_table(found, held_out)
+    rows = [list(frame.columns), *frame.astype(str).to_numpy().tolist()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(frame.columns))]
+    return [B.METHOD, *("  " + "   ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)]

@@ -12,6 +12,7 @@ from html import escape
 
 import pandas as pd
 
+from sweeps.report import best_alpha as B
 from sweeps.report import findings as F
 from sweeps.report.findings import Findings
 from sweeps.report.glance import glance, merges_table, references_by_step
@@ -113,6 +114,13 @@ def wall_text(parent_metrics: dict[str, float]) -> str:
     return minutes if runs == 1 else f"{minutes} ({int(runs)} runs)"
 
 
+def encoding_text(sweep) -> str:
+    """How the evaluation encoded: fp32 or bf16, and where `eval.precision: auto` decided, its check's words."""
+    used = sweep.param("eval_precision/precision", "eval.precision", default="fp32")
+    reason = sweep.params.get("eval_precision/reason")
+    return f"{used} (auto: {reason})" if reason and reason != "set in eval.precision" else str(used)
+
+
 def overview(findings: list[Findings]) -> pd.DataFrame:
     rows = []
     for f in findings:
@@ -126,6 +134,7 @@ def overview(findings: list[Findings]) -> pd.DataFrame:
                 "pruned trials": f.pruned,
                 "wall (min, all driver runs)": wall_text(f.sweep.parent_metrics),
                 "evaluation": f.selection.source,
+                "encoding": encoding_text(f.sweep),
                 "best": F.alpha_label(best),
                 "objective": f.objective,
                 "best value": "-"
@@ -151,7 +160,17 @@ def _q1(f: Findings, im: dict[str, bytes]) -> str:
         f"best vs references, {escape(SOURCES.get(c.source, c.source))}</h4>{table(c.frame)}"
         for ds, c in f.compare.items()
     )
-    return answer(f.answers["q1"]) + img(im.get("alpha_curves"), "metrics vs alpha") + tables
+    return answer(f.answers["q1"]) + _best_alpha(f, im) + img(im.get("alpha_curves"), "metrics vs alpha") + tables
+
+
+def _best_alpha(f: Findings, im: dict[str, bytes]) -> str:
+    if not f.best_alpha:
+        return ""
+    return (
+        f'<h4>Best alpha (95% interval)</h4><p class="note">{escape(B.METHOD)}</p>'
+        + table(F.best_alpha_table(f.best_alpha, f.dataset))
+        + img(im.get("best_alpha"), "the best alpha per setting, with its interval")
+    )
 
 
 def _q2(f: Findings, im: dict[str, bytes]) -> str:
