@@ -67,12 +67,17 @@ def print_tables(
         )
     )
     print(shown.to_string(float_format="%.4f", na_rep="-"))  # "-": no interval from one seed, not NaN
-    if summary:
-        print("\nFull held-out evaluation, best configuration vs base model:")
-        for key in sorted(k for k in summary if k.startswith("best/") and not k.endswith("/ci95")):
-            metric = key[len("best/") :]
+    for dataset in (setup.eval.dataset, *s.zero_shot_datasets):
+        scope = "" if dataset == setup.eval.dataset else f"{dataset}/"
+        keys = sorted(k for k in summary if k.startswith(f"best/{scope}") and not k.endswith("/ci95"))
+        keys = [k for k in keys if k.count("/") == 2 + bool(scope)]  # the held-out set's own, not a zero-shot's
+        if keys:
+            what = "held-out" if not scope else "zero-shot (never trained or selected on)"
+            print(f"\nFull evaluation on {dataset} ({what}), best configuration vs base model:")
+        for key in keys:
+            metric = key[len(f"best/{scope}") :]
             print(
-                f"  {metric:<22} base {summary[f'base/{metric}']:.4f}   "
+                f"  {metric:<22} base {summary[f'base/{scope}{metric}']:.4f}   "
                 f"best {mean_pm(summary[key], summary[key + '/ci95'], 4)}"
             )
 

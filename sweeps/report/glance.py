@@ -271,16 +271,16 @@ def length(f: Findings) -> tuple[str, str]:
     return answer(contrasts, f"{name(f.objective)}, proxy evaluation: ", note)
 
 
-def _merge_runs(f: Findings) -> tuple[pd.DataFrame, str]:
-    """Per run on the held-out set, one source for all: the merges and what they are set against (the
-    references and the best hybrid)."""
+def _merge_runs(f: Findings, dataset: str | None = None) -> tuple[pd.DataFrame, str]:
+    """Per run on `dataset` (the held-out set by default), one source for all: the merges and what they are
+    set against (the references and the best hybrid)."""
     merges = f.sweep.merges
     if merges.empty:
         return pd.DataFrame(), "none"
     keys = [r["config_key"] for r in (f.ref0, f.ref1, f.hybrid) if r is not None]
     ids = [*f.sweep.runs[f.sweep.runs["config_key"].isin(keys)]["run_id"], *merges["run_id"]]
     runs = pd.concat([f.sweep.runs, merges], ignore_index=True)
-    selection = A.run_table(f.sweep.metrics, runs, f.dataset, f.sweep.final_step, ids)
+    selection = A.run_table(f.sweep.metrics, runs, dataset or f.dataset, f.sweep.final_step, ids)
     return selection.table, selection.source
 
 
@@ -288,13 +288,16 @@ def _merge_keys(f: Findings) -> list[str]:
     return list(f.sweep.merges.sort_values(MERGE_WEIGHT)["config_key"].drop_duplicates())
 
 
-def merges_table(f: Findings) -> pd.DataFrame:
-    """Each merge weight against the best hybrid and each reference, per retrieval setting (mAP)."""
-    table, _ = _merge_runs(f)
+def merges_table(f: Findings, dataset: str | None = None) -> pd.DataFrame:
+    """Each merge weight against the best hybrid and each reference, per retrieval setting (mAP), on `dataset`
+    (the held-out set by default)."""
+    table, _ = _merge_runs(f, dataset)
     rows = []
     for key in _merge_keys(f) if len(table) else []:
         for column in (c for c in ("multi/map", "mono/map", "cross/map") if c in table):
             mine = A.by_seed(table, key, column)
+            if not mine:  # not evaluated on this set
+                continue
             row = {"merge": key, "metric": name(column), "value": ci_text(*mean_ci(list(mine.values())), len(mine))}
             for label, other in (("best hybrid", f.hybrid), ("alpha=0", f.ref0), ("alpha=1", f.ref1)):
                 row[f"merge - {label}"] = (

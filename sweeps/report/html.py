@@ -14,6 +14,7 @@ import pandas as pd
 
 from sweeps.report import best_alpha as B
 from sweeps.report import findings as F
+from sweeps.report import out_of_domain
 from sweeps.report.findings import Findings
 from sweeps.report.glance import glance, merges_table, references_by_step
 from sweeps.report.questions import QUESTIONS, SOURCES
@@ -218,6 +219,27 @@ def _search(f: Findings, im: dict[str, bytes]) -> str:
     )
 
 
+def _out_of_domain(f: Findings, im: dict[str, bytes]) -> str:
+    parts = []
+    for ood in out_of_domain.analyse(f):
+        ds = escape(ood.dataset)
+        parts += [
+            f"<h4>{ds}: zero-shot retrieval by configuration (full evaluation, 95% CI over seeds)</h4>",
+            '<p class="note">Never trained on and never used to select: the in-domain best is judged here '
+            "without a winner's curse. The paper's row is another model at another scale (context only).</p>",
+            table(ood.by_alpha),
+            f"<h4>{ds}: does the in-domain ranking hold?</h4>",
+            answer(ood.agreement),
+            f"<h4>{ds}: robustness across its language pairs</h4>",
+            table(ood.robustness) if len(ood.robustness) else '<p class="note">No pair matrices logged.</p>',
+            f"<h4>{ds}: calibration (ECE, lower is better) by configuration</h4>",
+            table(ood.calibration),
+        ]
+        if len(ood.merges):
+            parts += [f"<h4>{ds}: the merges of the references against the hybrid</h4>", table(ood.merges)]
+    return "".join(parts) or '<p class="note">No zero-shot evaluation of a completed trial.</p>'
+
+
 def build_html(
     findings: list[Findings], images: dict[str, dict[str, bytes]], compare_png: bytes | None, tracking_uri: str
 ) -> str:
@@ -274,6 +296,8 @@ def build_html(
     parts += ["<h2>Trials</h2>", per_sweep(_trials)]
     for key, section in (("q1", _q1), ("q2", _q2), ("q3", _q3), ("q4", _q4), ("q5", _q5)):
         parts += [f'<h2 id="{key}">{escape(QUESTIONS[key])}</h2>', per_sweep(section)]
+    if any(f.sweep.zero_shot_datasets for f in findings):
+        parts += ['<h2 id="out-of-domain">Out of domain: the zero-shot sets</h2>', per_sweep(_out_of_domain)]
     parts += ["<h2>Search: Pareto front and parameter importances</h2>", per_sweep(_search)]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
