@@ -99,20 +99,22 @@ def test_signed_documents_and_sealed_blobs_verify_only_unchanged_and_for_their_p
         signing.verified(document, "p", "doc")
 
 
-def _checkpoint(tiny_model_dir: Path, store: str, work: Path, signed: bool = True, run: str = "trial_a") -> str:
-    """A trainer checkpoint of `run` at step 6 in `store` (`<run>/checkpoint_000006`), as
+def _checkpoint(
+    tiny_model_dir: Path, store: str, work: Path, signed: bool = True, run: str = "trial_a", step: int = 6
+) -> str:
+    """A trainer checkpoint of `run` at `step` in `store` (`<run>/checkpoint_000006`), as
     `trainers.loop.save_checkpoint` writes one: an export (the tiny encoder) whose manifest pins the state,
     and rank 0's manifest, both bound to the run and step."""
     local = work / "written"
     shutil.copytree(tiny_model_dir, local / ENCODER_DIR)
-    state = json.dumps({"step": 6, "config": {"method": {"temperature": 0.05}}})
+    state = json.dumps({"step": step, "config": {"method": {"temperature": 0.05}}})
     (local / STATE_FILE).write_text(state)
-    manifest.write_export(local / ENCODER_DIR, run, 6, state)
-    manifest.write(local, manifest.rank_manifest(0), world_size=1, run=run, step=6)
+    manifest.write_export(local / ENCODER_DIR, run, step, state)
+    manifest.write(local, manifest.rank_manifest(0), world_size=1, run=run, step=step)
     if not signed:  # as written before signatures (and so before key ids and bound runs)
         listed = json.loads((local / ENCODER_DIR / manifest.MANIFEST).read_text())
         (local / ENCODER_DIR / manifest.MANIFEST).write_text(json.dumps({"files": listed["files"]}))
-    location = storage.join(store, run, "checkpoint_000006")
+    location = storage.join(store, run, f"checkpoint_{step:06d}")
     for path in [p for p in local.rglob("*") if p.is_file()]:
         storage.write_bytes(storage.join(location, str(path.relative_to(local))), path.read_bytes())
     shutil.rmtree(local)
@@ -152,8 +154,6 @@ def test_a_checkpoint_of_another_trial_or_step_or_with_an_edited_state_is_refuse
     checkpoint whose trainer_state.json was edited (the step and the temperature ECE is read at): the
     evaluation's tasks, the registration, the CLI's reading of the state and a resume refuse each, naming
     the run and step, or the state. (On 29bd854 each was loaded as B's, or at step 9999.)"""
-    import ray.train
-
     from evaluation.checkpoints import CheckpointRef, local_model_dir
     from sweeps.registry import register_best
     from trainers.loop import restore
@@ -181,13 +181,14 @@ def test_a_checkpoint_of_another_trial_or_step_or_with_an_edited_state_is_refuse
         )
     assert not (tmp_path / "mlflow.db").exists()  # refused before MLflow was touched
 
-    def resumed(location: str, run: str):
-        fs, path = storage.filesystem(location)
-        return restore(ray.train.Checkpoint(path, filesystem=fs), None, 6, run)  # type: ignore[arg-type]
+    def resumed(run: str):
+        fs, path = storage.filesystem(storage.join(store, run))
+        return restore((fs, path), None, 6, run)  # type: ignore[arg-type]
 
-    state, path = resumed(later, "trial_a")  # step 12's folder holding step 6: the earlier one is taken
+    state, path = resumed("trial_a")  # step 12's folder holding step 6: the earlier one is taken
     assert state["step"] == 6 and path.endswith("trial_a/checkpoint_000006")
-    assert resumed(b, "trial_b") == (None, None)  # trial A's only: none of B's own, step 0
+    assert resumed("trial_b") == (None, None)  # trial A's only: none of B's own, step 0
+    assert resumed("trial_c") == (None, None)  # a run's first start: no folder yet
     said = capsys.readouterr().out
     assert "written for run trial_a, step 6, not for run trial_a, step 12" in said
     assert "written for run trial_a, step 6, not for run trial_b, step 6" in said
@@ -421,6 +422,52 @@ def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, 
     assert not canary.exists()
 
 
+def test_ray_trains_unsigned_snapshot_can_neither_roll_a_run_back_nor_delete_outside_it(
+    tiny_model_dir, store, tmp_path
+):
+    """Issue 33: Ray Train's `checkpoint_manager_snapshot.json` is written unsigned. A resume reads the run's
+    own folder, so a snapshot naming an older checkpoint does not roll the run back (`restore`); a name that
+    is not one of the run's checkpoint folders, which Train would join to the folder and delete, is refused
+    before Train reads it (`check_snapshot`), naming the file and the fix."""
+    from trainers.loop import restore
+    from trainers.train import SNAPSHOT, build_trainer, check_snapshot
+
+    older = _checkpoint(tiny_model_dir, store, tmp_path, run="trial_a", step=3)
+    newer = _checkpoint(tiny_model_dir, store, tmp_path, run="trial_a", step=6)
+    snapshot = storage.join(store, "trial_a", SNAPSHOT)
+    entry = {"version": 0, "checkpoint_dir_name": "checkpoint_000003", "metrics": {"step": 3}}
+    rolled_back = {
+        "ray_version": "2.60.0",
+        "checkpoint_results": [entry],
+        "checkpoint_report_indices": [0],
+        "latest_checkpoint_result": entry,
+        "pending_training_results": [],
+        "pending_validation_specs": [],
+        "current_report_index": 1,
+        "validated_checkpoint_dir_names": [],
+        "timed_out_validation_checkpoint_dir_names": [],
+        "failed_validation_checkpoint_dir_names": [],
+    }
+    storage.write_text(snapshot, json.dumps(rolled_back))
+    check_snapshot(snapshot)  # well-formed: only the run's own names
+    fs, path = storage.filesystem(storage.join(store, "trial_a"))
+    state, resumed_from = restore((fs, path), None, 6, "trial_a")  # type: ignore[arg-type]
+    assert state["step"] == 6 and resumed_from.endswith("trial_a/checkpoint_000006") and older != newer
+
+    outside = json.loads(json.dumps(rolled_back))
+    outside["checkpoint_results"][0]["checkpoint_dir_name"] = "../../keep-me"
+    storage.write_text(snapshot, json.dumps(outside))
+    names = "names '../../keep-me', not one of the run's checkpoint folders"
+    with pytest.raises(ValueError, match=f"{re.escape(snapshot)} {names}.*Delete the file to resume"):
+        check_snapshot(snapshot)
+    storage.write_text(snapshot, "[1, 2]")
+    with pytest.raises(ValueError, match="not Ray Train's snapshot of a run"):
+        check_snapshot(snapshot)
+    config = tiny_config(tiny_model_dir, tmp_path)
+    with pytest.raises(ValueError, match="not Ray Train's snapshot of a run"):
+        build_trainer(config, "trial_a", storage_path=store)  # before Ray Train reads it
+
+
 @pytest.mark.parametrize("forgery", ["unsigned", "bad index"])
 def test_resume_with_unsigned_or_forged_tune_state_is_refused_before_ray_starts(
     tmp_path, store, tiny_model_dir, forgery
@@ -465,7 +512,7 @@ import os, socket, sys, torch
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from hybrid.config import from_dict
-from tiny_encoder import tiny_encoder
+from hybrid.tiny import tiny_encoder
 from trainers.config import TrainRunConfig
 from trainers.engine import DeepSpeedEngine
 

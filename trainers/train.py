@@ -21,7 +21,7 @@ from ray.train.torch import TorchTrainer
 from hybrid import signing, storage
 from hybrid.config import DEFAULT_CONFIG, add_overrides_flag, to_dict
 from trainers.config import TrainRunConfig, check_resources, load_run_config
-from trainers.loop import NonFiniteLoss, train_loop_per_worker
+from trainers.loop import CHECKPOINT_NAME, NonFiniteLoss, train_loop_per_worker
 from trainers.preflight import preflight
 
 DIVERGED = "diverged.txt"  # in a Train run's folder: why it stopped (it is not started again), signed
@@ -77,6 +77,39 @@ def _diverged_purpose(run: str) -> str:
     return f"diverged:{run.rstrip('/').rsplit('/', 1)[-1]}"
 
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's registered checkpoints
+_SNAPSHOT_LISTS = ("checkpoint_results", "pending_training_results")
+_SNAPSHOT_NAMES = (
+    "validated_checkpoint_dir_names",
+    "timed_out_validation_checkpoint_dir_names",
+    "failed_validation_checkpoint_dir_names",
+)
+
+
+def check_snapshot(location: str) -> None:
+    """Ray Train writes its snapshot unsigned and deletes the checkpoints past `trainer.keep_checkpoints` by
+    the names it holds, joined to the run's folder: a name that is not one of the run's checkpoint folders
+    (`checkpoint_NNNNNN`), a path out of the folder among them, is refused before Train reads it. (Which
+    checkpoint a run resumes from is read from its folder, never from the snapshot: `trainers.loop.restore`.)"""
+    if not storage.exists(location):
+        return
+    fix = "Delete the file to resume the run from the checkpoints in its folder."
+    try:
+        snapshot = json.loads(storage.read_text(location))
+        entries = [*(r for key in _SNAPSHOT_LISTS for r in snapshot.get(key) or [])]
+        entries += [snapshot["latest_checkpoint_result"]] if snapshot.get("latest_checkpoint_result") else []
+        names = [entry["checkpoint_dir_name"] for entry in entries]
+        names += [name for key in _SNAPSHOT_NAMES for name in snapshot.get(key) or []]
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{location}: not Ray Train's snapshot of a run ({e!r}). {fix}") from None
+    for name in names:
+        if not (isinstance(name, str) and CHECKPOINT_NAME.fullmatch(name)):
+            raise ValueError(
+                f"{location} names {name!r}, not one of the run's checkpoint folders (checkpoint_NNNNNN): "
+                f"altered, and Ray Train would delete what it names. {fix}"
+            )
+
+
 def build_trainer(
     config: TrainRunConfig,
     name: str,
@@ -99,6 +132,7 @@ def build_trainer(
             print(f"[hybrid-sweep] {e} Not this deployment's record of a divergence: ignored.", flush=True)
         else:
             raise NonFiniteLoss(f"{why} (run {name!r} diverged before: not started again)")
+    check_snapshot(storage.join(root, name, SNAPSHOT))
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
