@@ -172,18 +172,23 @@ def test_resume_continues_the_sampler_sequence(tiny_model_dir, tmp_path, local_r
     )
 
 
-def _kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, killed: list) -> None:
-    """SIGKILL one Ray Train worker as soon as Ray's controller has registered a checkpoint (its
-    snapshot file names one): a kill before registration would rightly restart from scratch."""
+def _kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, raylet: int, killed: list) -> None:
+    """SIGKILL one Ray Train worker of this test's Ray (a child of its `raylet`: never another Ray's on the
+    machine) as soon as Ray's controller has registered a checkpoint (its snapshot file names one)."""
     snapshot = run_dir / "checkpoint_manager_snapshot.json"  # Ray 2.60's record of registered checkpoints
     deadline = time.time() + 300
     while time.time() < deadline and not (snapshot.exists() and "checkpoint_0" in snapshot.read_text()):
         time.sleep(0.1)
-    for proc in psutil.process_iter(["cmdline"]):
-        if any("RayTrainWorker" in part for part in (proc.info["cmdline"] or [])):
+    for proc in psutil.Process(raylet).children(recursive=True):
+        if any("RayTrainWorker" in part for part in proc.cmdline()):
             proc.kill()
             killed.append(proc.pid)
             return
+
+
+def _raylet(ray) -> int:
+    """The PID of this process's Ray's raylet: the workers it starts are its children."""
+    return ray._private.worker._global_node.all_processes["raylet"][0].process.pid
 
 
 @pytest.mark.timeout(150)  # about 3x its measured time (tests/README.md)
@@ -192,7 +197,9 @@ def test_killed_worker_resumes_from_the_last_checkpoint(tiny_model_dir, tmp_path
     config = with_steps(tiny_config(tiny_model_dir, tmp_path, checkpoint_every=20, max_failures=2), 60)
     killed: list[int] = []
     killer = threading.Thread(
-        target=_kill_a_worker_once_a_checkpoint_is_registered, args=(tmp_path / "ray" / "faulty", killed), daemon=True
+        target=_kill_a_worker_once_a_checkpoint_is_registered,
+        args=(tmp_path / "ray" / "faulty", _raylet(local_ray), killed),
+        daemon=True,
     )
     killer.start()
     result = build_trainer(config, "faulty").fit()
