@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from evaluation.progress import pace_left as pace_left  # re-exported: the trials' lines time their steps by it
+from evaluation.progress import pace_left
 from sweeps.knobs import KNOBS
 
 NAME = "hybrid-sweep-progress:{}"  # the board of sweep NAME, found by its name from any node
@@ -29,6 +29,24 @@ class Board:
     def take(self) -> list[str]:
         lines, self.lines = self.lines, []
         return lines
+
+
+class Pace:
+    """A trial's time left at its pace since its first report, timed again from the first report after its
+    workers restart from a checkpoint (Ray Train's `max_failures`): the time before a restart is no pace."""
+
+    def __init__(self, first_report_at: float):
+        self.origin: tuple[int, int, float] | None = None  # (resumed from, step, time) the pace is timed from
+        self.first_report_at = first_report_at
+
+    def left(self, step: int, start: int, steps: int, now: float) -> str:
+        """ ", about 2.0 min left" at `step` of `steps`, in an attempt resumed from `start` (0: the first)."""
+        if self.origin is None:
+            self.origin = (start, start, self.first_report_at)
+        elif self.origin[0] != start:
+            self.origin = (start, step, now)
+        _, first, since = self.origin
+        return pace_left(now - since, step - first, steps - first)
 
 
 def knob_text(params: dict[str, Any], base: Any) -> str:

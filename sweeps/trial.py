@@ -104,6 +104,7 @@ class EvaluateAndReport(TuneReportCallback):
         super().__init__()
         self.setup, self.config, self.train_storage, self.label = setup, config, train_storage, label
         self.started_at, self.first_report_at = started_at, None
+        self.pace: progress.Pace | None = None  # the time left, from the first report
         self.history: list[dict[str, Any]] = []  # training reports not yet passed to Tune
         self.startup: dict[str, float] = {}  # passed once, with the first result
         self.executor: ThreadPoolExecutor | None = None  # made on the controller (an executor does not pickle)
@@ -123,6 +124,7 @@ class EvaluateAndReport(TuneReportCallback):
         marks = pop_startup_marks(train_metrics)
         if self.first_report_at is None:
             self.first_report_at = time.time()
+            self.pace = progress.Pace(self.first_report_at)
             self.startup = {STARTUP_S: self.first_report_at - self.started_at} | startup_split(
                 self.started_at, marks, self.first_report_at
             )
@@ -166,7 +168,7 @@ class EvaluateAndReport(TuneReportCallback):
         if "loss" in metrics:
             line += f", loss {metrics['loss']:.4f}, {metrics.get('samples_per_s', 0):.1f} samples/s"
         start = int(metrics.get(RESUMED_FROM, step))  # this run's first step (a resumed run's is later)
-        line += progress.pace_left(time.time() - self.first_report_at, step - start, steps - start)
+        line += self.pace.left(step, start, steps, time.time())
         self._post(line + ("; evaluating its checkpoint" if evaluated else ""))
 
     def _evaluate_and_report(

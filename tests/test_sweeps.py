@@ -600,3 +600,14 @@ def test_a_sweep_started_before_eval_precision_existed_resumes_in_fp32_only():
     assert setup.changed_since(started) == []
     bf16 = load_sweep_setup(ROOT / "configs/default.yaml", ["eval.precision=bf16"])
     assert bf16.changed_since(started) == ["eval.precision"]
+
+
+def test_a_trials_time_left_after_its_workers_restart_is_timed_from_the_restart():
+    """Ray Train restarts a trial's workers from its last checkpoint (a lost worker): the time left is timed
+    again from there, not from the trial's first report (which read "123 min left" for a 6-min trial)."""
+    from sweeps.progress import Pace
+
+    pace = Pace(first_report_at=1000.0)
+    assert pace.left(8, 0, 20, now=1080.0) == ", about 2.0 min left"  # 10 s a step, 12 to go
+    assert pace.left(10, 8, 20, now=5000.0) == ""  # restarted from step 8: no pace known yet
+    assert pace.left(12, 8, 20, now=5020.0) == ", about 1.3 min left"  # 10 s a step since, 8 to go
