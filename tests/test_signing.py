@@ -154,6 +154,8 @@ def test_a_checkpoint_of_another_trial_or_step_or_with_an_edited_state_is_refuse
     checkpoint whose trainer_state.json was edited (the step and the temperature ECE is read at): the
     evaluation's tasks, the registration, the CLI's reading of the state and a resume refuse each, naming
     the run and step, or the state. (On 29bd854 each was loaded as B's, or at step 9999.)"""
+    import ray.train
+
     from evaluation.checkpoints import CheckpointRef, local_model_dir
     from sweeps.registry import register_best
     from trainers.loop import restore
@@ -181,14 +183,13 @@ def test_a_checkpoint_of_another_trial_or_step_or_with_an_edited_state_is_refuse
         )
     assert not (tmp_path / "mlflow.db").exists()  # refused before MLflow was touched
 
-    def resumed(run: str):
-        fs, path = storage.filesystem(storage.join(store, run))
-        return restore((fs, path), None, 6, run)  # type: ignore[arg-type]
+    def resumed(location: str, run: str):
+        fs, path = storage.filesystem(location)
+        return restore(ray.train.Checkpoint(path, filesystem=fs), None, 6, run)  # type: ignore[arg-type]
 
-    state, path = resumed("trial_a")  # step 12's folder holding step 6: the earlier one is taken
+    state, path = resumed(later, "trial_a")  # step 12's folder holding step 6: the earlier one is taken
     assert state["step"] == 6 and path.endswith("trial_a/checkpoint_000006")
-    assert resumed("trial_b") == (None, None)  # trial A's only: none of B's own, step 0
-    assert resumed("trial_c") == (None, None)  # a run's first start: no folder yet
+    assert resumed(b, "trial_b") == (None, None)  # trial A's only: none of B's own, step 0
     said = capsys.readouterr().out
     assert "written for run trial_a, step 6, not for run trial_a, step 12" in said
     assert "written for run trial_a, step 6, not for run trial_b, step 6" in said
@@ -422,21 +423,16 @@ def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, 
     assert not canary.exists()
 
 
-def test_ray_trains_unsigned_snapshot_can_neither_roll_a_run_back_nor_delete_outside_it(
-    tiny_model_dir, store, tmp_path
-):
-    """Issue 33: Ray Train's `checkpoint_manager_snapshot.json` is written unsigned. A resume reads the run's
-    own folder, so a snapshot naming an older checkpoint does not roll the run back (`restore`); a name that
-    is not one of the run's checkpoint folders, which Train would join to the folder and delete, is refused
-    before Train reads it (`check_snapshot`), naming the file and the fix."""
-    from trainers.loop import restore
+def test_ray_trains_unsigned_snapshot_cannot_make_train_delete_outside_the_run(tiny_model_dir, store, tmp_path):
+    """Issue 33: Ray Train's `checkpoint_manager_snapshot.json` is written unsigned, and Train joins the names it
+    holds to the run's folder and deletes those past `trainer.keep_checkpoints`: a name that is not one of the
+    run's checkpoint folders is refused before Train reads it (`check_snapshot`), naming the file and the fix."""
     from trainers.train import SNAPSHOT, build_trainer, check_snapshot
 
-    older = _checkpoint(tiny_model_dir, store, tmp_path, run="trial_a", step=3)
-    newer = _checkpoint(tiny_model_dir, store, tmp_path, run="trial_a", step=6)
+    _checkpoint(tiny_model_dir, store, tmp_path, run="trial_a", step=3)
     snapshot = storage.join(store, "trial_a", SNAPSHOT)
     entry = {"version": 0, "checkpoint_dir_name": "checkpoint_000003", "metrics": {"step": 3}}
-    rolled_back = {
+    written = {
         "ray_version": "2.60.0",
         "checkpoint_results": [entry],
         "checkpoint_report_indices": [0],
@@ -448,13 +444,10 @@ def test_ray_trains_unsigned_snapshot_can_neither_roll_a_run_back_nor_delete_out
         "timed_out_validation_checkpoint_dir_names": [],
         "failed_validation_checkpoint_dir_names": [],
     }
-    storage.write_text(snapshot, json.dumps(rolled_back))
-    check_snapshot(snapshot)  # well-formed: only the run's own names
-    fs, path = storage.filesystem(storage.join(store, "trial_a"))
-    state, resumed_from = restore((fs, path), None, 6, "trial_a")  # type: ignore[arg-type]
-    assert state["step"] == 6 and resumed_from.endswith("trial_a/checkpoint_000006") and older != newer
+    storage.write_text(snapshot, json.dumps(written))
+    check_snapshot(snapshot)  # as Train writes it: only the run's own names
 
-    outside = json.loads(json.dumps(rolled_back))
+    outside = json.loads(json.dumps(written))
     outside["checkpoint_results"][0]["checkpoint_dir_name"] = "../../keep-me"
     storage.write_text(snapshot, json.dumps(outside))
     names = "names '../../keep-me', not one of the run's checkpoint folders"
@@ -512,7 +505,7 @@ import os, socket, sys, torch
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from hybrid.config import from_dict
-from hybrid.tiny import tiny_encoder
+from tiny_encoder import tiny_encoder
 from trainers.config import TrainRunConfig
 from trainers.engine import DeepSpeedEngine
 

@@ -106,20 +106,15 @@ def save_checkpoint(
 
 
 def restore(
-    run_folder: tuple[pafs.FileSystem, str], engine: Engine, steps: int, run: str
+    checkpoint: ray.train.Checkpoint | None, engine: Engine, steps: int, run: str
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """Load the newest complete checkpoint of `run` in its own folder (`run_folder`: a filesystem and the
-    run's path there) into `engine`: (its state, its path). One at `steps` or beyond (the run finished) is
-    not loaded: the run only reports it again.
+    """Load the latest complete checkpoint of `run` at or before `checkpoint` into `engine`: (its state,
+    its path). One at `steps` or beyond (the run finished) is not loaded: the run only reports it again.
 
-    The folder itself is read, not Ray Train's record of the run's checkpoints (its snapshot, which Train
-    writes unsigned): a snapshot altered to name an older checkpoint, or another run's folder, neither rolls
-    the run back nor starts it afresh. A checkpoint whose files do not match its manifests (a node lost
-    while uploading, a full disk, a file altered), or written by another run or at another step than its
-    folder's name says (copied in its place), is skipped with a message, for the one before it; none
-    complete: (None, None), step 0."""
-    candidates = _run_checkpoints(*run_folder)
-    for candidate in candidates:
+    A checkpoint whose files do not match its manifests (a node lost while uploading, a full disk, a
+    file altered), or written by another run or at another step than its folder's name says (copied in
+    its place), is skipped with a message, for the one before it; none complete: (None, None), step 0."""
+    for candidate in _this_and_earlier(checkpoint):
         with candidate.as_directory() as d:
             try:
                 manifest.check(Path(d), run=run, step=checkpoint_step(candidate.path))
@@ -136,7 +131,7 @@ def restore(
                     )
                 engine.load(Path(d))
             return state, candidate.path
-    if candidates:
+    if checkpoint is not None:
         print("[hybrid-sweep] resume: no complete checkpoint; training starts from step 0.", flush=True)
     return None, None
 
@@ -153,11 +148,22 @@ def checkpoint_step(path: str) -> int:
     return int(path.rstrip("/").rsplit("_", 1)[-1])
 
 
-def _run_checkpoints(fs: pafs.FileSystem, folder: str) -> list[ray.train.Checkpoint]:
-    """The `checkpoint_NNNNNN` folders of a run's folder, newest first (none: a run's first start)."""
-    found = fs.get_file_info(pafs.FileSelector(folder.rstrip("/"), allow_not_found=True))
-    names = (i for i in found if i.type == pafs.FileType.Directory and CHECKPOINT_NAME.fullmatch(i.base_name))
-    return [ray.train.Checkpoint(i.path, filesystem=fs) for i in sorted(names, key=lambda i: i.base_name, reverse=True)]
+def _this_and_earlier(checkpoint: ray.train.Checkpoint | None) -> list[ray.train.Checkpoint]:
+    """`checkpoint` and the run's earlier `checkpoint_NNNNNN` folders beside it, newest first."""
+    if checkpoint is None:
+        return []
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent, name = path.rsplit("/", 1)
+    siblings = fs.get_file_info(pafs.FileSelector(parent))
+    earlier = sorted(
+        (
+            i.path
+            for i in siblings
+            if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_") and i.base_name < name
+        ),
+        reverse=True,
+    )
+    return [checkpoint, *(ray.train.Checkpoint(p, filesystem=fs) for p in earlier)]
 
 
 def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
@@ -181,10 +187,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     marks["engine"] = time.time()
 
     run = ctx.get_experiment_name()  # in a sweep, the trial id: what its checkpoints are bound to
-    where = ctx.get_storage()  # the run's own folder in storage, whichever node this worker is on
-    state, restored_path = restore(
-        (where.storage_filesystem, where.experiment_fs_path), engine, config.optim.steps, run
-    )
+    state, restored_path = restore(ray.train.get_checkpoint(), engine, config.optim.steps, run)
     marks["restore"] = time.time()
     mono_steps = 0
     if state:
