@@ -400,3 +400,19 @@ def driver_env(cluster: LocalCluster | None = None, record: RecordStack | None =
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MLFLOW_", "PG"))}
     env |= AWS_ENV | NODE_ENV | (cluster.driver_env() if cluster is not None else {"RAY_ADDRESS": "local"})
     return env | (record.driver_env if record is not None else {})
+
+
+def loaded_sweep(name: str, config: dict, runs: list[dict], metrics: list[dict], matrices=None, merges=None):
+    """A `sweeps.report.data.Sweep` as `load_sweep` reads one from MLflow, built from rows (the report's
+    synthetic tests): parent run "parent", no per-language rows."""
+    import pandas as pd
+
+    from sweeps.report.data import Sweep
+
+    columns = ["run_id", "source", "dataset", "split", "lang", "metric", "value", "step"]
+    sweep = Sweep(
+        name, "0", "parent", {}, config, {}, pd.DataFrame(runs), pd.DataFrame(metrics), pd.DataFrame(columns=columns)
+    )
+    sweep.matrices = matrices or {}
+    sweep.merges = pd.DataFrame(merges or [])
+    return sweep

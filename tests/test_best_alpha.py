@@ -10,6 +10,8 @@ import pytest
 from sweeps.report import best_alpha as B
 from sweeps.report.data import Sweep
 
+from support import loaded_sweep
+
 LEVELS = [0.0, 0.25, 0.5, 0.75, 1.0]
 SEEDS = [0, 1, 2]
 STEPS = 40
@@ -131,17 +133,7 @@ def synthetic_sweep() -> Sweep:
         "sweep.objectives": ["multi/ece"],
         "data.train_languages": ["en", "de"],
     }
-    return Sweep(
-        "synthetic",
-        "0",
-        "parent",
-        {},
-        config,
-        {},
-        pd.DataFrame(runs),
-        pd.DataFrame(metrics),
-        pd.DataFrame(columns=["run_id", "source", "dataset", "split", "lang", "metric", "value", "step"]),
-    )
+    return loaded_sweep("synthetic", config, runs, metrics)
 
 
 @pytest.fixture(scope="module")

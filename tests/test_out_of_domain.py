@@ -9,6 +9,8 @@ import pytest
 
 from sweeps.report.data import Sweep
 
+from support import loaded_sweep
+
 LEVELS = [0.0, 0.25, 0.5, 0.75, 1.0]
 SEEDS = [0, 1, 2]
 STEPS = 40
@@ -88,20 +90,7 @@ def synthetic_sweep() -> Sweep:
         "sweep.objectives": ["multi/map"],
         "data.train_languages": ["en", "de", "hi"],
     }
-    sweep = Sweep(
-        "synthetic-ood",
-        "0",
-        "parent",
-        {},
-        config,
-        {},
-        pd.DataFrame(runs),
-        pd.DataFrame(metrics),
-        pd.DataFrame(columns=["run_id", "source", "dataset", "split", "lang", "metric", "value", "step"]),
-        matrices,
-    )
-    sweep.merges = pd.DataFrame(merges)
-    return sweep
+    return loaded_sweep("synthetic-ood", config, runs, metrics, matrices, merges)
 
 
 @pytest.fixture(scope="module")
