@@ -95,8 +95,10 @@ OUTSIDE_TRIAL = PlacementGroupSchedulingStrategy(placement_group=None)
 def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[dict, int]:
     """Submit one checkpoint's tasks; returns ({query language: scoring ObjectRef}, encode task count)."""
     encode_threads, score_threads = config.threads
-    # Ray hides GPUs from tasks that do not ask for one, so a GPU index needs the request.
-    score_gpus = 1 if config.use_gpu_index and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    # Ray hides GPUs from tasks that do not ask for one, so a GPU index needs the request; and only a GPU free
+    # now: during a sweep the trials hold every GPU, and a proxy evaluation beside training that asked for one
+    # would wait for it forever (its trial waits for that evaluation). CPU FAISS gives the same scores.
+    score_gpus = 1 if config.use_gpu_index and ray.available_resources().get("GPU", 0) >= 1 else 0
 
     def encode(texts: list[str], side: str, lang: str) -> ray.ObjectRef:
         return _encode_task.options(
