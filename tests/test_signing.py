@@ -451,7 +451,9 @@ def test_ray_trains_unsigned_snapshot_cannot_make_train_delete_outside_the_run(t
     outside["checkpoint_results"][0]["checkpoint_dir_name"] = "../../keep-me"
     storage.write_text(snapshot, json.dumps(outside))
     names = "names '../../keep-me', not one of the run's checkpoint folders"
-    with pytest.raises(ValueError, match=f"{re.escape(snapshot)} {names}.*Delete the file to resume"):
+    with pytest.raises(
+        ValueError, match=f"{re.escape(snapshot)} {names}.*Delete the file to start the run again from step 0"
+    ):
         check_snapshot(snapshot)
     storage.write_text(snapshot, "[1, 2]")
     with pytest.raises(ValueError, match="not Ray Train's snapshot of a run"):

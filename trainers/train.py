@@ -89,14 +89,14 @@ _SNAPSHOT_NAMES = (
 def check_snapshot(location: str) -> None:
     """Ray Train writes its snapshot unsigned and deletes the checkpoints past `trainer.keep_checkpoints` by
     the names it holds, joined to the run's folder: a name that is not one of the run's checkpoint folders
-    (`checkpoint_NNNNNN`), a path out of the folder among them, is refused before Train reads it. (Which
-    checkpoint a run resumes from is read from its folder, never from the snapshot: `trainers.loop.restore`.)"""
+    (`checkpoint_NNNNNN`), a path out of the folder among them, is refused before Train reads it. The
+    checkpoint it resumes from must still pass its signed manifest (`trainers.loop.restore`)."""
     if not storage.exists(location):
         return
-    fix = "Delete the file to resume the run from the checkpoints in its folder."
+    fix = "Delete the file to start the run again from step 0 (Train then knows none of its checkpoints)."
     try:
         snapshot = json.loads(storage.read_text(location))
-        entries = [*(r for key in _SNAPSHOT_LISTS for r in snapshot.get(key) or [])]
+        entries = [r for key in _SNAPSHOT_LISTS for r in snapshot.get(key) or []]
         entries += [snapshot["latest_checkpoint_result"]] if snapshot.get("latest_checkpoint_result") else []
         names = [entry["checkpoint_dir_name"] for entry in entries]
         names += [name for key in _SNAPSHOT_NAMES for name in snapshot.get(key) or []]
