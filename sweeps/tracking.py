@@ -155,18 +155,24 @@ class SweepRuns:
         return found[0].info.run_id if found else None
 
     def _find_or_create(
-        self, tags: dict[str, str], run_name: str, params: dict[str, Any], more_tags: dict[str, str] | None = None
+        self,
+        tags: dict[str, str],
+        run_name: str,
+        params: dict[str, Any],
+        more_tags: dict[str, str] | None = None,
+        reopen: bool = True,
     ) -> tuple[str, bool]:
-        """(run id, created): the run with `tags`, marked RUNNING again, or a new one with them and `params`.
-        A found run gets the params it lacks: a driver killed between creating a run and logging its params
-        left it without them (and the report without the trial's configuration)."""
+        """(run id, created): the run with `tags`, marked RUNNING again (unless not `reopen`), or a new one with
+        them and `params`. A found run gets the params it lacks: a driver killed between creating a run and
+        logging its params left it without them (and the report without the trial's configuration)."""
         from mlflow.entities import Param
 
         found = self._find(tags)
         if found:
             logged = self.client.get_run(found).data.params
             self._log_params(found, [Param(k, str(v)) for k, v in params.items() if k not in logged])
-            self.client.update_run(found, status="RUNNING")
+            if reopen:
+                self.client.update_run(found, status="RUNNING")
             return found, False
         run = self.client.create_run(self.exp_id, run_name=run_name, tags=tags | (more_tags or {}) | source_tags())
         self._log_params(run.info.run_id, [Param(k, str(v)) for k, v in params.items()])
@@ -176,10 +182,11 @@ class SweepRuns:
         for start in range(0, len(params), 100):  # MLflow's limit per batch
             self.client.log_batch(run_id, params=params[start : start + 100])
 
-    def trial(self, trial_id: str, run_name: str, params: dict[str, Any]) -> str:
-        """The trial's child run (nested under the parent), reused when the trial restarts."""
+    def trial(self, trial_id: str, run_name: str, params: dict[str, Any], reopen: bool = True) -> str:
+        """The trial's child run (nested under the parent), reused (RUNNING again if `reopen`) when the trial
+        restarts."""
         run_id, _ = self._find_or_create(
-            {TRIAL_TAG: trial_id}, run_name, params, {PARENT_RUN: self.parent_id, ROLE_TAG: TRIAL}
+            {TRIAL_TAG: trial_id}, run_name, params, {PARENT_RUN: self.parent_id, ROLE_TAG: TRIAL}, reopen
         )
         return run_id
 
@@ -301,9 +308,9 @@ class TrialLogger(tune.Callback):
             self.runs[trial_id] = self._start_run(trial_id, config)
         return self.runs[trial_id]
 
-    def _start_run(self, trial_id: str, params: dict[str, Any]) -> str:
+    def _start_run(self, trial_id: str, params: dict[str, Any], reopen: bool = True) -> str:
         name = f"{trial_id} {knob_text(params, self.base)}"  # "fc7365d8 alpha 0.50, tau 0.050, seed 0"
-        run_id = self.mlflow.trial(trial_id, name, params | {CONFIG_KEY: config_key(params)})
+        run_id = self.mlflow.trial(trial_id, name, params | {CONFIG_KEY: config_key(params)}, reopen)
         self.mlflow.log_training_data(run_id, trial_run_config(self.base, params).data)
         self.runs[trial_id] = run_id
         return run_id
@@ -400,7 +407,9 @@ class TrialLogger(tune.Callback):
                 )
 
     def _catch_up(self, trial_id: str, config: dict[str, Any], reports: list[TrialReport], status: str) -> None:
-        run_id = self._run_id(trial_id, config)
+        # Found as it is: reopened (RUNNING), an ended run looked unended, and every `--resume` ended it again
+        # and said a killed driver had not (seen in the out-of-domain study, resumed after a clean Ctrl-C).
+        run_id = self.runs.get(trial_id) or self._start_run(trial_id, config, reopen=False)
         logged = {m.step for m in self.mlflow.client.get_metric_history(run_id, ACTIVE_S)}
         missing = [r for r in reports if r.step not in logged]
         for report in missing:

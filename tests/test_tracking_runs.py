@@ -92,3 +92,27 @@ def test_a_catch_up_logs_only_the_reports_the_trial_signed(tmp_path, capsys):
     assert [(r.step, r.loss, r.time_ms) for r in reports] == [(2, 1.5, 1002), (4, 1.2, 1004), (8, 1.0, 1008)]
     said = capsys.readouterr().out
     assert said.count("[hybrid-sweep] trial t1: a kept report not logged: ") == 2 and "bad signature" in said
+
+
+def test_a_resumed_sweeps_catch_up_leaves_an_ended_trial_as_it_was(tmp_path, capsys):
+    """Every `--resume` catches up the trials of phases already done. Their runs were found by reopening them
+    (RUNNING), so each looked unended: ended again and said as "which a killed driver had not logged" after a
+    clean Ctrl-C (seen in the out-of-domain study). Now a run already logged and ended stays as it was."""
+    from sweeps.records import TrialReport
+    from sweeps.tracking import TrialLogger
+    from trainers.config import TrainRunConfig
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = {"mono_ratio": 0.5, "seed": 0}
+    report = TrialReport.from_tune({"step": 4, "timestamp": 1_765_000_000, "train_history": "[]", "trial/active_s": 3})
+
+    def logger() -> TrialLogger:  # a driver's, as restored from Tune's state: no run ids
+        runs = SweepRuns.open(uri, "resumed", "id-1", str(tmp_path / "artifacts"), {}, {})
+        return TrialLogger(runs, TrainRunConfig(), str(tmp_path / "train"), "multi/map", progress=False)
+
+    logger()._catch_up("t1", config, [report], "FINISHED")  # the first driver's (or a killed one's catch-up)
+    assert "trial t1: 1 report(s) and its end (FINISHED)" in capsys.readouterr().out
+    resumed = logger()
+    resumed._catch_up("t1", config, [report], "FINISHED")
+    assert capsys.readouterr().out == ""
+    assert MlflowClient(tracking_uri=uri).get_run(resumed.runs["t1"]).info.status == "FINISHED"
