@@ -166,6 +166,7 @@ def test_a_sweep_stopped_at_every_moment_resumes_without_rerunning_or_duplicatin
     assert (
         f"trial {trial}: 1 report(s) and its end (FINISHED), which a killed driver had not logged, logged now"
     ) in caught.stdout, caught.stdout[-3000:]
+    assert caught.stdout.count("which a killed driver had not logged") == 1, caught.stdout[-3000:]  # only its own
     assert {k: [(m.step, m.value) for m in client.get_metric_history(victim.info.run_id, k)] for k in keys} == history
     assert_resumed_cleanly(tmp_path, "life", trials=4)
     # More trials for a finished sweep (a round of its own), sweep.trials only growing: test_tracking_record.py.
