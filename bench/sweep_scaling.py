@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from hybrid.tiny import save_tiny_encoder
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {  # the test suite's tiny sweep (tests/test_sweeps.py), one seed per configuration
     "data": {"train_languages": ["en", "de"], "eval_languages": ["en", "de"]},
@@ -37,20 +39,6 @@ TINY = {  # the test suite's tiny sweep (tests/test_sweeps.py), one seed per con
     "trainer": {"checkpoint_every": 3, "log_every": 3, "val_batches": 2},
     "sweep": {"top_k": 1, "seeds": 1, "grace_period": 1, "proxy_languages": ["en", "de"], "proxy_max_questions": 20},
 }
-
-
-def tiny_model(folder: Path) -> Path:
-    from hybrid.data import load_corpus
-
-    sys.path.insert(0, str(ROOT / "tests"))  # the test suite's fake encoder
-    from tiny_encoder import tiny_encoder
-
-    corpus = load_corpus("xquad-r", languages=("en", "de", "es"))
-    texts = [q.text for qs in corpus.questions.values() for q in qs] + [
-        c.sentence for cs in corpus.candidates.values() for c in cs
-    ]
-    tiny_encoder(texts, hidden=32, layers=2).save(folder)
-    return folder
 
 
 def run_sweep(model: Path, trials: int, concurrent: int = 1, workers: int = 2, cpus_per_worker: float = 0.9) -> dict:
@@ -169,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     sweeps, concurrency = [], {1: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
-        model = tiny_model(Path(tmp) / "tiny")
+        model = save_tiny_encoder(Path(tmp) / "tiny")
         for trials in args.trials:
             sweeps.append(run_sweep(model, trials))
             print(json.dumps({k: v for k, v in sweeps[-1].items() if not isinstance(v, list)}), flush=True)

@@ -45,16 +45,9 @@ def mlqa_r_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random BERT saved like a checkpoint export, trained vocabulary from XQuAD-R en/de/es."""
-    from hybrid.data import load_corpus
+    from hybrid.tiny import save_tiny_encoder
 
-    from tiny_encoder import tiny_encoder
-
-    corpus = load_corpus("xquad-r", languages=("en", "de", "es"))
-    texts = [q.text for qs in corpus.questions.values() for q in qs]
-    texts += [c.sentence for cs in corpus.candidates.values() for c in cs]
-    path = tmp_path_factory.mktemp("tiny") / "encoder"
-    tiny_encoder(texts, hidden=32, layers=2).save(path)
-    return path
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny") / "encoder")
 
 
 @pytest.fixture(scope="session")

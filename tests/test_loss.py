@@ -104,9 +104,8 @@ def test_training_step_loss_does_not_depend_on_padding_groups():
     """The worker loop sorts each side by length and pads it in groups: its loss must be the loss of the
     same batch embedded in input order, with hard negatives aligned to their items."""
     from hybrid.sampler import HybridBatchSampler
+    from hybrid.tiny import tiny_encoder
     from trainers.forward import forward_batch
-
-    from tiny_encoder import tiny_encoder
 
     class PlainEngine:  # the engines' interface: `encoder` and `__call__(*token_groups)`
         def __init__(self, encoder):

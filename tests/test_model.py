@@ -6,8 +6,7 @@ import torch
 
 from hybrid.model import load_encoder
 from hybrid.spec import EncoderSpec
-
-from tiny_encoder import tiny_encoder
+from hybrid.tiny import tiny_encoder
 
 TEXTS = [f"sentence number {i} about topic {i % 7}" + " word" * (i % 5) for i in range(40)]
 

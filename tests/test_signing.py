@@ -507,7 +507,7 @@ import os, socket, sys, torch
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from hybrid.config import from_dict
-from tiny_encoder import tiny_encoder
+from hybrid.tiny import tiny_encoder
 from trainers.config import TrainRunConfig
 from trainers.engine import DeepSpeedEngine
 

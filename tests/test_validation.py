@@ -14,12 +14,12 @@ from hybrid import signing, storage
 from hybrid.config import from_dict
 from hybrid.loss import InfoNCELoss
 from hybrid.sampler import HybridBatchSampler
+from hybrid.tiny import tiny_encoder
 from trainers.batches import VAL_SEED
 from trainers.config import TrainRunConfig
 from trainers.validation import cache_key, validate, validate_base
 
 from support import make_pairs
-from tiny_encoder import tiny_encoder
 
 
 class CountingEngine:

@@ -1,12 +1,17 @@
-"""A test fake: a randomly initialised 2-layer BERT with a WordPiece vocabulary trained on the texts it
-will see, so tests and benchmarks train and evaluate in seconds with the real `Encoder` around it."""
+"""A tiny stand-in encoder: a randomly initialised BERT with a WordPiece vocabulary trained on the texts it
+will see, so the tests, the benchmarks and the GPU check's dry run (`bench/gpu_check.py`) train and
+evaluate in seconds with the real `Encoder` around it. It retrieves nothing useful: never a model to study."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from hybrid.model import Encoder
 from hybrid.spec import EncoderSpec
+
+LANGUAGES = ("en", "de", "es")  # whose XQuAD-R texts the saved tiny encoder's vocabulary is trained on
 
 
 def tiny_encoder(
@@ -17,7 +22,7 @@ def tiny_encoder(
     layers: int = 2,
     seed: int = 0,
 ) -> Encoder:
-    """A randomly initialised BERT with a WordPiece vocabulary trained on `texts`: for fast tests only."""
+    """A randomly initialised BERT with a WordPiece vocabulary trained on `texts`: for fast runs only."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -51,3 +56,15 @@ def tiny_encoder(
         max_position_embeddings=max(spec.max_length, 64),
     )
     return Encoder(BertModel(config, add_pooling_layer=False), tokenizer, spec)
+
+
+def save_tiny_encoder(folder: Path) -> Path:
+    """The tiny encoder the small sweeps train (hidden 32, 2 layers), its vocabulary trained on the packaged
+    XQuAD-R questions and answer sentences in `LANGUAGES`, saved like a checkpoint export into `folder`."""
+    from hybrid.data import load_corpus
+
+    corpus = load_corpus("xquad-r", languages=LANGUAGES)
+    texts = [q.text for qs in corpus.questions.values() for q in qs]
+    texts += [c.sentence for cs in corpus.candidates.values() for c in cs]
+    tiny_encoder(texts, hidden=32, layers=2).save(folder)
+    return Path(folder)
