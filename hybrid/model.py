@@ -126,15 +126,22 @@ class Encoder(nn.Module):
         return self.backbone.config.hidden_size
 
     def save(self, path: Path) -> Path:
-        """Write weights (safetensors), tokenizer and the sentence-transformers description to `path`. A model
-        class that builds a pooler by default gets one in the file (the base's, else a neutral one): without
-        it, every plain load prints a report of missing, randomly initialised weights."""
+        """Write weights (safetensors, fp32), tokenizer and the sentence-transformers description to `path`. A
+        model class that builds a pooler by default gets one in the file (the base's, else a neutral one):
+        without it, every plain load prints a report of missing, randomly initialised weights.
+
+        Always fp32, whatever the training ran in: DeepSpeed's bf16 keeps the module in bf16, and a bf16
+        export loads as bf16 everywhere (`dtype` "auto"), so a CPU evaluation encoded in bf16 whatever
+        `eval.precision` said (found by the GPU check's dry run)."""
         path = Path(path)
         state = self.backbone.state_dict()
         if self.pooler_head or self.backbone.config.model_type in POOLER_MODELS:
-            head = self.pooler_head or neutral_pooler(self.dimension)
-            state.update({name: tensor.to(self.backbone.dtype) for name, tensor in head.items()})  # the weights' dtype
+            state.update(self.pooler_head or neutral_pooler(self.dimension))
+        state = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
         self.backbone.save_pretrained(path, state_dict=state)
+        config = json.loads((path / "config.json").read_text())
+        if config.get("dtype", "float32") != "float32":  # transformers names the module's dtype
+            (path / "config.json").write_text(json.dumps(config | {"dtype": "float32"}, indent=2, sort_keys=True) + "\n")
         save_tokenizer(self.tokenizer, path)
         (path / ENCODER_CONFIG).write_text(json.dumps(asdict(self.spec), indent=2))
         write_sentence_transformers_config(path, self.spec, self.dimension)

@@ -92,6 +92,19 @@ def test_saved_encoder_loads_with_transformers_and_sentence_transformers(encoder
     np.testing.assert_allclose(reloaded.encode(TEXTS[:5], "query"), expected, atol=1e-5)
 
 
+def test_a_bf16_model_is_exported_in_fp32(tmp_path):
+    """DeepSpeed's bf16 keeps the module in bf16: its export was bf16, so a CPU evaluation (and any plain
+    load) ran it in bf16 whatever `eval.precision` said. The export is fp32, its config too."""
+    from sentence_transformers import SentenceTransformer
+
+    encoder = tiny_encoder(TEXTS)
+    encoder.backbone.to(torch.bfloat16)
+    encoder.save(tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["dtype"] == "float32"
+    assert next(load_encoder(str(tmp_path / "export")).backbone.parameters()).dtype == torch.float32
+    assert next(SentenceTransformer(str(tmp_path / "export"), device="cpu").parameters()).dtype == torch.float32
+
+
 def test_an_export_loads_without_a_load_report_and_keeps_its_bases_pooler(
     encoder, tmp_path, capfd, caplog, monkeypatch
 ):
