@@ -141,7 +141,9 @@ class Encoder(nn.Module):
         self.backbone.save_pretrained(path, state_dict=state)
         config = json.loads((path / "config.json").read_text())
         if config.get("dtype", "float32") != "float32":  # transformers names the module's dtype
-            (path / "config.json").write_text(json.dumps(config | {"dtype": "float32"}, indent=2, sort_keys=True) + "\n")
+            (path / "config.json").write_text(
+                json.dumps(config | {"dtype": "float32"}, indent=2, sort_keys=True) + "\n"
+            )
         save_tokenizer(self.tokenizer, path)
         (path / ENCODER_CONFIG).write_text(json.dumps(asdict(self.spec), indent=2))
         write_sentence_transformers_config(path, self.spec, self.dimension)
