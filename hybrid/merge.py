@@ -50,10 +50,16 @@ def merge_weights(
 
 
 def merge(
-    first: str | Path, second: str | Path, weight: float, out: str | Path, origins: tuple[str, str] | None = None
+    first: str | Path,
+    second: str | Path,
+    weight: float,
+    out: str | Path,
+    origins: tuple[str, str] | None = None,
+    bound: dict[str, int | str] | None = None,
 ) -> Path:
     """Write the merge of two local exports to `out`; `weight` is the first's share, in [0, 1]. `origins`:
-    where the parents live (their storage locations), recorded instead of the local folders."""
+    where the parents live (their storage locations), recorded instead of the local folders; `bound`: the
+    run and step its signed manifest names, as a training checkpoint's does (a sweep's merge: its name)."""
     if not 0 <= weight <= 1:
         raise ValueError(f"--weight must lie in [0, 1] (the first model's share), got {weight}.")
     first, second, out = Path(first), Path(second), Path(out)
@@ -74,5 +80,5 @@ def merge(
     out.mkdir(parents=True, exist_ok=False)
     merged.save(out)
     (out / MERGE_FILE).write_text(json.dumps({"weight": weight, "parents": parents}, indent=2))
-    manifest.write(out)
+    manifest.write(out, **(bound or {}))
     return out

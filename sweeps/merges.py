@@ -12,6 +12,7 @@ already in storage with a valid manifest is reused (`--resume`).
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -81,12 +82,23 @@ def planned(table: pd.DataFrame, setup: SweepSetup) -> list[Merge]:
     ]
 
 
-def _valid(location: str) -> bool:
-    """A merge written whole by this deployment (the signed manifest matches every file)."""
+def bound(setup: SweepSetup, m: Merge) -> dict[str, int | str]:
+    """What a merge's signed manifest names, as a training checkpoint's names its run and step: checked
+    wherever it is loaded (`ref`), so another merge copied in its place is refused."""
+    return {"run": m.name, "step": setup.run.optim.steps}
+
+
+def _valid(location: str, setup: SweepSetup, m: Merge) -> bool:
+    """`m` as this deployment wrote it: the signed manifest matches every file and names `m`, and its signed
+    `merge.json` names `m`'s weight and parents (their checkpoints in this sweep's storage). Not so: a merge
+    cut short, altered, of a sweep before merges were bound, or another one (of other parents, another
+    weight, another sweep) copied into its place."""
     try:
-        manifest.check(storage.local_copy(location))
-        return True
-    except (OSError, ValueError):
+        folder = storage.local_copy(location)
+        manifest.check(folder, **bound(setup, m))
+        made = json.loads((folder / merge.MERGE_FILE).read_text())
+        return made["weight"] == m.weight and [p["path"] for p in made["parents"]] == [m.parent(1), m.parent(0)]
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -94,13 +106,18 @@ def build(setup: SweepSetup, m: Merge) -> str:
     """The merge's export in the sweep's storage, made unless a valid one is there; its location."""
     location = setup.sweep.location("merges", m.name)
     if storage.exists(location):
-        if _valid(location):
+        if _valid(location, setup, m):
             return location
-        storage.delete(location)  # cut short or altered: made again
+        storage.delete(location)  # cut short, altered or another merge: made again
     mono, cross = m.parent(1), m.parent(0)
     with tempfile.TemporaryDirectory() as tmp:
         out = merge.merge(
-            storage.local_copy(mono), storage.local_copy(cross), m.weight, Path(tmp) / "merge", origins=(mono, cross)
+            storage.local_copy(mono),
+            storage.local_copy(cross),
+            m.weight,
+            Path(tmp) / "merge",
+            origins=(mono, cross),
+            bound=bound(setup, m),
         )
         storage.upload_tree(out, location, last=manifest.MANIFEST)
     return location
@@ -109,7 +126,7 @@ def build(setup: SweepSetup, m: Merge) -> str:
 def ref(setup: SweepSetup, m: Merge, location: str) -> CheckpointRef:
     """The merge's export, as a model trained with the knobs its parents share (the alpha = 1 parent's)."""
     run = trial_run_config(setup.run, row_params(m.mono))
-    return CheckpointRef.trained(location, setup.run.optim.steps, to_dict(run), m.name)
+    return CheckpointRef.trained(location, setup.run.optim.steps, to_dict(run), m.name, run=m.name)
 
 
 def params(m: Merge) -> dict:

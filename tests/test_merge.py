@@ -180,3 +180,21 @@ def test_a_sweep_merges_each_seeds_references_into_its_storage_once(parents, tmp
     merges.build(setup, planned[1])
     manifest.check(built)
     assert np.array_equal(load_encoder(location).encode(TEXTS, "query"), expected)
+
+    # Another merge of this deployment's copied into its place (issue 33: merges were checked whole, not
+    # bound): made again at --resume, and refused by name where an evaluation loads it.
+    from evaluation.checkpoints import local_model_dir
+
+    other = Path(merges.build(setup, planned[0]))
+    shutil.rmtree(built)
+    shutil.copytree(other, built)
+    merges.build(setup, planned[1])
+    assert json.loads((built / MERGE_FILE).read_text())["weight"] == 0.5
+    manifest.check(built, **merges.bound(setup, planned[1]))
+    shutil.rmtree(built)
+    shutil.copytree(other, built)
+    ref = merges.ref(setup, planned[1], location)
+    with pytest.raises(
+        manifest.IncompleteCheckpoint, match=r"written for run merge-w0.25-s0, step 6, not for run merge-w0.5-s0"
+    ):
+        local_model_dir(ref.path, ref.signed, ref.bound)
