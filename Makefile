@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: sweep test cluster-test lint install
+.PHONY: sweep test cluster-test lint install gpu-check
 install: .venv/.installed
 
 .venv/.installed: pyproject.toml constraints.txt
@@ -30,3 +30,8 @@ lint: install
 # `unshare -m` + tmpfs, and moto_server); `make test` runs them too.
 cluster-test: install
 	$(PY) -m pytest -q -m cluster $(ARGS)
+
+# The GPU path end to end in one command, not part of `make test` (bench/gpu_check.py; bench/README.md says how
+# to run it on a lent GPU machine): every figure in OUT/gpu_check.json. GPU_CHECK_DRY=1: its steps on CPU.
+gpu-check: install
+	$(PY) bench/gpu_check.py $(or $(OUT),outputs/gpu-check) $(if $(GPU_CHECK_DRY),--dry-run)
