@@ -60,7 +60,7 @@ def test_the_sweep_steps_record_reader_on_a_finished_sweep(finished_tiny_sweep):
     _, runs = mlflow_runs(finished_tiny_sweep.folder, "tiny")
     trials = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
     assert figures["trials_finished"] == sum(r.info.status == "FINISHED" for r in trials) >= 2
-    assert figures["best_registered"] == "1"
+    assert str(figures["best_registered"]) == "1"  # MLflow 3: an int
 
 
 @pytest.mark.timeout(60)
