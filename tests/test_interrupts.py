@@ -176,15 +176,15 @@ def test_a_ctrl_c_inside_a_weakref_callback_is_delivered_after_it_not_printed_an
     """Issue 33 (met by step 7 of the life above on a loaded machine, and at the registration): a Ctrl-C
     arriving while a WeakKeyDictionary's callback ran raised KeyboardInterrupt there, where Python prints
     "Exception ignored in ..." with a traceback and drops it. Now that Ctrl-C is delivered again once the
-    callback's frame has returned. In a fresh process: its signal state is the test's alone (seen: in the
-    whole suite's process the Ctrl-C delivered again never arrived)."""
+    callback's frame has returned. In a fresh process with SIGINT handled: its signal state is the test's
+    alone (seen: in a suite started in the background, SIGINT ignored, the Ctrl-C sent again never came)."""
     probe = textwrap.dedent(
         """
         import signal, sys, time, weakref
         from sweeps import interrupts
 
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # as `interrupts.install` leaves it handled:
-        # a process started from the whole suite inherits SIGINT ignored, and the Ctrl-C sent again was dropped
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # handled, as `interrupts.install` leaves it: a
+        # suite started in the background (no job control) runs with SIGINT ignored, and so did this process
         namespace = {}
         exec(compile("import sys\\nframe = sys._getframe()", weakref.__file__, "exec"), namespace)
         returned = stopping = None
