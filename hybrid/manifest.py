@@ -60,6 +60,13 @@ def write(folder: Path, name: str = MANIFEST, **fields: int | str) -> None:
     (folder / name).write_text(json.dumps(signing.signed(listed, PURPOSE), indent=1))
 
 
+def bound_run(name: str, sweep_id: str = "") -> str:
+    """The run a checkpoint's manifests name: its Train run's `name` (in a sweep, the trial id), after the
+    id of the sweep that trained it, if any. Trial ids are short and a key signs every sweep of a
+    deployment: with the sweep id, a checkpoint copied in from another sweep is another run's."""
+    return f"{sweep_id}/{name}" if sweep_id else name
+
+
 def write_export(folder: Path, run: str, step: int, state: str) -> None:
     """A training checkpoint's export manifest: bound to the `run` and `step` that wrote it, pinning the
     run's state (the text of trainer_state.json beside it)."""

@@ -39,7 +39,7 @@ RESUMABLE_CHANGES = (
 WHERE_KEYS = ("tracking_uri", "study_storage", "artifact_location")
 # Settings added after sweeps were started, with the value that reads as the behaviour before them: a sweep
 # stored without the key resumes as long as the key keeps that value.
-ADDED_SINCE = {"eval.precision": "fp32"}
+ADDED_SINCE = {"eval.precision": "fp32", "trainer.sweep_id": ""}
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # no quotes or slashes: it names folders and MLflow filters
 ZERO_SHOT = ("mlqa-r",)  # out-of-domain sets reported as zero-shot: never used for selection
 # Metrics where lower is better; every other objective is maximised.

@@ -10,7 +10,7 @@ import time
 import yaml
 
 from evaluation.precision import PrecisionCheck
-from hybrid import storage
+from hybrid import manifest, storage
 from hybrid.layout import ENCODER_DIR
 from sweeps import estimate, interrupts, merges, phases, ranking, registry, state, summary, tracking
 from sweeps.config import SweepSetup, flatten
@@ -37,7 +37,7 @@ def register(setup: SweepSetup, table, configs, runs: tracking.SweepRuns) -> str
         s.name,
         runs.trial_run(trial["trial"]),
         storage.join(trial["checkpoint_path"], ENCODER_DIR),
-        {"run": trial["trial"], "step": setup.run.optim.steps},
+        {"run": manifest.bound_run(trial["trial"], setup.run.trainer.sweep_id), "step": setup.run.optim.steps},
         tags={"sweep": s.name, "trial": trial["trial"], "config_key": top["config_key"], **knobs},
         description=f"Sweep {s.name}: the best configuration by {objective} (proxy evaluation) "
         f"{mean_pm(top[objective], top[objective + ' ±95%'], 4)} over {top['seeds']} seed(s); this is "

@@ -23,7 +23,7 @@ from evaluation.checkpoints import CheckpointRef
 from evaluation.config import EvalConfig
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
-from hybrid import storage
+from hybrid import manifest, storage
 from hybrid.config import to_dict
 from hybrid.layout import ENCODER_DIR
 from sweeps.cluster import spare_cpus
@@ -59,7 +59,7 @@ def final_ref(setup: SweepSetup, checkpoint_path: str, params: dict[str, Any], t
         setup.run.optim.steps,
         to_dict(trial_run_config(setup.run, params)),
         trial,
-        run=trial,
+        run=manifest.bound_run(trial, setup.run.trainer.sweep_id),
     )
 
 

@@ -85,7 +85,7 @@ def planned(table: pd.DataFrame, setup: SweepSetup) -> list[Merge]:
 def bound(setup: SweepSetup, m: Merge) -> dict[str, int | str]:
     """What a merge's signed manifest names, as a training checkpoint's names its run and step: checked
     wherever it is loaded (`ref`), so another merge copied in its place is refused."""
-    return {"run": m.name, "step": setup.run.optim.steps}
+    return {"run": manifest.bound_run(m.name, setup.run.trainer.sweep_id), "step": setup.run.optim.steps}
 
 
 def _valid(location: str, setup: SweepSetup, m: Merge) -> bool:
@@ -126,7 +126,7 @@ def build(setup: SweepSetup, m: Merge) -> str:
 def ref(setup: SweepSetup, m: Merge, location: str) -> CheckpointRef:
     """The merge's export, as a model trained with the knobs its parents share (the alpha = 1 parent's)."""
     run = trial_run_config(setup.run, row_params(m.mono))
-    return CheckpointRef.trained(location, setup.run.optim.steps, to_dict(run), m.name, run=m.name)
+    return CheckpointRef.trained(location, setup.run.optim.steps, to_dict(run), m.name, run=bound(setup, m)["run"])
 
 
 def params(m: Merge) -> dict:

@@ -202,6 +202,7 @@ def drive(
     board = progress.Printer(s.name)  # trials' lines from the nodes they run on
     try:
         setup, check = precision.settled(setup)  # eval.precision auto: bf16 where it is as good and faster
+        setup = state.bound_to_sweep(setup, sweep_id)  # its checkpoints bound to its id (trainer.sweep_id)
         expected = None if args.resume else estimate.announce(setup, start, check.speedup)
         driver.run_sweep(setup, sweep_id, args.resume, start, expected, check)
     finally:

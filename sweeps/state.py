@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -24,6 +25,7 @@ def exists(setup: SweepSetup) -> bool:
 
 TUNER_FILE = "tuner.pkl"  # Tune's experiment, in each phase's folder from the phase's start
 SETTINGS_FILE = signing.SETTINGS_FILE  # the resolved configuration a sweep started with, beside its phases
+BINDS_SWEEP_ID = "binds_sweep_id"  # in the stored settings: this sweep binds its checkpoints to its id
 
 
 def _stored(setup: SweepSetup) -> dict[str, Any] | None:
@@ -59,7 +61,7 @@ def save_settings(setup: SweepSetup, sweep_id: str, started: bool) -> None:
     `exists`) stores the configuration it has now."""
     stored = _stored(setup)
     if stored is None or not started:
-        stored = {"settings": setup.settings(), "search_rounds": [setup.sweep.trials]}
+        stored = {"settings": setup.settings(), "search_rounds": [setup.sweep.trials], BINDS_SWEEP_ID: True}
     elif setup.sweep.trials > stored["search_rounds"][-1]:
         stored["search_rounds"].append(setup.sweep.trials)
     elif stored.get("id") == sweep_id:
@@ -73,6 +75,15 @@ def _write_settings(setup: SweepSetup, stored: dict[str, Any]) -> None:
         setup.sweep.location(SETTINGS_FILE),
         json.dumps(signing.signed(stored, signing.settings_purpose(setup.sweep.name)), indent=1, sort_keys=True),
     )
+
+
+def bound_to_sweep(setup: SweepSetup, sweep_id: str) -> SweepSetup:
+    """`setup` with `trainer.sweep_id` set, so its trials' checkpoints and merges are bound to (sweep id, trial
+    id, step), where this sweep's signed settings say it binds them so: every sweep stored since (issue 33).
+    One stored before binds them to the trial id alone, as its checkpoints already are, to the end."""
+    if not (_stored(setup) or {}).get(BINDS_SWEEP_ID):
+        return setup
+    return replace(setup, run=replace(setup.run, trainer=replace(setup.run.trainer, sweep_id=sweep_id)))
 
 
 def settled_precision(setup: SweepSetup) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from evaluation.checkpoints import CheckpointRef, verified_state
 from evaluation.datasets import load_eval_set
 from evaluation.runner import evaluate_checkpoints
-from hybrid import signing, storage
+from hybrid import manifest, signing, storage
 from hybrid.config import to_dict
 from hybrid.layout import ENCODER_DIR
 from sweeps import progress
@@ -180,7 +180,7 @@ class EvaluateAndReport(TuneReportCallback):
         startup: dict[str, float],
     ) -> None:
         timings = startup | {ACTIVE_S: time.time() - self.first_report_at}
-        trial = run_context.run_config.name  # the trial id: the run its checkpoints are bound to
+        trial = run_context.run_config.name  # the trial id (its Train run's name)
         tuned = self._evaluated(trial, uri, train_metrics, history, timings)
         super().after_report(run_context, [tuned], None)
         self._prune()
@@ -192,7 +192,8 @@ class EvaluateAndReport(TuneReportCallback):
         folder (what a driver catching up logs, and how a restarted trial knows it was reported)."""
         step = int(train_metrics.get("step", 0))
         proxy = self.setup.proxy_eval
-        ref = CheckpointRef.trained(storage.join(uri, ENCODER_DIR), step, to_dict(self.config), trial, run=trial)
+        run = manifest.bound_run(trial, self.config.trainer.sweep_id)  # what its checkpoints are bound to
+        ref = CheckpointRef.trained(storage.join(uri, ENCODER_DIR), step, to_dict(self.config), trial, run=run)
         [result] = evaluate_checkpoints(
             [ref], load_eval_set(proxy, self.config.data), proxy, self.setup.sweep.eval_cache_location
         )
@@ -220,7 +221,8 @@ class EvaluateAndReport(TuneReportCallback):
                 self._post(f"{name} not reported again ({e})")
                 continue
             step = int(state["step"])
-            if bound_to != trial or step != checkpoint_step(name) or step >= self.config.optim.steps:
+            ours = manifest.bound_run(trial, self.config.trainer.sweep_id)
+            if bound_to != ours or step != checkpoint_step(name) or step >= self.config.optim.steps:
                 continue
             self._post(f"{name}: its report never reached the record (a cluster lost); evaluating it now")
             train_metrics = dict(state["metrics"])

@@ -140,6 +140,38 @@ def test_the_merge_is_a_run_of_its_own_naming_both_parents(finished_tiny_sweep):
     assert model.tags["merge.weight"] == "0.5" and model.params["path"].endswith("merges/merge-w0.5-s0")
 
 
+def test_its_checkpoints_and_merge_are_bound_to_the_sweep_id(finished_tiny_sweep):
+    """Issue 33: a trial's checkpoints (each rank's manifest and the export's) and the merge name the sweep's
+    id beside the trial id or the merge's name, so one copied in from another sweep of the deployment (the
+    same key signs both; trial ids are short) is refused as another run's."""
+    import json
+
+    from hybrid import signing
+    from sweeps.state import BINDS_SWEEP_ID, SETTINGS_FILE
+
+    sweep = finished_tiny_sweep.folder / "sweeps" / "tiny"
+    settings = sweep / SETTINGS_FILE
+    stored = signing.verified(json.loads(settings.read_text()), signing.settings_purpose("tiny"), str(settings))
+    assert stored[BINDS_SWEEP_ID] is True and stored["id"]
+    bound: dict[tuple[str, int], set[tuple[str, int]]] = {}  # (trial or merge, step): what its manifests name
+    for path in sorted((sweep / "train").glob("*/checkpoint_*/**/manifest*.json")):
+        trial, folder = path.relative_to(sweep / "train").parts[:2]
+        bound.setdefault((trial, int(folder.rsplit("_", 1)[1])), set()).update(_bound(path))
+    for path in sorted((sweep / "merges").glob("*/manifest.json")):
+        bound.setdefault((path.parent.name, 6), set()).update(_bound(path))
+    assert len({trial for trial, _ in bound}) == 5 and ("merge-w0.5-s0", 6) in bound  # 4 trials, the merge
+    assert bound == {(name, step): {(f"{stored['id']}/{name}", step)} for name, step in bound}
+
+
+def _bound(path: Path) -> set[tuple[str, int]]:
+    import json
+
+    from hybrid import manifest, signing
+
+    listed = signing.verified(json.loads(path.read_text()), manifest.PURPOSE, str(path))
+    return {(listed["run"], listed["step"])}
+
+
 def test_the_best_encoder_is_registered_and_loads_as_the_checkpoint_embeds(finished_tiny_sweep):
     """models:/tiny@best loads with MLflow's sentence-transformers flavour and gives the checkpoint's
     embeddings; its export carries a model card."""
@@ -172,15 +204,18 @@ def test_the_best_encoder_is_registered_and_loads_as_the_checkpoint_embeds(finis
 
     # Issue 33, item 6: a driver killed between the registration and the alias registers again on --resume:
     # the version its run holds is found again (29bd854: a second version).
+    from hybrid.manifest import bound_run
+    from sweeps.records import ID_TAG
     from sweeps.registry import register_best
 
+    sweep_id = client.get_experiment_by_name("tiny").tags[ID_TAG]  # its checkpoints are bound to it too
     client.delete_registered_model_alias("tiny", "best")
     again = register_best(
         f"sqlite:///{folder}/mlflow.db",
         "tiny",
         version.run_id,
         str(export),
-        {"run": trial, "step": 6},
+        {"run": bound_run(trial, sweep_id), "step": 6},
         {},
         version.description,
     )

@@ -404,6 +404,32 @@ def test_the_default_fills_two_cpus_exactly_and_one_less_is_refused():
         check_capacity(setup, 1.95)
 
 
+def test_a_new_sweep_binds_its_checkpoints_to_its_id_and_one_stored_before_keeps_its_binding(tmp_path):
+    """Issue 33: a sweep stored now records that it binds its checkpoints to its id, and its trials' and merges'
+    run configs carry it (`trainer.sweep_id`); a sweep stored before resumes binding them to the trial id
+    alone, as its checkpoints are, and its settings still compare equal (`ADDED_SINCE`)."""
+    from hybrid import signing, storage
+    from sweeps import state
+
+    setup = load_sweep_setup(ROOT / "configs/default.yaml", [f"sweep.storage_path={tmp_path}"]).resolved()
+    state.save_settings(setup, "abc123", started=False)
+    assert state.bound_to_sweep(setup, "abc123").run.trainer.sweep_id == "abc123"
+    assert (
+        setup.run.trainer.sweep_id == ""
+        and trial_run_config(state.bound_to_sweep(setup, "abc123").run, {"mono_ratio": 0.5}).trainer.sweep_id
+        == "abc123"
+    )
+
+    location = setup.sweep.location(state.SETTINGS_FILE)
+    purpose = signing.settings_purpose(setup.sweep.name)
+    before = signing.verified(json.loads(storage.read_text(location)), purpose, location)
+    before.pop(state.BINDS_SWEEP_ID)
+    before["settings"].pop("trainer.sweep_id")  # as a sweep stored before the setting existed
+    storage.write_text(location, json.dumps(signing.signed(before, purpose)))
+    assert state.bound_to_sweep(setup, "abc123") == setup
+    state.check_unchanged(setup)
+
+
 def test_resume_names_the_settings_that_changed():
     setup = load_sweep_setup(ROOT / "configs/default.yaml").resolved()
     started = json.loads(json.dumps(setup.settings()))

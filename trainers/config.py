@@ -49,6 +49,9 @@ class TrainerConfig:
     # share model, data and batch layout embed them once (`trainers.validation`); "": every run embeds.
     # A sweep sets `<sweep>/validation-cache`.
     validation_cache: str = ""
+    # The sweep this run is a trial of, set by the sweep (never by hand): its checkpoints are then bound to
+    # (sweep id, trial id, step), not only to (run name, step) (`hybrid.manifest.bound_run`).
+    sweep_id: str = ""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

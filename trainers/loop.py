@@ -195,7 +195,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     loss_fn = InfoNCELoss(config.method.temperature, config.method.symmetric)
     marks["engine"] = time.time()
 
-    run = ctx.get_experiment_name()  # in a sweep, the trial id: what its checkpoints are bound to
+    run = manifest.bound_run(ctx.get_experiment_name(), config.trainer.sweep_id)  # what its checkpoints are bound to
     state, restored_path = restore(ray.train.get_checkpoint(), engine, config.optim.steps, run)
     marks["restore"] = time.time()
     mono_steps = 0

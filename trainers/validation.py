@@ -41,6 +41,7 @@ NOT_EMBEDDED = {  # run settings the base model's validation embeddings cannot d
         "cpus_per_worker",
         "storage_path",
         "validation_cache",
+        "sweep_id",
     ),
 }
 
