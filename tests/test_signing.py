@@ -423,11 +423,20 @@ def test_tune_state_is_restored_only_from_its_signed_copy(s3_bucket, local_ray, 
     assert not canary.exists()
 
 
-def test_ray_trains_unsigned_snapshot_cannot_make_train_delete_outside_the_run(tiny_model_dir, store, tmp_path):
+def test_ray_trains_unsigned_snapshot_cannot_make_train_delete_outside_the_run_or_roll_it_back(
+    tiny_model_dir, store, tmp_path, capsys
+):
     """Issue 33: Ray Train's `checkpoint_manager_snapshot.json` is written unsigned, and Train joins the names it
-    holds to the run's folder and deletes those past `trainer.keep_checkpoints`: a name that is not one of the
-    run's checkpoint folders is refused before Train reads it (`check_snapshot`), naming the file and the fix."""
-    from trainers.train import SNAPSHOT, build_trainer, check_snapshot
+    holds to the run's folder, deletes those past `trainer.keep_checkpoints` and resumes from its latest: a
+    name that is not one of the run's checkpoint folders, or a latest older than the newest checkpoint Train
+    registered (signed by `KeepRegistered` after each registration), is refused before Train reads it
+    (`check_snapshot`), naming the file and the fix."""
+    from types import SimpleNamespace
+
+    from trainers.train import REGISTERED, SNAPSHOT, KeepRegistered, build_trainer, check_snapshot
+
+    def registered(run: str, step: int) -> None:  # as Train's report of a registered checkpoint reaches it
+        KeepRegistered(store, run).after_report(None, [{}], SimpleNamespace(path=f"b/{run}/checkpoint_{step:06d}"))
 
     _checkpoint(tiny_model_dir, store, tmp_path, run="trial_a", step=3)
     snapshot = storage.join(store, "trial_a", SNAPSHOT)
@@ -445,7 +454,24 @@ def test_ray_trains_unsigned_snapshot_cannot_make_train_delete_outside_the_run(t
         "failed_validation_checkpoint_dir_names": [],
     }
     storage.write_text(snapshot, json.dumps(written))
-    check_snapshot(snapshot)  # as Train writes it: only the run's own names
+    registered("trial_a", 3)
+    check_snapshot(store, "trial_a")  # as Train writes it: only the run's own names, its latest registered
+
+    registered("trial_a", 6)  # Train went on to step 6; the snapshot is put back to step 3's
+    rolled_back = "names checkpoint_000003 as the run's latest, but Train registered checkpoint_000006"
+    with pytest.raises(ValueError, match=f"{re.escape(snapshot)} {rolled_back} .*: rolled back.*from step 0"):
+        check_snapshot(store, "trial_a")
+    registered("trial_b", 9)  # another run's record copied in: not this run's, said and ignored
+    storage.write_text(
+        storage.join(store, "trial_a", REGISTERED), storage.read_text(storage.join(store, "trial_b", REGISTERED))
+    )
+    check_snapshot(store, "trial_a")
+    assert "Not this deployment's record of the run's checkpoints: ignored." in capsys.readouterr().out
+    registered("trial_a", 6)
+    storage.delete(snapshot)  # the fix the refusal names: the run starts afresh, its record with it
+    check_snapshot(store, "trial_a")
+    assert not storage.exists(storage.join(store, "trial_a", REGISTERED))
+    storage.write_text(snapshot, json.dumps(written))
 
     outside = json.loads(json.dumps(written))
     outside["checkpoint_results"][0]["checkpoint_dir_name"] = "../../keep-me"
@@ -454,10 +480,10 @@ def test_ray_trains_unsigned_snapshot_cannot_make_train_delete_outside_the_run(t
     with pytest.raises(
         ValueError, match=f"{re.escape(snapshot)} {names}.*Delete the file to start the run again from step 0"
     ):
-        check_snapshot(snapshot)
+        check_snapshot(store, "trial_a")
     storage.write_text(snapshot, "[1, 2]")
     with pytest.raises(ValueError, match="not Ray Train's snapshot of a run"):
-        check_snapshot(snapshot)
+        check_snapshot(store, "trial_a")
     config = tiny_config(tiny_model_dir, tmp_path)
     with pytest.raises(ValueError, match="not Ray Train's snapshot of a run"):
         build_trainer(config, "trial_a", storage_path=store)  # before Ray Train reads it

@@ -21,10 +21,11 @@ from ray.train.torch import TorchTrainer
 from hybrid import signing, storage
 from hybrid.config import DEFAULT_CONFIG, add_overrides_flag, to_dict
 from trainers.config import TrainRunConfig, check_resources, load_run_config
-from trainers.loop import CHECKPOINT_NAME, NonFiniteLoss, train_loop_per_worker
+from trainers.loop import CHECKPOINT_NAME, NonFiniteLoss, checkpoint_name, checkpoint_step, train_loop_per_worker
 from trainers.preflight import preflight
 
 DIVERGED = "diverged.txt"  # in a Train run's folder: why it stopped (it is not started again), signed
+REGISTERED = "registered.json"  # in a Train run's folder: the newest checkpoint Train registered, signed
 
 WORKER_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # no bytecode dumps in worker logs
@@ -59,22 +60,57 @@ class StopOnDivergence(ray.train.UserCallback):
     Runs on the Train controller; an exception raised here fails the run at once (a controller error),
     and the run's folder keeps why (`DIVERGED`), so a restarted Tune trial fails without training."""
 
-    def __init__(self, run_dir: str):
-        self.run_dir = run_dir
+    def __init__(self, root: str, name: str):
+        self.run_dir, self.name = storage.join(root, name), name
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
         for error in worker_exceptions.values():
             if isinstance(error, NonFiniteLoss):  # the worker's own exception, unpickled
-                why = signing.signed({"error": str(error)}, _diverged_purpose(self.run_dir))
+                why = signing.signed({"error": str(error)}, _diverged_purpose(self.name))
                 storage.write_text(storage.join(self.run_dir, DIVERGED), json.dumps(why))
                 raise error
             if isinstance(error, signing.SigningKeyError):  # a node's setup: a retry would meet it again
                 raise error
 
 
-def _diverged_purpose(run: str) -> str:
-    """The signing purpose of a run's `DIVERGED` file (`run`: its name, or its folder)."""
-    return f"diverged:{run.rstrip('/').rsplit('/', 1)[-1]}"
+def _diverged_purpose(name: str) -> str:
+    """The signing purpose of a run's `DIVERGED` file (`name`: the run's; its folder's last part in a URI is
+    not, where a query string follows it)."""
+    return f"diverged:{name}"
+
+
+class KeepRegistered(ray.train.UserCallback):
+    """Signs, in the run's folder, the step of each checkpoint Train registers (`REGISTERED`). Train writes its
+    snapshot, naming that checkpoint as the latest, before it calls any user callback with its report, so the
+    step kept here is never newer than the snapshot's latest: one that is names a rolled-back snapshot
+    (`check_snapshot`)."""
+
+    def __init__(self, root: str, name: str):
+        self.run_dir, self.name = storage.join(root, name), name
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if checkpoint is not None:
+            kept = signing.signed({"step": checkpoint_step(checkpoint.path)}, _registered_purpose(self.name))
+            storage.write_text(storage.join(self.run_dir, REGISTERED), json.dumps(kept))
+
+
+def _registered_purpose(name: str) -> str:
+    return f"registered:{name}"
+
+
+def _registered_step(root: str, name: str) -> int | None:
+    """The newest registered step this deployment signed for the run (`KeepRegistered`); None without one, or
+    for one not signed for this run (said: a planted file must neither block a run nor pass for its record)."""
+    location = storage.join(root, name, REGISTERED)
+    if not storage.exists(location):
+        return None
+    try:
+        return int(
+            signing.verified(json.loads(storage.read_text(location)), _registered_purpose(name), location)["step"]
+        )
+    except (ValueError, KeyError, TypeError) as e:  # BadSignature among them
+        print(f"[hybrid-sweep] {e} Not this deployment's record of the run's checkpoints: ignored.", flush=True)
+        return None
 
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's registered checkpoints
@@ -86,12 +122,17 @@ _SNAPSHOT_NAMES = (
 )
 
 
-def check_snapshot(location: str) -> None:
+def check_snapshot(root: str, name: str) -> None:
     """Ray Train writes its snapshot unsigned and deletes the checkpoints past `trainer.keep_checkpoints` by
     the names it holds, joined to the run's folder: a name that is not one of the run's checkpoint folders
-    (`checkpoint_NNNNNN`), a path out of the folder among them, is refused before Train reads it. The
-    checkpoint it resumes from must still pass its signed manifest (`trainers.loop.restore`)."""
-    if not storage.exists(location):
+    (`checkpoint_NNNNNN`), a path out of the folder among them, is refused before Train reads it, and so is
+    a snapshot whose latest checkpoint is older than the newest one Train registered (`KeepRegistered`):
+    rolled back, it would train the run again from there. The checkpoint it resumes from must still pass
+    its signed manifest (`trainers.loop.restore`)."""
+    location, registered = storage.join(root, name, SNAPSHOT), storage.join(root, name, REGISTERED)
+    if not storage.exists(location):  # a run started afresh: Train will register its checkpoints anew
+        if storage.exists(registered):
+            storage.delete(registered)
         return
     fix = "Delete the file to start the run again from step 0 (Train then knows none of its checkpoints)."
     try:
@@ -99,15 +140,24 @@ def check_snapshot(location: str) -> None:
         entries = [r for key in _SNAPSHOT_LISTS for r in snapshot.get(key) or []]
         entries += [snapshot["latest_checkpoint_result"]] if snapshot.get("latest_checkpoint_result") else []
         names = [entry["checkpoint_dir_name"] for entry in entries]
-        names += [name for key in _SNAPSHOT_NAMES for name in snapshot.get(key) or []]
+        names += [listed for key in _SNAPSHOT_NAMES for listed in snapshot.get(key) or []]
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ValueError(f"{location}: not Ray Train's snapshot of a run ({e!r}). {fix}") from None
-    for name in names:
-        if not (isinstance(name, str) and CHECKPOINT_NAME.fullmatch(name)):
+    for listed in names:
+        if not (isinstance(listed, str) and CHECKPOINT_NAME.fullmatch(listed)):
             raise ValueError(
-                f"{location} names {name!r}, not one of the run's checkpoint folders (checkpoint_NNNNNN): "
+                f"{location} names {listed!r}, not one of the run's checkpoint folders (checkpoint_NNNNNN): "
                 f"altered, and Ray Train would delete what it names. {fix}"
             )
+    latest = snapshot.get("latest_checkpoint_result")
+    latest_step = checkpoint_step(latest["checkpoint_dir_name"]) if latest else -1
+    newest = _registered_step(root, name)
+    if newest is not None and latest_step < newest:
+        raise ValueError(
+            f"{location} names {latest['checkpoint_dir_name'] if latest else 'no checkpoint'} as the run's latest, "
+            f"but Train registered {checkpoint_name(newest)} (signed in {REGISTERED}): rolled back, it would "
+            f"train the run again from there. {fix}"
+        )
 
 
 def build_trainer(
@@ -132,7 +182,7 @@ def build_trainer(
             print(f"[hybrid-sweep] {e} Not this deployment's record of a divergence: ignored.", flush=True)
         else:
             raise NonFiniteLoss(f"{why} (run {name!r} diverged before: not started again)")
-    check_snapshot(storage.join(root, name, SNAPSHOT))
+    check_snapshot(root, name)
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
@@ -146,7 +196,11 @@ def build_trainer(
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints if prune else None),
             worker_runtime_env={"env_vars": WORKER_ENV | {signing.DRIVER_KEY_ENV: driver_key or signing.fingerprint()}},
-            callbacks=[*(callbacks or []), StopOnDivergence(storage.join(root, name))],  # last: it raises
+            callbacks=[
+                KeepRegistered(root, name),
+                *(callbacks or []),
+                StopOnDivergence(root, name),  # last: it raises
+            ],
         ),
     )
 
