@@ -211,6 +211,7 @@ class EvaluateAndReport(TuneReportCallback):
         the cluster). The run's last step is not: Train reports its final checkpoint again itself."""
         run = storage.join(self.train_storage, trial)
         reported = reported_steps(self.train_storage, trial)
+        ours = manifest.bound_run(trial, self.config.trainer.sweep_id)  # what its checkpoints are bound to
         for name in storage.names(run, folders=True):
             if not name.startswith("checkpoint_") or checkpoint_step(name) in reported:
                 continue
@@ -221,7 +222,6 @@ class EvaluateAndReport(TuneReportCallback):
                 self._post(f"{name} not reported again ({e})")
                 continue
             step = int(state["step"])
-            ours = manifest.bound_run(trial, self.config.trainer.sweep_id)
             if bound_to != ours or step != checkpoint_step(name) or step >= self.config.optim.steps:
                 continue
             self._post(f"{name}: its report never reached the record (a cluster lost); evaluating it now")

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+from typing import Any
 
 import ray
 import ray.train
@@ -55,19 +56,37 @@ def init_ray(log_to_driver: bool = True, quiet: bool = False) -> str:
     return ray._private.worker._global_node.get_logs_dir_path()
 
 
+def _keep(root: str, name: str, file: str, purpose: str, body: dict) -> None:
+    """`body` signed for `purpose` into the run's folder as `file` (a record the run's next start trusts)."""
+    storage.write_text(storage.join(root, name, file), json.dumps(signing.signed(body, purpose)))
+
+
+def _kept(root: str, name: str, file: str, purpose: str, key: str, what: str) -> Any:
+    """`key` of the run's `file` as this deployment signed it for `purpose` (`_keep`); None without the file,
+    or for one not signed so, said naming `what`: a planted file must neither fail or block a run nor pass
+    for its record."""
+    location = storage.join(root, name, file)
+    if not storage.exists(location):
+        return None
+    try:
+        return signing.verified(json.loads(storage.read_text(location)), purpose, location)[key]
+    except (ValueError, KeyError) as e:  # BadSignature among them
+        print(f"[hybrid-sweep] {e} Not this deployment's record of {what}: ignored.", flush=True)
+        return None
+
+
 class StopOnDivergence(ray.train.UserCallback):
     """A diverged run (`NonFiniteLoss`) is not retried: it would diverge again from the same checkpoint.
     Runs on the Train controller; an exception raised here fails the run at once (a controller error),
     and the run's folder keeps why (`DIVERGED`), so a restarted Tune trial fails without training."""
 
     def __init__(self, root: str, name: str):
-        self.run_dir, self.name = storage.join(root, name), name
+        self.root, self.name = root, name
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
         for error in worker_exceptions.values():
             if isinstance(error, NonFiniteLoss):  # the worker's own exception, unpickled
-                why = signing.signed({"error": str(error)}, _diverged_purpose(self.name))
-                storage.write_text(storage.join(self.run_dir, DIVERGED), json.dumps(why))
+                _keep(self.root, self.name, DIVERGED, _diverged_purpose(self.name), {"error": str(error)})
                 raise error
             if isinstance(error, signing.SigningKeyError):  # a node's setup: a retry would meet it again
                 raise error
@@ -86,31 +105,16 @@ class KeepRegistered(ray.train.UserCallback):
     (`check_snapshot`)."""
 
     def __init__(self, root: str, name: str):
-        self.run_dir, self.name = storage.join(root, name), name
+        self.root, self.name = root, name
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if checkpoint is not None:
-            kept = signing.signed({"step": checkpoint_step(checkpoint.path)}, _registered_purpose(self.name))
-            storage.write_text(storage.join(self.run_dir, REGISTERED), json.dumps(kept))
+            step = {"step": checkpoint_step(checkpoint.path)}
+            _keep(self.root, self.name, REGISTERED, _registered_purpose(self.name), step)
 
 
 def _registered_purpose(name: str) -> str:
     return f"registered:{name}"
-
-
-def _registered_step(root: str, name: str) -> int | None:
-    """The newest registered step this deployment signed for the run (`KeepRegistered`); None without one, or
-    for one not signed for this run (said: a planted file must neither block a run nor pass for its record)."""
-    location = storage.join(root, name, REGISTERED)
-    if not storage.exists(location):
-        return None
-    try:
-        return int(
-            signing.verified(json.loads(storage.read_text(location)), _registered_purpose(name), location)["step"]
-        )
-    except (ValueError, KeyError, TypeError) as e:  # BadSignature among them
-        print(f"[hybrid-sweep] {e} Not this deployment's record of the run's checkpoints: ignored.", flush=True)
-        return None
 
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's registered checkpoints
@@ -151,7 +155,7 @@ def check_snapshot(root: str, name: str) -> None:
             )
     latest = snapshot.get("latest_checkpoint_result")
     latest_step = checkpoint_step(latest["checkpoint_dir_name"]) if latest else -1
-    newest = _registered_step(root, name)
+    newest = _kept(root, name, REGISTERED, _registered_purpose(name), "step", "the run's checkpoints")
     if newest is not None and latest_step < newest:
         raise ValueError(
             f"{location} names {latest['checkpoint_dir_name'] if latest else 'no checkpoint'} as the run's latest, "
@@ -174,14 +178,9 @@ def build_trainer(
     the key every worker must hold (`signing.check_same_key`); None: this process's (the driver's)."""
     t = config.trainer
     root = storage.resolve(storage_path or t.storage_path)
-    diverged = storage.join(root, name, DIVERGED)
-    if storage.exists(diverged):  # only as this deployment wrote it: a planted file must not fail a run
-        try:
-            why = signing.verified(json.loads(storage.read_text(diverged)), _diverged_purpose(name), diverged)["error"]
-        except (ValueError, KeyError) as e:  # BadSignature among them
-            print(f"[hybrid-sweep] {e} Not this deployment's record of a divergence: ignored.", flush=True)
-        else:
-            raise NonFiniteLoss(f"{why} (run {name!r} diverged before: not started again)")
+    why = _kept(root, name, DIVERGED, _diverged_purpose(name), "error", "a divergence")
+    if why is not None:
+        raise NonFiniteLoss(f"{why} (run {name!r} diverged before: not started again)")
     check_snapshot(root, name)
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
     return TorchTrainer(
