@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -43,7 +44,7 @@ from sweeps.records import (
 from trainers.config import TrainRunConfig
 from trainers.loop import checkpoint_step
 from trainers.reports import RESUMED_FROM, pop_startup_marks
-from trainers.train import build_trainer
+from trainers.train import build_trainer, check_snapshot
 
 
 def config_key(params: dict[str, Any]) -> str:
@@ -205,25 +206,13 @@ class EvaluateAndReport(TuneReportCallback):
         return tuned
 
     def report_unreported(self, trial: str) -> None:
-        """Before a restarted trial trains on: each checkpoint of its run in storage whose report never reached
-        the record (its evaluation was in flight when the cluster was lost) is evaluated and reported to Tune,
-        oldest first, with the training figures its state keeps (the reports between checkpoints went with
-        the cluster). The run's last step is not: Train reports its final checkpoint again itself."""
-        run = storage.join(self.train_storage, trial)
-        reported = reported_steps(self.train_storage, trial)
+        """Before a restarted trial trains on: each checkpoint its lost cluster left unreported
+        (`unreported_checkpoints`) is evaluated and reported to Tune, oldest first, with the training figures
+        its state keeps (the reports between checkpoints went with the cluster)."""
         ours = manifest.bound_run(trial, self.config.trainer.sweep_id)  # what its checkpoints are bound to
-        for name in storage.names(run, folders=True):
-            if not name.startswith("checkpoint_") or checkpoint_step(name) in reported:
-                continue
-            location = storage.join(run, name)
-            try:
-                state, bound_to = verified_state(location)
-            except (OSError, ValueError) as e:  # cut short, altered, or never finished: training goes on without it
-                self._post(f"{name} not reported again ({e})")
-                continue
-            step = int(state["step"])
-            if bound_to != ours or step != checkpoint_step(name) or step >= self.config.optim.steps:
-                continue
+        for name, location, state in unreported_checkpoints(
+            self.train_storage, trial, ours, self.config.optim.steps, self._post
+        ):
             self._post(f"{name}: its report never reached the record (a cluster lost); evaluating it now")
             train_metrics = dict(state["metrics"])
             tune.report(self._evaluated(trial, location, train_metrics, [train_metrics], {ACTIVE_S: 0.0}))
@@ -241,6 +230,33 @@ class EvaluateAndReport(TuneReportCallback):
         for entry in [e for e in self.evaluated if e not in kept]:
             storage.delete(entry[1])
             self.evaluated.remove(entry)
+
+
+def unreported_checkpoints(
+    train_storage: str, trial: str, bound_to: str, steps: int, say: Callable[[str], object]
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, location, verified state) of each checkpoint of the trial's Train run, oldest first, whose report
+    never reached the record (its evaluation was in flight when the cluster was lost). Not the run's last
+    step: Train reports its final checkpoint again itself. Nor one Train never registered (written, then the
+    cluster lost before its report): Train resumes from the latest registered and trains that step again,
+    whose report is then its only one (seen in CI: step 6 reported here and by training, its `train/loss`
+    logged twice). One cut short or altered is skipped, said."""
+    run = storage.join(train_storage, trial)
+    reported = reported_steps(train_storage, trial)
+    last = min(check_snapshot(train_storage, trial), steps - 1)  # Train reports every step past it
+    found = []
+    for name in storage.names(run, folders=True):
+        if not name.startswith("checkpoint_") or checkpoint_step(name) in reported or checkpoint_step(name) > last:
+            continue
+        location = storage.join(run, name)
+        try:
+            state, bound = verified_state(location)
+        except (OSError, ValueError) as e:  # cut short, altered, or never finished: training goes on without it
+            say(f"{name} not reported again ({e})")
+            continue
+        if bound == bound_to and int(state["step"]) == checkpoint_step(name):
+            found.append((name, location, state))
+    return found
 
 
 def run_trial(params: dict[str, Any], setup: SweepSetup, driver_key: str) -> None:

@@ -489,6 +489,47 @@ def test_ray_trains_unsigned_snapshot_cannot_make_train_delete_outside_the_run_o
         build_trainer(config, "trial_a", storage_path=store)  # before Ray Train reads it
 
 
+def test_a_restarted_trial_reports_again_only_checkpoints_train_registered(tiny_model_dir, store, tmp_path):
+    """A trial whose cluster was lost: each registered checkpoint whose report never reached the record is
+    evaluated and reported before it trains on (`sweeps.trial.unreported_checkpoints`), but not one written
+    and never registered (the cluster lost before Train's report of it): Train resumes from its latest
+    registered and trains that step again, whose report is then its only one (seen in CI: a trial's step 6
+    reported by the catch-up and again by training, its `train/loss` at step 6 twice). Nor the last step
+    (Train reports it again itself), one already reported, or one bound to another run."""
+    from sweeps.records import report_file
+    from sweeps.trial import unreported_checkpoints
+    from trainers.train import SNAPSHOT
+
+    def unreported() -> list[str]:
+        said = []
+        found = unreported_checkpoints(store, "trial_a", "trial_a", 9, said.append)
+        return [name for name, _, _ in found] + said
+
+    for step in (3, 6, 9):  # a checkpoint at 3, 6 and 9 (the last) in storage, none reported
+        _checkpoint(tiny_model_dir, store, tmp_path, run="trial_a", step=step)
+    entries = [{"checkpoint_dir_name": f"checkpoint_{s:06d}", "metrics": {"step": s}} for s in (3, 6, 9)]
+    snapshot = storage.join(store, "trial_a", SNAPSHOT)
+    storage.write_text(snapshot, json.dumps({"checkpoint_results": entries, "latest_checkpoint_result": entries[2]}))
+    assert unreported() == ["checkpoint_000003", "checkpoint_000006"]
+    storage.write_text(report_file(store, "trial_a", 3), "{}")  # reported (whether it verifies: `reported`)
+    assert unreported() == ["checkpoint_000006"]
+
+    # Train registered step 3 when the cluster was lost; step 6 was written after it
+    storage.write_text(
+        snapshot, json.dumps({"checkpoint_results": entries[:1], "latest_checkpoint_result": entries[0]})
+    )
+    assert unreported() == []
+    storage.delete(report_file(store, "trial_a", 3))
+    assert unreported() == ["checkpoint_000003"]
+    storage.delete(snapshot)  # none registered: Train starts the run afresh
+    assert unreported() == []
+
+    storage.write_text(snapshot, json.dumps({"checkpoint_results": entries, "latest_checkpoint_result": entries[2]}))
+    assert unreported() == ["checkpoint_000003", "checkpoint_000006"]
+    said = []  # the same trial id in another sweep (`manifest.bound_run`): its checkpoints are not this run's
+    assert unreported_checkpoints(store, "trial_a", "trial_a in another sweep", 9, said.append) == [] == said
+
+
 @pytest.mark.parametrize("forgery", ["unsigned", "bad index"])
 def test_resume_with_unsigned_or_forged_tune_state_is_refused_before_ray_starts(
     tmp_path, store, tiny_model_dir, forgery

@@ -126,8 +126,11 @@ _SNAPSHOT_NAMES = (
 )
 
 
-def check_snapshot(root: str, name: str) -> None:
-    """Ray Train writes its snapshot unsigned and deletes the checkpoints past `trainer.keep_checkpoints` by
+def check_snapshot(root: str, name: str) -> int:
+    """The step of the run's latest registered checkpoint, -1 for none: the one Train resumes from; a checkpoint
+    folder past it was written but never registered (its cluster lost in between), and Train trains it again.
+
+    Ray Train writes its snapshot unsigned and deletes the checkpoints past `trainer.keep_checkpoints` by
     the names it holds, joined to the run's folder: a name that is not one of the run's checkpoint folders
     (`checkpoint_NNNNNN`), a path out of the folder among them, is refused before Train reads it, and so is
     a snapshot whose latest checkpoint is older than the newest one Train registered (`KeepRegistered`):
@@ -137,7 +140,7 @@ def check_snapshot(root: str, name: str) -> None:
     if not storage.exists(location):  # a run started afresh: Train will register its checkpoints anew
         if storage.exists(registered):
             storage.delete(registered)
-        return
+        return -1
     fix = "Delete the file to start the run again from step 0 (Train then knows none of its checkpoints)."
     try:
         snapshot = json.loads(storage.read_text(location))
@@ -162,6 +165,7 @@ def check_snapshot(root: str, name: str) -> None:
             f"but Train registered {checkpoint_name(newest)} (signed in {REGISTERED}): rolled back, it would "
             f"train the run again from there. {fix}"
         )
+    return latest_step
 
 
 def build_trainer(
