@@ -207,15 +207,17 @@ class EvaluateAndReport(TuneReportCallback):
 
     def report_unreported(self, trial: str) -> None:
         """Before a restarted trial trains on: each checkpoint its lost cluster left unreported
-        (`unreported_checkpoints`) is evaluated and reported to Tune, oldest first, with the training figures
-        its state keeps (the reports between checkpoints went with the cluster)."""
+        (`unreported_checkpoints`) is evaluated and reported to Tune, oldest first, with the training reports
+        its state keeps: those since the checkpoint before, the step-0 validation with the first (a checkpoint
+        written before they were kept has its own report alone)."""
         ours = manifest.bound_run(trial, self.config.trainer.sweep_id)  # what its checkpoints are bound to
         for name, location, state in unreported_checkpoints(
             self.train_storage, trial, ours, self.config.optim.steps, self._post
         ):
             self._post(f"{name}: its report never reached the record (a cluster lost); evaluating it now")
             train_metrics = dict(state["metrics"])
-            tune.report(self._evaluated(trial, location, train_metrics, [train_metrics], {ACTIVE_S: 0.0}))
+            history = state.get("history") or [train_metrics]
+            tune.report(self._evaluated(trial, location, train_metrics, history, {ACTIVE_S: 0.0}))
 
     def _prune(self) -> None:
         """Retention (`trainer.keep_checkpoints`: the last N and the best by the first objective): applied

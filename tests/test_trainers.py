@@ -54,6 +54,11 @@ def test_zero_run_lowers_the_loss_and_exports_a_plain_model(tiny_model_dir, tmp_
     assert [m["step"] for m in ckpts] == [20, 40]
     state = json.loads((Path(result.checkpoint.path) / STATE_FILE).read_text())
     assert result.metrics["step"] == 40 and state["step"] == 40
+    # Each checkpoint keeps the reports since the one before (a restart reports them if its own never reached
+    # Tune: `sweeps.trial.report_unreported`), the base model's validation with the first.
+    first = json.loads((Path(result.checkpoint.path).parent / "checkpoint_000020" / STATE_FILE).read_text())
+    assert [m["step"] for m in first["history"]] == [0, 10, 20] and "val_loss" in first["history"][0]
+    assert [m["step"] for m in state["history"]] == [30, 40] and state["history"][-1] == state["metrics"]
 
     export = Path(result.checkpoint.path) / "encoder"
     from transformers import AutoModel
@@ -134,6 +139,7 @@ def test_resume_continues_the_sampler_sequence(tiny_model_dir, tmp_path, local_r
     result = build_trainer(full, "resume").fit()  # same name: continues from step 20
     state = json.loads((Path(result.checkpoint.path) / STATE_FILE).read_text())
     assert result.metrics["resumed_from_step"] == 20 and state["step"] == 40
+    assert [m["step"] for m in state["history"]] == [30, 40]  # a resumed run has no step-0 validation
     assert state["sampler"] == {"seed": 3, "step": 40}
     pairs, _ = training_pairs(full.data)
     sampler = HybridBatchSampler(pairs, 16, 0.5, seed=3, world_size=2)

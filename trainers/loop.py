@@ -207,9 +207,11 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             ray.train.report(state["metrics"] | {RESUMED_FROM: sampler.step, CHECKPOINT: restored_path})
             return
     start = sampler.step
+    since: list[dict[str, Any]] = []  # this run's reports since its last checkpoint, kept in the next one's state
     if start == 0:  # the base model's held-out figures, so every run carries its own baseline
         figures = validate_base(engine, loss_fn, val_sampler, config, rank, world)
         marks["validation"] = time.time()
+        since.append({"step": 0, **figures})
         ray.train.report(with_startup_marks({"step": 0, **figures}, marks))
 
     meter, t = Meter(), config.trainer
@@ -236,6 +238,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         }
         if not checkpoint_now:
             ray.train.report(metrics)
+            since.append(metrics)
             meter = Meter()
             continue
         metrics |= validate(engine, loss_fn, val_sampler, config)
@@ -245,6 +248,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             "sampler": sampler.state_dict(),
             "mono_steps": mono_steps,
             "metrics": metrics,
+            "history": [*since, metrics],  # what a restart reports if this checkpoint's report never reached Tune
             "config": to_dict(config),
             "resumable": resumable,
         }
@@ -255,6 +259,6 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
                 checkpoint_dir_name=checkpoint_name(step),
             )
-        meter = Meter()  # started after validation and saving: they are not training throughput
+        meter, since = Meter(), []  # started after validation and saving: they are not training throughput
         if last:
             break
