@@ -17,6 +17,7 @@ This module is the task graph only: scoring is `evaluation.scoring` (pure), the 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -132,12 +133,20 @@ def _submit(ref: CheckpointRef, eval_set: EvalSet, config: EvalConfig) -> tuple[
     return scoring, len(cands) + len(queries)
 
 
+def _window(eval_set: EvalSet, config: EvalConfig) -> int:
+    """Checkpoints in flight: enough encode tasks to fill the cluster's CPUs, and one more checkpoint, whose
+    encoding fills the CPUs while the one before is scored."""
+    per_checkpoint = 2 * len(eval_set.languages) * config.encode_cpus
+    return max(2, math.ceil(ray.cluster_resources().get("CPU", 1.0) / per_checkpoint) + 1)
+
+
 def evaluate_checkpoints(
     checkpoints: list[CheckpointRef],
     corpus: ParallelCorpus | EvalSet,
     config: EvalConfig,
     cache: str | None = None,
     on_done: Callable[[CheckpointRef, float, bool], None] | None = None,
+    in_flight: int | None = None,
 ) -> list[EvalResult]:
     """Evaluate every checkpoint on every language pair, concurrently; results in input order.
 
@@ -146,7 +155,8 @@ def evaluate_checkpoints(
     submission to its checkpoint's last scoring task, so concurrent checkpoints share the machine.
     `cache` (a folder, local or s3://): results are kept there by evaluation key (model files + data +
     settings), and a checkpoint whose key is there is not evaluated again (`cached` True, `wall_s` 0).
-    `on_done(ref, seconds since the start, cached)` is called as each checkpoint's figures are in (progress).
+    `on_done(ref, seconds since the start, cached)` is called as each checkpoint's figures are in (and
+    cached). `in_flight`: checkpoints evaluated at once (default `_window`: enough to keep the cluster busy).
     """
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"eval.precision {config.precision!r}: settle it first (evaluation.precision.settle).")
@@ -173,38 +183,53 @@ def evaluate_checkpoints(
     for i in found:
         if on_done:
             on_done(checkpoints[i], time.perf_counter() - start, True)
-    submitted = {i: _submit(ref, eval_set, config) for i, ref in enumerate(checkpoints) if i not in found}
-    owner = {r: i for i, (scoring, _) in submitted.items() for r in scoring.values()}
-    remaining = {i: len(scoring) for i, (scoring, _) in submitted.items()}
-    finished = dict.fromkeys(submitted, 0.0)
-    pending = list(owner)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        i = owner[done[0]]
-        remaining[i] -= 1
-        if not remaining[i]:
-            finished[i] = time.perf_counter() - start
-            if on_done:
-                on_done(checkpoints[i], finished[i], False)
-    results = []
-    for i, (ref, model_hash) in enumerate(zip(checkpoints, ray.get(digests))):
-        if i in found:  # the same files on the same data: only the labels are this checkpoint's
-            results.append(
-                replace(
-                    found[i],
-                    checkpoint=ref.label or ref.path,
-                    step=ref.step,
-                    path=ref.path,
-                    model=ref.model or ref.path,
-                    encode_tasks=0,
-                    wall_s=0.0,
-                    cached=True,
-                )
-            )
+    # A window of checkpoints in flight, the next submitted as one is done, each result cached as soon as it is
+    # scored: a kill loses the window's work, not the phase's. (All submitted at once, 24 models on MLQA-R had
+    # none done after 30 min, and results reached the cache only when the last one was scored.)
+    todo = [i for i in range(len(checkpoints)) if i not in found]
+    window = in_flight or _window(eval_set, config)
+    submitted: dict[int, tuple[dict[str, ray.ObjectRef], int]] = {}
+    owner: dict[ray.ObjectRef, int] = {}
+    done_results: dict[int, EvalResult] = {}
+
+    def submit_next() -> None:
+        i = todo.pop(0)
+        submitted[i] = _submit(checkpoints[i], eval_set, config)
+        owner.update({r: i for r in submitted[i][0].values()})
+
+    while todo and len(submitted) < window:
+        submit_next()
+    while owner:
+        [ready], _ = ray.wait(list(owner), num_returns=1)
+        i = owner.pop(ready)
+        if i in owner.values():
             continue
-        scoring, n_encode = submitted[i]
+        scoring, n_encode = submitted.pop(i)
         scored = dict(zip(scoring, ray.get(list(scoring.values()))))
-        results.append(assemble(ref, model_hash, eval_set, scored, n_encode, finished[i], config))
+        done_results[i] = assemble(
+            checkpoints[i], ray.get(digests[i]), eval_set, scored, n_encode, time.perf_counter() - start, config
+        )
         if cache:
-            write_cached(cache, results[-1])
+            write_cached(cache, done_results[i])
+        if on_done:
+            on_done(checkpoints[i], done_results[i].wall_s, False)
+        if todo:
+            submit_next()
+    results = []
+    for i, ref in enumerate(checkpoints):
+        if i not in found:
+            results.append(done_results[i])
+            continue
+        results.append(  # the same files on the same data: only the labels are this checkpoint's
+            replace(
+                found[i],
+                checkpoint=ref.label or ref.path,
+                step=ref.step,
+                path=ref.path,
+                model=ref.model or ref.path,
+                encode_tasks=0,
+                wall_s=0.0,
+                cached=True,
+            )
+        )
     return results

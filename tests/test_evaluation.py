@@ -88,8 +88,13 @@ def test_a_cached_result_equals_the_recomputed_one_and_encodes_nothing(
     same files, even under another label, runs no encoding and gives exactly the stored figures."""
     config, computed, _ = evaluated
     cache = str(tmp_path / "eval-cache")
-    first = evaluate_checkpoints(checkpoints, heldout, config, cache)
-    assert not any(r.cached for r in first) and len(list((tmp_path / "eval-cache").glob("v*-*.json"))) == 2
+    kept = []  # as each checkpoint is said done, its result is in the cache already: a kill then loses no other
+
+    def on_done(ref: CheckpointRef, seconds: float, from_cache: bool) -> None:
+        kept.append((ref.label, len(list((tmp_path / "eval-cache").glob("v*-*.json")))))
+
+    first = evaluate_checkpoints(checkpoints, heldout, config, cache, on_done=on_done, in_flight=1)
+    assert not any(r.cached for r in first) and kept == [(ref.label, n) for n, ref in enumerate(checkpoints, 1)]
     before = _encode_events(local_ray)
     again = [dataclasses.replace(ref, label=f"again-{i}") for i, ref in enumerate(checkpoints)]
     second = evaluate_checkpoints(again, heldout, config, cache)
