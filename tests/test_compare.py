@@ -545,7 +545,11 @@ def test_loader_reads_what_evaluation_tracking_writes(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "study, section, rows",
-    [("cpu-study", "What the CPU study found", 5), ("cpu-study-long", "What the long CPU study found", 3)],
+    [
+        ("cpu-study", "What the CPU study found", 5),
+        ("cpu-study-long", "What the long CPU study found", 3),
+        ("cpu-study-ood", "What the out-of-domain study found", 2),
+    ],
 )
 def test_a_committed_study_report_opens_offline_and_backs_the_readme(tmp_path, study, section, rows):
     """docs/<study>/report.html asks for nothing outside itself, every image decodes in headless Chromium,
