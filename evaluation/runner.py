@@ -1,7 +1,7 @@
 """Evaluate checkpoints on every language pair at once: Ray tasks for encoding and scoring, FAISS, pure metrics.
 
-The task graph, per checkpoint (all checkpoints are submitted before anything is gathered, so several
-evaluate concurrently):
+The task graph, per checkpoint (a window of checkpoints is in flight at once, the next submitted as one is
+scored and cached, so several evaluate concurrently and a stop loses only the window):
   [1] one encode task per (language, side in {queries, candidates}): 2 x L tasks. Each returns an (N, d)
       float32 array that stays in Ray's object store; scorers receive the ObjectRefs, nothing is encoded
       twice. A checkpoint in storage (s3://...) is copied once per node into the node's cache; workers

@@ -505,26 +505,29 @@ def test_a_restarted_trial_reports_again_only_checkpoints_train_registered(tiny_
         found = unreported_checkpoints(store, "trial_a", "trial_a", 9, said.append)
         return [name for name, _, _ in found] + said
 
+    snapshot = storage.join(store, "trial_a", SNAPSHOT)
+
+    def registered(*steps: int) -> None:  # Train's snapshot of a run that registered `steps`, the last its latest
+        entries = [{"checkpoint_dir_name": f"checkpoint_{s:06d}", "metrics": {"step": s}} for s in steps]
+        storage.write_text(
+            snapshot, json.dumps({"checkpoint_results": entries, "latest_checkpoint_result": entries[-1]})
+        )
+
     for step in (3, 6, 9):  # a checkpoint at 3, 6 and 9 (the last) in storage, none reported
         _checkpoint(tiny_model_dir, store, tmp_path, run="trial_a", step=step)
-    entries = [{"checkpoint_dir_name": f"checkpoint_{s:06d}", "metrics": {"step": s}} for s in (3, 6, 9)]
-    snapshot = storage.join(store, "trial_a", SNAPSHOT)
-    storage.write_text(snapshot, json.dumps({"checkpoint_results": entries, "latest_checkpoint_result": entries[2]}))
+    registered(3, 6, 9)
     assert unreported() == ["checkpoint_000003", "checkpoint_000006"]
     storage.write_text(report_file(store, "trial_a", 3), "{}")  # reported (whether it verifies: `reported`)
     assert unreported() == ["checkpoint_000006"]
 
-    # Train registered step 3 when the cluster was lost; step 6 was written after it
-    storage.write_text(
-        snapshot, json.dumps({"checkpoint_results": entries[:1], "latest_checkpoint_result": entries[0]})
-    )
+    registered(3)  # Train registered step 3 when the cluster was lost; step 6 was written after it
     assert unreported() == []
     storage.delete(report_file(store, "trial_a", 3))
     assert unreported() == ["checkpoint_000003"]
     storage.delete(snapshot)  # none registered: Train starts the run afresh
     assert unreported() == []
 
-    storage.write_text(snapshot, json.dumps({"checkpoint_results": entries, "latest_checkpoint_result": entries[2]}))
+    registered(3, 6, 9)
     assert unreported() == ["checkpoint_000003", "checkpoint_000006"]
     said = []  # the same trial id in another sweep (`manifest.bound_run`): its checkpoints are not this run's
     assert unreported_checkpoints(store, "trial_a", "trial_a in another sweep", 9, said.append) == [] == said
